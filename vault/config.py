@@ -1,0 +1,141 @@
+"""Settings: a TOML file, overridden by environment variables (VAULT_ prefix, `__` between
+sections: VAULT_SERVER__LISTEN, VAULT_HSM__TOKEN_LABEL). PINs are never settings values on a
+command line: they come from files (mode 0600) or from the environment."""
+
+from __future__ import annotations
+
+import os
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, Field, SecretStr, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+CONFIG_ENV = "VAULT_CONFIG"
+DEFAULT_DATA_DIR = Path(".vault-data")
+
+
+class ServerSettings(BaseModel):
+    listen: str = Field("127.0.0.1:50051", description="host:port the gRPC server binds")
+    workers: int = Field(2, ge=1, le=64, description="server processes sharing the port")
+    threads: int = Field(8, ge=1, le=256, description="request threads per process")
+    max_message_bytes: int = Field(
+        1 << 20, ge=65536, description="largest gRPC message accepted, in bytes"
+    )
+
+
+class HsmSettings(BaseModel):
+    module: Path = Field(
+        Path("/usr/lib/softhsm/libsofthsm2.so"), description="PKCS#11 module to load"
+    )
+    token_label: str = Field("vault", description="label of the vault's token")
+    user_pin: SecretStr | None = Field(
+        None, description="user PIN; prefer user_pin_file or VAULT_HSM__USER_PIN"
+    )
+    user_pin_file: Path | None = Field(
+        None, description="file holding the user PIN (default: <data_dir>/secrets/user.pin)"
+    )
+    so_pin_file: Path | None = Field(
+        None, description="file holding the SO PIN (default: <data_dir>/secrets/so.pin)"
+    )
+    softhsm_conf: Path | None = Field(
+        None, description="SoftHSM2 config (default: <data_dir>/softhsm2.conf); sets SOFTHSM2_CONF"
+    )
+    cache_size: int = Field(1024, ge=1, description="unwrapped key handles cached per thread")
+    cache_ttl_seconds: int = Field(300, ge=1, description="how long a cached handle lives")
+
+
+class StoreSettings(BaseModel):
+    url: str | None = Field(
+        None, description="SQLAlchemy URL (default: sqlite:///<data_dir>/vault.db)"
+    )
+
+
+class KeyPolicySettings(BaseModel):
+    min_destroy_waiting_seconds: int = Field(
+        86_400, ge=0, description="shortest waiting period ScheduleKeyDestruction accepts"
+    )
+    default_destroy_waiting_seconds: int = Field(
+        30 * 86_400, ge=0, description="waiting period when the request gives none"
+    )
+    destroy_check_seconds: float = Field(
+        30.0, gt=0, description="how often keys whose waiting period ended are destroyed"
+    )
+    max_plaintext_bytes: int = Field(65_536, ge=1, description="largest Encrypt plaintext")
+
+    @property
+    def min_destroy_waiting(self) -> timedelta:
+        return timedelta(seconds=self.min_destroy_waiting_seconds)
+
+    @property
+    def default_destroy_waiting(self) -> timedelta:
+        return timedelta(seconds=self.default_destroy_waiting_seconds)
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="VAULT_", env_nested_delimiter="__", extra="forbid"
+    )
+
+    data_dir: Path = Field(DEFAULT_DATA_DIR, description="where the token, store and secrets live")
+    log_level: str = Field("INFO", description="DEBUG, INFO, WARNING or ERROR")
+    server: ServerSettings = ServerSettings()  # type: ignore[call-arg]
+    hsm: HsmSettings = HsmSettings()  # type: ignore[call-arg]
+    store: StoreSettings = StoreSettings()
+    keys: KeyPolicySettings = KeyPolicySettings()  # type: ignore[call-arg]
+
+    @model_validator(mode="after")
+    def _fill_data_dir_defaults(self) -> Settings:
+        data_dir = self.data_dir.resolve()
+        self.data_dir = data_dir
+        if self.hsm.user_pin_file is None:
+            self.hsm.user_pin_file = data_dir / "secrets" / "user.pin"
+        if self.hsm.so_pin_file is None:
+            self.hsm.so_pin_file = data_dir / "secrets" / "so.pin"
+        if self.hsm.softhsm_conf is None:
+            self.hsm.softhsm_conf = data_dir / "softhsm2.conf"
+        if self.store.url is None:
+            self.store.url = f"sqlite:///{data_dir / 'vault.db'}"
+        return self
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        config_file = os.environ.get(CONFIG_ENV)
+        if config_file:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=Path(config_file)))
+        return tuple(sources)
+
+    def user_pin(self) -> str:
+        return read_secret(self.hsm.user_pin, self.hsm.user_pin_file, "user PIN")
+
+    def so_pin(self) -> str:
+        return read_secret(None, self.hsm.so_pin_file, "SO PIN")
+
+
+def read_secret(value: SecretStr | None, path: Path | None, what: str) -> str:
+    if value is not None:
+        return value.get_secret_value()
+    if path is None or not path.exists():
+        raise FileNotFoundError(f"no {what}: set it in the environment or create {path}")
+    return path.read_text(encoding="utf-8").strip()
+
+
+def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
+    """Settings from config_file (or $VAULT_CONFIG), the environment, then overrides."""
+    if config_file is not None:
+        os.environ[CONFIG_ENV] = str(config_file)
+    return Settings(**overrides)

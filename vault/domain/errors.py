@@ -1,0 +1,84 @@
+"""Typed domain errors. Each carries a stable reason string (AIP-193 ErrorInfo.reason).
+
+The transport layer maps the error class to a gRPC status code once; nothing below it knows
+about gRPC. Messages never contain key material, PINs or secrets.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+ERROR_DOMAIN = "vault.v1"
+
+
+class VaultError(Exception):
+    """Base of every error the vault reports to a caller."""
+
+    reason = "INTERNAL"
+
+    def __init__(self, message: str, *, metadata: Mapping[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.metadata: dict[str, str] = dict(metadata or {})
+
+
+class InvalidArgument(VaultError):
+    reason = "INVALID_ARGUMENT"
+
+
+class MalformedName(InvalidArgument):
+    reason = "MALFORMED_NAME"
+
+
+class InputTooLarge(InvalidArgument):
+    reason = "INPUT_TOO_LARGE"
+
+
+class UnsupportedAlgorithm(InvalidArgument):
+    reason = "UNSUPPORTED_ALGORITHM"
+
+
+class WrongPurpose(VaultError):
+    """The key exists but its purpose does not allow the operation (FAILED_PRECONDITION)."""
+
+    reason = "WRONG_KEY_PURPOSE"
+
+
+class WrongState(VaultError):
+    """The key's state forbids the operation (FAILED_PRECONDITION)."""
+
+    reason = "WRONG_KEY_STATE"
+
+
+class NotFound(VaultError):
+    reason = "NOT_FOUND"
+
+
+class AlreadyExists(VaultError):
+    reason = "ALREADY_EXISTS"
+
+
+class DecryptionFailed(VaultError):
+    """One uniform error for every decrypt or unwrap failure: tampered data, wrong AAD, wrong
+    key, malformed envelope. Saying which would turn the vault into an oracle."""
+
+    reason = "DECRYPTION_FAILED"
+
+    def __init__(self) -> None:
+        super().__init__("the ciphertext could not be decrypted with this key")
+
+
+class TokenUnavailable(VaultError):
+    """The PKCS#11 token could not serve the request even after a retry (UNAVAILABLE)."""
+
+    reason = "TOKEN_UNAVAILABLE"
+
+
+class StoreUnavailable(VaultError):
+    reason = "STORE_UNAVAILABLE"
+
+
+class Conflict(VaultError):
+    """A concurrent change won; the caller may retry (ABORTED)."""
+
+    reason = "CONCURRENT_MODIFICATION"

@@ -1,0 +1,184 @@
+"""Keys, versions, states and the rules that say which operation each state allows."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from enum import StrEnum
+from typing import Generic, TypeVar
+
+from vault.domain.algorithms import Algorithm, Purpose
+from vault.domain.errors import WrongPurpose, WrongState
+from vault.domain.names import KeyName, KeyVersionName
+
+
+class KeyState(StrEnum):
+    ENABLED = "ENABLED"
+    DISABLED = "DISABLED"
+    REVOKED = "REVOKED"
+    DESTROY_SCHEDULED = "DESTROY_SCHEDULED"
+    DESTROYED = "DESTROYED"
+
+
+class VersionState(StrEnum):
+    # A token-resident version is PENDING between its intent row and its token object, so a
+    # crash in between leaves a row that start-up reconciliation can finish or remove.
+    PENDING = "PENDING"
+    ENABLED = "ENABLED"
+    DESTROYED = "DESTROYED"
+
+
+class Operation(StrEnum):
+    ENCRYPT = "Encrypt"
+    DECRYPT = "Decrypt"
+    GENERATE_DATA_KEY = "GenerateDataKey"
+    WRAP = "WrapKey"
+    UNWRAP = "UnwrapKey"
+    SIGN = "Sign"
+    VERIFY = "Verify"
+    GET_PUBLIC_KEY = "GetPublicKey"
+    ASYMMETRIC_DECRYPT = "AsymmetricDecrypt"
+    GENERATE_MAC = "GenerateMac"
+    VERIFY_MAC = "VerifyMac"
+    GENERATE_BUCKET_KEY = "GenerateBucketKey"
+    DECRYPT_BUCKET_KEY = "DecryptBucketKey"
+
+
+PURPOSE_OPERATIONS: dict[Purpose, frozenset[Operation]] = {
+    Purpose.ENCRYPT_DECRYPT: frozenset(
+        {Operation.ENCRYPT, Operation.DECRYPT, Operation.GENERATE_DATA_KEY}
+    ),
+    Purpose.BUCKET_MASTER: frozenset(
+        {Operation.GENERATE_BUCKET_KEY, Operation.DECRYPT_BUCKET_KEY}
+    ),
+    Purpose.WRAP_UNWRAP: frozenset({Operation.WRAP, Operation.UNWRAP}),
+    Purpose.SIGN_VERIFY: frozenset(
+        {Operation.SIGN, Operation.VERIFY, Operation.GET_PUBLIC_KEY}
+    ),
+    Purpose.ASYMMETRIC_DECRYPT: frozenset(
+        {Operation.ASYMMETRIC_DECRYPT, Operation.GET_PUBLIC_KEY}
+    ),
+    Purpose.MAC: frozenset({Operation.GENERATE_MAC, Operation.VERIFY_MAC}),
+}
+
+# Operations that only read or undo protection on existing data. A REVOKED key (compromised
+# or superseded) still serves them, so data protected before revocation stays readable;
+# it makes nothing new.
+_PROCESSING_OPERATIONS = frozenset(
+    {
+        Operation.DECRYPT,
+        Operation.UNWRAP,
+        Operation.VERIFY,
+        Operation.GET_PUBLIC_KEY,
+        Operation.ASYMMETRIC_DECRYPT,
+        Operation.VERIFY_MAC,
+        Operation.DECRYPT_BUCKET_KEY,
+    }
+)
+
+# Allowed state changes; DESTROYED is reached only by the destruction job.
+TRANSITIONS: dict[KeyState, frozenset[KeyState]] = {
+    KeyState.ENABLED: frozenset(
+        {KeyState.DISABLED, KeyState.REVOKED, KeyState.DESTROY_SCHEDULED}
+    ),
+    KeyState.DISABLED: frozenset(
+        {KeyState.ENABLED, KeyState.REVOKED, KeyState.DESTROY_SCHEDULED}
+    ),
+    KeyState.REVOKED: frozenset({KeyState.DESTROY_SCHEDULED}),
+    KeyState.DESTROY_SCHEDULED: frozenset(
+        {KeyState.DISABLED, KeyState.REVOKED, KeyState.DESTROYED}
+    ),
+    KeyState.DESTROYED: frozenset(),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class KeyVersion:
+    name: KeyVersionName
+    state: VersionState
+    create_time: datetime
+    # Exactly one of wrapped_blob (hierarchy) and token_label (token-resident) is set.
+    root_generation: int | None
+    wrapped_blob: bytes | None = field(repr=False)
+    token_label: str | None
+    public_key_der: bytes | None = field(default=None, repr=False)
+    destroy_time: datetime | None = None
+
+    @property
+    def number(self) -> int:
+        return self.name.version
+
+    @property
+    def token_resident(self) -> bool:
+        return self.token_label is not None
+
+
+@dataclass(frozen=True, slots=True)
+class Key:
+    name: KeyName
+    purpose: Purpose
+    algorithm: Algorithm
+    state: KeyState
+    primary_version: int
+    create_time: datetime
+    update_time: datetime
+    token_resident: bool = False
+    labels: dict[str, str] = field(default_factory=dict)
+    description: str = ""
+    destroy_scheduled_time: datetime | None = None
+    state_before_destroy_scheduled: KeyState | None = None
+    revocation_reason: str = ""
+    request_id: str = ""
+    # Optimistic concurrency: every store update checks and bumps it.
+    etag: int = 0
+
+    def require(self, operation: Operation) -> None:
+        """Raise unless this key's purpose and state allow the operation."""
+        if operation not in PURPOSE_OPERATIONS[self.purpose]:
+            raise WrongPurpose(
+                f"{operation} is not allowed for a key of purpose {self.purpose}",
+                metadata={"purpose": str(self.purpose), "operation": str(operation)},
+            )
+        if self.state is KeyState.ENABLED:
+            return
+        if self.state is KeyState.REVOKED and operation in _PROCESSING_OPERATIONS:
+            return
+        if operation is Operation.GET_PUBLIC_KEY and self.state is not KeyState.DESTROYED:
+            return
+        raise WrongState(
+            f"{operation} is not allowed while the key is {self.state}",
+            metadata={"state": str(self.state), "operation": str(operation)},
+        )
+
+    def transition(self, target: KeyState, now: datetime) -> Key:
+        if target not in TRANSITIONS[self.state]:
+            raise WrongState(
+                f"a {self.state} key cannot become {target}",
+                metadata={"state": str(self.state), "target": str(target)},
+            )
+        return replace(self, state=target, update_time=now)
+
+
+@dataclass(frozen=True, slots=True)
+class RootGeneration:
+    generation: int
+    token_label: str
+    create_time: datetime
+    retired: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class KeyFilter:
+    purpose: Purpose | None = None
+    state: KeyState | None = None
+    label_key: str | None = None
+    label_value: str | None = None
+
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class Page(Generic[T]):
+    items: list[T]
+    next_page_token: str

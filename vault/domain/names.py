@@ -1,0 +1,102 @@
+"""Resource names: accounts/{a}/keys/{k}[/versions/{n}].
+
+IDs are short, lower-case and URL-safe, so names can be logged, compared and used as
+PKCS#11 labels without escaping.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from vault.domain.errors import MalformedName
+
+_ID = r"[a-z][a-z0-9-]{0,62}"
+_ID_RE = re.compile(rf"^{_ID}$")
+_KEY_RE = re.compile(rf"^accounts/(?P<account>{_ID})/keys/(?P<key>{_ID})$")
+_VERSION_RE = re.compile(
+    rf"^accounts/(?P<account>{_ID})/keys/(?P<key>{_ID})/versions/(?P<version>[1-9][0-9]{{0,8}})$"
+)
+_ACCOUNT_RE = re.compile(rf"^accounts/(?P<account>{_ID})$")
+_MAX_NAME = 256
+
+
+def check_id(kind: str, value: str) -> str:
+    if not _ID_RE.match(value):
+        raise MalformedName(
+            f"{kind} id must match {_ID} (lower-case letter first, then letters, digits, '-')",
+            metadata={"field": kind},
+        )
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class AccountName:
+    account: str
+
+    @classmethod
+    def parse(cls, name: str) -> AccountName:
+        match = _ACCOUNT_RE.match(name) if len(name) <= _MAX_NAME else None
+        if not match:
+            raise MalformedName("expected accounts/{account}", metadata={"name": _clip(name)})
+        return cls(match["account"])
+
+    def __str__(self) -> str:
+        return f"accounts/{self.account}"
+
+
+@dataclass(frozen=True, slots=True)
+class KeyName:
+    account: str
+    key: str
+
+    @classmethod
+    def parse(cls, name: str) -> KeyName:
+        match = _KEY_RE.match(name) if len(name) <= _MAX_NAME else None
+        if not match:
+            raise MalformedName(
+                "expected accounts/{account}/keys/{key}", metadata={"name": _clip(name)}
+            )
+        return cls(match["account"], match["key"])
+
+    def version(self, number: int) -> KeyVersionName:
+        return KeyVersionName(self.account, self.key, number)
+
+    def __str__(self) -> str:
+        return f"accounts/{self.account}/keys/{self.key}"
+
+
+@dataclass(frozen=True, slots=True)
+class KeyVersionName:
+    account: str
+    key: str
+    version: int
+
+    @classmethod
+    def parse(cls, name: str) -> KeyVersionName:
+        match = _VERSION_RE.match(name) if len(name) <= _MAX_NAME else None
+        if not match:
+            raise MalformedName(
+                "expected accounts/{account}/keys/{key}/versions/{n}",
+                metadata={"name": _clip(name)},
+            )
+        return cls(match["account"], match["key"], int(match["version"]))
+
+    @property
+    def key_name(self) -> KeyName:
+        return KeyName(self.account, self.key)
+
+    def __str__(self) -> str:
+        return f"accounts/{self.account}/keys/{self.key}/versions/{self.version}"
+
+
+def parse_key_or_version(name: str) -> tuple[KeyName, int | None]:
+    """A key name (use the primary version) or a version name (use that version)."""
+    if "/versions/" in name:
+        version = KeyVersionName.parse(name)
+        return version.key_name, version.version
+    return KeyName.parse(name), None
+
+
+def _clip(name: str) -> str:
+    return name if len(name) <= 80 else name[:77] + "..."
