@@ -41,6 +41,9 @@ class HsmSettings(BaseModel):
     user_pin_file: Path | None = Field(
         None, description="file holding the user PIN (default: <data_dir>/secrets/user.pin)"
     )
+    so_pin: SecretStr | None = Field(
+        None, description="SO PIN, for `vaultctl token init` only; prefer so_pin_file"
+    )
     so_pin_file: Path | None = Field(
         None, description="file holding the SO PIN (default: <data_dir>/secrets/so.pin)"
     )
@@ -87,7 +90,7 @@ class Settings(BaseSettings):
     log_level: str = Field("INFO", description="DEBUG, INFO, WARNING or ERROR")
     server: ServerSettings = ServerSettings()  # type: ignore[call-arg]
     hsm: HsmSettings = HsmSettings()  # type: ignore[call-arg]
-    store: StoreSettings = StoreSettings()
+    store: StoreSettings = StoreSettings()  # type: ignore[call-arg]
     keys: KeyPolicySettings = KeyPolicySettings()  # type: ignore[call-arg]
 
     @model_validator(mode="after")
@@ -123,7 +126,7 @@ class Settings(BaseSettings):
         return read_secret(self.hsm.user_pin, self.hsm.user_pin_file, "user PIN")
 
     def so_pin(self) -> str:
-        return read_secret(None, self.hsm.so_pin_file, "SO PIN")
+        return read_secret(self.hsm.so_pin, self.hsm.so_pin_file, "SO PIN")
 
 
 def read_secret(value: SecretStr | None, path: Path | None, what: str) -> str:

@@ -1,0 +1,438 @@
+"""The KeyStore port on a PKCS#11 token (SoftHSM2 here, any module in production)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from cachetools import TTLCache
+from cryptography.hazmat.primitives.asymmetric import utils as asym_utils
+from pkcs11 import MGF, Attribute, GCMParams, KeyType, Mechanism, ObjectClass, exceptions
+from pkcs11.util.ec import encode_named_curve_parameters
+
+from vault.config import Settings
+from vault.domain.algorithms import Algorithm, HashName, KeyFamily, Padding, Purpose
+from vault.domain.errors import DecryptionFailed, InvalidArgument, TokenUnavailable
+from vault.domain.models import KeyVersion
+from vault.hsm import templates
+from vault.hsm.library import ThreadContext, TokenLibrary
+from vault.hsm.public import public_key_der
+from vault.service.ports import GeneratedMaterial
+from vault.service.public_keys import digest
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+_ED25519_PARAMS = b"\x06\x03\x2b\x65\x70"  # OID 1.3.101.112
+_HASH_MECHANISMS = {
+    HashName.SHA1: (Mechanism.SHA_1, MGF.SHA1),
+    HashName.SHA256: (Mechanism.SHA256, MGF.SHA256),
+    HashName.SHA384: (Mechanism.SHA384, MGF.SHA384),
+    HashName.SHA512: (Mechanism.SHA512, MGF.SHA512),
+}
+_HMAC_MECHANISMS = {
+    HashName.SHA256: Mechanism.SHA256_HMAC,
+    HashName.SHA384: Mechanism.SHA384_HMAC,
+    HashName.SHA512: Mechanism.SHA512_HMAC,
+}
+_CACHE = "handles"
+
+
+class _HandleCache(TTLCache[str, Any]):
+    """Unwrapped session objects of one thread. Evicted objects are destroyed at once, so
+    material does not linger in the token after its key was destroyed elsewhere."""
+
+    def popitem(self) -> tuple[str, Any]:
+        key, value = super().popitem()
+        _destroy_quietly(value)
+        return key, value
+
+    def expire(self, time: float | None = None) -> list[tuple[str, Any]]:
+        expired = list(super().expire(time))
+        for _, value in expired:
+            _destroy_quietly(value)
+        return expired
+
+
+def _destroy_quietly(obj: Any) -> None:
+    try:
+        obj.destroy()
+    except exceptions.PKCS11Error:
+        pass
+
+
+class Pkcs11KeyStore:
+    def __init__(self, library: TokenLibrary, cache_size: int, cache_ttl_seconds: int) -> None:
+        self._library = library
+        self._cache_size = cache_size
+        self._cache_ttl = cache_ttl_seconds
+        self._supported = self._probe_algorithms()
+        self._roots = self._find_roots()
+        if not self._roots:
+            raise TokenUnavailable("the token holds no root key: run `vaultctl token init`")
+
+    # -- discovery ------------------------------------------------------------------------
+
+    def _probe_algorithms(self) -> frozenset[Algorithm]:
+        mechanisms = self._library.mechanisms()
+        needs: dict[Algorithm, set[Mechanism]] = {}
+        for algorithm in Algorithm:
+            shape = templates.shape(algorithm)
+            required = set(shape.mechanisms)
+            if algorithm.spec.family is KeyFamily.RSA:
+                required.add(Mechanism.RSA_PKCS_KEY_PAIR_GEN)
+            elif algorithm.spec.family is KeyFamily.EC:
+                required.add(Mechanism.EC_KEY_PAIR_GEN)
+            elif algorithm.spec.family is KeyFamily.ED25519:
+                required.add(Mechanism.EC_EDWARDS_KEY_PAIR_GEN)
+            if not algorithm.spec.requires_token_resident:
+                required.add(templates.WRAP_MECHANISM)
+            needs[algorithm] = required
+        supported = {a for a, required in needs.items() if required <= mechanisms}
+        if not self._oaep_hash_works(HashName.SHA256):
+            # SoftHSM 2.6.1 lists RSA-OAEP but accepts only SHA-1 parameters.
+            supported -= {a for a in supported if a.spec.padding is Padding.OAEP
+                          and a.spec.hash is not HashName.SHA1}
+        return frozenset(supported)
+
+    def _oaep_hash_works(self, hash_name: HashName) -> bool:
+        session = self._library.login_session
+        public, private = session.generate_keypair(
+            KeyType.RSA, 2048, capabilities=0,
+            public_template={Attribute.TOKEN: False, Attribute.ENCRYPT: True,
+                             Attribute.VERIFY: False, Attribute.WRAP: False},
+            private_template={Attribute.TOKEN: False, Attribute.PRIVATE: True,
+                              Attribute.SENSITIVE: True, Attribute.EXTRACTABLE: False,
+                              Attribute.DECRYPT: True, Attribute.SIGN: False,
+                              Attribute.UNWRAP: False, Attribute.DERIVE: False},
+        )
+        try:
+            hash_mechanism, mgf = _HASH_MECHANISMS[hash_name]
+            public.encrypt(b"probe", mechanism=Mechanism.RSA_PKCS_OAEP,
+                           mechanism_param=(hash_mechanism, mgf, None))
+            return True
+        except (exceptions.ArgumentsBad, exceptions.MechanismParamInvalid,
+                exceptions.MechanismInvalid):
+            return False
+        finally:
+            _destroy_quietly(public)
+            _destroy_quietly(private)
+
+    def _find_roots(self) -> dict[int, str]:
+        roots: dict[int, str] = {}
+        session = self._library.login_session
+        for obj in session.get_objects({Attribute.CLASS: ObjectClass.SECRET_KEY,
+                                        Attribute.TOKEN: True}):
+            label = obj[Attribute.LABEL]
+            if label.startswith(templates.ROOT_LABEL_PREFIX):
+                roots[int(label.removeprefix(templates.ROOT_LABEL_PREFIX))] = label
+        return roots
+
+    def supported_algorithms(self) -> frozenset[Algorithm]:
+        return self._supported
+
+    def current_root_generation(self) -> int:
+        return max(self._roots)
+
+    def root_generations_present(self) -> set[int]:
+        self._roots = self._find_roots()
+        return set(self._roots)
+
+    def token_labels(self) -> set[str]:
+        labels: set[str] = set()
+        session = self._library.login_session
+        for object_class in (ObjectClass.SECRET_KEY, ObjectClass.PRIVATE_KEY):
+            for obj in session.get_objects({Attribute.CLASS: object_class,
+                                            Attribute.TOKEN: True}):
+                label = obj[Attribute.LABEL]
+                if label.startswith("vault:key:"):
+                    labels.add(label)
+        return labels
+
+    # -- per-thread objects ---------------------------------------------------------------
+
+    def _root(self, context: ThreadContext, generation: int) -> Any:
+        name = f"{templates.ROOT_LABEL_PREFIX}{generation}"
+        root = context.objects.get(name)
+        if root is None:
+            root = context.session.get_key(object_class=ObjectClass.SECRET_KEY, label=name)
+            context.objects[name] = root
+        return root
+
+    def _cache(self, context: ThreadContext) -> _HandleCache:
+        cache: _HandleCache | None = context.extra.get(_CACHE)
+        if cache is None:
+            cache = _HandleCache(maxsize=self._cache_size, ttl=self._cache_ttl)
+            context.extra[_CACHE] = cache
+        return cache
+
+    def _key(self, context: ThreadContext, version: KeyVersion, algorithm: Algorithm) -> Any:
+        """The usable object of a key version in this thread's session."""
+        cache_key = str(version.name)
+        if version.token_label is not None:
+            obj = context.objects.get(cache_key)
+            if obj is None:
+                shape = templates.shape(algorithm)
+                obj = context.session.get_key(object_class=shape.object_class,
+                                              label=version.token_label)
+                context.objects[cache_key] = obj
+            return obj
+        cache = self._cache(context)
+        obj = cache.get(cache_key)
+        if obj is None:
+            if version.wrapped_blob is None or version.root_generation is None:
+                raise TokenUnavailable("key version has no material")
+            shape = templates.shape(algorithm)
+            root = self._root(context, version.root_generation)
+            obj = root.unwrap_key(
+                shape.object_class, shape.key_type, version.wrapped_blob,
+                mechanism=templates.WRAP_MECHANISM, capabilities=0,
+                template=templates.unwrapped_for_use(algorithm),
+            )
+            cache[cache_key] = obj
+        return obj
+
+    def _run(self, operation: Callable[[ThreadContext], T]) -> T:
+        return self._library.run(operation)
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    def generate(self, algorithm: Algorithm, token_label: str | None) -> GeneratedMaterial:
+        return self._run(lambda context: self._generate(context, algorithm, token_label))
+
+    def _generate(
+        self, context: ThreadContext, algorithm: Algorithm, token_label: str | None
+    ) -> GeneratedMaterial:
+        session = context.session
+        spec = algorithm.spec
+        if spec.family in (KeyFamily.AES, KeyFamily.HMAC):
+            shape = templates.shape(algorithm)
+            key = session.generate_key(
+                shape.key_type, spec.bits, capabilities=0,
+                template=templates.secret_generation(algorithm, token_label),
+            )
+            public_der = None
+            private = key
+        else:
+            public, private = self._generate_pair(session, algorithm, token_label)
+            try:
+                public_der = public_key_der(algorithm, public)
+            finally:
+                _destroy_quietly(public)
+        if token_label is not None:
+            return GeneratedMaterial(None, None, token_label, public_der)
+        generation = self.current_root_generation()
+        try:
+            blob = self._root(context, generation).wrap_key(
+                private, mechanism=templates.WRAP_MECHANISM
+            )
+        finally:
+            _destroy_quietly(private)
+        return GeneratedMaterial(generation, bytes(blob), None, public_der)
+
+    def _generate_pair(
+        self, session: Any, algorithm: Algorithm, token_label: str | None
+    ) -> tuple[Any, Any]:
+        spec = algorithm.spec
+        public_template = templates.public_generation(algorithm)
+        private_template = templates.private_generation(algorithm, token_label)
+        if spec.family is KeyFamily.RSA:
+            public_template[Attribute.PUBLIC_EXPONENT] = b"\x01\x00\x01"
+            pair: tuple[Any, Any] = session.generate_keypair(
+                KeyType.RSA, spec.bits, capabilities=0,
+                public_template=public_template, private_template=private_template,
+            )
+            return pair
+        if spec.family is KeyFamily.EC:
+            params = encode_named_curve_parameters(spec.curve)
+            key_type, mechanism = KeyType.EC, Mechanism.EC_KEY_PAIR_GEN
+        else:
+            params, key_type, mechanism = (
+                _ED25519_PARAMS, KeyType.EC_EDWARDS, Mechanism.EC_EDWARDS_KEY_PAIR_GEN
+            )
+        domain = session.create_domain_parameters(
+            key_type, {Attribute.EC_PARAMS: params}, local=True
+        )
+        pair = domain.generate_keypair(
+            mechanism=mechanism, capabilities=0,
+            public_template=public_template, private_template=private_template,
+        )
+        return pair
+
+    def destroy(self, version: KeyVersion) -> None:
+        if version.token_label is not None:
+            self.destroy_label(version.token_label)
+        context = self._library.context()
+        cache = self._cache(context)
+        obj = cache.pop(str(version.name), None)
+        if obj is not None:
+            _destroy_quietly(obj)
+        context.objects.pop(str(version.name), None)
+
+    def destroy_label(self, token_label: str) -> bool:
+        def destroy(context: ThreadContext) -> bool:
+            found = False
+            for obj in context.session.get_objects({Attribute.LABEL: token_label,
+                                                    Attribute.TOKEN: True}):
+                obj.destroy()
+                found = True
+            return found
+
+        return self._run(destroy)
+
+    def random(self, size: int) -> bytes:
+        return self._run(lambda context: bytes(context.session.generate_random(size * 8)))
+
+    # -- symmetric ------------------------------------------------------------------------
+
+    def encrypt_gcm(
+        self, version: KeyVersion, algorithm: Algorithm, nonce: bytes, plaintext: bytes,
+        aad: bytes,
+    ) -> bytes:
+        def encrypt(context: ThreadContext) -> bytes:
+            key = self._key(context, version, algorithm)
+            return bytes(key.encrypt(plaintext, mechanism=Mechanism.AES_GCM,
+                                     mechanism_param=GCMParams(nonce, aad, 128)))
+
+        return self._run(encrypt)
+
+    def decrypt_gcm(
+        self, version: KeyVersion, algorithm: Algorithm, nonce: bytes, sealed: bytes, aad: bytes
+    ) -> bytes:
+        def decrypt(context: ThreadContext) -> bytes:
+            key = self._key(context, version, algorithm)
+            try:
+                return bytes(key.decrypt(sealed, mechanism=Mechanism.AES_GCM,
+                                         mechanism_param=GCMParams(nonce, aad, 128)))
+            except _DATA_ERRORS:
+                raise DecryptionFailed() from None
+
+        return self._run(decrypt)
+
+    def wrap_secret(self, version: KeyVersion, algorithm: Algorithm, material: bytes) -> bytes:
+        def wrap(context: ThreadContext) -> bytes:
+            key = self._key(context, version, algorithm)
+            transient = context.session.create_object(templates.transient_secret(material))
+            try:
+                return bytes(key.wrap_key(transient, mechanism=templates.WRAP_MECHANISM))
+            finally:
+                _destroy_quietly(transient)
+
+        return self._run(wrap)
+
+    def unwrap_secret(self, version: KeyVersion, algorithm: Algorithm, wrapped: bytes) -> bytes:
+        def unwrap(context: ThreadContext) -> bytes:
+            key = self._key(context, version, algorithm)
+            try:
+                transient = key.unwrap_key(
+                    ObjectClass.SECRET_KEY, KeyType.GENERIC_SECRET, wrapped,
+                    mechanism=templates.WRAP_MECHANISM, capabilities=0,
+                    template=templates.transient_secret(None),
+                )
+            except _DATA_ERRORS:
+                raise DecryptionFailed() from None
+            try:
+                return bytes(transient[Attribute.VALUE])
+            finally:
+                _destroy_quietly(transient)
+
+        return self._run(unwrap)
+
+    # -- asymmetric -----------------------------------------------------------------------
+
+    def sign(self, version: KeyVersion, algorithm: Algorithm, data: bytes, prehashed: bool) -> bytes:
+        spec = algorithm.spec
+        if spec.family is KeyFamily.EC:
+            hashed = data if prehashed else digest(spec.hash, data)
+
+            def sign_ec(context: ThreadContext) -> bytes:
+                raw = bytes(self._key(context, version, algorithm).sign(
+                    hashed, mechanism=Mechanism.ECDSA))
+                half = len(raw) // 2
+                return asym_utils.encode_dss_signature(
+                    int.from_bytes(raw[:half], "big"), int.from_bytes(raw[half:], "big"))
+
+            return self._run(sign_ec)
+        if spec.family is KeyFamily.ED25519:
+            mechanism, param = Mechanism.EDDSA, None
+        elif spec.padding is Padding.PSS:
+            hash_mechanism, mgf = _HASH_MECHANISMS[spec.hash]
+            mechanism = Mechanism.RSA_PKCS_PSS if prehashed else Mechanism.SHA256_RSA_PKCS_PSS
+            param = (hash_mechanism, mgf, len(digest(spec.hash, b"")))
+        elif spec.padding is Padding.PKCS1 and not prehashed:
+            mechanism, param = Mechanism.SHA256_RSA_PKCS, None
+        else:
+            raise InvalidArgument(f"{algorithm} cannot sign this input")
+
+        def sign(context: ThreadContext) -> bytes:
+            key = self._key(context, version, algorithm)
+            return bytes(key.sign(data, mechanism=mechanism, mechanism_param=param))
+
+        return self._run(sign)
+
+    def asymmetric_decrypt(
+        self, version: KeyVersion, algorithm: Algorithm, ciphertext: bytes
+    ) -> bytes:
+        if algorithm.spec.purpose is not Purpose.ASYMMETRIC_DECRYPT:
+            raise InvalidArgument(f"{algorithm} does not decrypt")
+        hash_mechanism, mgf = _HASH_MECHANISMS[algorithm.spec.hash]
+
+        def decrypt(context: ThreadContext) -> bytes:
+            key = self._key(context, version, algorithm)
+            try:
+                return bytes(key.decrypt(ciphertext, mechanism=Mechanism.RSA_PKCS_OAEP,
+                                         mechanism_param=(hash_mechanism, mgf, None)))
+            except _DATA_ERRORS:
+                raise DecryptionFailed() from None
+
+        return self._run(decrypt)
+
+    # -- MAC ------------------------------------------------------------------------------
+
+    def generate_mac(self, version: KeyVersion, algorithm: Algorithm, data: bytes) -> bytes:
+        mechanism = _HMAC_MECHANISMS[algorithm.spec.hash]
+        return self._run(lambda context: bytes(
+            self._key(context, version, algorithm).sign(data, mechanism=mechanism)))
+
+    def verify_mac(
+        self, version: KeyVersion, algorithm: Algorithm, data: bytes, mac: bytes
+    ) -> bool:
+        mechanism = _HMAC_MECHANISMS[algorithm.spec.hash]
+
+        def verify(context: ThreadContext) -> bool:
+            key = self._key(context, version, algorithm)
+            try:
+                return bool(key.verify(data, mac, mechanism=mechanism))
+            except _DATA_ERRORS:
+                return False
+
+        return self._run(verify)
+
+
+# Every way a token says "this input does not decrypt/verify under this key". They all
+# become one uniform answer; which one it was is not told to the caller.
+_DATA_ERRORS: tuple[type[Exception], ...] = (
+    exceptions.EncryptedDataInvalid,
+    exceptions.EncryptedDataLenRange,
+    exceptions.DataInvalid,
+    exceptions.DataLenRange,
+    exceptions.WrappedKeyInvalid,
+    exceptions.WrappedKeyLenRange,
+    exceptions.SignatureInvalid,
+    exceptions.SignatureLenRange,
+    exceptions.FunctionFailed,
+    # SoftHSM 2.6.1 reports a failed GCM tag check as CKR_GENERAL_ERROR.
+    exceptions.GeneralError,
+    exceptions.ArgumentsBad,
+    exceptions.TemplateInconsistent,
+)
+
+
+def open_keystore(settings: Settings) -> Pkcs11KeyStore:
+    """Start the module in this process, log in, and find the root keys."""
+    from vault.hsm.environment import use_softhsm_config
+
+    use_softhsm_config(settings)
+    library = TokenLibrary(settings.hsm.module, settings.hsm.token_label, settings.user_pin)
+    return Pkcs11KeyStore(library, settings.hsm.cache_size, settings.hsm.cache_ttl_seconds)

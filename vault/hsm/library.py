@@ -1,0 +1,187 @@
+"""The PKCS#11 module in this process: loading, locking, login, per-thread sessions, recovery.
+
+Rules from DESIGN.md section 4 that shape this file:
+- python-pkcs11 initialises without locking; reinitialize_with_os_locking fixes that before
+  any session exists.
+- Login belongs to the process: one login session, opened once and never closed (closing it
+  logs every session out).
+- Each thread gets its own session: python-pkcs11 serialises operations per session, and
+  PKCS#11 allows one active operation per session.
+- Initialise after fork, never before: a forked copy of an initialised module is unusable.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pkcs11
+from pkcs11 import Attribute, exceptions
+from pkcs11.attributes import AttributeMapper
+
+from vault.domain.errors import TokenUnavailable
+from vault.hsm import native
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+# The token or our view of it is broken: start the module again, log in, retry once.
+TOKEN_FAILURES: tuple[type[Exception], ...] = (
+    exceptions.DeviceError,
+    exceptions.DeviceRemoved,
+    exceptions.DeviceMemory,
+    exceptions.TokenNotPresent,
+    exceptions.TokenNotRecognised,
+    exceptions.GeneralError,
+    exceptions.UserNotLoggedIn,
+    exceptions.SessionClosed,
+    exceptions.SessionHandleInvalid,
+    exceptions.SessionCount,
+)
+# A handle we cached is gone (another process destroyed the object, or a session closed):
+# drop this thread's session and cache, retry once.
+STALE_HANDLES: tuple[type[Exception], ...] = (
+    exceptions.ObjectHandleInvalid,
+    exceptions.KeyHandleInvalid,
+    exceptions.WrappingKeyHandleInvalid,
+    exceptions.UnwrappingKeyHandleInvalid,
+)
+
+
+def attribute_mapper() -> AttributeMapper:
+    """python-pkcs11's mapper plus the array attributes it has no handler for."""
+    mapper = AttributeMapper()
+    mapper.register_handler(
+        Attribute.UNWRAP_TEMPLATE, native.pack_nested_template, native.unpack_opaque
+    )
+    mapper.register_handler(
+        Attribute.WRAP_TEMPLATE, native.pack_nested_template, native.unpack_opaque
+    )
+    mapper.register_handler(
+        Attribute.ALLOWED_MECHANISMS, native.pack_mechanism_list, native.unpack_mechanism_list
+    )
+    return mapper
+
+
+@dataclass
+class ThreadContext:
+    """One thread's session and what it has cached on it. Handles die with the session."""
+
+    epoch: int
+    session: Any
+    objects: dict[str, Any] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class TokenLibrary:
+    def __init__(self, module: Path, token_label: str, pin_source: Callable[[], str]) -> None:
+        self._module = str(module)
+        self._token_label = token_label
+        self._pin_source = pin_source
+        self._lock = threading.Lock()
+        self._local = threading.local()
+        self._epoch = 0
+        self._pid = os.getpid()
+        self._lib: Any = None
+        self._token: Any = None
+        self._login_session: Any = None
+        self._start()
+
+    def _start(self) -> None:
+        try:
+            self._lib = pkcs11.lib(self._module)
+            native.reinitialize_with_os_locking(self._module)
+            self._token = self._lib.get_token(token_label=self._token_label)
+            self._login_session = self._open_login_session()
+        except exceptions.NoSuchToken:
+            raise TokenUnavailable(
+                f"no token labelled {self._token_label!r}: run `vaultctl token init`"
+            ) from None
+        except exceptions.PinIncorrect:
+            raise TokenUnavailable("the token refused the user PIN") from None
+        except (exceptions.PKCS11Error, native.NativeError) as error:
+            raise TokenUnavailable(
+                f"cannot start the PKCS#11 module: {type(error).__name__}"
+            ) from None
+
+    def _open_login_session(self) -> Any:
+        pin = self._pin_source()
+        try:
+            return self._token.open(rw=True, user_pin=pin, attribute_mapper=attribute_mapper())
+        except exceptions.UserAlreadyLoggedIn:
+            return self._token.open(rw=True, attribute_mapper=attribute_mapper())
+        finally:
+            del pin
+
+    @property
+    def token(self) -> Any:
+        return self._token
+
+    @property
+    def login_session(self) -> Any:
+        return self._login_session
+
+    def mechanisms(self) -> set[Any]:
+        return set(self._token.slot.get_mechanisms())
+
+    def context(self) -> ThreadContext:
+        """This thread's session, opened on first use and again after a recovery."""
+        if os.getpid() != self._pid:
+            raise TokenUnavailable("PKCS#11 was initialised before fork; start it per process")
+        context: ThreadContext | None = getattr(self._local, "context", None)
+        if context is None or context.epoch != self._epoch:
+            session = self._token.open(rw=True, attribute_mapper=attribute_mapper())
+            context = ThreadContext(self._epoch, session)
+            self._local.context = context
+        return context
+
+    def drop_context(self) -> None:
+        context: ThreadContext | None = getattr(self._local, "context", None)
+        self._local.context = None
+        if context is not None:
+            try:
+                # Closing a non-login session is safe: python-pkcs11 logs out only when
+                # the session itself logged in. Its session objects go with it.
+                context.session.close()
+            except exceptions.PKCS11Error:
+                pass
+
+    def recover(self, failed_epoch: int) -> None:
+        """Finalise and start the module again, unless another thread already did."""
+        with self._lock:
+            if failed_epoch != self._epoch:
+                return
+            log.warning("token failure: re-initialising the PKCS#11 module")
+            self._epoch += 1
+            try:
+                native.reinitialize_with_os_locking(self._module)
+                self._token = self._lib.get_token(token_label=self._token_label)
+                self._login_session = self._open_login_session()
+            except (exceptions.PKCS11Error, native.NativeError) as error:
+                raise TokenUnavailable(
+                    f"the token did not come back: {type(error).__name__}"
+                ) from None
+
+    def run(self, operation: Callable[[ThreadContext], T]) -> T:
+        """Run operation on this thread's session; after a token failure or a stale handle,
+        recover and try exactly once more."""
+        context = self.context()
+        try:
+            return operation(context)
+        except STALE_HANDLES:
+            self.drop_context()
+        except TOKEN_FAILURES as error:
+            log.warning("token operation failed (%s); retrying once", type(error).__name__)
+            self._local.context = None
+            self.recover(context.epoch)
+        try:
+            return operation(self.context())
+        except (*STALE_HANDLES, *TOKEN_FAILURES) as error:
+            raise TokenUnavailable(
+                f"the token failed twice: {type(error).__name__}"
+            ) from None

@@ -1,0 +1,327 @@
+"""Key lifecycle use cases: create, read, list, update, rotate, state changes, destruction."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
+
+from cryptography.hazmat.primitives import serialization
+
+from vault.config import KeyPolicySettings
+from vault.domain.algorithms import DEFAULT_ALGORITHM, Algorithm, Purpose
+from vault.domain.errors import (
+    AlreadyExists,
+    Conflict,
+    InvalidArgument,
+    NotFound,
+    UnsupportedAlgorithm,
+)
+from vault.domain.models import (
+    Key,
+    KeyFilter,
+    KeyState,
+    KeyVersion,
+    Operation,
+    Page,
+    VersionState,
+)
+from vault.domain.names import KeyName, check_id, parse_key_or_version
+from vault.service.ports import KeyStore, MetadataStore
+
+log = logging.getLogger(__name__)
+
+Clock = Callable[[], datetime]
+MAX_LABELS = 64
+MAX_DESCRIPTION = 1024
+MAX_REQUEST_ID = 128
+TOKEN_LABEL_PREFIX = "vault:key:"
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class PublicKeyInfo:
+    version_name: str
+    algorithm: Algorithm
+    pem: str
+
+
+class KeyManagement:
+    def __init__(
+        self,
+        store: MetadataStore,
+        keystore: KeyStore,
+        policy: KeyPolicySettings,
+        clock: Clock = utc_now,
+    ) -> None:
+        self._store = store
+        self._keystore = keystore
+        self._policy = policy
+        self._clock = clock
+
+    # -- reads ---------------------------------------------------------------------------
+
+    def get_key(self, name: str) -> Key:
+        return self.load(KeyName.parse(name))
+
+    def load(self, name: KeyName) -> Key:
+        key = self._store.get_key(name)
+        if key is None:
+            raise NotFound("key not found", metadata={"name": str(name)})
+        return key
+
+    def list_keys(
+        self, account: str, key_filter: KeyFilter, page_size: int, page_token: str
+    ) -> Page[Key]:
+        check_id("account", account)
+        if page_size < 0:
+            raise InvalidArgument("page_size must not be negative")
+        return self._store.list_keys(account, key_filter, page_size, page_token)
+
+    def list_versions(self, name: str) -> list[KeyVersion]:
+        key = self.get_key(name)
+        return self._store.list_versions(key.name)
+
+    def get_public_key(self, name: str) -> PublicKeyInfo:
+        key_name, number = parse_key_or_version(name)
+        key = self.load(key_name)
+        key.require(Operation.GET_PUBLIC_KEY)
+        version = self.version(key, number)
+        if version.public_key_der is None:
+            raise NotFound("version has no public key", metadata={"name": str(version.name)})
+        public = serialization.load_der_public_key(version.public_key_der)
+        pem = public.public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        ).decode("ascii")
+        return PublicKeyInfo(str(version.name), key.algorithm, pem)
+
+    def version(self, key: Key, number: int | None) -> KeyVersion:
+        """The given version of key, or its primary; NotFound unless it holds material."""
+        wanted = key.name.version(number if number is not None else key.primary_version)
+        version = self._store.get_version(wanted)
+        if version is None or version.state is not VersionState.ENABLED:
+            raise NotFound("key version not found", metadata={"name": str(wanted)})
+        return version
+
+    # -- create, update, rotate ----------------------------------------------------------
+
+    def create_key(
+        self,
+        account: str,
+        key_id: str,
+        purpose: Purpose,
+        algorithm: Algorithm | None = None,
+        *,
+        labels: dict[str, str] | None = None,
+        description: str = "",
+        token_resident: bool = False,
+        request_id: str = "",
+    ) -> Key:
+        name = KeyName(check_id("account", account), check_id("key", key_id))
+        algorithm = algorithm or DEFAULT_ALGORITHM[purpose]
+        if algorithm.purpose is not purpose:
+            raise UnsupportedAlgorithm(
+                f"{algorithm} is not an algorithm of purpose {purpose}",
+                metadata={"algorithm": str(algorithm), "purpose": str(purpose)},
+            )
+        if algorithm not in self._keystore.supported_algorithms():
+            raise UnsupportedAlgorithm(
+                f"the token does not support {algorithm}",
+                metadata={"algorithm": str(algorithm)},
+            )
+        labels = _check_labels(labels or {})
+        _check_description(description)
+        if len(request_id) > MAX_REQUEST_ID:
+            raise InvalidArgument(f"request_id is limited to {MAX_REQUEST_ID} characters")
+        if request_id:
+            earlier = self._store.find_key_by_request_id(account, request_id)
+            if earlier is not None:
+                if earlier.name != name:
+                    raise AlreadyExists(
+                        "request_id was already used for another key",
+                        metadata={"name": str(earlier.name)},
+                    )
+                return earlier
+        if self._store.get_key(name) is not None:
+            raise AlreadyExists("key already exists", metadata={"name": str(name)})
+
+        resident = token_resident or algorithm.spec.requires_token_resident
+        now = self._clock()
+        key = Key(
+            name=name,
+            purpose=purpose,
+            algorithm=algorithm,
+            state=KeyState.ENABLED,
+            primary_version=1,
+            create_time=now,
+            update_time=now,
+            token_resident=resident,
+            labels=labels,
+            description=description,
+            request_id=request_id,
+        )
+        return self._add_first_or_next_version(key, 1, first=True)
+
+    def update_key(
+        self, name: str, *, labels: dict[str, str] | None, description: str | None
+    ) -> Key:
+        key = self.get_key(name)
+        if key.state is KeyState.DESTROYED:
+            key.require(Operation.ENCRYPT)  # raises the state error for a tombstone
+        changes: dict[str, object] = {"update_time": self._clock()}
+        if labels is not None:
+            changes["labels"] = _check_labels(labels)
+        if description is not None:
+            _check_description(description)
+            changes["description"] = description
+        return self._store.update_key(replace(key, **changes))  # type: ignore[arg-type]
+
+    def rotate_key(self, name: str) -> Key:
+        key = self.get_key(name)
+        if key.state is not KeyState.ENABLED:
+            raise_state(key, "RotateKey")
+        return self._add_first_or_next_version(key, key.primary_version + 1, first=False)
+
+    def _add_first_or_next_version(self, key: Key, number: int, *, first: bool) -> Key:
+        version_name = key.name.version(number)
+        label = f"{TOKEN_LABEL_PREFIX}{uuid.uuid4().hex}" if key.token_resident else None
+        now = self._clock()
+        if label is not None:
+            # Token objects outlive a crash: record the intent first, so start-up
+            # reconciliation can remove an object whose key never got committed.
+            pending = KeyVersion(
+                name=version_name,
+                state=VersionState.PENDING,
+                create_time=now,
+                root_generation=None,
+                wrapped_blob=None,
+                token_label=label,
+            )
+            stored = self._store.create_key(key, pending) if first else self._store.add_version(
+                key, pending
+            )
+            material = self._keystore.generate(key.algorithm, label)
+            enabled = replace(pending, state=VersionState.ENABLED,
+                              public_key_der=material.public_key_der)
+            self._store.update_version(enabled)
+            return stored
+        material = self._keystore.generate(key.algorithm, None)
+        version = KeyVersion(
+            name=version_name,
+            state=VersionState.ENABLED,
+            create_time=now,
+            root_generation=material.root_generation,
+            wrapped_blob=material.wrapped_blob,
+            token_label=None,
+            public_key_der=material.public_key_der,
+        )
+        return self._store.create_key(key, version) if first else self._store.add_version(
+            key, version
+        )
+
+    # -- state changes -------------------------------------------------------------------
+
+    def enable_key(self, name: str) -> Key:
+        return self._move(name, KeyState.ENABLED)
+
+    def disable_key(self, name: str) -> Key:
+        return self._move(name, KeyState.DISABLED)
+
+    def revoke_key(self, name: str, reason: str) -> Key:
+        if not reason.strip():
+            raise InvalidArgument("a revocation needs a reason")
+        if len(reason) > MAX_DESCRIPTION:
+            raise InvalidArgument(f"reason is limited to {MAX_DESCRIPTION} characters")
+        key = self.get_key(name)
+        revoked = replace(key.transition(KeyState.REVOKED, self._clock()),
+                          revocation_reason=reason, destroy_scheduled_time=None,
+                          state_before_destroy_scheduled=None)
+        return self._store.update_key(revoked)
+
+    def schedule_destruction(self, name: str, waiting_period: timedelta | None) -> Key:
+        waiting = waiting_period if waiting_period is not None else (
+            self._policy.default_destroy_waiting
+        )
+        if waiting < self._policy.min_destroy_waiting:
+            raise InvalidArgument(
+                "waiting period is shorter than the configured minimum",
+                metadata={"minimum_seconds": str(self._policy.min_destroy_waiting_seconds)},
+            )
+        key = self.get_key(name)
+        now = self._clock()
+        scheduled = replace(
+            key.transition(KeyState.DESTROY_SCHEDULED, now),
+            destroy_scheduled_time=now + waiting,
+            state_before_destroy_scheduled=key.state,
+        )
+        return self._store.update_key(scheduled)
+
+    def cancel_destruction(self, name: str) -> Key:
+        key = self.get_key(name)
+        if key.state is not KeyState.DESTROY_SCHEDULED:
+            raise_state(key, "CancelKeyDestruction")
+        # A cancelled key comes back DISABLED (or REVOKED, if it was): re-enabling is a
+        # separate, deliberate step.
+        previous = key.state_before_destroy_scheduled
+        target = KeyState.REVOKED if previous is KeyState.REVOKED else KeyState.DISABLED
+        restored = replace(
+            key.transition(target, self._clock()),
+            destroy_scheduled_time=None,
+            state_before_destroy_scheduled=None,
+        )
+        return self._store.update_key(restored)
+
+    def _move(self, name: str, target: KeyState) -> Key:
+        key = self.get_key(name)
+        if key.state is target:
+            return key
+        return self._store.update_key(key.transition(target, self._clock()))
+
+    # -- destruction job -----------------------------------------------------------------
+
+    def destroy_due_keys(self) -> list[Key]:
+        """Destroy every key whose waiting period has ended: token objects, then the store."""
+        destroyed: list[Key] = []
+        now = self._clock()
+        for key in self._store.keys_due_for_destruction(now):
+            # The store decides first: if a cancellation won the race, nothing is touched.
+            # A crash after this line leaves token objects no live version names, and
+            # start-up reconciliation removes those.
+            try:
+                destroyed.append(self._store.mark_destroyed(key, now))
+            except Conflict:
+                continue
+            for version in self._store.list_versions(key.name):
+                self._keystore.destroy(version)
+            log.info("destroyed key %s", key.name)
+        return destroyed
+
+
+def raise_state(key: Key, operation: str) -> None:
+    from vault.domain.errors import WrongState
+
+    raise WrongState(
+        f"{operation} is not allowed while the key is {key.state}",
+        metadata={"state": str(key.state), "operation": operation},
+    )
+
+
+def _check_labels(labels: dict[str, str]) -> dict[str, str]:
+    if len(labels) > MAX_LABELS:
+        raise InvalidArgument(f"a key has at most {MAX_LABELS} labels")
+    for label_key, value in labels.items():
+        check_id("label", label_key)
+        if len(value) > 63:
+            raise InvalidArgument("label values are limited to 63 characters",
+                                  metadata={"label": label_key})
+    return dict(labels)
+
+
+def _check_description(description: str) -> None:
+    if len(description) > MAX_DESCRIPTION:
+        raise InvalidArgument(f"description is limited to {MAX_DESCRIPTION} characters")

@@ -1,0 +1,119 @@
+"""Engine construction and transaction helpers shared by the store and the migrations."""
+
+from __future__ import annotations
+
+import os
+import weakref
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.pool import ConnectionPoolEntry, StaticPool
+
+# Execution option read by the SQLite "begin" hook: this transaction is going to write.
+WRITE_OPTION = "vault_write"
+
+# How long a SQLite connection waits for another process's write lock before SQLITE_BUSY.
+SQLITE_BUSY_TIMEOUT_MS = 10_000
+
+
+def is_sqlite(url: URL) -> bool:
+    return url.get_backend_name() == "sqlite"
+
+
+def is_sqlite_memory(url: URL) -> bool:
+    if not is_sqlite(url):
+        return False
+    database = url.database or ""
+    if database in ("", ":memory:"):
+        return True
+    return _is_uri(url) and (":memory:" in database or url.query.get("mode") == "memory")
+
+
+def _is_uri(url: URL) -> bool:
+    return str(url.query.get("uri", "")).lower() in ("true", "1", "yes", "on")
+
+
+def make_engine(url: str | URL) -> Engine:
+    """An engine for the store: one per process, shared by all its threads."""
+    parsed = make_url(url)
+    # hide_parameters keeps bound values (wrapped blobs, labels, request ids) out of the
+    # messages of every SQLAlchemy error, and so out of chained tracebacks and logs.
+    options: dict[str, Any] = {"hide_parameters": True}
+    if is_sqlite_memory(parsed):
+        # An in-memory database lives and dies with its one connection, so every thread must
+        # share it; the store serialises access (see SqlMetadataStore).
+        options["poolclass"] = StaticPool
+        options["connect_args"] = {"check_same_thread": False}
+    elif is_sqlite(parsed):
+        if parsed.database and not _is_uri(parsed):
+            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+    else:
+        # A server database may drop idle connections (restart, failover, idle timeout).
+        options["pool_pre_ping"] = True
+    engine = create_engine(parsed, **options)
+    if is_sqlite(parsed):
+        _install_sqlite_hooks(engine)
+    _dispose_in_forked_children(engine)
+    return engine
+
+
+def _install_sqlite_hooks(engine: Engine) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: ConnectionPoolEntry) -> None:
+        # Take BEGIN away from the sqlite3 module (which would issue a deferred BEGIN only
+        # before DML, and none before SELECT or DDL); the "begin" hook below emits our own.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        try:
+            # busy_timeout first: switching to WAL needs a lock another process may hold.
+            cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS:d}")
+            cursor.execute("PRAGMA journal_mode = WAL")
+            cursor.execute("PRAGMA synchronous = NORMAL")
+            cursor.execute("PRAGMA foreign_keys = ON")
+        finally:
+            cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        # A deferred transaction that reads and then writes must upgrade its lock; when two
+        # processes both do that, one gets SQLITE_BUSY at once (busy_timeout cannot help, as
+        # waiting would deadlock). Writers therefore take the write lock up front and queue on
+        # busy_timeout instead. Readers stay deferred so WAL lets them run beside a writer.
+        if conn.get_execution_options().get(WRITE_OPTION):
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+        else:
+            conn.exec_driver_sql("BEGIN")
+
+
+def _dispose_in_forked_children(engine: Engine) -> None:
+    # Pooled connections must not cross fork(): parent and child would share one SQLite file
+    # handle or one server socket. The child drops its inherited pool without closing the
+    # parent's connections. A weak reference so the hook does not keep the engine alive.
+    ref = weakref.ref(engine)
+
+    def _after_fork() -> None:
+        forked = ref()
+        if forked is not None:
+            forked.dispose(close=False)
+
+    os.register_at_fork(after_in_child=_after_fork)
+
+
+@contextmanager
+def write_transaction(engine: Engine) -> Iterator[Connection]:
+    """A connection in a transaction that may write (BEGIN IMMEDIATE on SQLite)."""
+    with engine.connect() as conn:
+        conn.execution_options(**{WRITE_OPTION: True})
+        with conn.begin():
+            yield conn
+
+
+@contextmanager
+def read_transaction(engine: Engine) -> Iterator[Connection]:
+    """A connection in a transaction that only reads (one consistent snapshot)."""
+    with engine.connect() as conn, conn.begin():
+        yield conn
