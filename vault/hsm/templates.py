@@ -172,8 +172,8 @@ def public_generation(algorithm: Algorithm) -> Template:
 
 
 def unwrapped_for_use(algorithm: Algorithm) -> Template:
-    """A key version unwrapped into this process. The root's UNWRAP_TEMPLATE forces SENSITIVE
-    and WRAP_WITH_TRUSTED; EXTRACTABLE=FALSE closes the last door."""
+    """A key version unwrapped into this process. The root's UNWRAP_TEMPLATE forces SENSITIVE,
+    WRAP_WITH_TRUSTED and MODIFIABLE=FALSE; EXTRACTABLE=FALSE closes the last door."""
     key_shape = shape(algorithm)
     return {
         Attribute.TOKEN: False,
@@ -183,6 +183,8 @@ def unwrapped_for_use(algorithm: Algorithm) -> Template:
         Attribute.WRAP_WITH_TRUSTED: True,
         Attribute.ALLOWED_MECHANISMS: list(key_shape.mechanisms),
         **key_shape.usage,
+        # Last: SoftHSM applies the template in order, and nothing is settable after this.
+        Attribute.MODIFIABLE: False,
     }
 
 
@@ -206,8 +208,15 @@ def transient_secret(material: bytes | None) -> Template:
 def root_key(generation: int) -> tuple[Template, NestedTemplate]:
     """The root of the hierarchy (DESIGN.md section 3). Returns the template and the nested
     unwrap template it points into, which must stay referenced until the key is generated."""
+    # MODIFIABLE=FALSE in the unwrap template is what lets unwrapped keys carry it at all
+    # (SoftHSM refuses it in a plain unwrap call); without it a PIN holder could add DECRYPT
+    # to an unwrapped wrapping key.
     forced = NestedTemplate(
-        {int(Attribute.SENSITIVE): True, int(Attribute.WRAP_WITH_TRUSTED): True}
+        {
+            int(Attribute.SENSITIVE): True,
+            int(Attribute.WRAP_WITH_TRUSTED): True,
+            int(Attribute.MODIFIABLE): False,
+        }
     )
     label = f"{ROOT_LABEL_PREFIX}{generation}"
     template: Template = {

@@ -1,0 +1,57 @@
+"""Shared fixtures: one provisioned token and one running server for the session.
+
+The pytest process itself opens the same token (same SOFTHSM2_CONF) for tests that inspect
+objects directly; SoftHSM supports several processes on one token directory.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.harness import VaultServer, provision, vault_environment
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("vault-data")
+    provision(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def server(data_dir: Path) -> Iterator[VaultServer]:
+    with VaultServer(data_dir) as running:
+        yield running
+
+
+@pytest.fixture(scope="session")
+def client(server: VaultServer) -> Iterator[object]:
+    from vault.client import VaultClient
+
+    with VaultClient(server.target) as vault_client:
+        yield vault_client
+
+
+@pytest.fixture(scope="session")
+def settings(data_dir: Path) -> object:
+    """Settings of the session's vault, as the server sees them."""
+    from vault.config import Settings
+
+    for key, value in vault_environment(data_dir).items():
+        if key.startswith("VAULT_"):
+            os.environ[key] = value
+    return Settings()
+
+
+@pytest.fixture(scope="session")
+def keystore(settings: object) -> object:
+    """The token opened in the pytest process (once: a PKCS#11 module starts once)."""
+    from vault.config import Settings
+    from vault.hsm.keystore import open_keystore
+
+    assert isinstance(settings, Settings)
+    return open_keystore(settings)
