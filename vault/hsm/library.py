@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 import pkcs11
 from pkcs11 import Attribute, exceptions
 from pkcs11.attributes import AttributeMapper
+from tenacity import retry, retry_if_exception_type, stop_after_attempt, wait_random
 
 from vault.domain.errors import TokenUnavailable
 from vault.hsm import native
@@ -96,7 +97,7 @@ class TokenLibrary:
         try:
             self._lib = pkcs11.lib(self._module)
             native.reinitialize_with_os_locking(self._module)
-            self._token = self._lib.get_token(token_label=self._token_label)
+            self._token = self._find_token()
             self._login_session = self._open_login_session()
         except exceptions.NoSuchToken:
             raise TokenUnavailable(
@@ -108,6 +109,18 @@ class TokenLibrary:
             raise TokenUnavailable(
                 f"cannot start the PKCS#11 module: {type(error).__name__}"
             ) from None
+
+    # SoftHSM re-reads the token directory when slots are listed; while another process
+    # is writing an object file it can briefly miss the token (seen at 1 start in 12 with
+    # four processes starting together). A short, jittered retry rides that out.
+    @retry(
+        retry=retry_if_exception_type(exceptions.NoSuchToken),
+        stop=stop_after_attempt(5),
+        wait=wait_random(0.05, 0.3),
+        reraise=True,
+    )
+    def _find_token(self) -> Any:
+        return self._lib.get_token(token_label=self._token_label)
 
     def _open_login_session(self) -> Any:
         pin = self._pin_source()
@@ -160,7 +173,7 @@ class TokenLibrary:
             self._epoch += 1
             try:
                 native.reinitialize_with_os_locking(self._module)
-                self._token = self._lib.get_token(token_label=self._token_label)
+                self._token = self._find_token()
                 self._login_session = self._open_login_session()
             except (exceptions.PKCS11Error, native.NativeError) as error:
                 raise TokenUnavailable(

@@ -1,0 +1,409 @@
+"""VaultClient: one channel, the generated stubs, and the two things every caller would
+otherwise repeat: CRC32C integrity fields both ways, and rich errors as VaultClientError."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from datetime import timedelta
+from types import TracebackType
+from typing import Any, Final, TypeAlias, TypeVar
+
+import google_crc32c
+import grpc
+from google.protobuf.duration_pb2 import Duration
+from google.protobuf.field_mask_pb2 import FieldMask
+from google.protobuf.message import Message
+from google.protobuf.wrappers_pb2 import Int64Value
+
+from vault.client._errors import ChecksumError, VaultClientError
+from vault.gen.vault.v1 import (
+    crypto_service_pb2,
+    crypto_service_pb2_grpc,
+    key_service_pb2,
+    key_service_pb2_grpc,
+    resources_pb2,
+)
+
+_Request = TypeVar("_Request")
+_Response = TypeVar("_Response")
+
+# Anything naming an enum value: the proto number, its proto name (PURPOSE_SIGN_VERIFY) or
+# the domain name (SIGN_VERIFY, which vault.domain's StrEnums are).
+PurposeLike: TypeAlias = "resources_pb2.Purpose.ValueType | str"
+AlgorithmLike: TypeAlias = "resources_pb2.Algorithm.ValueType | str"
+KeyStateLike: TypeAlias = "resources_pb2.KeyState.ValueType | str"
+
+DEFAULT_TIMEOUT_SECONDS: Final = 30.0
+
+
+def _crc32c(data: bytes) -> Int64Value:
+    return Int64Value(value=int(google_crc32c.value(data)))
+
+
+def _check(response: Message, field: str) -> None:
+    """Raise ChecksumError unless response.<field> matches response.<field>_crc32c."""
+    checksum_field = f"{field}_crc32c"
+    if not response.HasField(checksum_field):
+        return
+    expected: Int64Value = getattr(response, checksum_field)
+    data: bytes = getattr(response, field)
+    if isinstance(data, str):
+        data = data.encode("utf-8")
+    if int(google_crc32c.value(data)) != expected.value:
+        raise ChecksumError(field)
+
+
+def _enum(value: int | str | None, wrapper: Any, prefix: str) -> Any:
+    if value is None:
+        return 0
+    if isinstance(value, str):
+        return wrapper.Value(value if value.startswith(prefix) else f"{prefix}{value}")
+    return value
+
+
+class VaultClient:
+    """A client of one vault server. Use it as a context manager, or call close().
+
+    Every method returns the response message (or the Key it names) and raises
+    VaultClientError on failure. Byte inputs are sent with their CRC32C and byte outputs
+    checked against theirs, so corruption in transit raises ChecksumError instead of
+    returning wrong data.
+    """
+
+    def __init__(
+        self,
+        target: str,
+        *,
+        timeout: float | None = DEFAULT_TIMEOUT_SECONDS,
+        channel: grpc.Channel | None = None,
+        options: Sequence[tuple[str, Any]] | None = None,
+    ) -> None:
+        """target: host:port or unix:path. timeout: per call, in seconds (None: no
+        deadline). channel: use this channel instead of a plaintext one to target (TLS)."""
+        self._target = target
+        self._timeout = timeout
+        self._owns_channel = channel is None
+        self._channel = channel or grpc.insecure_channel(target, options=list(options or ()))
+        self._keys = key_service_pb2_grpc.KeyServiceStub(self._channel)
+        self._crypto = crypto_service_pb2_grpc.CryptoServiceStub(self._channel)
+
+    def __repr__(self) -> str:
+        return f"VaultClient({self._target!r})"
+
+    def __enter__(self) -> VaultClient:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._owns_channel:
+            self._channel.close()
+
+    def _call(
+        self, method: grpc.UnaryUnaryMultiCallable[_Request, _Response], request: _Request
+    ) -> _Response:
+        try:
+            return method(request, timeout=self._timeout)
+        except grpc.RpcError as error:
+            raise VaultClientError.from_rpc_error(error) from error
+
+    # -- KeyService -------------------------------------------------------------------------
+
+    def create_key(
+        self,
+        parent: str,
+        key_id: str,
+        purpose: PurposeLike,
+        algorithm: AlgorithmLike | None = None,
+        *,
+        labels: dict[str, str] | None = None,
+        description: str = "",
+        token_resident: bool = False,
+        request_id: str = "",
+    ) -> resources_pb2.Key:
+        key = resources_pb2.Key(
+            purpose=_enum(purpose, resources_pb2.Purpose, "PURPOSE_"),
+            algorithm=_enum(algorithm, resources_pb2.Algorithm, "ALGORITHM_"),
+            labels=labels or {},
+            description=description,
+            token_resident=token_resident,
+        )
+        request = key_service_pb2.CreateKeyRequest(
+            parent=parent, key_id=key_id, key=key, request_id=request_id
+        )
+        return self._call(self._keys.CreateKey, request)
+
+    def get_key(self, name: str) -> resources_pb2.Key:
+        return self._call(self._keys.GetKey, key_service_pb2.GetKeyRequest(name=name))
+
+    def list_keys(
+        self,
+        parent: str,
+        *,
+        page_size: int = 0,
+        page_token: str = "",
+        purpose: PurposeLike | None = None,
+        state: KeyStateLike | None = None,
+        label_key: str = "",
+        label_value: str | None = None,
+    ) -> key_service_pb2.ListKeysResponse:
+        request = key_service_pb2.ListKeysRequest(
+            parent=parent,
+            page_size=page_size,
+            page_token=page_token,
+            purpose=_enum(purpose, resources_pb2.Purpose, "PURPOSE_"),
+            state=_enum(state, resources_pb2.KeyState, "KEY_STATE_"),
+            label_key=label_key,
+            label_value=label_value,
+        )
+        return self._call(self._keys.ListKeys, request)
+
+    def iter_keys(
+        self,
+        parent: str,
+        *,
+        page_size: int = 0,
+        purpose: PurposeLike | None = None,
+        state: KeyStateLike | None = None,
+        label_key: str = "",
+        label_value: str | None = None,
+    ) -> Iterator[resources_pb2.Key]:
+        """Every matching key, fetching pages as needed."""
+        token = ""
+        while True:
+            page = self.list_keys(
+                parent,
+                page_size=page_size,
+                page_token=token,
+                purpose=purpose,
+                state=state,
+                label_key=label_key,
+                label_value=label_value,
+            )
+            yield from page.keys
+            token = page.next_page_token
+            if not token:
+                return
+
+    def update_key(
+        self, name: str, *, labels: dict[str, str] | None = None, description: str | None = None
+    ) -> resources_pb2.Key:
+        """Replace the labels and/or the description; None leaves a field unchanged, {} or ""
+        clears it."""
+        paths = [
+            path
+            for path, value in (("labels", labels), ("description", description))
+            if value is not None
+        ]
+        key = resources_pb2.Key(name=name, labels=labels or {}, description=description or "")
+        request = key_service_pb2.UpdateKeyRequest(key=key, update_mask=FieldMask(paths=paths))
+        return self._call(self._keys.UpdateKey, request)
+
+    def rotate_key(self, name: str) -> resources_pb2.Key:
+        return self._call(self._keys.RotateKey, key_service_pb2.RotateKeyRequest(name=name))
+
+    def list_key_versions(self, name: str) -> list[resources_pb2.KeyVersion]:
+        versions: list[resources_pb2.KeyVersion] = []
+        token = ""
+        while True:
+            request = key_service_pb2.ListKeyVersionsRequest(parent=name, page_token=token)
+            page = self._call(self._keys.ListKeyVersions, request)
+            versions.extend(page.key_versions)
+            token = page.next_page_token
+            if not token:
+                return versions
+
+    def get_public_key(self, name: str) -> resources_pb2.PublicKey:
+        """name: a key (its primary version) or a key version."""
+        request = key_service_pb2.GetPublicKeyRequest(name=name)
+        response = self._call(self._keys.GetPublicKey, request)
+        _check(response, "pem")
+        return response
+
+    def enable_key(self, name: str) -> resources_pb2.Key:
+        return self._call(self._keys.EnableKey, key_service_pb2.EnableKeyRequest(name=name))
+
+    def disable_key(self, name: str) -> resources_pb2.Key:
+        return self._call(self._keys.DisableKey, key_service_pb2.DisableKeyRequest(name=name))
+
+    def revoke_key(self, name: str, reason: str) -> resources_pb2.Key:
+        request = key_service_pb2.RevokeKeyRequest(name=name, reason=reason)
+        return self._call(self._keys.RevokeKey, request)
+
+    def schedule_key_destruction(
+        self, name: str, waiting_period: timedelta | None = None
+    ) -> resources_pb2.Key:
+        """waiting_period None: the server's default."""
+        request = key_service_pb2.ScheduleKeyDestructionRequest(name=name)
+        if waiting_period is not None:
+            duration = Duration()
+            duration.FromTimedelta(waiting_period)
+            request.waiting_period.CopyFrom(duration)
+        return self._call(self._keys.ScheduleKeyDestruction, request)
+
+    def cancel_key_destruction(self, name: str) -> resources_pb2.Key:
+        request = key_service_pb2.CancelKeyDestructionRequest(name=name)
+        return self._call(self._keys.CancelKeyDestruction, request)
+
+    # -- CryptoService ----------------------------------------------------------------------
+
+    def encrypt(
+        self, name: str, plaintext: bytes, aad: bytes = b""
+    ) -> crypto_service_pb2.EncryptResponse:
+        request = crypto_service_pb2.EncryptRequest(
+            name=name,
+            plaintext=plaintext,
+            additional_authenticated_data=aad,
+            plaintext_crc32c=_crc32c(plaintext),
+            additional_authenticated_data_crc32c=_crc32c(aad),
+        )
+        response = self._call(self._crypto.Encrypt, request)
+        _check(response, "ciphertext")
+        return response
+
+    def decrypt(
+        self, name: str, ciphertext: bytes, aad: bytes = b""
+    ) -> crypto_service_pb2.DecryptResponse:
+        request = crypto_service_pb2.DecryptRequest(
+            name=name,
+            ciphertext=ciphertext,
+            additional_authenticated_data=aad,
+            ciphertext_crc32c=_crc32c(ciphertext),
+            additional_authenticated_data_crc32c=_crc32c(aad),
+        )
+        response = self._call(self._crypto.Decrypt, request)
+        _check(response, "plaintext")
+        return response
+
+    def generate_data_key(
+        self,
+        name: str,
+        key_size_bytes: int = 32,
+        aad: bytes = b"",
+        *,
+        include_plaintext: bool = False,
+    ) -> crypto_service_pb2.GenerateDataKeyResponse:
+        request = crypto_service_pb2.GenerateDataKeyRequest(
+            name=name,
+            key_size_bytes=key_size_bytes,
+            additional_authenticated_data=aad,
+            additional_authenticated_data_crc32c=_crc32c(aad),
+            include_plaintext=include_plaintext,
+        )
+        response = self._call(self._crypto.GenerateDataKey, request)
+        _check(response, "ciphertext")
+        _check(response, "plaintext")
+        return response
+
+    def re_encrypt(
+        self,
+        name: str,
+        ciphertext: bytes,
+        *,
+        source_aad: bytes = b"",
+        destination_key_name: str = "",
+        destination_aad: bytes = b"",
+    ) -> crypto_service_pb2.ReEncryptResponse:
+        """destination_key_name empty: name's primary version."""
+        request = crypto_service_pb2.ReEncryptRequest(
+            name=name,
+            ciphertext=ciphertext,
+            source_additional_authenticated_data=source_aad,
+            destination_key_name=destination_key_name,
+            destination_additional_authenticated_data=destination_aad,
+            ciphertext_crc32c=_crc32c(ciphertext),
+            source_additional_authenticated_data_crc32c=_crc32c(source_aad),
+            destination_additional_authenticated_data_crc32c=_crc32c(destination_aad),
+        )
+        response = self._call(self._crypto.ReEncrypt, request)
+        _check(response, "ciphertext")
+        return response
+
+    def wrap_key(self, name: str, key_material: bytes) -> crypto_service_pb2.WrapKeyResponse:
+        request = crypto_service_pb2.WrapKeyRequest(
+            name=name, key_material=key_material, key_material_crc32c=_crc32c(key_material)
+        )
+        response = self._call(self._crypto.WrapKey, request)
+        _check(response, "wrapped_key")
+        return response
+
+    def unwrap_key(self, name: str, wrapped_key: bytes) -> crypto_service_pb2.UnwrapKeyResponse:
+        request = crypto_service_pb2.UnwrapKeyRequest(
+            name=name, wrapped_key=wrapped_key, wrapped_key_crc32c=_crc32c(wrapped_key)
+        )
+        response = self._call(self._crypto.UnwrapKey, request)
+        _check(response, "key_material")
+        return response
+
+    def sign(
+        self, name: str, *, message: bytes | None = None, digest: bytes | None = None
+    ) -> crypto_service_pb2.SignResponse:
+        """Give exactly one of message and digest."""
+        request = crypto_service_pb2.SignRequest(name=name)
+        if message is not None:
+            request.message = message
+            request.message_crc32c.CopyFrom(_crc32c(message))
+        if digest is not None:
+            request.digest = digest
+            request.digest_crc32c.CopyFrom(_crc32c(digest))
+        response = self._call(self._crypto.Sign, request)
+        _check(response, "signature")
+        return response
+
+    def verify(
+        self,
+        name: str,
+        signature: bytes,
+        *,
+        message: bytes | None = None,
+        digest: bytes | None = None,
+    ) -> crypto_service_pb2.VerifyResponse:
+        """Give exactly one of message and digest. An invalid signature is valid=False."""
+        request = crypto_service_pb2.VerifyRequest(
+            name=name, signature=signature, signature_crc32c=_crc32c(signature)
+        )
+        if message is not None:
+            request.message = message
+            request.message_crc32c.CopyFrom(_crc32c(message))
+        if digest is not None:
+            request.digest = digest
+            request.digest_crc32c.CopyFrom(_crc32c(digest))
+        return self._call(self._crypto.Verify, request)
+
+    def asymmetric_decrypt(
+        self, name: str, ciphertext: bytes
+    ) -> crypto_service_pb2.AsymmetricDecryptResponse:
+        request = crypto_service_pb2.AsymmetricDecryptRequest(
+            name=name, ciphertext=ciphertext, ciphertext_crc32c=_crc32c(ciphertext)
+        )
+        response = self._call(self._crypto.AsymmetricDecrypt, request)
+        _check(response, "plaintext")
+        return response
+
+    def generate_mac(self, name: str, data: bytes) -> crypto_service_pb2.GenerateMacResponse:
+        request = crypto_service_pb2.GenerateMacRequest(
+            name=name, data=data, data_crc32c=_crc32c(data)
+        )
+        response = self._call(self._crypto.GenerateMac, request)
+        _check(response, "mac")
+        return response
+
+    def verify_mac(
+        self, name: str, data: bytes, mac: bytes
+    ) -> crypto_service_pb2.VerifyMacResponse:
+        request = crypto_service_pb2.VerifyMacRequest(
+            name=name, data=data, mac=mac, data_crc32c=_crc32c(data), mac_crc32c=_crc32c(mac)
+        )
+        return self._call(self._crypto.VerifyMac, request)
+
+    def generate_random(self, size_bytes: int) -> crypto_service_pb2.GenerateRandomResponse:
+        request = crypto_service_pb2.GenerateRandomRequest(size_bytes=size_bytes)
+        response = self._call(self._crypto.GenerateRandom, request)
+        _check(response, "data")
+        return response

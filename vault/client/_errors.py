@@ -1,0 +1,64 @@
+"""The one exception the SDK raises, built from the server's rich status (AIP-193)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import grpc
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
+
+
+class VaultClientError(Exception):
+    """A call failed. code is the gRPC status code; reason, the stable ErrorInfo reason
+    (e.g. WRONG_KEY_STATE) to branch on, empty when the server sent none (the call never
+    reached it, for instance); message, for people; metadata, the ErrorInfo metadata."""
+
+    def __init__(
+        self,
+        code: grpc.StatusCode,
+        reason: str,
+        message: str,
+        metadata: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(
+            f"{code.name} {reason}: {message}" if reason else f"{code.name}: {message}"
+        )
+        self.code = code
+        self.reason = reason
+        self.message = message
+        self.metadata: dict[str, str] = dict(metadata or {})
+
+    @classmethod
+    def from_rpc_error(cls, error: grpc.RpcError) -> VaultClientError:
+        if not isinstance(error, grpc.Call):
+            return cls(grpc.StatusCode.UNKNOWN, "", str(error))
+        code = error.code()
+        message = error.details() or ""
+        try:
+            status = rpc_status.from_call(error)
+        except ValueError:
+            # The trailer disagrees with the status line (a proxy rewrote one of them):
+            # trust the status line, which every hop must carry.
+            status = None
+        if status is not None:
+            for detail in status.details:
+                if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+                    info = error_details_pb2.ErrorInfo()
+                    detail.Unpack(info)
+                    return cls(code, info.reason, message, dict(info.metadata))
+        return cls(code, "", message)
+
+
+class ChecksumError(VaultClientError):
+    """A response field did not match the CRC32C the server sent with it: corrupted in
+    transit. Retrying is safe for every call but GenerateDataKey and GenerateRandom, whose
+    retry returns new data."""
+
+    def __init__(self, field: str) -> None:
+        super().__init__(
+            grpc.StatusCode.DATA_LOSS,
+            "CHECKSUM_MISMATCH",
+            f"response field {field} does not match its CRC32C",
+            {"field": field},
+        )

@@ -1,0 +1,189 @@
+"""Conversions between vault.v1 messages and domain objects.
+
+Proto enums mirror the domain enums by name (PURPOSE_SIGN_VERIFY <-> Purpose.SIGN_VERIFY);
+the tables below are built from the names and checked at import, so a value added on one
+side only fails the server at start-up instead of on the first request that uses it.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from enum import StrEnum
+from typing import TYPE_CHECKING, Final, Generic, TypeVar
+
+from google.protobuf.duration_pb2 import Duration
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from vault.domain.algorithms import Algorithm, Purpose
+from vault.domain.errors import InvalidArgument
+from vault.domain.models import Key, KeyFilter, KeyState, KeyVersion, VersionState
+from vault.domain.names import AccountName
+from vault.gen.vault.v1 import key_service_pb2, resources_pb2
+from vault.service.keys import PublicKeyInfo
+from vault.transport.integrity import checksum
+
+if TYPE_CHECKING:
+    from google.protobuf.internal.enum_type_wrapper import _EnumTypeWrapper
+
+_Domain = TypeVar("_Domain", bound=StrEnum)
+_Proto = TypeVar("_Proto", bound=int)
+
+# The protobuf Duration range; anything outside it is not a valid Duration.
+_MAX_DURATION_SECONDS: Final = 315_576_000_000
+UPDATABLE_KEY_FIELDS: Final = ("labels", "description")
+
+
+class _EnumMirror(Generic[_Domain, _Proto]):
+    """Both directions between a domain enum and its proto enum."""
+
+    def __init__(self, domain: type[_Domain], proto: _EnumTypeWrapper[_Proto], prefix: str) -> None:
+        proto_names = {name for name, _ in proto.items() if name != f"{prefix}UNSPECIFIED"}
+        domain_names = {f"{prefix}{member.name}" for member in domain}
+        if proto_names != domain_names:
+            raise RuntimeError(
+                f"proto enum {proto.DESCRIPTOR.full_name} does not mirror {domain.__name__}: "
+                f"only in proto {sorted(proto_names - domain_names)}, "
+                f"only in domain {sorted(domain_names - proto_names)}"
+            )
+        self._to_proto: dict[_Domain, _Proto] = {
+            member: proto.Value(f"{prefix}{member.name}") for member in domain
+        }
+        self._from_proto: dict[int, _Domain] = {v: m for m, v in self._to_proto.items()}
+
+    def to_proto(self, value: _Domain) -> _Proto:
+        return self._to_proto[value]
+
+    def from_proto(self, value: int, field: str) -> _Domain | None:
+        """The domain value, or None for UNSPECIFIED (0)."""
+        if value == 0:
+            return None
+        member = self._from_proto.get(value)
+        if member is None:
+            # proto3 enums are open: an unknown number parses fine and must be refused here.
+            raise InvalidArgument(
+                f"{field} has an unknown value", metadata={"field": field, "value": str(value)}
+            )
+        return member
+
+
+PURPOSES: Final = _EnumMirror(Purpose, resources_pb2.Purpose, "PURPOSE_")
+ALGORITHMS: Final = _EnumMirror(Algorithm, resources_pb2.Algorithm, "ALGORITHM_")
+KEY_STATES: Final = _EnumMirror(KeyState, resources_pb2.KeyState, "KEY_STATE_")
+VERSION_STATES: Final = _EnumMirror(VersionState, resources_pb2.VersionState, "VERSION_STATE_")
+
+
+# -- domain -> proto ---------------------------------------------------------------------
+
+
+def timestamp(value: datetime) -> Timestamp:
+    result = Timestamp()
+    result.FromDatetime(value)
+    return result
+
+
+def _optional_timestamp(value: datetime | None) -> Timestamp | None:
+    return timestamp(value) if value is not None else None
+
+
+def key_to_proto(key: Key) -> resources_pb2.Key:
+    return resources_pb2.Key(
+        name=str(key.name),
+        purpose=PURPOSES.to_proto(key.purpose),
+        algorithm=ALGORITHMS.to_proto(key.algorithm),
+        state=KEY_STATES.to_proto(key.state),
+        primary_version=str(key.name.version(key.primary_version)),
+        create_time=timestamp(key.create_time),
+        update_time=timestamp(key.update_time),
+        token_resident=key.token_resident,
+        labels=key.labels,
+        description=key.description,
+        destroy_scheduled_time=_optional_timestamp(key.destroy_scheduled_time),
+        revocation_reason=key.revocation_reason,
+    )
+
+
+def version_to_proto(version: KeyVersion) -> resources_pb2.KeyVersion:
+    return resources_pb2.KeyVersion(
+        name=str(version.name),
+        state=VERSION_STATES.to_proto(version.state),
+        create_time=timestamp(version.create_time),
+        destroy_time=_optional_timestamp(version.destroy_time),
+        token_resident=version.token_resident,
+    )
+
+
+def public_key_to_proto(info: PublicKeyInfo) -> resources_pb2.PublicKey:
+    return resources_pb2.PublicKey(
+        pem=info.pem,
+        algorithm=ALGORITHMS.to_proto(info.algorithm),
+        name=info.version_name,
+        pem_crc32c=checksum(info.pem.encode("utf-8")),
+    )
+
+
+# -- proto -> domain ---------------------------------------------------------------------
+
+
+def account_of(parent: str) -> str:
+    """The account id of parent (accounts/{account}); MalformedName otherwise."""
+    return AccountName.parse(parent).account
+
+
+def required_purpose(value: int, field: str) -> Purpose:
+    purpose = PURPOSES.from_proto(value, field)
+    if purpose is None:
+        raise InvalidArgument(f"{field} is required", metadata={"field": field})
+    return purpose
+
+
+def key_filter(request: key_service_pb2.ListKeysRequest) -> KeyFilter:
+    return KeyFilter(
+        purpose=PURPOSES.from_proto(request.purpose, "purpose"),
+        state=KEY_STATES.from_proto(request.state, "state"),
+        label_key=request.label_key or None,
+        label_value=request.label_value if request.HasField("label_value") else None,
+    )
+
+
+def key_updates(
+    request: key_service_pb2.UpdateKeyRequest,
+) -> tuple[dict[str, str] | None, str | None]:
+    """(labels, description) to set, None meaning unchanged, following AIP-134: an absent
+    mask means every updatable field that is non-empty in the request's key."""
+    key = request.key
+    if request.HasField("update_mask"):
+        paths = set(request.update_mask.paths)
+        if "*" in paths:
+            paths = (paths - {"*"}) | set(UPDATABLE_KEY_FIELDS)
+        unknown = sorted(paths - set(UPDATABLE_KEY_FIELDS))
+        if unknown:
+            raise InvalidArgument(
+                "update_mask may name only labels and description",
+                metadata={"field": "update_mask", "paths": ",".join(unknown)[:200]},
+            )
+    else:
+        paths = {"labels"} if key.labels else set()
+        if key.description:
+            paths.add("description")
+    if not paths:
+        raise InvalidArgument(
+            "nothing to update: set update_mask or a label or the description",
+            metadata={"field": "update_mask"},
+        )
+    labels = dict(key.labels) if "labels" in paths else None
+    description = key.description if "description" in paths else None
+    return labels, description
+
+
+def waiting_period(
+    request: key_service_pb2.ScheduleKeyDestructionRequest,
+) -> timedelta | None:
+    if not request.HasField("waiting_period"):
+        return None
+    duration: Duration = request.waiting_period
+    # timedelta overflows (OverflowError) long before int64 seconds do.
+    if abs(duration.seconds) > _MAX_DURATION_SECONDS or abs(duration.nanos) >= 1_000_000_000:
+        raise InvalidArgument(
+            "waiting_period is not a valid duration", metadata={"field": "waiting_period"}
+        )
+    return duration.ToTimedelta()

@@ -1,0 +1,191 @@
+"""The one place where errors become gRPC statuses (AIP-193).
+
+Servicers raise domain errors and never catch them: `ErrorInterceptor` turns each into a
+status code from `STATUS_CODES` plus a google.rpc.ErrorInfo (reason, domain, metadata). Any
+other exception is a bug: the caller gets INTERNAL with a generic message, and the server log
+gets the exception's type and stack but not its message, which may quote request data.
+"""
+
+from __future__ import annotations
+
+import logging
+import traceback
+from collections.abc import Callable, Mapping
+from typing import Any, Final, TypeVar, cast
+
+import grpc
+from google.protobuf import any_pb2
+from google.rpc import error_details_pb2, status_pb2
+from grpc_status import rpc_status
+
+from vault.domain.errors import (
+    ERROR_DOMAIN,
+    AlreadyExists,
+    Conflict,
+    DecryptionFailed,
+    InvalidArgument,
+    NotFound,
+    StoreUnavailable,
+    TokenUnavailable,
+    VaultError,
+    WrongPurpose,
+    WrongState,
+)
+
+log = logging.getLogger(__name__)
+
+# Looked up along the exception's MRO, so subclasses (MalformedName, InputTooLarge, ...)
+# inherit their base's code unless listed themselves.
+STATUS_CODES: Final[Mapping[type[VaultError], grpc.StatusCode]] = {
+    InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
+    WrongPurpose: grpc.StatusCode.FAILED_PRECONDITION,
+    WrongState: grpc.StatusCode.FAILED_PRECONDITION,
+    NotFound: grpc.StatusCode.NOT_FOUND,
+    AlreadyExists: grpc.StatusCode.ALREADY_EXISTS,
+    # Not FAILED_PRECONDITION: the data given is what is wrong, and one uniform code keeps
+    # the vault from telling tampering, wrong AAD and wrong key apart.
+    DecryptionFailed: grpc.StatusCode.INVALID_ARGUMENT,
+    TokenUnavailable: grpc.StatusCode.UNAVAILABLE,
+    StoreUnavailable: grpc.StatusCode.UNAVAILABLE,
+    Conflict: grpc.StatusCode.ABORTED,
+}
+
+INTERNAL_MESSAGE: Final = "internal error"
+INTERNAL_REASON: Final = "INTERNAL"
+# Only our own services are wrapped; health and reflection report their own statuses.
+_GUARDED_METHOD_PREFIX: Final = "/vault.v1."
+
+
+class ChecksumMismatch(InvalidArgument):
+    """A request field does not match the CRC32C the caller sent with it."""
+
+    reason = "CHECKSUM_MISMATCH"
+
+
+class MalformedRequest(InvalidArgument):
+    """The request bytes are not a valid message of the method's request type."""
+
+    reason = "MALFORMED_REQUEST"
+
+
+def status_code(error: VaultError) -> grpc.StatusCode | None:
+    for cls in type(error).__mro__:
+        code = STATUS_CODES.get(cls)
+        if code is not None:
+            return code
+    return None
+
+
+def to_status(error: BaseException, method: str = "") -> grpc.Status:
+    """The status a caller receives for error; logs the errors that are bugs."""
+    if isinstance(error, VaultError):
+        code = status_code(error)
+        if code is not None:
+            log.debug("%s failed: %s %s", method, code.name, error.reason)
+            return _rich_status(code, error.message, error.reason, error.metadata)
+    log_unexpected(error, method)
+    return _rich_status(grpc.StatusCode.INTERNAL, INTERNAL_MESSAGE, INTERNAL_REASON, {})
+
+
+def log_unexpected(error: BaseException, where: str) -> None:
+    """Log a bug by type and stack only: the message and arguments may quote request data
+    (a driver error can include SQL parameters, a parser error the bytes it choked on)."""
+    frames = traceback.extract_tb(error.__traceback__)
+    stack = "\n".join(f"  at {f.filename}:{f.lineno} in {f.name}" for f in frames)
+    log.error("unexpected %s in %s\n%s", type(error).__qualname__, where or "?", stack)
+
+
+def _rich_status(
+    code: grpc.StatusCode, message: str, reason: str, metadata: Mapping[str, str]
+) -> grpc.Status:
+    info = error_details_pb2.ErrorInfo(reason=reason, domain=ERROR_DOMAIN, metadata=metadata)
+    detail = any_pb2.Any()
+    detail.Pack(info)
+    status = status_pb2.Status(code=code.value[0], message=message, details=[detail])
+    return cast(grpc.Status, rpc_status.to_status(status))
+
+
+class _Undecodable:
+    """Stands in for a request that failed to parse. gRPC answers a deserializer exception
+    with INTERNAL; handing this to the behaviour instead lets it answer INVALID_ARGUMENT."""
+
+    __slots__ = ()
+
+
+_UNDECODABLE: Final = _Undecodable()
+_Request = TypeVar("_Request")
+_Response = TypeVar("_Response")
+
+
+def _tolerant(
+    deserializer: Callable[[bytes], _Request] | None,
+) -> Callable[[bytes], _Request | _Undecodable] | None:
+    if deserializer is None:
+        return None
+    parse = deserializer
+
+    def deserialize(data: bytes) -> _Request | _Undecodable:
+        try:
+            return parse(data)
+        except Exception:  # any parse failure is the caller's malformed input
+            return _UNDECODABLE
+
+    return deserialize
+
+
+def _guard(
+    behavior: Callable[[_Request, grpc.ServicerContext], _Response], method: str
+) -> Callable[[_Request | _Undecodable, grpc.ServicerContext], _Response]:
+    def guarded(request: _Request | _Undecodable, context: grpc.ServicerContext) -> _Response:
+        if isinstance(request, _Undecodable):
+            context.abort_with_status(
+                to_status(MalformedRequest("the request is not a valid message"), method)
+            )
+        try:
+            return behavior(request, context)
+        except Exception as error:
+            # A handler that aborted itself has set its status already; keep it.
+            if _aborted(context):
+                raise
+            context.abort_with_status(to_status(error, method))
+
+    return guarded
+
+
+def _aborted(context: grpc.ServicerContext) -> bool:
+    code: Callable[[], Any] | None = getattr(context, "code", None)
+    return code is not None and code() is not None
+
+
+class ErrorInterceptor(grpc.ServerInterceptor):
+    """Maps every exception a vault.v1 unary method raises to a rich status.
+
+    Install it first in the server's interceptor list, so it is outermost and also maps
+    errors raised by later interceptors' handlers (authentication, audit).
+    """
+
+    def intercept_service(
+        self,
+        continuation: Callable[
+            [grpc.HandlerCallDetails], grpc.RpcMethodHandler[_Request, _Response] | None
+        ],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler[_Request, _Response] | None:
+        handler = continuation(handler_call_details)
+        method = handler_call_details.method
+        if (
+            handler is None
+            or handler.unary_unary is None
+            or handler.request_streaming
+            or handler.response_streaming
+            or not method.startswith(_GUARDED_METHOD_PREFIX)
+        ):
+            return handler
+        return cast(
+            "grpc.RpcMethodHandler[_Request, _Response]",
+            grpc.unary_unary_rpc_method_handler(
+                _guard(handler.unary_unary, method),
+                request_deserializer=_tolerant(handler.request_deserializer),
+                response_serializer=handler.response_serializer,
+            ),
+        )

@@ -1,0 +1,39 @@
+"""CRC32C integrity fields, as Cloud KMS defines them.
+
+A request byte field X may come with X_crc32c (google.protobuf.Int64Value); when present it
+must match, so corruption between the caller's memory and ours is caught before a key is
+used. Responses carry the CRC32C of each byte field they return.
+"""
+
+from __future__ import annotations
+
+import google_crc32c
+from google.protobuf.message import Message
+from google.protobuf.wrappers_pb2 import Int64Value
+
+from vault.transport.errors import ChecksumMismatch
+
+
+def crc32c(data: bytes) -> int:
+    return int(google_crc32c.value(data))
+
+
+def checksum(data: bytes) -> Int64Value:
+    return Int64Value(value=crc32c(data))
+
+
+def verify_checksum(request: Message, field: str) -> bool:
+    """Check request.<field> against request.<field>_crc32c if the caller sent one.
+
+    Returns whether a check was made, for the response's verified_<field>_crc32c.
+    """
+    checksum_field = f"{field}_crc32c"
+    if not request.HasField(checksum_field):
+        return False
+    expected: Int64Value = getattr(request, checksum_field)
+    data: bytes = getattr(request, field)
+    if crc32c(data) != expected.value:
+        raise ChecksumMismatch(
+            f"{field} does not match {checksum_field}", metadata={"field": field}
+        )
+    return True

@@ -1,0 +1,115 @@
+"""vault.v1.KeyService: requests in, KeyManagement calls, messages out.
+
+Methods do no error handling (ErrorInterceptor maps domain errors) and no validation beyond
+what only the wire format knows (enum numbers, field masks, page tokens); names are parsed
+and checked by the service.
+"""
+
+from __future__ import annotations
+
+import grpc
+
+from vault.domain.errors import InvalidArgument
+from vault.gen.vault.v1 import key_service_pb2, key_service_pb2_grpc, resources_pb2
+from vault.service.keys import KeyManagement
+from vault.transport import convert
+
+
+class KeyServicer(key_service_pb2_grpc.KeyServiceServicer):
+    def __init__(self, keys: KeyManagement) -> None:
+        self._keys = keys
+
+    def CreateKey(
+        self, request: key_service_pb2.CreateKeyRequest, context: grpc.ServicerContext
+    ) -> resources_pb2.Key:
+        key = self._keys.create_key(
+            convert.account_of(request.parent),
+            request.key_id,
+            convert.required_purpose(request.key.purpose, "key.purpose"),
+            convert.ALGORITHMS.from_proto(request.key.algorithm, "key.algorithm"),
+            labels=dict(request.key.labels),
+            description=request.key.description,
+            token_resident=request.key.token_resident,
+            request_id=request.request_id,
+        )
+        return convert.key_to_proto(key)
+
+    def GetKey(
+        self, request: key_service_pb2.GetKeyRequest, context: grpc.ServicerContext
+    ) -> resources_pb2.Key:
+        return convert.key_to_proto(self._keys.get_key(request.name))
+
+    def ListKeys(
+        self, request: key_service_pb2.ListKeysRequest, context: grpc.ServicerContext
+    ) -> key_service_pb2.ListKeysResponse:
+        page = self._keys.list_keys(
+            convert.account_of(request.parent),
+            convert.key_filter(request),
+            request.page_size,
+            request.page_token,
+        )
+        return key_service_pb2.ListKeysResponse(
+            keys=[convert.key_to_proto(key) for key in page.items],
+            next_page_token=page.next_page_token,
+        )
+
+    def UpdateKey(
+        self, request: key_service_pb2.UpdateKeyRequest, context: grpc.ServicerContext
+    ) -> resources_pb2.Key:
+        labels, description = convert.key_updates(request)
+        key = self._keys.update_key(request.key.name, labels=labels, description=description)
+        return convert.key_to_proto(key)
+
+    def RotateKey(
+        self, request: key_service_pb2.RotateKeyRequest, context: grpc.ServicerContext
+    ) -> resources_pb2.Key:
+        return convert.key_to_proto(self._keys.rotate_key(request.name))
+
+    def ListKeyVersions(
+        self, request: key_service_pb2.ListKeyVersionsRequest, context: grpc.ServicerContext
+    ) -> key_service_pb2.ListKeyVersionsResponse:
+        # The service returns every version (a key has few); the request already has the
+        # paging fields so clients that loop on next_page_token keep working once it pages.
+        if request.page_size < 0:
+            raise InvalidArgument("page_size must not be negative", metadata={"field": "page_size"})
+        if request.page_token:
+            raise InvalidArgument("page_token is not valid", metadata={"field": "page_token"})
+        versions = self._keys.list_versions(request.parent)
+        return key_service_pb2.ListKeyVersionsResponse(
+            key_versions=[convert.version_to_proto(version) for version in versions]
+        )
+
+    def GetPublicKey(
+        self, request: key_service_pb2.GetPublicKeyRequest, context: grpc.ServicerContext
+    ) -> resources_pb2.PublicKey:
+        return convert.public_key_to_proto(self._keys.get_public_key(request.name))
+
+    def EnableKey(
+        self, request: key_service_pb2.EnableKeyRequest, context: grpc.ServicerContext
+    ) -> resources_pb2.Key:
+        return convert.key_to_proto(self._keys.enable_key(request.name))
+
+    def DisableKey(
+        self, request: key_service_pb2.DisableKeyRequest, context: grpc.ServicerContext
+    ) -> resources_pb2.Key:
+        return convert.key_to_proto(self._keys.disable_key(request.name))
+
+    def RevokeKey(
+        self, request: key_service_pb2.RevokeKeyRequest, context: grpc.ServicerContext
+    ) -> resources_pb2.Key:
+        return convert.key_to_proto(self._keys.revoke_key(request.name, request.reason))
+
+    def ScheduleKeyDestruction(
+        self,
+        request: key_service_pb2.ScheduleKeyDestructionRequest,
+        context: grpc.ServicerContext,
+    ) -> resources_pb2.Key:
+        key = self._keys.schedule_destruction(request.name, convert.waiting_period(request))
+        return convert.key_to_proto(key)
+
+    def CancelKeyDestruction(
+        self,
+        request: key_service_pb2.CancelKeyDestructionRequest,
+        context: grpc.ServicerContext,
+    ) -> resources_pb2.Key:
+        return convert.key_to_proto(self._keys.cancel_destruction(request.name))
