@@ -15,8 +15,14 @@ USAGE = (Attribute.ENCRYPT, Attribute.DECRYPT, Attribute.SIGN, Attribute.WRAP, A
 
 def _flags(obj: Any) -> dict[Attribute, bool]:
     flags = {}
-    for attribute in (*USAGE, Attribute.SENSITIVE, Attribute.EXTRACTABLE,
-                      Attribute.WRAP_WITH_TRUSTED, Attribute.MODIFIABLE, Attribute.TOKEN):
+    for attribute in (
+        *USAGE,
+        Attribute.SENSITIVE,
+        Attribute.EXTRACTABLE,
+        Attribute.WRAP_WITH_TRUSTED,
+        Attribute.MODIFIABLE,
+        Attribute.TOKEN,
+    ):
         try:
             flags[attribute] = bool(obj[attribute])
         except exceptions.AttributeTypeInvalid:
@@ -34,8 +40,11 @@ def every_kind_in_use(keystore: Any) -> None:
         resident = algorithm.spec.requires_token_resident
         version = generated_version(keystore, algorithm, resident=resident)
         usable_object(keystore, version, algorithm)
-    usable_object(keystore, generated_version(keystore, Algorithm.HMAC_SHA256, resident=True),
-                  Algorithm.HMAC_SHA256)
+    usable_object(
+        keystore,
+        generated_version(keystore, Algorithm.HMAC_SHA256, resident=True),
+        Algorithm.HMAC_SHA256,
+    )
 
 
 def test_every_key_object_follows_the_policy(keystore: Any, every_kind_in_use: None) -> None:
@@ -62,8 +71,12 @@ def test_keys_in_use_are_not_extractable(keystore: Any, every_kind_in_use: None)
 def test_token_object_count_does_not_grow_with_wrapped_keys(keystore: Any) -> None:
     session = session_of(keystore)
     before = len(key_objects(session, token_only=True))
-    for algorithm in (Algorithm.AES_256_GCM, Algorithm.EC_SIGN_P256_SHA256,
-                      Algorithm.HMAC_SHA256, Algorithm.AES_256_KWP) * 5:
+    for algorithm in (
+        Algorithm.AES_256_GCM,
+        Algorithm.EC_SIGN_P256_SHA256,
+        Algorithm.HMAC_SHA256,
+        Algorithm.AES_256_KWP,
+    ) * 5:
         generated_version(keystore, algorithm)
     assert len(key_objects(session, token_only=True)) == before
 
@@ -71,9 +84,11 @@ def test_token_object_count_does_not_grow_with_wrapped_keys(keystore: Any) -> No
 def test_resident_keys_are_private_token_objects(keystore: Any) -> None:
     version = generated_version(keystore, Algorithm.EC_SIGN_ED25519, resident=True)
     try:
-        private = [o for o in session_of(keystore).get_objects(
-            {Attribute.LABEL: version.token_label}) if o[Attribute.CLASS] !=
-            ObjectClass.PUBLIC_KEY]
+        private = [
+            o
+            for o in session_of(keystore).get_objects({Attribute.LABEL: version.token_label})
+            if o[Attribute.CLASS] != ObjectClass.PUBLIC_KEY
+        ]
         assert len(private) == 1
         assert private[0][Attribute.PRIVATE] is True
         assert private[0][Attribute.EXTRACTABLE] is False

@@ -37,8 +37,9 @@ def version_for(material_label: str | None = None, **fields: Any) -> KeyVersion:
     return KeyVersion(**defaults)
 
 
-def generated_version(keystore: Pkcs11KeyStore, algorithm: Algorithm,
-                      resident: bool = False) -> KeyVersion:
+def generated_version(
+    keystore: Pkcs11KeyStore, algorithm: Algorithm, resident: bool = False
+) -> KeyVersion:
     """A key version made by the vault's own generation path."""
     label = f"vault:key:{uuid.uuid4().hex}" if resident else None
     material = keystore.generate(algorithm, label)
@@ -73,22 +74,24 @@ def key_objects(session: Any, token_only: bool = False) -> list[Any]:
 @contextmanager
 def attacker_wrapping_key(session: Any) -> Iterator[Any]:
     """A wrapping key whose value the attacker knows: anything it wraps is exported."""
-    key = session.create_object({
-        Attribute.CLASS: ObjectClass.SECRET_KEY,
-        Attribute.KEY_TYPE: KeyType.AES,
-        Attribute.VALUE: b"\x42" * 32,
-        Attribute.TOKEN: False,
-        Attribute.PRIVATE: True,
-        Attribute.SENSITIVE: False,
-        Attribute.EXTRACTABLE: True,
-        Attribute.WRAP: True,
-        Attribute.UNWRAP: True,
-        Attribute.ENCRYPT: True,
-        Attribute.DECRYPT: True,
-        Attribute.SIGN: False,
-        Attribute.VERIFY: False,
-        Attribute.DERIVE: False,
-    })
+    key = session.create_object(
+        {
+            Attribute.CLASS: ObjectClass.SECRET_KEY,
+            Attribute.KEY_TYPE: KeyType.AES,
+            Attribute.VALUE: b"\x42" * 32,
+            Attribute.TOKEN: False,
+            Attribute.PRIVATE: True,
+            Attribute.SENSITIVE: False,
+            Attribute.EXTRACTABLE: True,
+            Attribute.WRAP: True,
+            Attribute.UNWRAP: True,
+            Attribute.ENCRYPT: True,
+            Attribute.DECRYPT: True,
+            Attribute.SIGN: False,
+            Attribute.VERIFY: False,
+            Attribute.DERIVE: False,
+        }
+    )
     try:
         yield key
     finally:

@@ -74,6 +74,13 @@ class TokenUnavailable(VaultError):
     reason = "TOKEN_UNAVAILABLE"
 
 
+class TokenOperationFailed(VaultError):
+    """The token refused an operation for a reason that is neither the caller's input nor an
+    outage (INTERNAL): a template or mechanism the module does not accept."""
+
+    reason = "TOKEN_OPERATION_FAILED"
+
+
 class StoreUnavailable(VaultError):
     reason = "STORE_UNAVAILABLE"
 

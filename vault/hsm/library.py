@@ -25,7 +25,7 @@ from pkcs11 import Attribute, exceptions
 from pkcs11.attributes import AttributeMapper
 from tenacity import retry, retry_if_exception_type, stop_after_attempt, wait_random
 
-from vault.domain.errors import TokenUnavailable
+from vault.domain.errors import TokenOperationFailed, TokenUnavailable
 from vault.hsm import native
 
 log = logging.getLogger(__name__)
@@ -185,7 +185,7 @@ class TokenLibrary:
         recover and try exactly once more."""
         context = self.context()
         try:
-            return operation(context)
+            return self._mapped(operation, context)
         except STALE_HANDLES:
             self.drop_context()
         except TOKEN_FAILURES as error:
@@ -193,8 +193,22 @@ class TokenLibrary:
             self._local.context = None
             self.recover(context.epoch)
         try:
-            return operation(self.context())
+            return self._mapped(operation, self.context())
         except (*STALE_HANDLES, *TOKEN_FAILURES) as error:
             raise TokenUnavailable(
                 f"the token failed twice: {type(error).__name__}"
+            ) from None
+
+    @staticmethod
+    def _mapped(operation: Callable[[ThreadContext], T], context: ThreadContext) -> T:
+        """No python-pkcs11 exception leaves this layer: what run() does not retry becomes
+        a domain error naming only the PKCS#11 error class."""
+        try:
+            return operation(context)
+        except (*STALE_HANDLES, *TOKEN_FAILURES):
+            raise
+        except exceptions.PKCS11Error as error:
+            log.error("token refused an operation: %s", type(error).__name__)
+            raise TokenOperationFailed(
+                f"the token refused the operation ({type(error).__name__})"
             ) from None

@@ -32,8 +32,8 @@ def verify_signature(
 ) -> bool:
     """True when signature is valid; False for every kind of failure, malformed input included."""
     spec = algorithm.spec
-    public = serialization.load_der_public_key(public_key_der)
     try:
+        public = serialization.load_der_public_key(public_key_der)
         if spec.family is KeyFamily.ED25519:
             if not isinstance(public, ed25519.Ed25519PublicKey) or prehashed:
                 return False
@@ -55,6 +55,6 @@ def verify_signature(
             else:
                 public.verify(signature, data, padding.PKCS1v15(), chosen)
             return True
-    except (InvalidSignature, ValueError):
+    except (InvalidSignature, ValueError, TypeError):
         return False
     return False

@@ -26,6 +26,7 @@ from vault.domain.errors import (
     InvalidArgument,
     NotFound,
     StoreUnavailable,
+    TokenOperationFailed,
     TokenUnavailable,
     VaultError,
     WrongPurpose,
@@ -46,6 +47,7 @@ STATUS_CODES: Final[Mapping[type[VaultError], grpc.StatusCode]] = {
     # the vault from telling tampering, wrong AAD and wrong key apart.
     DecryptionFailed: grpc.StatusCode.INVALID_ARGUMENT,
     TokenUnavailable: grpc.StatusCode.UNAVAILABLE,
+    TokenOperationFailed: grpc.StatusCode.INTERNAL,
     StoreUnavailable: grpc.StatusCode.UNAVAILABLE,
     Conflict: grpc.StatusCode.ABORTED,
 }
