@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 
+from vault.domain.errors import Conflict
 from vault.service.ports import KeyStore, MetadataStore, ReconcileReport
 
 log = logging.getLogger(__name__)
@@ -18,9 +19,13 @@ log = logging.getLogger(__name__)
 def reconcile(store: MetadataStore, keystore: KeyStore) -> ReconcileReport:
     discarded: list[str] = []
     for version in store.pending_versions():
+        # Store first: if the creating process finished meanwhile, Conflict keeps its object.
+        try:
+            store.discard_pending(version)
+        except Conflict:
+            continue
         if version.token_label is not None:
             keystore.destroy_label(version.token_label)
-        store.discard_pending(version)
         discarded.append(str(version.name))
         log.warning("discarded half-created key version %s", version.name)
 

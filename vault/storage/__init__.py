@@ -7,9 +7,10 @@ from pathlib import Path
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import Connection
+from sqlalchemy.exc import SQLAlchemyError
 
 from vault.storage.engine import make_engine, write_transaction
-from vault.storage.sql_store import SqlMetadataStore
+from vault.storage.sql_store import SqlMetadataStore, unavailable
 
 __all__ = ["SqlMetadataStore", "migrate", "open_store"]
 
@@ -21,15 +22,19 @@ def open_store(url: str) -> SqlMetadataStore:
 
     Safe to call from several processes at once on one SQLite file: the upgrade runs in one
     write transaction, so the first caller migrates and the others then find nothing to do.
+    StoreUnavailable if the database cannot be reached.
     """
     engine = make_engine(url)
     try:
         with write_transaction(engine) as conn:
             migrate(conn)
-        return SqlMetadataStore(engine)
+    except SQLAlchemyError as exc:
+        engine.dispose()
+        raise unavailable(exc) from exc
     except BaseException:
         engine.dispose()
         raise
+    return SqlMetadataStore(engine)
 
 
 def migrate(connection: Connection) -> None:

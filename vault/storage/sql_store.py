@@ -1,0 +1,566 @@
+"""MetadataStore over SQLAlchemy Core. Portable SQL only: the same queries serve SQLite now and
+PostgreSQL later; backend differences stay in engine.py."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    Engine,
+    RowMapping,
+    and_,
+    delete,
+    func,
+    insert,
+    literal,
+    select,
+    update,
+)
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+
+from vault.domain.algorithms import Algorithm, Purpose
+from vault.domain.errors import (
+    AlreadyExists,
+    Conflict,
+    InvalidArgument,
+    MalformedName,
+    NotFound,
+    StoreUnavailable,
+    VaultError,
+)
+from vault.domain.models import (
+    Key,
+    KeyFilter,
+    KeyState,
+    KeyVersion,
+    Page,
+    RootGeneration,
+    VersionState,
+)
+from vault.domain.names import KeyName, KeyVersionName, check_id
+from vault.storage.engine import is_sqlite_memory, read_transaction, write_transaction
+from vault.storage.tables import UtcDateTime, key_versions, keys, root_generations
+
+DEFAULT_PAGE_SIZE = 100
+MAX_PAGE_SIZE = 1000
+
+
+class SqlMetadataStore:
+    """The vault's MetadataStore. One instance per process, shared by all request threads:
+    each call checks a connection out of the engine's pool for one transaction."""
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+        # An in-memory SQLite database is one connection shared by every thread (StaticPool);
+        # interleaved transactions on it would mix, so calls take turns. File and server
+        # databases give each call its own pooled connection and need no lock.
+        self._serial: threading.Lock | None = (
+            threading.Lock() if is_sqlite_memory(engine.url) else None
+        )
+
+    def __repr__(self) -> str:
+        return f"SqlMetadataStore({self._engine.url.render_as_string(hide_password=True)!r})"
+
+    def close(self) -> None:
+        """Close every pooled connection. The store must not be used afterwards."""
+        self._engine.dispose()
+
+    # --- keys -------------------------------------------------------------------------------
+
+    def create_key(self, key: Key, first_version: KeyVersion) -> Key:
+        """Insert a key and its version 1 atomically; AlreadyExists if the name is taken."""
+        _require_same_key(key, first_version)
+        key_row = _key_row(key)
+        version_row = _version_row(first_version)
+        with self._transaction(write=True, on_duplicate=lambda: self._explain_duplicate(key)) as c:
+            c.execute(insert(keys).values(**key_row))
+            c.execute(insert(key_versions).values(**version_row))
+        return key
+
+    def get_key(self, name: KeyName) -> Key | None:
+        with self._transaction(write=False) as c:
+            row = c.execute(select(keys).where(_key_pk(name))).mappings().one_or_none()
+        return None if row is None else _to_key(row)
+
+    def find_key_by_request_id(self, account: str, request_id: str) -> Key | None:
+        if not request_id:
+            # An empty request id is stored as NULL and never matches.
+            return None
+        query = select(keys).where(keys.c.account == account, keys.c.request_id == request_id)
+        with self._transaction(write=False) as c:
+            row = c.execute(query).mappings().one_or_none()
+        return None if row is None else _to_key(row)
+
+    def list_keys(
+        self, account: str, key_filter: KeyFilter, page_size: int, page_token: str
+    ) -> Page[Key]:
+        size = _clamp_page_size(page_size)
+        query = select(keys).where(keys.c.account == account, *_filter_clauses(key_filter))
+        if page_token:
+            query = query.where(keys.c.key_id > _decode_page_token(page_token))
+        # One row beyond the page says whether another page follows, without a COUNT.
+        query = query.order_by(keys.c.key_id).limit(size + 1)
+        with self._transaction(write=False) as c:
+            rows = c.execute(query).mappings().all()
+        items = [_to_key(row) for row in rows[:size]]
+        next_token = _encode_page_token(items[-1].name.key) if len(rows) > size else ""
+        return Page(items=items, next_page_token=next_token)
+
+    def update_key(self, key: Key) -> Key:
+        """Write key (labels, description, state, times) if its etag is still current; return
+        it with the new etag."""
+        values = _mutable_key_values(key)
+        with self._transaction(write=True) as c:
+            _bump_etag(c, key, values)
+            return _reread_key(c, key.name)
+
+    def add_version(self, key: Key, version: KeyVersion) -> Key:
+        """Append a version, make it primary, bump the key's etag; atomically."""
+        _require_same_key(key, version)
+        version_row = _version_row(version)
+        # Adding a version changes the key, so its update time moves to the version's
+        # creation unless the caller already gave a later one.
+        update_time = max(_aware(key.update_time), _aware(version.create_time))
+        values = {"primary_version": version.number, "update_time": update_time}
+        with self._transaction(
+            write=True,
+            on_duplicate=lambda: AlreadyExists(
+                "the key version or its token label already exists",
+                metadata={"name": str(version.name)},
+            ),
+        ) as c:
+            # Key row first: the etag check fails fast on a stale key, and on a server database
+            # the row lock it takes orders concurrent add_version/discard_pending calls.
+            _bump_etag(c, key, values)
+            c.execute(insert(key_versions).values(**version_row))
+            return _reread_key(c, key.name)
+
+    # --- versions ---------------------------------------------------------------------------
+
+    def get_version(self, name: KeyVersionName) -> KeyVersion | None:
+        with self._transaction(write=False) as c:
+            row = c.execute(select(key_versions).where(_version_pk(name))).mappings().one_or_none()
+        return None if row is None else _to_version(row)
+
+    def list_versions(self, key: KeyName) -> list[KeyVersion]:
+        query = select(key_versions).where(_versions_of(key)).order_by(key_versions.c.version)
+        with self._transaction(write=False) as c:
+            rows = c.execute(query).mappings().all()
+        return [_to_version(row) for row in rows]
+
+    def update_version(self, version: KeyVersion) -> None:
+        """Write a version's state, material references and destroy time. NotFound if the
+        version does not exist (a silent no-op would hide a lost PENDING row)."""
+        row = _version_row(version)
+        values = {
+            column: row[column]
+            for column in (
+                "state",
+                "root_generation",
+                "wrapped_blob",
+                "token_label",
+                "public_key_der",
+                "destroy_time",
+            )
+        }
+        with self._transaction(
+            write=True,
+            on_duplicate=lambda: AlreadyExists(
+                "the token label is used by another key version",
+                metadata={"name": str(version.name)},
+            ),
+        ) as c:
+            result = c.execute(
+                update(key_versions).where(_version_pk(version.name)).values(**values)
+            )
+            if result.rowcount != 1:
+                raise NotFound("key version not found", metadata={"name": str(version.name)})
+
+    # --- destruction ------------------------------------------------------------------------
+
+    def keys_due_for_destruction(self, now: datetime) -> list[Key]:
+        query = (
+            select(keys)
+            .where(
+                keys.c.state == KeyState.DESTROY_SCHEDULED.value,
+                keys.c.destroy_scheduled_time.is_not(None),
+                keys.c.destroy_scheduled_time <= _aware(now),
+            )
+            .order_by(keys.c.destroy_scheduled_time, keys.c.account, keys.c.key_id)
+        )
+        with self._transaction(write=False) as c:
+            rows = c.execute(query).mappings().all()
+        return [_to_key(row) for row in rows]
+
+    def mark_destroyed(self, key: Key, now: datetime) -> Key:
+        """Key DESTROYED, every version DESTROYED with its wrapped blob erased; atomically."""
+        now = _aware(now)
+        with self._transaction(write=True) as c:
+            # The etag check stops a key whose destruction was cancelled (restored) after the
+            # caller read it from being destroyed anyway.
+            _bump_etag(c, key, {"state": KeyState.DESTROYED.value, "update_time": now})
+            c.execute(
+                update(key_versions)
+                .where(_versions_of(key.name))
+                .values(
+                    state=VersionState.DESTROYED.value,
+                    wrapped_blob=None,
+                    # A version destroyed earlier keeps the time it was destroyed.
+                    destroy_time=func.coalesce(
+                        key_versions.c.destroy_time, literal(now, UtcDateTime())
+                    ),
+                )
+            )
+            return _reread_key(c, key.name)
+
+    # --- start-up reconciliation ------------------------------------------------------------
+
+    def pending_versions(self) -> list[KeyVersion]:
+        query = (
+            select(key_versions)
+            .where(key_versions.c.state == VersionState.PENDING.value)
+            .order_by(key_versions.c.account, key_versions.c.key_id, key_versions.c.version)
+        )
+        with self._transaction(write=False) as c:
+            rows = c.execute(query).mappings().all()
+        return [_to_version(row) for row in rows]
+
+    def discard_pending(self, version: KeyVersion) -> None:
+        """Remove a PENDING version; remove its key too if that was the key's only version.
+
+        Idempotent: a version already gone is not an error. A version that is no longer
+        PENDING raises Conflict rather than being removed, since the caller is about to treat
+        its token object as an orphan.
+        """
+        name = version.name
+        with self._transaction(write=True) as c:
+            key_row = (
+                c.execute(select(keys).where(_key_pk(name.key_name)).with_for_update())
+                .mappings()
+                .one_or_none()
+            )
+            if key_row is None:
+                return
+            state = c.execute(
+                select(key_versions.c.state).where(_version_pk(name))
+            ).scalar_one_or_none()
+            if state is None:
+                return
+            if state != VersionState.PENDING.value:
+                raise Conflict("the key version is no longer pending", metadata={"name": str(name)})
+            c.execute(delete(key_versions).where(_version_pk(name)))
+            remaining = c.execute(
+                select(key_versions.c.version, key_versions.c.state).where(
+                    _versions_of(name.key_name)
+                )
+            ).all()
+            if not remaining:
+                c.execute(delete(keys).where(_key_pk(name.key_name)))
+            elif key_row["primary_version"] == name.version:
+                # The key must not keep pointing at a version that no longer exists: fall back
+                # to its newest enabled version (or newest of any state if none is enabled).
+                enabled = [v for v, s in remaining if s == VersionState.ENABLED.value]
+                primary = max(enabled or [v for v, _ in remaining])
+                c.execute(
+                    update(keys)
+                    .where(_key_pk(name.key_name))
+                    .values(primary_version=primary, etag=keys.c.etag + 1)
+                )
+
+    def token_labels_in_use(self) -> set[str]:
+        query = (
+            select(key_versions.c.token_label)
+            .where(
+                key_versions.c.token_label.is_not(None),
+                key_versions.c.state != VersionState.DESTROYED.value,
+            )
+            .distinct()
+        )
+        with self._transaction(write=False) as c:
+            return {str(label) for label in c.execute(query).scalars()}
+
+    def root_generations_in_use(self) -> set[int]:
+        query = (
+            select(key_versions.c.root_generation)
+            .where(
+                key_versions.c.root_generation.is_not(None),
+                key_versions.c.state != VersionState.DESTROYED.value,
+            )
+            .distinct()
+        )
+        with self._transaction(write=False) as c:
+            return {int(generation) for generation in c.execute(query).scalars()}
+
+    # --- root key generations ---------------------------------------------------------------
+
+    def add_root_generation(self, root: RootGeneration) -> None:
+        row = {
+            "generation": root.generation,
+            "token_label": root.token_label,
+            "create_time": _aware(root.create_time),
+            "retired": root.retired,
+        }
+        with self._transaction(
+            write=True,
+            on_duplicate=lambda: AlreadyExists(
+                "root generation already recorded",
+                metadata={"generation": str(root.generation)},
+            ),
+        ) as c:
+            c.execute(insert(root_generations).values(**row))
+
+    def list_root_generations(self) -> list[RootGeneration]:
+        query = select(root_generations).order_by(root_generations.c.generation)
+        with self._transaction(write=False) as c:
+            rows = c.execute(query).mappings().all()
+        return [
+            RootGeneration(
+                generation=int(row["generation"]),
+                token_label=str(row["token_label"]),
+                create_time=row["create_time"],
+                retired=bool(row["retired"]),
+            )
+            for row in rows
+        ]
+
+    # --- plumbing ---------------------------------------------------------------------------
+
+    @contextmanager
+    def _transaction(
+        self, *, write: bool, on_duplicate: Callable[[], VaultError] | None = None
+    ) -> Iterator[Connection]:
+        """One transaction, committed when the block ends, rolled back if it raises.
+
+        Database failures become domain errors whose messages carry no data values: a unique
+        violation becomes on_duplicate() (called after the transaction has been rolled back, so
+        it may query), anything else StoreUnavailable.
+        """
+        try:
+            with self._serialised():
+                begin = write_transaction if write else read_transaction
+                with begin(self._engine) as conn:
+                    yield conn
+        except IntegrityError as exc:
+            if on_duplicate is None:
+                raise unavailable(exc) from exc
+            raise on_duplicate() from exc
+        except SQLAlchemyError as exc:
+            raise unavailable(exc) from exc
+
+    def _serialised(self) -> AbstractContextManager[Any]:
+        return self._serial if self._serial is not None else nullcontext()
+
+    def _explain_duplicate(self, key: Key) -> VaultError:
+        # The insert does not say which constraint failed in a portable way; look.
+        if self.get_key(key.name) is not None:
+            return AlreadyExists("key already exists", metadata={"name": str(key.name)})
+        if key.request_id and self.find_key_by_request_id(key.name.account, key.request_id):
+            return AlreadyExists(
+                "a key was already created for this request id",
+                metadata={"field": "request_id"},
+            )
+        return AlreadyExists(
+            "the key version or its token label already exists",
+            metadata={"name": str(key.name)},
+        )
+
+
+# --- helpers ----------------------------------------------------------------------------------
+
+
+def unavailable(exc: SQLAlchemyError) -> StoreUnavailable:
+    # Only the driver's error class: its message may quote values (PostgreSQL's DETAIL does).
+    cause = getattr(exc, "orig", None) or exc
+    return StoreUnavailable(
+        "the metadata store is unavailable", metadata={"error": type(cause).__name__}
+    )
+
+
+def _aware(value: datetime) -> datetime:
+    # Checked before any SQL runs, so a naive time is a ValueError at the call site rather
+    # than a database error (UtcDateTime refuses it too, as a last line).
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise ValueError("the metadata store only accepts timezone-aware datetimes")
+    return value
+
+
+def _aware_or_none(value: datetime | None) -> datetime | None:
+    return None if value is None else _aware(value)
+
+
+def _require_same_key(key: Key, version: KeyVersion) -> None:
+    if version.name.key_name != key.name:
+        raise ValueError("the version does not belong to the key")
+
+
+def _key_pk(name: KeyName) -> ColumnElement[bool]:
+    return and_(keys.c.account == name.account, keys.c.key_id == name.key)
+
+
+def _versions_of(name: KeyName) -> ColumnElement[bool]:
+    return and_(key_versions.c.account == name.account, key_versions.c.key_id == name.key)
+
+
+def _version_pk(name: KeyVersionName) -> ColumnElement[bool]:
+    return and_(_versions_of(name.key_name), key_versions.c.version == name.version)
+
+
+def _mutable_key_values(key: Key) -> dict[str, Any]:
+    """The columns update_key may change. Name, purpose, algorithm, residency, creation time
+    and request id are fixed when the key is created."""
+    return {
+        "state": key.state.value,
+        "primary_version": key.primary_version,
+        "labels": dict(key.labels),
+        "description": key.description,
+        "update_time": _aware(key.update_time),
+        "destroy_scheduled_time": _aware_or_none(key.destroy_scheduled_time),
+        "state_before_destroy_scheduled": (
+            None
+            if key.state_before_destroy_scheduled is None
+            else key.state_before_destroy_scheduled.value
+        ),
+        "revocation_reason": key.revocation_reason,
+    }
+
+
+def _key_row(key: Key) -> dict[str, Any]:
+    return {
+        "account": key.name.account,
+        "key_id": key.name.key,
+        "purpose": key.purpose.value,
+        "algorithm": key.algorithm.value,
+        "token_resident": key.token_resident,
+        "create_time": _aware(key.create_time),
+        "request_id": key.request_id or None,
+        "etag": key.etag,
+        **_mutable_key_values(key),
+    }
+
+
+def _version_row(version: KeyVersion) -> dict[str, Any]:
+    return {
+        "account": version.name.account,
+        "key_id": version.name.key,
+        "version": version.name.version,
+        "state": version.state.value,
+        "create_time": _aware(version.create_time),
+        "root_generation": version.root_generation,
+        "wrapped_blob": version.wrapped_blob,
+        "token_label": version.token_label,
+        "public_key_der": version.public_key_der,
+        "destroy_time": _aware_or_none(version.destroy_time),
+    }
+
+
+def _bump_etag(c: Connection, key: Key, values: dict[str, Any]) -> None:
+    """Apply values to the key row if its etag is still key.etag, and advance the etag."""
+    result = c.execute(
+        update(keys)
+        .where(_key_pk(key.name), keys.c.etag == key.etag)
+        .values(**values, etag=keys.c.etag + 1)
+    )
+    if result.rowcount != 1:
+        raise Conflict(
+            "the key was changed by another request; read it again and retry",
+            metadata={"name": str(key.name)},
+        )
+
+
+def _reread_key(c: Connection, name: KeyName) -> Key:
+    return _to_key(c.execute(select(keys).where(_key_pk(name))).mappings().one())
+
+
+def _to_key(row: RowMapping) -> Key:
+    before = row["state_before_destroy_scheduled"]
+    return Key(
+        name=KeyName(row["account"], row["key_id"]),
+        purpose=Purpose(row["purpose"]),
+        algorithm=Algorithm(row["algorithm"]),
+        state=KeyState(row["state"]),
+        primary_version=int(row["primary_version"]),
+        create_time=row["create_time"],
+        update_time=row["update_time"],
+        token_resident=bool(row["token_resident"]),
+        labels={str(k): str(v) for k, v in (row["labels"] or {}).items()},
+        description=row["description"],
+        destroy_scheduled_time=row["destroy_scheduled_time"],
+        state_before_destroy_scheduled=None if before is None else KeyState(before),
+        revocation_reason=row["revocation_reason"],
+        request_id=row["request_id"] or "",
+        etag=int(row["etag"]),
+    )
+
+
+def _to_version(row: RowMapping) -> KeyVersion:
+    return KeyVersion(
+        name=KeyVersionName(row["account"], row["key_id"], int(row["version"])),
+        state=VersionState(row["state"]),
+        create_time=row["create_time"],
+        root_generation=row["root_generation"],
+        wrapped_blob=_bytes_or_none(row["wrapped_blob"]),
+        token_label=row["token_label"],
+        public_key_der=_bytes_or_none(row["public_key_der"]),
+        destroy_time=row["destroy_time"],
+    )
+
+
+def _bytes_or_none(value: Any) -> bytes | None:
+    # Drivers may return memoryview (psycopg) for binary columns; the domain wants bytes.
+    return None if value is None else bytes(value)
+
+
+def _filter_clauses(key_filter: KeyFilter) -> list[ColumnElement[bool]]:
+    clauses: list[ColumnElement[bool]] = []
+    if key_filter.purpose is not None:
+        clauses.append(keys.c.purpose == key_filter.purpose.value)
+    if key_filter.state is not None:
+        clauses.append(keys.c.state == key_filter.state.value)
+    if key_filter.label_value is not None and key_filter.label_key is None:
+        raise InvalidArgument(
+            "a label value filter needs a label key", metadata={"field": "filter"}
+        )
+    if key_filter.label_key is not None:
+        # JSON path extraction: JSON_EXTRACT on SQLite, ->> on PostgreSQL. A missing label
+        # extracts as NULL; label values are always strings, never JSON null.
+        label = keys.c.labels[key_filter.label_key].as_string()
+        if key_filter.label_value is None:
+            clauses.append(label.is_not(None))
+        else:
+            clauses.append(label == key_filter.label_value)
+    return clauses
+
+
+def _clamp_page_size(page_size: int) -> int:
+    if page_size == 0:
+        return DEFAULT_PAGE_SIZE
+    return max(1, min(MAX_PAGE_SIZE, page_size))
+
+
+def _encode_page_token(last_key_id: str) -> str:
+    return base64.urlsafe_b64encode(last_key_id.encode("utf-8")).decode("ascii").rstrip("=")
+
+
+def _decode_page_token(token: str) -> str:
+    """The key id a page token continues after. InvalidArgument if the caller's token is not
+    one this store made."""
+    try:
+        raw = base64.b64decode(token + "=" * (-len(token) % 4), altchars=b"-_", validate=True)
+        return check_id("key", raw.decode("utf-8"))
+    except (binascii.Error, UnicodeDecodeError, ValueError, MalformedName):
+        raise InvalidArgument("malformed page token", metadata={"field": "page_token"}) from None
+
+
+if TYPE_CHECKING:
+    from vault.service.ports import MetadataStore
+
+    # Makes mypy prove that the class satisfies the port it implements.
+    _PORT_CHECK: type[MetadataStore] = SqlMetadataStore
