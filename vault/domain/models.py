@@ -48,16 +48,10 @@ PURPOSE_OPERATIONS: dict[Purpose, frozenset[Operation]] = {
     Purpose.ENCRYPT_DECRYPT: frozenset(
         {Operation.ENCRYPT, Operation.DECRYPT, Operation.GENERATE_DATA_KEY}
     ),
-    Purpose.BUCKET_MASTER: frozenset(
-        {Operation.GENERATE_BUCKET_KEY, Operation.DECRYPT_BUCKET_KEY}
-    ),
+    Purpose.BUCKET_MASTER: frozenset({Operation.GENERATE_BUCKET_KEY, Operation.DECRYPT_BUCKET_KEY}),
     Purpose.WRAP_UNWRAP: frozenset({Operation.WRAP, Operation.UNWRAP}),
-    Purpose.SIGN_VERIFY: frozenset(
-        {Operation.SIGN, Operation.VERIFY, Operation.GET_PUBLIC_KEY}
-    ),
-    Purpose.ASYMMETRIC_DECRYPT: frozenset(
-        {Operation.ASYMMETRIC_DECRYPT, Operation.GET_PUBLIC_KEY}
-    ),
+    Purpose.SIGN_VERIFY: frozenset({Operation.SIGN, Operation.VERIFY, Operation.GET_PUBLIC_KEY}),
+    Purpose.ASYMMETRIC_DECRYPT: frozenset({Operation.ASYMMETRIC_DECRYPT, Operation.GET_PUBLIC_KEY}),
     Purpose.MAC: frozenset({Operation.GENERATE_MAC, Operation.VERIFY_MAC}),
 }
 
@@ -78,12 +72,8 @@ _PROCESSING_OPERATIONS = frozenset(
 
 # Allowed state changes; DESTROYED is reached only by the destruction job.
 TRANSITIONS: dict[KeyState, frozenset[KeyState]] = {
-    KeyState.ENABLED: frozenset(
-        {KeyState.DISABLED, KeyState.REVOKED, KeyState.DESTROY_SCHEDULED}
-    ),
-    KeyState.DISABLED: frozenset(
-        {KeyState.ENABLED, KeyState.REVOKED, KeyState.DESTROY_SCHEDULED}
-    ),
+    KeyState.ENABLED: frozenset({KeyState.DISABLED, KeyState.REVOKED, KeyState.DESTROY_SCHEDULED}),
+    KeyState.DISABLED: frozenset({KeyState.ENABLED, KeyState.REVOKED, KeyState.DESTROY_SCHEDULED}),
     KeyState.REVOKED: frozenset({KeyState.DESTROY_SCHEDULED}),
     KeyState.DESTROY_SCHEDULED: frozenset(
         {KeyState.DISABLED, KeyState.REVOKED, KeyState.DESTROYED}

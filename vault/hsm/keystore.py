@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -56,10 +57,8 @@ class _HandleCache(TTLCache[str, Any]):
 
 
 def _destroy_quietly(obj: Any) -> None:
-    try:
+    with contextlib.suppress(exceptions.PKCS11Error):
         obj.destroy()
-    except exceptions.PKCS11Error:
-        pass
 
 
 class Pkcs11KeyStore:
@@ -92,28 +91,49 @@ class Pkcs11KeyStore:
         supported = {a for a, required in needs.items() if required <= mechanisms}
         if not self._oaep_hash_works(HashName.SHA256):
             # SoftHSM 2.6.1 lists RSA-OAEP but accepts only SHA-1 parameters.
-            supported -= {a for a in supported if a.spec.padding is Padding.OAEP
-                          and a.spec.hash is not HashName.SHA1}
+            supported -= {
+                a
+                for a in supported
+                if a.spec.padding is Padding.OAEP and a.spec.hash is not HashName.SHA1
+            }
         return frozenset(supported)
 
     def _oaep_hash_works(self, hash_name: HashName) -> bool:
         session = self._library.login_session
         public, private = session.generate_keypair(
-            KeyType.RSA, 2048, capabilities=0,
-            public_template={Attribute.TOKEN: False, Attribute.ENCRYPT: True,
-                             Attribute.VERIFY: False, Attribute.WRAP: False},
-            private_template={Attribute.TOKEN: False, Attribute.PRIVATE: True,
-                              Attribute.SENSITIVE: True, Attribute.EXTRACTABLE: False,
-                              Attribute.DECRYPT: True, Attribute.SIGN: False,
-                              Attribute.UNWRAP: False, Attribute.DERIVE: False},
+            KeyType.RSA,
+            2048,
+            capabilities=0,
+            public_template={
+                Attribute.TOKEN: False,
+                Attribute.ENCRYPT: True,
+                Attribute.VERIFY: False,
+                Attribute.WRAP: False,
+            },
+            private_template={
+                Attribute.TOKEN: False,
+                Attribute.PRIVATE: True,
+                Attribute.SENSITIVE: True,
+                Attribute.EXTRACTABLE: False,
+                Attribute.DECRYPT: True,
+                Attribute.SIGN: False,
+                Attribute.UNWRAP: False,
+                Attribute.DERIVE: False,
+            },
         )
         try:
             hash_mechanism, mgf = _HASH_MECHANISMS[hash_name]
-            public.encrypt(b"probe", mechanism=Mechanism.RSA_PKCS_OAEP,
-                           mechanism_param=(hash_mechanism, mgf, None))
+            public.encrypt(
+                b"probe",
+                mechanism=Mechanism.RSA_PKCS_OAEP,
+                mechanism_param=(hash_mechanism, mgf, None),
+            )
             return True
-        except (exceptions.ArgumentsBad, exceptions.MechanismParamInvalid,
-                exceptions.MechanismInvalid):
+        except (
+            exceptions.ArgumentsBad,
+            exceptions.MechanismParamInvalid,
+            exceptions.MechanismInvalid,
+        ):
             return False
         finally:
             _destroy_quietly(public)
@@ -122,8 +142,9 @@ class Pkcs11KeyStore:
     def _find_roots(self) -> dict[int, str]:
         roots: dict[int, str] = {}
         session = self._library.login_session
-        for obj in session.get_objects({Attribute.CLASS: ObjectClass.SECRET_KEY,
-                                        Attribute.TOKEN: True}):
+        for obj in session.get_objects(
+            {Attribute.CLASS: ObjectClass.SECRET_KEY, Attribute.TOKEN: True}
+        ):
             label = obj[Attribute.LABEL]
             if label.startswith(templates.ROOT_LABEL_PREFIX):
                 roots[int(label.removeprefix(templates.ROOT_LABEL_PREFIX))] = label
@@ -143,8 +164,7 @@ class Pkcs11KeyStore:
         labels: set[str] = set()
         session = self._library.login_session
         for object_class in (ObjectClass.SECRET_KEY, ObjectClass.PRIVATE_KEY):
-            for obj in session.get_objects({Attribute.CLASS: object_class,
-                                            Attribute.TOKEN: True}):
+            for obj in session.get_objects({Attribute.CLASS: object_class, Attribute.TOKEN: True}):
                 label = obj[Attribute.LABEL]
                 if label.startswith("vault:key:"):
                     labels.add(label)
@@ -174,8 +194,9 @@ class Pkcs11KeyStore:
             obj = context.objects.get(cache_key)
             if obj is None:
                 shape = templates.shape(algorithm)
-                obj = context.session.get_key(object_class=shape.object_class,
-                                              label=version.token_label)
+                obj = context.session.get_key(
+                    object_class=shape.object_class, label=version.token_label
+                )
                 context.objects[cache_key] = obj
             return obj
         cache = self._cache(context)
@@ -186,8 +207,11 @@ class Pkcs11KeyStore:
             shape = templates.shape(algorithm)
             root = self._root(context, version.root_generation)
             obj = root.unwrap_key(
-                shape.object_class, shape.key_type, version.wrapped_blob,
-                mechanism=templates.WRAP_MECHANISM, capabilities=0,
+                shape.object_class,
+                shape.key_type,
+                version.wrapped_blob,
+                mechanism=templates.WRAP_MECHANISM,
+                capabilities=0,
                 template=templates.unwrapped_for_use(algorithm),
             )
             cache[cache_key] = obj
@@ -209,7 +233,9 @@ class Pkcs11KeyStore:
         if spec.family in (KeyFamily.AES, KeyFamily.HMAC):
             shape = templates.shape(algorithm)
             key = session.generate_key(
-                shape.key_type, spec.bits, capabilities=0,
+                shape.key_type,
+                spec.bits,
+                capabilities=0,
                 template=templates.secret_generation(algorithm, token_label),
             )
             public_der = None
@@ -240,8 +266,11 @@ class Pkcs11KeyStore:
         if spec.family is KeyFamily.RSA:
             public_template[Attribute.PUBLIC_EXPONENT] = b"\x01\x00\x01"
             pair: tuple[Any, Any] = session.generate_keypair(
-                KeyType.RSA, spec.bits, capabilities=0,
-                public_template=public_template, private_template=private_template,
+                KeyType.RSA,
+                spec.bits,
+                capabilities=0,
+                public_template=public_template,
+                private_template=private_template,
             )
             return pair
         if spec.family is KeyFamily.EC:
@@ -249,14 +278,18 @@ class Pkcs11KeyStore:
             key_type, mechanism = KeyType.EC, Mechanism.EC_KEY_PAIR_GEN
         else:
             params, key_type, mechanism = (
-                _ED25519_PARAMS, KeyType.EC_EDWARDS, Mechanism.EC_EDWARDS_KEY_PAIR_GEN
+                _ED25519_PARAMS,
+                KeyType.EC_EDWARDS,
+                Mechanism.EC_EDWARDS_KEY_PAIR_GEN,
             )
         domain = session.create_domain_parameters(
             key_type, {Attribute.EC_PARAMS: params}, local=True
         )
         pair = domain.generate_keypair(
-            mechanism=mechanism, capabilities=0,
-            public_template=public_template, private_template=private_template,
+            mechanism=mechanism,
+            capabilities=0,
+            public_template=public_template,
+            private_template=private_template,
         )
         return pair
 
@@ -273,8 +306,9 @@ class Pkcs11KeyStore:
     def destroy_label(self, token_label: str) -> bool:
         def destroy(context: ThreadContext) -> bool:
             found = False
-            for obj in context.session.get_objects({Attribute.LABEL: token_label,
-                                                    Attribute.TOKEN: True}):
+            for obj in context.session.get_objects(
+                {Attribute.LABEL: token_label, Attribute.TOKEN: True}
+            ):
                 obj.destroy()
                 found = True
             return found
@@ -287,13 +321,22 @@ class Pkcs11KeyStore:
     # -- symmetric ------------------------------------------------------------------------
 
     def encrypt_gcm(
-        self, version: KeyVersion, algorithm: Algorithm, nonce: bytes, plaintext: bytes,
+        self,
+        version: KeyVersion,
+        algorithm: Algorithm,
+        nonce: bytes,
+        plaintext: bytes,
         aad: bytes,
     ) -> bytes:
         def encrypt(context: ThreadContext) -> bytes:
             key = self._key(context, version, algorithm)
-            return bytes(key.encrypt(plaintext, mechanism=Mechanism.AES_GCM,
-                                     mechanism_param=GCMParams(nonce, aad, 128)))
+            return bytes(
+                key.encrypt(
+                    plaintext,
+                    mechanism=Mechanism.AES_GCM,
+                    mechanism_param=GCMParams(nonce, aad, 128),
+                )
+            )
 
         return self._run(encrypt)
 
@@ -303,8 +346,13 @@ class Pkcs11KeyStore:
         def decrypt(context: ThreadContext) -> bytes:
             key = self._key(context, version, algorithm)
             try:
-                return bytes(key.decrypt(sealed, mechanism=Mechanism.AES_GCM,
-                                         mechanism_param=GCMParams(nonce, aad, 128)))
+                return bytes(
+                    key.decrypt(
+                        sealed,
+                        mechanism=Mechanism.AES_GCM,
+                        mechanism_param=GCMParams(nonce, aad, 128),
+                    )
+                )
             except _DATA_ERRORS:
                 raise DecryptionFailed() from None
 
@@ -326,8 +374,11 @@ class Pkcs11KeyStore:
             key = self._key(context, version, algorithm)
             try:
                 transient = key.unwrap_key(
-                    ObjectClass.SECRET_KEY, KeyType.GENERIC_SECRET, wrapped,
-                    mechanism=templates.WRAP_MECHANISM, capabilities=0,
+                    ObjectClass.SECRET_KEY,
+                    KeyType.GENERIC_SECRET,
+                    wrapped,
+                    mechanism=templates.WRAP_MECHANISM,
+                    capabilities=0,
                     template=templates.transient_secret(None),
                 )
             except _DATA_ERRORS:
@@ -341,17 +392,21 @@ class Pkcs11KeyStore:
 
     # -- asymmetric -----------------------------------------------------------------------
 
-    def sign(self, version: KeyVersion, algorithm: Algorithm, data: bytes, prehashed: bool) -> bytes:
+    def sign(
+        self, version: KeyVersion, algorithm: Algorithm, data: bytes, prehashed: bool
+    ) -> bytes:
         spec = algorithm.spec
         if spec.family is KeyFamily.EC:
             hashed = data if prehashed else digest(spec.hash, data)
 
             def sign_ec(context: ThreadContext) -> bytes:
-                raw = bytes(self._key(context, version, algorithm).sign(
-                    hashed, mechanism=Mechanism.ECDSA))
+                raw = bytes(
+                    self._key(context, version, algorithm).sign(hashed, mechanism=Mechanism.ECDSA)
+                )
                 half = len(raw) // 2
                 return asym_utils.encode_dss_signature(
-                    int.from_bytes(raw[:half], "big"), int.from_bytes(raw[half:], "big"))
+                    int.from_bytes(raw[:half], "big"), int.from_bytes(raw[half:], "big")
+                )
 
             return self._run(sign_ec)
         if spec.family is KeyFamily.ED25519:
@@ -381,8 +436,13 @@ class Pkcs11KeyStore:
         def decrypt(context: ThreadContext) -> bytes:
             key = self._key(context, version, algorithm)
             try:
-                return bytes(key.decrypt(ciphertext, mechanism=Mechanism.RSA_PKCS_OAEP,
-                                         mechanism_param=(hash_mechanism, mgf, None)))
+                return bytes(
+                    key.decrypt(
+                        ciphertext,
+                        mechanism=Mechanism.RSA_PKCS_OAEP,
+                        mechanism_param=(hash_mechanism, mgf, None),
+                    )
+                )
             except _DATA_ERRORS:
                 raise DecryptionFailed() from None
 
@@ -392,8 +452,11 @@ class Pkcs11KeyStore:
 
     def generate_mac(self, version: KeyVersion, algorithm: Algorithm, data: bytes) -> bytes:
         mechanism = _HMAC_MECHANISMS[algorithm.spec.hash]
-        return self._run(lambda context: bytes(
-            self._key(context, version, algorithm).sign(data, mechanism=mechanism)))
+        return self._run(
+            lambda context: bytes(
+                self._key(context, version, algorithm).sign(data, mechanism=mechanism)
+            )
+        )
 
     def verify_mac(
         self, version: KeyVersion, algorithm: Algorithm, data: bytes, mac: bytes

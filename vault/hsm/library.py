@@ -12,6 +12,7 @@ Rules from DESIGN.md section 4 that shape this file:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
@@ -157,12 +158,10 @@ class TokenLibrary:
         context: ThreadContext | None = getattr(self._local, "context", None)
         self._local.context = None
         if context is not None:
-            try:
-                # Closing a non-login session is safe: python-pkcs11 logs out only when
-                # the session itself logged in. Its session objects go with it.
+            # Closing a non-login session is safe: python-pkcs11 logs out only when the
+            # session itself logged in. Its session objects go with it.
+            with contextlib.suppress(exceptions.PKCS11Error):
                 context.session.close()
-            except exceptions.PKCS11Error:
-                pass
 
     def recover(self, failed_epoch: int) -> None:
         """Finalise and start the module again, unless another thread already did."""
@@ -195,9 +194,7 @@ class TokenLibrary:
         try:
             return self._mapped(operation, self.context())
         except (*STALE_HANDLES, *TOKEN_FAILURES) as error:
-            raise TokenUnavailable(
-                f"the token failed twice: {type(error).__name__}"
-            ) from None
+            raise TokenUnavailable(f"the token failed twice: {type(error).__name__}") from None
 
     @staticmethod
     def _mapped(operation: Callable[[ThreadContext], T], context: ThreadContext) -> T:

@@ -71,15 +71,17 @@ def _find_token(lib: Any, label: str) -> Any | None:
 
 def _initialise_token(lib: Any, settings: Settings) -> Any:
     free = [
-        slot for slot in lib.get_slots(token_present=True)
+        slot
+        for slot in lib.get_slots(token_present=True)
         if not slot.get_token().flags & TokenFlag.TOKEN_INITIALIZED
     ]
     if not free:
         raise TokenUnavailable("no uninitialised token slot is left")
     so_pin = _pin(settings, "so")
     user_pin = _pin(settings, "user")
-    native.init_token(str(settings.hsm.module), free[0].slot_id, so_pin.encode(),
-                      settings.hsm.token_label)
+    native.init_token(
+        str(settings.hsm.module), free[0].slot_id, so_pin.encode(), settings.hsm.token_label
+    )
     token = lib.get_token(token_label=settings.hsm.token_label)
     so_session = token.open(rw=True, so_pin=so_pin)
     try:
@@ -91,8 +93,9 @@ def _initialise_token(lib: Any, settings: Settings) -> Any:
 
 def _root_generations(session: Any) -> list[int]:
     generations = []
-    for obj in session.get_objects({Attribute.CLASS: ObjectClass.SECRET_KEY,
-                                    Attribute.TOKEN: True}):
+    for obj in session.get_objects(
+        {Attribute.CLASS: ObjectClass.SECRET_KEY, Attribute.TOKEN: True}
+    ):
         label = obj[Attribute.LABEL]
         if label.startswith(templates.ROOT_LABEL_PREFIX):
             generations.append(int(label.removeprefix(templates.ROOT_LABEL_PREFIX)))
@@ -108,8 +111,9 @@ def create_root_key(session: Any, generation: int) -> None:
 def _count_key_objects(session: Any) -> int:
     count = 0
     for object_class in (ObjectClass.SECRET_KEY, ObjectClass.PRIVATE_KEY):
-        count += sum(1 for _ in session.get_objects({Attribute.CLASS: object_class,
-                                                     Attribute.TOKEN: True}))
+        count += sum(
+            1 for _ in session.get_objects({Attribute.CLASS: object_class, Attribute.TOKEN: True})
+        )
     return count
 
 
@@ -123,8 +127,9 @@ def provision(settings: Settings, store: MetadataStore | None) -> TokenStatus:
     initialised_now = token is None
     if token is None:
         token = _initialise_token(lib, settings)
-    session = token.open(rw=True, user_pin=_pin(settings, "user"),
-                         attribute_mapper=attribute_mapper())
+    session = token.open(
+        rw=True, user_pin=_pin(settings, "user"), attribute_mapper=attribute_mapper()
+    )
     generations = _root_generations(session)
     root_created_now = not generations
     if not generations:
@@ -134,9 +139,11 @@ def provision(settings: Settings, store: MetadataStore | None) -> TokenStatus:
         recorded = {root.generation for root in store.list_root_generations()}
         for generation in generations:
             if generation not in recorded:
-                store.add_root_generation(RootGeneration(
-                    generation, f"{templates.ROOT_LABEL_PREFIX}{generation}", datetime.now(UTC)
-                ))
+                store.add_root_generation(
+                    RootGeneration(
+                        generation, f"{templates.ROOT_LABEL_PREFIX}{generation}", datetime.now(UTC)
+                    )
+                )
     status = _status(token, session, lib, generations)
     return replace(status, initialised_now=initialised_now, root_created_now=root_created_now)
 
@@ -161,6 +168,7 @@ def token_status(settings: Settings) -> TokenStatus:
         raise TokenUnavailable(
             f"no token labelled {settings.hsm.token_label!r}: run `vaultctl token init`"
         )
-    session = token.open(rw=True, user_pin=_pin(settings, "user"),
-                         attribute_mapper=attribute_mapper())
+    session = token.open(
+        rw=True, user_pin=_pin(settings, "user"), attribute_mapper=attribute_mapper()
+    )
     return _status(token, session, lib, _root_generations(session))

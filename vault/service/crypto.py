@@ -45,7 +45,10 @@ class DataKey:
     key_version_name: str
 
     def __repr__(self) -> str:
-        return f"DataKey(key_version_name={self.key_version_name!r}, ciphertext=<{len(self.ciphertext)} bytes>)"
+        return (
+            f"DataKey(key_version_name={self.key_version_name!r}, "
+            f"ciphertext=<{len(self.ciphertext)} bytes>)"
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,9 +59,7 @@ class ReEncrypted:
 
 
 class CryptoOperations:
-    def __init__(
-        self, keys: KeyManagement, keystore: KeyStore, policy: KeyPolicySettings
-    ) -> None:
+    def __init__(self, keys: KeyManagement, keystore: KeyStore, policy: KeyPolicySettings) -> None:
         self._keys = keys
         self._keystore = keystore
         self._policy = policy
@@ -120,8 +121,9 @@ class CryptoOperations:
         key, version = self._usable(name, Operation.GENERATE_DATA_KEY)
         material = self._keystore.random(size)
         sealed = self._seal(key, version, material, aad)
-        return DataKey(sealed.data, material if include_plaintext else None,
-                       sealed.key_version_name)
+        return DataKey(
+            sealed.data, material if include_plaintext else None, sealed.key_version_name
+        )
 
     def re_encrypt(
         self,
@@ -199,8 +201,7 @@ class CryptoOperations:
         _limit("signature", signature, 1024)
         key, version = self._usable(name, Operation.VERIFY)
         assert version.public_key_der is not None  # every SIGN_VERIFY version has one
-        valid = verify_signature(key.algorithm, version.public_key_der, data, prehashed,
-                                 signature)
+        valid = verify_signature(key.algorithm, version.public_key_der, data, prehashed, signature)
         return valid, str(version.name)
 
     def asymmetric_decrypt(self, name: str, ciphertext: bytes) -> Sealed:
@@ -214,8 +215,7 @@ class CryptoOperations:
     def generate_mac(self, name: str, data: bytes) -> Sealed:
         _limit("data", data, self._policy.max_plaintext_bytes)
         key, version = self._usable(name, Operation.GENERATE_MAC)
-        return Sealed(self._keystore.generate_mac(version, key.algorithm, data),
-                      str(version.name))
+        return Sealed(self._keystore.generate_mac(version, key.algorithm, data), str(version.name))
 
     def verify_mac(self, name: str, data: bytes, mac: bytes) -> tuple[bool, str]:
         _limit("data", data, self._policy.max_plaintext_bytes)

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import logging
+import threading
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 
+from cachetools import TTLCache
 from cryptography.hazmat.primitives import serialization
 
 from vault.config import KeyPolicySettings
@@ -28,7 +30,7 @@ from vault.domain.models import (
     Page,
     VersionState,
 )
-from vault.domain.names import KeyName, check_id, parse_key_or_version
+from vault.domain.names import KeyName, KeyVersionName, check_id, parse_key_or_version
 from vault.service.ports import KeyStore, MetadataStore
 
 log = logging.getLogger(__name__)
@@ -37,7 +39,8 @@ Clock = Callable[[], datetime]
 MAX_LABELS = 64
 MAX_DESCRIPTION = 1024
 MAX_REQUEST_ID = 128
-TOKEN_LABEL_PREFIX = "vault:key:"
+TOKEN_LABEL_PREFIX = "vault:key:"  # noqa: S105 (a label, not a secret)
+VERSION_CACHE_SECONDS = 300
 
 
 def utc_now() -> datetime:
@@ -63,6 +66,14 @@ class KeyManagement:
         self._keystore = keystore
         self._policy = policy
         self._clock = clock
+        # An ENABLED version's material never changes, and whether it may be used is decided
+        # by its key's state, read from the store on every request. So enabled versions can
+        # be cached per process; this saves a store read (and its blob) on the hot path.
+        # The TTL bounds how long a destroyed key's wrapped blob stays in another process.
+        self._versions: TTLCache[KeyVersionName, KeyVersion] = TTLCache(
+            maxsize=4096, ttl=VERSION_CACHE_SECONDS
+        )
+        self._versions_lock = threading.Lock()
 
     # -- reads ---------------------------------------------------------------------------
 
@@ -103,9 +114,16 @@ class KeyManagement:
     def version(self, key: Key, number: int | None) -> KeyVersion:
         """The given version of key, or its primary; NotFound unless it holds material."""
         wanted = key.name.version(number if number is not None else key.primary_version)
+        if key.state is not KeyState.DESTROYED:
+            with self._versions_lock:
+                cached = self._versions.get(wanted)
+            if cached is not None:
+                return cached
         version = self._store.get_version(wanted)
         if version is None or version.state is not VersionState.ENABLED:
             raise NotFound("key version not found", metadata={"name": str(wanted)})
+        with self._versions_lock:
+            self._versions[wanted] = version
         return version
 
     # -- create, update, rotate ----------------------------------------------------------
@@ -202,12 +220,15 @@ class KeyManagement:
                 wrapped_blob=None,
                 token_label=label,
             )
-            stored = self._store.create_key(key, pending) if first else self._store.add_version(
-                key, pending
+            stored = (
+                self._store.create_key(key, pending)
+                if first
+                else self._store.add_version(key, pending)
             )
             material = self._keystore.generate(key.algorithm, label)
-            enabled = replace(pending, state=VersionState.ENABLED,
-                              public_key_der=material.public_key_der)
+            enabled = replace(
+                pending, state=VersionState.ENABLED, public_key_der=material.public_key_der
+            )
             self._store.update_version(enabled)
             return stored
         material = self._keystore.generate(key.algorithm, None)
@@ -220,8 +241,8 @@ class KeyManagement:
             token_label=None,
             public_key_der=material.public_key_der,
         )
-        return self._store.create_key(key, version) if first else self._store.add_version(
-            key, version
+        return (
+            self._store.create_key(key, version) if first else self._store.add_version(key, version)
         )
 
     # -- state changes -------------------------------------------------------------------
@@ -238,14 +259,17 @@ class KeyManagement:
         if len(reason) > MAX_DESCRIPTION:
             raise InvalidArgument(f"reason is limited to {MAX_DESCRIPTION} characters")
         key = self.get_key(name)
-        revoked = replace(key.transition(KeyState.REVOKED, self._clock()),
-                          revocation_reason=reason, destroy_scheduled_time=None,
-                          state_before_destroy_scheduled=None)
+        revoked = replace(
+            key.transition(KeyState.REVOKED, self._clock()),
+            revocation_reason=reason,
+            destroy_scheduled_time=None,
+            state_before_destroy_scheduled=None,
+        )
         return self._store.update_key(revoked)
 
     def schedule_destruction(self, name: str, waiting_period: timedelta | None) -> Key:
-        waiting = waiting_period if waiting_period is not None else (
-            self._policy.default_destroy_waiting
+        waiting = (
+            waiting_period if waiting_period is not None else (self._policy.default_destroy_waiting)
         )
         if waiting < self._policy.min_destroy_waiting:
             raise InvalidArgument(
@@ -317,8 +341,9 @@ def _check_labels(labels: dict[str, str]) -> dict[str, str]:
     for label_key, value in labels.items():
         check_id("label", label_key)
         if len(value) > 63:
-            raise InvalidArgument("label values are limited to 63 characters",
-                                  metadata={"label": label_key})
+            raise InvalidArgument(
+                "label values are limited to 63 characters", metadata={"label": label_key}
+            )
     return dict(labels)
 
 
