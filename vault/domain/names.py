@@ -1,5 +1,7 @@
 """Resource names: accounts/{a}/keys/{k}[/versions/{n}].
 
+Every pattern is applied with fullmatch: `$` would also accept a trailing newline.
+
 IDs are short, lower-case and URL-safe, so names can be logged, compared and used as
 PKCS#11 labels without escaping.
 """
@@ -12,17 +14,17 @@ from dataclasses import dataclass
 from vault.domain.errors import MalformedName
 
 _ID = r"[a-z][a-z0-9-]{0,62}"
-_ID_RE = re.compile(rf"^{_ID}$")
-_KEY_RE = re.compile(rf"^accounts/(?P<account>{_ID})/keys/(?P<key>{_ID})$")
+_ID_RE = re.compile(_ID)
+_KEY_RE = re.compile(rf"accounts/(?P<account>{_ID})/keys/(?P<key>{_ID})")
 _VERSION_RE = re.compile(
-    rf"^accounts/(?P<account>{_ID})/keys/(?P<key>{_ID})/versions/(?P<version>[1-9][0-9]{{0,8}})$"
+    rf"accounts/(?P<account>{_ID})/keys/(?P<key>{_ID})/versions/(?P<version>[1-9][0-9]{{0,8}})"
 )
-_ACCOUNT_RE = re.compile(rf"^accounts/(?P<account>{_ID})$")
+_ACCOUNT_RE = re.compile(rf"accounts/(?P<account>{_ID})")
 _MAX_NAME = 256
 
 
 def check_id(kind: str, value: str) -> str:
-    if not _ID_RE.match(value):
+    if not _ID_RE.fullmatch(value):
         raise MalformedName(
             f"{kind} id must match {_ID} (lower-case letter first, then letters, digits, '-')",
             metadata={"field": kind},
@@ -36,7 +38,7 @@ class AccountName:
 
     @classmethod
     def parse(cls, name: str) -> AccountName:
-        match = _ACCOUNT_RE.match(name) if len(name) <= _MAX_NAME else None
+        match = _ACCOUNT_RE.fullmatch(name) if len(name) <= _MAX_NAME else None
         if not match:
             raise MalformedName("expected accounts/{account}", metadata={"name": _clip(name)})
         return cls(match["account"])
@@ -52,7 +54,7 @@ class KeyName:
 
     @classmethod
     def parse(cls, name: str) -> KeyName:
-        match = _KEY_RE.match(name) if len(name) <= _MAX_NAME else None
+        match = _KEY_RE.fullmatch(name) if len(name) <= _MAX_NAME else None
         if not match:
             raise MalformedName(
                 "expected accounts/{account}/keys/{key}", metadata={"name": _clip(name)}
@@ -74,7 +76,7 @@ class KeyVersionName:
 
     @classmethod
     def parse(cls, name: str) -> KeyVersionName:
-        match = _VERSION_RE.match(name) if len(name) <= _MAX_NAME else None
+        match = _VERSION_RE.fullmatch(name) if len(name) <= _MAX_NAME else None
         if not match:
             raise MalformedName(
                 "expected accounts/{account}/keys/{key}/versions/{n}",

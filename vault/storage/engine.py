@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sqlite3
 import time
@@ -52,7 +53,7 @@ def make_engine(url: str | URL) -> Engine:
         options["connect_args"] = {"check_same_thread": False}
     elif is_sqlite(parsed):
         if parsed.database and not _is_uri(parsed):
-            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+            _create_private_file(Path(parsed.database))
     else:
         # A server database may drop idle connections (restart, failover, idle timeout).
         options["pool_pre_ping"] = True
@@ -61,6 +62,14 @@ def make_engine(url: str | URL) -> Engine:
         _install_sqlite_hooks(engine)
     _dispose_in_forked_children(engine)
     return engine
+
+
+def _create_private_file(path: Path) -> None:
+    """Create the database file as 0600 (its -wal and -shm files copy its mode): it holds
+    wrapped key blobs and, later, credentials, whatever the process umask."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    with contextlib.suppress(FileExistsError):
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
 
 
 def _install_sqlite_hooks(engine: Engine) -> None:

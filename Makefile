@@ -1,0 +1,98 @@
+# Key vault: build entry points.
+#
+#   make run    install what is missing, provision the token, serve on 127.0.0.1:50051
+#   make test   install what is missing, run the test suite against a real SoftHSM2 token
+#
+# Every target installs its own prerequisites (SoftHSM2 from Debian's packages, a virtual
+# environment in .venv, the generated gRPC code in vault/gen), so both work on a fresh machine.
+
+SHELL := /bin/bash
+.SHELLFLAGS := -euo pipefail -c
+.DEFAULT_GOAL := help
+.DELETE_ON_ERROR:
+
+VENV := .venv
+VENV_PY := $(VENV)/bin/python
+VAULTCTL := $(VENV)/bin/vaultctl
+# Stamps record that a step ran against the current inputs, so make repeats it only when
+# pyproject.toml (dependencies) or a .proto file changes.
+VENV_STAMP := $(VENV)/.installed
+PROTO_STAMP := vault/gen/.stamp
+# Directories too: adding or deleting a .proto changes its directory's modification time.
+PROTO_FILES := $(shell find proto -mindepth 1 \( -name '*.proto' -o -type d \) 2>/dev/null)
+
+# The interpreter that creates the virtual environment: python3.11 if present, else python3.
+PYTHON ?= $(shell command -v python3.11 2>/dev/null || command -v python3 2>/dev/null)
+# Root (as in CI) installs directly; anyone else goes through sudo.
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+APT_GET := $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get
+
+PYTEST_ARGS ?=
+
+.PHONY: help setup softhsm check-python venv proto run token-init test bench lint clean distclean
+
+help: ## List the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/^([a-z-]+):.*## /  make \1\t/' | expand -t 20
+
+setup: softhsm venv proto ## Install everything run and test need (idempotent)
+
+softhsm: ## Install SoftHSM2 from Debian's packages unless softhsm2-util is present
+	@if command -v softhsm2-util >/dev/null 2>&1; then \
+		echo "softhsm2: $$(command -v softhsm2-util)"; \
+	else \
+		echo "softhsm2-util not found: installing Debian's softhsm2"; \
+		$(APT_GET) update; \
+		$(APT_GET) install -y --no-install-recommends softhsm2; \
+	fi
+
+check-python: ## Check that a Python 3.11 interpreter is available
+	@if [ -z "$(PYTHON)" ]; then echo "no python3.11 or python3 on PATH" >&2; exit 1; fi
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else 1)' || { \
+		echo "$(PYTHON) is $$($(PYTHON) --version 2>&1); Python 3.11 is required" >&2; exit 1; }
+
+venv: $(VENV_STAMP) ## Create .venv and install the project with its dev dependencies
+
+$(VENV_STAMP): pyproject.toml | check-python
+	@# Debian splits venv/ensurepip into its own package; install it only when it is missing.
+	@if [ ! -x $(VENV_PY) ] && ! $(PYTHON) -c 'import ensurepip, venv' 2>/dev/null; then \
+		version=$$($(PYTHON) -c 'import sys; print("%d.%d" % sys.version_info[:2])'); \
+		$(APT_GET) update; \
+		$(APT_GET) install -y --no-install-recommends python$$version-venv; \
+	fi
+	@if [ ! -x $(VENV_PY) ]; then echo "creating $(VENV) with $(PYTHON)"; $(PYTHON) -m venv $(VENV); fi
+	$(VENV_PY) -m pip install --quiet --disable-pip-version-check --no-input -e '.[dev]'
+	@touch $@
+
+proto: $(PROTO_STAMP) ## Generate the gRPC code from proto/ into vault/gen/
+
+$(PROTO_STAMP): $(PROTO_FILES) scripts/gen_proto.py $(VENV_STAMP)
+	$(VENV_PY) scripts/gen_proto.py
+	@touch $@
+
+run: setup ## Provision the token (idempotent) and serve on settings.server.listen
+	$(VAULTCTL) token init
+	exec $(VAULTCTL) serve
+
+token-init: setup ## Only provision the token (idempotent)
+	$(VAULTCTL) token init
+
+test: setup ## Run the test suite (pass options with PYTEST_ARGS='-k sign -x')
+	$(VENV_PY) -m pytest $(PYTEST_ARGS)
+
+bench: setup ## Run the benchmark; writes bench/results.json
+	$(VENV_PY) -m bench
+
+lint: venv proto ## ruff check, ruff format --check and mypy (all three run; any failure fails)
+	@status=0; \
+	echo "+ ruff check ."; $(VENV)/bin/ruff check . || status=1; \
+	echo "+ ruff format --check ."; $(VENV)/bin/ruff format --check . || status=1; \
+	echo "+ mypy"; $(VENV)/bin/mypy || status=1; \
+	exit $$status
+
+clean: ## Remove the venv, generated code, caches and bench results (keeps .vault-data)
+	rm -rf $(VENV) vault/gen .mypy_cache .ruff_cache .pytest_cache bench/results.json \
+		build dist *.egg-info
+	find . -path ./.git -prune -o -type d -name __pycache__ -prune -exec rm -rf {} +
+
+distclean: clean ## clean, and also delete .vault-data (the token, its PINs and the store)
+	rm -rf .vault-data

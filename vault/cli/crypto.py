@@ -1,0 +1,526 @@
+"""`vaultctl crypto ...`: use keys on a running vault (encrypt, sign, wrap, MAC, random).
+
+Data and key material are read from files or standard input only (`--in FILE`, `--in -`),
+never from arguments. Results go to `--out FILE`, raw to standard output with `--out -`,
+or base64 on standard output by default; under --json they are base64 fields.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import click
+
+from vault.cli._context import EXIT_MISMATCH, CliState, json_option, pass_state
+from vault.cli._io import (
+    STDIO,
+    aad_option,
+    check_out,
+    in_base64_option,
+    in_option,
+    out_option,
+    read_input,
+    read_optional,
+    write_output,
+)
+from vault.cli._output import emit, note
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+GROUP_HELP = """Use keys on a running vault: each command needs a key of the right purpose.
+
+Inputs come from files or standard input (`--in FILE`, `--in -`), never from arguments, so
+no plaintext or key material lands in shell history or `ps`. Results are printed base64 by
+default; `--out FILE` writes raw bytes (mode 0600) and `--out -` writes raw bytes to
+standard output. `--in-base64` reads base64 text, so commands can be piped together.
+
+\b
+Examples:
+  vaultctl crypto encrypt accounts/acme/keys/docs --in report.pdf --out report.pdf.enc
+  vaultctl crypto decrypt accounts/acme/keys/docs --in report.pdf.enc --out report.pdf
+  echo -n secret | vaultctl crypto encrypt accounts/acme/keys/docs --in - \\
+      | vaultctl crypto decrypt accounts/acme/keys/docs --in - --in-base64 --out -
+  vaultctl crypto data-key accounts/acme/keys/docs --out dk.enc --plaintext-out dk.bin
+  vaultctl crypto sign accounts/acme/keys/release --in release.tar --out release.sig
+  vaultctl crypto verify accounts/acme/keys/release --in release.tar --signature release.sig
+  vaultctl crypto random --size 32 --out nonce.bin
+"""
+
+NAME_HELP = "KEY is a key's resource name, accounts/{account}/keys/{key}"
+VERSION_NAME_HELP = (
+    "KEY is a key (its primary version) or a key version, "
+    "accounts/{account}/keys/{key}/versions/{n}"
+)
+
+
+@click.group("crypto", help=GROUP_HELP)
+def crypto_group() -> None:
+    pass
+
+
+def _one_stdin(*paths: str | None) -> None:
+    # Standard input can be read once: a second `-` would silently read nothing.
+    if sum(path == STDIO for path in paths) > 1:
+        raise click.UsageError("only one input can be `-` (standard input)")
+
+
+def _binary_result(
+    state: CliState,
+    *,
+    field: str,
+    data: bytes,
+    out_path: str | None,
+    done: str,
+    extra: dict[str, Any] | None = None,
+) -> None:
+    """Emit one binary result: to out_path, or base64 on stdout (a JSON field under --json).
+
+    The JSON always has the same keys: field is null when the bytes went to --out."""
+    printed = write_output(out_path, data)
+    record: dict[str, Any] = {**(extra or {}), field: printed, "out": out_path}
+
+    def human() -> None:
+        if printed is not None:
+            click.echo(printed)
+        if out_path is not None and out_path != STDIO:
+            done_text = f"{done}; {len(data)} bytes written to {out_path}"
+        else:
+            done_text = done
+        note(done_text)
+
+    emit(state, record, human)
+
+
+@crypto_group.command("encrypt")
+@click.argument("key")
+@in_option("plaintext (at most keys.max_plaintext_bytes, 64 KiB by default)")
+@in_base64_option
+@aad_option()
+@out_option("ciphertext")
+@json_option
+@pass_state
+def encrypt(
+    state: CliState,
+    key: str,
+    in_path: str,
+    in_base64: bool,
+    aad_path: str | None,
+    out_path: str | None,
+) -> None:
+    """Encrypt with AES-256-GCM under KEY's primary version (purpose ENCRYPT_DECRYPT).
+
+    The ciphertext records the key version that made it, so `decrypt` needs only the key.
+    For larger data, encrypt it locally under a `data-key`.
+    """
+    _one_stdin(in_path, aad_path)
+    check_out(state, out_path)
+    plaintext = read_input(in_path, what="plaintext", base64_text=in_base64)
+    aad = read_optional(aad_path, what="additional authenticated data")
+    response = state.client().encrypt(key, plaintext, aad)
+    _binary_result(
+        state,
+        field="ciphertext",
+        data=response.ciphertext,
+        out_path=out_path,
+        done=f"encrypted with {response.key_version}",
+        extra={"key_version": response.key_version},
+    )
+
+
+@crypto_group.command("decrypt")
+@click.argument("key")
+@in_option("ciphertext")
+@in_base64_option
+@aad_option()
+@out_option("plaintext")
+@json_option
+@pass_state
+def decrypt(
+    state: CliState,
+    key: str,
+    in_path: str,
+    in_base64: bool,
+    aad_path: str | None,
+    out_path: str | None,
+) -> None:
+    """Decrypt a ciphertext made by `encrypt` or `data-key` with KEY.
+
+    Any failure (tampering, wrong AAD, wrong key) is the same DECRYPTION_FAILED error, so the
+    vault never tells which. Works while KEY is ENABLED or REVOKED.
+    """
+    _one_stdin(in_path, aad_path)
+    check_out(state, out_path)
+    ciphertext = read_input(in_path, what="ciphertext", base64_text=in_base64)
+    aad = read_optional(aad_path, what="additional authenticated data")
+    response = state.client().decrypt(key, ciphertext, aad)
+    _binary_result(
+        state,
+        field="plaintext",
+        data=response.plaintext,
+        out_path=out_path,
+        done=f"decrypted with {response.key_version}",
+        extra={"key_version": response.key_version},
+    )
+
+
+@crypto_group.command("data-key")
+@click.argument("key")
+@click.option(
+    "--size",
+    type=click.Choice(["16", "24", "32", "64"]),
+    default="32",
+    show_default=True,
+    help="Data key length in bytes.",
+)
+@aad_option()
+@out_option("encrypted data key")
+@click.option(
+    "--plaintext-out",
+    "plaintext_path",
+    metavar="FILE",
+    default=None,
+    help="Also return the data key itself and write it to FILE (mode 0600). Without it the "
+    "vault returns only the encrypted copy; `decrypt` recovers the key later.",
+)
+@json_option
+@pass_state
+def data_key(
+    state: CliState,
+    key: str,
+    size: str,
+    aad_path: str | None,
+    out_path: str | None,
+    plaintext_path: str | None,
+) -> None:
+    """Generate a random data key for local encryption, encrypted under KEY.
+
+    The encrypted data key is the output; store it beside the data. The plaintext key is only
+    ever written to --plaintext-out FILE, never printed. KEY: purpose ENCRYPT_DECRYPT.
+    """
+    if plaintext_path == STDIO:
+        raise click.BadParameter("must be a file, not `-`", param_hint="--plaintext-out")
+    check_out(state, out_path)
+    aad = read_optional(aad_path, what="additional authenticated data")
+    response = state.client().generate_data_key(
+        key, int(size), aad, include_plaintext=plaintext_path is not None
+    )
+    if plaintext_path is not None:
+        write_output(plaintext_path, response.plaintext)
+    _binary_result(
+        state,
+        field="ciphertext",
+        data=response.ciphertext,
+        out_path=out_path,
+        done=f"data key of {size} bytes encrypted with {response.key_version}"
+        + (f"; plaintext key written to {plaintext_path}" if plaintext_path else ""),
+        extra={"key_version": response.key_version, "plaintext_out": plaintext_path},
+    )
+
+
+@crypto_group.command("re-encrypt")
+@click.argument("key")
+@in_option("ciphertext made with KEY")
+@in_base64_option
+@aad_option(what="additional authenticated data the ciphertext was made with")
+@click.option(
+    "--to",
+    "destination",
+    metavar="KEY",
+    default="",
+    help="Key to re-encrypt under. Default: KEY itself (its current primary version).",
+)
+@aad_option("--to-aad-file", "to_aad_path", "additional authenticated data for the result")
+@out_option("new ciphertext")
+@json_option
+@pass_state
+def re_encrypt(
+    state: CliState,
+    key: str,
+    in_path: str,
+    in_base64: bool,
+    aad_path: str | None,
+    destination: str,
+    to_aad_path: str | None,
+    out_path: str | None,
+) -> None:
+    """Decrypt with KEY and encrypt again, inside the vault: the plaintext never leaves it.
+
+    Use it after `keys rotate` (no --to) or to move data to another key (--to). Both keys:
+    purpose ENCRYPT_DECRYPT.
+    """
+    _one_stdin(in_path, aad_path, to_aad_path)
+    check_out(state, out_path)
+    ciphertext = read_input(in_path, what="ciphertext", base64_text=in_base64)
+    source_aad = read_optional(aad_path, what="additional authenticated data")
+    destination_aad = read_optional(to_aad_path, what="destination additional authenticated data")
+    response = state.client().re_encrypt(
+        key,
+        ciphertext,
+        source_aad=source_aad,
+        destination_key_name=destination,
+        destination_aad=destination_aad,
+    )
+    _binary_result(
+        state,
+        field="ciphertext",
+        data=response.ciphertext,
+        out_path=out_path,
+        done=f"re-encrypted from {response.source_key_version} to {response.key_version}",
+        extra={
+            "key_version": response.key_version,
+            "source_key_version": response.source_key_version,
+        },
+    )
+
+
+@crypto_group.command("wrap")
+@click.argument("key")
+@in_option("key material to wrap (16 to 4096 bytes, a multiple of 8)")
+@in_base64_option
+@out_option("wrapped key")
+@json_option
+@pass_state
+def wrap(state: CliState, key: str, in_path: str, in_base64: bool, out_path: str | None) -> None:
+    """Wrap your own key material under KEY with AES key wrap with padding (RFC 5649).
+
+    KEY: purpose WRAP_UNWRAP. The wrapped blob records the key version that made it.
+    """
+    check_out(state, out_path)
+    material = read_input(in_path, what="key material", base64_text=in_base64)
+    response = state.client().wrap_key(key, material)
+    _binary_result(
+        state,
+        field="wrapped_key",
+        data=response.wrapped_key,
+        out_path=out_path,
+        done=f"wrapped with {response.key_version}",
+        extra={"key_version": response.key_version},
+    )
+
+
+@crypto_group.command("unwrap")
+@click.argument("key")
+@in_option("wrapped key made by `wrap`")
+@in_base64_option
+@out_option("key material")
+@json_option
+@pass_state
+def unwrap(state: CliState, key: str, in_path: str, in_base64: bool, out_path: str | None) -> None:
+    """Unwrap key material wrapped by `wrap` with KEY (purpose WRAP_UNWRAP).
+
+    Prefer --out FILE: the result is secret key material.
+    """
+    check_out(state, out_path)
+    wrapped = read_input(in_path, what="wrapped key", base64_text=in_base64)
+    response = state.client().unwrap_key(key, wrapped)
+    _binary_result(
+        state,
+        field="key_material",
+        data=response.key_material,
+        out_path=out_path,
+        done=f"unwrapped with {response.key_version}",
+        extra={"key_version": response.key_version},
+    )
+
+
+def _digest_option(function: F) -> F:
+    return click.option(
+        "--digest",
+        "is_digest",
+        is_flag=True,
+        help="--in holds a precomputed digest (SHA-256 for P-256 and RSA, SHA-384 for "
+        "P-384) instead of the message. Not for Ed25519 or RSA PKCS#1 v1.5 keys.",
+    )(function)
+
+
+@crypto_group.command("sign")
+@click.argument("key")
+@in_option("message (at most 64 KiB; sign a digest for more)")
+@in_base64_option
+@_digest_option
+@out_option("signature")
+@json_option
+@pass_state
+def sign(
+    state: CliState,
+    key: str,
+    in_path: str,
+    in_base64: bool,
+    is_digest: bool,
+    out_path: str | None,
+) -> None:
+    """Sign a message or a digest with KEY (purpose SIGN_VERIFY).
+
+    RSA-PSS and PKCS#1 v1.5 signatures are raw; ECDSA signatures are DER; Ed25519 are 64
+    bytes. Verify them here with `verify` or anywhere with the PEM from `keys public-key`.
+    """
+    check_out(state, out_path)
+    data = read_input(in_path, what="digest" if is_digest else "message", base64_text=in_base64)
+    client = state.client()
+    response = client.sign(key, digest=data) if is_digest else client.sign(key, message=data)
+    _binary_result(
+        state,
+        field="signature",
+        data=response.signature,
+        out_path=out_path,
+        done=f"signed with {response.key_version}",
+        extra={"key_version": response.key_version},
+    )
+
+
+def _verdict(state: CliState, valid: bool, key_version: str, what: str) -> None:
+    record = {"valid": valid, "key_version": key_version}
+
+    def human() -> None:
+        if valid:
+            click.echo(f"{what} valid ({key_version})")
+        else:
+            click.echo(f"{what} does NOT match ({key_version})")
+
+    emit(state, record, human)
+    if not valid:
+        click.get_current_context().exit(EXIT_MISMATCH)
+
+
+@crypto_group.command("verify")
+@click.argument("key")
+@in_option("message that was signed")
+@in_base64_option
+@_digest_option
+@click.option(
+    "--signature",
+    "signature_path",
+    metavar="FILE",
+    required=True,
+    help="Read the signature from FILE (`-` for standard input).",
+)
+@click.option(
+    "--signature-base64",
+    is_flag=True,
+    help="The signature file holds base64 text (as `sign` prints without --out).",
+)
+@json_option
+@pass_state
+def verify(
+    state: CliState,
+    key: str,
+    in_path: str,
+    in_base64: bool,
+    is_digest: bool,
+    signature_path: str,
+    signature_base64: bool,
+) -> None:
+    """Check a signature made with KEY. Exit code 0 if it matches, 1 if not.
+
+    A key version in KEY checks against that version; a key name, against its primary.
+    """
+    _one_stdin(in_path, signature_path)
+    data = read_input(in_path, what="digest" if is_digest else "message", base64_text=in_base64)
+    signature = read_input(signature_path, what="signature", base64_text=signature_base64)
+    client = state.client()
+    if is_digest:
+        response = client.verify(key, signature, digest=data)
+    else:
+        response = client.verify(key, signature, message=data)
+    _verdict(state, response.valid, response.key_version, "signature")
+
+
+@crypto_group.command("asym-decrypt")
+@click.argument("key")
+@in_option("RSA-OAEP ciphertext")
+@in_base64_option
+@out_option("plaintext")
+@json_option
+@pass_state
+def asym_decrypt(
+    state: CliState, key: str, in_path: str, in_base64: bool, out_path: str | None
+) -> None:
+    """Decrypt an RSA-OAEP ciphertext made with KEY's public key (purpose ASYMMETRIC_DECRYPT).
+
+    Encrypt with the PEM from `keys public-key` and the OAEP hash of KEY's algorithm
+    (SHA1 or SHA256, MGF1 with the same hash, no label).
+    """
+    check_out(state, out_path)
+    ciphertext = read_input(in_path, what="ciphertext", base64_text=in_base64)
+    response = state.client().asymmetric_decrypt(key, ciphertext)
+    _binary_result(
+        state,
+        field="plaintext",
+        data=response.plaintext,
+        out_path=out_path,
+        done=f"decrypted with {response.key_version}",
+        extra={"key_version": response.key_version},
+    )
+
+
+@crypto_group.command("mac")
+@click.argument("key")
+@in_option("data to authenticate")
+@in_base64_option
+@out_option("MAC")
+@json_option
+@pass_state
+def mac(state: CliState, key: str, in_path: str, in_base64: bool, out_path: str | None) -> None:
+    """Compute an HMAC of the data with KEY (purpose MAC)."""
+    check_out(state, out_path)
+    data = read_input(in_path, what="data", base64_text=in_base64)
+    response = state.client().generate_mac(key, data)
+    _binary_result(
+        state,
+        field="mac",
+        data=response.mac,
+        out_path=out_path,
+        done=f"MAC computed with {response.key_version}",
+        extra={"key_version": response.key_version},
+    )
+
+
+@crypto_group.command("verify-mac")
+@click.argument("key")
+@in_option("data that was authenticated")
+@in_base64_option
+@click.option(
+    "--mac",
+    "mac_path",
+    metavar="FILE",
+    required=True,
+    help="Read the MAC from FILE (`-` for standard input).",
+)
+@click.option(
+    "--mac-base64", is_flag=True, help="The MAC file holds base64 text (as `mac` prints)."
+)
+@json_option
+@pass_state
+def verify_mac(
+    state: CliState, key: str, in_path: str, in_base64: bool, mac_path: str, mac_base64: bool
+) -> None:
+    """Check an HMAC made with KEY. Exit code 0 if it matches, 1 if not."""
+    _one_stdin(in_path, mac_path)
+    data = read_input(in_path, what="data", base64_text=in_base64)
+    expected = read_input(mac_path, what="MAC", base64_text=mac_base64)
+    response = state.client().verify_mac(key, data, expected)
+    _verdict(state, response.valid, response.key_version, "MAC")
+
+
+@crypto_group.command("random")
+@click.option(
+    "--size",
+    type=click.IntRange(1, 1024),
+    required=True,
+    help="Number of random bytes, from the token's generator (1 to 1024).",
+)
+@out_option("random bytes")
+@json_option
+@pass_state
+def random(state: CliState, size: int, out_path: str | None) -> None:
+    """Generate random bytes with the HSM's random number generator."""
+    check_out(state, out_path)
+    response = state.client().generate_random(size)
+    _binary_result(
+        state,
+        field="data",
+        data=response.data,
+        out_path=out_path,
+        done=f"{len(response.data)} random bytes",
+    )

@@ -1,0 +1,563 @@
+"""`vaultctl keys ...`: create, inspect and manage the lifecycle of keys over gRPC."""
+
+from __future__ import annotations
+
+import re
+import sys
+from datetime import UTC, timedelta
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from vault.cli._context import EXIT_USAGE, CliError, CliState, json_option, pass_state
+from vault.cli._io import check_out, write_output
+from vault.cli._output import emit, format_time, note, print_fields, print_table, short_time
+from vault.domain.algorithms import DEFAULT_ALGORITHM, Algorithm, Purpose
+from vault.domain.models import KeyState
+
+if TYPE_CHECKING:
+    from google.protobuf.timestamp_pb2 import Timestamp
+
+    from vault.gen.vault.v1 import resources_pb2
+
+GROUP_HELP = """Create keys and manage their lifecycle on a running vault.
+
+Keys are named accounts/{account}/keys/{key} (ids: a lower-case letter, then up to 62
+lower-case letters, digits or '-'); versions are .../versions/{n}. Each key has one purpose,
+fixed at creation, that decides which crypto commands it serves. Rotation adds a version
+that new operations use; older versions keep decrypting and verifying.
+
+\b
+Examples:
+  vaultctl keys create accounts/acme/keys/docs --purpose ENCRYPT_DECRYPT --label team=storage
+  vaultctl keys create accounts/acme/keys/release --purpose SIGN_VERIFY \\
+      --algorithm RSA_SIGN_PSS_3072_SHA256
+  vaultctl keys list acme --purpose SIGN_VERIFY --state ENABLED
+  vaultctl keys get accounts/acme/keys/docs --json
+  vaultctl keys rotate accounts/acme/keys/docs
+  vaultctl keys public-key accounts/acme/keys/release --out release.pem
+  vaultctl keys revoke accounts/acme/keys/release --reason "laptop stolen" --yes
+  vaultctl keys schedule-destroy accounts/acme/keys/docs --waiting-period 30d
+"""
+
+
+@click.group("keys", help=GROUP_HELP)
+def keys_group() -> None:
+    pass
+
+
+# -- conversions from the client's messages -------------------------------------------------
+
+
+def _enum_name(wrapper: Any, value: int, prefix: str) -> str:
+    # The proto names carry a prefix (PURPOSE_SIGN_VERIFY); the CLI, like the domain and the
+    # options it accepts, uses the bare name (SIGN_VERIFY).
+    name: str = wrapper.Name(value)
+    return name.removeprefix(prefix)
+
+
+def _time(message: Any, field: str) -> str | None:
+    if not message.HasField(field):
+        return None
+    timestamp: Timestamp = getattr(message, field)
+    return format_time(timestamp.ToDatetime(tzinfo=UTC))
+
+
+def key_record(key: resources_pb2.Key) -> dict[str, Any]:
+    from vault.gen.vault.v1 import resources_pb2
+
+    primary = key.primary_version
+    return {
+        "name": key.name,
+        "purpose": _enum_name(resources_pb2.Purpose, key.purpose, "PURPOSE_"),
+        "algorithm": _enum_name(resources_pb2.Algorithm, key.algorithm, "ALGORITHM_"),
+        "state": _enum_name(resources_pb2.KeyState, key.state, "KEY_STATE_"),
+        "primary_version": primary,
+        "primary_version_number": _version_number(primary),
+        "token_resident": key.token_resident,
+        "labels": dict(sorted(key.labels.items())),
+        "description": key.description,
+        "create_time": _time(key, "create_time"),
+        "update_time": _time(key, "update_time"),
+        "destroy_scheduled_time": _time(key, "destroy_scheduled_time"),
+        "revocation_reason": key.revocation_reason,
+    }
+
+
+def version_record(version: resources_pb2.KeyVersion) -> dict[str, Any]:
+    from vault.gen.vault.v1 import resources_pb2
+
+    return {
+        "name": version.name,
+        "number": _version_number(version.name),
+        "state": _enum_name(resources_pb2.VersionState, version.state, "VERSION_STATE_"),
+        "token_resident": version.token_resident,
+        "create_time": _time(version, "create_time"),
+        "destroy_time": _time(version, "destroy_time"),
+    }
+
+
+def _version_number(name: str) -> int | None:
+    _, _, number = name.rpartition("/versions/")
+    return int(number) if number.isdigit() else None
+
+
+def _print_key(record: dict[str, Any]) -> None:
+    fields: list[tuple[str, Any]] = [
+        ("name", record["name"]),
+        ("purpose", record["purpose"]),
+        ("algorithm", record["algorithm"]),
+        ("state", record["state"]),
+        ("primary version", record["primary_version"]),
+        ("token resident", record["token_resident"]),
+        ("labels", record["labels"]),
+        ("description", record["description"]),
+        ("created", record["create_time"]),
+        ("updated", record["update_time"]),
+    ]
+    if record["destroy_scheduled_time"]:
+        fields.append(("destroyed at", record["destroy_scheduled_time"]))
+    if record["revocation_reason"]:
+        fields.append(("revocation reason", record["revocation_reason"]))
+    print_fields(fields)
+
+
+def _show_key(state: CliState, key: resources_pb2.Key, done: str = "") -> None:
+    record = key_record(key)
+
+    def human() -> None:
+        if done:
+            note(done)
+        _print_key(record)
+
+    emit(state, record, human)
+
+
+# -- option parsing ---------------------------------------------------------------------------
+
+
+def split_key_name(name: str) -> tuple[str, str]:
+    """accounts/{a}/keys/{k} -> (accounts/{a}, k). Only the shape is checked here; the
+    vault validates the ids and answers MALFORMED_NAME."""
+    parent, separator, key_id = name.rpartition("/keys/")
+    if not separator or not parent.startswith("accounts/") or not key_id:
+        raise click.BadParameter(
+            f"{name!r}: expected accounts/{{account}}/keys/{{key}}", param_hint="NAME"
+        )
+    return parent, key_id
+
+
+def account_parent(account: str) -> str:
+    """`acme` or `accounts/acme` -> accounts/acme."""
+    return account if account.startswith("accounts/") else f"accounts/{account}"
+
+
+def parse_labels(values: tuple[str, ...]) -> dict[str, str]:
+    labels: dict[str, str] = {}
+    for value in values:
+        label, separator, text = value.partition("=")
+        if not separator or not label:
+            raise click.BadParameter(f"{value!r}: expected KEY=VALUE", param_hint="--label")
+        labels[label] = text
+    return labels
+
+
+_DURATION_RE = re.compile(r"^(?P<amount>\d+)(?P<unit>[smhdw]?)$")
+_UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 604_800}
+
+
+def parse_duration(text: str) -> timedelta:
+    match = _DURATION_RE.match(text.strip().lower())
+    if not match:
+        raise click.BadParameter(
+            f"{text!r}: expected a number with an optional unit s, m, h, d or w (e.g. 30d)",
+            param_hint="--waiting-period",
+        )
+    return timedelta(seconds=int(match["amount"]) * _UNIT_SECONDS[match["unit"]])
+
+
+class _UpperChoice(click.Choice[str]):
+    """A choice among upper-case names that also accepts lower case (sign_verify), while
+    help and error messages show the names as the API and README spell them."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        text = value.upper() if isinstance(value, str) else value
+        return str(super().convert(text, param, ctx))
+
+
+def _choice(values: Any) -> click.Choice[str]:
+    return _UpperChoice([str(value) for value in values])
+
+
+def _algorithms_by_purpose() -> str:
+    # Built from the domain's tables so the help cannot drift from what the vault accepts.
+    groups = []
+    for purpose in Purpose:
+        default = DEFAULT_ALGORITHM[purpose]
+        others = [a for a in Algorithm if a.purpose is purpose and a is not default]
+        groups.append(f"{purpose}: " + ", ".join([default, *others]))
+    return "; ".join(groups)
+
+
+# -- commands -------------------------------------------------------------------------------
+
+
+@keys_group.command("create")
+@click.argument("name")
+@click.option(
+    "--purpose",
+    type=_choice(Purpose),
+    required=True,
+    help="What the key is for; fixed for its lifetime. ENCRYPT_DECRYPT: encrypt, decrypt, "
+    "data-key, re-encrypt. WRAP_UNWRAP: wrap, unwrap. SIGN_VERIFY: sign, verify, "
+    "public-key. ASYMMETRIC_DECRYPT: asym-decrypt, public-key. MAC: mac, verify-mac. "
+    "BUCKET_MASTER: bucket keys for the storage service.",
+)
+@click.option(
+    "--algorithm",
+    type=_choice(Algorithm),
+    metavar="ALGORITHM",
+    default=None,
+    help="Algorithm of every version; must belong to the purpose (the first one listed is "
+    f"the default): {_algorithms_by_purpose()}. A token may support fewer; the vault then "
+    "answers UNSUPPORTED_ALGORITHM.",
+)
+@click.option(
+    "--label",
+    "labels",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="A label (repeatable): keys match [a-z][a-z0-9-]{0,62}, values are at most 63 "
+    "characters. Labels are metadata, not secrets.",
+)
+@click.option("--description", default="", help="Free text, at most 1024 characters.")
+@click.option(
+    "--token-resident",
+    is_flag=True,
+    help="Keep every version as a token object instead of wrapped under the root key, so it "
+    "never leaves the token even wrapped. Ed25519 keys always are.",
+)
+@click.option(
+    "--request-id",
+    default="",
+    help="Idempotency token: repeating a create with the same id returns the key the first "
+    "call created instead of failing.",
+)
+@json_option
+@pass_state
+def create(
+    state: CliState,
+    name: str,
+    purpose: str,
+    algorithm: str | None,
+    labels: tuple[str, ...],
+    description: str,
+    token_resident: bool,
+    request_id: str,
+) -> None:
+    """Create key NAME with its first version, generated inside the token.
+
+    NAME is the new key's resource name, accounts/{account}/keys/{key}.
+    """
+    parent, key_id = split_key_name(name)
+    key = state.client().create_key(
+        parent,
+        key_id,
+        purpose,
+        algorithm,
+        labels=parse_labels(labels),
+        description=description,
+        token_resident=token_resident,
+        request_id=request_id,
+    )
+    _show_key(state, key, f"created {key.name}")
+
+
+@keys_group.command("get")
+@click.argument("name")
+@json_option
+@pass_state
+def get(state: CliState, name: str) -> None:
+    """Show key NAME: purpose, algorithm, state, primary version, labels, times.
+
+    NAME is a key's resource name, accounts/{account}/keys/{key}.
+    """
+    _show_key(state, state.client().get_key(name))
+
+
+@keys_group.command("list")
+@click.argument("account")
+@click.option("--purpose", type=_choice(Purpose), default=None, help="Only keys of this purpose.")
+@click.option(
+    "--state", "key_state", type=_choice(KeyState), default=None, help="Only keys in this state."
+)
+@click.option(
+    "--label",
+    default=None,
+    metavar="KEY[=VALUE]",
+    help="Only keys with this label (KEY), or with this label set to VALUE (KEY=VALUE).",
+)
+@click.option(
+    "--page-size",
+    type=click.IntRange(1, 1000),
+    default=None,
+    help="Fetch one page of at most this many keys and print the next page token. "
+    "Default: fetch every page.",
+)
+@click.option("--page-token", default="", help="Continue a listing from this page token.")
+@json_option
+@pass_state
+def list_keys(
+    state: CliState,
+    account: str,
+    purpose: str | None,
+    key_state: str | None,
+    label: str | None,
+    page_size: int | None,
+    page_token: str,
+) -> None:
+    """List the keys of ACCOUNT (`acme` or `accounts/acme`), in name order."""
+    client = state.client()
+    parent = account_parent(account)
+    label_key, label_value = "", None
+    if label:
+        label_key, separator, value = label.partition("=")
+        label_value = value if separator else None
+    filters: dict[str, Any] = {
+        "purpose": purpose,
+        "state": key_state,
+        "label_key": label_key,
+        "label_value": label_value,
+    }
+    next_token = ""
+    if page_size is None and not page_token:
+        keys = list(client.iter_keys(parent, **filters))
+    else:
+        page = client.list_keys(parent, page_size=page_size or 0, page_token=page_token, **filters)
+        keys, next_token = list(page.keys), page.next_page_token
+    records = [key_record(key) for key in keys]
+
+    def human() -> None:
+        print_table(
+            ["NAME", "PURPOSE", "ALGORITHM", "STATE", "PRIMARY", "LABELS", "CREATED"],
+            [
+                [
+                    record["name"],
+                    record["purpose"],
+                    record["algorithm"],
+                    record["state"],
+                    record["primary_version_number"],
+                    record["labels"],
+                    short_time(record["create_time"]),
+                ]
+                for record in records
+            ],
+        )
+        if next_token:
+            note(f"more keys: --page-token {next_token}")
+
+    emit(state, {"keys": records, "next_page_token": next_token}, human)
+
+
+@keys_group.command("update")
+@click.argument("name")
+@click.option(
+    "--label",
+    "labels",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Replace all labels with the ones given (repeatable).",
+)
+@click.option("--clear-labels", is_flag=True, help="Remove every label.")
+@click.option("--description", default=None, help='Replace the description ("" clears it).')
+@json_option
+@pass_state
+def update(
+    state: CliState,
+    name: str,
+    labels: tuple[str, ...],
+    clear_labels: bool,
+    description: str | None,
+) -> None:
+    """Replace the labels and/or the description of key NAME.
+
+    NAME is a key's resource name. Purpose, algorithm and residency never change.
+    """
+    if labels and clear_labels:
+        raise click.UsageError("--label and --clear-labels exclude each other")
+    new_labels = {} if clear_labels else (parse_labels(labels) if labels else None)
+    if new_labels is None and description is None:
+        raise click.UsageError("nothing to update: give --label, --clear-labels or --description")
+    key = state.client().update_key(name, labels=new_labels, description=description)
+    _show_key(state, key, f"updated {key.name}")
+
+
+@keys_group.command("rotate")
+@click.argument("name")
+@json_option
+@pass_state
+def rotate(state: CliState, name: str) -> None:
+    """Add a new version to key NAME and make it primary.
+
+    New operations use the new version; data protected by older versions stays readable.
+    NAME is a key's resource name.
+    """
+    key = state.client().rotate_key(name)
+    _show_key(state, key, f"rotated {key.name}: primary is now {key.primary_version}")
+
+
+@keys_group.command("versions")
+@click.argument("name")
+@json_option
+@pass_state
+def versions(state: CliState, name: str) -> None:
+    """List the versions of key NAME, oldest first. NAME is a key's resource name."""
+    records = [version_record(version) for version in state.client().list_key_versions(name)]
+
+    def human() -> None:
+        print_table(
+            ["VERSION", "STATE", "TOKEN RESIDENT", "CREATED", "DESTROYED"],
+            [
+                [
+                    record["number"],
+                    record["state"],
+                    record["token_resident"],
+                    short_time(record["create_time"]),
+                    short_time(record["destroy_time"]),
+                ]
+                for record in records
+            ],
+            title=f"versions of {name}",
+        )
+
+    emit(state, {"versions": records}, human)
+
+
+@keys_group.command("public-key")
+@click.argument("name")
+@click.option(
+    "--out",
+    "out_path",
+    metavar="FILE",
+    default=None,
+    help="Write the PEM to FILE instead of standard output.",
+)
+@json_option
+@pass_state
+def public_key(state: CliState, name: str, out_path: str | None) -> None:
+    """Print the PEM public key of a SIGN_VERIFY or ASYMMETRIC_DECRYPT key.
+
+    NAME is a key (its primary version) or a key version,
+    accounts/{account}/keys/{key}/versions/{n}. The PEM is a SubjectPublicKeyInfo that
+    openssl and the `cryptography` package read directly.
+    """
+    from vault.gen.vault.v1 import resources_pb2
+
+    check_out(state, out_path)
+    public = state.client().get_public_key(name)
+    record = {
+        "name": public.name,
+        "algorithm": _enum_name(resources_pb2.Algorithm, public.algorithm, "ALGORITHM_"),
+        "pem": public.pem,
+        "out": out_path,
+    }
+    if out_path is not None:
+        write_output(out_path, public.pem.encode("ascii"))
+
+    def human() -> None:
+        if out_path is None:
+            sys.stdout.write(public.pem if public.pem.endswith("\n") else public.pem + "\n")
+        note(
+            f"public key of {public.name} ({record['algorithm']})"
+            + (f" written to {out_path}" if out_path else "")
+        )
+
+    emit(state, record, human)
+
+
+@keys_group.command("enable")
+@click.argument("name")
+@json_option
+@pass_state
+def enable(state: CliState, name: str) -> None:
+    """Enable key NAME again after `disable` (NAME: accounts/{account}/keys/{key})."""
+    key = state.client().enable_key(name)
+    _show_key(state, key, f"enabled {key.name}")
+
+
+@keys_group.command("disable")
+@click.argument("name")
+@json_option
+@pass_state
+def disable(state: CliState, name: str) -> None:
+    """Disable key NAME: every operation is refused until `enable`. Reversible.
+
+    NAME is a key's resource name, accounts/{account}/keys/{key}.
+    """
+    key = state.client().disable_key(name)
+    _show_key(state, key, f"disabled {key.name}")
+
+
+@keys_group.command("revoke")
+@click.argument("name")
+@click.option(
+    "--reason",
+    required=True,
+    help='Why, for the record (e.g. "compromised", "superseded"); at most 1024 characters.',
+)
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation (for scripts).")
+@json_option
+@pass_state
+def revoke(state: CliState, name: str, reason: str, yes: bool) -> None:
+    """Revoke key NAME: irreversible. It makes nothing new (no encryption, signature, wrap
+    or MAC) but still decrypts, unwraps and verifies what it protected before.
+
+    NAME is a key's resource name. Asks for confirmation unless --yes is given.
+    """
+    if not yes:
+        if not sys.stdin.isatty():
+            raise CliError(
+                "revoking is irreversible: pass --yes to confirm without a terminal",
+                exit_code=EXIT_USAGE,
+            )
+        click.confirm(f"Revoke {name}? This cannot be undone", abort=True, err=True)
+    key = state.client().revoke_key(name, reason)
+    _show_key(state, key, f"revoked {key.name}")
+
+
+@keys_group.command("schedule-destroy")
+@click.argument("name")
+@click.option(
+    "--waiting-period",
+    metavar="DURATION",
+    default=None,
+    help="How long until the material is destroyed: seconds, or a number with s, m, h, d or "
+    "w (e.g. 30d). Default: the server's keys.default_destroy_waiting_seconds (30 days); "
+    "it refuses less than keys.min_destroy_waiting_seconds (1 day).",
+)
+@json_option
+@pass_state
+def schedule_destroy(state: CliState, name: str, waiting_period: str | None) -> None:
+    """Schedule key NAME's material for destruction after a waiting period.
+
+    Until then `cancel-destroy` undoes it; afterwards every version's material is destroyed
+    in the token and the key remains as a DESTROYED record. NAME is a key's resource name.
+    """
+    period = parse_duration(waiting_period) if waiting_period is not None else None
+    key = state.client().schedule_key_destruction(name, period)
+    record = key_record(key)
+    _show_key(state, key, f"{key.name} will be destroyed at {record['destroy_scheduled_time']}")
+
+
+@keys_group.command("cancel-destroy")
+@click.argument("name")
+@json_option
+@pass_state
+def cancel_destroy(state: CliState, name: str) -> None:
+    """Cancel the scheduled destruction of key NAME.
+
+    The key comes back DISABLED (REVOKED if it was revoked): re-enabling it is a separate,
+    deliberate `enable`. NAME is a key's resource name.
+    """
+    key = state.client().cancel_key_destruction(name)
+    _show_key(state, key, f"destruction of {key.name} cancelled")

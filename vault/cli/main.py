@@ -1,0 +1,186 @@
+"""The `vaultctl` console entry point: global options, command groups, error reporting."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+
+from vault.cli._context import EXIT_LOCAL, EXIT_VAULT, CliError, CliState
+from vault.cli.crypto import crypto_group
+from vault.cli.keys import keys_group
+from vault.cli.serve import serve_command
+from vault.cli.token import token_group
+from vault.config import CONFIG_ENV
+from vault.domain.errors import VaultError
+
+EPILOG = """\b
+Exit codes:
+  0  success
+  1  verify / verify-mac: the signature or MAC does not match
+  2  usage error (unknown option, missing argument)
+  3  the vault refused the request or could not be reached
+  4  local error: configuration, an input or output file, the token
+
+\b
+Examples:
+  vaultctl token init                       # provision the token (idempotent)
+  vaultctl serve                            # serve on server.listen (127.0.0.1:50051)
+  vaultctl keys create accounts/acme/keys/docs --purpose ENCRYPT_DECRYPT
+  vaultctl crypto encrypt accounts/acme/keys/docs --in report.pdf --out report.pdf.enc
+  vaultctl --json keys list acme
+"""
+
+
+class _VaultGroup(click.Group):
+    """Turns expected failures into one line on stderr and a documented exit code.
+
+    Anything not recognised here is a bug and keeps its traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        state = ctx.ensure_object(CliState)
+        try:
+            return super().invoke(ctx)
+        except CliError as error:
+            failure = error
+        except Exception as error:
+            translated = None if state.debug else translate(error, state.dialed)
+            if translated is None:
+                raise
+            failure = translated
+        finally:
+            state.close()
+        if state.debug:
+            raise failure
+        failure.as_json = state.json
+        failure.show()
+        ctx.exit(failure.exit_code)
+
+
+def translate(error: Exception, target: str = "") -> CliError | None:
+    """The CliError for an expected failure, or None for a bug."""
+    from_vault = _from_client_error(error, target)
+    if from_vault is not None:
+        return from_vault
+    if isinstance(error, VaultError):
+        # Raised in this process: token commands talk to the token directly.
+        return CliError(
+            error.message, exit_code=EXIT_LOCAL, reason=error.reason, metadata=error.metadata
+        )
+    if _is_validation_error(error):
+        return CliError(
+            f"invalid configuration: {_validation_summary(error)}", exit_code=EXIT_LOCAL
+        )
+    if isinstance(error, OSError):
+        where = f": {error.filename}" if error.filename else ""
+        return CliError(f"{error.strerror or error}{where}", exit_code=EXIT_LOCAL)
+    if type(error).__module__.split(".")[0] == "pkcs11":
+        # The CLI does not import pkcs11 (vault/hsm is its only importer), so its exceptions
+        # are recognised by module. Their names (PinIncorrect, TokenNotPresent) say it all.
+        detail = str(error)
+        return CliError(
+            f"token: {type(error).__name__}{': ' + detail if detail else ''}",
+            exit_code=EXIT_LOCAL,
+        )
+    return None
+
+
+def _from_client_error(error: Exception, target: str) -> CliError | None:
+    try:
+        # Imported here: without generated code (before `make proto`) the client cannot be
+        # imported, and then no error can be one of its errors either.
+        from vault.client import VaultClientError
+    except ImportError:
+        return None
+    if not isinstance(error, VaultClientError):
+        return None
+    message = error.message
+    if error.code.name == "UNAVAILABLE" and not error.reason:
+        # No reason: the call never reached a vault (the vault's own UNAVAILABLE errors,
+        # TOKEN_UNAVAILABLE and STORE_UNAVAILABLE, carry one).
+        message = f"no vault reachable at {target or '?'} ({message}); is it serving?"
+    return CliError(
+        message,
+        exit_code=EXIT_VAULT,
+        reason=error.reason,
+        code=error.code.name,
+        metadata=error.metadata,
+    )
+
+
+def _is_validation_error(error: Exception) -> bool:
+    from pydantic import ValidationError
+
+    return isinstance(error, ValidationError)
+
+
+def _validation_summary(error: Exception) -> str:
+    from pydantic import ValidationError
+
+    assert isinstance(error, ValidationError)
+    # Field locations and messages only: pydantic's default text quotes the input value,
+    # which for a PIN setting is the PIN itself.
+    parts = []
+    for problem in error.errors(include_input=False, include_url=False):
+        location = ".".join(str(part) for part in problem["loc"]) or "settings"
+        parts.append(f"{location}: {problem['msg']}")
+    return "; ".join(parts)
+
+
+@click.group(cls=_VaultGroup, epilog=EPILOG, context_settings={"max_content_width": 100})
+@click.option(
+    "--config",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    envvar=CONFIG_ENV,
+    show_envvar=True,
+    help="TOML settings file; environment variables (VAULT_SERVER__LISTEN, ...) override it.",
+)
+@click.option(
+    "--target",
+    metavar="HOST:PORT",
+    envvar="VAULT_TARGET",
+    show_envvar=True,
+    help="Vault server for keys and crypto commands. Default: settings server.listen "
+    "(a wildcard bind such as 0.0.0.0 dials loopback).",
+)
+@click.option(
+    "--json",
+    "json_output",
+    is_flag=True,
+    help="Machine-readable JSON with stable keys on stdout (errors as JSON on stderr).",
+)
+@click.option(
+    "--debug", is_flag=True, help="Show the full traceback of every error, expected or not."
+)
+@click.version_option(package_name="vault", prog_name="vaultctl")
+@click.pass_context
+def cli(
+    ctx: click.Context, config: Path | None, target: str | None, json_output: bool, debug: bool
+) -> None:
+    """Operate and use the HSM-backed key vault.
+
+    Operators provision the PKCS#11 token (`token`) and run the gRPC server (`serve`);
+    callers manage keys (`keys`) and use them (`crypto`) over gRPC. Plaintext, key material
+    and PINs are never taken as command-line arguments: they come from files or standard
+    input, and PINs from settings files or the environment.
+    """
+    state = ctx.ensure_object(CliState)
+    state.config = config
+    state.target = target
+    state.json = state.json or json_output
+    state.debug = debug
+
+
+cli.add_command(serve_command)
+cli.add_command(token_group)
+cli.add_command(keys_group)
+cli.add_command(crypto_group)
+
+
+def main() -> None:
+    cli(prog_name="vaultctl")
+
+
+if __name__ == "__main__":
+    main()
