@@ -105,7 +105,12 @@ class VaultServer:
                     reply = health_pb2_grpc.HealthStub(channel).Check(
                         health_pb2.HealthCheckRequest(service=""), timeout=1.0
                     )
-                    if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                    # Health answers as soon as one worker is up; the supervisor prints its
+                    # line once every worker serves.
+                    if (
+                        reply.status == health_pb2.HealthCheckResponse.SERVING
+                        and "vault serving on" in self.log()
+                    ):
                         return
                 except grpc.RpcError:
                     pass

@@ -70,14 +70,14 @@ _PROCESSING_OPERATIONS = frozenset(
     }
 )
 
-# Allowed state changes; DESTROYED is reached only by the destruction job.
+# Allowed state changes; DESTROYED is reached only by the destruction job. A key waiting
+# for destruction changes only by cancellation (Key.cancel_destruction), so no other call
+# (a disable, a revocation) can silently call the destruction off.
 TRANSITIONS: dict[KeyState, frozenset[KeyState]] = {
     KeyState.ENABLED: frozenset({KeyState.DISABLED, KeyState.REVOKED, KeyState.DESTROY_SCHEDULED}),
     KeyState.DISABLED: frozenset({KeyState.ENABLED, KeyState.REVOKED, KeyState.DESTROY_SCHEDULED}),
     KeyState.REVOKED: frozenset({KeyState.DESTROY_SCHEDULED}),
-    KeyState.DESTROY_SCHEDULED: frozenset(
-        {KeyState.DISABLED, KeyState.REVOKED, KeyState.DESTROYED}
-    ),
+    KeyState.DESTROY_SCHEDULED: frozenset({KeyState.DESTROYED}),
     KeyState.DESTROYED: frozenset(),
 }
 
@@ -147,6 +147,23 @@ class Key:
                 metadata={"state": str(self.state), "target": str(target)},
             )
         return replace(self, state=target, update_time=now)
+
+    def cancel_destruction(self, now: datetime) -> Key:
+        """Back from DESTROY_SCHEDULED: REVOKED if it was revoked, otherwise DISABLED, so that
+        using the key again is a separate, deliberate EnableKey."""
+        if self.state is not KeyState.DESTROY_SCHEDULED:
+            raise WrongState(
+                f"CancelKeyDestruction is not allowed while the key is {self.state}",
+                metadata={"state": str(self.state), "operation": "CancelKeyDestruction"},
+            )
+        revoked = self.state_before_destroy_scheduled is KeyState.REVOKED
+        return replace(
+            self,
+            state=KeyState.REVOKED if revoked else KeyState.DISABLED,
+            update_time=now,
+            destroy_scheduled_time=None,
+            state_before_destroy_scheduled=None,
+        )
 
 
 @dataclass(frozen=True, slots=True)

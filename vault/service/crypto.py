@@ -25,6 +25,7 @@ from vault.service.public_keys import verify_signature
 MAX_AAD_BYTES = 65_536
 MAX_SIGN_MESSAGE_BYTES = 65_536
 MAX_RANDOM_BYTES = 1024
+MAX_SIGNATURE_BYTES = 1024  # RSA-4096 signatures are 512 bytes
 MIN_WRAPPED_MATERIAL = 16
 MAX_WRAPPED_MATERIAL = 4096
 DATA_KEY_SIZES = frozenset({16, 24, 32, 64})
@@ -177,30 +178,20 @@ class CryptoOperations:
     def sign(self, name: str, *, message: bytes | None, digest: bytes | None) -> Sealed:
         data, prehashed = _message_or_digest(message, digest)
         key, version = self._usable(name, Operation.SIGN)
-        spec = key.algorithm.spec
-        if prehashed:
-            if spec.family is KeyFamily.ED25519 or spec.padding is Padding.PKCS1:
-                # Ed25519 signs messages; PKCS#1 v1.5 over a digest needs CKM_RSA_PKCS,
-                # which the token has switched off.
-                raise UnsupportedAlgorithm(
-                    f"{key.algorithm} signs messages, not digests",
-                    metadata={"algorithm": str(key.algorithm)},
-                )
-            if len(data) != DIGEST_SIZES[spec.hash]:
-                raise InvalidArgument(
-                    f"digest must be {DIGEST_SIZES[spec.hash]} bytes of {spec.hash}",
-                    metadata={"algorithm": str(key.algorithm)},
-                )
+        _check_signing_input(key, data, prehashed)
         signature = self._keystore.sign(version, key.algorithm, data, prehashed)
         return Sealed(signature, str(version.name))
 
     def verify(
         self, name: str, *, message: bytes | None, digest: bytes | None, signature: bytes
     ) -> tuple[bool, str]:
+        """valid=False for any signature that does not verify, malformed or oversized
+        included; errors only for what Sign would also refuse."""
         data, prehashed = _message_or_digest(message, digest)
-        _limit("signature", signature, 1024)
         key, version = self._usable(name, Operation.VERIFY)
-        assert version.public_key_der is not None  # every SIGN_VERIFY version has one
+        _check_signing_input(key, data, prehashed)
+        if version.public_key_der is None or len(signature) > MAX_SIGNATURE_BYTES:
+            return False, str(version.name)
         valid = verify_signature(key.algorithm, version.public_key_der, data, prehashed, signature)
         return valid, str(version.name)
 
@@ -227,6 +218,25 @@ class CryptoOperations:
         if not 1 <= size <= MAX_RANDOM_BYTES:
             raise InvalidArgument(f"size must be 1 to {MAX_RANDOM_BYTES} bytes")
         return self._keystore.random(size)
+
+
+def _check_signing_input(key: Key, data: bytes, prehashed: bool) -> None:
+    """What a key's algorithm accepts, the same for Sign and Verify."""
+    spec = key.algorithm.spec
+    if not prehashed:
+        return
+    if spec.family is KeyFamily.ED25519 or spec.padding is Padding.PKCS1:
+        # Ed25519 signs messages; PKCS#1 v1.5 over a digest needs CKM_RSA_PKCS, which the
+        # token has switched off.
+        raise UnsupportedAlgorithm(
+            f"{key.algorithm} signs messages, not digests",
+            metadata={"algorithm": str(key.algorithm)},
+        )
+    if len(data) != DIGEST_SIZES[spec.hash]:
+        raise InvalidArgument(
+            f"digest must be {DIGEST_SIZES[spec.hash]} bytes of {spec.hash}",
+            metadata={"algorithm": str(key.algorithm)},
+        )
 
 
 def _message_or_digest(message: bytes | None, digest: bytes | None) -> tuple[bytes, bool]:

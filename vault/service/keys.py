@@ -8,6 +8,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
+from typing import NoReturn
 
 from cachetools import TTLCache
 from cryptography.hazmat.primitives import serialization
@@ -20,6 +21,7 @@ from vault.domain.errors import (
     InvalidArgument,
     NotFound,
     UnsupportedAlgorithm,
+    WrongState,
 )
 from vault.domain.models import (
     Key,
@@ -183,14 +185,23 @@ class KeyManagement:
             description=description,
             request_id=request_id,
         )
-        return self._add_first_or_next_version(key, 1, first=True)
+        try:
+            return self._add_first_or_next_version(key, 1, first=True)
+        except AlreadyExists:
+            # A retry that overlapped the first attempt lost the insert race: answer it
+            # with the key the first attempt created.
+            if request_id:
+                earlier = self._store.find_key_by_request_id(account, request_id)
+                if earlier is not None and earlier.name == name:
+                    return earlier
+            raise
 
     def update_key(
         self, name: str, *, labels: dict[str, str] | None, description: str | None
     ) -> Key:
         key = self.get_key(name)
         if key.state is KeyState.DESTROYED:
-            key.require(Operation.ENCRYPT)  # raises the state error for a tombstone
+            raise_state(key, "UpdateKey")
         changes: dict[str, object] = {"update_time": self._clock()}
         if labels is not None:
             changes["labels"] = _check_labels(labels)
@@ -259,12 +270,7 @@ class KeyManagement:
         if len(reason) > MAX_DESCRIPTION:
             raise InvalidArgument(f"reason is limited to {MAX_DESCRIPTION} characters")
         key = self.get_key(name)
-        revoked = replace(
-            key.transition(KeyState.REVOKED, self._clock()),
-            revocation_reason=reason,
-            destroy_scheduled_time=None,
-            state_before_destroy_scheduled=None,
-        )
+        revoked = replace(key.transition(KeyState.REVOKED, self._clock()), revocation_reason=reason)
         return self._store.update_key(revoked)
 
     def schedule_destruction(self, name: str, waiting_period: timedelta | None) -> Key:
@@ -287,18 +293,7 @@ class KeyManagement:
 
     def cancel_destruction(self, name: str) -> Key:
         key = self.get_key(name)
-        if key.state is not KeyState.DESTROY_SCHEDULED:
-            raise_state(key, "CancelKeyDestruction")
-        # A cancelled key comes back DISABLED (or REVOKED, if it was): re-enabling is a
-        # separate, deliberate step.
-        previous = key.state_before_destroy_scheduled
-        target = KeyState.REVOKED if previous is KeyState.REVOKED else KeyState.DISABLED
-        restored = replace(
-            key.transition(target, self._clock()),
-            destroy_scheduled_time=None,
-            state_before_destroy_scheduled=None,
-        )
-        return self._store.update_key(restored)
+        return self._store.update_key(key.cancel_destruction(self._clock()))
 
     def _move(self, name: str, target: KeyState) -> Key:
         key = self.get_key(name)
@@ -326,9 +321,7 @@ class KeyManagement:
         return destroyed
 
 
-def raise_state(key: Key, operation: str) -> None:
-    from vault.domain.errors import WrongState
-
+def raise_state(key: Key, operation: str) -> NoReturn:
     raise WrongState(
         f"{operation} is not allowed while the key is {key.state}",
         metadata={"state": str(key.state), "operation": operation},
