@@ -26,7 +26,11 @@ _PROVISION = (
     "provision(settings, store)\n"
     "store.close()\n"
 )
-_SERVE = "from vault.config import Settings\nfrom vault.transport.server import serve\nserve(Settings())\n"
+_SERVE = (
+    "from vault.config import Settings\n"
+    "from vault.transport.server import serve\n"
+    "serve(Settings())\n"
+)
 
 
 def free_port() -> int:

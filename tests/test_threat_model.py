@@ -66,7 +66,7 @@ def test_pin_holder_cannot_wrap_any_key_under_a_key_they_know(
         for description, target in targets:
             for mechanism in (Mechanism.AES_KEY_WRAP_PAD, Mechanism.AES_KEY_WRAP):
                 with pytest.raises(
-                    NOT_EXPORTABLE + (exceptions.MechanismInvalid, exceptions.KeySizeRange)
+                    (*NOT_EXPORTABLE, exceptions.MechanismInvalid, exceptions.KeySizeRange)
                 ):
                     known.wrap_key(target, mechanism=mechanism)
                     pytest.fail(f"{description} was wrapped under a known key")
