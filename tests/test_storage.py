@@ -764,3 +764,48 @@ def test_processes_write_one_file_concurrently(tmp_path: Path) -> None:
         assert version is not None and version.wrapped_blob == bytes([3, 7]) * 16
     finally:
         opened.close()
+
+
+# --- the per-process key cache ----------------------------------------------------------------
+
+
+def _disable_in_process(url: str, key_id: str) -> None:
+    opened = open_store(url)
+    try:
+        key = opened.get_key(KeyName("acme", key_id))
+        assert key is not None
+        opened.update_key(replace(key, state=KeyState.DISABLED))
+    finally:
+        opened.close()
+
+
+def test_cached_keys_see_a_change_committed_by_another_process(url: str) -> None:
+    """get_key answers from memory while nothing was committed anywhere; a state change made
+    by another process must be visible on the very next read."""
+    reader = open_store(url)
+    try:
+        key = create(reader, make_key("watched"))
+        assert reader.get_key(key.name) == key  # now cached
+        assert reader.get_key(key.name) == key
+        process = multiprocessing.get_context("spawn").Process(
+            target=_disable_in_process, args=(url, "watched")
+        )
+        process.start()
+        process.join(timeout=60)
+        assert process.exitcode == 0
+        process.close()
+        seen = reader.get_key(key.name)
+        assert seen is not None and seen.state is KeyState.DISABLED
+        assert seen.etag == key.etag + 1
+    finally:
+        reader.close()
+
+
+def test_cached_keys_see_this_process_own_changes(store: SqlMetadataStore) -> None:
+    key = create(store, make_key("own"))
+    assert store.get_key(key.name) == key
+    updated = store.update_key(replace(key, description="changed"))
+    assert store.get_key(key.name) == updated
+    assert store.get_key(KeyName("acme", "absent")) is None
+    create(store, make_key("absent"))
+    assert store.get_key(KeyName("acme", "absent")) is not None

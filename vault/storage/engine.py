@@ -33,10 +33,10 @@ def is_sqlite_memory(url: URL) -> bool:
     database = url.database or ""
     if database in ("", ":memory:"):
         return True
-    return _is_uri(url) and (":memory:" in database or url.query.get("mode") == "memory")
+    return is_sqlite_uri(url) and (":memory:" in database or url.query.get("mode") == "memory")
 
 
-def _is_uri(url: URL) -> bool:
+def is_sqlite_uri(url: URL) -> bool:
     return str(url.query.get("uri", "")).lower() in ("true", "1", "yes", "on")
 
 
@@ -52,7 +52,7 @@ def make_engine(url: str | URL) -> Engine:
         options["poolclass"] = StaticPool
         options["connect_args"] = {"check_same_thread": False}
     elif is_sqlite(parsed):
-        if parsed.database and not _is_uri(parsed):
+        if parsed.database and not is_sqlite_uri(parsed):
             _create_private_file(Path(parsed.database))
     else:
         # A server database may drop idle connections (restart, failover, idle timeout).

@@ -9,6 +9,7 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from datetime import datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import (
@@ -17,6 +18,7 @@ from sqlalchemy import (
     Engine,
     RowMapping,
     and_,
+    bindparam,
     delete,
     func,
     insert,
@@ -46,11 +48,44 @@ from vault.domain.models import (
     VersionState,
 )
 from vault.domain.names import KeyName, KeyVersionName, check_id
-from vault.storage.engine import is_sqlite_memory, read_transaction, write_transaction
+from vault.storage.engine import (
+    is_sqlite,
+    is_sqlite_memory,
+    is_sqlite_uri,
+    read_transaction,
+    write_transaction,
+)
+from vault.storage.freshness import SqliteChangeCounter
 from vault.storage.tables import UtcDateTime, key_versions, keys, root_generations
 
 DEFAULT_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 1000
+_KEY_CACHE_SIZE = 10_000
+
+# The two reads on every request, built once: composing a statement costs more than running it.
+_GET_KEY = select(keys).where(
+    keys.c.account == bindparam("account"), keys.c.key_id == bindparam("key_id")
+)
+_GET_VERSION = select(key_versions).where(
+    key_versions.c.account == bindparam("account"),
+    key_versions.c.key_id == bindparam("key_id"),
+    key_versions.c.version == bindparam("version"),
+)
+
+
+def _key_params(name: KeyName) -> dict[str, str]:
+    return {"account": name.account, "key_id": name.key}
+
+
+def _version_params(name: KeyVersionName) -> dict[str, str | int]:
+    return {"account": name.account, "key_id": name.key, "version": name.version}
+
+
+def _change_counter(engine: Engine) -> SqliteChangeCounter | None:
+    url = engine.url
+    if not is_sqlite(url) or is_sqlite_memory(url) or not url.database or is_sqlite_uri(url):
+        return None
+    return SqliteChangeCounter(Path(url.database))
 
 
 class SqlMetadataStore:
@@ -59,6 +94,12 @@ class SqlMetadataStore:
 
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
+        self._changes = _change_counter(engine)
+        # Keys are read on every request; while nothing has been committed anywhere since
+        # they were read, they are still current (see freshness.py).
+        self._key_cache: dict[KeyName, Key] = {}
+        self._key_cache_version = -1
+        self._key_cache_lock = threading.Lock()
         # An in-memory SQLite database is one connection shared by every thread (StaticPool);
         # interleaved transactions on it would mix, so calls take turns. File and server
         # databases give each call its own pooled connection and need no lock.
@@ -71,6 +112,8 @@ class SqlMetadataStore:
 
     def close(self) -> None:
         """Close every pooled connection. The store must not be used afterwards."""
+        if self._changes is not None:
+            self._changes.close()
         self._engine.dispose()
 
     # --- keys -------------------------------------------------------------------------------
@@ -86,9 +129,28 @@ class SqlMetadataStore:
         return key
 
     def get_key(self, name: KeyName) -> Key | None:
+        version = -1
+        if self._changes is not None:
+            version = self._changes.current()
+            with self._key_cache_lock:
+                if version != self._key_cache_version:
+                    self._key_cache.clear()
+                    self._key_cache_version = version
+                cached = self._key_cache.get(name)
+            if cached is not None:
+                return cached
         with self._transaction(write=False) as c:
-            row = c.execute(select(keys).where(_key_pk(name))).mappings().one_or_none()
-        return None if row is None else _to_key(row)
+            row = c.execute(_GET_KEY, _key_params(name)).mappings().one_or_none()
+        key = None if row is None else _to_key(row)
+        if key is not None and self._changes is not None:
+            # Read after `version` was taken: if a commit slipped in between, the counter has
+            # moved on and the next call discards this entry.
+            with self._key_cache_lock:
+                if self._key_cache_version == version:
+                    if len(self._key_cache) >= _KEY_CACHE_SIZE:
+                        self._key_cache.clear()
+                    self._key_cache[name] = key
+        return key
 
     def find_key_by_request_id(self, account: str, request_id: str) -> Key | None:
         if not request_id:
@@ -147,7 +209,7 @@ class SqlMetadataStore:
 
     def get_version(self, name: KeyVersionName) -> KeyVersion | None:
         with self._transaction(write=False) as c:
-            row = c.execute(select(key_versions).where(_version_pk(name))).mappings().one_or_none()
+            row = c.execute(_GET_VERSION, _version_params(name)).mappings().one_or_none()
         return None if row is None else _to_version(row)
 
     def list_versions(self, key: KeyName) -> list[KeyVersion]:
