@@ -32,7 +32,9 @@ def build_services(settings: Settings) -> Services:
     assert settings.store.url is not None
     store = open_store(settings.store.url)
     keystore = open_keystore(settings)
-    keys = KeyManagement(store, keystore, settings.keys)
+    keys = KeyManagement(
+        store, keystore, settings.keys, version_cache_seconds=settings.hsm.cache_ttl_seconds
+    )
     crypto = CryptoOperations(keys, keystore, settings.keys)
     return Services(store, keystore, keys, crypto)
 

@@ -63,6 +63,7 @@ class KeyManagement:
         keystore: KeyStore,
         policy: KeyPolicySettings,
         clock: Clock = utc_now,
+        version_cache_seconds: float = VERSION_CACHE_SECONDS,
     ) -> None:
         self._store = store
         self._keystore = keystore
@@ -73,7 +74,7 @@ class KeyManagement:
         # be cached per process; this saves a store read (and its blob) on the hot path.
         # The TTL bounds how long a destroyed key's wrapped blob stays in another process.
         self._versions: TTLCache[KeyVersionName, KeyVersion] = TTLCache(
-            maxsize=4096, ttl=VERSION_CACHE_SECONDS
+            maxsize=4096, ttl=version_cache_seconds
         )
         self._versions_lock = threading.Lock()
 
