@@ -1,0 +1,127 @@
+"""The measured operations: how each is asked of the vault, and how its answer is checked.
+
+The raw side of each operation (the same PKCS#11 call on an equivalent key) is in
+bench/raw.py; both sides use the inputs defined here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Final
+
+import google_crc32c
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+from google.protobuf.message import Message
+from google.protobuf.wrappers_pb2 import Int64Value
+
+from vault.client import VaultClient
+from vault.gen.vault.v1 import crypto_service_pb2 as pb
+
+ACCOUNT: Final = "bench"
+SIGN_MESSAGE: Final = bytes(range(32))  # 32-byte message
+PLAINTEXT_1K: Final = bytes(i % 251 for i in range(1024))
+DATA_KEY_BYTES: Final = 32
+RANDOM_BYTES: Final = 32
+_SERVICE: Final = "/vault.v1.CryptoService/"
+
+
+@dataclass(frozen=True, slots=True)
+class Op:
+    name: str  # as in results.json
+    key_id: str
+    purpose: str
+    algorithm: str
+    rpc: str  # the CryptoService method
+
+    @property
+    def method(self) -> str:
+        return _SERVICE + self.rpc
+
+    def key_name(self) -> str:
+        return f"accounts/{ACCOUNT}/keys/{self.key_id}"
+
+
+OPS: Final = {
+    op.name: op
+    for op in (
+        Op("rsa2048_pss_sign", "rsa2048-pss", "SIGN_VERIFY", "RSA_SIGN_PSS_2048_SHA256", "Sign"),
+        Op("p256_ecdsa_sign", "p256-ecdsa", "SIGN_VERIFY", "EC_SIGN_P256_SHA256", "Sign"),
+        Op("aes256_gcm_encrypt_1k", "aes256-gcm", "ENCRYPT_DECRYPT", "AES_256_GCM", "Encrypt"),
+        Op("generate_data_key", "aes256-gdk", "ENCRYPT_DECRYPT", "AES_256_GCM", "GenerateDataKey"),
+        # Not run by default: no key and no store read, so it shows the per-request floor of
+        # the server (gRPC, interceptor, servicer) next to C_GenerateRandom alone.
+        Op("generate_random_32", "", "", "", "GenerateRandom"),
+    )
+}
+DEFAULT_OPS: Final = [name for name in OPS if name != "generate_random_32"]
+RSA_SIGN: Final = "rsa2048_pss_sign"
+
+
+def _crc(data: bytes) -> Int64Value:
+    return Int64Value(value=int(google_crc32c.value(data)))
+
+
+def vault_request(op: Op) -> bytes:
+    """The serialized request, as VaultClient would build it (CRC32C fields included). The
+    load generators send these bytes as they are, so no client-side protobuf work is timed."""
+    name = op.key_name()
+    message: Message
+    if op.rpc == "Sign":
+        message = pb.SignRequest(name=name, message=SIGN_MESSAGE, message_crc32c=_crc(SIGN_MESSAGE))
+    elif op.rpc == "Encrypt":
+        message = pb.EncryptRequest(
+            name=name,
+            plaintext=PLAINTEXT_1K,
+            plaintext_crc32c=_crc(PLAINTEXT_1K),
+            additional_authenticated_data_crc32c=_crc(b""),
+        )
+    elif op.rpc == "GenerateDataKey":
+        message = pb.GenerateDataKeyRequest(
+            name=name,
+            key_size_bytes=DATA_KEY_BYTES,
+            additional_authenticated_data_crc32c=_crc(b""),
+            include_plaintext=True,
+        )
+    elif op.rpc == "GenerateRandom":
+        message = pb.GenerateRandomRequest(size_bytes=RANDOM_BYTES)
+    else:
+        raise ValueError(op.rpc)
+    return message.SerializeToString()
+
+
+def create_key(client: VaultClient, op: Op) -> None:
+    """Create op's key through the API (once per server: keys live in the shared store)."""
+    if not op.key_id:
+        return
+    client.create_key(f"accounts/{ACCOUNT}", op.key_id, op.purpose, op.algorithm)
+
+
+def check_vault_answer(client: VaultClient, op: Op, response_bytes: bytes) -> None:
+    """Check one answer to vault_request(op) independently of the vault where possible:
+    signatures with `cryptography` and GetPublicKey's PEM, ciphertexts by decrypting them."""
+    name = op.key_name()
+    if op.rpc == "Sign":
+        signature = pb.SignResponse.FromString(response_bytes).signature
+        pem = client.get_public_key(name).pem.encode()
+        public = serialization.load_pem_public_key(pem)
+        if isinstance(public, rsa.RSAPublicKey):
+            pss = padding.PSS(mgf=padding.MGF1(hashes.SHA256()), salt_length=32)
+            public.verify(signature, SIGN_MESSAGE, pss, hashes.SHA256())
+        elif isinstance(public, ec.EllipticCurvePublicKey):
+            public.verify(signature, SIGN_MESSAGE, ec.ECDSA(hashes.SHA256()))
+        else:
+            raise AssertionError(f"unexpected public key type {type(public).__name__}")
+    elif op.rpc == "Encrypt":
+        ciphertext = pb.EncryptResponse.FromString(response_bytes).ciphertext
+        if client.decrypt(name, ciphertext).plaintext != PLAINTEXT_1K:
+            raise AssertionError("Encrypt's ciphertext does not decrypt to the plaintext")
+    elif op.rpc == "GenerateRandom":
+        if len(pb.GenerateRandomResponse.FromString(response_bytes).data) != RANDOM_BYTES:
+            raise AssertionError("GenerateRandom returned the wrong number of bytes")
+    else:
+        data_key = pb.GenerateDataKeyResponse.FromString(response_bytes)
+        if len(data_key.plaintext) != DATA_KEY_BYTES:
+            raise AssertionError("GenerateDataKey returned a data key of the wrong size")
+        if client.decrypt(name, data_key.ciphertext).plaintext != data_key.plaintext:
+            raise AssertionError("GenerateDataKey's ciphertext does not hold its plaintext")

@@ -1,0 +1,167 @@
+"""The raw side: a process that opens the token with python-pkcs11 exactly as a vault worker
+does (vault.hsm.library.TokenLibrary: OS locking switched on, one login per process, a
+session for its thread), makes an equivalent key per operation, and loops the same PKCS#11
+call on it when told to.
+
+"Equivalent" is literal: the key is generated with the vault's generation template, wrapped
+under the root key and unwrapped as a session object with templates.unwrapped_for_use, the
+path a vault key version takes into a worker's handle cache.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+from collections.abc import Callable
+from multiprocessing.connection import Connection
+from typing import Any
+
+from pkcs11 import MGF, Attribute, GCMParams, KeyType, Mechanism, ObjectClass
+
+from bench.measure import combine, timed_loop
+from bench.ops import DATA_KEY_BYTES, OPS, PLAINTEXT_1K, RANDOM_BYTES, SIGN_MESSAGE
+
+# The vault's GCM AAD is header (5) + name length (2) + key name + caller AAD (none here).
+RAW_AAD = b"\x01\x00\x00\x00\x01" + b"\x00\x1f" + b"accounts/bench/keys/aes256-gcm"
+
+
+def _environment(data_dir: str) -> None:
+    """The same settings the server's processes get (bench.server.vault_environment)."""
+    for name in [name for name in os.environ if name.startswith("VAULT_")]:
+        del os.environ[name]
+    os.environ.pop("SOFTHSM2_CONF", None)
+    os.environ["VAULT_DATA_DIR"] = data_dir
+
+
+def _root(session: Any) -> Any:
+    from vault.hsm.templates import ROOT_LABEL_PREFIX
+
+    generations = [
+        int(obj[Attribute.LABEL].removeprefix(ROOT_LABEL_PREFIX))
+        for obj in session.get_objects(
+            {Attribute.CLASS: ObjectClass.SECRET_KEY, Attribute.TOKEN: True}
+        )
+        if obj[Attribute.LABEL].startswith(ROOT_LABEL_PREFIX)
+    ]
+    label = f"{ROOT_LABEL_PREFIX}{max(generations)}"
+    return session.get_key(object_class=ObjectClass.SECRET_KEY, label=label)
+
+
+def _usable_key(session: Any, root: Any, algorithm_name: str) -> Any:
+    """A session object as a vault worker holds it for this algorithm."""
+    from pkcs11.util.ec import encode_named_curve_parameters
+
+    from vault.domain.algorithms import Algorithm, KeyFamily
+    from vault.hsm import templates
+
+    algorithm = Algorithm(algorithm_name)
+    spec = algorithm.spec
+    shape = templates.shape(algorithm)
+    if spec.family is KeyFamily.AES:
+        material = session.generate_key(
+            shape.key_type,
+            spec.bits,
+            capabilities=0,
+            template=templates.secret_generation(algorithm, None),
+        )
+    else:
+        public_template = templates.public_generation(algorithm)
+        private_template = templates.private_generation(algorithm, None)
+        if spec.family is KeyFamily.RSA:
+            public_template[Attribute.PUBLIC_EXPONENT] = b"\x01\x00\x01"
+            public, material = session.generate_keypair(
+                KeyType.RSA,
+                spec.bits,
+                capabilities=0,
+                public_template=public_template,
+                private_template=private_template,
+            )
+        else:
+            domain = session.create_domain_parameters(
+                KeyType.EC,
+                {Attribute.EC_PARAMS: encode_named_curve_parameters(spec.curve)},
+                local=True,
+            )
+            public, material = domain.generate_keypair(
+                mechanism=Mechanism.EC_KEY_PAIR_GEN,
+                capabilities=0,
+                public_template=public_template,
+                private_template=private_template,
+            )
+        public.destroy()
+    blob = root.wrap_key(material, mechanism=templates.WRAP_MECHANISM)
+    material.destroy()
+    return root.unwrap_key(
+        shape.object_class,
+        shape.key_type,
+        blob,
+        mechanism=templates.WRAP_MECHANISM,
+        capabilities=0,
+        template=templates.unwrapped_for_use(algorithm),
+    )
+
+
+def _raw_call(op_name: str, session: Any, key: Any) -> Callable[[], Any]:
+    """The PKCS#11 work the vault does for one request of op_name, and nothing else."""
+    if op_name == "rsa2048_pss_sign":
+        pss = (Mechanism.SHA256, MGF.SHA256, 32)
+        return lambda: key.sign(
+            SIGN_MESSAGE, mechanism=Mechanism.SHA256_RSA_PKCS_PSS, mechanism_param=pss
+        )
+    if op_name == "p256_ecdsa_sign":
+        # As the vault does: SHA-256 outside the token, then raw CKM_ECDSA on the digest.
+        return lambda: key.sign(hashlib.sha256(SIGN_MESSAGE).digest(), mechanism=Mechanism.ECDSA)
+    if op_name == "aes256_gcm_encrypt_1k":
+        return lambda: key.encrypt(
+            PLAINTEXT_1K,
+            mechanism=Mechanism.AES_GCM,
+            mechanism_param=GCMParams(os.urandom(12), RAW_AAD, 128),
+        )
+    if op_name == "generate_data_key":
+
+        def generate_data_key() -> Any:
+            material = bytes(session.generate_random(DATA_KEY_BYTES * 8))
+            return key.encrypt(
+                material,
+                mechanism=Mechanism.AES_GCM,
+                mechanism_param=GCMParams(os.urandom(12), RAW_AAD, 128),
+            )
+
+        return generate_data_key
+    if op_name == "generate_random_32":
+        return lambda: session.generate_random(RANDOM_BYTES * 8)
+    raise ValueError(op_name)
+
+
+def raw_main(conn: Connection, data_dir: str, op_names: list[str]) -> None:
+    """Process entry point. Replies ("ready", pid), then a Sample per ("run", op, warm_until,
+    seconds) command, until None."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent stops us on Ctrl-C
+    try:
+        _environment(data_dir)
+        from vault.config import Settings
+        from vault.hsm.environment import use_softhsm_config
+        from vault.hsm.library import TokenLibrary
+
+        settings = Settings()  # type: ignore[call-arg]  # from the environment
+        use_softhsm_config(settings)
+        library = TokenLibrary(settings.hsm.module, settings.hsm.token_label, settings.user_pin)
+        session = library.context().session
+        root = _root(session)
+        calls: dict[str, Callable[[], Any]] = {}
+        for name in op_names:
+            algorithm = OPS[name].algorithm
+            key = _usable_key(session, root, algorithm) if algorithm else None
+            calls[name] = _raw_call(name, session, key)
+            calls[name]()  # fails here, not while measuring, if something is wrong
+    except Exception as error:
+        conn.send(("error", f"{type(error).__name__}: {error}"))
+        return
+    conn.send(("ready", os.getpid()))
+    while True:
+        command = conn.recv()
+        if command is None:
+            return
+        _, name, warm_until, seconds = command
+        conn.send(combine([timed_loop(calls[name], warm_until, seconds)]))
