@@ -590,17 +590,45 @@ def test_discard_only_pending_version_removes_key(store: SqlMetadataStore) -> No
 def test_discard_pending_rotation_keeps_key(store: SqlMetadataStore) -> None:
     key = create(store, make_key("rot", token_resident=True), token_label="r1")
     key = store.add_version(key, make_version(key, 2, token_label="r2", state=VersionState.PENDING))
-    assert key.primary_version == 2
+    # A pending version is not primary: requests keep using version 1 while it is made.
+    assert key.primary_version == 1
     (pending,) = store.pending_versions()
     store.discard_pending(pending)
 
     remaining = store.get_key(key.name)
     assert remaining is not None
     assert [v.number for v in store.list_versions(key.name)] == [1]
-    # The primary falls back to the surviving version, and the etag moves with it.
     assert remaining.primary_version == 1
-    assert remaining.etag == key.etag + 1
     assert store.token_labels_in_use() == {"r1"}
+
+
+def test_activate_version_enables_it_and_makes_it_primary(store: SqlMetadataStore) -> None:
+    key = create(store, make_key("act", token_resident=True), token_label="a1")
+    key = store.add_version(key, make_version(key, 2, token_label="a2", state=VersionState.PENDING))
+    pending = store.get_version(key.name.version(2))
+    assert pending is not None and pending.state is VersionState.PENDING
+    activated = store.activate_version(replace(pending, public_key_der=b"spki"))
+    assert activated.primary_version == 2
+    assert activated.etag == key.etag + 1
+    enabled = store.get_version(key.name.version(2))
+    assert enabled is not None
+    assert enabled.state is VersionState.ENABLED and enabled.public_key_der == b"spki"
+    # Only a PENDING version can be activated.
+    with pytest.raises(Conflict):
+        store.activate_version(enabled)
+
+
+def test_activate_version_refuses_a_version_destroyed_meanwhile(store: SqlMetadataStore) -> None:
+    key = create(
+        store, make_key("gone", token_resident=True), token_label="g1", state=VersionState.PENDING
+    )
+    pending = store.get_version(key.name.version(1))
+    assert pending is not None
+    store.mark_destroyed(key, T0)
+    with pytest.raises(Conflict):
+        store.activate_version(pending)
+    destroyed = store.get_version(key.name.version(1))
+    assert destroyed is not None and destroyed.state is VersionState.DESTROYED
 
 
 def test_discard_pending_refuses_a_version_that_is_no_longer_pending(

@@ -21,6 +21,9 @@ _VERSION_RE = re.compile(
 )
 _ACCOUNT_RE = re.compile(rf"accounts/(?P<account>{_ID})")
 _MAX_NAME = 256
+# Token objects of token-resident key versions are labelled this prefix plus a random UUID;
+# the root generations have their own prefix (vault.hsm.templates).
+TOKEN_KEY_LABEL_PREFIX = "vault:key:"  # noqa: S105 (a label, not a secret)
 
 
 def check_id(kind: str, value: str) -> str:

@@ -16,6 +16,7 @@ from vault.config import Settings
 from vault.domain.algorithms import Algorithm, HashName, KeyFamily, Padding, Purpose
 from vault.domain.errors import DecryptionFailed, InvalidArgument, TokenUnavailable
 from vault.domain.models import KeyVersion
+from vault.domain.names import TOKEN_KEY_LABEL_PREFIX
 from vault.hsm import templates
 from vault.hsm.library import ThreadContext, TokenLibrary
 from vault.hsm.public import public_key_der
@@ -141,11 +142,7 @@ class Pkcs11KeyStore:
 
     def _find_roots(self) -> dict[int, str]:
         roots: dict[int, str] = {}
-        session = self._library.login_session
-        for obj in session.get_objects(
-            {Attribute.CLASS: ObjectClass.SECRET_KEY, Attribute.TOKEN: True}
-        ):
-            label = obj[Attribute.LABEL]
+        for label in _labels(self._library.login_session, ObjectClass.SECRET_KEY):
             if label.startswith(templates.ROOT_LABEL_PREFIX):
                 roots[int(label.removeprefix(templates.ROOT_LABEL_PREFIX))] = label
         return roots
@@ -161,14 +158,13 @@ class Pkcs11KeyStore:
         return set(self._roots)
 
     def token_labels(self) -> set[str]:
-        labels: set[str] = set()
         session = self._library.login_session
-        for object_class in (ObjectClass.SECRET_KEY, ObjectClass.PRIVATE_KEY):
-            for obj in session.get_objects({Attribute.CLASS: object_class, Attribute.TOKEN: True}):
-                label = obj[Attribute.LABEL]
-                if label.startswith("vault:key:"):
-                    labels.add(label)
-        return labels
+        return {
+            label
+            for object_class in (ObjectClass.SECRET_KEY, ObjectClass.PRIVATE_KEY)
+            for label in _labels(session, object_class)
+            if label.startswith(TOKEN_KEY_LABEL_PREFIX)
+        }
 
     # -- per-thread objects ---------------------------------------------------------------
 
@@ -176,7 +172,7 @@ class Pkcs11KeyStore:
         name = f"{templates.ROOT_LABEL_PREFIX}{generation}"
         root = context.objects.get(name)
         if root is None:
-            root = context.session.get_key(object_class=ObjectClass.SECRET_KEY, label=name)
+            root = _find_one(context.session, ObjectClass.SECRET_KEY, name)
             context.objects[name] = root
         return root
 
@@ -194,9 +190,7 @@ class Pkcs11KeyStore:
             obj = context.objects.get(cache_key)
             if obj is None:
                 shape = templates.shape(algorithm)
-                obj = context.session.get_key(
-                    object_class=shape.object_class, label=version.token_label
-                )
+                obj = _find_one(context.session, shape.object_class, version.token_label)
                 context.objects[cache_key] = obj
             return obj
         cache = self._cache(context)
@@ -296,12 +290,14 @@ class Pkcs11KeyStore:
     def destroy(self, version: KeyVersion) -> None:
         if version.token_label is not None:
             self.destroy_label(version.token_label)
-        context = self._library.context()
-        cache = self._cache(context)
-        obj = cache.pop(str(version.name), None)
-        if obj is not None:
-            _destroy_quietly(obj)
-        context.objects.pop(str(version.name), None)
+
+        def forget(context: ThreadContext) -> None:
+            obj = self._cache(context).pop(str(version.name), None)
+            if obj is not None:
+                _destroy_quietly(obj)
+            context.objects.pop(str(version.name), None)
+
+        self._run(forget)
 
     def destroy_label(self, token_label: str) -> bool:
         def destroy(context: ThreadContext) -> bool:
@@ -492,10 +488,34 @@ _DATA_ERRORS: tuple[type[Exception], ...] = (
 )
 
 
+def _labels(session: Any, object_class: ObjectClass) -> list[str]:
+    """Labels of the token objects of a class. Another process may destroy an object between
+    the search and the read of its label; such objects are simply gone."""
+    labels = []
+    for obj in session.get_objects({Attribute.CLASS: object_class, Attribute.TOKEN: True}):
+        try:
+            labels.append(obj[Attribute.LABEL])
+        except (exceptions.ObjectHandleInvalid, exceptions.KeyHandleInvalid):
+            continue
+    return labels
+
+
+def _find_one(session: Any, object_class: ObjectClass, label: str) -> Any:
+    """The object with this label. SoftHSM 2.6.1 can index one token object file twice when
+    another process writes the token at the same moment, so a search may return the same
+    object under two handles; labels are unique (a UUID each), so any of them will do."""
+    for obj in session.get_objects({Attribute.CLASS: object_class, Attribute.LABEL: label}):
+        return obj
+    raise exceptions.ObjectHandleInvalid(f"no {object_class.name} labelled {label}")
+
+
 def open_keystore(settings: Settings) -> Pkcs11KeyStore:
     """Start the module in this process, log in, and find the root keys."""
     from vault.hsm.environment import use_softhsm_config
 
     use_softhsm_config(settings)
     library = TokenLibrary(settings.hsm.module, settings.hsm.token_label, settings.user_pin)
-    return Pkcs11KeyStore(library, settings.hsm.cache_size, settings.hsm.cache_ttl_seconds)
+    try:
+        return Pkcs11KeyStore(library, settings.hsm.cache_size, settings.hsm.cache_ttl_seconds)
+    except exceptions.PKCS11Error as error:
+        raise TokenUnavailable(f"cannot read the token's keys: {type(error).__name__}") from None

@@ -16,7 +16,7 @@ import contextlib
 import logging
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -32,27 +32,67 @@ from vault.hsm import native
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-# The token or our view of it is broken: start the module again, log in, retry once.
+# The token or our login is gone: start the module again, log in, retry once.
 TOKEN_FAILURES: tuple[type[Exception], ...] = (
     exceptions.DeviceError,
     exceptions.DeviceRemoved,
     exceptions.DeviceMemory,
     exceptions.TokenNotPresent,
     exceptions.TokenNotRecognised,
-    exceptions.GeneralError,
     exceptions.UserNotLoggedIn,
-    exceptions.SessionClosed,
-    exceptions.SessionHandleInvalid,
     exceptions.SessionCount,
 )
-# A handle we cached is gone (another process destroyed the object, or a session closed):
-# drop this thread's session and cache, retry once.
+# This thread's session or a handle cached on it is no longer valid (another process
+# destroyed an object, a session closed), or SoftHSM reported CKR_GENERAL_ERROR, which it
+# does when two processes write the token at once: open a fresh session, retry once.
 STALE_HANDLES: tuple[type[Exception], ...] = (
     exceptions.ObjectHandleInvalid,
     exceptions.KeyHandleInvalid,
     exceptions.WrappingKeyHandleInvalid,
     exceptions.UnwrappingKeyHandleInvalid,
+    exceptions.SessionClosed,
+    exceptions.SessionHandleInvalid,
+    exceptions.GeneralError,
 )
+
+
+class _Gate:
+    """Request threads pass shared; a restart of the module waits until none is inside it.
+    C_Finalize under a thread that is still in C_Sign crashes SoftHSM (seen: SIGSEGV)."""
+
+    def __init__(self) -> None:
+        self._condition = threading.Condition()
+        self._inside = 0
+        self._closed = False
+
+    @contextlib.contextmanager
+    def shared(self) -> Iterator[None]:
+        with self._condition:
+            while self._closed:
+                self._condition.wait()
+            self._inside += 1
+        try:
+            yield
+        finally:
+            with self._condition:
+                self._inside -= 1
+                if not self._inside:
+                    self._condition.notify_all()
+
+    @contextlib.contextmanager
+    def exclusive(self) -> Iterator[None]:
+        with self._condition:
+            while self._closed:
+                self._condition.wait()
+            self._closed = True
+            while self._inside:
+                self._condition.wait()
+        try:
+            yield
+        finally:
+            with self._condition:
+                self._closed = False
+                self._condition.notify_all()
 
 
 def attribute_mapper() -> AttributeMapper:
@@ -85,7 +125,7 @@ class TokenLibrary:
         self._module = str(module)
         self._token_label = token_label
         self._pin_source = pin_source
-        self._lock = threading.Lock()
+        self._gate = _Gate()
         self._local = threading.local()
         self._epoch = 0
         self._pid = os.getpid()
@@ -164,8 +204,9 @@ class TokenLibrary:
                 context.session.close()
 
     def recover(self, failed_epoch: int) -> None:
-        """Finalise and start the module again, unless another thread already did."""
-        with self._lock:
+        """Finalise and start the module again, unless another thread already did. Waits
+        until no request thread is inside the module; never call it from inside run()."""
+        with self._gate.exclusive():
             if failed_epoch != self._epoch:
                 return
             log.warning("token failure: re-initialising the PKCS#11 module")
@@ -180,21 +221,26 @@ class TokenLibrary:
                 ) from None
 
     def run(self, operation: Callable[[ThreadContext], T]) -> T:
-        """Run operation on this thread's session; after a token failure or a stale handle,
-        recover and try exactly once more."""
-        context = self.context()
-        try:
-            return self._mapped(operation, context)
-        except STALE_HANDLES:
-            self.drop_context()
-        except TOKEN_FAILURES as error:
-            log.warning("token operation failed (%s); retrying once", type(error).__name__)
-            self._local.context = None
-            self.recover(context.epoch)
-        try:
-            return self._mapped(operation, self.context())
-        except (*STALE_HANDLES, *TOKEN_FAILURES) as error:
-            raise TokenUnavailable(f"the token failed twice: {type(error).__name__}") from None
+        """Run operation on this thread's session. After a stale handle, a fresh session and
+        one more try; after a token failure, a restart of the module and one more try."""
+        failure: Exception | None = None
+        for _ in range(2):
+            restart_epoch: int | None = None
+            with self._gate.shared():
+                context = self.context()
+                try:
+                    return self._mapped(operation, context)
+                except STALE_HANDLES as error:
+                    failure = error
+                    self.drop_context()
+                except TOKEN_FAILURES as error:
+                    failure = error
+                    restart_epoch = context.epoch
+                    self._local.context = None
+            log.warning("token operation failed (%s); retrying once", type(failure).__name__)
+            if restart_epoch is not None:
+                self.recover(restart_epoch)
+        raise TokenUnavailable(f"the token failed twice: {type(failure).__name__}")
 
     @staticmethod
     def _mapped(operation: Callable[[ThreadContext], T], context: ThreadContext) -> T:

@@ -32,7 +32,13 @@ from vault.domain.models import (
     Page,
     VersionState,
 )
-from vault.domain.names import KeyName, KeyVersionName, check_id, parse_key_or_version
+from vault.domain.names import (
+    TOKEN_KEY_LABEL_PREFIX,
+    KeyName,
+    KeyVersionName,
+    check_id,
+    parse_key_or_version,
+)
 from vault.service.ports import KeyStore, MetadataStore
 
 log = logging.getLogger(__name__)
@@ -41,7 +47,9 @@ Clock = Callable[[], datetime]
 MAX_LABELS = 64
 MAX_DESCRIPTION = 1024
 MAX_REQUEST_ID = 128
-TOKEN_LABEL_PREFIX = "vault:key:"  # noqa: S105 (a label, not a secret)
+MAX_LABEL_VALUE = 63
+# Longer than any retention policy; beyond it the destruction time is not representable.
+MAX_DESTROY_WAITING = timedelta(days=3650)
 VERSION_CACHE_SECONDS = 300
 
 
@@ -95,6 +103,10 @@ class KeyManagement:
         check_id("account", account)
         if page_size < 0:
             raise InvalidArgument("page_size must not be negative")
+        if key_filter.label_key is not None:
+            check_id("label", key_filter.label_key)
+        if key_filter.label_value is not None and len(key_filter.label_value) > MAX_LABEL_VALUE:
+            raise InvalidArgument(f"label values are limited to {MAX_LABEL_VALUE} characters")
         return self._store.list_keys(account, key_filter, page_size, page_token)
 
     def list_versions(self, name: str) -> list[KeyVersion]:
@@ -160,13 +172,8 @@ class KeyManagement:
         if len(request_id) > MAX_REQUEST_ID:
             raise InvalidArgument(f"request_id is limited to {MAX_REQUEST_ID} characters")
         if request_id:
-            earlier = self._store.find_key_by_request_id(account, request_id)
+            earlier = self._find_created(account, request_id, name)
             if earlier is not None:
-                if earlier.name != name:
-                    raise AlreadyExists(
-                        "request_id was already used for another key",
-                        metadata={"name": str(earlier.name)},
-                    )
                 return earlier
         if self._store.get_key(name) is not None:
             raise AlreadyExists("key already exists", metadata={"name": str(name)})
@@ -192,10 +199,30 @@ class KeyManagement:
             # A retry that overlapped the first attempt lost the insert race: answer it
             # with the key the first attempt created.
             if request_id:
-                earlier = self._store.find_key_by_request_id(account, request_id)
-                if earlier is not None and earlier.name == name:
+                earlier = self._find_created(account, request_id, name)
+                if earlier is not None:
                     return earlier
             raise
+
+    def _find_created(self, account: str, request_id: str, name: KeyName) -> Key | None:
+        """The key an earlier CreateKey with this request_id made, once it is complete."""
+        earlier = self._store.find_key_by_request_id(account, request_id)
+        if earlier is None:
+            return None
+        if earlier.name != name:
+            raise AlreadyExists(
+                "request_id was already used for another key",
+                metadata={"name": str(earlier.name)},
+            )
+        first = self._store.get_version(earlier.name.version(1))
+        if first is not None and first.state is VersionState.PENDING:
+            # Still being made (or left half-made by a crash, which start-up removes):
+            # answering success now could name a key that never comes to exist.
+            raise Conflict(
+                "the key is still being created; retry with the same request_id",
+                metadata={"name": str(earlier.name)},
+            )
+        return earlier
 
     def update_key(
         self, name: str, *, labels: dict[str, str] | None, description: str | None
@@ -215,15 +242,19 @@ class KeyManagement:
         key = self.get_key(name)
         if key.state is not KeyState.ENABLED:
             raise_state(key, "RotateKey")
-        return self._add_first_or_next_version(key, key.primary_version + 1, first=False)
+        # Numbered after every version, pending ones included: the primary lags behind a
+        # token-resident version that is still being made.
+        latest = max(version.number for version in self._store.list_versions(key.name))
+        return self._add_first_or_next_version(key, latest + 1, first=False)
 
     def _add_first_or_next_version(self, key: Key, number: int, *, first: bool) -> Key:
         version_name = key.name.version(number)
-        label = f"{TOKEN_LABEL_PREFIX}{uuid.uuid4().hex}" if key.token_resident else None
+        label = f"{TOKEN_KEY_LABEL_PREFIX}{uuid.uuid4().hex}" if key.token_resident else None
         now = self._clock()
         if label is not None:
             # Token objects outlive a crash: record the intent first, so start-up
-            # reconciliation can remove an object whose key never got committed.
+            # reconciliation can remove an object whose key never got committed. The version
+            # becomes primary only once its object exists.
             pending = KeyVersion(
                 name=version_name,
                 state=VersionState.PENDING,
@@ -232,17 +263,19 @@ class KeyManagement:
                 wrapped_blob=None,
                 token_label=label,
             )
-            stored = (
+            if first:
                 self._store.create_key(key, pending)
-                if first
-                else self._store.add_version(key, pending)
-            )
+            else:
+                self._store.add_version(key, pending)
             material = self._keystore.generate(key.algorithm, label)
-            enabled = replace(
-                pending, state=VersionState.ENABLED, public_key_der=material.public_key_der
-            )
-            self._store.update_version(enabled)
-            return stored
+            try:
+                return self._store.activate_version(
+                    replace(pending, public_key_der=material.public_key_der)
+                )
+            except Conflict:
+                # The key was destroyed while the object was made: it must not outlive it.
+                self._keystore.destroy_label(label)
+                raise
         material = self._keystore.generate(key.algorithm, None)
         version = KeyVersion(
             name=version_name,
@@ -278,10 +311,21 @@ class KeyManagement:
         waiting = (
             waiting_period if waiting_period is not None else (self._policy.default_destroy_waiting)
         )
+        if waiting > MAX_DESTROY_WAITING:
+            raise InvalidArgument(
+                "waiting period is longer than ten years",
+                metadata={
+                    "field": "waiting_period",
+                    "maximum_seconds": str(int(MAX_DESTROY_WAITING.total_seconds())),
+                },
+            )
         if waiting < self._policy.min_destroy_waiting:
             raise InvalidArgument(
                 "waiting period is shorter than the configured minimum",
-                metadata={"minimum_seconds": str(self._policy.min_destroy_waiting_seconds)},
+                metadata={
+                    "field": "waiting_period",
+                    "minimum_seconds": str(self._policy.min_destroy_waiting_seconds),
+                },
             )
         key = self.get_key(name)
         now = self._clock()

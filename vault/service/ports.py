@@ -115,7 +115,13 @@ class MetadataStore(Protocol):
         ...
 
     def add_version(self, key: Key, version: KeyVersion) -> Key:
-        """Append a version, make it primary, bump the key's etag; atomically."""
+        """Append a version and bump the key's etag, atomically; an ENABLED version becomes
+        primary at once, a PENDING one when activate_version enables it."""
+        ...
+
+    def activate_version(self, version: KeyVersion) -> Key:
+        """PENDING -> ENABLED (with its public key) and primary, atomically; Conflict if the
+        version is no longer PENDING (destroyed or discarded meanwhile)."""
         ...
 
     def get_version(self, name: KeyVersionName) -> KeyVersion | None: ...

@@ -185,13 +185,16 @@ class SqlMetadataStore:
             return _reread_key(c, key.name)
 
     def add_version(self, key: Key, version: KeyVersion) -> Key:
-        """Append a version, make it primary, bump the key's etag; atomically."""
+        """Append a version and bump the key's etag, atomically; an ENABLED version becomes
+        primary at once, a PENDING one when activate_version enables it."""
         _require_same_key(key, version)
         version_row = _version_row(version)
         # Adding a version changes the key, so its update time moves to the version's
         # creation unless the caller already gave a later one.
         update_time = max(_aware(key.update_time), _aware(version.create_time))
-        values = {"primary_version": version.number, "update_time": update_time}
+        values: dict[str, Any] = {"update_time": update_time}
+        if version.state is VersionState.ENABLED:
+            values["primary_version"] = version.number
         with self._transaction(
             write=True,
             on_duplicate=lambda: AlreadyExists(
@@ -204,6 +207,30 @@ class SqlMetadataStore:
             _bump_etag(c, key, values)
             c.execute(insert(key_versions).values(**version_row))
             return _reread_key(c, key.name)
+
+    def activate_version(self, version: KeyVersion) -> Key:
+        """PENDING -> ENABLED (with its public key) and primary, atomically. Conflict if the
+        version is no longer PENDING: destroyed or discarded while its material was made."""
+        with self._transaction(write=True) as c:
+            enabled = c.execute(
+                update(key_versions)
+                .where(
+                    _version_pk(version.name),
+                    key_versions.c.state == VersionState.PENDING.value,
+                )
+                .values(state=VersionState.ENABLED.value, public_key_der=version.public_key_der)
+            )
+            if enabled.rowcount != 1:
+                raise Conflict(
+                    "the key version was destroyed or discarded while it was being created",
+                    metadata={"name": str(version.name)},
+                )
+            c.execute(
+                update(keys)
+                .where(_key_pk(version.name.key_name))
+                .values(primary_version=version.number, etag=keys.c.etag + 1)
+            )
+            return _reread_key(c, version.name.key_name)
 
     # --- versions ---------------------------------------------------------------------------
 

@@ -182,7 +182,12 @@ def waiting_period(
         return None
     duration: Duration = request.waiting_period
     # timedelta overflows (OverflowError) long before int64 seconds do.
-    if abs(duration.seconds) > _MAX_DURATION_SECONDS or abs(duration.nanos) >= 1_000_000_000:
+    mixed_signs = duration.seconds * duration.nanos < 0  # duration.proto forbids it
+    if (
+        abs(duration.seconds) > _MAX_DURATION_SECONDS
+        or abs(duration.nanos) >= 1_000_000_000
+        or mixed_signs
+    ):
         raise InvalidArgument(
             "waiting_period is not a valid duration", metadata={"field": "waiting_period"}
         )

@@ -1,0 +1,386 @@
+"""The server process itself: health and reflection, a supervisor that restarts killed
+workers, a clean exit on SIGTERM, and no plaintext listener on a non-loopback address."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from datetime import timedelta
+from pathlib import Path
+
+import grpc
+import pytest
+from google.protobuf import descriptor_pool
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
+    ProtoReflectionDescriptorDatabase,
+)
+
+from tests.harness import ROOT, VaultServer, free_port, provision, vault_environment
+from vault.client import VaultClient, VaultClientError
+from vault.gen.vault.v1 import resources_pb2 as res
+
+KEY_METHODS = {
+    "CreateKey", "GetKey", "ListKeys", "UpdateKey", "RotateKey", "ListKeyVersions",
+    "GetPublicKey", "EnableKey", "DisableKey", "RevokeKey", "ScheduleKeyDestruction",
+    "CancelKeyDestruction",
+}  # fmt: skip
+CRYPTO_METHODS = {
+    "Encrypt", "Decrypt", "GenerateDataKey", "ReEncrypt", "WrapKey", "UnwrapKey", "Sign",
+    "Verify", "AsymmetricDecrypt", "GenerateMac", "VerifyMac", "GenerateRandom",
+}  # fmt: skip
+
+
+def children(pid: int) -> set[int]:
+    """Direct child processes of pid, from /proc (psutil is not a dependency)."""
+    found: set[int] = set()
+    try:
+        tasks = list(Path(f"/proc/{pid}/task").iterdir())
+    except FileNotFoundError:
+        return found
+    for task in tasks:
+        try:
+            found.update(int(child) for child in (task / "children").read_text().split())
+        except FileNotFoundError:
+            continue
+    return found
+
+
+def start_time(pid: int) -> int:
+    """Clock ticks after boot at which pid started (field 22 of /proc/<pid>/stat)."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return int(stat.rsplit(")", 1)[1].split()[19])
+
+
+def alive(pid: int) -> bool:
+    """True while pid exists and is not a zombie."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def listeners(port: int) -> int:
+    """How many sockets listen on port (each worker binds its own, with SO_REUSEPORT)."""
+    count = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            local, state = line.split()[1], line.split()[3]
+            if state == "0A" and int(local.rsplit(":", 1)[1], 16) == port:
+                count += 1
+    return count
+
+
+def workers(server: VaultServer) -> list[int]:
+    """The worker pids, oldest first (worker 0, which runs the destruction job, starts first)."""
+    assert server.process is not None
+    return sorted(children(server.process.pid), key=start_time)
+
+
+def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out after {timeout} s waiting for {what}"
+        time.sleep(0.05)
+
+
+# -- health and reflection (the session's server) --------------------------------------------
+
+
+@pytest.mark.parametrize("service", ["", "vault.v1.KeyService", "vault.v1.CryptoService"])
+def test_health_reports_serving(server: VaultServer, service: str) -> None:
+    with grpc.insecure_channel(server.target) as channel:
+        reply = health_pb2_grpc.HealthStub(channel).Check(
+            health_pb2.HealthCheckRequest(service=service), timeout=5
+        )
+    assert reply.status == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_health_of_an_unknown_service_is_not_found(server: VaultServer) -> None:
+    with grpc.insecure_channel(server.target) as channel, pytest.raises(grpc.RpcError) as caught:
+        health_pb2_grpc.HealthStub(channel).Check(
+            health_pb2.HealthCheckRequest(service="vault.v1.NoSuchService"), timeout=5
+        )
+    assert caught.value.code() is grpc.StatusCode.NOT_FOUND
+
+
+def test_reflection_lists_and_describes_the_services(server: VaultServer) -> None:
+    with grpc.insecure_channel(server.target) as channel:
+        stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+        request = reflection_pb2.ServerReflectionRequest(list_services="")
+        (reply,) = list(stub.ServerReflectionInfo(iter([request]), timeout=10))
+        services = {service.name for service in reply.list_services_response.service}
+        assert services == {
+            "vault.v1.KeyService",
+            "vault.v1.CryptoService",
+            "grpc.health.v1.Health",
+            "grpc.reflection.v1alpha.ServerReflection",
+        }
+        # A client that knows nothing of vault.v1 learns every method from the server.
+        pool = descriptor_pool.DescriptorPool(ProtoReflectionDescriptorDatabase(channel))
+        keys = pool.FindServiceByName("vault.v1.KeyService")
+        crypto = pool.FindServiceByName("vault.v1.CryptoService")
+        assert {m.name for m in keys.methods} == KEY_METHODS
+        assert {m.name for m in crypto.methods} == CRYPTO_METHODS
+        encrypt = crypto.methods_by_name["Encrypt"]
+        assert encrypt.input_type.full_name == "vault.v1.EncryptRequest"
+        assert "plaintext_crc32c" in encrypt.input_type.fields_by_name
+        assert pool.FindMessageTypeByName("vault.v1.Key").fields_by_name["purpose"].enum_type
+
+
+# -- worker supervision and shutdown (servers of their own) ----------------------------------
+
+
+@pytest.fixture
+def own_server(tmp_path: Path) -> Iterator[VaultServer]:
+    provision(tmp_path)
+    server = VaultServer(tmp_path).start()
+    try:
+        yield server
+    finally:
+        server.kill()  # no-op when the test stopped it
+
+
+def encrypt_round_trip_on_new_connection(target: str, key: str) -> None:
+    # A local subchannel pool: gRPC would otherwise reuse a connection of another channel to
+    # the same target, possibly one to the killed worker.
+    options = [("grpc.use_local_subchannel_pool", 1)]
+    with VaultClient(target, timeout=10, options=options) as client:
+        sealed = client.encrypt(key, b"still serving")
+        assert client.decrypt(key, sealed.ciphertext).plaintext == b"still serving"
+
+
+def destroyed_soon(client: VaultClient, key: str) -> bool:
+    """Schedule key's destruction with no wait: True once the destruction job destroyed it."""
+    client.schedule_key_destruction(key, timedelta(0))
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        if client.get_key(key).state == res.KEY_STATE_DESTROYED:
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def test_killed_workers_are_restarted_and_requests_keep_succeeding(
+    own_server: VaultServer,
+) -> None:
+    server = own_server
+    assert server.process is not None
+    supervisor = server.process.pid
+    original = workers(server)
+    assert len(original) == 2
+    assert listeners(server.port) == 2
+    with VaultClient(server.target, timeout=10) as client:
+        key = client.create_key("accounts/supervision", "k", "ENCRYPT_DECRYPT").name
+        for victim in original:  # worker 0 first: it also runs the destruction job
+            survivors = set(workers(server)) - {victim}
+            os.kill(victim, signal.SIGKILL)
+            wait_for(lambda v=victim: not alive(v), 10, f"worker {victim} to die")
+            # While the supervisor restarts it, new connections reach the surviving worker.
+            for _ in range(10):
+                encrypt_round_trip_on_new_connection(server.target, key)
+            wait_for(
+                lambda v=victim: len(children(supervisor)) == 2 and v not in children(supervisor),
+                20,
+                "the supervisor to restart the killed worker",
+            )
+            wait_for(lambda: listeners(server.port) == 2, 20, "the new worker to listen")
+            replacement = children(supervisor) - survivors
+            assert len(replacement) == 1 and victim not in replacement
+            for _ in range(10):
+                encrypt_round_trip_on_new_connection(server.target, key)
+            # An existing channel may have been connected to the dead worker: it reconnects.
+            for _ in range(3):
+                try:
+                    sealed = client.encrypt(key, b"old channel")
+                    break
+                except VaultClientError as error:
+                    assert error.code is grpc.StatusCode.UNAVAILABLE, error
+            else:
+                pytest.fail("the client's channel never reconnected")
+            assert client.decrypt(key, sealed.ciphertext).plaintext == b"old channel"
+        # The destruction job came back with the restarted worker 0.
+        doomed = client.create_key("accounts/supervision", "doomed", "ENCRYPT_DECRYPT").name
+        assert destroyed_soon(client, doomed), "no destruction job after the restart"
+    assert server.process.poll() is None
+    log = server.log()
+    assert log.count("died unexpectedly") == 2, log
+    assert all(f"pid {pid}" in log for pid in original), log
+    assert "Traceback" not in log, log
+
+    # SIGTERM to the whole process group, as `kill -TERM -<pgid>` or a service manager does.
+    current = workers(server)
+    server.stop()
+    assert server.process.returncode == 0
+    assert not [pid for pid in current if alive(pid)]
+
+
+def test_sigterm_to_the_supervisor_stops_every_worker(own_server: VaultServer) -> None:
+    server = own_server
+    assert server.process is not None
+    pids = workers(server)
+    assert len(pids) == 2
+    with VaultClient(server.target) as client:
+        client.generate_random(16)
+    os.kill(server.process.pid, signal.SIGTERM)  # the supervisor only; it stops its workers
+    assert server.process.wait(timeout=30) == 0
+    assert not [pid for pid in pids if alive(pid)]
+    # Nothing listens on the port any more.
+    with grpc.insecure_channel(server.target) as channel, pytest.raises(grpc.RpcError) as caught:
+        health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=2)
+    assert caught.value.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+    log = server.log()
+    assert "Traceback" not in log, log
+    assert "did not stop in time" not in log, log
+
+
+def test_sigterm_lets_in_flight_calls_finish(own_server: VaultServer) -> None:
+    """A call under way when SIGTERM arrives gets the grace period (5 s) to complete: here
+    the creation of a token-resident RSA-4096 key, whose generation takes about a second.
+    Under heavy load it can take longer; then it is cancelled, but only after the grace
+    period, and the restarted server discards its half-created version."""
+    server = own_server
+    assert server.process is not None
+    outcome: list[object] = []
+    finished_at: list[float] = []
+
+    def create() -> None:
+        with VaultClient(server.target, timeout=30) as client:
+            try:
+                outcome.append(
+                    client.create_key(
+                        "accounts/shutdown", "slow", "SIGN_VERIFY", "RSA_SIGN_PSS_4096_SHA256",
+                        token_resident=True,
+                    )
+                )  # fmt: skip
+            except VaultClientError as error:
+                outcome.append(error)
+            finished_at.append(time.monotonic())
+
+    thread = threading.Thread(target=create)
+    with VaultClient(server.target) as client:
+        thread.start()
+        wait_for(
+            lambda: bool(list(client.iter_keys("accounts/shutdown"))), 10, "the key's PENDING row"
+        )
+    stopped_at = time.monotonic()
+    server.stop()  # SIGTERM to the process group
+    thread.join(timeout=30)
+    assert server.process.returncode == 0
+    assert len(outcome) == 1, outcome
+    completed = isinstance(outcome[0], res.Key)
+    if not completed:
+        assert isinstance(outcome[0], VaultClientError)
+        assert outcome[0].code is grpc.StatusCode.UNAVAILABLE, outcome
+        waited = finished_at[0] - stopped_at
+        assert waited >= 4.5, f"cancelled {waited:.1f} s after SIGTERM, before the grace period"
+    restarted = VaultServer(server.data_dir).start()
+    try:
+        with VaultClient(restarted.target) as client:
+            if completed:
+                # Nothing was left half-created.
+                key = client.get_key("accounts/shutdown/keys/slow")
+                versions = client.list_key_versions(key.name)
+                assert [v.state for v in versions] == [res.VERSION_STATE_ENABLED]
+                client.sign(key.name, message=b"after restart")
+                assert "discarded" not in restarted.log()
+            else:
+                assert "accounts/shutdown/keys/slow/versions/1" in restarted.log()
+                assert not list(client.iter_keys("accounts/shutdown"))
+    finally:
+        restarted.stop()
+
+
+def test_workers_do_not_outlive_a_killed_supervisor(own_server: VaultServer) -> None:
+    server = own_server
+    assert server.process is not None
+    pids = workers(server)
+    os.kill(server.process.pid, signal.SIGKILL)  # the supervisor only, no chance to clean up
+    server.process.wait(timeout=10)
+    # PR_SET_PDEATHSIG turns the supervisor's death into SIGTERM for each worker.
+    wait_for(lambda: not [pid for pid in pids if alive(pid)], 20, "orphaned workers to exit")
+    assert listeners(server.port) == 0
+
+
+# -- listen address --------------------------------------------------------------------------
+
+# Calls serve() for each address; serve() must raise before forking anything. Should it ever
+# start serving instead, the subprocess blocks and the timeout below kills its process group.
+LISTEN_PROBE = """
+import json, sys
+from vault.config import Settings
+from vault.transport.server import ListenAddressError, serve
+results = {}
+for address in json.load(sys.stdin):
+    try:
+        serve(Settings(server={"listen": address}))
+        results[address] = "returned"
+    except ListenAddressError as error:
+        results[address] = "ListenAddressError: " + str(error)
+    except Exception as error:
+        results[address] = type(error).__name__ + ": " + str(error)
+print(json.dumps(results))
+"""
+PUBLIC_ADDRESSES = [
+    "0.0.0.0:{port}",
+    "[::]:{port}",
+    "10.1.2.3:{port}",
+    "192.168.0.1:{port}",
+    "[2001:db8::1]:{port}",
+    "example.com:{port}",
+    "127.0.0.1.nip.io:{port}",
+    ":{port}",
+]
+
+
+def test_non_loopback_listen_addresses_are_refused(tmp_path: Path) -> None:
+    port = free_port()
+    addresses = [address.format(port=port) for address in PUBLIC_ADDRESSES]
+    probe = subprocess.Popen(
+        [sys.executable, "-c", LISTEN_PROBE],
+        env=vault_environment(tmp_path),
+        cwd=ROOT,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        out, err = probe.communicate(json.dumps(addresses), timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(probe.pid, signal.SIGKILL)
+        probe.communicate()
+        pytest.fail("serve() did not refuse a non-loopback address: it started serving")
+    assert probe.returncode == 0, err
+    results = json.loads(out)
+    for address in addresses:
+        assert results[address].startswith("ListenAddressError: "), (address, results[address])
+    for address in addresses[:-1]:
+        assert "loopback" in results[address], results[address]
+    assert not (tmp_path / "vault.db").exists(), "serve() touched the store before refusing"
+
+
+def test_serve_process_exits_with_an_error_on_a_public_address(tmp_path: Path) -> None:
+    provision(tmp_path)
+    port = free_port()
+    env = vault_environment(tmp_path, VAULT_SERVER__LISTEN=f"0.0.0.0:{port}")
+    done = subprocess.run(
+        [sys.executable, "-c", "from vault.config import Settings\n"
+         "from vault.transport.server import serve\nserve(Settings())\n"],
+        env=env, cwd=ROOT, capture_output=True, text=True, timeout=60,
+        start_new_session=True,
+    )  # fmt: skip
+    assert done.returncode != 0
+    assert "ListenAddressError" in done.stderr and "not a loopback address" in done.stderr
+    # Nothing listens there.
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel, pytest.raises(grpc.RpcError):
+        health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=1)
