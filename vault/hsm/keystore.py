@@ -13,7 +13,14 @@ from pkcs11 import MGF, Attribute, GCMParams, KeyType, Mechanism, ObjectClass, e
 from pkcs11.util.ec import encode_named_curve_parameters
 
 from vault.config import Settings
-from vault.domain.algorithms import Algorithm, HashName, KeyFamily, Padding, Purpose
+from vault.domain.algorithms import (
+    DIGEST_SIZES,
+    Algorithm,
+    HashName,
+    KeyFamily,
+    Padding,
+    Purpose,
+)
 from vault.domain.errors import DecryptionFailed, InvalidArgument, TokenUnavailable
 from vault.domain.models import KeyVersion
 from vault.domain.names import TOKEN_KEY_LABEL_PREFIX
@@ -410,7 +417,7 @@ class Pkcs11KeyStore:
         elif spec.padding is Padding.PSS:
             hash_mechanism, mgf = _HASH_MECHANISMS[spec.hash]
             mechanism = Mechanism.RSA_PKCS_PSS if prehashed else Mechanism.SHA256_RSA_PKCS_PSS
-            param = (hash_mechanism, mgf, len(digest(spec.hash, b"")))
+            param = (hash_mechanism, mgf, DIGEST_SIZES[spec.hash])
         elif spec.padding is Padding.PKCS1 and not prehashed:
             mechanism, param = Mechanism.SHA256_RSA_PKCS, None
         else:
