@@ -1,6 +1,6 @@
 """The vault server as the benchmark starts it: `python -m bench.serve`.
 
-Exactly `vault.transport.server.serve(Settings())`, as `make run` and tests/harness.py start it,
+Exactly `vault.transport.supervisor.serve(Settings())`, as `make run` and tests/harness.py start it,
 plus two things for the benchmark only:
 - the supervisor asks the kernel for SIGTERM when the benchmark process dies, even by SIGKILL,
   so no server outlives the run (its workers already follow the supervisor);
@@ -88,14 +88,14 @@ def _profiled(worker_main: Callable[..., None], directory: Path) -> Callable[...
 def main() -> None:
     _die_with_parent()
     from vault.config import Settings
-    from vault.transport import server
+    from vault.transport import supervisor
 
     profile_dir = os.environ.get(PROFILE_ENV)
     if profile_dir:
         directory = Path(profile_dir)
         directory.mkdir(parents=True, exist_ok=True)
-        server._worker_main = _profiled(server._worker_main, directory)
-    server.serve(Settings())  # type: ignore[call-arg]  # from the environment
+        supervisor._worker_main = _profiled(supervisor._worker_main, directory)
+    supervisor.serve(Settings())  # type: ignore[call-arg]  # from the environment
 
 
 if __name__ == "__main__":

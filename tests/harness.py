@@ -28,7 +28,7 @@ _PROVISION = (
 )
 _SERVE = (
     "from vault.config import Settings\n"
-    "from vault.transport.server import serve\n"
+    "from vault.transport.supervisor import serve\n"
     "serve(Settings())\n"
 )
 

@@ -66,7 +66,8 @@ def serve_command(state: CliState, listen: str | None, workers: int | None) -> N
         # One line, so a supervisor can parse it before the server's own output follows.
         click.echo(json.dumps(_start_event(settings), sort_keys=True))
     # Imported here: grpc and the generated code load only in the command that serves.
-    from vault.transport.server import ListenAddressError, serve
+    from vault.transport.server import ListenAddressError
+    from vault.transport.supervisor import serve
 
     try:
         serve(settings)

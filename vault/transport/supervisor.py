@@ -1,0 +1,349 @@
+"""Serving with several processes on one port, and keeping them running.
+
+The GIL starves PKCS#11 calls, so the vault serves from several worker processes that bind
+the same port with SO_REUSEPORT and let the kernel spread connections (gRPC Python's
+multiprocessing example). PKCS#11 must be initialised in the process that uses it, after
+fork, so the supervising parent never opens the token or the store itself: start-up
+reconciliation runs in a child, and each worker builds its own services.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import multiprocessing.connection
+import os
+import signal
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from multiprocessing.context import ForkContext, ForkProcess
+from types import FrameType
+from typing import Final
+
+from vault.app import build_services, reconcile_store_and_token
+from vault.config import Settings
+from vault.domain.errors import VaultError
+from vault.service.keys import KeyManagement
+from vault.transport.errors import log_unexpected
+from vault.transport.server import ListenAddress, ListenAddressError, build
+
+log = logging.getLogger(__name__)
+
+# In-flight calls get this long to finish on SIGTERM; the parent waits a little longer.
+STOP_GRACE_SECONDS: Final = 5.0
+_PARENT_STOP_TIMEOUT: Final = STOP_GRACE_SECONDS + 5.0
+_START_TIMEOUT_SECONDS: Final = 120.0
+# A worker that dies sooner than this after starting counts as crash-looping: back off.
+_HEALTHY_UPTIME_SECONDS: Final = 10.0
+_MAX_RESTART_DELAY_SECONDS: Final = 30.0
+# Exit codes of the reconciliation child.
+_RECONCILE_CLEAN: Final = 0
+_RECONCILE_DIFFERENCES: Final = 3
+
+
+# -- multi-process serving ------------------------------------------------------------------
+
+
+def serve(settings: Settings) -> None:
+    """Reconcile, then serve with settings.server.workers processes until SIGTERM or SIGINT.
+
+    Prints "vault serving on ADDRESS (N workers)" once every worker serves, and returns
+    after a signal once they have stopped. Raises ListenAddressError for an address that
+    cannot be served and RuntimeError when start-up fails (details are logged).
+    """
+    address = ListenAddress.parse(settings.server.listen)
+    workers = settings.server.workers
+    if address.unix and workers > 1:
+        # gRPC unlinks an existing socket file before binding, so each worker would take
+        # the path from the one before it.
+        raise ListenAddressError(
+            f"server.listen={address}: a unix: socket is served by one process; "
+            "set server.workers = 1"
+        )
+    if not address.unix and address.port == 0:
+        raise ListenAddressError(
+            "server.listen needs an explicit port: with several processes sharing it, port 0 "
+            "would give each its own"
+        )
+    context = multiprocessing.get_context("fork")
+    _reconcile_in_child(context, settings)
+    _Supervisor(context, settings, address).run()
+
+
+def _reconcile_in_child(context: ForkContext, settings: Settings) -> None:
+    child = context.Process(
+        target=_reconcile_main, args=(settings,), name="vault-reconcile", daemon=True
+    )
+    child.start()
+    child.join()
+    if child.exitcode == _RECONCILE_DIFFERENCES:
+        log.warning(
+            "store and token differ (see above); serving anyway: only the keys concerned fail"
+        )
+    elif child.exitcode != _RECONCILE_CLEAN:
+        raise RuntimeError(
+            f"start-up reconciliation failed (exit code {child.exitcode}); not serving"
+        )
+
+
+def _reconcile_main(settings: Settings) -> None:
+    _reset_signals()
+    try:
+        report = reconcile_store_and_token(settings)
+    except Exception:
+        log.exception("start-up reconciliation of store and token failed")
+        sys.exit(1)
+    if report.discarded_pending:
+        log.warning("discarded %d half-created key versions", len(report.discarded_pending))
+    if report.orphaned_in_token:
+        log.warning("removed %d orphaned token objects", len(report.orphaned_in_token))
+    if report.missing_in_token or report.missing_roots:
+        log.error(
+            "store and token differ: %d key versions and %d root generations are missing "
+            "from the token",
+            len(report.missing_in_token),
+            len(report.missing_roots),
+        )
+    sys.exit(_RECONCILE_CLEAN if report.clean else _RECONCILE_DIFFERENCES)
+
+
+@dataclass(slots=True)
+class _Slot:
+    index: int
+    process: ForkProcess | None = None
+    ready: multiprocessing.connection.Connection | None = None
+    started_at: float = 0.0
+    failures: int = 0
+    restart_at: float | None = None
+
+
+class _Supervisor:
+    """The parent process: starts the workers, restarts any that die, stops them on a signal."""
+
+    def __init__(self, context: ForkContext, settings: Settings, address: ListenAddress) -> None:
+        self._context = context
+        self._settings = settings
+        self._address = address
+        self._slots = [_Slot(index) for index in range(settings.server.workers)]
+        self._stop_signal: int | None = None
+
+    def run(self) -> None:
+        previous = {
+            signum: signal.signal(signum, self._on_signal)
+            for signum in (signal.SIGTERM, signal.SIGINT)
+        }
+        try:
+            # One at a time: processes opening the token at the same moment can miss it
+            # (SoftHSM reads its token directory while another process writes it).
+            for slot in self._slots:
+                self._start(slot)
+                if not self._await_ready(slot):
+                    if self._stop_signal is not None:
+                        return
+                    raise RuntimeError(f"worker {slot.index} failed to start; not serving")
+            count = len(self._slots)
+            print(
+                f"vault serving on {self._address} ({count} worker{'s' if count > 1 else ''})",
+                flush=True,
+            )
+            while self._stop_signal is None:
+                self._supervise()
+            log.info("received signal %d, stopping workers", self._stop_signal)
+        finally:
+            self._stop_all()
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        self._stop_signal = signum
+
+    def _start(self, slot: _Slot) -> None:
+        receiver, sender = self._context.Pipe(duplex=False)
+        process = self._context.Process(
+            target=_worker_main,
+            args=(self._settings, slot.index, self._address, sender, os.getpid()),
+            name=f"vault-worker-{slot.index}",
+        )
+        process.start()
+        sender.close()  # the child holds its own copy; ours would keep the pipe open
+        slot.process, slot.ready, slot.started_at = process, receiver, time.monotonic()
+        slot.restart_at = None
+
+    def _await_ready(self, slot: _Slot) -> bool:
+        """Wait until slot's worker serves; False if it failed or a signal came first."""
+        deadline = time.monotonic() + _START_TIMEOUT_SECONDS
+        while not self._check_ready(slot):
+            assert slot.process is not None
+            if self._stop_signal is not None:
+                return False
+            if not slot.process.is_alive():
+                log.error(
+                    "worker %d exited with code %s during start-up",
+                    slot.index,
+                    slot.process.exitcode,
+                )
+                return False
+            if time.monotonic() > deadline:
+                log.error(
+                    "worker %d did not start within %.0f s", slot.index, _START_TIMEOUT_SECONDS
+                )
+                return False
+            self._wait(0.2)
+        return True
+
+    def _check_ready(self, slot: _Slot) -> bool:
+        if slot.ready is None:
+            return True
+        try:
+            if not slot.ready.poll():
+                return False
+            slot.ready.recv()
+        except (EOFError, OSError):
+            return False  # the worker died before saying so; its exit code tells why
+        slot.ready.close()
+        slot.ready = None
+        return True
+
+    def _supervise(self) -> None:
+        now = time.monotonic()
+        for slot in self._slots:
+            if self._stop_signal is not None:
+                return  # a group-wide signal stops workers too: their exits are expected
+            if slot.restart_at is not None:
+                if now >= slot.restart_at:
+                    log.info("restarting worker %d", slot.index)
+                    self._start(slot)
+                continue
+            assert slot.process is not None
+            if slot.ready is not None and self._check_ready(slot):
+                log.info("worker %d (pid %s) is serving again", slot.index, slot.process.pid)
+            if slot.process.is_alive():
+                continue
+            uptime = now - slot.started_at
+            slot.failures = slot.failures + 1 if uptime < _HEALTHY_UPTIME_SECONDS else 0
+            delay = min(_MAX_RESTART_DELAY_SECONDS, 0.5 * 2**slot.failures)
+            log.error(
+                "worker %d (pid %s) died unexpectedly with exit code %s; restarting in %.1f s",
+                slot.index,
+                slot.process.pid,
+                slot.process.exitcode,
+                delay,
+            )
+            slot.process.close()
+            slot.process = None
+            if slot.ready is not None:
+                slot.ready.close()
+                slot.ready = None
+            slot.restart_at = now + delay
+        self._wait(0.5)
+
+    def _wait(self, timeout: float) -> None:
+        """Sleep until a worker exits or reports ready, or timeout; signals only set a flag."""
+        waitables: list[int | multiprocessing.connection.Connection] = []
+        for slot in self._slots:
+            if slot.process is not None:
+                waitables.append(slot.process.sentinel)
+            if slot.ready is not None:
+                waitables.append(slot.ready)
+        if waitables:
+            multiprocessing.connection.wait(waitables, timeout)
+        else:
+            time.sleep(timeout)
+
+    def _stop_all(self) -> None:
+        running = [slot.process for slot in self._slots if slot.process is not None]
+        for process in running:
+            if process.is_alive():
+                process.terminate()
+        deadline = time.monotonic() + _PARENT_STOP_TIMEOUT
+        for process in running:
+            process.join(max(0.0, deadline - time.monotonic()))
+            if process.is_alive():
+                log.warning("worker pid %s did not stop in time; killing it", process.pid)
+                process.kill()
+                process.join()
+        for slot in self._slots:
+            if slot.ready is not None:
+                slot.ready.close()
+                slot.ready = None
+
+
+def _reset_signals() -> None:
+    # A forked child inherits the supervisor's handlers; SIGINT from a terminal reaches the
+    # whole process group, and the supervisor alone decides how to stop.
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    """Have the kernel send SIGTERM to this worker if the supervisor dies (even by SIGKILL),
+    so no orphan keeps serving on the port."""
+    if sys.platform != "linux":
+        return
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(pr_set_pdeathsig, signal.SIGTERM, 0, 0, 0)
+    if os.getppid() != parent_pid:  # the parent died before prctl took effect
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _worker_main(
+    settings: Settings,
+    index: int,
+    address: ListenAddress,
+    ready: multiprocessing.connection.Connection,
+    parent_pid: int,
+) -> None:
+    _reset_signals()
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda signum, frame: stop.set())
+    _die_with_parent(parent_pid)
+    try:
+        services = build_services(settings)
+    except Exception:
+        log.exception("worker %d could not open the store and token", index)
+        sys.exit(1)
+    try:
+        built = build(services, settings, address.port or None, reuse_port=True)
+    except Exception:
+        log.exception("worker %d could not start its server", index)
+        services.close()
+        sys.exit(1)
+    try:
+        built.server.start()
+        if index == 0:
+            threading.Thread(
+                target=_destroy_due_keys_forever,
+                args=(services.keys, settings.keys.destroy_check_seconds, stop),
+                name="vault-destroy-due-keys",
+                daemon=True,
+            ).start()
+        ready.send(os.getpid())
+        ready.close()
+        log.info("worker %d (pid %d) serving on %s", index, os.getpid(), address)
+        while not stop.wait(1.0):
+            pass
+        built.health.enter_graceful_shutdown()
+        built.server.stop(STOP_GRACE_SECONDS).wait()
+    finally:
+        services.close()
+
+
+def _destroy_due_keys_forever(keys: KeyManagement, interval: float, stop: threading.Event) -> None:
+    """Destroy keys whose waiting period ended, until stop; one worker does this."""
+    while True:
+        # The next round retries; a failing store or token must not end the loop.
+        try:
+            destroyed = keys.destroy_due_keys()
+            if destroyed:
+                log.info("destroyed %d keys whose waiting period ended", len(destroyed))
+        except VaultError as error:
+            log.error("destroying due keys failed: %s: %s", error.reason, error.message)
+        except Exception as error:
+            log_unexpected(error, "destroy_due_keys")
+        if stop.wait(interval):
+            return
