@@ -55,12 +55,12 @@ from vault.storage.engine import (
     read_transaction,
     write_transaction,
 )
-from vault.storage.freshness import SqliteChangeCounter
+from vault.storage.freshness import UnchangedSinceCache
 from vault.storage.tables import UtcDateTime, key_versions, keys, root_generations
 
 DEFAULT_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 1000
-_KEY_CACHE_SIZE = 10_000
+_KEY_CACHE_SIZE = 4096  # per request thread
 
 # The two reads on every request, built once: composing a statement costs more than running it.
 _GET_KEY = select(keys).where(
@@ -81,11 +81,11 @@ def _version_params(name: KeyVersionName) -> dict[str, str | int]:
     return {"account": name.account, "key_id": name.key, "version": name.version}
 
 
-def _change_counter(engine: Engine) -> SqliteChangeCounter | None:
+def _key_cache(engine: Engine) -> UnchangedSinceCache[KeyName, Key] | None:
     url = engine.url
     if not is_sqlite(url) or is_sqlite_memory(url) or not url.database or is_sqlite_uri(url):
         return None
-    return SqliteChangeCounter(Path(url.database))
+    return UnchangedSinceCache(Path(url.database), _KEY_CACHE_SIZE)
 
 
 class SqlMetadataStore:
@@ -94,12 +94,9 @@ class SqlMetadataStore:
 
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
-        self._changes = _change_counter(engine)
         # Keys are read on every request; while nothing has been committed anywhere since
         # they were read, they are still current (see freshness.py).
-        self._key_cache: dict[KeyName, Key] = {}
-        self._key_cache_version = -1
-        self._key_cache_lock = threading.Lock()
+        self._key_cache = _key_cache(engine)
         # An in-memory SQLite database is one connection shared by every thread (StaticPool);
         # interleaved transactions on it would mix, so calls take turns. File and server
         # databases give each call its own pooled connection and need no lock.
@@ -112,8 +109,8 @@ class SqlMetadataStore:
 
     def close(self) -> None:
         """Close every pooled connection. The store must not be used afterwards."""
-        if self._changes is not None:
-            self._changes.close()
+        if self._key_cache is not None:
+            self._key_cache.close()
         self._engine.dispose()
 
     # --- keys -------------------------------------------------------------------------------
@@ -129,27 +126,16 @@ class SqlMetadataStore:
         return key
 
     def get_key(self, name: KeyName) -> Key | None:
-        version = -1
-        if self._changes is not None:
-            version = self._changes.current()
-            with self._key_cache_lock:
-                if version != self._key_cache_version:
-                    self._key_cache.clear()
-                    self._key_cache_version = version
-                cached = self._key_cache.get(name)
+        version = 0
+        if self._key_cache is not None:
+            cached, version = self._key_cache.get(name)
             if cached is not None:
                 return cached
         with self._transaction(write=False) as c:
             row = c.execute(_GET_KEY, _key_params(name)).mappings().one_or_none()
         key = None if row is None else _to_key(row)
-        if key is not None and self._changes is not None:
-            # Read after `version` was taken: if a commit slipped in between, the counter has
-            # moved on and the next call discards this entry.
-            with self._key_cache_lock:
-                if self._key_cache_version == version:
-                    if len(self._key_cache) >= _KEY_CACHE_SIZE:
-                        self._key_cache.clear()
-                    self._key_cache[name] = key
+        if key is not None and self._key_cache is not None:
+            self._key_cache.put(name, key, version)
         return key
 
     def find_key_by_request_id(self, account: str, request_id: str) -> Key | None:
