@@ -56,6 +56,12 @@ STALE_HANDLES: tuple[type[Exception], ...] = (
 )
 
 
+def _module_not_initialised(error: Exception) -> bool:
+    """CKR_CRYPTOKI_NOT_INITIALIZED: python-pkcs11 0.10.1 has no class for it, only this
+    plain PKCS11Error message."""
+    return type(error) is exceptions.PKCS11Error and "not initialized" in str(error)
+
+
 class _Gate:
     """Request threads pass shared; a restart of the module waits until none is inside it.
     C_Finalize under a thread that is still in C_Sign crashes SoftHSM (seen: SIGSEGV)."""
@@ -251,6 +257,8 @@ class TokenLibrary:
         except (*STALE_HANDLES, *TOKEN_FAILURES):
             raise
         except exceptions.PKCS11Error as error:
+            if _module_not_initialised(error):
+                raise exceptions.DeviceRemoved() from None  # a token failure: restart
             log.error("token refused an operation: %s", type(error).__name__)
             raise TokenOperationFailed(
                 f"the token refused the operation ({type(error).__name__})"

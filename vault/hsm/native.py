@@ -55,7 +55,9 @@ def reinitialize_with_os_locking(module_path: str) -> None:
     pkcs11.lib() and before any session is opened: finalising drops every session.
     """
     module = ctypes.CDLL(module_path)
-    _check("C_Finalize", module.C_Finalize(None))
+    finalized = module.C_Finalize(None)
+    if finalized != CKR_CRYPTOKI_NOT_INITIALIZED:  # already down: a reset under us
+        _check("C_Finalize", finalized)
     args = _InitializeArgs(None, None, None, None, CKF_OS_LOCKING_OK, None)
     _check("C_Initialize", module.C_Initialize(ctypes.byref(args)))
 
