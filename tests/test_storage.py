@@ -618,6 +618,18 @@ def test_activate_version_enables_it_and_makes_it_primary(store: SqlMetadataStor
         store.activate_version(enabled)
 
 
+def test_activations_finishing_out_of_order_keep_the_newest_primary(
+    store: SqlMetadataStore,
+) -> None:
+    key = create(store, make_key("order", token_resident=True), token_label="o1")
+    key = store.add_version(key, make_version(key, 2, token_label="o2", state=VersionState.PENDING))
+    key = store.add_version(key, make_version(key, 3, token_label="o3", state=VersionState.PENDING))
+    second, third = (store.get_version(key.name.version(n)) for n in (2, 3))
+    assert second is not None and third is not None
+    assert store.activate_version(third).primary_version == 3
+    assert store.activate_version(second).primary_version == 3
+
+
 def test_activate_version_refuses_a_version_destroyed_meanwhile(store: SqlMetadataStore) -> None:
     key = create(
         store, make_key("gone", token_resident=True), token_label="g1", state=VersionState.PENDING

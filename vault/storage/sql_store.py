@@ -19,6 +19,7 @@ from sqlalchemy import (
     RowMapping,
     and_,
     bindparam,
+    case,
     delete,
     func,
     insert,
@@ -211,10 +212,15 @@ class SqlMetadataStore:
                     "the key version was destroyed or discarded while it was being created",
                     metadata={"name": str(version.name)},
                 )
+            # Two rotations may finish out of order; the newest version stays primary.
+            newest = case(
+                (keys.c.primary_version < version.number, version.number),
+                else_=keys.c.primary_version,
+            )
             c.execute(
                 update(keys)
                 .where(_key_pk(version.name.key_name))
-                .values(primary_version=version.number, etag=keys.c.etag + 1)
+                .values(primary_version=newest, etag=keys.c.etag + 1)
             )
             return _reread_key(c, version.name.key_name)
 
