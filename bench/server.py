@@ -1,141 +1,46 @@
-"""A provisioned token in a temporary data directory and the real server on a free port,
-started as tests/harness.py and `make run` start it, plus what the benchmark reads from
-/proc: the worker processes, their CPU time, and which worker each connection landed on."""
+"""The vault as the benchmark runs it: tests/harness.py's provisioned token and server (as
+`make run` starts them), with the benchmark's settings, the vault code of --vault-root and
+`python -m bench.serve`; plus what the benchmark reads from /proc: the worker processes, their
+CPU time, and which worker each connection landed on."""
 
 from __future__ import annotations
 
 import os
-import signal
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
+from typing import Final
 
-import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from tests import harness
+from tests.harness import ROOT as ROOT  # the checkout: bench.cli's defaults
 
-ROOT = Path(__file__).resolve().parents[1]
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
-
-_PROVISION = (
-    "from vault.config import Settings\n"
-    "from vault.hsm.provision import provision\n"
-    "from vault.storage import open_store\n"
-    "settings = Settings()\n"
-    "store = open_store(settings.store.url)\n"
-    "provision(settings, store)\n"
-    "store.close()\n"
-)
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-def vault_environment(data_dir: Path, vault_root: Path, **overrides: str) -> dict[str, str]:
-    """The environment of every vault process of the run (server, provisioning, raw workers):
-    none of the caller's VAULT_* settings, the token in data_dir, vault imported from
-    vault_root (the checkout by default; a scratch copy to measure a change)."""
-    env = {
-        key: value
-        for key, value in os.environ.items()
-        if not key.startswith("VAULT_") and key != "SOFTHSM2_CONF"
-    }
-    paths = [str(vault_root)] + ([str(ROOT)] if vault_root != ROOT else [])
-    env.update(
-        {
-            "VAULT_DATA_DIR": str(data_dir),
-            "VAULT_LOG_LEVEL": "WARNING",
-            "PYTHONPATH": os.pathsep.join(paths),
-        }
-    )
-    env.update(overrides)
-    return env
+# No test settings (destruction waits, two workers): the defaults, quieter.
+BENCH_SETTINGS: Final[Mapping[str, str]] = {"VAULT_LOG_LEVEL": "WARNING"}
 
 
 def provision(data_dir: Path, vault_root: Path) -> None:
-    subprocess.run(
-        [sys.executable, "-c", _PROVISION],
-        env=vault_environment(data_dir, vault_root),
-        check=True,
-        cwd=vault_root,
-        timeout=120,
-        stdin=subprocess.DEVNULL,
-    )
+    """A token in data_dir, provisioned by the vault code in vault_root."""
+    harness.provision(data_dir, vault_root=vault_root, settings=BENCH_SETTINGS)
 
 
-class VaultServer:
-    """`python -m bench.serve` (a supervisor and its workers) in its own process group."""
+class VaultServer(harness.VaultServer):
+    """`python -m bench.serve` (a supervisor and its workers) in its own process group,
+    running the vault code in vault_root."""
 
     def __init__(
         self, data_dir: Path, vault_root: Path, extra_env: Mapping[str, str] | None = None
     ) -> None:
-        self.port = free_port()
-        self.target = f"127.0.0.1:{self.port}"
-        self._env = vault_environment(
-            data_dir, vault_root, VAULT_SERVER__LISTEN=self.target, **dict(extra_env or {})
+        super().__init__(
+            data_dir,
+            extra_env,
+            vault_root=vault_root,
+            settings=BENCH_SETTINGS,
+            serve_args=("-m", "bench.serve"),
         )
-        self._cwd = vault_root
-        self.log_path = data_dir / f"server-{self.port}.log"
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self, timeout: float = 90.0) -> VaultServer:
-        with self.log_path.open("ab") as log:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "bench.serve"],
-                env=self._env,
-                cwd=self._cwd,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,  # Ctrl-C reaches us only; we stop it in order
-            )
-        self._wait_serving(timeout)
-        return self
-
-    def _wait_serving(self, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            assert self.process is not None
-            if self.process.poll() is not None:
-                raise RuntimeError(f"vault server exited early:\n{self.log()}")
-            with grpc.insecure_channel(self.target) as channel:
-                try:
-                    reply = health_pb2_grpc.HealthStub(channel).Check(
-                        health_pb2.HealthCheckRequest(service=""), timeout=1.0
-                    )
-                    if reply.status == health_pb2.HealthCheckResponse.SERVING and (
-                        "vault serving on" in self.log()
-                    ):
-                        return
-                except grpc.RpcError:
-                    pass
-            time.sleep(0.2)
-        raise RuntimeError(f"vault server not serving after {timeout}s:\n{self.log()}")
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
     def worker_pids(self) -> list[int]:
         assert self.process is not None
         return sorted(children_of(self.process.pid))
-
-    def stop(self) -> None:
-        """SIGTERM the group (graceful: profiles get written), SIGKILL if it lingers."""
-        if self.process is None or self.process.poll() is not None:
-            return
-        try:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            self.process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait(timeout=30)
-        except ProcessLookupError:
-            pass
 
 
 def children_of(pid: int) -> set[int]:

@@ -1,21 +1,32 @@
-"""A real vault for tests: a provisioned SoftHSM token in a temporary data directory and the
-server running as separate processes on a free port, exactly as `make run` starts it."""
+"""A real vault for tests and the benchmark: a provisioned SoftHSM token in a temporary data
+directory and the server running as separate processes on a free port, exactly as `make run`
+starts it. bench/server.py builds on this with the benchmark's settings."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any, Final
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 ROOT = Path(__file__).resolve().parents[1]
+
+# The settings every test vault runs with (the benchmark passes its own): destruction without
+# the waiting period, checked often, and two worker processes.
+TEST_SETTINGS: Final[Mapping[str, str]] = {
+    "VAULT_KEYS__MIN_DESTROY_WAITING_SECONDS": "0",
+    "VAULT_KEYS__DESTROY_CHECK_SECONDS": "0.5",
+    "VAULT_SERVER__WORKERS": "2",
+}
 
 _PROVISION = (
     "from vault.config import Settings\n"
@@ -32,6 +43,25 @@ _SERVE = (
     "serve(Settings())\n"
 )
 
+# Prints the token's vault key labels and the store's versions of the keys named on stdin.
+_INVENTORY = """
+import json, sys
+from vault.config import Settings
+from vault.domain.names import KeyName
+from vault.hsm.keystore import open_keystore
+from vault.storage import open_store
+settings = Settings()
+keystore = open_keystore(settings)
+store = open_store(settings.store.url)
+versions = {
+    str(version.name): [str(version.state), version.token_label]
+    for name in json.load(sys.stdin)
+    for version in store.list_versions(KeyName.parse(name))
+}
+print(json.dumps({"token": sorted(keystore.token_labels()), "versions": versions}))
+store.close()
+"""
+
 
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
@@ -39,62 +69,106 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def vault_environment(data_dir: Path, **overrides: str) -> dict[str, str]:
-    """Environment for a vault process using data_dir. Tests shorten the destruction wait."""
+def vault_environment(
+    data_dir: Path,
+    *,
+    vault_root: Path = ROOT,
+    settings: Mapping[str, str] = TEST_SETTINGS,
+    **overrides: str,
+) -> dict[str, str]:
+    """Environment for a vault process using data_dir: none of the caller's VAULT_* settings,
+    then settings (the tests' by default) and overrides. vault is imported from vault_root:
+    the checkout, or a scratch copy the benchmark measures (the checkout follows it on
+    PYTHONPATH, for bench and tests)."""
     env = {
         key: value
         for key, value in os.environ.items()
         if not key.startswith("VAULT_") and key != "SOFTHSM2_CONF"
     }
+    paths = [str(vault_root)] + ([str(ROOT)] if vault_root != ROOT else [])
     env.update(
         {
             "VAULT_DATA_DIR": str(data_dir),
-            "VAULT_KEYS__MIN_DESTROY_WAITING_SECONDS": "0",
-            "VAULT_KEYS__DESTROY_CHECK_SECONDS": "0.5",
-            "VAULT_SERVER__WORKERS": "2",
-            "PYTHONPATH": str(ROOT),
+            **settings,
+            "PYTHONPATH": os.pathsep.join(paths),
         }
     )
     env.update(overrides)
     return env
 
 
-def provision(data_dir: Path) -> None:
+def provision(
+    data_dir: Path, *, vault_root: Path = ROOT, settings: Mapping[str, str] = TEST_SETTINGS
+) -> None:
     subprocess.run(
         [sys.executable, "-c", _PROVISION],
-        env=vault_environment(data_dir),
+        env=vault_environment(data_dir, vault_root=vault_root, settings=settings),
         check=True,
-        cwd=ROOT,
+        cwd=vault_root,
         timeout=120,
         stdin=subprocess.DEVNULL,
     )
 
 
-class VaultServer:
-    """`serve()` in its own process group (a supervisor and its workers)."""
+def inventory(data_dir: Path, key_names: list[str]) -> tuple[set[str], dict[str, list[Any]]]:
+    """(vault key labels in the token, {version name: [state, token label]} of key_names in
+    the store), read by a separate process: the pytest process started SoftHSM with another
+    config."""
+    done = subprocess.run(
+        [sys.executable, "-c", _INVENTORY],
+        input=json.dumps(key_names),
+        env=vault_environment(data_dir),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    result = json.loads(done.stdout)
+    return set(result["token"]), result["versions"]
 
-    def __init__(self, data_dir: Path, extra_env: Mapping[str, str] | None = None) -> None:
+
+class VaultServer:
+    """`serve()` in its own process group (a supervisor and its workers).
+
+    vault_root and settings as in vault_environment; serve_args follow the interpreter on the
+    command line (the benchmark runs its own entry point)."""
+
+    def __init__(
+        self,
+        data_dir: Path,
+        extra_env: Mapping[str, str] | None = None,
+        *,
+        vault_root: Path = ROOT,
+        settings: Mapping[str, str] = TEST_SETTINGS,
+        serve_args: Sequence[str] = ("-c", _SERVE),
+    ) -> None:
         self.data_dir = data_dir
         self.port = free_port()
         self.target = f"127.0.0.1:{self.port}"
         self._env = vault_environment(
-            data_dir, VAULT_SERVER__LISTEN=self.target, **dict(extra_env or {})
+            data_dir,
+            vault_root=vault_root,
+            settings=settings,
+            VAULT_SERVER__LISTEN=self.target,
+            **dict(extra_env or {}),
         )
+        self._cwd = vault_root
+        self._serve_args = list(serve_args)
         self.log_path = data_dir / f"server-{self.port}.log"
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 90.0) -> VaultServer:
-        log = self.log_path.open("ab")
-        self.process = subprocess.Popen(
-            [sys.executable, "-c", _SERVE],
-            env=self._env,
-            cwd=ROOT,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-        log.close()
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, *self._serve_args],
+                env=self._env,
+                cwd=self._cwd,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,  # Ctrl-C reaches us only; we stop it in order
+            )
         self.wait_serving(timeout)
         return self
 
@@ -131,9 +205,14 @@ class VaultServer:
             self.process.wait(timeout=30)
 
     def stop(self) -> None:
+        """SIGTERM the group (graceful: calls in flight finish, the benchmark's profiles get
+        written), SIGKILL if it lingers."""
         if self.process is None or self.process.poll() is not None:
             return
-        os.killpg(self.process.pid, signal.SIGTERM)
+        try:
+            os.killpg(self.process.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            return
         try:
             self.process.wait(timeout=30)
         except subprocess.TimeoutExpired:

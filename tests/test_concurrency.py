@@ -12,7 +12,6 @@ key must end in (DESTROY_SCHEDULED ending as DESTROYED, as the waiting period is
 from __future__ import annotations
 
 import hashlib
-import json
 import random
 import subprocess
 import sys
@@ -32,7 +31,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, utils
 
-from tests.harness import ROOT, VaultServer, provision, vault_environment
+from tests.harness import ROOT, VaultServer, inventory, provision, vault_environment
 from vault.client import VaultClient, VaultClientError
 from vault.gen.vault.v1 import resources_pb2 as res
 
@@ -56,42 +55,6 @@ KINDS: dict[str, tuple[str, str, bool]] = {
 STATE_NAMES = {value: name.removeprefix("KEY_STATE_") for name, value in res.KeyState.items()}
 NOT_ENABLED = {"DISABLED", "REVOKED", "DESTROY_SCHEDULED", "DESTROYED"}
 WRITES = {"create", "rotate", "enable", "disable", "schedule"}
-
-# Prints the token's vault key labels and the store's versions of the keys named on stdin.
-# It runs in a subprocess: the pytest process already started SoftHSM with another config.
-INVENTORY = """
-import json, sys
-from vault.config import Settings
-from vault.domain.names import KeyName
-from vault.hsm.keystore import open_keystore
-from vault.storage import open_store
-settings = Settings()
-keystore = open_keystore(settings)
-store = open_store(settings.store.url)
-versions = {
-    str(version.name): [str(version.state), version.token_label]
-    for name in json.load(sys.stdin)
-    for version in store.list_versions(KeyName.parse(name))
-}
-print(json.dumps({"token": sorted(keystore.token_labels()), "versions": versions}))
-store.close()
-"""
-
-
-def inventory(data_dir: Path, key_names: list[str]) -> tuple[set[str], dict[str, list[Any]]]:
-    """(token labels, {version name: [state, token label]}) read in a fresh process."""
-    done = subprocess.run(
-        [sys.executable, "-c", INVENTORY],
-        input=json.dumps(key_names),
-        env=vault_environment(data_dir),
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=True,
-    )
-    result = json.loads(done.stdout)
-    return set(result["token"]), result["versions"]
 
 
 def worker_pids(server: VaultServer) -> set[int]:

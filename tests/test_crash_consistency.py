@@ -11,10 +11,7 @@ different moment in each round, and round 2 kills the server that round 1 restar
 
 from __future__ import annotations
 
-import json
 import re
-import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -22,13 +19,12 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import grpc
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 
-from tests.harness import ROOT, VaultServer, provision, vault_environment
+from tests.harness import VaultServer, inventory, provision
 from vault.client import VaultClient, VaultClientError
 from vault.gen.vault.v1 import resources_pb2 as res
 
@@ -42,41 +38,6 @@ KINDS: dict[str, tuple[str, str, bool]] = {
 }
 SLOW = ("SIGN_VERIFY", "RSA_SIGN_PSS_4096_SHA256", True)
 DISCARDED = re.compile(r"discarded half-created key version (\S+)")
-
-INVENTORY = """
-import json, sys
-from vault.config import Settings
-from vault.domain.names import KeyName
-from vault.hsm.keystore import open_keystore
-from vault.storage import open_store
-settings = Settings()
-keystore = open_keystore(settings)
-store = open_store(settings.store.url)
-versions = {
-    str(version.name): [str(version.state), version.token_label]
-    for name in json.load(sys.stdin)
-    for version in store.list_versions(KeyName.parse(name))
-}
-print(json.dumps({"token": sorted(keystore.token_labels()), "versions": versions}))
-store.close()
-"""
-
-
-def inventory(data_dir: Path, key_names: list[str]) -> tuple[set[str], dict[str, list[Any]]]:
-    """(vault key labels in the token, {version: [state, label]} of key_names in the store),
-    read by a separate process: the pytest process started SoftHSM with another config."""
-    done = subprocess.run(
-        [sys.executable, "-c", INVENTORY],
-        input=json.dumps(key_names),
-        env=vault_environment(data_dir),
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=True,
-    )
-    result = json.loads(done.stdout)
-    return set(result["token"]), result["versions"]
 
 
 @dataclass

@@ -8,7 +8,7 @@ or base64 on standard output by default; under --json they are base64 fields.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import click
 
@@ -92,6 +92,28 @@ def _binary_result(
     emit(state, record, human)
 
 
+class _Versioned(Protocol):
+    """A response carrying the key version that made its bytes."""
+
+    @property
+    def key_version(self) -> str: ...
+
+
+def _versioned_result(
+    state: CliState, response: _Versioned, field: str, out_path: str | None, done: str
+) -> None:
+    """_binary_result of the bytes in response.<field> (the JSON key as well), "<done> with
+    <key version>" for a person and the key version in the JSON."""
+    _binary_result(
+        state,
+        field=field,
+        data=getattr(response, field),
+        out_path=out_path,
+        done=f"{done} with {response.key_version}",
+        extra={"key_version": response.key_version},
+    )
+
+
 @crypto_group.command("encrypt")
 @click.argument("key")
 @in_option("plaintext (at most keys.max_plaintext_bytes, 64 KiB by default)")
@@ -118,14 +140,7 @@ def encrypt(
     plaintext = read_input(in_path, what="plaintext", base64_text=in_base64)
     aad = read_optional(aad_path, what="additional authenticated data")
     response = state.client().encrypt(key, plaintext, aad)
-    _binary_result(
-        state,
-        field="ciphertext",
-        data=response.ciphertext,
-        out_path=out_path,
-        done=f"encrypted with {response.key_version}",
-        extra={"key_version": response.key_version},
-    )
+    _versioned_result(state, response, "ciphertext", out_path, "encrypted")
 
 
 @crypto_group.command("decrypt")
@@ -154,14 +169,7 @@ def decrypt(
     ciphertext = read_input(in_path, what="ciphertext", base64_text=in_base64)
     aad = read_optional(aad_path, what="additional authenticated data")
     response = state.client().decrypt(key, ciphertext, aad)
-    _binary_result(
-        state,
-        field="plaintext",
-        data=response.plaintext,
-        out_path=out_path,
-        done=f"decrypted with {response.key_version}",
-        extra={"key_version": response.key_version},
-    )
+    _versioned_result(state, response, "plaintext", out_path, "decrypted")
 
 
 @crypto_group.command("data-key")
@@ -289,14 +297,7 @@ def wrap(state: CliState, key: str, in_path: str, in_base64: bool, out_path: str
     check_out(state, out_path)
     material = read_input(in_path, what="key material", base64_text=in_base64)
     response = state.client().wrap_key(key, material)
-    _binary_result(
-        state,
-        field="wrapped_key",
-        data=response.wrapped_key,
-        out_path=out_path,
-        done=f"wrapped with {response.key_version}",
-        extra={"key_version": response.key_version},
-    )
+    _versioned_result(state, response, "wrapped_key", out_path, "wrapped")
 
 
 @crypto_group.command("unwrap")
@@ -314,14 +315,7 @@ def unwrap(state: CliState, key: str, in_path: str, in_base64: bool, out_path: s
     check_out(state, out_path)
     wrapped = read_input(in_path, what="wrapped key", base64_text=in_base64)
     response = state.client().unwrap_key(key, wrapped)
-    _binary_result(
-        state,
-        field="key_material",
-        data=response.key_material,
-        out_path=out_path,
-        done=f"unwrapped with {response.key_version}",
-        extra={"key_version": response.key_version},
-    )
+    _versioned_result(state, response, "key_material", out_path, "unwrapped")
 
 
 def _digest_option(function: F) -> F:
@@ -359,14 +353,7 @@ def sign(
     data = read_input(in_path, what="digest" if is_digest else "message", base64_text=in_base64)
     client = state.client()
     response = client.sign(key, digest=data) if is_digest else client.sign(key, message=data)
-    _binary_result(
-        state,
-        field="signature",
-        data=response.signature,
-        out_path=out_path,
-        done=f"signed with {response.key_version}",
-        extra={"key_version": response.key_version},
-    )
+    _versioned_result(state, response, "signature", out_path, "signed")
 
 
 def _verdict(state: CliState, valid: bool, key_version: str, what: str) -> None:
@@ -444,14 +431,7 @@ def asym_decrypt(
     check_out(state, out_path)
     ciphertext = read_input(in_path, what="ciphertext", base64_text=in_base64)
     response = state.client().asymmetric_decrypt(key, ciphertext)
-    _binary_result(
-        state,
-        field="plaintext",
-        data=response.plaintext,
-        out_path=out_path,
-        done=f"decrypted with {response.key_version}",
-        extra={"key_version": response.key_version},
-    )
+    _versioned_result(state, response, "plaintext", out_path, "decrypted")
 
 
 @crypto_group.command("mac")
@@ -466,14 +446,7 @@ def mac(state: CliState, key: str, in_path: str, in_base64: bool, out_path: str 
     check_out(state, out_path)
     data = read_input(in_path, what="data", base64_text=in_base64)
     response = state.client().generate_mac(key, data)
-    _binary_result(
-        state,
-        field="mac",
-        data=response.mac,
-        out_path=out_path,
-        done=f"MAC computed with {response.key_version}",
-        extra={"key_version": response.key_version},
-    )
+    _versioned_result(state, response, "mac", out_path, "MAC computed")
 
 
 @crypto_group.command("verify-mac")

@@ -15,6 +15,18 @@ from vault.service.crypto import CryptoOperations
 from vault.transport.integrity import checksum, verify_checksum
 
 
+def _signed_input(
+    request: pb.SignRequest | pb.VerifyRequest,
+) -> tuple[bytes | None, bytes | None]:
+    """(message, digest) from the request's `input` oneof: the one given, None for the other
+    (an unset bytes field reads as b"", itself a valid message)."""
+    given = request.WhichOneof("input")
+    return (
+        request.message if given == "message" else None,
+        request.digest if given == "digest" else None,
+    )
+
+
 class CryptoServicer(crypto_service_pb2_grpc.CryptoServiceServicer):
     def __init__(self, crypto: CryptoOperations) -> None:
         self._crypto = crypto
@@ -124,12 +136,8 @@ class CryptoServicer(crypto_service_pb2_grpc.CryptoServiceServicer):
     def Sign(self, request: pb.SignRequest, context: grpc.ServicerContext) -> pb.SignResponse:
         verified_message = verify_checksum(request, "message")
         verified_digest = verify_checksum(request, "digest")
-        given = request.WhichOneof("input")
-        signed = self._crypto.sign(
-            request.name,
-            message=request.message if given == "message" else None,
-            digest=request.digest if given == "digest" else None,
-        )
+        message, digest = _signed_input(request)
+        signed = self._crypto.sign(request.name, message=message, digest=digest)
         return pb.SignResponse(
             signature=signed.data,
             signature_crc32c=checksum(signed.data),
@@ -142,12 +150,9 @@ class CryptoServicer(crypto_service_pb2_grpc.CryptoServiceServicer):
         verified_message = verify_checksum(request, "message")
         verified_digest = verify_checksum(request, "digest")
         verified_signature = verify_checksum(request, "signature")
-        given = request.WhichOneof("input")
+        message, digest = _signed_input(request)
         valid, version_name = self._crypto.verify(
-            request.name,
-            message=request.message if given == "message" else None,
-            digest=request.digest if given == "digest" else None,
-            signature=request.signature,
+            request.name, message=message, digest=digest, signature=request.signature
         )
         return pb.VerifyResponse(
             valid=valid,
