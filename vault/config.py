@@ -5,6 +5,7 @@ command line: they come from files (mode 0600) or from the environment."""
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,8 @@ from pydantic_settings import (
 
 CONFIG_ENV = "VAULT_CONFIG"
 DEFAULT_DATA_DIR = Path(".vault-data")
+# Under data_dir: the development CA and server certificate `vaultctl serve` generates.
+DEV_TLS_DIR = "tls"
 
 
 class ServerSettings(BaseModel):
@@ -28,6 +31,62 @@ class ServerSettings(BaseModel):
     max_message_bytes: int = Field(
         1 << 20, ge=65536, description="largest gRPC message accepted, in bytes"
     )
+    tls_cert_file: Path | None = Field(
+        None, description="PEM server certificate (leaf first, then intermediates)"
+    )
+    tls_key_file: Path | None = Field(
+        None, description="PEM private key of tls_cert_file; mode 0600 or stricter"
+    )
+    client_ca_file: Path | None = Field(
+        None,
+        description="PEM CA certificates; when set, clients must present a certificate "
+        "signed by one of them (mutual TLS)",
+    )
+    dev_tls: bool = Field(
+        True,
+        description="without tls_cert_file: `vaultctl serve` keeps a development CA and "
+        "server certificate in <data_dir>/tls and the server uses them; false: plaintext",
+    )
+
+    @model_validator(mode="after")
+    def _cert_and_key_together(self) -> ServerSettings:
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("server.tls_cert_file and server.tls_key_file go together")
+        return self
+
+
+@dataclass(frozen=True, slots=True)
+class DevTlsPaths:
+    """The files of the development CA and server certificate under <data_dir>/tls."""
+
+    directory: Path
+
+    @property
+    def ca_cert(self) -> Path:
+        return self.directory / "ca.pem"
+
+    @property
+    def ca_key(self) -> Path:
+        return self.directory / "ca.key"
+
+    @property
+    def server_cert(self) -> Path:
+        return self.directory / "server.pem"
+
+    @property
+    def server_key(self) -> Path:
+        return self.directory / "server.key"
+
+
+@dataclass(frozen=True, slots=True)
+class TlsFiles:
+    """Where a server's TLS material comes from. dev_ca: the development CA that issued
+    cert_file, when the files are the generated development ones (None otherwise)."""
+
+    cert_file: Path
+    key_file: Path
+    client_ca_file: Path | None = None
+    dev_ca: Path | None = None
 
 
 class HsmSettings(BaseModel):
@@ -121,6 +180,27 @@ class Settings(BaseSettings):
         if config_file:
             sources.append(TomlConfigSettingsSource(settings_cls, toml_file=Path(config_file)))
         return tuple(sources)
+
+    @property
+    def dev_tls_paths(self) -> DevTlsPaths:
+        return DevTlsPaths(self.data_dir / DEV_TLS_DIR)
+
+    def server_tls(self) -> TlsFiles | None:
+        """The TLS files the server uses, or None for plaintext.
+
+        server.tls_cert_file/tls_key_file when set; otherwise, with server.dev_tls, the
+        development certificate in <data_dir>/tls if it exists (`vaultctl serve` creates it;
+        a data directory provisioned without the CLI has none and stays plaintext)."""
+        server = self.server
+        if server.tls_cert_file is not None and server.tls_key_file is not None:
+            return TlsFiles(server.tls_cert_file, server.tls_key_file, server.client_ca_file)
+        if server.dev_tls:
+            dev = self.dev_tls_paths
+            if dev.server_cert.exists() or dev.server_key.exists():
+                return TlsFiles(
+                    dev.server_cert, dev.server_key, server.client_ca_file, dev_ca=dev.ca_cert
+                )
+        return None
 
     def user_pin(self) -> str:
         return read_secret(self.hsm.user_pin, self.hsm.user_pin_file, "user PIN")

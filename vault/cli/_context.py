@@ -35,9 +35,13 @@ F = TypeVar("F", bound=Callable[..., Any])
 class CliState:
     config: Path | None = None
     target: str | None = None
+    ca_file: Path | None = None
+    client_cert_file: Path | None = None
+    client_key_file: Path | None = None
     json: bool = False
     debug: bool = False
     dialed: str = ""  # the server address the client connected to, for error hints
+    dialed_ca: Path | None = None  # the CA it trusted (None: plaintext), for error hints
     _settings: Settings | None = field(default=None, repr=False)
     _client: VaultClient | None = field(default=None, repr=False)
 
@@ -58,8 +62,45 @@ class CliState:
             from vault.client import VaultClient
 
             self.dialed = self.resolved_target()
-            self._client = VaultClient(self.dialed)
+            self.dialed_ca = self.resolved_ca_file(self.dialed)
+            if (self.client_cert_file is None) != (self.client_key_file is None):
+                raise CliError("--client-cert and --client-key go together", exit_code=EXIT_LOCAL)
+            if self.client_cert_file is not None and self.dialed_ca is None:
+                raise CliError(
+                    "--client-cert needs TLS: give the server's CA with --ca-file",
+                    exit_code=EXIT_LOCAL,
+                )
+            self._client = VaultClient(
+                self.dialed,
+                ca_file=self.dialed_ca,
+                client_cert_file=self.client_cert_file,
+                client_key_file=self.client_key_file,
+            )
         return self._client
+
+    def resolved_ca_file(self, target: str) -> Path | None:
+        """The CA certificate the client trusts, or None for plaintext.
+
+        --ca-file ($VAULT_CA_FILE) when given. Otherwise, when target is the server these
+        settings describe (no --target, or its port on a loopback name), whatever that server
+        uses: the development CA for the development certificate `vaultctl serve` made, so
+        `make run` then `vaultctl keys ...` needs no option; nothing for plaintext."""
+        if self.ca_file is not None:
+            return self.ca_file
+        settings = self.settings()
+        if self.target is not None and not same_local_server(self.target, settings.server.listen):
+            return None
+        files = settings.server_tls()
+        if files is None:
+            return None
+        if files.dev_ca is not None:
+            return files.dev_ca
+        raise CliError(
+            f"the vault at {target} serves TLS with its certificate {files.cert_file} "
+            "(server.tls_cert_file): give the CA certificate that issued it with --ca-file "
+            "or VAULT_CA_FILE",
+            exit_code=EXIT_LOCAL,
+        )
 
     def close(self) -> None:
         if self._client is not None:
@@ -76,6 +117,20 @@ def connectable(listen: str) -> str:
     if host == "[::]":
         return f"[::1]:{port}"
     return listen
+
+
+def same_local_server(target: str, listen: str) -> bool:
+    """Whether a client dialing target reaches the server bound to listen on this machine:
+    the same address, or the same port on a loopback name (localhost, 127.0.0.1, [::1])."""
+    local = connectable(listen)
+    if target in (listen, local):
+        return True
+    if target.startswith("unix") or local.startswith("unix"):
+        return False
+    loopback = ("localhost", "127.0.0.1", "[::1]")
+    target_host, _, target_port = target.rpartition(":")
+    local_host, _, local_port = local.rpartition(":")
+    return target_port == local_port and target_host in loopback and local_host in loopback
 
 
 def private_files() -> None:

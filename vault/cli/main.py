@@ -30,6 +30,7 @@ Examples:
   vaultctl keys create accounts/acme/keys/docs --purpose ENCRYPT_DECRYPT
   vaultctl crypto encrypt accounts/acme/keys/docs --in report.pdf --out report.pdf.enc
   vaultctl --json keys list acme
+  vaultctl --target vault.example:50051 --ca-file ca.pem keys list acme   # another machine
 """
 
 
@@ -45,7 +46,9 @@ class _VaultGroup(click.Group):
         except CliError as error:
             failure = error
         except Exception as error:
-            translated = None if state.debug else translate(error, state.dialed)
+            translated = (
+                None if state.debug else translate(error, state.dialed, ca_file=state.dialed_ca)
+            )
             if translated is None:
                 raise
             failure = translated
@@ -58,9 +61,12 @@ class _VaultGroup(click.Group):
         ctx.exit(failure.exit_code)
 
 
-def translate(error: Exception, target: str = "") -> CliError | None:
-    """The CliError for an expected failure, or None for a bug."""
-    from_vault = _from_client_error(error, target)
+def translate(
+    error: Exception, target: str = "", *, ca_file: Path | None = None
+) -> CliError | None:
+    """The CliError for an expected failure, or None for a bug. target and ca_file: what the
+    client dialed and the CA it trusted (None: plaintext), for the hint when nothing answers."""
+    from_vault = _from_client_error(error, target, ca_file)
     if from_vault is not None:
         return from_vault
     if isinstance(error, VaultError):
@@ -86,7 +92,7 @@ def translate(error: Exception, target: str = "") -> CliError | None:
     return None
 
 
-def _from_client_error(error: Exception, target: str) -> CliError | None:
+def _from_client_error(error: Exception, target: str, ca_file: Path | None) -> CliError | None:
     try:
         # Imported here: without generated code (before `make proto`) the client cannot be
         # imported, and then no error can be one of its errors either.
@@ -100,6 +106,10 @@ def _from_client_error(error: Exception, target: str) -> CliError | None:
         # No reason: the call never reached a vault (the vault's own UNAVAILABLE errors,
         # TOKEN_UNAVAILABLE and STORE_UNAVAILABLE, carry one).
         message = f"no vault reachable at {target or '?'} ({message}); is it serving?"
+        if ca_file is None:
+            message += " If it serves TLS, give its CA certificate with --ca-file."
+        else:
+            message += f" (TLS, trusting the CA in {ca_file}; is it the server's?)"
     return CliError(
         message,
         exit_code=EXIT_VAULT,
@@ -145,6 +155,31 @@ def _validation_summary(error: Exception) -> str:
     "(a wildcard bind such as 0.0.0.0 dials loopback).",
 )
 @click.option(
+    "--ca-file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    envvar="VAULT_CA_FILE",
+    show_envvar=True,
+    help="PEM CA certificate to trust: keys and crypto commands then use TLS. Default: for "
+    "the server these settings describe, the development CA <data_dir>/tls/ca.pem when it "
+    "serves the development certificate; otherwise plaintext.",
+)
+@click.option(
+    "--client-cert",
+    "client_cert_file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    envvar="VAULT_CLIENT_CERT_FILE",
+    show_envvar=True,
+    help="PEM client certificate, for a server that requires one (mutual TLS); with --client-key.",
+)
+@click.option(
+    "--client-key",
+    "client_key_file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    envvar="VAULT_CLIENT_KEY_FILE",
+    show_envvar=True,
+    help="PEM private key of --client-cert.",
+)
+@click.option(
     "--json",
     "json_output",
     is_flag=True,
@@ -156,7 +191,14 @@ def _validation_summary(error: Exception) -> str:
 @click.version_option(package_name="vault", prog_name="vaultctl")
 @click.pass_context
 def cli(
-    ctx: click.Context, config: Path | None, target: str | None, json_output: bool, debug: bool
+    ctx: click.Context,
+    config: Path | None,
+    target: str | None,
+    ca_file: Path | None,
+    client_cert_file: Path | None,
+    client_key_file: Path | None,
+    json_output: bool,
+    debug: bool,
 ) -> None:
     """Operate and use the HSM-backed key vault.
 
@@ -164,10 +206,17 @@ def cli(
     callers manage keys (`keys`) and use them (`crypto`) over gRPC. Plaintext, key material
     and PINs are never taken as command-line arguments: they come from files or standard
     input, and PINs from settings files or the environment.
+
+    `vaultctl serve` serves TLS with a development CA it creates in <data_dir>/tls (or with
+    server.tls_cert_file); the client commands trust that CA by themselves when they talk to
+    the server the same settings describe, and take --ca-file for any other.
     """
     state = ctx.ensure_object(CliState)
     state.config = config
     state.target = target
+    state.ca_file = ca_file
+    state.client_cert_file = client_cert_file
+    state.client_key_file = client_key_file
     state.json = state.json or json_output
     state.debug = debug
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -16,7 +16,11 @@ from vault.cli._context import (
     pass_state,
     private_files,
 )
+from vault.cli._output import note
 from vault.config import Settings
+
+if TYPE_CHECKING:
+    from vault.tls_dev import DevTls
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
@@ -26,8 +30,8 @@ LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
     "--listen",
     metavar="HOST:PORT",
     default=None,
-    help="Address to bind, overriding server.listen (VAULT_SERVER__LISTEN): a loopback "
-    "host:port or unix:PATH. Default: 127.0.0.1:50051.",
+    help="Address to bind, overriding server.listen (VAULT_SERVER__LISTEN): host:port, "
+    "[ipv6]:port or unix:PATH; without TLS only loopback and unix:. Default: 127.0.0.1:50051.",
 )
 @click.option(
     "--workers",
@@ -44,13 +48,20 @@ def serve_command(state: CliState, listen: str | None, workers: int | None) -> N
     Provision the token first (`vaultctl token init`; `make run` does both). Start-up
     reconciles the store with the token, then the worker processes serve until Ctrl-C or
     SIGTERM. The user PIN comes from hsm.user_pin_file or VAULT_HSM__USER_PIN, never from
-    the command line. Until TLS can be configured the server binds only loopback addresses
-    and unix: sockets. Logs go to stderr at log_level (VAULT_LOG_LEVEL).
+    the command line. Logs go to stderr at log_level (VAULT_LOG_LEVEL).
+
+    TLS: with server.tls_cert_file and server.tls_key_file (mode 0600) the server uses that
+    certificate, and with server.client_ca_file it also requires client certificates issued
+    by that CA. Without them it creates, on first start, a development CA and a server
+    certificate in <data_dir>/tls (kept afterwards) and serves with those; it prints where
+    the CA is, for other clients to trust. With server.dev_tls = false and no certificate it
+    serves plaintext, on loopback addresses and unix: sockets only.
 
     \b
     Examples:
       vaultctl serve
       vaultctl serve --listen 127.0.0.1:50052 --workers 4
+      vaultctl serve --listen 0.0.0.0:50051      # TLS: reachable from other machines
       vaultctl serve --listen unix:/run/vault/vault.sock --workers 1
       VAULT_CONFIG=/etc/vault/vault.toml vaultctl serve
     """
@@ -62,16 +73,26 @@ def serve_command(state: CliState, listen: str | None, workers: int | None) -> N
     settings = state.settings(server=server) if server else state.settings()
     _configure_logging(settings)
     private_files()
-    if state.json:
-        # One line, so a supervisor can parse it before the server's own output follows.
-        click.echo(json.dumps(_start_event(settings), sort_keys=True))
     # Imported here: grpc and the generated code load only in the command that serves.
-    from vault.transport.server import ListenAddressError
-    from vault.transport.supervisor import serve
+    from vault.transport.server import ListenAddress, ListenAddressError
+    from vault.transport.supervisor import load_tls, serve
+    from vault.transport.tls import TlsConfigError
 
     try:
+        ListenAddress.parse(settings.server.listen, tls=True)  # its syntax, before any file
+        dev = _ensure_dev_tls(settings)
+        # Checked here too (serve() does it again), so nothing is announced before an error.
+        ListenAddress.parse(settings.server.listen, tls=load_tls(settings) is not None)
+    except (ListenAddressError, TlsConfigError) as error:
+        raise CliError(str(error), exit_code=EXIT_LOCAL) from None
+    if state.json:
+        # One line, so a supervisor can parse it before the server's own output follows.
+        click.echo(json.dumps(_start_event(settings, dev), sort_keys=True))
+    else:
+        _print_tls(settings, dev)
+    try:
         serve(settings)
-    except ListenAddressError as error:
+    except (ListenAddressError, TlsConfigError) as error:
         raise CliError(str(error), exit_code=EXIT_LOCAL) from None
     except RuntimeError as error:
         # serve() has logged the details; this is the summary a person reads last.
@@ -95,7 +116,53 @@ def _configure_logging(settings: Settings) -> None:
         logging.getLogger("alembic").setLevel(logging.WARNING)
 
 
-def _start_event(settings: Settings) -> dict[str, Any]:
+def _ensure_dev_tls(settings: Settings) -> DevTls | None:
+    """Create or keep the development CA and server certificate, unless the settings name a
+    certificate or turn development TLS off."""
+    if settings.server.tls_cert_file is not None or not settings.server.dev_tls:
+        return None
+    from vault.tls_dev import DevTlsError, ensure_dev_tls, server_names
+
+    try:
+        return ensure_dev_tls(settings.dev_tls_paths, server_names(settings.server.listen))
+    except DevTlsError as error:
+        raise CliError(str(error), exit_code=EXIT_LOCAL) from None
+
+
+def _print_tls(settings: Settings, dev: DevTls | None) -> None:
+    """Where the TLS material is (never its content): people give the CA to other clients."""
+    files = settings.server_tls()
+    if files is None:
+        note("TLS: off (server.dev_tls = false): plaintext, on loopback and unix: only")
+        return
+    if dev is not None:
+        paths = dev.paths
+        note(f"TLS: development CA {paths.ca_cert}{' (created now)' if dev.ca_created else ''}")
+        note(
+            f"     server certificate {paths.server_cert} for {', '.join(dev.names)}"
+            f"{' (issued now)' if dev.server_issued else ''}"
+        )
+        note(
+            "     vaultctl on this machine trusts this CA by itself; give ca.pem to other "
+            "clients: vaultctl --ca-file ca.pem, VaultClient(target, ca_file='ca.pem')"
+        )
+    else:
+        note(f"TLS: certificate {files.cert_file}")
+    if files.client_ca_file is not None:
+        note(f"     client certificates required, issued by the CA in {files.client_ca_file}")
+
+
+def _start_event(settings: Settings, dev: DevTls | None) -> dict[str, Any]:
+    files = settings.server_tls()
+    tls: dict[str, Any] | None = None
+    if files is not None:
+        tls = {
+            "cert_file": str(files.cert_file),
+            "client_ca_file": str(files.client_ca_file) if files.client_ca_file else None,
+            "dev_ca_file": str(files.dev_ca) if files.dev_ca else None,
+            "dev_ca_created": dev is not None and dev.ca_created,
+            "server_cert_issued": dev is not None and dev.server_issued,
+        }
     return {
         "event": "starting",
         "listen": settings.server.listen,
@@ -103,4 +170,5 @@ def _start_event(settings: Settings) -> dict[str, Any]:
         "threads": settings.server.threads,
         "data_dir": str(settings.data_dir),
         "token_label": settings.hsm.token_label,
+        "tls": tls,
     }

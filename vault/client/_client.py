@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from datetime import timedelta
+from pathlib import Path
 from types import TracebackType
 from typing import Any, Final, TypeAlias, TypeVar
 
@@ -53,6 +54,20 @@ def _check(response: Message, field: str) -> None:
         raise ChecksumError(field)
 
 
+def _set_signed_input(
+    request: crypto_service_pb2.SignRequest | crypto_service_pb2.VerifyRequest,
+    message: bytes | None,
+    digest: bytes | None,
+) -> None:
+    """Set the request's `input` oneof, message or digest, with its CRC32C."""
+    if message is not None:
+        request.message = message
+        request.message_crc32c.CopyFrom(_crc32c(message))
+    if digest is not None:
+        request.digest = digest
+        request.digest_crc32c.CopyFrom(_crc32c(digest))
+
+
 def _enum(value: int | str | None, wrapper: Any, prefix: str) -> Any:
     if value is None:
         return 0
@@ -74,16 +89,40 @@ class VaultClient:
         self,
         target: str,
         *,
+        ca_file: Path | str | None = None,
+        client_cert_file: Path | str | None = None,
+        client_key_file: Path | str | None = None,
         timeout: float | None = DEFAULT_TIMEOUT_SECONDS,
         channel: grpc.Channel | None = None,
         options: Sequence[tuple[str, Any]] | None = None,
     ) -> None:
-        """target: host:port or unix:path. timeout: per call, in seconds (None: no
-        deadline). channel: use this channel instead of a plaintext one to target (TLS)."""
+        """target: host:port or unix:path.
+
+        ca_file: PEM CA certificate(s) to trust. With it the client speaks TLS, verifying the
+        server's certificate against them and target's host against the certificate's names;
+        without it, plaintext (a loopback or unix: server without TLS). A development vault
+        (`make run`) keeps its CA in <data_dir>/tls/ca.pem. A unix: target has no host name:
+        its certificate is checked for "localhost" unless the channel option
+        grpc.ssl_target_name_override says otherwise.
+        client_cert_file, client_key_file: PEM certificate and key presented to a server that
+        requires client certificates (server.client_ca_file); need ca_file.
+        timeout: per call, in seconds (None: no deadline).
+        channel: use this channel as it is (then no TLS files); options: gRPC channel options.
+        """
         self._target = target
         self._timeout = timeout
         self._owns_channel = channel is None
-        self._channel = channel or grpc.insecure_channel(target, options=list(options or ()))
+        if channel is None:
+            credentials = _tls_credentials(ca_file, client_cert_file, client_key_file)
+            channel_options = list(options or ())
+            if credentials is None:
+                channel = grpc.insecure_channel(target, options=channel_options)
+            else:
+                channel_options = _unix_socket_name(target, channel_options)
+                channel = grpc.secure_channel(target, credentials, options=channel_options)
+        elif (ca_file, client_cert_file, client_key_file) != (None, None, None):
+            raise ValueError("give a channel or TLS files, not both")
+        self._channel = channel
         self._keys = key_service_pb2_grpc.KeyServiceStub(self._channel)
         self._crypto = crypto_service_pb2_grpc.CryptoServiceStub(self._channel)
 
@@ -346,12 +385,7 @@ class VaultClient:
     ) -> crypto_service_pb2.SignResponse:
         """Give exactly one of message and digest."""
         request = crypto_service_pb2.SignRequest(name=name)
-        if message is not None:
-            request.message = message
-            request.message_crc32c.CopyFrom(_crc32c(message))
-        if digest is not None:
-            request.digest = digest
-            request.digest_crc32c.CopyFrom(_crc32c(digest))
+        _set_signed_input(request, message, digest)
         response = self._call(self._crypto.Sign, request)
         _check(response, "signature")
         return response
@@ -368,12 +402,7 @@ class VaultClient:
         request = crypto_service_pb2.VerifyRequest(
             name=name, signature=signature, signature_crc32c=_crc32c(signature)
         )
-        if message is not None:
-            request.message = message
-            request.message_crc32c.CopyFrom(_crc32c(message))
-        if digest is not None:
-            request.digest = digest
-            request.digest_crc32c.CopyFrom(_crc32c(digest))
+        _set_signed_input(request, message, digest)
         return self._call(self._crypto.Verify, request)
 
     def asymmetric_decrypt(
@@ -407,3 +436,33 @@ class VaultClient:
         response = self._call(self._crypto.GenerateRandom, request)
         _check(response, "data")
         return response
+
+
+# -- TLS (VaultClient.__init__) ---------------------------------------------------------------
+
+
+def _tls_credentials(
+    ca_file: Path | str | None,
+    client_cert_file: Path | str | None,
+    client_key_file: Path | str | None,
+) -> grpc.ChannelCredentials | None:
+    """Credentials trusting ca_file, with a client certificate when given; None: plaintext."""
+    if (client_cert_file is None) != (client_key_file is None):
+        raise ValueError("client_cert_file and client_key_file go together")
+    if ca_file is None:
+        if client_cert_file is not None:
+            raise ValueError("a client certificate needs ca_file: mutual TLS runs over TLS")
+        return None
+    return grpc.ssl_channel_credentials(
+        root_certificates=Path(ca_file).read_bytes(),
+        private_key=Path(client_key_file).read_bytes() if client_key_file else None,
+        certificate_chain=Path(client_cert_file).read_bytes() if client_cert_file else None,
+    )
+
+
+def _unix_socket_name(target: str, options: list[tuple[str, Any]]) -> list[tuple[str, Any]]:
+    """options, plus the name a unix: socket's certificate is checked for unless given."""
+    override = "grpc.ssl_target_name_override"
+    if target.startswith("unix") and all(name != override for name, _ in options):
+        return [*options, (override, "localhost")]
+    return options

@@ -1,8 +1,8 @@
 """One gRPC server: the vault's services, health and reflection on the configured address.
 
 vault.transport.supervisor runs several of these, one per worker process, on one port.
-Plaintext only for now: the server refuses any address but loopback and unix: sockets until
-TLS can be configured.
+With TLS material (vault.transport.tls) the server binds any address; without it, it serves
+plaintext and refuses every address but loopback and unix: sockets.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from vault.gen.vault.v1 import (
 from vault.transport.crypto_servicer import CryptoServicer
 from vault.transport.errors import ErrorInterceptor
 from vault.transport.key_servicer import KeyServicer
+from vault.transport.tls import ServerTls
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +38,13 @@ CRYPTO_SERVICE: Final = crypto_service_pb2.DESCRIPTOR.services_by_name["CryptoSe
 
 class ListenAddressError(ValueError):
     """server.listen cannot be served (not loopback without TLS, malformed, port 0...)."""
+
+
+TLS_HINT: Final = (
+    "set server.tls_cert_file and server.tls_key_file, or start with `vaultctl serve` and "
+    "server.dev_tls = true (the default), which creates a development certificate in "
+    "<data_dir>/tls"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,7 +57,8 @@ class ListenAddress:
     unix: bool = False
 
     @classmethod
-    def parse(cls, listen: str) -> ListenAddress:
+    def parse(cls, listen: str, *, tls: bool = False) -> ListenAddress:
+        """Parse listen; without tls, only a loopback address or a unix: socket is allowed."""
         if listen.startswith(("unix:", "unix-abstract:")):
             return cls(listen, unix=True)
         host, _, port_text = listen.rpartition(":")
@@ -59,11 +68,11 @@ class ListenAddress:
             raise ListenAddressError(
                 f"server.listen={listen!r}: expected host:port, [ipv6]:port or unix:path"
             )
-        if not _is_loopback(host):
+        if not tls and not _is_loopback(host):
             raise ListenAddressError(
-                f"server.listen={listen!r} is not a loopback address: until TLS can be "
-                "configured the vault serves plaintext gRPC only on 127.0.0.0/8, [::1], "
-                "localhost or a unix: socket"
+                f"server.listen={listen!r} is not a loopback address and no TLS certificate "
+                "is configured: the vault serves plaintext gRPC only on 127.0.0.0/8, [::1], "
+                f"localhost or a unix: socket; for any other address {TLS_HINT}"
             )
         return cls(listen, host, int(port_text))
 
@@ -101,20 +110,27 @@ def build_server(
     port_override: int | None = None,
     *,
     reuse_port: bool = False,
+    tls: ServerTls | None = None,
 ) -> tuple[grpc.Server, int]:
     """A ready-to-start server for services on settings.server.listen (or port_override).
 
     Returns the server, not started, and the port it bound (1 for a unix: socket). With
     reuse_port false, binding a port another process holds fails instead of sharing it.
+    With tls (vault.transport.tls.load_server_tls) the port serves TLS only.
     """
-    built = build(services, settings, port_override, reuse_port=reuse_port)
+    built = build(services, settings, port_override, reuse_port=reuse_port, tls=tls)
     return built.server, built.port
 
 
 def build(
-    services: Services, settings: Settings, port_override: int | None, *, reuse_port: bool
+    services: Services,
+    settings: Settings,
+    port_override: int | None,
+    *,
+    reuse_port: bool,
+    tls: ServerTls | None = None,
 ) -> BuiltServer:
-    address = ListenAddress.parse(settings.server.listen)
+    address = ListenAddress.parse(settings.server.listen, tls=tls is not None)
     if port_override is not None:
         address = address.with_port(port_override)
     max_bytes = settings.server.max_message_bytes
@@ -143,7 +159,10 @@ def build(
         (KEY_SERVICE, CRYPTO_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), server
     )
     try:
-        port = server.add_insecure_port(str(address))
+        if tls is None:
+            port = server.add_insecure_port(str(address))
+        else:
+            port = server.add_secure_port(str(address), tls.credentials())
     except RuntimeError as error:
         raise OSError(f"cannot bind {address}: {error}") from None
     if port == 0:

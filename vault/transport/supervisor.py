@@ -27,7 +27,8 @@ from vault.config import Settings
 from vault.domain.errors import VaultError
 from vault.service.keys import KeyManagement
 from vault.transport.errors import log_unexpected
-from vault.transport.server import ListenAddress, ListenAddressError, build
+from vault.transport.server import TLS_HINT, ListenAddress, ListenAddressError, build
+from vault.transport.tls import ServerTls, TlsConfigError, load_server_tls
 
 log = logging.getLogger(__name__)
 
@@ -49,11 +50,22 @@ _RECONCILE_DIFFERENCES: Final = 3
 def serve(settings: Settings) -> None:
     """Reconcile, then serve with settings.server.workers processes until SIGTERM or SIGINT.
 
-    Prints "vault serving on ADDRESS (N workers)" once every worker serves, and returns
-    after a signal once they have stopped. Raises ListenAddressError for an address that
-    cannot be served and RuntimeError when start-up fails (details are logged).
+    Prints "vault serving on ADDRESS (N workers, TLS)" once every worker serves, and returns
+    after a signal once they have stopped. Raises TlsConfigError for TLS settings or files
+    that cannot be used, ListenAddressError for an address that cannot be served and
+    RuntimeError when start-up fails (details are logged).
     """
-    address = ListenAddress.parse(settings.server.listen)
+    tls = load_tls(settings)
+    address = ListenAddress.parse(settings.server.listen, tls=tls is not None)
+    if tls is not None:
+        log.info(
+            "%s with certificate %s%s",
+            tls.describe(),
+            tls.files.cert_file,
+            f"; client certificates verified against {tls.files.client_ca_file}"
+            if tls.mutual
+            else "",
+        )
     workers = settings.server.workers
     if address.unix and workers > 1:
         # gRPC unlinks an existing socket file before binding, so each worker would take
@@ -69,7 +81,17 @@ def serve(settings: Settings) -> None:
         )
     context = multiprocessing.get_context("fork")
     _reconcile_in_child(context, settings)
-    _Supervisor(context, settings, address).run()
+    _Supervisor(context, settings, address, tls).run()
+
+
+def load_tls(settings: Settings) -> ServerTls | None:
+    """The server's TLS material (settings.server_tls()), checked; None for plaintext."""
+    files = settings.server_tls()
+    if files is None:
+        if settings.server.client_ca_file is not None:
+            raise TlsConfigError(f"server.client_ca_file needs TLS: {TLS_HINT}")
+        return None
+    return load_server_tls(files)
 
 
 def _reconcile_in_child(context: ForkContext, settings: Settings) -> None:
@@ -122,10 +144,17 @@ class _Slot:
 class _Supervisor:
     """The parent process: starts the workers, restarts any that die, stops them on a signal."""
 
-    def __init__(self, context: ForkContext, settings: Settings, address: ListenAddress) -> None:
+    def __init__(
+        self,
+        context: ForkContext,
+        settings: Settings,
+        address: ListenAddress,
+        tls: ServerTls | None,
+    ) -> None:
         self._context = context
         self._settings = settings
         self._address = address
+        self._tls = tls
         self._slots = [_Slot(index) for index in range(settings.server.workers)]
         self._stop_signal: int | None = None
 
@@ -144,8 +173,10 @@ class _Supervisor:
                         return
                     raise RuntimeError(f"worker {slot.index} failed to start; not serving")
             count = len(self._slots)
+            mode = "plaintext" if self._tls is None else self._tls.describe()
             print(
-                f"vault serving on {self._address} ({count} worker{'s' if count > 1 else ''})",
+                f"vault serving on {self._address} "
+                f"({count} worker{'s' if count > 1 else ''}, {mode})",
                 flush=True,
             )
             while self._stop_signal is None:
@@ -163,7 +194,7 @@ class _Supervisor:
         receiver, sender = self._context.Pipe(duplex=False)
         process = self._context.Process(
             target=_worker_main,
-            args=(self._settings, slot.index, self._address, sender, os.getpid()),
+            args=(self._settings, slot.index, self._address, self._tls, sender, os.getpid()),
             name=f"vault-worker-{slot.index}",
         )
         process.start()
@@ -295,6 +326,7 @@ def _worker_main(
     settings: Settings,
     index: int,
     address: ListenAddress,
+    tls: ServerTls | None,
     ready: multiprocessing.connection.Connection,
     parent_pid: int,
 ) -> None:
@@ -308,7 +340,7 @@ def _worker_main(
         log.exception("worker %d could not open the store and token", index)
         sys.exit(1)
     try:
-        built = build(services, settings, address.port or None, reuse_port=True)
+        built = build(services, settings, address.port or None, reuse_port=True, tls=tls)
     except Exception:
         log.exception("worker %d could not start its server", index)
         services.close()
