@@ -25,6 +25,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa,
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from google.protobuf.wrappers_pb2 import Int64Value
 
+from tests.api_calls import expect_error, new_id
 from vault.client import VaultClient, VaultClientError
 from vault.gen.vault.v1 import crypto_service_pb2, crypto_service_pb2_grpc
 
@@ -37,21 +38,6 @@ TAG_SIZE = 16
 
 
 # -- helpers -------------------------------------------------------------------------------
-
-
-def new_id() -> str:
-    return f"k{uuid4().hex[:10]}"
-
-
-def expect_error(
-    code: grpc.StatusCode, reason: str, call: Callable[[], object]
-) -> VaultClientError:
-    """Run call, which must fail with exactly this status code and ErrorInfo reason."""
-    with pytest.raises(VaultClientError) as caught:
-        call()
-    error = caught.value
-    assert (error.code, error.reason) == (code, reason), str(error)
-    return error
 
 
 def flip(data: bytes, index: int, mask: int = 0x01) -> bytes:

@@ -25,6 +25,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 from google.protobuf.field_mask_pb2 import FieldMask
 
+from tests.api_calls import expect_error, new_account, new_id
 from vault.client import VaultClient, VaultClientError
 from vault.gen.vault.v1 import key_service_pb2, key_service_pb2_grpc, resources_pb2
 
@@ -40,25 +41,6 @@ HOUR = timedelta(hours=1)
 
 
 # -- helpers -------------------------------------------------------------------------------
-
-
-def new_id() -> str:
-    return f"k{uuid4().hex[:10]}"
-
-
-def new_account() -> str:
-    return f"accounts/a{uuid4().hex[:10]}"
-
-
-def expect_error(
-    code: grpc.StatusCode, reason: str, call: Callable[[], object]
-) -> VaultClientError:
-    """Run call, which must fail with exactly this status code and ErrorInfo reason."""
-    with pytest.raises(VaultClientError) as caught:
-        call()
-    error = caught.value
-    assert (error.code, error.reason) == (code, reason), str(error)
-    return error
 
 
 def version_of(ciphertext: bytes) -> int:
