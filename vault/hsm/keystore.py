@@ -21,7 +21,12 @@ from vault.domain.algorithms import (
     Padding,
     Purpose,
 )
-from vault.domain.errors import DecryptionFailed, InvalidArgument, TokenUnavailable
+from vault.domain.errors import (
+    DecryptionFailed,
+    InvalidArgument,
+    TokenOperationFailed,
+    TokenUnavailable,
+)
 from vault.domain.models import KeyVersion
 from vault.domain.names import TOKEN_KEY_LABEL_PREFIX
 from vault.hsm import templates
@@ -224,7 +229,20 @@ class Pkcs11KeyStore:
     # -- lifecycle ------------------------------------------------------------------------
 
     def generate(self, algorithm: Algorithm, token_label: str | None) -> GeneratedMaterial:
-        return self._run(lambda context: self._generate(context, algorithm, token_label))
+        def attempt() -> GeneratedMaterial:
+            return self._run(lambda context: self._generate(context, algorithm, token_label))
+
+        try:
+            return attempt()
+        except TokenOperationFailed:
+            # SoftHSM 2.6.1 now and then refuses a template it otherwise accepts when another
+            # process writes the token at that moment (seen: TemplateInconsistent, about 1 in
+            # 500 token-object creations under churn). Remove whatever the failed call may
+            # have left under the label, then try once more; a real refusal fails again.
+            log.warning("key generation refused by the token; retrying once")
+            if token_label is not None:
+                self.destroy_label(token_label)
+            return attempt()
 
     def _generate(
         self, context: ThreadContext, algorithm: Algorithm, token_label: str | None
