@@ -3,6 +3,7 @@ otherwise repeat: CRC32C integrity fields both ways, and rich errors as VaultCli
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator, Sequence
 from datetime import timedelta
 from pathlib import Path
@@ -35,6 +36,28 @@ AlgorithmLike: TypeAlias = "resources_pb2.Algorithm.ValueType | str"
 KeyStateLike: TypeAlias = "resources_pb2.KeyState.ValueType | str"
 
 DEFAULT_TIMEOUT_SECONDS: Final = 30.0
+
+# UNAVAILABLE means the call did not reach a working server: a worker restarting under
+# SO_REUSEPORT resets the connections queued on it, say. gRPC retries such calls (only
+# before any response began), so callers do not each write the same loop.
+_RETRY_POLICY: Final = {
+    "methodConfig": [
+        {
+            "name": [{"service": "vault.v1.KeyService"}, {"service": "vault.v1.CryptoService"}],
+            "retryPolicy": {
+                "maxAttempts": 3,
+                "initialBackoff": "0.1s",
+                "maxBackoff": "1s",
+                "backoffMultiplier": 2,
+                "retryableStatusCodes": ["UNAVAILABLE"],
+            },
+        }
+    ]
+}
+_RETRY_OPTIONS: Final = (
+    ("grpc.enable_retries", 1),
+    ("grpc.service_config", json.dumps(_RETRY_POLICY)),
+)
 
 
 def _crc32c(data: bytes) -> Int64Value:
@@ -114,7 +137,7 @@ class VaultClient:
         self._owns_channel = channel is None
         if channel is None:
             credentials = _tls_credentials(ca_file, client_cert_file, client_key_file)
-            channel_options = list(options or ())
+            channel_options = [*_RETRY_OPTIONS, *(options or ())]
             if credentials is None:
                 channel = grpc.insecure_channel(target, options=channel_options)
             else:
