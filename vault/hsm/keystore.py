@@ -9,14 +9,13 @@ from typing import Any, TypeVar
 
 from cachetools import TTLCache
 from cryptography.hazmat.primitives.asymmetric import utils as asym_utils
-from pkcs11 import MGF, Attribute, GCMParams, KeyType, Mechanism, ObjectClass, exceptions
+from pkcs11 import Attribute, GCMParams, KeyType, Mechanism, ObjectClass, exceptions
 from pkcs11.util.ec import encode_named_curve_parameters
 
 from vault.config import Settings
 from vault.domain.algorithms import (
     DIGEST_SIZES,
     Algorithm,
-    HashName,
     KeyFamily,
     Padding,
     Purpose,
@@ -30,6 +29,7 @@ from vault.domain.errors import (
 from vault.domain.models import KeyVersion
 from vault.domain.names import TOKEN_KEY_LABEL_PREFIX
 from vault.hsm import templates
+from vault.hsm.capabilities import supported_algorithms
 from vault.hsm.library import ThreadContext, TokenLibrary
 from vault.hsm.public import public_key_der
 from vault.service.ports import GeneratedMaterial
@@ -39,17 +39,6 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 _ED25519_PARAMS = b"\x06\x03\x2b\x65\x70"  # OID 1.3.101.112
-_HASH_MECHANISMS = {
-    HashName.SHA1: (Mechanism.SHA_1, MGF.SHA1),
-    HashName.SHA256: (Mechanism.SHA256, MGF.SHA256),
-    HashName.SHA384: (Mechanism.SHA384, MGF.SHA384),
-    HashName.SHA512: (Mechanism.SHA512, MGF.SHA512),
-}
-_HMAC_MECHANISMS = {
-    HashName.SHA256: Mechanism.SHA256_HMAC,
-    HashName.SHA384: Mechanism.SHA384_HMAC,
-    HashName.SHA512: Mechanism.SHA512_HMAC,
-}
 _CACHE = "handles"
 
 
@@ -79,78 +68,12 @@ class Pkcs11KeyStore:
         self._library = library
         self._cache_size = cache_size
         self._cache_ttl = cache_ttl_seconds
-        self._supported = self._probe_algorithms()
+        self._supported = supported_algorithms(library)
         self._roots = self._find_roots()
         if not self._roots:
             raise TokenUnavailable("the token holds no root key: run `vaultctl token init`")
 
     # -- discovery ------------------------------------------------------------------------
-
-    def _probe_algorithms(self) -> frozenset[Algorithm]:
-        mechanisms = self._library.mechanisms()
-        needs: dict[Algorithm, set[Mechanism]] = {}
-        for algorithm in Algorithm:
-            shape = templates.shape(algorithm)
-            required = set(shape.mechanisms)
-            if algorithm.spec.family is KeyFamily.RSA:
-                required.add(Mechanism.RSA_PKCS_KEY_PAIR_GEN)
-            elif algorithm.spec.family is KeyFamily.EC:
-                required.add(Mechanism.EC_KEY_PAIR_GEN)
-            elif algorithm.spec.family is KeyFamily.ED25519:
-                required.add(Mechanism.EC_EDWARDS_KEY_PAIR_GEN)
-            if not algorithm.spec.requires_token_resident:
-                required.add(templates.WRAP_MECHANISM)
-            needs[algorithm] = required
-        supported = {a for a, required in needs.items() if required <= mechanisms}
-        if not self._oaep_hash_works(HashName.SHA256):
-            # SoftHSM 2.6.1 lists RSA-OAEP but accepts only SHA-1 parameters.
-            supported -= {
-                a
-                for a in supported
-                if a.spec.padding is Padding.OAEP and a.spec.hash is not HashName.SHA1
-            }
-        return frozenset(supported)
-
-    def _oaep_hash_works(self, hash_name: HashName) -> bool:
-        session = self._library.login_session
-        public, private = session.generate_keypair(
-            KeyType.RSA,
-            2048,
-            capabilities=0,
-            public_template={
-                Attribute.TOKEN: False,
-                Attribute.ENCRYPT: True,
-                Attribute.VERIFY: False,
-                Attribute.WRAP: False,
-            },
-            private_template={
-                Attribute.TOKEN: False,
-                Attribute.PRIVATE: True,
-                Attribute.SENSITIVE: True,
-                Attribute.EXTRACTABLE: False,
-                Attribute.DECRYPT: True,
-                Attribute.SIGN: False,
-                Attribute.UNWRAP: False,
-                Attribute.DERIVE: False,
-            },
-        )
-        try:
-            hash_mechanism, mgf = _HASH_MECHANISMS[hash_name]
-            public.encrypt(
-                b"probe",
-                mechanism=Mechanism.RSA_PKCS_OAEP,
-                mechanism_param=(hash_mechanism, mgf, None),
-            )
-            return True
-        except (
-            exceptions.ArgumentsBad,
-            exceptions.MechanismParamInvalid,
-            exceptions.MechanismInvalid,
-        ):
-            return False
-        finally:
-            _destroy_quietly(public)
-            _destroy_quietly(private)
 
     def _find_roots(self) -> dict[int, str]:
         roots: dict[int, str] = {}
@@ -433,7 +356,7 @@ class Pkcs11KeyStore:
         if spec.family is KeyFamily.ED25519:
             mechanism, param = Mechanism.EDDSA, None
         elif spec.padding is Padding.PSS:
-            hash_mechanism, mgf = _HASH_MECHANISMS[spec.hash]
+            hash_mechanism, mgf = templates.HASH_MECHANISMS[spec.hash]
             mechanism = Mechanism.RSA_PKCS_PSS if prehashed else Mechanism.SHA256_RSA_PKCS_PSS
             param = (hash_mechanism, mgf, DIGEST_SIZES[spec.hash])
         elif spec.padding is Padding.PKCS1 and not prehashed:
@@ -452,7 +375,7 @@ class Pkcs11KeyStore:
     ) -> bytes:
         if algorithm.spec.purpose is not Purpose.ASYMMETRIC_DECRYPT:
             raise InvalidArgument(f"{algorithm} does not decrypt")
-        hash_mechanism, mgf = _HASH_MECHANISMS[algorithm.spec.hash]
+        hash_mechanism, mgf = templates.HASH_MECHANISMS[algorithm.spec.hash]
 
         def decrypt(context: ThreadContext) -> bytes:
             key = self._key(context, version, algorithm)
@@ -472,7 +395,7 @@ class Pkcs11KeyStore:
     # -- MAC ------------------------------------------------------------------------------
 
     def generate_mac(self, version: KeyVersion, algorithm: Algorithm, data: bytes) -> bytes:
-        mechanism = _HMAC_MECHANISMS[algorithm.spec.hash]
+        mechanism = templates.HMAC_MECHANISMS[algorithm.spec.hash]
         return self._run(
             lambda context: bytes(
                 self._key(context, version, algorithm).sign(data, mechanism=mechanism)
@@ -482,7 +405,7 @@ class Pkcs11KeyStore:
     def verify_mac(
         self, version: KeyVersion, algorithm: Algorithm, data: bytes, mac: bytes
     ) -> bool:
-        mechanism = _HMAC_MECHANISMS[algorithm.spec.hash]
+        mechanism = templates.HMAC_MECHANISMS[algorithm.spec.hash]
 
         def verify(context: ThreadContext) -> bool:
             key = self._key(context, version, algorithm)

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from pkcs11 import Attribute, KeyType, Mechanism, ObjectClass
+from pkcs11 import MGF, Attribute, KeyType, Mechanism, ObjectClass
 from pkcs11.constants import DEFAULT
 
 from vault.domain.algorithms import Algorithm, HashName, KeyFamily, Padding, Purpose
@@ -42,7 +42,14 @@ _PRIVATE_NO_USAGE: Template = {
     Attribute.WRAP: DEFAULT,
 }
 
-_HMAC_MECHANISMS = {
+# Hash -> (digest mechanism, MGF) for PSS and OAEP parameters.
+HASH_MECHANISMS = {
+    HashName.SHA1: (Mechanism.SHA_1, MGF.SHA1),
+    HashName.SHA256: (Mechanism.SHA256, MGF.SHA256),
+    HashName.SHA384: (Mechanism.SHA384, MGF.SHA384),
+    HashName.SHA512: (Mechanism.SHA512, MGF.SHA512),
+}
+HMAC_MECHANISMS = {
     HashName.SHA256: Mechanism.SHA256_HMAC,
     HashName.SHA384: Mechanism.SHA384_HMAC,
     HashName.SHA512: Mechanism.SHA512_HMAC,
@@ -74,7 +81,7 @@ def shape(algorithm: Algorithm) -> KeyShape:
             ObjectClass.SECRET_KEY,
             KeyType.GENERIC_SECRET,
             {**_NO_USAGE, Attribute.SIGN: True, Attribute.VERIFY: True},
-            (_HMAC_MECHANISMS[spec.hash],),
+            (HMAC_MECHANISMS[spec.hash],),
         )
     if spec.family is KeyFamily.RSA:
         if spec.purpose is Purpose.ASYMMETRIC_DECRYPT:
