@@ -5,6 +5,7 @@ command line: they come from files (mode 0600) or from the environment."""
 from __future__ import annotations
 
 import os
+from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -176,7 +177,7 @@ class Settings(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
-        config_file = os.environ.get(CONFIG_ENV)
+        config_file = _config_file.get() or os.environ.get(CONFIG_ENV)
         if config_file:
             sources.append(TomlConfigSettingsSource(settings_cls, toml_file=Path(config_file)))
         return tuple(sources)
@@ -217,8 +218,15 @@ def read_secret(value: SecretStr | None, path: Path | None, what: str) -> str:
     return path.read_text(encoding="utf-8").strip()
 
 
+# The file load_settings was given, for settings_customise_sources (a classmethod, so it
+# cannot take arguments); a context variable leaves the process environment alone.
+_config_file: ContextVar[str | None] = ContextVar("vault_config_file", default=None)
+
+
 def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
     """Settings from config_file (or $VAULT_CONFIG), the environment, then overrides."""
-    if config_file is not None:
-        os.environ[CONFIG_ENV] = str(config_file)
-    return Settings(**overrides)
+    token = _config_file.set(str(config_file) if config_file is not None else None)
+    try:
+        return Settings(**overrides)
+    finally:
+        _config_file.reset(token)

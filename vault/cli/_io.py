@@ -78,8 +78,12 @@ def write_output(path: str | None, data: bytes) -> str | None:
         sys.stdout.buffer.flush()
         return None
     try:
-        # O_CREAT with 0600 so the file is never readable by others, not even briefly.
-        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        # 0600 at creation, so a new file is never readable by others, not even briefly; an
+        # existing file is narrowed to 0600 before anything is written into it; a symlink is
+        # refused rather than followed to wherever it points.
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+        os.fchmod(descriptor, 0o600)
+        os.ftruncate(descriptor, 0)
         with os.fdopen(descriptor, "wb") as handle:
             handle.write(data)
     except OSError as error:
