@@ -37,6 +37,7 @@ from bench.server import (
     provision,
 )
 from vault.client import VaultClient
+from vault.config import ServerSettings
 
 TARGET_RATIO: Final = 0.85
 RAW_WARMUP_SECONDS: Final = 0.3
@@ -441,7 +442,12 @@ def parse_args(argv: Sequence[str] | None) -> Config:
         "(default: 4 per worker)",
     )
     parser.add_argument("--client-procs", type=int, default=2, help="load-generator processes (2)")
-    parser.add_argument("--server-threads", type=int, default=8, help="VAULT_SERVER__THREADS (8)")
+    parser.add_argument(
+        "--server-threads",
+        type=int,
+        default=ServerSettings.model_fields["threads"].default,
+        help="VAULT_SERVER__THREADS (default: the vault's own default)",
+    )
     parser.add_argument(
         "--ops",
         type=_op_list,
