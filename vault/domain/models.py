@@ -135,7 +135,11 @@ class Key:
             return
         if operation is Operation.GET_PUBLIC_KEY and self.state is not KeyState.DESTROYED:
             return
-        raise WrongState(
+        raise self.state_forbids(operation)
+
+    def state_forbids(self, operation: str) -> WrongState:
+        """The error for an operation this key's state does not allow."""
+        return WrongState(
             f"{operation} is not allowed while the key is {self.state}",
             metadata={"state": str(self.state), "operation": str(operation)},
         )
@@ -152,10 +156,7 @@ class Key:
         """Back from DESTROY_SCHEDULED: REVOKED if it was revoked, otherwise DISABLED, so that
         using the key again is a separate, deliberate EnableKey."""
         if self.state is not KeyState.DESTROY_SCHEDULED:
-            raise WrongState(
-                f"CancelKeyDestruction is not allowed while the key is {self.state}",
-                metadata={"state": str(self.state), "operation": "CancelKeyDestruction"},
-            )
+            raise self.state_forbids("CancelKeyDestruction")
         revoked = self.state_before_destroy_scheduled is KeyState.REVOKED
         return replace(
             self,

@@ -7,7 +7,6 @@ offers only what passed and never falls back to a weaker mechanism.
 
 from __future__ import annotations
 
-import contextlib
 from typing import Any
 
 from pkcs11 import Attribute, KeyType, Mechanism, exceptions
@@ -15,6 +14,7 @@ from pkcs11 import Attribute, KeyType, Mechanism, exceptions
 from vault.domain.algorithms import Algorithm, HashName, KeyFamily, Padding
 from vault.hsm import templates
 from vault.hsm.library import TokenLibrary
+from vault.hsm.objects import destroy_quietly
 
 _OAEP_HASHES = (HashName.SHA1, HashName.SHA256)
 _KEY_PAIR_GENERATION = {
@@ -78,7 +78,6 @@ def _oaep_hashes_refused(session: Any) -> set[HashName]:
             ):
                 refused.add(hash_name)
     finally:
-        for obj in (public, private):
-            with contextlib.suppress(exceptions.PKCS11Error):
-                obj.destroy()
+        destroy_quietly(public)
+        destroy_quietly(private)
     return refused

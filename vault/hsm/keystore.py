@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -28,7 +27,7 @@ from vault.domain.errors import (
 )
 from vault.domain.models import KeyVersion
 from vault.domain.names import TOKEN_KEY_LABEL_PREFIX
-from vault.hsm import templates
+from vault.hsm import objects, templates
 from vault.hsm.capabilities import supported_algorithms
 from vault.hsm.library import ThreadContext, TokenLibrary
 from vault.hsm.public import public_key_der
@@ -48,19 +47,14 @@ class _HandleCache(TTLCache[str, Any]):
 
     def popitem(self) -> tuple[str, Any]:
         key, value = super().popitem()
-        _destroy_quietly(value)
+        objects.destroy_quietly(value)
         return key, value
 
     def expire(self, time: float | None = None) -> list[tuple[str, Any]]:
         expired = list(super().expire(time))
         for _, value in expired:
-            _destroy_quietly(value)
+            objects.destroy_quietly(value)
         return expired
-
-
-def _destroy_quietly(obj: Any) -> None:
-    with contextlib.suppress(exceptions.PKCS11Error):
-        obj.destroy()
 
 
 class Pkcs11KeyStore:
@@ -76,11 +70,7 @@ class Pkcs11KeyStore:
     # -- discovery ------------------------------------------------------------------------
 
     def _find_roots(self) -> dict[int, str]:
-        roots: dict[int, str] = {}
-        for label in _labels(self._library.login_session, ObjectClass.SECRET_KEY):
-            if label.startswith(templates.ROOT_LABEL_PREFIX):
-                roots[int(label.removeprefix(templates.ROOT_LABEL_PREFIX))] = label
-        return roots
+        return objects.root_generations(self._library.login_session)
 
     def supported_algorithms(self) -> frozenset[Algorithm]:
         return self._supported
@@ -97,7 +87,7 @@ class Pkcs11KeyStore:
         return {
             label
             for object_class in (ObjectClass.SECRET_KEY, ObjectClass.PRIVATE_KEY)
-            for label in _labels(session, object_class)
+            for label in objects.token_labels(session, object_class)
             if label.startswith(TOKEN_KEY_LABEL_PREFIX)
         }
 
@@ -107,7 +97,7 @@ class Pkcs11KeyStore:
         name = f"{templates.ROOT_LABEL_PREFIX}{generation}"
         root = context.objects.get(name)
         if root is None:
-            root = _find_one(context.session, ObjectClass.SECRET_KEY, name)
+            root = objects.find_one(context.session, ObjectClass.SECRET_KEY, name)
             context.objects[name] = root
         return root
 
@@ -125,7 +115,7 @@ class Pkcs11KeyStore:
             obj = context.objects.get(cache_key)
             if obj is None:
                 shape = templates.shape(algorithm)
-                obj = _find_one(context.session, shape.object_class, version.token_label)
+                obj = objects.find_one(context.session, shape.object_class, version.token_label)
                 context.objects[cache_key] = obj
             return obj
         cache = self._cache(context)
@@ -187,7 +177,7 @@ class Pkcs11KeyStore:
             try:
                 public_der = public_key_der(algorithm, public)
             finally:
-                _destroy_quietly(public)
+                objects.destroy_quietly(public)
         if token_label is not None:
             return GeneratedMaterial(None, None, token_label, public_der)
         generation = self.current_root_generation()
@@ -196,7 +186,7 @@ class Pkcs11KeyStore:
                 private, mechanism=templates.WRAP_MECHANISM
             )
         finally:
-            _destroy_quietly(private)
+            objects.destroy_quietly(private)
         return GeneratedMaterial(generation, bytes(blob), None, public_der)
 
     def _generate_pair(
@@ -242,7 +232,7 @@ class Pkcs11KeyStore:
         def forget(context: ThreadContext) -> None:
             obj = self._cache(context).pop(str(version.name), None)
             if obj is not None:
-                _destroy_quietly(obj)
+                objects.destroy_quietly(obj)
             context.objects.pop(str(version.name), None)
 
         self._run(forget)
@@ -309,7 +299,7 @@ class Pkcs11KeyStore:
             try:
                 return bytes(key.wrap_key(transient, mechanism=templates.WRAP_MECHANISM))
             finally:
-                _destroy_quietly(transient)
+                objects.destroy_quietly(transient)
 
         return self._run(wrap)
 
@@ -330,7 +320,7 @@ class Pkcs11KeyStore:
             try:
                 return bytes(transient[Attribute.VALUE])
             finally:
-                _destroy_quietly(transient)
+                objects.destroy_quietly(transient)
 
         return self._run(unwrap)
 
@@ -434,27 +424,6 @@ _DATA_ERRORS: tuple[type[Exception], ...] = (
     exceptions.ArgumentsBad,
     exceptions.TemplateInconsistent,
 )
-
-
-def _labels(session: Any, object_class: ObjectClass) -> list[str]:
-    """Labels of the token objects of a class. Another process may destroy an object between
-    the search and the read of its label; such objects are simply gone."""
-    labels = []
-    for obj in session.get_objects({Attribute.CLASS: object_class, Attribute.TOKEN: True}):
-        try:
-            labels.append(obj[Attribute.LABEL])
-        except (exceptions.ObjectHandleInvalid, exceptions.KeyHandleInvalid):
-            continue
-    return labels
-
-
-def _find_one(session: Any, object_class: ObjectClass, label: str) -> Any:
-    """The object with this label. SoftHSM 2.6.1 can index one token object file twice when
-    another process writes the token at the same moment, so a search may return the same
-    object under two handles; labels are unique (a UUID each), so any of them will do."""
-    for obj in session.get_objects({Attribute.CLASS: object_class, Attribute.LABEL: label}):
-        return obj
-    raise exceptions.ObjectHandleInvalid(f"no {object_class.name} labelled {label}")
 
 
 def open_keystore(settings: Settings) -> Pkcs11KeyStore:

@@ -23,6 +23,7 @@ from vault.domain.models import RootGeneration
 from vault.hsm import native, templates
 from vault.hsm.environment import render_softhsm_config, use_softhsm_config
 from vault.hsm.library import attribute_mapper
+from vault.hsm.objects import root_generations
 from vault.service.ports import MetadataStore
 
 
@@ -91,17 +92,6 @@ def _initialise_token(lib: Any, settings: Settings) -> Any:
     return token
 
 
-def _root_generations(session: Any) -> list[int]:
-    generations = []
-    for obj in session.get_objects(
-        {Attribute.CLASS: ObjectClass.SECRET_KEY, Attribute.TOKEN: True}
-    ):
-        label = obj[Attribute.LABEL]
-        if label.startswith(templates.ROOT_LABEL_PREFIX):
-            generations.append(int(label.removeprefix(templates.ROOT_LABEL_PREFIX)))
-    return sorted(generations)
-
-
 def create_root_key(session: Any, generation: int) -> None:
     template, nested = templates.root_key(generation)
     session.generate_key(KeyType.AES, 256, capabilities=0, template=template)
@@ -130,7 +120,7 @@ def provision(settings: Settings, store: MetadataStore | None) -> TokenStatus:
     session = token.open(
         rw=True, user_pin=_pin(settings, "user"), attribute_mapper=attribute_mapper()
     )
-    generations = _root_generations(session)
+    generations = sorted(root_generations(session))
     root_created_now = not generations
     if not generations:
         create_root_key(session, 1)
@@ -171,4 +161,4 @@ def token_status(settings: Settings) -> TokenStatus:
     session = token.open(
         rw=True, user_pin=_pin(settings, "user"), attribute_mapper=attribute_mapper()
     )
-    return _status(token, session, lib, _root_generations(session))
+    return _status(token, session, lib, sorted(root_generations(session)))

@@ -8,7 +8,6 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
-from typing import NoReturn
 
 from cachetools import TTLCache
 from cryptography.hazmat.primitives import serialization
@@ -21,7 +20,6 @@ from vault.domain.errors import (
     InvalidArgument,
     NotFound,
     UnsupportedAlgorithm,
-    WrongState,
 )
 from vault.domain.models import (
     Key,
@@ -229,7 +227,7 @@ class KeyManagement:
     ) -> Key:
         key = self.get_key(name)
         if key.state is KeyState.DESTROYED:
-            raise_state(key, "UpdateKey")
+            raise key.state_forbids("UpdateKey")
         changes: dict[str, object] = {"update_time": self._clock()}
         if labels is not None:
             changes["labels"] = _check_labels(labels)
@@ -241,7 +239,7 @@ class KeyManagement:
     def rotate_key(self, name: str) -> Key:
         key = self.get_key(name)
         if key.state is not KeyState.ENABLED:
-            raise_state(key, "RotateKey")
+            raise key.state_forbids("RotateKey")
         # Numbered after every version, pending ones included: the primary lags behind a
         # token-resident version that is still being made.
         latest = max(version.number for version in self._store.list_versions(key.name))
@@ -364,13 +362,6 @@ class KeyManagement:
                 self._keystore.destroy(version)
             log.info("destroyed key %s", key.name)
         return destroyed
-
-
-def raise_state(key: Key, operation: str) -> NoReturn:
-    raise WrongState(
-        f"{operation} is not allowed while the key is {key.state}",
-        metadata={"state": str(key.state), "operation": operation},
-    )
 
 
 def _check_labels(labels: dict[str, str]) -> dict[str, str]:

@@ -357,28 +357,21 @@ class SqlMetadataStore:
                 )
 
     def token_labels_in_use(self) -> set[str]:
-        query = (
-            select(key_versions.c.token_label)
-            .where(
-                key_versions.c.token_label.is_not(None),
-                key_versions.c.state != VersionState.DESTROYED.value,
-            )
-            .distinct()
-        )
-        with self._transaction(write=False) as c:
-            return {str(label) for label in c.execute(query).scalars()}
+        return {str(label) for label in self._live_values(key_versions.c.token_label)}
 
     def root_generations_in_use(self) -> set[int]:
+        return {int(gen) for gen in self._live_values(key_versions.c.root_generation)}
+
+    def _live_values(self, column: ColumnElement[Any]) -> list[Any]:
+        """The distinct non-null values of a key_versions column among versions that still
+        hold material (anything not DESTROYED)."""
         query = (
-            select(key_versions.c.root_generation)
-            .where(
-                key_versions.c.root_generation.is_not(None),
-                key_versions.c.state != VersionState.DESTROYED.value,
-            )
+            select(column)
+            .where(column.is_not(None), key_versions.c.state != VersionState.DESTROYED.value)
             .distinct()
         )
         with self._transaction(write=False) as c:
-            return {int(generation) for generation in c.execute(query).scalars()}
+            return list(c.execute(query).scalars())
 
     # --- root key generations ---------------------------------------------------------------
 
