@@ -30,9 +30,7 @@ def server(data_dir: Path) -> Iterator[VaultServer]:
 
 @pytest.fixture(scope="session")
 def client(server: VaultServer) -> Iterator[object]:
-    from vault.client import VaultClient
-
-    with VaultClient(server.target) as vault_client:
+    with server.client() as vault_client:
         yield vault_client
 
 

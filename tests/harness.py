@@ -198,6 +198,28 @@ class VaultServer:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
+    @property
+    def credentials(self) -> Any:
+        """The admin access key the vault bootstrapped in data_dir at its first start."""
+        from vault.client import load_credentials_file
+
+        return load_credentials_file(self.data_dir / "admin-credentials.json")
+
+    def client(self, credentials: Any = None, **options: Any) -> Any:
+        """A VaultClient of this server, signing with credentials (default: the admin's)."""
+        from vault.client import VaultClient
+
+        return VaultClient(self.target, credentials=credentials or self.credentials, **options)
+
+    def channel(self, credentials: Any = None) -> grpc.Channel:
+        """A plaintext channel to this server whose unary calls carry credentials (default:
+        the admin's), for tests that use the generated stubs or raw bytes directly."""
+        from vault.client import authenticated_channel
+
+        return authenticated_channel(
+            grpc.insecure_channel(self.target), credentials or self.credentials
+        )
+
     def kill(self) -> None:
         """SIGKILL the whole process group: no clean-up code runs, as in a crash."""
         if self.process is not None and self.process.poll() is None:

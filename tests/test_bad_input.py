@@ -112,7 +112,7 @@ FIXTURE_KEYS: dict[str, tuple[str, str | None, bool]] = {
 def vault(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Vault]:
     data_dir: Path = tmp_path_factory.mktemp("bad-input")
     provision(data_dir)
-    with VaultServer(data_dir) as server, VaultClient(server.target) as client:
+    with VaultServer(data_dir) as server, server.client() as client:
         for key_id, (purpose, algorithm, resident) in FIXTURE_KEYS.items():
             client.create_key(ACCOUNT, key_id, purpose, algorithm, token_resident=resident)
         client.create_key(ACCOUNT, "with-request-id", "ENCRYPT_DECRYPT", request_id="rid-1")
@@ -127,7 +127,7 @@ def vault(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Vault]:
         ciphertext = client.encrypt(f"{ACCOUNT}/keys/aes", MARKER, aad=b"aad").ciphertext
         other = client.encrypt(f"{ACCOUNT}/keys/aes2", MARKER, aad=b"aad").ciphertext
         wrapped = client.wrap_key(f"{ACCOUNT}/keys/kwp", secret(32)).wrapped_key
-        with grpc.insecure_channel(server.target) as channel:
+        with server.channel() as channel:
             yield Vault(
                 server=server,
                 channel=channel,
@@ -793,7 +793,7 @@ def test_server_still_serves_after_bad_input(vault: Vault) -> None:
         assert reply.status == health_pb2.HealthCheckResponse.SERVING
     # Fresh connections (either worker) and the table's own channel both still work.
     for _ in range(6):
-        with VaultClient(vault.server.target) as client:
+        with vault.server.client() as client:
             sealed = client.encrypt(vault.n("aes"), MARKER, aad=b"after")
             opened = client.decrypt(vault.n("aes"), sealed.ciphertext, aad=b"after")
             assert opened.plaintext == MARKER

@@ -60,7 +60,13 @@ _CLEAN_ENV: Mapping[str, str | None] = {
     "VAULT_CA_FILE": None,
     "VAULT_CLIENT_CERT_FILE": None,
     "VAULT_CLIENT_KEY_FILE": None,
+    "VAULT_CREDENTIALS_FILE": None,
+    "VAULT_ACCESS_KEY_ID": None,
+    "VAULT_SECRET_KEY": None,
+    "VAULT_API_KEY": None,
 }
+# The admin access key of the server under test, which every invocation signs with.
+_CREDENTIALS: dict[str, str] = {}
 
 
 def vaultctl(
@@ -71,7 +77,11 @@ def vaultctl(
     if json_output:
         argv.append("--json")
     return CliRunner().invoke(
-        cli, [*argv, *args], input=stdin, env=dict(_CLEAN_ENV), prog_name="vaultctl"
+        cli,
+        [*argv, *args],
+        input=stdin,
+        env={**_CLEAN_ENV, **_CREDENTIALS},
+        prog_name="vaultctl",
     )
 
 
@@ -110,7 +120,8 @@ def write(path: Path, data: bytes) -> str:
 
 
 def subprocess_env() -> dict[str, str]:
-    return {key: value for key, value in os.environ.items() if not key.startswith("VAULT_")}
+    env = {key: value for key, value in os.environ.items() if not key.startswith("VAULT_")}
+    return {**env, **_CREDENTIALS}
 
 
 def run_vaultctl(
@@ -138,6 +149,7 @@ def create_key(target: str, purpose: str, *extra: str) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def target(server: VaultServer) -> str:
+    _CREDENTIALS["VAULT_CREDENTIALS_FILE"] = str(server.data_dir / "admin-credentials.json")
     return server.target
 
 

@@ -183,10 +183,12 @@ class Ledger:
 
 
 class StressThread(threading.Thread):
-    def __init__(self, index: int, target: str, ledger: Ledger, stop: threading.Event) -> None:
+    def __init__(
+        self, index: int, server: VaultServer, ledger: Ledger, stop: threading.Event
+    ) -> None:
         super().__init__(name=f"stress-{index}", daemon=True)
         self.index = index
-        self.target_address = target
+        self.server = server
         self.ledger = ledger
         self.stop = stop
         self.rng = random.Random(1000 + index)
@@ -207,7 +209,7 @@ class StressThread(threading.Thread):
         ]
         weights = [weight for weight, _ in operations]
         try:
-            with VaultClient(self.target_address, timeout=30) as client:
+            with self.server.client(timeout=30) as client:
                 while not self.stop.is_set():
                     (_, operation) = self.rng.choices(operations, weights)[0]
                     operation(client)
@@ -376,7 +378,7 @@ def test_mixed_operations_stress(stress_server: VaultServer) -> None:
     workers_before = worker_pids(server)
     assert len(workers_before) == 2
     ledger = Ledger()
-    with VaultClient(server.target) as client:
+    with server.client() as client:
         for kind, (purpose, algorithm, resident) in KINDS.items():
             for n in range(3):
                 key = client.create_key(
@@ -385,7 +387,7 @@ def test_mixed_operations_stress(stress_server: VaultServer) -> None:
                 ledger.add(kind, key, "main")
 
         stop = threading.Event()
-        threads = [StressThread(i, server.target, ledger, stop) for i in range(THREADS)]
+        threads = [StressThread(i, server, ledger, stop) for i in range(THREADS)]
         started = time.monotonic()
         for thread in threads:
             thread.start()
@@ -532,25 +534,27 @@ def race_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[VaultServe
 
 
 class Rotation(threading.Thread):
-    def __init__(self, target: str, name: str) -> None:
+    def __init__(self, server: VaultServer, name: str) -> None:
         super().__init__(daemon=True)
-        self.target_address, self.key_name = target, name
+        self.server, self.key_name = server, name
         self.result: res.Key | VaultClientError | None = None
 
     def run(self) -> None:
-        with VaultClient(self.target_address) as client:
+        with self.server.client() as client:
             try:
                 self.result = client.rotate_key(self.key_name)
             except VaultClientError as error:
                 self.result = error
 
 
-def start_slow_rotation(client: VaultClient, target: str, key_id: str) -> tuple[str, Rotation]:
+def start_slow_rotation(
+    client: VaultClient, server: VaultServer, key_id: str
+) -> tuple[str, Rotation]:
     """A token-resident RSA-4096 key whose rotation is under way (version 2 PENDING)."""
     key = client.create_key(
         RACES, key_id, "SIGN_VERIFY", "RSA_SIGN_PSS_4096_SHA256", token_resident=True
     )
-    rotation = Rotation(target, key.name)
+    rotation = Rotation(server, key.name)
     rotation.start()
     deadline = time.monotonic() + 10
     while not any(v.state == res.VERSION_STATE_PENDING for v in client.list_key_versions(key.name)):
@@ -560,8 +564,8 @@ def start_slow_rotation(client: VaultClient, target: str, key_id: str) -> tuple[
 
 
 def test_sign_while_a_token_resident_key_rotates(race_server: VaultServer) -> None:
-    with VaultClient(race_server.target) as client:
-        name, rotation = start_slow_rotation(client, race_server.target, "rotating-signer")
+    with race_server.client() as client:
+        name, rotation = start_slow_rotation(client, race_server, "rotating-signer")
         failures: list[str] = []
         signed = 0
         while rotation.is_alive():
@@ -577,9 +581,9 @@ def test_sign_while_a_token_resident_key_rotates(race_server: VaultServer) -> No
 
 
 def test_destruction_racing_a_token_resident_rotation(race_server: VaultServer) -> None:
-    with VaultClient(race_server.target) as client:
+    with race_server.client() as client:
         for attempt in range(3):
-            name, rotation = start_slow_rotation(client, race_server.target, f"doomed-{attempt}")
+            name, rotation = start_slow_rotation(client, race_server, f"doomed-{attempt}")
             client.schedule_key_destruction(name, timedelta(0))
             deadline = time.monotonic() + 10
             while client.get_key(name).state != res.KEY_STATE_DESTROYED:
@@ -605,7 +609,7 @@ def test_a_scheduled_destruction_is_undone_only_by_cancelling(race_server: Vault
     """Disable, enable, revoke and rotate are refused while a destruction is scheduled, so
     none of them can call it off behind the scheduler's back (and the destruction job cannot
     destroy a key another request just re-enabled)."""
-    with VaultClient(race_server.target) as client:
+    with race_server.client() as client:
         key = client.create_key(RACES, "scheduled", "ENCRYPT_DECRYPT")
         scheduled = client.schedule_key_destruction(key.name, timedelta(hours=1))
         refused: list[Callable[[], object]] = [
@@ -665,7 +669,7 @@ def test_token_resident_keys_while_another_process_changes_the_token(
         signed = Counter[str]()
 
         def work(index: int) -> None:
-            with VaultClient(race_server.target) as client:
+            with race_server.client() as client:
                 deadline = time.monotonic() + 6
                 n = 0
                 while time.monotonic() < deadline:

@@ -58,9 +58,9 @@ class Round:
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
-def creator(target: str, tag: str, index: int, rnd: Round, stop: threading.Event) -> None:
+def creator(server: VaultServer, tag: str, index: int, rnd: Round, stop: threading.Event) -> None:
     kinds = list(KINDS)
-    with VaultClient(target, timeout=10) as client:
+    with server.client(timeout=10) as client:
         n = 0
         while not stop.is_set():
             kind = kinds[(index + n) % len(kinds)]
@@ -111,17 +111,17 @@ def run_and_kill(
     rnd = Round()
     stop = threading.Event()
     threads = [
-        threading.Thread(target=creator, args=(server.target, tag, i, rnd, stop), daemon=True)
+        threading.Thread(target=creator, args=(server, tag, i, rnd, stop), daemon=True)
         for i in range(CREATORS)
     ]
     for thread in threads:
         thread.start()
-    with VaultClient(server.target, timeout=10) as client:
+    with server.client(timeout=10) as client:
         time.sleep(delay)
         slow_errors: list[VaultClientError] = []
 
         def slow() -> None:
-            with VaultClient(server.target, timeout=30) as slow_client:
+            with server.client(timeout=30) as slow_client:
                 try:
                     slow_operation(slow_client)
                 except VaultClientError as error:
@@ -203,7 +203,7 @@ def verify_after_restart(
     for slow_key, version in slow_names.items():
         assert f"{slow_key}/versions/{version}" in discarded, log
 
-    with VaultClient(server.target, timeout=30) as client:
+    with server.client(timeout=30) as client:
         listed = {key.name: key for key in client.iter_keys(ACCOUNT, page_size=50)}
         confirmed = {name: kind for rnd in rounds for name, kind in rnd.created.items()}
         lost = sorted(set(confirmed) - set(listed))
@@ -247,7 +247,7 @@ def verify_after_restart(
     assert token == live, f"orphaned: {sorted(token - live)}, missing: {sorted(live - token)}"
     # Counted independently through the API: one token object per version of each
     # token-resident key (none is destroyed in this test).
-    with VaultClient(server.target, timeout=30) as client:
+    with server.client(timeout=30) as client:
         resident = [k.name for k in listed.values() if k.token_resident]
         with ThreadPoolExecutor(8) as pool:
             counts = list(pool.map(lambda name: len(client.list_key_versions(name)), resident))
@@ -261,7 +261,7 @@ def test_sigkill_during_key_creation(tmp_path: Path) -> None:
     server = VaultServer(tmp_path).start()
     try:
         # Round 2 rotates this key; its first version exists before any kill.
-        with VaultClient(server.target, timeout=60) as client:
+        with server.client(timeout=60) as client:
             rotated = client.create_key(ACCOUNT, "slow-rotated", *SLOW[:2], token_resident=True)
 
         # Round 1: killed while a token-resident key's first version is being generated.
@@ -290,7 +290,7 @@ def test_sigkill_during_key_creation(tmp_path: Path) -> None:
         )
         server = VaultServer(tmp_path).start()
         listed = verify_after_restart(server, [round1, round2], {rotated.name: 2})
-        with VaultClient(server.target) as client:
+        with server.client() as client:
             # The discarded version 2 is gone and the key is back on version 1.
             key = client.get_key(rotated.name)
             assert key.primary_version == f"{rotated.name}/versions/1"

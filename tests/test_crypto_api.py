@@ -103,7 +103,7 @@ def keys(client: VaultClient) -> Keys:
 @pytest.fixture(scope="module")
 def crypto_stub(server: Any) -> Iterator[crypto_service_pb2_grpc.CryptoServiceStub]:
     """The raw stub, for requests the SDK would never send (wrong checksums)."""
-    with grpc.insecure_channel(server.target) as channel:
+    with server.channel() as channel:
         yield crypto_service_pb2_grpc.CryptoServiceStub(channel)
 
 

@@ -78,7 +78,7 @@ def account() -> str:
 @pytest.fixture(scope="module")
 def stub(server: Any) -> Iterator[key_service_pb2_grpc.KeyServiceStub]:
     """The raw stub, for requests the SDK cannot express (explicit update masks)."""
-    with grpc.insecure_channel(server.target) as channel:
+    with server.channel() as channel:
         yield key_service_pb2_grpc.KeyServiceStub(channel)
 
 
@@ -656,7 +656,7 @@ def test_state_changes_are_seen_by_every_worker(
     # connections are spread over them. Each must honour a state change made through another.
     key = client.create_key(account, new_id(), "ENCRYPT_DECRYPT").name
     options = [("grpc.use_local_subchannel_pool", 1)]
-    others = [VaultClient(server.target, options=options) for _ in range(8)]
+    others = [server.client(options=options) for _ in range(8)]
     try:
         sealed = [other.encrypt(key, b"from a fresh connection").ciphertext for other in others]
         client.disable_key(key)

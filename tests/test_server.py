@@ -121,6 +121,8 @@ def test_reflection_lists_and_describes_the_services(server: VaultServer) -> Non
         assert services == {
             "vault.v1.KeyService",
             "vault.v1.CryptoService",
+            "vault.v1.IdentityService",
+            "vault.v1.AuditService",
             "grpc.health.v1.Health",
             "grpc.reflection.v1alpha.ServerReflection",
         }
@@ -149,7 +151,7 @@ def own_server(tmp_path: Path) -> Iterator[VaultServer]:
         server.kill()  # no-op when the test stopped it
 
 
-def encrypt_round_trip_on_new_connection(target: str, key: str) -> None:
+def encrypt_round_trip_on_new_connection(server: VaultServer, key: str) -> None:
     # A local subchannel pool: gRPC would otherwise reuse a connection of another channel to
     # the same target, possibly one to the killed worker.
     options = [("grpc.use_local_subchannel_pool", 1)]
@@ -157,7 +159,7 @@ def encrypt_round_trip_on_new_connection(target: str, key: str) -> None:
     # sets net.ipv4.tcp_migrate_req=1), so a connection made at the moment a worker dies or
     # a replacement starts may be reset once; the next one must succeed.
     for attempt in range(3):
-        with VaultClient(target, timeout=10, options=options) as client:
+        with server.client(timeout=10, options=options) as client:
             try:
                 sealed = client.encrypt(key, b"still serving")
             except VaultClientError as error:
@@ -189,7 +191,7 @@ def test_killed_workers_are_restarted_and_requests_keep_succeeding(
     original = workers(server)
     assert len(original) == 2
     assert listeners(server.port) == 2
-    with VaultClient(server.target, timeout=10) as client:
+    with server.client(timeout=10) as client:
         key = client.create_key("accounts/supervision", "k", "ENCRYPT_DECRYPT").name
         for victim in original:  # worker 0 first: it also runs the destruction job
             survivors = set(workers(server)) - {victim}
@@ -197,7 +199,7 @@ def test_killed_workers_are_restarted_and_requests_keep_succeeding(
             wait_for(lambda v=victim: not alive(v), 10, f"worker {victim} to die")
             # While the supervisor restarts it, new connections reach the surviving worker.
             for _ in range(10):
-                encrypt_round_trip_on_new_connection(server.target, key)
+                encrypt_round_trip_on_new_connection(server, key)
             wait_for(
                 lambda v=victim: len(children(supervisor)) == 2 and v not in children(supervisor),
                 20,
@@ -207,7 +209,7 @@ def test_killed_workers_are_restarted_and_requests_keep_succeeding(
             replacement = children(supervisor) - survivors
             assert len(replacement) == 1 and victim not in replacement
             for _ in range(10):
-                encrypt_round_trip_on_new_connection(server.target, key)
+                encrypt_round_trip_on_new_connection(server, key)
             # An existing channel may have been connected to the dead worker: it reconnects.
             for _ in range(3):
                 try:
@@ -239,7 +241,7 @@ def test_sigterm_to_the_supervisor_stops_every_worker(own_server: VaultServer) -
     assert server.process is not None
     pids = workers(server)
     assert len(pids) == 2
-    with VaultClient(server.target) as client:
+    with server.client() as client:
         client.generate_random(16)
     os.kill(server.process.pid, signal.SIGTERM)  # the supervisor only; it stops its workers
     assert server.process.wait(timeout=30) == 0
@@ -264,7 +266,7 @@ def test_sigterm_lets_in_flight_calls_finish(own_server: VaultServer) -> None:
     finished_at: list[float] = []
 
     def create() -> None:
-        with VaultClient(server.target, timeout=30) as client:
+        with server.client(timeout=30) as client:
             try:
                 outcome.append(
                     client.create_key(
@@ -277,7 +279,7 @@ def test_sigterm_lets_in_flight_calls_finish(own_server: VaultServer) -> None:
             finished_at.append(time.monotonic())
 
     thread = threading.Thread(target=create)
-    with VaultClient(server.target) as client:
+    with server.client() as client:
         thread.start()
         wait_for(
             lambda: bool(list(client.iter_keys("accounts/shutdown"))), 10, "the key's PENDING row"
@@ -295,7 +297,7 @@ def test_sigterm_lets_in_flight_calls_finish(own_server: VaultServer) -> None:
         assert waited >= 4.5, f"cancelled {waited:.1f} s after SIGTERM, before the grace period"
     restarted = VaultServer(server.data_dir).start()
     try:
-        with VaultClient(restarted.target) as client:
+        with restarted.client() as client:
             if completed:
                 # Nothing was left half-created.
                 key = client.get_key("accounts/shutdown/keys/slow")

@@ -15,6 +15,7 @@ import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -25,7 +26,12 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from tests.harness import ROOT, VaultServer, free_port, provision, vault_environment
 from vault.cli._context import same_local_server
-from vault.client import VaultClient, VaultClientError
+from vault.client import (
+    AccessKeyCredentials,
+    VaultClient,
+    VaultClientError,
+    load_credentials_file,
+)
 from vault.config import DevTlsPaths
 from vault.tls_dev import (
     DevTlsError,
@@ -143,6 +149,13 @@ class CliServer:
         self.log_path = data_dir / f"vaultctl-serve-{self.port}.log"
         self.process: subprocess.Popen[bytes] | None = None
 
+    @property
+    def credentials(self) -> AccessKeyCredentials:
+        return load_credentials_file(self.data_dir / "admin-credentials.json")
+
+    def client(self, **options: Any) -> VaultClient:
+        return VaultClient(self.target, credentials=self.credentials, **options)
+
     def start(self, timeout: float = 90.0) -> CliServer:
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
@@ -160,7 +173,13 @@ class CliServer:
                 raise RuntimeError(f"vaultctl serve exited early:\n{self.log()}")
             if "vault serving on" in self.log():
                 ca = DevTlsPaths(self.data_dir / "tls").ca_cert
-                with VaultClient(self.target, ca_file=ca, options=LOCAL_POOL, timeout=2) as c:
+                with VaultClient(
+                    self.target,
+                    ca_file=ca,
+                    options=LOCAL_POOL,
+                    timeout=2,
+                    credentials=self.credentials,
+                ) as c:
                     try:
                         c.generate_random(1)
                     except VaultClientError:
@@ -203,7 +222,7 @@ def dev(cli_server: CliServer) -> DevTlsPaths:
 
 @pytest.fixture(scope="module")
 def dev_key(cli_server: CliServer, dev: DevTlsPaths) -> str:
-    with VaultClient(cli_server.target, ca_file=dev.ca_cert) as client:
+    with cli_server.client(ca_file=dev.ca_cert) as client:
         return client.create_key("accounts/tls", "dev", "ENCRYPT_DECRYPT").name
 
 
@@ -263,7 +282,9 @@ def test_sdk_trusting_the_development_ca_encrypts_and_decrypts(
 ) -> None:
     # Bound to 0.0.0.0, reached through 127.0.0.1 and localhost: both in the certificate.
     for target in (cli_server.target, f"localhost:{cli_server.port}"):
-        with VaultClient(target, ca_file=dev.ca_cert, options=LOCAL_POOL) as client:
+        with VaultClient(
+            target, ca_file=dev.ca_cert, options=LOCAL_POOL, credentials=cli_server.credentials
+        ) as client:
             round_trip(client, dev_key)
 
 
@@ -287,19 +308,19 @@ def test_a_unix_socket_serves_tls_with_the_development_ca(
         assert "(1 worker, TLS)" in server.log()
         done = vaultctl(server.env, "crypto", "random", "--size", "8")  # trusts the dev CA
         assert done.returncode == 0, done.stderr.decode()
-        refused(VaultClient(server.target, options=LOCAL_POOL))
+        refused(server.client(options=LOCAL_POOL))
     finally:
         server.stop()
 
 
 def test_a_plaintext_client_is_refused(cli_server: CliServer) -> None:
-    refused(VaultClient(cli_server.target, options=LOCAL_POOL, timeout=10))
+    refused(cli_server.client(options=LOCAL_POOL, timeout=10))
     with grpc.insecure_channel(cli_server.target, options=LOCAL_POOL) as channel:
         assert not healthy(channel)
 
 
 def test_a_client_trusting_another_ca_is_refused(cli_server: CliServer, other_ca: Ca) -> None:
-    refused(VaultClient(cli_server.target, ca_file=other_ca.path, options=LOCAL_POOL, timeout=10))
+    refused(cli_server.client(ca_file=other_ca.path, options=LOCAL_POOL, timeout=10))
 
 
 # -- a configured certificate, client certificates required ---------------------------------
@@ -320,7 +341,7 @@ class TlsVaultServer(VaultServer):
         self, data_dir: Path, extra_env: Mapping[str, str], ca: Path, client: Pair
     ) -> None:
         super().__init__(data_dir, extra_env)
-        self.ca, self.client = ca, client
+        self.ca, self.client_pair = ca, client
 
     def wait_serving(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
@@ -329,7 +350,7 @@ class TlsVaultServer(VaultServer):
             if self.process.poll() is not None:
                 raise RuntimeError(f"vault server exited early:\n{self.log()}")
             if "vault serving on" in self.log():
-                with tls_channel(self.target, self.ca, self.client) as channel:
+                with tls_channel(self.target, self.ca, self.client_pair) as channel:
                     if healthy(channel):
                         return
             time.sleep(0.2)
@@ -367,14 +388,15 @@ def test_mutual_tls_accepts_a_client_certificate_from_the_client_ca(mtls: Mtls) 
         client_cert_file=mtls.client.cert,
         client_key_file=mtls.client.key,
         options=LOCAL_POOL,
+        credentials=mtls.server.credentials,
     ) as client:
         key = client.create_key("accounts/mtls", "k", "ENCRYPT_DECRYPT").name
         round_trip(client, key)
 
 
 def test_mutual_tls_refuses_a_client_without_a_certificate(mtls: Mtls) -> None:
-    refused(VaultClient(mtls.server.target, ca_file=mtls.server_ca, options=LOCAL_POOL))
-    refused(VaultClient(mtls.server.target, options=LOCAL_POOL))
+    refused(mtls.server.client(ca_file=mtls.server_ca, options=LOCAL_POOL))
+    refused(mtls.server.client(options=LOCAL_POOL))
 
 
 def test_mutual_tls_refuses_a_certificate_from_another_ca(mtls: Mtls) -> None:

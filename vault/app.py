@@ -3,13 +3,31 @@ after fork: PKCS#11 must be initialised in the process that uses it."""
 
 from __future__ import annotations
 
+import json
+import os
+from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from vault.config import Settings
+from vault.service.audit import AuditLog, CheckpointPolicy
+from vault.service.authentication import AuthenticationPolicy, Authenticator
 from vault.service.crypto import CryptoOperations
+from vault.service.identity import IdentityManagement
 from vault.service.keys import KeyManagement
-from vault.service.ports import KeyStore, MetadataStore, ReconcileReport
+from vault.service.ports import KeyStore, MetadataStore, ReconcileReport, SharedCounters
 from vault.service.reconcile import reconcile
+
+
+@dataclass(frozen=True, slots=True)
+class Security:
+    """Who may call what, and the record of every call."""
+
+    identity: IdentityManagement
+    authenticator: Authenticator | None
+    audit: AuditLog
+    # Creates the token's credential and audit keys where missing; returns their labels.
+    ensure_system_keys: Callable[[], list[str]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -18,6 +36,7 @@ class Services:
     keystore: KeyStore
     keys: KeyManagement
     crypto: CryptoOperations
+    security: Security | None = None
 
     def close(self) -> None:
         close = getattr(self.store, "close", None)
@@ -25,23 +44,90 @@ class Services:
             close()
 
 
-def build_services(settings: Settings) -> Services:
+def build_services(settings: Settings, counters: SharedCounters | None = None) -> Services:
+    """The use cases; with settings.auth.enabled also identity and audit, whose limits and
+    caches hold across worker processes through counters (authentication needs them)."""
     from vault.hsm.keystore import open_keystore
-    from vault.storage import open_store
+    from vault.hsm.system_keys import SystemKeys
+    from vault.storage import open_stores
 
     assert settings.store.url is not None
-    store = open_store(settings.store.url)
+    store, identity_store, audit_store = open_stores(settings.store.url)
     keystore = open_keystore(settings)
     keys = KeyManagement(
         store, keystore, settings.keys, version_cache_seconds=settings.hsm.cache_ttl_seconds
     )
     crypto = CryptoOperations(keys, keystore, settings.keys)
-    return Services(store, keystore, keys, crypto)
+    security = None
+    if settings.auth.enabled:
+        system_keys = SystemKeys(keystore)
+        identity = IdentityManagement(identity_store, system_keys, keystore.random, counters)
+        authenticator = None
+        if counters is not None:
+            auth = settings.auth
+            authenticator = Authenticator(
+                identity,
+                identity_store,
+                counters,
+                AuthenticationPolicy(
+                    timestamp_window_seconds=auth.timestamp_window_seconds,
+                    failure_window_seconds=auth.failure_window_seconds,
+                    max_failures_per_address=auth.max_failures_per_address,
+                    max_failures_per_key=auth.max_failures_per_key,
+                ),
+            )
+        audit = AuditLog(
+            audit_store,
+            system_keys,
+            CheckpointPolicy(
+                settings.audit.checkpoint_every_records, settings.audit.checkpoint_every_seconds
+            ),
+        )
+        security = Security(identity, authenticator, audit, system_keys.ensure)
+    return Services(store, keystore, keys, crypto, security)
 
 
-def reconcile_store_and_token(settings: Settings) -> ReconcileReport:
+@dataclass(frozen=True, slots=True)
+class StartupReport:
+    reconcile: ReconcileReport
+    system_keys_created: list[str]
+    admin_access_key_id: str | None
+    admin_credentials_file: Path | None
+    admin_secret_key: str | None
+
+
+def prepare_and_reconcile(settings: Settings) -> StartupReport:
+    """Start-up work done once, in one process, before workers start: reconcile store and
+    token; with authentication on, create the token's system keys if missing and, on a store
+    without an admin account, bootstrap one and store its access key for the CLI."""
     services = build_services(settings)
     try:
-        return reconcile(services.store, services.keystore)
+        report = reconcile(services.store, services.keystore)
+        created: list[str] = []
+        admin = None
+        path = settings.auth.admin_credentials_file
+        if services.security is not None:
+            created = services.security.ensure_system_keys()
+            admin = services.security.identity.bootstrap_admin()
+        if admin is None:
+            return StartupReport(report, created, None, None, None)
+        key, secret = admin
+        assert path is not None
+        write_credentials_file(path, key.access_key_id, secret)
+        return StartupReport(report, created, key.access_key_id, path, secret)
     finally:
         services.close()
+
+
+def write_credentials_file(path: Path, access_key_id: str, secret_key: str) -> None:
+    """Write an access key for the CLI, readable by its owner only; an existing file (a
+    previous bootstrap's, on a store since wiped) is replaced atomically."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(descriptor, "w", encoding="utf-8") as file:
+        json.dump({"access_key_id": access_key_id, "secret_key": secret_key}, file)
+        file.write("\n")
+        file.flush()
+        os.fsync(file.fileno())
+    os.replace(temporary, path)

@@ -143,6 +143,40 @@ class KeyPolicySettings(BaseModel):
         return timedelta(seconds=self.default_destroy_waiting_seconds)
 
 
+class AuthSettings(BaseModel):
+    enabled: bool = Field(
+        True,
+        description="authenticate, authorise and audit every call; false is accepted only on "
+        "a loopback or unix: address, for measuring what security costs (make bench)",
+    )
+    timestamp_window_seconds: int = Field(
+        300, ge=1, le=3600, description="how far a signed request's timestamp may be from now"
+    )
+    failure_window_seconds: float = Field(
+        60.0, gt=0, description="window over which failed authentications are counted"
+    )
+    max_failures_per_address: int = Field(
+        30, ge=1, description="failed authentications from one address before it is refused"
+    )
+    max_failures_per_key: int = Field(
+        10, ge=1, description="failed authentications naming one key id before it is refused"
+    )
+    admin_credentials_file: Path | None = Field(
+        None,
+        description="where the first start stores the bootstrapped admin access key (mode "
+        "0600; default: <data_dir>/admin-credentials.json); vaultctl reads it",
+    )
+
+
+class AuditSettings(BaseModel):
+    checkpoint_every_records: int = Field(
+        1000, ge=1, description="sign a checkpoint of the audit chain after this many records"
+    )
+    checkpoint_every_seconds: float = Field(
+        60.0, gt=0, description="...or after this long, whichever comes first"
+    )
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="VAULT_", env_nested_delimiter="__", extra="forbid"
@@ -154,6 +188,8 @@ class Settings(BaseSettings):
     hsm: HsmSettings = HsmSettings()  # type: ignore[call-arg]
     store: StoreSettings = StoreSettings()  # type: ignore[call-arg]
     keys: KeyPolicySettings = KeyPolicySettings()  # type: ignore[call-arg]
+    auth: AuthSettings = AuthSettings()  # type: ignore[call-arg]
+    audit: AuditSettings = AuditSettings()  # type: ignore[call-arg]
 
     @model_validator(mode="after")
     def _fill_data_dir_defaults(self) -> Settings:
@@ -167,7 +203,14 @@ class Settings(BaseSettings):
             self.hsm.softhsm_conf = data_dir / "softhsm2.conf"
         if self.store.url is None:
             self.store.url = f"sqlite:///{data_dir / 'vault.db'}"
+        if self.auth.admin_credentials_file is None:
+            self.auth.admin_credentials_file = data_dir / "admin-credentials.json"
         return self
+
+    @property
+    def shared_state_file(self) -> Path:
+        """The state all worker processes of a server share (rate limits, nonces...)."""
+        return self.data_dir / "run" / "shared-limits"
 
     @classmethod
     def settings_customise_sources(

@@ -18,7 +18,7 @@ import click
 from vault.config import Settings, load_settings
 
 if TYPE_CHECKING:
-    from vault.client import VaultClient
+    from vault.client import Credentials, VaultClient
 
 # Exit codes, documented in README.md and `vaultctl --help`. Scripts branch on them, so they
 # are part of the interface: never renumber.
@@ -38,6 +38,7 @@ class CliState:
     ca_file: Path | None = None
     client_cert_file: Path | None = None
     client_key_file: Path | None = None
+    credentials_file: Path | None = None
     json: bool = False
     debug: bool = False
     dialed: str = ""  # the server address the client connected to, for error hints
@@ -75,8 +76,35 @@ class CliState:
                 ca_file=self.dialed_ca,
                 client_cert_file=self.client_cert_file,
                 client_key_file=self.client_key_file,
+                credentials=self.resolved_credentials(self.dialed),
             )
         return self._client
+
+    def resolved_credentials(self, target: str) -> Credentials | None:
+        """What the client commands authenticate with, first found: --credentials-file
+        ($VAULT_CREDENTIALS_FILE); VAULT_ACCESS_KEY_ID and VAULT_SECRET_KEY, or VAULT_API_KEY;
+        for the server these settings describe, the admin access key it stored at its first
+        start (auth.admin_credentials_file)."""
+        from vault.client import credentials_from_env, load_credentials_file
+
+        path = self.credentials_file
+        if path is None:
+            try:
+                from_env = credentials_from_env()
+            except ValueError as error:
+                raise CliError(str(error), exit_code=EXIT_LOCAL) from None
+            if from_env is not None:
+                return from_env
+            settings = self.settings()
+            local = self.target is None or same_local_server(target, settings.server.listen)
+            stored = settings.auth.admin_credentials_file
+            if not local or stored is None or not stored.exists():
+                return None
+            path = stored
+        try:
+            return load_credentials_file(path)
+        except (OSError, ValueError) as error:
+            raise CliError(f"cannot read credentials: {error}", exit_code=EXIT_LOCAL) from None
 
     def resolved_ca_file(self, target: str) -> Path | None:
         """The CA certificate the client trusts, or None for plaintext.

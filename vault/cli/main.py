@@ -8,7 +8,9 @@ from typing import Any
 import click
 
 from vault.cli._context import EXIT_LOCAL, EXIT_VAULT, CliError, CliState
+from vault.cli.audit import audit_group
 from vault.cli.crypto import crypto_group
+from vault.cli.identity import access_keys_group, accounts_group, api_keys_group
 from vault.cli.keys import keys_group
 from vault.cli.serve import serve_command
 from vault.cli.token import token_group
@@ -18,7 +20,8 @@ from vault.domain.errors import VaultError
 EPILOG = """\b
 Exit codes:
   0  success
-  1  verify / verify-mac: the signature or MAC does not match
+  1  verify / verify-mac: the signature or MAC does not match;
+     audit verify: the audit log is not intact
   2  usage error (unknown option, missing argument)
   3  the vault refused the request or could not be reached
   4  local error: configuration, an input or output file, the token
@@ -30,6 +33,10 @@ Examples:
   vaultctl keys create accounts/acme/keys/docs --purpose ENCRYPT_DECRYPT
   vaultctl crypto encrypt accounts/acme/keys/docs --in report.pdf --out report.pdf.enc
   vaultctl --json keys list acme
+  vaultctl accounts create acme                                  # admin role
+  vaultctl access-keys create acme --grant keys/docs=READWRITE --credentials-out acme.json
+  vaultctl --credentials-file acme.json crypto encrypt accounts/acme/keys/docs --in a.txt
+  vaultctl audit verify
   vaultctl --target vault.example:50051 --ca-file ca.pem keys list acme   # another machine
 """
 
@@ -180,6 +187,16 @@ def _validation_summary(error: Exception) -> str:
     help="PEM private key of --client-cert.",
 )
 @click.option(
+    "--credentials-file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    envvar="VAULT_CREDENTIALS_FILE",
+    show_envvar=True,
+    help="JSON file with an access key (access_key_id, secret_key) to sign calls with. "
+    "Without it: VAULT_ACCESS_KEY_ID and VAULT_SECRET_KEY (or VAULT_API_KEY) when set; else, "
+    "for the server these settings describe, the admin key it stored at its first start "
+    "(auth.admin_credentials_file).",
+)
+@click.option(
     "--json",
     "json_output",
     is_flag=True,
@@ -197,15 +214,18 @@ def cli(
     ca_file: Path | None,
     client_cert_file: Path | None,
     client_key_file: Path | None,
+    credentials_file: Path | None,
     json_output: bool,
     debug: bool,
 ) -> None:
     """Operate and use the HSM-backed key vault.
 
     Operators provision the PKCS#11 token (`token`) and run the gRPC server (`serve`);
-    callers manage keys (`keys`) and use them (`crypto`) over gRPC. Plaintext, key material
-    and PINs are never taken as command-line arguments: they come from files or standard
-    input, and PINs from settings files or the environment.
+    callers manage keys (`keys`) and use them (`crypto`) over gRPC. Administrators (the
+    admin role) manage accounts (`accounts`) and their credentials (`access-keys`,
+    `api-keys`) and read and verify the audit log (`audit`). Plaintext, key material,
+    secrets and PINs are never taken as command-line arguments: they come from files or
+    standard input, and PINs from settings files or the environment.
 
     `vaultctl serve` serves TLS with a development CA it creates in <data_dir>/tls (or with
     server.tls_cert_file); the client commands trust that CA by themselves when they talk to
@@ -217,6 +237,7 @@ def cli(
     state.ca_file = ca_file
     state.client_cert_file = client_cert_file
     state.client_key_file = client_key_file
+    state.credentials_file = credentials_file
     state.json = state.json or json_output
     state.debug = debug
 
@@ -225,6 +246,10 @@ cli.add_command(serve_command)
 cli.add_command(token_group)
 cli.add_command(keys_group)
 cli.add_command(crypto_group)
+cli.add_command(accounts_group)
+cli.add_command(access_keys_group)
+cli.add_command(api_keys_group)
+cli.add_command(audit_group)
 
 
 def main() -> None:

@@ -1,6 +1,6 @@
 """Python SDK of the key vault: `VaultClient(target)` and the `VaultClientError` it raises.
 
-    with VaultClient("127.0.0.1:50051") as vault:
+    with VaultClient("127.0.0.1:50051", credentials=credentials_from_env()) as vault:
         key = vault.create_key("accounts/acme", "orders", "ENCRYPT_DECRYPT")
         sealed = vault.encrypt(key.name, b"secret", aad=b"order-42")
         plain = vault.decrypt(key.name, sealed.ciphertext, aad=b"order-42").plaintext
@@ -9,7 +9,27 @@ Methods return the vault.v1 response messages (vault.gen.vault.v1). Responses th
 plaintext or key material print it in their repr, as protobuf messages do: do not log them.
 """
 
+from vault.client._auth import (
+    AccessKeyCredentials,
+    ApiKeyCredentials,
+    AuthInterceptor,
+    Credentials,
+    authenticated_channel,
+    credentials_from_env,
+    load_credentials_file,
+)
 from vault.client._client import VaultClient
 from vault.client._errors import ChecksumError, VaultClientError
 
-__all__ = ["ChecksumError", "VaultClient", "VaultClientError"]
+__all__ = [
+    "AccessKeyCredentials",
+    "ApiKeyCredentials",
+    "AuthInterceptor",
+    "ChecksumError",
+    "Credentials",
+    "VaultClient",
+    "VaultClientError",
+    "authenticated_channel",
+    "credentials_from_env",
+    "load_credentials_file",
+]

@@ -3,9 +3,9 @@ otherwise repeat: CRC32C integrity fields both ways, and rich errors as VaultCli
 
 from __future__ import annotations
 
-import json
+import time
 from collections.abc import Iterator, Sequence
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Final, TypeAlias, TypeVar
@@ -17,10 +17,15 @@ from google.protobuf.field_mask_pb2 import FieldMask
 from google.protobuf.message import Message
 from google.protobuf.wrappers_pb2 import Int64Value
 
+from vault.client._auth import Credentials, authenticated_channel
 from vault.client._errors import ChecksumError, VaultClientError
 from vault.gen.vault.v1 import (
+    audit_service_pb2,
+    audit_service_pb2_grpc,
     crypto_service_pb2,
     crypto_service_pb2_grpc,
+    identity_service_pb2,
+    identity_service_pb2_grpc,
     key_service_pb2,
     key_service_pb2_grpc,
     resources_pb2,
@@ -37,27 +42,12 @@ KeyStateLike: TypeAlias = "resources_pb2.KeyState.ValueType | str"
 
 DEFAULT_TIMEOUT_SECONDS: Final = 30.0
 
-# UNAVAILABLE means the call did not reach a working server: a worker restarting under
-# SO_REUSEPORT resets the connections queued on it, say. gRPC retries such calls (only
-# before any response began), so callers do not each write the same loop.
-_RETRY_POLICY: Final = {
-    "methodConfig": [
-        {
-            "name": [{"service": "vault.v1.KeyService"}, {"service": "vault.v1.CryptoService"}],
-            "retryPolicy": {
-                "maxAttempts": 3,
-                "initialBackoff": "0.1s",
-                "maxBackoff": "1s",
-                "backoffMultiplier": 2,
-                "retryableStatusCodes": ["UNAVAILABLE"],
-            },
-        }
-    ]
-}
-_RETRY_OPTIONS: Final = (
-    ("grpc.enable_retries", 1),
-    ("grpc.service_config", json.dumps(_RETRY_POLICY)),
-)
+# UNAVAILABLE means the call did not reach a working server (a worker restarting under
+# SO_REUSEPORT resets the connections queued on it, say) or the server could not record it
+# (nothing was done). Such calls are retried here rather than by a gRPC retry policy: a retry
+# must be signed afresh, since the server refuses a nonce it has seen.
+_ATTEMPTS: Final = 3
+_FIRST_BACKOFF_SECONDS: Final = 0.1
 
 
 def _crc32c(data: bytes) -> Int64Value:
@@ -115,6 +105,7 @@ class VaultClient:
         ca_file: Path | str | None = None,
         client_cert_file: Path | str | None = None,
         client_key_file: Path | str | None = None,
+        credentials: Credentials | None = None,
         timeout: float | None = DEFAULT_TIMEOUT_SECONDS,
         channel: grpc.Channel | None = None,
         options: Sequence[tuple[str, Any]] | None = None,
@@ -129,25 +120,31 @@ class VaultClient:
         grpc.ssl_target_name_override says otherwise.
         client_cert_file, client_key_file: PEM certificate and key presented to a server that
         requires client certificates (server.client_ca_file); need ca_file.
+        credentials: an access key (every call signed with its secret) or an API key;
+        vault.client.credentials_from_env() reads them from VAULT_ACCESS_KEY_ID and
+        VAULT_SECRET_KEY or VAULT_API_KEY. Without credentials only health checks succeed.
         timeout: per call, in seconds (None: no deadline).
-        channel: use this channel as it is (then no TLS files); options: gRPC channel options.
+        channel: use this channel (then no TLS files); options: gRPC channel options.
         """
         self._target = target
         self._timeout = timeout
         self._owns_channel = channel is None
         if channel is None:
-            credentials = _tls_credentials(ca_file, client_cert_file, client_key_file)
-            channel_options = [*_RETRY_OPTIONS, *(options or ())]
-            if credentials is None:
+            tls = _tls_credentials(ca_file, client_cert_file, client_key_file)
+            channel_options = list(options or ())
+            if tls is None:
                 channel = grpc.insecure_channel(target, options=channel_options)
             else:
                 channel_options = _unix_socket_name(target, channel_options)
-                channel = grpc.secure_channel(target, credentials, options=channel_options)
+                channel = grpc.secure_channel(target, tls, options=channel_options)
         elif (ca_file, client_cert_file, client_key_file) != (None, None, None):
             raise ValueError("give a channel or TLS files, not both")
         self._channel = channel
-        self._keys = key_service_pb2_grpc.KeyServiceStub(self._channel)
-        self._crypto = crypto_service_pb2_grpc.CryptoServiceStub(self._channel)
+        calls = channel if credentials is None else authenticated_channel(channel, credentials)
+        self._keys = key_service_pb2_grpc.KeyServiceStub(calls)
+        self._crypto = crypto_service_pb2_grpc.CryptoServiceStub(calls)
+        self._identity = identity_service_pb2_grpc.IdentityServiceStub(calls)
+        self._audit = audit_service_pb2_grpc.AuditServiceStub(calls)
 
     def __repr__(self) -> str:
         return f"VaultClient({self._target!r})"
@@ -170,10 +167,15 @@ class VaultClient:
     def _call(
         self, method: grpc.UnaryUnaryMultiCallable[_Request, _Response], request: _Request
     ) -> _Response:
-        try:
-            return method(request, timeout=self._timeout)
-        except grpc.RpcError as error:
-            raise VaultClientError.from_rpc_error(error) from error
+        for attempt in range(1, _ATTEMPTS + 1):
+            try:
+                return method(request, timeout=self._timeout)
+            except grpc.RpcError as error:
+                code = error.code() if isinstance(error, grpc.Call) else None
+                if code is not grpc.StatusCode.UNAVAILABLE or attempt == _ATTEMPTS:
+                    raise VaultClientError.from_rpc_error(error) from error
+            time.sleep(_FIRST_BACKOFF_SECONDS * 2 ** (attempt - 1))
+        raise AssertionError("unreachable")
 
     # -- KeyService -------------------------------------------------------------------------
 
@@ -459,6 +461,182 @@ class VaultClient:
         response = self._call(self._crypto.GenerateRandom, request)
         _check(response, "data")
         return response
+
+    # -- IdentityService (admin role) --------------------------------------------------------
+
+    def create_account(
+        self, account_id: str, *, display_name: str = "", admin: bool = False
+    ) -> resources_pb2.Account:
+        request = identity_service_pb2.CreateAccountRequest(
+            account_id=account_id,
+            account=resources_pb2.Account(display_name=display_name, admin=admin),
+        )
+        return self._call(self._identity.CreateAccount, request)
+
+    def get_account(self, name: str) -> resources_pb2.Account:
+        return self._call(
+            self._identity.GetAccount, identity_service_pb2.GetAccountRequest(name=name)
+        )
+
+    def list_accounts(self) -> list[resources_pb2.Account]:
+        accounts: list[resources_pb2.Account] = []
+        token = ""
+        while True:
+            request = identity_service_pb2.ListAccountsRequest(page_token=token)
+            page = self._call(self._identity.ListAccounts, request)
+            accounts.extend(page.accounts)
+            token = page.next_page_token
+            if not token:
+                return accounts
+
+    def create_access_key(
+        self,
+        parent: str,
+        *,
+        grants: Sequence[tuple[str, str]] = (),
+        description: str = "",
+    ) -> identity_service_pb2.CreateAccessKeyResponse:
+        """grants: (resource, level) pairs such as ("keys/orders", "READWRITE"); none gives
+        full access to the account. The response's secret_key is never shown again."""
+        key = resources_pb2.AccessKey(
+            grants=[
+                resources_pb2.Grant(
+                    resource=resource,
+                    level=_enum(level, resources_pb2.AccessLevel, "ACCESS_LEVEL_"),
+                )
+                for resource, level in grants
+            ],
+            description=description,
+        )
+        request = identity_service_pb2.CreateAccessKeyRequest(parent=parent, access_key=key)
+        return self._call(self._identity.CreateAccessKey, request)
+
+    def get_access_key(self, name: str) -> resources_pb2.AccessKey:
+        return self._call(
+            self._identity.GetAccessKey, identity_service_pb2.GetAccessKeyRequest(name=name)
+        )
+
+    def list_access_keys(self, parent: str) -> list[resources_pb2.AccessKey]:
+        keys: list[resources_pb2.AccessKey] = []
+        token = ""
+        while True:
+            request = identity_service_pb2.ListAccessKeysRequest(parent=parent, page_token=token)
+            page = self._call(self._identity.ListAccessKeys, request)
+            keys.extend(page.access_keys)
+            token = page.next_page_token
+            if not token:
+                return keys
+
+    def reset_secret_key(self, name: str) -> identity_service_pb2.CreateAccessKeyResponse:
+        return self._call(
+            self._identity.ResetSecretKey, identity_service_pb2.ResetSecretKeyRequest(name=name)
+        )
+
+    def revoke_access_key(self, name: str) -> resources_pb2.AccessKey:
+        return self._call(
+            self._identity.RevokeAccessKey, identity_service_pb2.RevokeAccessKeyRequest(name=name)
+        )
+
+    def delete_access_key(self, name: str) -> None:
+        self._call(
+            self._identity.DeleteAccessKey, identity_service_pb2.DeleteAccessKeyRequest(name=name)
+        )
+
+    def create_api_key(
+        self,
+        parent: str,
+        scopes: Sequence[tuple[Sequence[str], Sequence[str]]],
+        *,
+        expire_time: datetime | None = None,
+        rate_limit: tuple[float, int] | None = None,
+        daily_quota: int = 0,
+        description: str = "",
+    ) -> identity_service_pb2.CreateApiKeyResponse:
+        """scopes: (methods, resources) pairs such as (["Sign"], ["keys/releases"]);
+        rate_limit: (requests per second, burst). The response's token is never shown
+        again."""
+        key = resources_pb2.ApiKey(
+            scopes=[
+                resources_pb2.ApiKeyScope(methods=list(methods), resources=list(resources))
+                for methods, resources in scopes
+            ],
+            daily_quota=daily_quota,
+            description=description,
+        )
+        if expire_time is not None:
+            key.expire_time.FromDatetime(expire_time)
+        if rate_limit is not None:
+            key.rate_limit.CopyFrom(
+                resources_pb2.RateLimit(requests_per_second=rate_limit[0], burst=rate_limit[1])
+            )
+        request = identity_service_pb2.CreateApiKeyRequest(parent=parent, api_key=key)
+        return self._call(self._identity.CreateApiKey, request)
+
+    def get_api_key(self, name: str) -> resources_pb2.ApiKey:
+        return self._call(
+            self._identity.GetApiKey, identity_service_pb2.GetApiKeyRequest(name=name)
+        )
+
+    def list_api_keys(self, parent: str) -> list[resources_pb2.ApiKey]:
+        keys: list[resources_pb2.ApiKey] = []
+        token = ""
+        while True:
+            request = identity_service_pb2.ListApiKeysRequest(parent=parent, page_token=token)
+            page = self._call(self._identity.ListApiKeys, request)
+            keys.extend(page.api_keys)
+            token = page.next_page_token
+            if not token:
+                return keys
+
+    def revoke_api_key(self, name: str) -> resources_pb2.ApiKey:
+        return self._call(
+            self._identity.RevokeApiKey, identity_service_pb2.RevokeApiKeyRequest(name=name)
+        )
+
+    def get_usage(self, name: str, days: int = 0) -> list[resources_pb2.UsageCounter]:
+        request = identity_service_pb2.GetUsageRequest(name=name, days=days)
+        return list(self._call(self._identity.GetUsage, request).counters)
+
+    # -- AuditService (admin role) -----------------------------------------------------------
+
+    def list_audit_events(
+        self,
+        *,
+        start_time: datetime | None = None,
+        end_time: datetime | None = None,
+        credential_id: str = "",
+        resource: str = "",
+        method: str = "",
+        outcome: str = "",
+        page_size: int = 0,
+        page_token: str = "",
+    ) -> audit_service_pb2.ListAuditEventsResponse:
+        request = audit_service_pb2.ListAuditEventsRequest(
+            credential_id=credential_id,
+            resource=resource,
+            method=method,
+            outcome=outcome,
+            page_size=page_size,
+            page_token=page_token,
+        )
+        if start_time is not None:
+            request.start_time.FromDatetime(start_time)
+        if end_time is not None:
+            request.end_time.FromDatetime(end_time)
+        return self._call(self._audit.ListAuditEvents, request)
+
+    def iter_audit_events(self, **filters: Any) -> Iterator[resources_pb2.AuditEvent]:
+        """Every audit record matching filters (as list_audit_events), page after page."""
+        token = ""
+        while True:
+            page = self.list_audit_events(**filters, page_size=1000, page_token=token)
+            yield from page.events
+            token = page.next_page_token
+            if not token:
+                return
+
+    def verify_audit_log(self) -> audit_service_pb2.VerifyAuditLogResponse:
+        return self._call(self._audit.VerifyAuditLog, audit_service_pb2.VerifyAuditLogRequest())
 
 
 # -- TLS (VaultClient.__init__) ---------------------------------------------------------------

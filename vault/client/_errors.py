@@ -12,7 +12,9 @@ from grpc_status import rpc_status
 class VaultClientError(Exception):
     """A call failed. code is the gRPC status code; reason, the stable ErrorInfo reason
     (e.g. WRONG_KEY_STATE) to branch on, empty when the server sent none (the call never
-    reached it, for instance); message, for people; metadata, the ErrorInfo metadata."""
+    reached it, for instance); message, for people; metadata, the ErrorInfo metadata;
+    retry_after, the seconds a RESOURCE_EXHAUSTED caller should wait (google.rpc.RetryInfo),
+    or None."""
 
     def __init__(
         self,
@@ -20,6 +22,7 @@ class VaultClientError(Exception):
         reason: str,
         message: str,
         metadata: Mapping[str, str] | None = None,
+        retry_after: float | None = None,
     ) -> None:
         super().__init__(
             f"{code.name} {reason}: {message}" if reason else f"{code.name}: {message}"
@@ -28,6 +31,7 @@ class VaultClientError(Exception):
         self.reason = reason
         self.message = message
         self.metadata: dict[str, str] = dict(metadata or {})
+        self.retry_after = retry_after
 
     @classmethod
     def from_rpc_error(cls, error: grpc.RpcError) -> VaultClientError:
@@ -41,13 +45,19 @@ class VaultClientError(Exception):
             # The trailer disagrees with the status line (a proxy rewrote one of them):
             # trust the status line, which every hop must carry.
             status = None
-        if status is not None:
-            for detail in status.details:
-                if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
-                    info = error_details_pb2.ErrorInfo()
-                    detail.Unpack(info)
-                    return cls(code, info.reason, message, dict(info.metadata))
-        return cls(code, "", message)
+        info: error_details_pb2.ErrorInfo | None = None
+        retry_after: float | None = None
+        for detail in status.details if status is not None else ():
+            if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+                info = error_details_pb2.ErrorInfo()
+                detail.Unpack(info)
+            elif detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
+                retry = error_details_pb2.RetryInfo()
+                detail.Unpack(retry)
+                retry_after = retry.retry_delay.ToTimedelta().total_seconds()
+        if info is None:
+            return cls(code, "", message, retry_after=retry_after)
+        return cls(code, info.reason, message, dict(info.metadata), retry_after)
 
 
 class ChecksumError(VaultClientError):

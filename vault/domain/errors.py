@@ -89,3 +89,50 @@ class Conflict(VaultError):
     """A concurrent change won; the caller may retry (ABORTED)."""
 
     reason = "CONCURRENT_MODIFICATION"
+
+
+class Unauthenticated(VaultError):
+    """The request carries no valid credential. Deliberately one error for every cause (unknown
+    key id, bad signature, stale timestamp, replayed nonce, revoked or expired credential), so
+    a caller cannot probe which of them applies."""
+
+    reason = "UNAUTHENTICATED"
+
+    def __init__(self) -> None:
+        super().__init__("request not authenticated")
+
+
+class PermissionDenied(VaultError):
+    """The credential may not make this call on this resource. The same answer whether or not
+    the resource exists, so a denied caller learns nothing about another account."""
+
+    reason = "PERMISSION_DENIED"
+
+    def __init__(self) -> None:
+        super().__init__("permission denied")
+
+
+class LimitExceeded(VaultError):
+    """A rate limit, quota or authentication throttle refused the call; retry_after (seconds)
+    tells the caller when to try again."""
+
+    reason = "RATE_LIMITED"
+
+    def __init__(self, message: str, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = max(0.0, retry_after)
+
+
+class QuotaExceeded(LimitExceeded):
+    reason = "QUOTA_EXCEEDED"
+
+
+class AuthenticationThrottled(LimitExceeded):
+    reason = "AUTHENTICATION_THROTTLED"
+
+
+class AuditUnavailable(VaultError):
+    """The audit record of a call could not be committed, so the call was not carried out (or
+    its result withheld): the vault fails closed rather than act unrecorded."""
+
+    reason = "AUDIT_UNAVAILABLE"

@@ -139,6 +139,10 @@ class Pkcs11KeyStore:
     def _run(self, operation: Callable[[ThreadContext], T]) -> T:
         return self._library.run(operation)
 
+    def run(self, operation: Callable[[ThreadContext], T]) -> T:
+        """Run operation with this thread's session, with the token layer's recovery."""
+        return self._library.run(operation)
+
     # -- lifecycle ------------------------------------------------------------------------
 
     def generate(self, algorithm: Algorithm, token_label: str | None) -> GeneratedMaterial:
@@ -173,7 +177,7 @@ class Pkcs11KeyStore:
             public_der = None
             private = key
         else:
-            public, private = self._generate_pair(session, algorithm, token_label)
+            public, private = generate_pair(session, algorithm, token_label)
             try:
                 public_der = public_key_der(algorithm, public)
             finally:
@@ -188,42 +192,6 @@ class Pkcs11KeyStore:
         finally:
             objects.destroy_quietly(private)
         return GeneratedMaterial(generation, bytes(blob), None, public_der)
-
-    def _generate_pair(
-        self, session: Any, algorithm: Algorithm, token_label: str | None
-    ) -> tuple[Any, Any]:
-        spec = algorithm.spec
-        public_template = templates.public_generation(algorithm)
-        private_template = templates.private_generation(algorithm, token_label)
-        if spec.family is KeyFamily.RSA:
-            public_template[Attribute.PUBLIC_EXPONENT] = b"\x01\x00\x01"
-            pair: tuple[Any, Any] = session.generate_keypair(
-                KeyType.RSA,
-                spec.bits,
-                capabilities=0,
-                public_template=public_template,
-                private_template=private_template,
-            )
-            return pair
-        if spec.family is KeyFamily.EC:
-            params = encode_named_curve_parameters(spec.curve)
-            key_type, mechanism = KeyType.EC, Mechanism.EC_KEY_PAIR_GEN
-        else:
-            params, key_type, mechanism = (
-                _ED25519_PARAMS,
-                KeyType.EC_EDWARDS,
-                Mechanism.EC_EDWARDS_KEY_PAIR_GEN,
-            )
-        domain = session.create_domain_parameters(
-            key_type, {Attribute.EC_PARAMS: params}, local=True
-        )
-        pair = domain.generate_keypair(
-            mechanism=mechanism,
-            capabilities=0,
-            public_template=public_template,
-            private_template=private_template,
-        )
-        return pair
 
     def destroy(self, version: KeyVersion) -> None:
         if version.token_label is not None:
@@ -405,6 +373,47 @@ class Pkcs11KeyStore:
                 return False
 
         return self._run(verify)
+
+
+def generate_pair(
+    session: Any,
+    algorithm: Algorithm,
+    token_label: str | None,
+    public_template: templates.Template | None = None,
+) -> tuple[Any, Any]:
+    """A key pair of algorithm; the public half is a session object unless public_template
+    says otherwise."""
+    spec = algorithm.spec
+    if public_template is None:
+        public_template = templates.public_generation(algorithm)
+    private_template = templates.private_generation(algorithm, token_label)
+    if spec.family is KeyFamily.RSA:
+        public_template[Attribute.PUBLIC_EXPONENT] = b"\x01\x00\x01"
+        pair: tuple[Any, Any] = session.generate_keypair(
+            KeyType.RSA,
+            spec.bits,
+            capabilities=0,
+            public_template=public_template,
+            private_template=private_template,
+        )
+        return pair
+    if spec.family is KeyFamily.EC:
+        params = encode_named_curve_parameters(spec.curve)
+        key_type, mechanism = KeyType.EC, Mechanism.EC_KEY_PAIR_GEN
+    else:
+        params, key_type, mechanism = (
+            _ED25519_PARAMS,
+            KeyType.EC_EDWARDS,
+            Mechanism.EC_EDWARDS_KEY_PAIR_GEN,
+        )
+    domain = session.create_domain_parameters(key_type, {Attribute.EC_PARAMS: params}, local=True)
+    pair = domain.generate_keypair(
+        mechanism=mechanism,
+        capabilities=0,
+        public_template=public_template,
+        private_template=private_template,
+    )
+    return pair
 
 
 # Every way a token says "this input does not decrypt/verify under this key". They all

@@ -1,14 +1,17 @@
-"""The two ports the use cases talk to: the key store (a PKCS#11 token) and the metadata
-store (a relational database). Implementations live in vault.hsm and vault.storage; the
+"""The ports the use cases talk to: the key store (a PKCS#11 token) and the metadata, identity
+and audit stores (a relational database). Implementations live in vault.hsm and vault.storage; the
 service layer never imports either."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol
 
 from vault.domain.algorithms import Algorithm
+from vault.domain.audit import AuditEvent, AuditRecord, Checkpoint
+from vault.domain.identity import AccessKey, Account, ApiKey, UsageCount
 from vault.domain.models import Key, KeyFilter, KeyVersion, Page, RootGeneration
 from vault.domain.names import KeyName, KeyVersionName
 
@@ -149,3 +152,141 @@ class MetadataStore(Protocol):
     def add_root_generation(self, root: RootGeneration) -> None: ...
 
     def list_root_generations(self) -> list[RootGeneration]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class AuditHead:
+    """The end of the audit chain after an append, and the newest signed checkpoint."""
+
+    seq: int
+    hash: bytes
+    checkpoint_seq: int
+    checkpoint_time: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class AuditFilter:
+    start_time: datetime | None = None
+    end_time: datetime | None = None
+    credential_id: str = ""
+    resource: str = ""  # a key name; matches the key and its versions
+    method: str = ""  # full method name or its last part
+    outcome: str = ""
+
+
+class IdentityStore(Protocol):
+    """Accounts, access keys, API keys and usage counters. Secrets are never here: access keys
+    keep the salt their secret is derived from, API keys a keyed hash of their token."""
+
+    def create_account(self, account: Account) -> Account:
+        """AlreadyExists if the id is taken."""
+        ...
+
+    def get_account(self, account_id: str) -> Account | None: ...
+
+    def list_accounts(self, page_size: int, page_token: str) -> Page[Account]: ...
+
+    def has_admin_account(self) -> bool: ...
+
+    def create_access_key(self, key: AccessKey) -> AccessKey:
+        """NotFound if the account does not exist."""
+        ...
+
+    def get_access_key(self, access_key_id: str) -> AccessKey | None: ...
+
+    def list_access_keys(
+        self, account_id: str, page_size: int, page_token: str
+    ) -> Page[AccessKey]: ...
+
+    def update_access_key(self, key: AccessKey) -> AccessKey:
+        """Write state, secret_salt and secret_reset_time; NotFound if it is gone."""
+        ...
+
+    def delete_access_key(self, access_key_id: str) -> bool: ...
+
+    def create_api_key(self, key: ApiKey) -> ApiKey:
+        """NotFound if the account does not exist."""
+        ...
+
+    def get_api_key(self, api_key_id: str) -> ApiKey | None: ...
+
+    def list_api_keys(self, account_id: str, page_size: int, page_token: str) -> Page[ApiKey]: ...
+
+    def update_api_key(self, key: ApiKey) -> ApiKey:
+        """Write state; NotFound if it is gone."""
+        ...
+
+    def usage(self, credential_id: str, since_day: str) -> list[UsageCount]:
+        """Counters of credential_id from since_day (YYYY-MM-DD) on, by day then method."""
+        ...
+
+    def usage_on(self, credential_id: str, day: str) -> int:
+        """All requests counted for credential_id on day."""
+        ...
+
+
+class AuditStore(Protocol):
+    """The audit chain. Appends are serialised across every process using the store."""
+
+    def append_audit(
+        self,
+        events: Sequence[AuditEvent],
+        usage: Mapping[tuple[str, str, str], int],
+        last_used: Mapping[str, datetime],
+    ) -> AuditHead:
+        """In one transaction: chain events after the current head and insert them, add usage
+        counts ((credential id, day, method) -> n) and set the last-used time of those access
+        or API keys. Raises AuditUnavailable if it cannot commit."""
+        ...
+
+    def add_checkpoint(self, checkpoint: Checkpoint) -> None:
+        """Record a signed checkpoint (a second one for the same head is ignored)."""
+        ...
+
+    def audit_records(self) -> Iterator[AuditRecord]:
+        """Every record as stored, in ascending seq order, read in batches."""
+        ...
+
+    def audit_checkpoints(self) -> list[Checkpoint]: ...
+
+    def list_audit_events(
+        self, audit_filter: AuditFilter, page_size: int, page_token: str
+    ) -> Page[AuditRecord]: ...
+
+
+class SystemCrypto(Protocol):
+    """The vault's own token keys (vault.hsm.system_keys)."""
+
+    def credential_mac(self, data: bytes) -> bytes:
+        """HMAC-SHA256 of data under the token's credential key."""
+        ...
+
+    def audit_sign(self, payload: bytes) -> tuple[bytes, str]:
+        """(signature, key label) of payload under the token's audit key."""
+        ...
+
+    def audit_verify(self, payload: bytes, signature: bytes, key_label: str) -> bool: ...
+
+
+class SharedCounters(Protocol):
+    """State every worker process of one server shares (vault.coordination.limits)."""
+
+    def take_token(self, key: str, *, rate_per_second: float, burst: int, now: float) -> float:
+        """0.0 when a request may go ahead, else the seconds until one may."""
+        ...
+
+    def remember_nonce(self, nonce: bytes, *, expires_at: float, now: float) -> bool:
+        """False when nonce was seen and has not expired."""
+        ...
+
+    def record_failure(self, key: str, *, window_seconds: float, now: float) -> int: ...
+
+    def failures(self, key: str, *, window_seconds: float, now: float) -> int: ...
+
+    def consume_quota(self, key: str, *, day: int, limit: int, seed: Callable[[], int]) -> bool: ...
+
+    def credential_epoch(self) -> int:
+        """A number that changes whenever any credential changes, in any worker."""
+        ...
+
+    def bump_credential_epoch(self) -> None: ...

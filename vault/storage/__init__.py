@@ -1,20 +1,46 @@
-"""The metadata store: SQLAlchemy Core over SQLite (default) or PostgreSQL."""
+"""The metadata, identity and audit stores: SQLAlchemy Core over SQLite (default) or PostgreSQL,
+all in one database."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import NamedTuple
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Connection
+from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
 
+from vault.storage.audit_store import SqlAuditStore
 from vault.storage.engine import make_engine, write_transaction
+from vault.storage.identity_store import SqlIdentityStore
 from vault.storage.sql_store import SqlMetadataStore, unavailable
 
-__all__ = ["SqlMetadataStore", "migrate", "open_store"]
+__all__ = [
+    "SqlAuditStore",
+    "SqlIdentityStore",
+    "SqlMetadataStore",
+    "Stores",
+    "migrate",
+    "open_store",
+    "open_stores",
+]
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
+
+
+class Stores(NamedTuple):
+    """The three stores of one database, sharing one engine (one connection pool)."""
+
+    metadata: SqlMetadataStore
+    identity: SqlIdentityStore
+    audit: SqlAuditStore
+
+    def close(self) -> None:
+        """Close the audit lock file and every pooled connection. No store may be used after."""
+        self.audit.close()
+        self.identity.close()
+        self.metadata.close()
 
 
 def open_store(url: str) -> SqlMetadataStore:
@@ -24,6 +50,24 @@ def open_store(url: str) -> SqlMetadataStore:
     write transaction, so the first caller migrates and the others then find nothing to do.
     StoreUnavailable if the database cannot be reached.
     """
+    return SqlMetadataStore(_open_engine(url))
+
+
+def open_stores(url: str) -> Stores:
+    """As open_store (one migration run), returning the metadata, identity and audit stores
+    of the database, which share its engine."""
+    engine = _open_engine(url)
+    metadata = SqlMetadataStore(engine)
+    # An in-memory database is one connection: every store must take turns on the same lock.
+    serial = metadata._serial
+    return Stores(
+        metadata=metadata,
+        identity=SqlIdentityStore(engine, serial=serial),
+        audit=SqlAuditStore(engine, serial=serial),
+    )
+
+
+def _open_engine(url: str) -> Engine:
     engine = make_engine(url)
     try:
         with write_transaction(engine) as conn:
@@ -34,7 +78,7 @@ def open_store(url: str) -> SqlMetadataStore:
     except BaseException:
         engine.dispose()
         raise
-    return SqlMetadataStore(engine)
+    return engine
 
 
 def migrate(connection: Connection) -> None:

@@ -1,4 +1,4 @@
-"""The metadata schema as SQLAlchemy Core tables.
+"""The store's schema (keys, identities, usage, audit log) as SQLAlchemy Core tables.
 
 This module describes the schema the queries are written against; the migrations in
 vault/storage/migrations create it and are the authority for what is in a database. Keep the
@@ -16,6 +16,7 @@ from sqlalchemy import (
     Boolean,
     Column,
     Dialect,
+    Float,
     ForeignKeyConstraint,
     Index,
     Integer,
@@ -44,6 +45,13 @@ _MICROSECOND = timedelta(microseconds=1)
 # Room for the longest id names.py allows (63) with margin; PostgreSQL enforces it, SQLite not.
 ID_LENGTH = 64
 STATE_LENGTH = 32
+DISPLAY_NAME_LENGTH = 256
+USAGE_METHOD_LENGTH = 64
+
+# A sequence number: BIGINT on a server database; on SQLite, INTEGER, which makes a
+# single-column primary key an alias of the rowid (no second index, and the newest row is found
+# at the end of the table's own b-tree).
+SEQUENCE = BigInteger().with_variant(Integer(), "sqlite")
 
 
 class UtcDateTime(TypeDecorator[datetime]):
@@ -134,4 +142,98 @@ root_generations = Table(
     Column("token_label", String(128), nullable=False),
     Column("create_time", UtcDateTime, nullable=False),
     Column("retired", Boolean, nullable=False),
+)
+
+accounts = Table(
+    "accounts",
+    metadata,
+    Column("account_id", String(ID_LENGTH), primary_key=True),
+    Column("display_name", String(DISPLAY_NAME_LENGTH), nullable=False),
+    Column("admin", Boolean, nullable=False),
+    Column("create_time", UtcDateTime, nullable=False),
+)
+
+access_keys = Table(
+    "access_keys",
+    metadata,
+    Column("access_key_id", String(ID_LENGTH), primary_key=True),
+    Column("account_id", String(ID_LENGTH), nullable=False),
+    Column("state", String(STATE_LENGTH), nullable=False),
+    # [{"resource": "keys/...", "level": 1..3}]; an empty list is full access to the account.
+    Column("grants", JSON, nullable=False),
+    Column("description", Text, nullable=False),
+    Column("secret_salt", LargeBinary, nullable=False),
+    Column("create_time", UtcDateTime, nullable=False),
+    Column("secret_reset_time", UtcDateTime, nullable=True),
+    Column("last_used_time", UtcDateTime, nullable=True),
+    ForeignKeyConstraint(["account_id"], ["accounts.account_id"]),
+)
+
+Index(None, access_keys.c.account_id)
+
+api_keys = Table(
+    "api_keys",
+    metadata,
+    Column("api_key_id", String(ID_LENGTH), primary_key=True),
+    Column("account_id", String(ID_LENGTH), nullable=False),
+    Column("state", String(STATE_LENGTH), nullable=False),
+    # [{"methods": [sorted names], "resources": [names in the order given]}]
+    Column("scopes", JSON, nullable=False),
+    Column("description", Text, nullable=False),
+    Column("token_hash", LargeBinary, nullable=False),
+    Column("expire_time", UtcDateTime, nullable=True),
+    # Both NULL when the key has no rate limit of its own.
+    Column("rate_per_second", Float, nullable=True),
+    Column("burst", Integer, nullable=True),
+    Column("daily_quota", BigInteger, nullable=False),  # 0: no quota
+    Column("create_time", UtcDateTime, nullable=False),
+    Column("last_used_time", UtcDateTime, nullable=True),
+    ForeignKeyConstraint(["account_id"], ["accounts.account_id"]),
+)
+
+Index(None, api_keys.c.account_id)
+
+# Usage and audit rows name credentials without a foreign key: they must outlive a deleted
+# credential, since they are the record of what it did.
+usage_counters = Table(
+    "usage_counters",
+    metadata,
+    Column("credential_id", String(ID_LENGTH), primary_key=True),
+    Column("day", String(10), primary_key=True),  # YYYY-MM-DD, UTC: sorts as it reads
+    Column("method", String(USAGE_METHOD_LENGTH), primary_key=True),
+    Column("count", BigInteger, nullable=False),
+)
+
+# Free-form columns are Text: a value longer than some limit must never make an append fail
+# on a database that enforces lengths, since a failed append refuses the request it records.
+audit_events = Table(
+    "audit_events",
+    metadata,
+    Column("seq", SEQUENCE, primary_key=True, autoincrement=False),
+    Column("occurred_at", UtcDateTime, nullable=False),
+    Column("request_id", Text, nullable=False),
+    Column("credential_id", Text, nullable=False),
+    Column("account", Text, nullable=False),
+    Column("method", Text, nullable=False),
+    Column("resource", Text, nullable=False),
+    Column("outcome", Text, nullable=False),
+    Column("reason", Text, nullable=False),
+    Column("latency_us", BigInteger, nullable=False),
+    Column("source", Text, nullable=False),
+    Column("prev_hash", LargeBinary, nullable=False),
+    Column("hash", LargeBinary, nullable=False),
+)
+
+Index(None, audit_events.c.occurred_at)
+Index(None, audit_events.c.credential_id)
+Index(None, audit_events.c.method)
+
+audit_checkpoints = Table(
+    "audit_checkpoints",
+    metadata,
+    Column("head_seq", SEQUENCE, primary_key=True, autoincrement=False),
+    Column("head_hash", LargeBinary, nullable=False),
+    Column("signed_at", UtcDateTime, nullable=False),
+    Column("signature", LargeBinary, nullable=False),
+    Column("key_label", String(128), nullable=False),
 )

@@ -9,6 +9,7 @@ gets the exception's type and stack but not its message, which may quote request
 from __future__ import annotations
 
 import logging
+import math
 import traceback
 from collections.abc import Callable, Mapping
 from typing import Any, Final, TypeVar, cast
@@ -21,13 +22,17 @@ from grpc_status import rpc_status
 from vault.domain.errors import (
     ERROR_DOMAIN,
     AlreadyExists,
+    AuditUnavailable,
     Conflict,
     DecryptionFailed,
     InvalidArgument,
+    LimitExceeded,
     NotFound,
+    PermissionDenied,
     StoreUnavailable,
     TokenOperationFailed,
     TokenUnavailable,
+    Unauthenticated,
     VaultError,
     WrongPurpose,
     WrongState,
@@ -50,6 +55,10 @@ STATUS_CODES: Final[Mapping[type[VaultError], grpc.StatusCode]] = {
     TokenOperationFailed: grpc.StatusCode.INTERNAL,
     StoreUnavailable: grpc.StatusCode.UNAVAILABLE,
     Conflict: grpc.StatusCode.ABORTED,
+    Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
+    PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
+    LimitExceeded: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    AuditUnavailable: grpc.StatusCode.UNAVAILABLE,
 }
 
 INTERNAL_MESSAGE: Final = "internal error"
@@ -84,7 +93,8 @@ def to_status(error: BaseException, method: str = "") -> grpc.Status:
         code = status_code(error)
         if code is not None:
             log.debug("%s failed: %s %s", method, code.name, error.reason)
-            return _rich_status(code, error.message, error.reason, error.metadata)
+            retry_after = error.retry_after if isinstance(error, LimitExceeded) else None
+            return _rich_status(code, error.message, error.reason, error.metadata, retry_after)
     log_unexpected(error, method)
     return _rich_status(grpc.StatusCode.INTERNAL, INTERNAL_MESSAGE, INTERNAL_REASON, {})
 
@@ -97,13 +107,33 @@ def log_unexpected(error: BaseException, where: str) -> None:
     log.error("unexpected %s in %s\n%s", type(error).__qualname__, where or "?", stack)
 
 
+def outcome_of(error: BaseException) -> tuple[str, str]:
+    """(status code name, reason) a caller receives for error, for the audit log."""
+    if isinstance(error, VaultError):
+        code = status_code(error)
+        if code is not None:
+            return code.name, error.reason
+    return grpc.StatusCode.INTERNAL.name, INTERNAL_REASON
+
+
 def _rich_status(
-    code: grpc.StatusCode, message: str, reason: str, metadata: Mapping[str, str]
+    code: grpc.StatusCode,
+    message: str,
+    reason: str,
+    metadata: Mapping[str, str],
+    retry_after: float | None = None,
 ) -> grpc.Status:
     info = error_details_pb2.ErrorInfo(reason=reason, domain=ERROR_DOMAIN, metadata=metadata)
     detail = any_pb2.Any()
     detail.Pack(info)
-    status = status_pb2.Status(code=code.value[0], message=message, details=[detail])
+    details = [detail]
+    if retry_after is not None:
+        retry = error_details_pb2.RetryInfo()
+        retry.retry_delay.FromMilliseconds(max(1, math.ceil(retry_after * 1000)))
+        retry_detail = any_pb2.Any()
+        retry_detail.Pack(retry)
+        details.append(retry_detail)
+    status = status_pb2.Status(code=code.value[0], message=message, details=details)
     return cast(grpc.Status, rpc_status.to_status(status))
 
 

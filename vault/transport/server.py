@@ -20,20 +20,30 @@ from grpc_reflection.v1alpha import reflection
 from vault.app import Services
 from vault.config import Settings
 from vault.gen.vault.v1 import (
+    audit_service_pb2,
+    audit_service_pb2_grpc,
     crypto_service_pb2,
     crypto_service_pb2_grpc,
+    identity_service_pb2,
+    identity_service_pb2_grpc,
     key_service_pb2,
     key_service_pb2_grpc,
 )
 from vault.transport.crypto_servicer import CryptoServicer
 from vault.transport.errors import ErrorInterceptor
+from vault.transport.identity_servicer import AuditServicer, IdentityServicer
 from vault.transport.key_servicer import KeyServicer
+from vault.transport.security import SecurityInterceptor
 from vault.transport.tls import ServerTls
 
 log = logging.getLogger(__name__)
 
 KEY_SERVICE: Final = key_service_pb2.DESCRIPTOR.services_by_name["KeyService"].full_name
 CRYPTO_SERVICE: Final = crypto_service_pb2.DESCRIPTOR.services_by_name["CryptoService"].full_name
+IDENTITY_SERVICE: Final = identity_service_pb2.DESCRIPTOR.services_by_name[
+    "IdentityService"
+].full_name
+AUDIT_SERVICE: Final = audit_service_pb2.DESCRIPTOR.services_by_name["AuditService"].full_name
 
 
 class ListenAddressError(ValueError):
@@ -133,12 +143,23 @@ def build(
     address = ListenAddress.parse(settings.server.listen, tls=tls is not None)
     if port_override is not None:
         address = address.with_port(port_override)
+    if not settings.auth.enabled and not (address.unix or _is_loopback(address.host)):
+        raise ListenAddressError(
+            f"server.listen={address}: auth.enabled = false is accepted only on a loopback "
+            "address or a unix: socket"
+        )
+    security = services.security
+    interceptors: list[grpc.ServerInterceptor] = [ErrorInterceptor()]
+    if security is not None:
+        if security.authenticator is None:
+            raise RuntimeError("authentication needs the workers' shared counters")
+        interceptors.append(SecurityInterceptor(security.authenticator, security.audit))
     max_bytes = settings.server.max_message_bytes
     server = grpc.server(
         futures.ThreadPoolExecutor(
             max_workers=settings.server.threads, thread_name_prefix="vault-rpc"
         ),
-        interceptors=[ErrorInterceptor()],
+        interceptors=interceptors,
         options=[
             ("grpc.max_receive_message_length", max_bytes),
             ("grpc.max_send_message_length", max_bytes),
@@ -151,12 +172,21 @@ def build(
     crypto_service_pb2_grpc.add_CryptoServiceServicer_to_server(
         CryptoServicer(services.crypto), server
     )
+    served = [KEY_SERVICE, CRYPTO_SERVICE]
+    if security is not None:
+        identity_service_pb2_grpc.add_IdentityServiceServicer_to_server(
+            IdentityServicer(security.identity), server
+        )
+        audit_service_pb2_grpc.add_AuditServiceServicer_to_server(
+            AuditServicer(security.audit), server
+        )
+        served += [IDENTITY_SERVICE, AUDIT_SERVICE]
     health_servicer = health.HealthServicer(experimental_non_blocking=True)
-    for service in ("", KEY_SERVICE, CRYPTO_SERVICE):
+    for service in ("", *served):
         health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
-        (KEY_SERVICE, CRYPTO_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+        (*served, health.SERVICE_NAME, reflection.SERVICE_NAME), server
     )
     try:
         if tls is None:

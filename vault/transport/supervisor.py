@@ -22,8 +22,9 @@ from multiprocessing.context import ForkContext, ForkProcess
 from types import FrameType
 from typing import Final
 
-from vault.app import build_services, reconcile_store_and_token
+from vault.app import StartupReport, build_services, prepare_and_reconcile
 from vault.config import Settings
+from vault.coordination.limits import SharedLimits
 from vault.domain.errors import VaultError
 from vault.service.keys import KeyManagement
 from vault.transport.errors import log_unexpected
@@ -81,6 +82,14 @@ def serve(settings: Settings) -> None:
         )
     context = multiprocessing.get_context("fork")
     _reconcile_in_child(context, settings)
+    if settings.auth.enabled:
+        # Made before the workers, so they all attach to one table; a fresh start begins
+        # from zero (nonces older than the timestamp window are refused anyway).
+        SharedLimits.create(settings.shared_state_file).close()
+    else:
+        log.warning(
+            "auth.enabled = false: calls are neither authenticated nor audited (loopback only)"
+        )
     _Supervisor(context, settings, address, tls).run()
 
 
@@ -113,10 +122,12 @@ def _reconcile_in_child(context: ForkContext, settings: Settings) -> None:
 def _reconcile_main(settings: Settings) -> None:
     _reset_signals()
     try:
-        report = reconcile_store_and_token(settings)
+        startup = prepare_and_reconcile(settings)
     except Exception:
         log.exception("start-up reconciliation of store and token failed")
         sys.exit(1)
+    _announce_bootstrap(startup)
+    report = startup.reconcile
     if report.discarded_pending:
         log.warning("discarded %d half-created key versions", len(report.discarded_pending))
     if report.orphaned_in_token:
@@ -129,6 +140,19 @@ def _reconcile_main(settings: Settings) -> None:
             len(report.missing_roots),
         )
     sys.exit(_RECONCILE_CLEAN if report.clean else _RECONCILE_DIFFERENCES)
+
+
+def _announce_bootstrap(startup: StartupReport) -> None:
+    if startup.admin_access_key_id is None:
+        return
+    # The secret goes to a terminal only: a redirected stdout is usually a log file.
+    lines = [
+        f"bootstrapped admin access key {startup.admin_access_key_id}",
+        f"  stored for vaultctl in {startup.admin_credentials_file} (mode 0600)",
+    ]
+    if sys.stdout.isatty() and startup.admin_secret_key is not None:
+        lines.append(f"  secret key (shown once): {startup.admin_secret_key}")
+    print("\n".join(lines), flush=True)
 
 
 @dataclass(slots=True)
@@ -335,7 +359,10 @@ def _worker_main(
     signal.signal(signal.SIGTERM, lambda signum, frame: stop.set())
     _die_with_parent(parent_pid)
     try:
-        services = build_services(settings)
+        counters = (
+            SharedLimits.attach(settings.shared_state_file) if settings.auth.enabled else None
+        )
+        services = build_services(settings, counters)
     except Exception:
         log.exception("worker %d could not open the store and token", index)
         sys.exit(1)

@@ -1,0 +1,1 @@
+"""State that every worker process of one server must agree on."""

@@ -1,0 +1,141 @@
+"""The vault's own token keys, beside the root: the credential key and the audit key.
+
+- The credential key (HMAC-SHA256, SIGN/VERIFY only) derives every access key's secret from a
+  per-key random salt, and computes the keyed hash under which API keys are stored. The store
+  therefore holds nothing a thief could sign requests with.
+- The audit key (ECDSA P-256; private half SIGN only, public half VERIFY only) signs the audit
+  log's checkpoints, so a chain recomputed by someone who edited the database does not verify.
+
+Both are private, sensitive, non-extractable token objects created once per token (by
+`ensure`, which `vaultctl serve` runs before starting workers) and found by label afterwards.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+from typing import Any, Final
+
+from cryptography.hazmat.primitives.asymmetric import utils as asym_utils
+from pkcs11 import Attribute, Mechanism, ObjectClass, exceptions
+
+from vault.domain.algorithms import Algorithm
+from vault.hsm import objects, templates
+from vault.hsm.keystore import Pkcs11KeyStore, generate_pair
+from vault.hsm.library import ThreadContext
+
+log = logging.getLogger(__name__)
+
+CREDENTIAL_KEY_LABEL: Final = "vault:system:credential:1"
+AUDIT_KEY_LABEL: Final = "vault:system:audit:1"
+_CREDENTIAL_ALGORITHM: Final = Algorithm.HMAC_SHA256
+_AUDIT_ALGORITHM: Final = Algorithm.EC_SIGN_P256_SHA256
+_P256_HALF: Final = 32
+
+
+class SystemKeys:
+    """Implements vault.service.ports.SystemCrypto on the vault's token."""
+
+    def __init__(self, keystore: Pkcs11KeyStore) -> None:
+        self._keystore = keystore
+        self._create_lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return "SystemKeys()"
+
+    def ensure(self) -> list[str]:
+        """Create whichever system key the token lacks; returns the labels created."""
+        created: list[str] = []
+        with self._create_lock:
+            if not self._exists(ObjectClass.SECRET_KEY, CREDENTIAL_KEY_LABEL):
+                self._keystore.run(self._create_credential_key)
+                created.append(CREDENTIAL_KEY_LABEL)
+            if not self._exists(ObjectClass.PRIVATE_KEY, AUDIT_KEY_LABEL):
+                self._keystore.run(self._create_audit_key)
+                created.append(AUDIT_KEY_LABEL)
+        for label in created:
+            log.info("created system key %s in the token", label)
+        return created
+
+    def _exists(self, object_class: ObjectClass, label: str) -> bool:
+        def find(context: ThreadContext) -> bool:
+            try:
+                objects.find_one(context.session, object_class, label)
+            except exceptions.ObjectHandleInvalid:
+                return False
+            return True
+
+        return self._keystore.run(find)
+
+    def _create_credential_key(self, context: ThreadContext) -> None:
+        shape = templates.shape(_CREDENTIAL_ALGORITHM)
+        context.session.generate_key(
+            shape.key_type,
+            _CREDENTIAL_ALGORITHM.spec.bits,
+            capabilities=0,
+            template=templates.secret_generation(_CREDENTIAL_ALGORITHM, CREDENTIAL_KEY_LABEL),
+        )
+
+    def _create_audit_key(self, context: ThreadContext) -> None:
+        # The public half stays in the token too: the verifier must not trust a public key
+        # from the database the checkpoints protect.
+        public_template = {
+            **templates.public_generation(_AUDIT_ALGORITHM),
+            Attribute.TOKEN: True,
+            Attribute.PRIVATE: True,
+            Attribute.LABEL: AUDIT_KEY_LABEL,
+            Attribute.ID: AUDIT_KEY_LABEL.encode(),
+        }
+        generate_pair(context.session, _AUDIT_ALGORITHM, AUDIT_KEY_LABEL, public_template)
+
+    # -- use ------------------------------------------------------------------------------
+
+    def _object(self, context: ThreadContext, object_class: ObjectClass, label: str) -> Any:
+        cache_key = f"system:{object_class.name}:{label}"
+        obj = context.objects.get(cache_key)
+        if obj is None:
+            obj = objects.find_one(context.session, object_class, label)
+            context.objects[cache_key] = obj
+        return obj
+
+    def credential_mac(self, data: bytes) -> bytes:
+        return self._keystore.run(
+            lambda context: bytes(
+                self._object(context, ObjectClass.SECRET_KEY, CREDENTIAL_KEY_LABEL).sign(
+                    data, mechanism=Mechanism.SHA256_HMAC
+                )
+            )
+        )
+
+    def audit_sign(self, payload: bytes) -> tuple[bytes, str]:
+        digest = hashlib.sha256(payload).digest()
+
+        def sign(context: ThreadContext) -> bytes:
+            key = self._object(context, ObjectClass.PRIVATE_KEY, AUDIT_KEY_LABEL)
+            return bytes(key.sign(digest, mechanism=Mechanism.ECDSA))
+
+        raw = self._keystore.run(sign)
+        signature = asym_utils.encode_dss_signature(
+            int.from_bytes(raw[:_P256_HALF], "big"), int.from_bytes(raw[_P256_HALF:], "big")
+        )
+        return signature, AUDIT_KEY_LABEL
+
+    def audit_verify(self, payload: bytes, signature: bytes, key_label: str) -> bool:
+        if key_label != AUDIT_KEY_LABEL:
+            return False
+        try:
+            r, s = asym_utils.decode_dss_signature(signature)
+            raw = r.to_bytes(_P256_HALF, "big") + s.to_bytes(_P256_HALF, "big")
+        except (ValueError, OverflowError):
+            return False
+        digest = hashlib.sha256(payload).digest()
+
+        def verify(context: ThreadContext) -> bool:
+            key = self._object(context, ObjectClass.PUBLIC_KEY, AUDIT_KEY_LABEL)
+            try:
+                return bool(key.verify(digest, raw, mechanism=Mechanism.ECDSA))
+            except (exceptions.SignatureInvalid, exceptions.SignatureLenRange):
+                return False
+
+        return self._keystore.run(verify)

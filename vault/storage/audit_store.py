@@ -1,0 +1,502 @@
+"""AuditStore over SQLAlchemy Core: the hash-chained audit log, its signed checkpoints, and the
+usage counters and last-used times written in the same transaction as each batch of records.
+
+Every append reads the head of the chain and writes the next records, so appends must take
+turns across all processes sharing the database. SQLite would order them itself, but its busy
+handler polls in sleeps of milliseconds, which under contention costs far more than the append.
+For a SQLite file, appenders therefore queue on an flock of a lock file next to it (the kernel
+wakes the next one as soon as the lock is released, and drops the lock of a process that dies)
+and only then begin the write transaction, which then seldom has to wait.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import re
+import threading
+import weakref
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, contextmanager, nullcontext, suppress
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    ColumnElement,
+    Connection,
+    Engine,
+    RowMapping,
+    Table,
+    Update,
+    bindparam,
+    func,
+    insert,
+    or_,
+    select,
+    text,
+    type_coerce,
+    update,
+)
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+
+from vault.domain.audit import GENESIS_HASH, AuditEvent, AuditRecord, Checkpoint, chain
+from vault.domain.errors import AuditUnavailable, InvalidArgument
+from vault.domain.identity import is_access_key_id
+from vault.domain.models import Page
+from vault.service.ports import AuditFilter, AuditHead
+from vault.storage.engine import (
+    is_sqlite,
+    is_sqlite_memory,
+    is_sqlite_uri,
+    read_transaction,
+    write_transaction,
+)
+from vault.storage.identity_store import (
+    aware,
+    clamp_page_size,
+    decode_page_token,
+    encode_page_token,
+    new_serial_lock,
+)
+from vault.storage.sql_store import unavailable
+from vault.storage.tables import (
+    UtcDateTime,
+    access_keys,
+    api_keys,
+    audit_checkpoints,
+    audit_events,
+    from_micros,
+    usage_counters,
+)
+
+LOCK_SUFFIX = ".audit-lock"
+# Rows per query when streaming the whole log: bounded memory, few round trips.
+READ_BATCH = 1000
+_SEQ_TOKEN_RE = re.compile(r"[0-9]{1,19}")
+
+# The stored columns, occurred_at as the raw integer (converted in _to_record).
+_RECORD_COLUMNS = [
+    type_coerce(column, BigInteger).label(column.name) if column.name == "occurred_at" else column
+    for column in audit_events.c
+]
+# Statements of the append, built once: composing a statement costs more than running it.
+_HEAD = select(audit_events.c.seq, audit_events.c.hash).order_by(audit_events.c.seq.desc()).limit(1)
+_NEWEST_CHECKPOINT = (
+    select(audit_checkpoints.c.head_seq, audit_checkpoints.c.signed_at)
+    .order_by(audit_checkpoints.c.head_seq.desc())
+    .limit(1)
+)
+_INSERT_RECORD = insert(audit_events)
+_USAGE_PK = (
+    usage_counters.c.credential_id == bindparam("u_credential"),
+    usage_counters.c.day == bindparam("u_day"),
+    usage_counters.c.method == bindparam("u_method"),
+)
+_ADD_USAGE = (
+    update(usage_counters)
+    .where(*_USAGE_PK)
+    .values(count=usage_counters.c.count + bindparam("u_count"))
+)
+_INSERT_USAGE = insert(usage_counters).values(
+    credential_id=bindparam("u_credential"),
+    day=bindparam("u_day"),
+    method=bindparam("u_method"),
+    count=bindparam("u_count"),
+)
+
+
+def _touch(table: Table, id_column: Column[str]) -> Update:
+    # Appends of concurrent requests may commit out of order: never move a time backwards.
+    used = bindparam("t_time", type_=UtcDateTime())
+    return (
+        update(table)
+        .where(
+            id_column == bindparam("t_id"),
+            or_(table.c.last_used_time.is_(None), table.c.last_used_time < used),
+        )
+        .values(last_used_time=used)
+    )
+
+
+_TOUCH_ACCESS_KEY = _touch(access_keys, access_keys.c.access_key_id)
+_TOUCH_API_KEY = _touch(api_keys, api_keys.c.api_key_id)
+# A server database has no file to lock; this orders appenders (readers still run beside it).
+_LOCK_AUDIT_TABLE = text("LOCK TABLE audit_events IN EXCLUSIVE MODE")
+
+
+class SqlAuditStore:
+    """The vault's AuditStore. One instance per process, shared by all request threads."""
+
+    def __init__(self, engine: Engine, *, serial: threading.Lock | None = None) -> None:
+        self._engine = engine
+        # See SqlMetadataStore: stores sharing an in-memory engine must share this lock.
+        self._serial = serial if serial is not None else new_serial_lock(engine)
+        self._append_lock = AppendLock(lock_path(engine))
+        self._lock_table = engine.dialect.name == "postgresql"
+
+    def __repr__(self) -> str:
+        return f"SqlAuditStore({self._engine.url.render_as_string(hide_password=True)!r})"
+
+    def close(self) -> None:
+        """Close the lock file and every pooled connection of the engine (shared with the other
+        stores). The store must not be used afterwards."""
+        self._append_lock.close()
+        self._engine.dispose()
+
+    # --- appending --------------------------------------------------------------------------
+
+    def append_audit(
+        self,
+        events: Sequence[AuditEvent],
+        usage: Mapping[tuple[str, str, str], int],
+        last_used: Mapping[str, datetime],
+    ) -> AuditHead:
+        """In one transaction: chain events after the current head and insert them, add usage
+        counts ((credential id, day, method) -> n) and set the last-used time of those access
+        or API keys. AuditUnavailable if it cannot commit; then nothing was written."""
+        try:
+            with (
+                self._append_lock.held(),
+                self._serialised(),
+                write_transaction(self._engine) as c,
+            ):
+                head = self._append(c, events, usage, last_used)
+        except Exception as exc:
+            # Whatever failed (database, lock file, a bad value), the records are not stored
+            # and the caller must not act as if they were. No values in the error: the
+            # engine hides SQL parameters, and only the class name is passed on.
+            cause = getattr(exc, "orig", None) or exc
+            raise AuditUnavailable(
+                "the audit log cannot be written", metadata={"error": type(cause).__name__}
+            ) from exc
+        return head
+
+    def _append(
+        self,
+        c: Connection,
+        events: Sequence[AuditEvent],
+        usage: Mapping[tuple[str, str, str], int],
+        last_used: Mapping[str, datetime],
+    ) -> AuditHead:
+        if self._lock_table:
+            c.execute(_LOCK_AUDIT_TABLE)
+        # The head is read inside the transaction that extends it, under the append lock:
+        # no other appender can chain onto the same head.
+        row = c.execute(_HEAD).first()
+        seq, head_hash = (0, GENESIS_HASH) if row is None else (int(row[0]), _head_hash(row[1]))
+        records = chain(head_hash, seq + 1, events)
+        if records:
+            c.execute(_INSERT_RECORD, [_record_row(record) for record in records])
+            seq, head_hash = records[-1].seq, records[-1].hash
+        for (credential_id, day, method), count in usage.items():
+            params = {
+                "u_credential": credential_id,
+                "u_day": day,
+                "u_method": method,
+                "u_count": count,
+            }
+            # Update, else insert: portable, and race-free because appends take turns.
+            if c.execute(_ADD_USAGE, params).rowcount == 0:
+                c.execute(_INSERT_USAGE, params)
+        touched: dict[bool, list[dict[str, Any]]] = {True: [], False: []}
+        for credential_id, used in last_used.items():
+            touched[is_access_key_id(credential_id)].append(
+                {"t_id": credential_id, "t_time": aware(used)}
+            )
+        if touched[True]:
+            c.execute(_TOUCH_ACCESS_KEY, touched[True])
+        if touched[False]:
+            c.execute(_TOUCH_API_KEY, touched[False])
+        checkpoint = c.execute(_NEWEST_CHECKPOINT).first()
+        return AuditHead(
+            seq=seq,
+            hash=head_hash,
+            checkpoint_seq=0 if checkpoint is None else int(checkpoint[0]),
+            checkpoint_time=None if checkpoint is None else checkpoint[1],
+        )
+
+    # --- checkpoints ------------------------------------------------------------------------
+
+    def add_checkpoint(self, checkpoint: Checkpoint) -> None:
+        """Record a signed checkpoint; a second one for the same head is ignored."""
+        row = {
+            "head_seq": checkpoint.head_seq,
+            "head_hash": checkpoint.head_hash,
+            "signed_at": aware(checkpoint.signed_at),
+            "signature": checkpoint.signature,
+            "key_label": checkpoint.key_label,
+        }
+        exists = select(audit_checkpoints.c.head_seq).where(
+            audit_checkpoints.c.head_seq == checkpoint.head_seq
+        )
+        try:
+            with self._serialised(), write_transaction(self._engine) as c:
+                if c.execute(exists).first() is None:
+                    c.execute(insert(audit_checkpoints).values(**row))
+        except IntegrityError:
+            # Another writer of a server database recorded the same head meanwhile.
+            return
+        except SQLAlchemyError as exc:
+            raise unavailable(exc) from exc
+
+    def audit_checkpoints(self) -> list[Checkpoint]:
+        query = select(audit_checkpoints).order_by(audit_checkpoints.c.head_seq)
+        with self._reading() as c:
+            rows = c.execute(query).mappings().all()
+        return [
+            Checkpoint(
+                head_seq=int(row["head_seq"]),
+                head_hash=bytes(row["head_hash"]),
+                signed_at=row["signed_at"],
+                signature=bytes(row["signature"]),
+                key_label=row["key_label"],
+            )
+            for row in rows
+        ]
+
+    # --- reading ----------------------------------------------------------------------------
+
+    def audit_records(self) -> Iterator[AuditRecord]:
+        """Every record as stored, in ascending seq order, read READ_BATCH rows at a time.
+
+        Each batch is its own short transaction, and none is open while the caller holds a
+        record: a long verification neither pins a snapshot nor blocks appenders. Records
+        appended meanwhile are included; records are never changed, so batches fit together.
+        """
+        batch = READ_BATCH
+        query = (
+            select(*_RECORD_COLUMNS)
+            .where(audit_events.c.seq > bindparam("after"))
+            .order_by(audit_events.c.seq)
+            .limit(batch)
+        )
+        after = 0
+        while True:
+            with self._reading() as c:
+                rows = c.execute(query, {"after": after}).mappings().all()
+            for row in rows:
+                yield _to_record(row)
+            if len(rows) < batch:
+                return
+            after = int(rows[-1]["seq"])
+
+    def list_audit_events(
+        self, audit_filter: AuditFilter, page_size: int, page_token: str
+    ) -> Page[AuditRecord]:
+        """Records matching every field set in audit_filter, oldest first."""
+        size = clamp_page_size(page_size)
+        clauses = _filter_clauses(audit_filter)
+        if page_token:
+            clauses.append(audit_events.c.seq > _decode_seq_token(page_token))
+        query = (
+            select(*_RECORD_COLUMNS).where(*clauses).order_by(audit_events.c.seq).limit(size + 1)
+        )
+        with self._reading() as c:
+            rows = c.execute(query).mappings().all()
+        items = [_to_record(row) for row in rows[:size]]
+        next_token = encode_page_token(str(items[-1].seq)) if len(rows) > size else ""
+        return Page(items=items, next_page_token=next_token)
+
+    # --- plumbing ---------------------------------------------------------------------------
+
+    @contextmanager
+    def _reading(self) -> Iterator[Connection]:
+        try:
+            with self._serialised(), read_transaction(self._engine) as conn:
+                yield conn
+        except SQLAlchemyError as exc:
+            raise unavailable(exc) from exc
+
+    def _serialised(self) -> AbstractContextManager[Any]:
+        return self._serial if self._serial is not None else nullcontext()
+
+
+class AppendLock:
+    """Mutual exclusion of appenders: a threading.Lock among the threads of this process, then
+    an exclusive flock of a lock file among processes (when there is a file: a SQLite database
+    in memory lives in one process, and a server database is locked by SQL instead).
+
+    Each process opens the lock file itself. A forked child inherits the descriptor, but an
+    flock belongs to the open file description, which parent and child would then share:
+    locking it would not exclude one from the other.
+    """
+
+    def __init__(self, path: Path | None) -> None:
+        self._path = path
+        self._threads = threading.Lock()
+        self._fd = -1
+        self._pid = 0
+        _reset_in_forked_children(self)
+
+    @property
+    def path(self) -> Path | None:
+        return self._path
+
+    @contextmanager
+    def held(self) -> Iterator[None]:
+        with self._threads:
+            if self._path is None:
+                yield
+                return
+            fd = self._descriptor(self._path)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+
+    def close(self) -> None:
+        with self._threads:
+            if self._fd >= 0 and self._pid == os.getpid():
+                os.close(self._fd)
+            self._fd = -1
+            self._pid = 0
+
+    def _descriptor(self, path: Path) -> int:
+        pid = os.getpid()
+        if self._fd < 0 or self._pid != pid:
+            # 0600 like the database: the file holds nothing, but nobody else may lock it.
+            self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            self._pid = pid
+        return self._fd
+
+    def _after_fork(self) -> None:
+        # Runs in the child alone, right after fork: the parent's threads are gone, and one
+        # may have been holding the thread lock. The inherited descriptor is dropped (closing
+        # this copy leaves the parent's lock alone); the child opens its own on first use.
+        self._threads = threading.Lock()
+        if self._fd >= 0:
+            with suppress(OSError):
+                os.close(self._fd)
+        self._fd = -1
+        self._pid = 0
+
+
+def lock_path(engine: Engine) -> Path | None:
+    """The append lock file of a SQLite database file, else None."""
+    url = engine.url
+    if not is_sqlite(url) or is_sqlite_memory(url) or is_sqlite_uri(url) or not url.database:
+        return None
+    # Absolute now, so a later chdir cannot make two processes lock different files.
+    return Path(url.database + LOCK_SUFFIX).absolute()
+
+
+def _reset_in_forked_children(lock: AppendLock) -> None:
+    # A weak reference so the hook does not keep the lock (and its store) alive.
+    ref = weakref.ref(lock)
+
+    def _after_fork() -> None:
+        forked = ref()
+        if forked is not None:
+            forked._after_fork()
+
+    os.register_at_fork(after_in_child=_after_fork)
+
+
+def _record_row(record: AuditRecord) -> dict[str, Any]:
+    event = record.event
+    return {
+        "seq": record.seq,
+        "occurred_at": aware(event.occurred_at),
+        "request_id": event.request_id,
+        "credential_id": event.credential_id,
+        "account": event.account,
+        "method": event.method,
+        "resource": event.resource,
+        "outcome": event.outcome,
+        "reason": event.reason,
+        "latency_us": event.latency_us,
+        "source": event.source,
+        "prev_hash": record.prev_hash,
+        "hash": record.hash,
+    }
+
+
+def _to_record(row: RowMapping) -> AuditRecord:
+    # Values are passed on as stored when they are not of the expected type: a row changed
+    # behind the store's back must reach the verifier, which reports it, rather than stop the
+    # stream with a conversion error.
+    occurred_at = row["occurred_at"]
+    latency_us = row["latency_us"]
+    return AuditRecord(
+        seq=row["seq"],
+        event=AuditEvent(
+            occurred_at=from_micros(occurred_at) if type(occurred_at) is int else occurred_at,
+            request_id=row["request_id"],
+            credential_id=row["credential_id"],
+            account=row["account"],
+            method=row["method"],
+            resource=row["resource"],
+            outcome=row["outcome"],
+            reason=row["reason"],
+            latency_us=latency_us,
+            source=row["source"],
+        ),
+        prev_hash=_as_bytes(row["prev_hash"]),
+        hash=_as_bytes(row["hash"]),
+    )
+
+
+def _as_bytes(value: Any) -> Any:
+    # Drivers may return memoryview (psycopg) for binary columns; the domain wants bytes.
+    return bytes(value) if isinstance(value, bytearray | memoryview) else value
+
+
+def _head_hash(value: Any) -> bytes:
+    value = _as_bytes(value)
+    if not isinstance(value, bytes) or len(value) != len(GENESIS_HASH):
+        # Chaining onto a damaged head would bury the damage under valid-looking records.
+        raise ValueError("the audit chain head is damaged")
+    return value
+
+
+def _filter_clauses(audit_filter: AuditFilter) -> list[ColumnElement[bool]]:
+    col = audit_events.c
+    clauses: list[ColumnElement[bool]] = []
+    if audit_filter.start_time is not None:
+        clauses.append(col.occurred_at >= aware(audit_filter.start_time))
+    if audit_filter.end_time is not None:
+        clauses.append(col.occurred_at < aware(audit_filter.end_time))
+    if audit_filter.credential_id:
+        clauses.append(col.credential_id == audit_filter.credential_id)
+    if audit_filter.outcome:
+        clauses.append(col.outcome == audit_filter.outcome)
+    if audit_filter.resource:
+        # The key itself, or anything under it (its versions). Compared with substr rather
+        # than LIKE: LIKE is case-insensitive on SQLite and would need '%' and '_' escaped.
+        prefix = audit_filter.resource + "/"
+        clauses.append(
+            or_(
+                col.resource == audit_filter.resource,
+                func.substr(col.resource, 1, len(prefix)) == prefix,
+            )
+        )
+    if audit_filter.method:
+        method = audit_filter.method
+        if "/" in method:
+            clauses.append(col.method == method)
+        else:
+            # A short name ("Encrypt") matches the last part of any full name
+            # ("/vault.v1.CryptoService/Encrypt"), and only a whole last part.
+            suffix = "/" + method
+            clauses.append(
+                func.substr(col.method, func.length(col.method) - (len(suffix) - 1)) == suffix
+            )
+    return clauses
+
+
+def _decode_seq_token(token: str) -> int:
+    value = decode_page_token(token)
+    if not _SEQ_TOKEN_RE.fullmatch(value):
+        raise InvalidArgument("malformed page token", metadata={"field": "page_token"})
+    return int(value)
+
+
+if TYPE_CHECKING:
+    from vault.service.ports import AuditStore
+
+    # Makes mypy prove that the class satisfies the port it implements.
+    _PORT_CHECK: type[AuditStore] = SqlAuditStore

@@ -1,0 +1,215 @@
+"""Authentication, authorisation, limits and the audit record of every vault.v1 call.
+
+The interceptor receives each request as the bytes on the wire, because a signed request's
+signature covers exactly those bytes (vault.domain.signing). In order, for every call:
+
+1. authenticate: the `authorization` metadata (a signature or a bearer API key) becomes a
+   Principal, or the call ends with UNAUTHENTICATED;
+2. parse the bytes, then authorise the resources the request names before any validation, so
+   a denied caller gets PERMISSION_DENIED whether or not the resource exists;
+3. admit: an API key's rate limit and daily quota;
+4. for a call that changes state, commit an audit record of the attempt first: if it cannot
+   be committed the change is not made;
+5. run the call, then commit its audit record (outcome, reason, latency) before the answer
+   leaves; if that fails the caller gets AUDIT_UNAVAILABLE instead of the answer.
+
+Health and reflection are not vault.v1 services and stay open, so probes need no credential.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Final, TypeVar
+
+import grpc
+from google.protobuf.message import DecodeError, Message
+
+from vault.domain.audit import AuditEvent
+from vault.domain.errors import AuditUnavailable, PermissionDenied, Unauthenticated
+from vault.domain.identity import MUTATING_METHODS, Principal, authorize, resource_ref
+from vault.domain.signing import AUTHORIZATION_HEADER, BEARER_PREFIX, SCHEME
+from vault.service.audit import AuditLog
+from vault.service.authentication import Authenticator
+from vault.transport.errors import MalformedRequest, outcome_of
+
+_SECURED_PREFIX: Final = "/vault.v1."
+_REQUEST_ID_HEADER: Final = "x-request-id"
+_MAX_REQUEST_ID: Final = 128
+_Response = TypeVar("_Response")
+
+
+@dataclass(frozen=True, slots=True)
+class _Call:
+    method: str  # full name: /vault.v1.CryptoService/Sign
+    service: str  # vault.v1.CryptoService
+    short: str  # Sign
+
+
+@dataclass(slots=True)
+class _Attempt:
+    """What is known about a call so far, for its audit record."""
+
+    call: _Call
+    source: str
+    request_id: str
+    started: float = field(default_factory=time.perf_counter)
+    principal: Principal | None = None
+    resources: list[str] = field(default_factory=list)
+    admitted: bool = False
+
+    @property
+    def usage(self) -> str | None:
+        """The method to count against the credential: only calls it was allowed to make."""
+        return self.call.short if self.admitted else None
+
+    def event(self, outcome: str, reason: str) -> AuditEvent:
+        principal = self.principal
+        return AuditEvent(
+            occurred_at=datetime.now(UTC),
+            request_id=self.request_id,
+            credential_id=principal.credential_id if principal is not None else "",
+            account=principal.account_id if principal is not None else "",
+            method=self.call.method,
+            resource=self.resources[0][:256] if self.resources else "",
+            outcome=outcome,
+            reason=reason,
+            latency_us=int((time.perf_counter() - self.started) * 1_000_000),
+            source=self.source,
+        )
+
+
+def _split(method: str) -> _Call:
+    service, _, short = method[1:].partition("/")
+    return _Call(method, service, short)
+
+
+def resource_names(request: Message) -> list[str]:
+    """Every resource name a request refers to, as given (not validated)."""
+    fields = request.DESCRIPTOR.fields_by_name
+    names: list[str] = []
+    for field_name in ("name", "parent"):
+        if field_name in fields:
+            value = getattr(request, field_name)
+            if isinstance(value, str):
+                names.append(value)
+    if "key_id" in fields and "parent" in fields:
+        # CreateKey names the key it creates: grants on keys/{key} apply to it.
+        names = [f"{request.parent}/keys/{request.key_id}"]  # type: ignore[attr-defined]
+    if "key" in fields and request.DESCRIPTOR.name == "UpdateKeyRequest":
+        names.append(request.key.name)  # type: ignore[attr-defined]
+    if "destination_key_name" in fields and request.destination_key_name:  # type: ignore[attr-defined]
+        names.append(request.destination_key_name)  # type: ignore[attr-defined]
+    return names
+
+
+class SecurityInterceptor(grpc.ServerInterceptor):
+    def __init__(self, authenticator: Authenticator, audit: AuditLog) -> None:
+        self._authenticator = authenticator
+        self._audit = audit
+
+    def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler[Any, Any] | None],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
+        handler = continuation(handler_call_details)
+        method = handler_call_details.method
+        if (
+            handler is None
+            or handler.unary_unary is None
+            or handler.request_streaming
+            or handler.response_streaming
+            or not method.startswith(_SECURED_PREFIX)
+        ):
+            return handler
+        parse = handler.request_deserializer
+        if parse is None:
+            return handler
+        behavior = handler.unary_unary
+        call = _split(method)
+
+        def secured(raw: bytes, context: grpc.ServicerContext) -> Any:
+            return self._serve(call, raw, context, parse, behavior)
+
+        return grpc.unary_unary_rpc_method_handler(
+            secured,
+            request_deserializer=None,  # the bytes as received
+            response_serializer=handler.response_serializer,
+        )
+
+    def _serve(
+        self,
+        call: _Call,
+        raw: bytes,
+        context: grpc.ServicerContext,
+        parse: Callable[[bytes], Any],
+        behavior: Callable[[Any, grpc.ServicerContext], _Response],
+    ) -> _Response:
+        metadata = _metadata(context)
+        attempt = _Attempt(call, _address(context.peer()), _request_id(metadata))
+        try:
+            attempt.principal = principal = self._authenticate(call, raw, metadata, attempt.source)
+            try:
+                request = parse(raw)
+            except (DecodeError, ValueError, TypeError):
+                raise MalformedRequest("the request is not a valid message") from None
+            attempt.resources = resource_names(request)
+            refs = [resource_ref(name) for name in attempt.resources]
+            if any(ref is None for ref in refs) and not principal.admin:
+                raise PermissionDenied()
+            if not authorize(
+                principal, call.service, call.short, [ref for ref in refs if ref is not None]
+            ):
+                raise PermissionDenied()
+            self._authenticator.admit(principal)
+            attempt.admitted = True
+            if call.short in MUTATING_METHODS:
+                self._audit.record(attempt.event("STARTED", ""))
+            response = behavior(request, context)
+        except Exception as error:
+            # The call failed already: its error is what the caller needs; an audit failure
+            # now is logged by the audit log and does not replace it.
+            with contextlib.suppress(AuditUnavailable):
+                self._audit.record(attempt.event(*outcome_of(error)), usage_method=attempt.usage)
+            raise
+        self._audit.record(attempt.event("OK", ""), usage_method=attempt.usage)
+        return response
+
+    def _authenticate(
+        self, call: _Call, raw: bytes, metadata: dict[str, str], source: str
+    ) -> Principal:
+        header = metadata.get(AUTHORIZATION_HEADER, "")
+        if header.startswith(SCHEME + " "):
+            return self._authenticator.authenticate_signed(header, call.method, raw, source)
+        if header.startswith(BEARER_PREFIX):
+            return self._authenticator.authenticate_bearer(header[len(BEARER_PREFIX) :], source)
+        raise Unauthenticated()
+
+
+def _metadata(context: grpc.ServicerContext) -> dict[str, str]:
+    found: dict[str, str] = {}
+    for key, value in context.invocation_metadata() or ():
+        if isinstance(value, str) and key not in found:
+            found[key] = value
+    return found
+
+
+def _address(peer: str) -> str:
+    """The caller's address without its port: ipv4:10.0.0.1:5555 -> ipv4:10.0.0.1."""
+    if peer.startswith(("ipv4:", "ipv6:")):
+        host, _, port = peer.rpartition(":")
+        if port.isdigit():
+            return host
+    return peer
+
+
+def _request_id(metadata: dict[str, str]) -> str:
+    given = metadata.get(_REQUEST_ID_HEADER, "")
+    if given and len(given) <= _MAX_REQUEST_ID and given.isprintable():
+        return given
+    return uuid.uuid4().hex
