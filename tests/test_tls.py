@@ -372,6 +372,7 @@ def mtls(tmp_path_factory: pytest.TempPathFactory, other_ca: Ca) -> Iterator[Mtl
         "VAULT_SERVER__TLS_KEY_FILE": str(server_pair.key),
         "VAULT_SERVER__CLIENT_CA_FILE": str(client_ca.path),
         "VAULT_SERVER__WORKERS": "1",
+        "VAULT_AUTH__CLIENT_CERTIFICATE_ACCOUNTS": "true",
     }
     server = TlsVaultServer(data_dir, env, server_ca.path, client).start()
     try:
@@ -392,6 +393,40 @@ def test_mutual_tls_accepts_a_client_certificate_from_the_client_ca(mtls: Mtls) 
     ) as client:
         key = client.create_key("accounts/mtls", "k", "ENCRYPT_DECRYPT").name
         round_trip(client, key)
+
+
+def test_a_client_certificate_acts_for_the_account_its_common_name_names(mtls: Mtls) -> None:
+    def certificate_only() -> VaultClient:
+        return VaultClient(
+            mtls.server.target,
+            ca_file=mtls.server_ca,
+            client_cert_file=mtls.client.cert,
+            client_key_file=mtls.client.key,
+            options=LOCAL_POOL,
+        )
+
+    # Its common name is "client": no such account yet, so the certificate alone is not a
+    # credential.
+    with certificate_only() as anonymous, pytest.raises(VaultClientError) as caught:
+        anonymous.generate_random(8)
+    assert caught.value.code is grpc.StatusCode.UNAUTHENTICATED
+    with mtls.server.client(
+        ca_file=mtls.server_ca,
+        client_cert_file=mtls.client.cert,
+        client_key_file=mtls.client.key,
+        options=LOCAL_POOL,
+    ) as admin:
+        admin.create_account("client")
+        other = admin.create_key("accounts/mtls-other", "k", "ENCRYPT_DECRYPT").name
+    with certificate_only() as client:
+        key = client.create_key("accounts/client", "own", "ENCRYPT_DECRYPT").name
+        round_trip(client, key)
+        with pytest.raises(VaultClientError) as denied:
+            client.get_key(other)
+        assert denied.value.code is grpc.StatusCode.PERMISSION_DENIED
+        with pytest.raises(VaultClientError) as not_admin:
+            client.list_accounts()
+        assert not_admin.value.code is grpc.StatusCode.PERMISSION_DENIED
 
 
 def test_mutual_tls_refuses_a_client_without_a_certificate(mtls: Mtls) -> None:

@@ -161,6 +161,12 @@ class AuthSettings(BaseModel):
     max_failures_per_key: int = Field(
         10, ge=1, description="failed authentications naming one key id before it is refused"
     )
+    client_certificate_accounts: bool = Field(
+        False,
+        description="with mutual TLS (server.client_ca_file): a call without an authorization "
+        "header, from a client certificate whose subject common name is an existing account "
+        "id, acts for that account (full access to its keys, never the admin role)",
+    )
     admin_credentials_file: Path | None = Field(
         None,
         description="where the first start stores the bootstrapped admin access key (mode "

@@ -58,6 +58,7 @@ class CredentialState(StrEnum):
 class CredentialKind(StrEnum):
     ACCESS_KEY = "ACCESS_KEY"
     API_KEY = "API_KEY"
+    CERTIFICATE = "CERTIFICATE"
 
 
 # The level each key-using method needs on the key(s) it names. Methods not listed here and

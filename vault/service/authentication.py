@@ -103,6 +103,19 @@ class Authenticator:
         assert principal is not None
         return principal
 
+    def authenticate_certificate(self, account_id: str, fingerprint: str, source: str) -> Principal:
+        """A client certificate the TLS layer verified, naming account_id in its subject."""
+        now = self._clock()
+        self._check_throttle(source, "", now)
+        account = self._store.get_account(account_id) if account_id else None
+        if account is None:
+            self._fail(source, "", now)
+        return Principal(
+            kind=CredentialKind.CERTIFICATE,
+            credential_id=f"cert:{fingerprint[:32]}",
+            account_id=account_id,
+        )
+
     def admit(self, principal: Principal) -> None:
         """Apply an API key's rate limit and daily quota (raises LimitExceeded)."""
         key = principal.api_key

@@ -19,6 +19,7 @@ Health and reflection are not vault.v1 services and stay open, so probes need no
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import time
 import uuid
 from collections.abc import Callable
@@ -108,9 +109,12 @@ def resource_names(request: Message) -> list[str]:
 
 
 class SecurityInterceptor(grpc.ServerInterceptor):
-    def __init__(self, authenticator: Authenticator, audit: AuditLog) -> None:
+    def __init__(
+        self, authenticator: Authenticator, audit: AuditLog, *, certificate_accounts: bool
+    ) -> None:
         self._authenticator = authenticator
         self._audit = audit
+        self._certificate_accounts = certificate_accounts
 
     def intercept_service(
         self,
@@ -153,7 +157,9 @@ class SecurityInterceptor(grpc.ServerInterceptor):
         metadata = _metadata(context)
         attempt = _Attempt(call, _address(context.peer()), _request_id(metadata))
         try:
-            attempt.principal = principal = self._authenticate(call, raw, metadata, attempt.source)
+            attempt.principal = principal = self._authenticate(
+                call, raw, metadata, attempt.source, context
+            )
             try:
                 request = parse(raw)
             except (DecodeError, ValueError, TypeError):
@@ -181,14 +187,41 @@ class SecurityInterceptor(grpc.ServerInterceptor):
         return response
 
     def _authenticate(
-        self, call: _Call, raw: bytes, metadata: dict[str, str], source: str
+        self,
+        call: _Call,
+        raw: bytes,
+        metadata: dict[str, str],
+        source: str,
+        context: grpc.ServicerContext,
     ) -> Principal:
         header = metadata.get(AUTHORIZATION_HEADER, "")
         if header.startswith(SCHEME + " "):
             return self._authenticator.authenticate_signed(header, call.method, raw, source)
         if header.startswith(BEARER_PREFIX):
             return self._authenticator.authenticate_bearer(header[len(BEARER_PREFIX) :], source)
+        if not header and self._certificate_accounts:
+            certificate = _client_certificate(context)
+            if certificate is not None:
+                account_id, fingerprint = certificate
+                return self._authenticator.authenticate_certificate(account_id, fingerprint, source)
         raise Unauthenticated()
+
+
+def _client_certificate(context: grpc.ServicerContext) -> tuple[str, str] | None:
+    """(subject common name, SHA-256 of the PEM) of the client certificate the TLS layer
+    verified against server.client_ca_file, or None without one."""
+    auth = context.auth_context()
+    names = list(auth.get("x509_common_name") or ())
+    pems = list(auth.get("x509_pem_cert") or ())
+    if len(names) != 1 or len(pems) != 1:
+        return None
+    name, pem = names[0], pems[0]
+    if not isinstance(name, bytes) or not isinstance(pem, bytes):
+        return None
+    try:
+        return name.decode("ascii"), hashlib.sha256(pem).hexdigest()
+    except UnicodeDecodeError:
+        return None
 
 
 def _metadata(context: grpc.ServicerContext) -> dict[str, str]:

@@ -153,7 +153,13 @@ def build(
     if security is not None:
         if security.authenticator is None:
             raise RuntimeError("authentication needs the workers' shared counters")
-        interceptors.append(SecurityInterceptor(security.authenticator, security.audit))
+        interceptors.append(
+            SecurityInterceptor(
+                security.authenticator,
+                security.audit,
+                certificate_accounts=settings.auth.client_certificate_accounts,
+            )
+        )
     max_bytes = settings.server.max_message_bytes
     server = grpc.server(
         futures.ThreadPoolExecutor(
