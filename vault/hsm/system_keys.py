@@ -5,6 +5,9 @@
   therefore holds nothing a thief could sign requests with.
 - The audit key (ECDSA P-256; private half SIGN only, public half VERIFY only) signs the audit
   log's checkpoints, so a chain recomputed by someone who edited the database does not verify.
+- The audit anchor, a private data object holding the newest checkpoint's sequence number and
+  chain hash: checkpoints live in the database too, and one who deletes them (or rolls the
+  whole database back) must not be able to pass the result off as an intact log.
 
 Both are private, sensitive, non-extractable token objects created once per token (by
 `ensure`, which `vaultctl serve` runs before starting workers) and found by label afterwards.
@@ -14,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import struct
 import threading
 from typing import Any, Final
 
@@ -29,6 +33,8 @@ log = logging.getLogger(__name__)
 
 CREDENTIAL_KEY_LABEL: Final = "vault:system:credential:1"
 AUDIT_KEY_LABEL: Final = "vault:system:audit:1"
+AUDIT_ANCHOR_LABEL: Final = "vault:system:audit-anchor"
+_ANCHOR: Final = struct.Struct(">Q32s")
 _CREDENTIAL_ALGORITHM: Final = Algorithm.HMAC_SHA256
 _AUDIT_ALGORITHM: Final = Algorithm.EC_SIGN_P256_SHA256
 _P256_HALF: Final = 32
@@ -120,6 +126,60 @@ class SystemKeys:
             int.from_bytes(raw[:_P256_HALF], "big"), int.from_bytes(raw[_P256_HALF:], "big")
         )
         return signature, AUDIT_KEY_LABEL
+
+    def record_audit_anchor(self, head_seq: int, head_hash: bytes) -> None:
+        """Remember (head_seq, head_hash) unless the token holds a later anchor already.
+
+        SoftHSM keeps a data object's value read-only, so a new anchor is a new object and the
+        older ones are destroyed after it exists: a crash in between leaves two anchors, of
+        which readers take the later, never none."""
+
+        def replace(context: ThreadContext) -> None:
+            anchors = self._anchors(context)
+            if anchors and max(seq for seq, _, _ in anchors) >= head_seq:
+                return
+            context.session.create_object(
+                {
+                    Attribute.CLASS: ObjectClass.DATA,
+                    Attribute.TOKEN: True,
+                    Attribute.PRIVATE: True,
+                    Attribute.MODIFIABLE: False,
+                    Attribute.COPYABLE: False,
+                    Attribute.DESTROYABLE: True,
+                    Attribute.LABEL: AUDIT_ANCHOR_LABEL,
+                    Attribute.APPLICATION: "vault",
+                    Attribute.VALUE: _ANCHOR.pack(head_seq, head_hash),
+                }
+            )
+            for _, _, obj in anchors:
+                objects.destroy_quietly(obj)
+
+        with self._create_lock:
+            self._keystore.run(replace)
+
+    def audit_anchor(self) -> tuple[int, bytes] | None:
+        """The latest (head_seq, head_hash) record_audit_anchor kept, or None."""
+
+        def read(context: ThreadContext) -> tuple[int, bytes] | None:
+            anchors = self._anchors(context)
+            if not anchors:
+                return None
+            seq, head_hash, _ = max(anchors, key=lambda anchor: anchor[0])
+            return seq, head_hash
+
+        return self._keystore.run(read)
+
+    @staticmethod
+    def _anchors(context: ThreadContext) -> list[tuple[int, bytes, Any]]:
+        found = []
+        for obj in context.session.get_objects(
+            {Attribute.CLASS: ObjectClass.DATA, Attribute.LABEL: AUDIT_ANCHOR_LABEL}
+        ):
+            value = bytes(obj[Attribute.VALUE])
+            if len(value) == _ANCHOR.size:
+                seq, head_hash = _ANCHOR.unpack(value)
+                found.append((int(seq), bytes(head_hash), obj))
+        return found
 
     def audit_verify(self, payload: bytes, signature: bytes, key_label: str) -> bool:
         if key_label != AUDIT_KEY_LABEL:

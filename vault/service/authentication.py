@@ -1,8 +1,9 @@
 """Who is calling: signed requests and API keys become a Principal, or one uniform error.
 
 Every failure (malformed header, unknown key id, bad signature, stale timestamp, replayed
-nonce, revoked, deleted or expired credential) raises the same Unauthenticated, and counts
-against the caller's address and the key id it named. The token has no PIN lockout, so the
+nonce, revoked, deleted or expired credential) raises the same Unauthenticated, and each
+attempt at a credential counts against the caller's address and the key id it named (a call
+with no credential at all guesses nothing and is not counted). The token has no PIN lockout, so the
 vault throttles guessing itself: past a threshold of failures in a window, that address or key
 id is refused (AuthenticationThrottled) until the window ends, whatever it sends.
 
@@ -215,16 +216,27 @@ class Authenticator:
 
     # -- per-process caches ------------------------------------------------------------------
 
-    def _fresh(self) -> None:
+    def _fresh(self) -> int:
+        """Drop the caches if any credential changed since they were filled; returns the
+        epoch they now belong to."""
         epoch = self._counters.credential_epoch()
         if epoch != self._epoch:
             with self._lock:
                 self._access_keys.clear()
                 self._api_tokens.clear()
                 self._epoch = epoch
+        return epoch
+
+    def _keep(self, epoch: int, store: Callable[[], None]) -> None:
+        """Cache what was read from the store under epoch, unless a credential changed
+        meanwhile: the read may predate that change (a revocation committed between the read
+        and now), and a cache entry outliving its epoch would never be dropped."""
+        with self._lock:
+            if epoch == self._epoch == self._counters.credential_epoch():
+                store()
 
     def _access_key(self, access_key_id: str) -> _CachedAccessKey | None:
-        self._fresh()
+        epoch = self._fresh()
         cached = self._access_keys.get(access_key_id)
         if cached is not None:
             return cached
@@ -234,13 +246,12 @@ class Authenticator:
         account = self._store.get_account(key.account_id)
         if account is None:
             return None
-        cached = _CachedAccessKey(key, account.admin, self._identity.derive_secret(key))
-        with self._lock:
-            self._access_keys[access_key_id] = cached
-        return cached
+        found = _CachedAccessKey(key, account.admin, self._identity.derive_secret(key))
+        self._keep(epoch, lambda: self._access_keys.__setitem__(access_key_id, found))
+        return found
 
     def _api_key(self, token: str, api_key_id: str) -> tuple[ApiKey, bool] | None:
-        self._fresh()
+        epoch = self._fresh()
         # Cached by a digest of the token, so the cache never holds the token itself.
         fingerprint = hashlib.sha256(token.encode("ascii")).digest()
         cached = self._api_tokens.get(fingerprint)
@@ -251,6 +262,5 @@ class Authenticator:
             return None
         genuine = hmac.compare_digest(self._identity.api_token_hash(token), key.token_hash)
         if genuine:
-            with self._lock:
-                self._api_tokens[fingerprint] = (key, genuine)
+            self._keep(epoch, lambda: self._api_tokens.__setitem__(fingerprint, (key, genuine)))
         return key, genuine

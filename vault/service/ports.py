@@ -267,6 +267,12 @@ class SystemCrypto(Protocol):
 
     def audit_verify(self, payload: bytes, signature: bytes, key_label: str) -> bool: ...
 
+    def record_audit_anchor(self, head_seq: int, head_hash: bytes) -> None:
+        """Keep the newest checkpointed chain head outside the store (in the token)."""
+        ...
+
+    def audit_anchor(self) -> tuple[int, bytes] | None: ...
+
 
 class SharedCounters(Protocol):
     """State every worker process of one server shares (vault.coordination.limits)."""

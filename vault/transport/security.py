@@ -11,7 +11,8 @@ signature covers exactly those bytes (vault.domain.signing). In order, for every
 4. for a call that changes state, commit an audit record of the attempt first: if it cannot
    be committed the change is not made;
 5. run the call, then commit its audit record (outcome, reason, latency) before the answer
-   leaves; if that fails the caller gets AUDIT_UNAVAILABLE instead of the answer.
+   leaves; if that fails the caller gets AUDIT_UNAVAILABLE instead of the answer, unless the
+   call changed state (then its STARTED record stands, and the answer goes out).
 
 Health and reflection are not vault.v1 services and stay open, so probes need no credential.
 """
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
 import time
 import uuid
 from collections.abc import Callable
@@ -37,6 +39,8 @@ from vault.domain.signing import AUTHORIZATION_HEADER, BEARER_PREFIX, SCHEME
 from vault.service.audit import AuditLog
 from vault.service.authentication import Authenticator
 from vault.transport.errors import MalformedRequest, outcome_of
+
+log = logging.getLogger(__name__)
 
 _SECURED_PREFIX: Final = "/vault.v1."
 _REQUEST_ID_HEADER: Final = "x-request-id"
@@ -183,7 +187,14 @@ class SecurityInterceptor(grpc.ServerInterceptor):
             with contextlib.suppress(AuditUnavailable):
                 self._audit.record(attempt.event(*outcome_of(error)), usage_method=attempt.usage)
             raise
-        self._audit.record(attempt.event("OK", ""), usage_method=attempt.usage)
+        try:
+            self._audit.record(attempt.event("OK", ""), usage_method=attempt.usage)
+        except AuditUnavailable:
+            if call.short not in MUTATING_METHODS:
+                raise  # nothing was changed: withhold the result, the caller may retry
+            # The change is made and its STARTED record committed; answering an error now
+            # would have the caller retry a change that already happened.
+            log.error("%s was applied but its outcome could not be recorded", call.method)
         return response
 
     def _authenticate(
