@@ -1,7 +1,12 @@
 """The vault as the benchmark runs it: tests/harness.py's provisioned token and server (as
 `make run` starts them), with the benchmark's settings, the vault code of --vault-root and
 `python -m bench.serve`; plus what the benchmark reads from /proc: the worker processes, their
-CPU time, and which worker each connection landed on."""
+CPU time, and which worker each connection landed on.
+
+A server serves one of two paths: "authenticated" (the default settings: every call
+authenticated, authorised and audited) or "unauthenticated" (auth.enabled = false, which the
+vault accepts on loopback only, as here). Both kinds can run side by side on one data
+directory: the unauthenticated one keeps no shared limits file, audit log or credentials."""
 
 from __future__ import annotations
 
@@ -16,6 +21,13 @@ from tests.harness import ROOT as ROOT  # the checkout: bench.cli's defaults
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 # No test settings (destruction waits, two workers): the defaults, quieter.
 BENCH_SETTINGS: Final[Mapping[str, str]] = {"VAULT_LOG_LEVEL": "WARNING"}
+AUTHENTICATED: Final = "authenticated"
+UNAUTHENTICATED: Final = "unauthenticated"
+PATHS: Final = (AUTHENTICATED, UNAUTHENTICATED)
+_PATH_SETTINGS: Final[Mapping[str, Mapping[str, str]]] = {
+    AUTHENTICATED: {},
+    UNAUTHENTICATED: {"VAULT_AUTH__ENABLED": "false"},
+}
 
 
 def provision(data_dir: Path, vault_root: Path) -> None:
@@ -25,18 +37,33 @@ def provision(data_dir: Path, vault_root: Path) -> None:
 
 class VaultServer(harness.VaultServer):
     """`python -m bench.serve` (a supervisor and its workers) in its own process group,
-    running the vault code in vault_root."""
+    running the vault code in vault_root, serving path (one of PATHS)."""
 
     def __init__(
-        self, data_dir: Path, vault_root: Path, extra_env: Mapping[str, str] | None = None
+        self,
+        data_dir: Path,
+        vault_root: Path,
+        path: str,
+        extra_env: Mapping[str, str] | None = None,
     ) -> None:
         super().__init__(
             data_dir,
-            extra_env,
+            {**(extra_env or {}), **_PATH_SETTINGS[path]},
             vault_root=vault_root,
             settings=BENCH_SETTINGS,
             serve_args=("-m", "bench.serve"),
         )
+        self.path = path
+
+    @property
+    def authenticated(self) -> bool:
+        return self.path == AUTHENTICATED
+
+    @property
+    def credentials_file(self) -> Path | None:
+        """The admin access key's file that the first authenticated start of data_dir wrote
+        (where harness.VaultServer.credentials reads it); None for a server that needs none."""
+        return self.data_dir / "admin-credentials.json" if self.authenticated else None
 
     def worker_pids(self) -> list[int]:
         assert self.process is not None

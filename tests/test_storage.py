@@ -7,6 +7,7 @@ import multiprocessing
 import sqlite3
 import threading
 from collections.abc import Iterator
+from contextlib import closing
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
@@ -161,7 +162,7 @@ def test_migrations_are_idempotent_and_keep_data(url: str, tmp_path: Path) -> No
             row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
         }
     conn.close()
-    assert versions == [("0002",)]
+    assert versions == [("0003",)]
     assert {"keys", "key_versions", "root_generations"} <= tables
 
 
@@ -849,3 +850,30 @@ def test_cached_keys_see_this_process_own_changes(store: SqlMetadataStore) -> No
     assert store.get_key(KeyName("acme", "absent")) is None
     create(store, make_key("absent"))
     assert store.get_key(KeyName("acme", "absent")) is not None
+
+
+def test_key_cache_survives_audit_appends_and_follows_key_changes(tmp_path: Path) -> None:
+    from vault.domain.audit import AuditEvent
+    from vault.storage import open_stores
+
+    path = tmp_path / "cache.db"
+    stores = open_stores(db_url(path))
+    try:
+        key = create(stores.metadata, make_key("cached"))
+        cache = stores.metadata._key_cache
+        assert cache is not None
+        assert stores.metadata.get_key(key.name) == key  # read, now cached
+        event = AuditEvent(
+            datetime.now(UTC), "r", "", "", "/vault.v1.KeyService/GetKey", "", "OK", "", 1, "x"
+        )
+        stores.audit.append_audit([event], {}, {})
+        # Every request appends to the audit log in the same file: that must not empty the
+        # cache, or it would never hit.
+        assert cache.get(key.name)[0] == key
+        # A change to the key by anyone else (here the sqlite3 shell) must.
+        with closing(sqlite3.connect(path)) as other, other:
+            other.execute("UPDATE keys SET description = 'changed elsewhere'")
+        assert cache.get(key.name)[0] is None
+        assert stores.metadata.get_key(key.name).description == "changed elsewhere"
+    finally:
+        stores.close()

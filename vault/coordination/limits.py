@@ -242,7 +242,8 @@ class SharedLimits:
 
     def _find(self, digest: bytes) -> tuple[int, tuple[int, float, float, float, int, int] | None]:
         """The offset of the record holding digest's state and that record; if there is none,
-        the offset where to write it and None. Call with the lock held."""
+        the offset where to write it and None. Writers call it with the lock held; a reader
+        without the lock may see a torn record, which fails its CRC and reads as absent."""
         start = (
             self._counter_base
             + (int.from_bytes(digest, "little") % self._counter_span) * _COUNTER.size
@@ -389,13 +390,12 @@ class SharedLimits:
         """Failures counted for key in its current window (0 if the window has passed or the
         key is unknown). Read-only."""
         digest = self._key_hash(_FAILURE, key)
-        # Under the lock all the same: a record read while another process writes it would
-        # fail its check and read as 0.
-        self._acquire()
-        try:
-            _, record = self._find(digest)
-        finally:
-            self._release()
+        # Without the lock: every authenticated call asks this twice, and a record read while
+        # another process rewrites it fails its CRC and reads as 0, which costs at most one
+        # extra attempt past the limit (the next write restores the count).
+        if self._closed:
+            raise ValueError("SharedLimits is closed")
+        _, record = self._find(digest)
         if record is None or not now < record[2] + window_seconds:
             return 0
         return record[4]

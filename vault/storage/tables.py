@@ -14,6 +14,7 @@ from sqlalchemy import (
     JSON,
     BigInteger,
     Boolean,
+    CheckConstraint,
     Column,
     Dialect,
     Float,
@@ -192,6 +193,16 @@ api_keys = Table(
 )
 
 Index(None, api_keys.c.account_id)
+
+# One row counting changes to keys and key_versions (SQLite triggers, migration 0003): the
+# per-process key cache is valid while it has not moved.
+metadata_changes = Table(
+    "metadata_changes",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=False),
+    Column("changes", BigInteger, nullable=False),
+    CheckConstraint("id = 1", name="single_row"),
+)
 
 # Usage and audit rows name credentials without a foreign key: they must outlive a deleted
 # credential, since they are the record of what it did.

@@ -196,6 +196,9 @@ class ErrorInterceptor(grpc.ServerInterceptor):
     errors raised by later interceptors' handlers (authentication, audit).
     """
 
+    def __init__(self) -> None:
+        self._wrapped: dict[str, tuple[Any, Any]] = {}
+
     def intercept_service(
         self,
         continuation: Callable[
@@ -213,11 +216,14 @@ class ErrorInterceptor(grpc.ServerInterceptor):
             or not method.startswith(_GUARDED_METHOD_PREFIX)
         ):
             return handler
-        return cast(
-            "grpc.RpcMethodHandler[_Request, _Response]",
-            grpc.unary_unary_rpc_method_handler(
-                _guard(handler.unary_unary, method),
-                request_deserializer=_tolerant(handler.request_deserializer),
-                response_serializer=handler.response_serializer,
-            ),
+        # Asked for on every call; the inner handlers never change, so each is wrapped once.
+        cached = self._wrapped.get(method)
+        if cached is not None and cached[0] is handler:
+            return cast("grpc.RpcMethodHandler[_Request, _Response]", cached[1])
+        wrapped = grpc.unary_unary_rpc_method_handler(
+            _guard(handler.unary_unary, method),
+            request_deserializer=_tolerant(handler.request_deserializer),
+            response_serializer=handler.response_serializer,
         )
+        self._wrapped[method] = (handler, wrapped)
+        return cast("grpc.RpcMethodHandler[_Request, _Response]", wrapped)

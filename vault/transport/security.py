@@ -119,6 +119,9 @@ class SecurityInterceptor(grpc.ServerInterceptor):
         self._authenticator = authenticator
         self._audit = audit
         self._certificate_accounts = certificate_accounts
+        self._wrapped: dict[
+            str, tuple[grpc.RpcMethodHandler[Any, Any], grpc.RpcMethodHandler[Any, Any]]
+        ] = {}
 
     def intercept_service(
         self,
@@ -133,22 +136,28 @@ class SecurityInterceptor(grpc.ServerInterceptor):
             or handler.request_streaming
             or handler.response_streaming
             or not method.startswith(_SECURED_PREFIX)
+            or handler.request_deserializer is None
         ):
             return handler
+        # gRPC asks for the handler on every call; the servicers' handlers never change, so
+        # each is wrapped once.
+        cached = self._wrapped.get(method)
+        if cached is not None and cached[0] is handler:
+            return cached[1]
         parse = handler.request_deserializer
-        if parse is None:
-            return handler
         behavior = handler.unary_unary
         call = _split(method)
 
         def secured(raw: bytes, context: grpc.ServicerContext) -> Any:
             return self._serve(call, raw, context, parse, behavior)
 
-        return grpc.unary_unary_rpc_method_handler(
+        wrapped: grpc.RpcMethodHandler[Any, Any] = grpc.unary_unary_rpc_method_handler(
             secured,
             request_deserializer=None,  # the bytes as received
             response_serializer=handler.response_serializer,
         )
+        self._wrapped[method] = (handler, wrapped)
+        return wrapped
 
     def _serve(
         self,
