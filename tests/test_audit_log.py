@@ -476,6 +476,24 @@ def event_of(stored: Row) -> AuditEvent:
     )
 
 
+def edited_and_rechained(conn: sqlite3.Connection, seq: int) -> list[tuple[str, Row]]:
+    """Statements that flip the outcome of record seq and recompute the hash chain from there
+    on, as an attacker who knows the documented hash would: self-consistent to the end."""
+    stored = conn.execute(
+        "SELECT * FROM audit_events WHERE seq >= ? ORDER BY seq", (seq,)
+    ).fetchall()
+    events = [event_of(r) for r in stored]
+    outcome = events[0].outcome
+    events[0] = replace(events[0], outcome="PERMISSION_DENIED" if outcome == "OK" else "OK")
+    return [
+        (
+            "UPDATE audit_events SET outcome = ?, prev_hash = ?, hash = ? WHERE seq = ?",
+            (record.event.outcome, record.prev_hash, record.hash, record.seq),
+        )
+        for record in chain(stored[0][COLUMNS.index("prev_hash")], seq, events)
+    ]
+
+
 def verify_after(admin: VaultClient) -> list[tuple[str, int]]:
     result = admin.verify_audit_log()
     assert result.ok == (not result.findings)
@@ -593,24 +611,7 @@ def test_a_recomputed_chain_is_caught_by_the_signed_checkpoints(fresh: Fresh) ->
         seq = middle_seq(conn)
         later_heads = [head for head in checkpoint_heads(conn) if head >= seq]
         assert later_heads, "no checkpoint covers the edited record"
-        stored = conn.execute(
-            "SELECT * FROM audit_events WHERE seq >= ? ORDER BY seq", (seq,)
-        ).fetchall()
-        events = [event_of(r) for r in stored]
-        outcome = events[0].outcome
-        events[0] = replace(events[0], outcome="PERMISSION_DENIED" if outcome == "OK" else "OK")
-        rewritten = chain(stored[0][COLUMNS.index("prev_hash")], seq, events)
-        edit(
-            clean,
-            conn,
-            *(
-                (
-                    "UPDATE audit_events SET outcome = ?, prev_hash = ?, hash = ? WHERE seq = ?",
-                    (record.event.outcome, record.prev_hash, record.hash, record.seq),
-                )
-                for record in rewritten
-            ),
-        )
+        edit(clean, conn, *edited_and_rechained(conn, seq))
         # Self-consistent: only the signatures over the old chain head tell.
         assert verify_after(admin) == [("CHECKPOINT_MISMATCH", head) for head in later_heads]
 
@@ -621,22 +622,10 @@ def test_deleting_every_checkpoint_does_not_hide_a_recomputed_chain(fresh: Fresh
         seq = middle_seq(conn)
         newest = checkpoint_heads(conn)[-1]
         assert newest > seq, "no checkpoint covers the edited record"
-        stored = conn.execute(
-            "SELECT * FROM audit_events WHERE seq >= ? ORDER BY seq", (seq,)
-        ).fetchall()
-        events = [event_of(r) for r in stored]
-        events[0] = replace(events[0], outcome="PERMISSION_DENIED")
-        rewritten = chain(stored[0][COLUMNS.index("prev_hash")], seq, events)
         edit(
             clean,
             conn,
-            *(
-                (
-                    "UPDATE audit_events SET outcome = ?, prev_hash = ?, hash = ? WHERE seq = ?",
-                    (record.event.outcome, record.prev_hash, record.hash, record.seq),
-                )
-                for record in rewritten
-            ),
+            *edited_and_rechained(conn, seq),
             ("DELETE FROM audit_checkpoints", ()),
         )
         # Nothing in the database tells any more; the token's anchor of the newest

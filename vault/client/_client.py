@@ -4,7 +4,7 @@ otherwise repeat: CRC32C integrity fields both ways, and rich errors as VaultCli
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
 from types import TracebackType
@@ -33,6 +33,8 @@ from vault.gen.vault.v1 import (
 
 _Request = TypeVar("_Request")
 _Response = TypeVar("_Response")
+_Page = TypeVar("_Page", bound=Message)
+_Item = TypeVar("_Item")
 
 # Anything naming an enum value: the proto number, its proto name (PURPOSE_SIGN_VERIFY) or
 # the domain name (SIGN_VERIFY, which vault.domain's StrEnums are).
@@ -479,15 +481,27 @@ class VaultClient:
         )
 
     def list_accounts(self) -> list[resources_pb2.Account]:
-        accounts: list[resources_pb2.Account] = []
+        return self._every_page(
+            lambda token: self._call(
+                self._identity.ListAccounts,
+                identity_service_pb2.ListAccountsRequest(page_token=token),
+            ),
+            lambda page: page.accounts,
+        )
+
+    @staticmethod
+    def _every_page(
+        fetch: Callable[[str], _Page], items: Callable[[_Page], Iterable[_Item]]
+    ) -> list[_Item]:
+        """Every item of a paginated List call, fetching page after page."""
+        found: list[_Item] = []
         token = ""
         while True:
-            request = identity_service_pb2.ListAccountsRequest(page_token=token)
-            page = self._call(self._identity.ListAccounts, request)
-            accounts.extend(page.accounts)
-            token = page.next_page_token
+            page = fetch(token)
+            found.extend(items(page))
+            token = page.next_page_token  # type: ignore[attr-defined]
             if not token:
-                return accounts
+                return found
 
     def create_access_key(
         self,
@@ -517,15 +531,13 @@ class VaultClient:
         )
 
     def list_access_keys(self, parent: str) -> list[resources_pb2.AccessKey]:
-        keys: list[resources_pb2.AccessKey] = []
-        token = ""
-        while True:
-            request = identity_service_pb2.ListAccessKeysRequest(parent=parent, page_token=token)
-            page = self._call(self._identity.ListAccessKeys, request)
-            keys.extend(page.access_keys)
-            token = page.next_page_token
-            if not token:
-                return keys
+        return self._every_page(
+            lambda token: self._call(
+                self._identity.ListAccessKeys,
+                identity_service_pb2.ListAccessKeysRequest(parent=parent, page_token=token),
+            ),
+            lambda page: page.access_keys,
+        )
 
     def reset_secret_key(self, name: str) -> identity_service_pb2.CreateAccessKeyResponse:
         return self._call(
@@ -578,15 +590,13 @@ class VaultClient:
         )
 
     def list_api_keys(self, parent: str) -> list[resources_pb2.ApiKey]:
-        keys: list[resources_pb2.ApiKey] = []
-        token = ""
-        while True:
-            request = identity_service_pb2.ListApiKeysRequest(parent=parent, page_token=token)
-            page = self._call(self._identity.ListApiKeys, request)
-            keys.extend(page.api_keys)
-            token = page.next_page_token
-            if not token:
-                return keys
+        return self._every_page(
+            lambda token: self._call(
+                self._identity.ListApiKeys,
+                identity_service_pb2.ListApiKeysRequest(parent=parent, page_token=token),
+            ),
+            lambda page: page.api_keys,
+        )
 
     def revoke_api_key(self, name: str) -> resources_pb2.ApiKey:
         return self._call(

@@ -33,7 +33,6 @@ from vault.service.ports import AuditFilter, AuditHead, AuditStore, SystemCrypto
 
 log = logging.getLogger(__name__)
 
-MAX_PAGE_SIZE: Final = 1000
 # Names the token's audit anchor among the checkpoints the verifier checks.
 ANCHOR_KEY_LABEL: Final = "token-anchor"
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
@@ -160,9 +159,7 @@ class AuditLog:
     def list_events(
         self, audit_filter: AuditFilter, page_size: int, page_token: str
     ) -> Page[AuditRecord]:
-        return self._store.list_audit_events(
-            audit_filter, min(max(page_size, 0), MAX_PAGE_SIZE), page_token
-        )
+        return self._store.list_audit_events(audit_filter, page_size, page_token)
 
     def verify(self) -> AuditVerification:
         started = time.monotonic()

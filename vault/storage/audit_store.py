@@ -56,13 +56,8 @@ from vault.storage.engine import (
     read_transaction,
     write_transaction,
 )
-from vault.storage.identity_store import (
-    aware,
-    clamp_page_size,
-    decode_page_token,
-    encode_page_token,
-    new_serial_lock,
-)
+from vault.storage.identity_store import aware, new_serial_lock
+from vault.storage.paging import clamp_page_size, decode_page_token, encode_page_token
 from vault.storage.sql_store import unavailable
 from vault.storage.tables import (
     UtcDateTime,

@@ -3,8 +3,6 @@ the same database as the key metadata. Portable SQL only, like sql_store.py."""
 
 from __future__ import annotations
 
-import base64
-import binascii
 import re
 import threading
 from collections.abc import Callable, Iterator, Sequence
@@ -42,11 +40,11 @@ from vault.domain.identity import (
 )
 from vault.domain.models import Page
 from vault.storage.engine import is_sqlite_memory, read_transaction, write_transaction
-from vault.storage.sql_store import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, unavailable
+from vault.storage.paging import clamp_page_size, decode_page_token, encode_page_token
+from vault.storage.sql_store import unavailable
 from vault.storage.tables import access_keys, accounts, api_keys, usage_counters
 
 _DAY_RE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
-_MAX_TOKEN_VALUE = 256
 
 # Credentials are looked up on every authenticated request: built once.
 _GET_ACCOUNT = select(accounts).where(accounts.c.account_id == bindparam("id"))
@@ -306,29 +304,6 @@ def check_day(day: str) -> str:
     if not _DAY_RE.fullmatch(day):
         raise InvalidArgument("a day must be given as YYYY-MM-DD", metadata={"field": "day"})
     return day
-
-
-def clamp_page_size(page_size: int) -> int:
-    if page_size == 0:
-        return DEFAULT_PAGE_SIZE
-    return max(1, min(MAX_PAGE_SIZE, page_size))
-
-
-def encode_page_token(last: str) -> str:
-    return base64.urlsafe_b64encode(last.encode("utf-8")).decode("ascii").rstrip("=")
-
-
-def decode_page_token(token: str) -> str:
-    """The value a page token continues after. InvalidArgument if the caller's token is not
-    one this store made."""
-    try:
-        raw = base64.b64decode(token + "=" * (-len(token) % 4), altchars=b"-_", validate=True)
-        value = raw.decode("utf-8")
-    except (binascii.Error, UnicodeDecodeError, ValueError):
-        value = ""
-    if not value or len(value) > _MAX_TOKEN_VALUE or not value.isprintable():
-        raise InvalidArgument("malformed page token", metadata={"field": "page_token"})
-    return value
 
 
 def _account_not_found(account_id: str) -> NotFound:

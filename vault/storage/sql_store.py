@@ -3,8 +3,6 @@ PostgreSQL later; backend differences stay in engine.py."""
 
 from __future__ import annotations
 
-import base64
-import binascii
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
@@ -57,10 +55,14 @@ from vault.storage.engine import (
     write_transaction,
 )
 from vault.storage.freshness import UnchangedSinceCache
+from vault.storage.paging import (
+    clamp_page_size,
+    decode_page_token,
+    encode_page_token,
+    malformed_page_token,
+)
 from vault.storage.tables import UtcDateTime, key_versions, keys, root_generations
 
-DEFAULT_PAGE_SIZE = 100
-MAX_PAGE_SIZE = 1000
 _KEY_CACHE_SIZE = 4096  # per request thread
 
 # The two reads on every request, built once: composing a statement costs more than running it.
@@ -151,7 +153,7 @@ class SqlMetadataStore:
     def list_keys(
         self, account: str, key_filter: KeyFilter, page_size: int, page_token: str
     ) -> Page[Key]:
-        size = _clamp_page_size(page_size)
+        size = clamp_page_size(page_size)
         query = select(keys).where(keys.c.account == account, *_filter_clauses(key_filter))
         if page_token:
             query = query.where(keys.c.key_id > _decode_page_token(page_token))
@@ -160,7 +162,7 @@ class SqlMetadataStore:
         with self._transaction(write=False) as c:
             rows = c.execute(query).mappings().all()
         items = [_to_key(row) for row in rows[:size]]
-        next_token = _encode_page_token(items[-1].name.key) if len(rows) > size else ""
+        next_token = encode_page_token(items[-1].name.key) if len(rows) > size else ""
         return Page(items=items, next_page_token=next_token)
 
     def update_key(self, key: Key) -> Key:
@@ -613,24 +615,12 @@ def _filter_clauses(key_filter: KeyFilter) -> list[ColumnElement[bool]]:
     return clauses
 
 
-def _clamp_page_size(page_size: int) -> int:
-    if page_size == 0:
-        return DEFAULT_PAGE_SIZE
-    return max(1, min(MAX_PAGE_SIZE, page_size))
-
-
-def _encode_page_token(last_key_id: str) -> str:
-    return base64.urlsafe_b64encode(last_key_id.encode("utf-8")).decode("ascii").rstrip("=")
-
-
 def _decode_page_token(token: str) -> str:
-    """The key id a page token continues after. InvalidArgument if the caller's token is not
-    one this store made."""
+    """The key id a page token continues after."""
     try:
-        raw = base64.b64decode(token + "=" * (-len(token) % 4), altchars=b"-_", validate=True)
-        return check_id("key", raw.decode("utf-8"))
-    except (binascii.Error, UnicodeDecodeError, ValueError, MalformedName):
-        raise InvalidArgument("malformed page token", metadata={"field": "page_token"}) from None
+        return check_id("key", decode_page_token(token))
+    except MalformedName:
+        raise malformed_page_token() from None
 
 
 if TYPE_CHECKING:

@@ -189,6 +189,17 @@ def _aborted(context: grpc.ServicerContext) -> bool:
     return code is not None and code() is not None
 
 
+def is_vault_unary(handler: grpc.RpcMethodHandler[Any, Any], method: str) -> bool:
+    """Whether handler serves a unary method of the vault's own services (not health or
+    reflection, which report their own statuses and need no credential)."""
+    return (
+        handler.unary_unary is not None
+        and not handler.request_streaming
+        and not handler.response_streaming
+        and method.startswith(_GUARDED_METHOD_PREFIX)
+    )
+
+
 class ErrorInterceptor(grpc.ServerInterceptor):
     """Maps every exception a vault.v1 unary method raises to a rich status.
 
@@ -208,20 +219,17 @@ class ErrorInterceptor(grpc.ServerInterceptor):
     ) -> grpc.RpcMethodHandler[_Request, _Response] | None:
         handler = continuation(handler_call_details)
         method = handler_call_details.method
-        if (
-            handler is None
-            or handler.unary_unary is None
-            or handler.request_streaming
-            or handler.response_streaming
-            or not method.startswith(_GUARDED_METHOD_PREFIX)
-        ):
+        if handler is None or not is_vault_unary(handler, method):
+            return handler
+        behavior = handler.unary_unary
+        if behavior is None:
             return handler
         # Asked for on every call; the inner handlers never change, so each is wrapped once.
         cached = self._wrapped.get(method)
         if cached is not None and cached[0] is handler:
             return cast("grpc.RpcMethodHandler[_Request, _Response]", cached[1])
         wrapped = grpc.unary_unary_rpc_method_handler(
-            _guard(handler.unary_unary, method),
+            _guard(behavior, method),
             request_deserializer=_tolerant(handler.request_deserializer),
             response_serializer=handler.response_serializer,
         )

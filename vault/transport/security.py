@@ -38,11 +38,10 @@ from vault.domain.identity import MUTATING_METHODS, Principal, authorize, resour
 from vault.domain.signing import AUTHORIZATION_HEADER, BEARER_PREFIX, SCHEME
 from vault.service.audit import AuditLog
 from vault.service.authentication import Authenticator
-from vault.transport.errors import MalformedRequest, outcome_of
+from vault.transport.errors import MalformedRequest, is_vault_unary, outcome_of
 
 log = logging.getLogger(__name__)
 
-_SECURED_PREFIX: Final = "/vault.v1."
 _REQUEST_ID_HEADER: Final = "x-request-id"
 _MAX_REQUEST_ID: Final = 128
 _Response = TypeVar("_Response")
@@ -130,22 +129,16 @@ class SecurityInterceptor(grpc.ServerInterceptor):
     ) -> grpc.RpcMethodHandler[Any, Any] | None:
         handler = continuation(handler_call_details)
         method = handler_call_details.method
-        if (
-            handler is None
-            or handler.unary_unary is None
-            or handler.request_streaming
-            or handler.response_streaming
-            or not method.startswith(_SECURED_PREFIX)
-            or handler.request_deserializer is None
-        ):
+        if handler is None or not is_vault_unary(handler, method):
+            return handler
+        parse, behavior = handler.request_deserializer, handler.unary_unary
+        if parse is None or behavior is None:
             return handler
         # gRPC asks for the handler on every call; the servicers' handlers never change, so
         # each is wrapped once.
         cached = self._wrapped.get(method)
         if cached is not None and cached[0] is handler:
             return cached[1]
-        parse = handler.request_deserializer
-        behavior = handler.unary_unary
         call = _split(method)
 
         def secured(raw: bytes, context: grpc.ServicerContext) -> Any:

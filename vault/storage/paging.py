@@ -1,0 +1,44 @@
+"""Page sizes and page tokens shared by every List query of the stores.
+
+A page token is the ordering value of the last row of the previous page, base64url-encoded:
+opaque to callers, checked when it comes back.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from typing import Final
+
+from vault.domain.errors import InvalidArgument
+
+DEFAULT_PAGE_SIZE: Final = 100
+MAX_PAGE_SIZE: Final = 1000
+_MAX_TOKEN_VALUE: Final = 256
+
+
+def clamp_page_size(page_size: int) -> int:
+    if page_size == 0:
+        return DEFAULT_PAGE_SIZE
+    return max(1, min(MAX_PAGE_SIZE, page_size))
+
+
+def encode_page_token(last: str) -> str:
+    return base64.urlsafe_b64encode(last.encode("utf-8")).decode("ascii").rstrip("=")
+
+
+def decode_page_token(token: str) -> str:
+    """The value a page token continues after. InvalidArgument if the caller's token is not
+    one a store made."""
+    try:
+        raw = base64.b64decode(token + "=" * (-len(token) % 4), altchars=b"-_", validate=True)
+        value = raw.decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        value = ""
+    if not value or len(value) > _MAX_TOKEN_VALUE or not value.isprintable():
+        raise malformed_page_token()
+    return value
+
+
+def malformed_page_token() -> InvalidArgument:
+    return InvalidArgument("malformed page token", metadata={"field": "page_token"})
