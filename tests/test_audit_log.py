@@ -690,3 +690,9 @@ def test_calls_fail_closed_when_the_log_cannot_be_written(fresh: Fresh) -> None:
         )
         assert admin.verify_audit_log().ok
     assert admin.sign(name, message=b"recorded").signature
+
+
+def test_identity_calls_name_the_account_they_concern(admin: VaultClient) -> None:
+    account = new_account(admin)
+    events = list(admin.iter_audit_events(method="CreateAccount", resource=account))
+    assert [(e.outcome, e.resource) for e in events] == [("STARTED", account), ("OK", account)]
