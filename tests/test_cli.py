@@ -353,9 +353,10 @@ def test_keys_schedule_and_cancel_destroy(target: str) -> None:
         "ENABLED"
     )
 
-    bad = vaultctl(target, "keys", "schedule-destroy", name, "--waiting-period", "soon")
-    assert bad.exit_code == 2
-    assert "--waiting-period" in bad.stderr
+    for period in ("soon", "99999999999999w"):
+        bad = vaultctl(target, "keys", "schedule-destroy", name, "--waiting-period", period)
+        assert bad.exit_code == 2, bad.stderr
+        assert "--waiting-period" in bad.stderr
 
 
 def test_vault_refusals_exit_3(target: str) -> None:

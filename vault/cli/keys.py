@@ -173,7 +173,12 @@ def parse_duration(text: str) -> timedelta:
             f"{text!r}: expected a number with an optional unit s, m, h, d or w (e.g. 30d)",
             param_hint="--waiting-period",
         )
-    return timedelta(seconds=int(match["amount"]) * _UNIT_SECONDS[match["unit"]])
+    try:
+        return timedelta(seconds=int(match["amount"]) * _UNIT_SECONDS[match["unit"]])
+    except OverflowError:
+        raise click.BadParameter(
+            f"{text!r}: longer than any waiting period can be", param_hint="--waiting-period"
+        ) from None
 
 
 class _UpperChoice(click.Choice[str]):
