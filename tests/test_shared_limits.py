@@ -431,3 +431,19 @@ def test_credential_epoch_changes_for_every_attached_process(tmp_path: Path) -> 
     finally:
         first.close()
         second.close()
+
+
+def test_a_full_nonce_table_refuses_with_a_retryable_limit_error(tmp_path: Path) -> None:
+    from vault.domain.errors import LimitExceeded
+
+    limits = SharedLimits.create(tmp_path / "limits", slots=64, nonce_slots=4)
+    try:
+        for index in range(4):
+            assert limits.remember_nonce(b"n%d" % index, expires_at=100.0, now=1.0)
+        with pytest.raises(LimitExceeded) as refused:
+            limits.remember_nonce(b"one more", expires_at=100.0, now=1.0)
+        # The transport maps LimitExceeded to RESOURCE_EXHAUSTED with a RetryInfo.
+        assert refused.value.reason == "REPLAY_CACHE_FULL"
+        assert refused.value.retry_after > 0
+    finally:
+        limits.close()

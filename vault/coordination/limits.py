@@ -40,6 +40,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Final
 
+from vault.domain.errors import LimitExceeded
+
 __all__ = ["NonceCacheFull", "SharedLimits"]
 
 _MAGIC: Final = b"VLTLIMIT"
@@ -73,9 +75,17 @@ _QUOTA: Final = b"quota"
 _NONCE_PERSON: Final = b"nonce"
 
 
-class NonceCacheFull(Exception):
+class NonceCacheFull(LimitExceeded):
     """Every nonce slot a nonce may use holds an unexpired nonce: refuse the request (fail
-    closed)."""
+    closed) rather than forget a nonce a replay could then reuse."""
+
+    reason = "REPLAY_CACHE_FULL"
+
+    def __init__(self) -> None:
+        super().__init__(
+            "too many signed requests within the timestamp window; retry shortly",
+            retry_after=1.0,
+        )
 
 
 def _file_size(slots: int, nonce_slots: int) -> int:
@@ -361,7 +371,7 @@ class SharedLimits:
                     return True
         finally:
             self._release()
-        raise NonceCacheFull("no free nonce slot within the probe limit")
+        raise NonceCacheFull()
 
     def _write_nonce(self, offset: int, digest: bytes, expires_at: float) -> None:
         body = _NONCE_BODY.pack(digest, expires_at)

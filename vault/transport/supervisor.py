@@ -85,7 +85,9 @@ def serve(settings: Settings) -> None:
     if settings.auth.enabled:
         # Made before the workers, so they all attach to one table; a fresh start begins
         # from zero (nonces older than the timestamp window are refused anyway).
-        SharedLimits.create(settings.shared_state_file).close()
+        # A signed request's nonce is kept for the timestamp window (300 s by default): 2^21
+        # slots hold over 4,000 signed requests/s, beyond what one host serves.
+        SharedLimits.create(settings.shared_state_file, nonce_slots=1 << 21).close()
     else:
         log.warning(
             "auth.enabled = false: calls are neither authenticated nor audited (loopback only)"
