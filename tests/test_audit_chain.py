@@ -17,16 +17,18 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from vault.domain.audit import (
     GENESIS_HASH,
-    MAX_FINDINGS,
     AuditEvent,
     AuditOutcome,
     AuditRecord,
-    AuditVerification,
     Checkpoint,
-    FindingKind,
     chain,
     checkpoint_payload,
     record_hash,
+)
+from vault.domain.audit_verification import (
+    MAX_FINDINGS,
+    AuditVerification,
+    FindingKind,
     verify_audit_log,
 )
 

@@ -1,8 +1,8 @@
 """The audit log end to end: every call recorded with who, what and how it ended, and nothing
 secret; the hash chain checked independently of the vault; tampering with the SQLite file
-behind the running server's back found by VerifyAuditLog as the kind vault.domain.audit
-documents, at the right sequence; and a log that cannot be written stops the calls it would
-record.
+behind the running server's back found by VerifyAuditLog as the kind
+vault.domain.audit_verification documents, at the right sequence; and a log that cannot be
+written stops the calls it would record.
 
 The tampering tests edit `<data_dir>/vault.db` with the sqlite3 module while the server runs,
 each on a server of its own running on a copy of one prepared data directory.

@@ -25,7 +25,8 @@ from alembic.migration import MigrationContext
 from sqlalchemy import event
 
 import vault.storage.audit_store as audit_store_module
-from vault.domain.audit import GENESIS_HASH, AuditEvent, Checkpoint, verify_audit_log
+from vault.domain.audit import GENESIS_HASH, AuditEvent, Checkpoint
+from vault.domain.audit_verification import verify_audit_log
 from vault.domain.errors import AlreadyExists, AuditUnavailable, InvalidArgument, NotFound
 from vault.domain.identity import (
     AccessKey,

@@ -15,8 +15,8 @@ from rich.table import Table
 from rich.text import Text
 
 from vault.cli._context import EXIT_MISMATCH, CliState, json_option, pass_state
+from vault.cli._identity_common import duration, proto_time
 from vault.cli._output import cell, console, emit, note, short_time
-from vault.cli.identity import duration, proto_time
 
 if TYPE_CHECKING:
     from vault.gen.vault.v1 import audit_service_pb2, resources_pb2

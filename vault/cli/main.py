@@ -8,9 +8,11 @@ from typing import Any
 import click
 
 from vault.cli._context import EXIT_LOCAL, EXIT_VAULT, CliError, CliState
+from vault.cli.access_keys import access_keys_group
+from vault.cli.accounts import accounts_group
+from vault.cli.api_keys import api_keys_group
 from vault.cli.audit import audit_group
 from vault.cli.crypto import crypto_group
-from vault.cli.identity import access_keys_group, accounts_group, api_keys_group
 from vault.cli.keys import keys_group
 from vault.cli.serve import serve_command
 from vault.cli.token import token_group

@@ -19,14 +19,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Final
 
-from vault.domain.audit import (
-    AuditEvent,
-    AuditRecord,
-    AuditVerification,
-    Checkpoint,
-    checkpoint_payload,
-    verify_audit_log,
-)
+from vault.domain.audit import AuditEvent, AuditRecord, Checkpoint, checkpoint_payload
+from vault.domain.audit_verification import AuditVerification, verify_audit_log
 from vault.domain.errors import AuditUnavailable, VaultError
 from vault.domain.models import Page
 from vault.service.ports import AuditFilter, AuditHead, AuditStore, SystemCrypto

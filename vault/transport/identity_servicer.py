@@ -9,7 +9,8 @@ import grpc
 from google.protobuf import empty_pb2
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from vault.domain.audit import AuditRecord, FindingKind
+from vault.domain.audit import AuditRecord
+from vault.domain.audit_verification import FindingKind
 from vault.domain.errors import InvalidArgument
 from vault.domain.identity import (
     AccessKey,
