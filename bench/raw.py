@@ -5,7 +5,8 @@ call on it when told to.
 
 "Equivalent" is literal: the key is generated with the vault's generation template, wrapped
 under the root key and unwrapped as a session object with templates.unwrapped_for_use, the
-path a vault key version takes into a worker's handle cache.
+path a vault key version takes into a worker's handle cache. bench/floor.py's token-bound
+servers open the token and their key in the same way.
 """
 
 from __future__ import annotations
@@ -15,12 +16,16 @@ import os
 import signal
 from collections.abc import Callable
 from multiprocessing.connection import Connection
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pkcs11 import MGF, Attribute, GCMParams, KeyType, Mechanism, ObjectClass
 
 from bench.measure import combine, timed_loop
 from bench.ops import DATA_KEY_BYTES, OPS, PLAINTEXT_1K, RANDOM_BYTES, SIGN_MESSAGE
+
+if TYPE_CHECKING:
+    # vault is imported once the environment is set (open_token), not at import time.
+    from vault.hsm.library import TokenLibrary
 
 # The vault's GCM AAD is header (5) + name length (2) + key name + caller AAD (none here).
 RAW_AAD = b"\x01\x00\x00\x00\x01" + b"\x00\x1f" + b"accounts/bench/keys/aes256-gcm"
@@ -34,7 +39,21 @@ def _environment(data_dir: str) -> None:
     os.environ["VAULT_DATA_DIR"] = data_dir
 
 
-def _root(session: Any) -> Any:
+def open_token(data_dir: str) -> TokenLibrary:
+    """The token of data_dir opened in this process as a vault worker opens it: the server's
+    settings, OS locking, one login for the process, a session per thread (context())."""
+    _environment(data_dir)
+    from vault.config import Settings
+    from vault.hsm.environment import use_softhsm_config
+    from vault.hsm.library import TokenLibrary
+
+    settings = Settings()  # type: ignore[call-arg]  # from the environment
+    use_softhsm_config(settings)
+    return TokenLibrary(settings.hsm.module, settings.hsm.token_label, settings.user_pin)
+
+
+def root_key(session: Any) -> Any:
+    """The newest root key, found in session."""
     from vault.hsm.templates import ROOT_LABEL_PREFIX
 
     generations = [
@@ -48,8 +67,9 @@ def _root(session: Any) -> Any:
     return session.get_key(object_class=ObjectClass.SECRET_KEY, label=label)
 
 
-def _usable_key(session: Any, root: Any, algorithm_name: str) -> Any:
-    """A session object as a vault worker holds it for this algorithm."""
+def wrapped_key(session: Any, root: Any, algorithm_name: str) -> bytes:
+    """Fresh key material for this algorithm, made with the vault's generation template and
+    returned wrapped under the root key, as a vault key version is stored."""
     from pkcs11.util.ec import encode_named_curve_parameters
 
     from vault.domain.algorithms import Algorithm, KeyFamily
@@ -90,8 +110,19 @@ def _usable_key(session: Any, root: Any, algorithm_name: str) -> Any:
                 private_template=private_template,
             )
         public.destroy()
-    blob = root.wrap_key(material, mechanism=templates.WRAP_MECHANISM)
+    blob = bytes(root.wrap_key(material, mechanism=templates.WRAP_MECHANISM))
     material.destroy()
+    return blob
+
+
+def unwrapped_key(root: Any, algorithm_name: str, blob: bytes) -> Any:
+    """blob as a session object of root's session, as a vault worker's handle cache holds
+    it (vault.hsm.keystore: unwrapped with templates.unwrapped_for_use)."""
+    from vault.domain.algorithms import Algorithm
+    from vault.hsm import templates
+
+    algorithm = Algorithm(algorithm_name)
+    shape = templates.shape(algorithm)
     return root.unwrap_key(
         shape.object_class,
         shape.key_type,
@@ -102,7 +133,7 @@ def _usable_key(session: Any, root: Any, algorithm_name: str) -> Any:
     )
 
 
-def _raw_call(op_name: str, session: Any, key: Any) -> Callable[[], Any]:
+def raw_call(op_name: str, session: Any, key: Any) -> Callable[[], Any]:
     """The PKCS#11 work the vault does for one request of op_name, and nothing else."""
     if op_name == "rsa2048_pss_sign":
         pss = (Mechanism.SHA256, MGF.SHA256, 32)
@@ -139,21 +170,18 @@ def raw_main(conn: Connection, data_dir: str, op_names: list[str]) -> None:
     seconds) command, until None."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent stops us on Ctrl-C
     try:
-        _environment(data_dir)
-        from vault.config import Settings
-        from vault.hsm.environment import use_softhsm_config
-        from vault.hsm.library import TokenLibrary
-
-        settings = Settings()  # type: ignore[call-arg]  # from the environment
-        use_softhsm_config(settings)
-        library = TokenLibrary(settings.hsm.module, settings.hsm.token_label, settings.user_pin)
+        library = open_token(data_dir)  # holds the process's login while the loop runs
         session = library.context().session
-        root = _root(session)
+        root = root_key(session)
         calls: dict[str, Callable[[], Any]] = {}
         for name in op_names:
             algorithm = OPS[name].algorithm
-            key = _usable_key(session, root, algorithm) if algorithm else None
-            calls[name] = _raw_call(name, session, key)
+            key = (
+                unwrapped_key(root, algorithm, wrapped_key(session, root, algorithm))
+                if algorithm
+                else None
+            )
+            calls[name] = raw_call(name, session, key)
             calls[name]()  # fails here, not while measuring, if something is wrong
     except Exception as error:
         conn.send(("error", f"{type(error).__name__}: {error}"))

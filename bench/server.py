@@ -17,6 +17,7 @@ from typing import Final
 
 from tests import harness
 from tests.harness import ROOT as ROOT  # the checkout: bench.cli's defaults
+from tests.harness import free_port as free_port
 
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 # No test settings (destruction waits, two workers): the defaults, quieter.
