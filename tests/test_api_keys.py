@@ -27,6 +27,7 @@ from tests.api_calls import expect_error
 from tests.harness import VaultServer
 from tests.security_helpers import (
     FRESH_CONNECTION,
+    NO_THROTTLING,
     RESOURCE_EXHAUSTED,
     SPREAD,
     ApiKey,
@@ -80,14 +81,7 @@ def utc_day() -> str:
 
 @pytest.fixture(scope="module")
 def vault(tmp_path_factory: pytest.TempPathFactory) -> Iterator[VaultServer]:
-    yield from own_server(
-        tmp_path_factory,
-        "api-keys",
-        {
-            "VAULT_AUTH__MAX_FAILURES_PER_ADDRESS": "100000",
-            "VAULT_AUTH__MAX_FAILURES_PER_KEY": "100000",
-        },
-    )
+    yield from own_server(tmp_path_factory, "api-keys", NO_THROTTLING)
 
 
 @pytest.fixture(scope="module")

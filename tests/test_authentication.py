@@ -26,6 +26,7 @@ from tests.api_calls import expect_error
 from tests.harness import VaultServer
 from tests.security_helpers import (
     FRESH_CONNECTION,
+    NO_THROTTLING,
     RESOURCE_EXHAUSTED,
     SPREAD,
     AccessKey,
@@ -77,15 +78,7 @@ def random_secret() -> str:
 
 @pytest.fixture(scope="module")
 def vault(tmp_path_factory: pytest.TempPathFactory) -> Iterator[VaultServer]:
-    # The failure cases below would otherwise soon throttle this test's own address.
-    yield from own_server(
-        tmp_path_factory,
-        "authentication",
-        {
-            "VAULT_AUTH__MAX_FAILURES_PER_ADDRESS": "100000",
-            "VAULT_AUTH__MAX_FAILURES_PER_KEY": "100000",
-        },
-    )
+    yield from own_server(tmp_path_factory, "authentication", NO_THROTTLING)
 
 
 @pytest.fixture(scope="module")
