@@ -83,6 +83,19 @@ def _set_signed_input(
         request.digest_crc32c.CopyFrom(_crc32c(digest))
 
 
+def _paged(
+    fetch: Callable[[str], _Page], items: Callable[[_Page], Iterable[_Item]]
+) -> Iterator[_Item]:
+    """Every item of a paginated List call: fetch(page_token) page after page."""
+    token = ""
+    while True:
+        page = fetch(token)
+        yield from items(page)
+        token = page.next_page_token  # type: ignore[attr-defined]
+        if not token:
+            return
+
+
 def _enum(value: int | str | None, wrapper: Any, prefix: str) -> Any:
     if value is None:
         return 0
@@ -241,9 +254,8 @@ class VaultClient:
         label_value: str | None = None,
     ) -> Iterator[resources_pb2.Key]:
         """Every matching key, fetching pages as needed."""
-        token = ""
-        while True:
-            page = self.list_keys(
+        return _paged(
+            lambda token: self.list_keys(
                 parent,
                 page_size=page_size,
                 page_token=token,
@@ -251,11 +263,9 @@ class VaultClient:
                 state=state,
                 label_key=label_key,
                 label_value=label_value,
-            )
-            yield from page.keys
-            token = page.next_page_token
-            if not token:
-                return
+            ),
+            lambda page: page.keys,
+        )
 
     def update_key(
         self, name: str, *, labels: dict[str, str] | None = None, description: str | None = None
@@ -275,15 +285,15 @@ class VaultClient:
         return self._call(self._keys.RotateKey, key_service_pb2.RotateKeyRequest(name=name))
 
     def list_key_versions(self, name: str) -> list[resources_pb2.KeyVersion]:
-        versions: list[resources_pb2.KeyVersion] = []
-        token = ""
-        while True:
-            request = key_service_pb2.ListKeyVersionsRequest(parent=name, page_token=token)
-            page = self._call(self._keys.ListKeyVersions, request)
-            versions.extend(page.key_versions)
-            token = page.next_page_token
-            if not token:
-                return versions
+        return list(
+            _paged(
+                lambda token: self._call(
+                    self._keys.ListKeyVersions,
+                    key_service_pb2.ListKeyVersionsRequest(parent=name, page_token=token),
+                ),
+                lambda page: page.key_versions,
+            )
+        )
 
     def get_public_key(self, name: str) -> resources_pb2.PublicKey:
         """name: a key (its primary version) or a key version."""
@@ -481,27 +491,15 @@ class VaultClient:
         )
 
     def list_accounts(self) -> list[resources_pb2.Account]:
-        return self._every_page(
-            lambda token: self._call(
-                self._identity.ListAccounts,
-                identity_service_pb2.ListAccountsRequest(page_token=token),
-            ),
-            lambda page: page.accounts,
+        return list(
+            _paged(
+                lambda token: self._call(
+                    self._identity.ListAccounts,
+                    identity_service_pb2.ListAccountsRequest(page_token=token),
+                ),
+                lambda page: page.accounts,
+            )
         )
-
-    @staticmethod
-    def _every_page(
-        fetch: Callable[[str], _Page], items: Callable[[_Page], Iterable[_Item]]
-    ) -> list[_Item]:
-        """Every item of a paginated List call, fetching page after page."""
-        found: list[_Item] = []
-        token = ""
-        while True:
-            page = fetch(token)
-            found.extend(items(page))
-            token = page.next_page_token  # type: ignore[attr-defined]
-            if not token:
-                return found
 
     def create_access_key(
         self,
@@ -531,12 +529,14 @@ class VaultClient:
         )
 
     def list_access_keys(self, parent: str) -> list[resources_pb2.AccessKey]:
-        return self._every_page(
-            lambda token: self._call(
-                self._identity.ListAccessKeys,
-                identity_service_pb2.ListAccessKeysRequest(parent=parent, page_token=token),
-            ),
-            lambda page: page.access_keys,
+        return list(
+            _paged(
+                lambda token: self._call(
+                    self._identity.ListAccessKeys,
+                    identity_service_pb2.ListAccessKeysRequest(parent=parent, page_token=token),
+                ),
+                lambda page: page.access_keys,
+            )
         )
 
     def reset_secret_key(self, name: str) -> identity_service_pb2.CreateAccessKeyResponse:
@@ -590,12 +590,14 @@ class VaultClient:
         )
 
     def list_api_keys(self, parent: str) -> list[resources_pb2.ApiKey]:
-        return self._every_page(
-            lambda token: self._call(
-                self._identity.ListApiKeys,
-                identity_service_pb2.ListApiKeysRequest(parent=parent, page_token=token),
-            ),
-            lambda page: page.api_keys,
+        return list(
+            _paged(
+                lambda token: self._call(
+                    self._identity.ListApiKeys,
+                    identity_service_pb2.ListApiKeysRequest(parent=parent, page_token=token),
+                ),
+                lambda page: page.api_keys,
+            )
         )
 
     def revoke_api_key(self, name: str) -> resources_pb2.ApiKey:
@@ -637,13 +639,10 @@ class VaultClient:
 
     def iter_audit_events(self, **filters: Any) -> Iterator[resources_pb2.AuditEvent]:
         """Every audit record matching filters (as list_audit_events), page after page."""
-        token = ""
-        while True:
-            page = self.list_audit_events(**filters, page_size=1000, page_token=token)
-            yield from page.events
-            token = page.next_page_token
-            if not token:
-                return
+        return _paged(
+            lambda token: self.list_audit_events(**filters, page_size=1000, page_token=token),
+            lambda page: page.events,
+        )
 
     def verify_audit_log(self) -> audit_service_pb2.VerifyAuditLogResponse:
         return self._call(self._audit.VerifyAuditLog, audit_service_pb2.VerifyAuditLogRequest())

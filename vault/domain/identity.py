@@ -28,15 +28,15 @@ from vault.domain.names import check_id
 
 ACCESS_KEY_ID_PREFIX: Final = "VK"
 API_TOKEN_PREFIX: Final = "vkapi_"  # noqa: S105 (a prefix scanners look for, not a secret)
-_ACCESS_KEY_ID_RE = re.compile(r"VK[A-Z2-7]{18}")
-_API_KEY_ID_RE = re.compile(r"[a-z2-7]{16}")
+_ACCESS_KEY_ID = r"VK[A-Z2-7]{18}"
+_API_KEY_ID = r"[a-z2-7]{16}"
+_ACCESS_KEY_ID_RE = re.compile(_ACCESS_KEY_ID)
 _API_TOKEN_RE = re.compile(
-    r"vkapi_(?P<id>[a-z2-7]{16})_(?P<secret>[a-z2-7]{52})_(?P<check>[a-z2-7]{7})"
+    rf"vkapi_(?P<id>{_API_KEY_ID})_(?P<secret>[a-z2-7]{{52}})_(?P<check>[a-z2-7]{{7}})"
 )
-_ACCESS_KEY_NAME_RE = re.compile(
-    r"accounts/(?P<account>[a-z][a-z0-9-]{0,62})/accessKeys/(?P<id>[^/]+)"
-)
-_API_KEY_NAME_RE = re.compile(r"accounts/(?P<account>[a-z][a-z0-9-]{0,62})/apiKeys/(?P<id>[^/]+)")
+_ACCOUNT = r"accounts/(?P<account>[a-z][a-z0-9-]{0,62})"
+_ACCESS_KEY_NAME_RE = re.compile(rf"{_ACCOUNT}/accessKeys/(?P<id>{_ACCESS_KEY_ID})")
+_API_KEY_NAME_RE = re.compile(rf"{_ACCOUNT}/apiKeys/(?P<id>{_API_KEY_ID})")
 _KEY_RESOURCE_RE = re.compile(r"keys/(?:\*|[a-z][a-z0-9-]{0,62})")
 MAX_GRANTS: Final = 64
 MAX_SCOPES: Final = 32
@@ -309,10 +309,7 @@ class AccessKeyName:
 
     @classmethod
     def parse(cls, name: str) -> AccessKeyName:
-        match = _ACCESS_KEY_NAME_RE.fullmatch(name) if len(name) <= 256 else None
-        if not match or not _ACCESS_KEY_ID_RE.fullmatch(match["id"]):
-            raise MalformedName("expected accounts/{account}/accessKeys/{access_key_id}")
-        return cls(match["account"], match["id"])
+        return cls(*_credential_name(_ACCESS_KEY_NAME_RE, name, "accessKeys/{access_key_id}"))
 
     def __str__(self) -> str:
         return f"accounts/{self.account_id}/accessKeys/{self.access_key_id}"
@@ -325,13 +322,18 @@ class ApiKeyName:
 
     @classmethod
     def parse(cls, name: str) -> ApiKeyName:
-        match = _API_KEY_NAME_RE.fullmatch(name) if len(name) <= 256 else None
-        if not match or not _API_KEY_ID_RE.fullmatch(match["id"]):
-            raise MalformedName("expected accounts/{account}/apiKeys/{api_key_id}")
-        return cls(match["account"], match["id"])
+        return cls(*_credential_name(_API_KEY_NAME_RE, name, "apiKeys/{api_key_id}"))
 
     def __str__(self) -> str:
         return f"accounts/{self.account_id}/apiKeys/{self.api_key_id}"
+
+
+def _credential_name(pattern: re.Pattern[str], name: str, expected: str) -> tuple[str, str]:
+    """(account id, credential id) of name, or MalformedName."""
+    match = pattern.fullmatch(name) if len(name) <= 256 else None
+    if not match:
+        raise MalformedName(f"expected accounts/{{account}}/{expected}")
+    return match["account"], match["id"]
 
 
 def is_access_key_id(value: str) -> bool:

@@ -136,9 +136,6 @@ class Pkcs11KeyStore:
             cache[cache_key] = obj
         return obj
 
-    def _run(self, operation: Callable[[ThreadContext], T]) -> T:
-        return self._library.run(operation)
-
     def run(self, operation: Callable[[ThreadContext], T]) -> T:
         """Run operation with this thread's session, with the token layer's recovery."""
         return self._library.run(operation)
@@ -147,7 +144,7 @@ class Pkcs11KeyStore:
 
     def generate(self, algorithm: Algorithm, token_label: str | None) -> GeneratedMaterial:
         def attempt() -> GeneratedMaterial:
-            return self._run(lambda context: self._generate(context, algorithm, token_label))
+            return self.run(lambda context: self._generate(context, algorithm, token_label))
 
         try:
             return attempt()
@@ -203,7 +200,7 @@ class Pkcs11KeyStore:
                 objects.destroy_quietly(obj)
             context.objects.pop(str(version.name), None)
 
-        self._run(forget)
+        self.run(forget)
 
     def destroy_label(self, token_label: str) -> bool:
         def destroy(context: ThreadContext) -> bool:
@@ -215,10 +212,10 @@ class Pkcs11KeyStore:
                 found = True
             return found
 
-        return self._run(destroy)
+        return self.run(destroy)
 
     def random(self, size: int) -> bytes:
-        return self._run(lambda context: bytes(context.session.generate_random(size * 8)))
+        return self.run(lambda context: bytes(context.session.generate_random(size * 8)))
 
     # -- symmetric ------------------------------------------------------------------------
 
@@ -240,7 +237,7 @@ class Pkcs11KeyStore:
                 )
             )
 
-        return self._run(encrypt)
+        return self.run(encrypt)
 
     def decrypt_gcm(
         self, version: KeyVersion, algorithm: Algorithm, nonce: bytes, sealed: bytes, aad: bytes
@@ -258,7 +255,7 @@ class Pkcs11KeyStore:
             except _DATA_ERRORS:
                 raise DecryptionFailed() from None
 
-        return self._run(decrypt)
+        return self.run(decrypt)
 
     def wrap_secret(self, version: KeyVersion, algorithm: Algorithm, material: bytes) -> bytes:
         def wrap(context: ThreadContext) -> bytes:
@@ -269,7 +266,7 @@ class Pkcs11KeyStore:
             finally:
                 objects.destroy_quietly(transient)
 
-        return self._run(wrap)
+        return self.run(wrap)
 
     def unwrap_secret(self, version: KeyVersion, algorithm: Algorithm, wrapped: bytes) -> bytes:
         def unwrap(context: ThreadContext) -> bytes:
@@ -290,7 +287,7 @@ class Pkcs11KeyStore:
             finally:
                 objects.destroy_quietly(transient)
 
-        return self._run(unwrap)
+        return self.run(unwrap)
 
     # -- asymmetric -----------------------------------------------------------------------
 
@@ -310,7 +307,7 @@ class Pkcs11KeyStore:
                     int.from_bytes(raw[:half], "big"), int.from_bytes(raw[half:], "big")
                 )
 
-            return self._run(sign_ec)
+            return self.run(sign_ec)
         if spec.family is KeyFamily.ED25519:
             mechanism, param = Mechanism.EDDSA, None
         elif spec.padding is Padding.PSS:
@@ -326,7 +323,7 @@ class Pkcs11KeyStore:
             key = self._key(context, version, algorithm)
             return bytes(key.sign(data, mechanism=mechanism, mechanism_param=param))
 
-        return self._run(sign)
+        return self.run(sign)
 
     def asymmetric_decrypt(
         self, version: KeyVersion, algorithm: Algorithm, ciphertext: bytes
@@ -348,13 +345,13 @@ class Pkcs11KeyStore:
             except _DATA_ERRORS:
                 raise DecryptionFailed() from None
 
-        return self._run(decrypt)
+        return self.run(decrypt)
 
     # -- MAC ------------------------------------------------------------------------------
 
     def generate_mac(self, version: KeyVersion, algorithm: Algorithm, data: bytes) -> bytes:
         mechanism = templates.HMAC_MECHANISMS[algorithm.spec.hash]
-        return self._run(
+        return self.run(
             lambda context: bytes(
                 self._key(context, version, algorithm).sign(data, mechanism=mechanism)
             )
@@ -372,7 +369,7 @@ class Pkcs11KeyStore:
             except _DATA_ERRORS:
                 return False
 
-        return self._run(verify)
+        return self.run(verify)
 
 
 def generate_pair(

@@ -76,7 +76,7 @@ class Authenticator:
         self._lock = threading.Lock()
         self._epoch = -1
         self._access_keys: dict[str, _CachedAccessKey] = {}
-        self._api_tokens: dict[bytes, tuple[ApiKey, bool]] = {}
+        self._api_tokens: dict[bytes, ApiKey] = {}
 
     def __repr__(self) -> str:
         return "Authenticator()"
@@ -180,11 +180,8 @@ class Authenticator:
         )
 
     def _check_bearer(self, token: str, api_key_id: str, now: float) -> Principal | None:
-        found = self._api_key(token, api_key_id)
-        if found is None:
-            return None
-        key, genuine = found
-        if not genuine or key.state is not CredentialState.ACTIVE:
+        key = self._api_key(token, api_key_id)
+        if key is None or key.state is not CredentialState.ACTIVE:
             return None
         if key.expire_time is not None and key.expire_time.timestamp() <= now:
             return None
@@ -250,7 +247,8 @@ class Authenticator:
         self._keep(epoch, lambda: self._access_keys.__setitem__(access_key_id, found))
         return found
 
-    def _api_key(self, token: str, api_key_id: str) -> tuple[ApiKey, bool] | None:
+    def _api_key(self, token: str, api_key_id: str) -> ApiKey | None:
+        """The API key token belongs to, or None if there is none or token is not genuine."""
         epoch = self._fresh()
         # Cached by a digest of the token, so the cache never holds the token itself.
         fingerprint = hashlib.sha256(token.encode("ascii")).digest()
@@ -258,9 +256,9 @@ class Authenticator:
         if cached is not None:
             return cached
         key = self._store.get_api_key(api_key_id)
-        if key is None:
+        if key is None or not hmac.compare_digest(
+            self._identity.api_token_hash(token), key.token_hash
+        ):
             return None
-        genuine = hmac.compare_digest(self._identity.api_token_hash(token), key.token_hash)
-        if genuine:
-            self._keep(epoch, lambda: self._api_tokens.__setitem__(fingerprint, (key, genuine)))
-        return key, genuine
+        self._keep(epoch, lambda: self._api_tokens.__setitem__(fingerprint, key))
+        return key

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
-from typing import Final
+from typing import Final, TypeVar
 
 from vault.domain.errors import AlreadyExists, InvalidArgument, NotFound, WrongState
 from vault.domain.identity import (
@@ -44,6 +44,8 @@ _API_TOKEN_CONTEXT: Final = b"vault-api-token-v1\x00"
 SALT_BYTES: Final = 32
 BOOTSTRAP_ACCOUNT: Final = "admin"
 DEFAULT_USAGE_DAYS: Final = 31
+_ID_DRAWS: Final = 3
+_T = TypeVar("_T")
 
 
 class IdentityManagement:
@@ -108,7 +110,8 @@ class IdentityManagement:
         if len(grants) > MAX_GRANTS:
             raise InvalidArgument(f"at most {MAX_GRANTS} grants", metadata={"field": "grants"})
         check_description(description)
-        for _ in range(3):
+
+        def attempt() -> AccessKey:
             key = AccessKey(
                 account_id=account.account_id,
                 access_key_id=new_access_key_id(self._random(12)),
@@ -118,12 +121,10 @@ class IdentityManagement:
                 create_time=self._clock(),
                 secret_salt=self._random(SALT_BYTES),
             )
-            try:
-                created = self._store.create_access_key(key)
-            except AlreadyExists:
-                continue  # 90 random bits collided: draw again
-            return created, self.derive_secret(created)
-        raise AlreadyExists("could not draw an unused access key id")
+            return self._store.create_access_key(key)
+
+        created = _with_unused_id("access key", attempt)
+        return created, self.derive_secret(created)
 
     def get_access_key(self, name: str) -> AccessKey:
         parsed = AccessKeyName.parse(name)
@@ -199,7 +200,8 @@ class IdentityManagement:
         if expire_time is not None and expire_time <= now:
             raise InvalidArgument("expire_time is in the past", metadata={"field": "expire_time"})
         check_description(description)
-        for _ in range(3):
+
+        def attempt() -> tuple[ApiKey, str]:
             api_key_id = new_api_key_id(self._random(10))
             token = make_api_token(api_key_id, self._random(32))
             key = ApiKey(
@@ -214,11 +216,9 @@ class IdentityManagement:
                 rate_limit=rate_limit,
                 daily_quota=daily_quota,
             )
-            try:
-                return self._store.create_api_key(key), token
-            except AlreadyExists:
-                continue
-        raise AlreadyExists("could not draw an unused API key id")
+            return self._store.create_api_key(key), token
+
+        return _with_unused_id("API key", attempt)
 
     def get_api_key(self, name: str) -> ApiKey:
         parsed = ApiKeyName.parse(name)
@@ -249,3 +249,14 @@ class IdentityManagement:
         )
         since = (self._clock() - timedelta(days=(days or DEFAULT_USAGE_DAYS) - 1)).date()
         return self._store.usage(credential_id, since.isoformat())
+
+
+def _with_unused_id(what: str, attempt: Callable[[], _T]) -> _T:
+    """attempt(), which draws a random id each time, until its id is not taken: 80-90 random
+    bits all but never collide, so a third collision means something else is wrong."""
+    for _ in range(_ID_DRAWS):
+        try:
+            return attempt()
+        except AlreadyExists:
+            continue
+    raise AlreadyExists(f"could not draw an unused {what} id")

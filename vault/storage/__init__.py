@@ -14,7 +14,8 @@ from sqlalchemy.exc import SQLAlchemyError
 from vault.storage.audit_store import SqlAuditStore
 from vault.storage.engine import make_engine, write_transaction
 from vault.storage.identity_store import SqlIdentityStore
-from vault.storage.sql_store import SqlMetadataStore, unavailable
+from vault.storage.sql_store import SqlMetadataStore
+from vault.storage.transactions import unavailable
 
 __all__ = [
     "SqlAuditStore",

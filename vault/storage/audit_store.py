@@ -18,7 +18,7 @@ import sqlite3
 import threading
 import weakref
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import AbstractContextManager, contextmanager, nullcontext, suppress
+from contextlib import contextmanager, suppress
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -56,9 +56,7 @@ from vault.storage.engine import (
     read_transaction,
     write_transaction,
 )
-from vault.storage.identity_store import aware, new_serial_lock
 from vault.storage.paging import clamp_page_size, decode_page_token, encode_page_token
-from vault.storage.sql_store import unavailable
 from vault.storage.tables import (
     UtcDateTime,
     access_keys,
@@ -69,6 +67,7 @@ from vault.storage.tables import (
     to_micros,
     usage_counters,
 )
+from vault.storage.transactions import aware, new_serial_lock, serialised, unavailable
 
 LOCK_SUFFIX = ".audit-lock"
 # Rows per query when streaming the whole log: bounded memory, few round trips.
@@ -170,7 +169,7 @@ class SqlAuditStore:
             else:
                 with (
                     self._append_lock.held(),
-                    self._serialised(),
+                    serialised(self._serial),
                     write_transaction(self._engine) as c,
                 ):
                     head = self._append(c, events, usage, last_used)
@@ -243,7 +242,7 @@ class SqlAuditStore:
             audit_checkpoints.c.head_seq == checkpoint.head_seq
         )
         try:
-            with self._serialised(), write_transaction(self._engine) as c:
+            with serialised(self._serial), write_transaction(self._engine) as c:
                 if c.execute(exists).first() is None:
                     c.execute(insert(audit_checkpoints).values(**row))
         except IntegrityError:
@@ -315,13 +314,10 @@ class SqlAuditStore:
     @contextmanager
     def _reading(self) -> Iterator[Connection]:
         try:
-            with self._serialised(), read_transaction(self._engine) as conn:
+            with serialised(self._serial), read_transaction(self._engine) as conn:
                 yield conn
         except SQLAlchemyError as exc:
             raise unavailable(exc) from exc
-
-    def _serialised(self) -> AbstractContextManager[Any]:
-        return self._serial if self._serial is not None else nullcontext()
 
 
 class AppendLock:

@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import re
 import threading
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import AbstractContextManager, contextmanager, nullcontext
-from datetime import datetime
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import (
@@ -24,7 +22,6 @@ from sqlalchemy import (
     true,
     update,
 )
-from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from vault.domain.errors import AlreadyExists, InvalidArgument, NotFound, VaultError
 from vault.domain.identity import (
@@ -39,10 +36,14 @@ from vault.domain.identity import (
     UsageCount,
 )
 from vault.domain.models import Page
-from vault.storage.engine import is_sqlite_memory, read_transaction, write_transaction
 from vault.storage.paging import clamp_page_size, decode_page_token, encode_page_token
-from vault.storage.sql_store import unavailable
 from vault.storage.tables import access_keys, accounts, api_keys, usage_counters
+from vault.storage.transactions import (
+    aware,
+    aware_or_none,
+    guarded_transaction,
+    new_serial_lock,
+)
 
 _DAY_RE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
 
@@ -83,7 +84,9 @@ class SqlIdentityStore:
             "admin": account.admin,
             "create_time": aware(account.create_time),
         }
-        with self._transaction(
+        with guarded_transaction(
+            self._engine,
+            self._serial,
             write=True,
             on_duplicate=lambda: AlreadyExists(
                 "account already exists", metadata={"account": account.account_id}
@@ -93,7 +96,7 @@ class SqlIdentityStore:
         return account
 
     def get_account(self, account_id: str) -> Account | None:
-        with self._transaction(write=False) as c:
+        with guarded_transaction(self._engine, self._serial, write=False) as c:
             row = c.execute(_GET_ACCOUNT, {"id": account_id}).mappings().one_or_none()
         return None if row is None else _to_account(row)
 
@@ -104,7 +107,7 @@ class SqlIdentityStore:
 
     def has_admin_account(self) -> bool:
         query = select(accounts.c.account_id).where(accounts.c.admin == true()).limit(1)
-        with self._transaction(write=False) as c:
+        with guarded_transaction(self._engine, self._serial, write=False) as c:
             return c.execute(query).first() is not None
 
     # --- access keys ------------------------------------------------------------------------
@@ -112,7 +115,9 @@ class SqlIdentityStore:
     def create_access_key(self, key: AccessKey) -> AccessKey:
         """NotFound if the account does not exist; AlreadyExists if the id is taken."""
         row = _access_key_row(key)
-        with self._transaction(
+        with guarded_transaction(
+            self._engine,
+            self._serial,
             write=True,
             on_duplicate=lambda: self._explain_duplicate(
                 key.account_id, "access key already exists", {"name": key.name}
@@ -123,7 +128,7 @@ class SqlIdentityStore:
         return key
 
     def get_access_key(self, access_key_id: str) -> AccessKey | None:
-        with self._transaction(write=False) as c:
+        with guarded_transaction(self._engine, self._serial, write=False) as c:
             row = c.execute(_GET_ACCESS_KEY, {"id": access_key_id}).mappings().one_or_none()
         return None if row is None else _to_access_key(row)
 
@@ -145,7 +150,7 @@ class SqlIdentityStore:
             "secret_salt": key.secret_salt,
             "secret_reset_time": aware_or_none(key.secret_reset_time),
         }
-        with self._transaction(write=True) as c:
+        with guarded_transaction(self._engine, self._serial, write=True) as c:
             result = c.execute(
                 update(access_keys)
                 .where(access_keys.c.access_key_id == key.access_key_id)
@@ -159,7 +164,7 @@ class SqlIdentityStore:
     def delete_access_key(self, access_key_id: str) -> bool:
         """Whether there was such a key. Its usage and audit records stay."""
         statement = access_keys.delete().where(access_keys.c.access_key_id == access_key_id)
-        with self._transaction(write=True) as c:
+        with guarded_transaction(self._engine, self._serial, write=True) as c:
             return c.execute(statement).rowcount == 1
 
     # --- API keys ---------------------------------------------------------------------------
@@ -167,7 +172,9 @@ class SqlIdentityStore:
     def create_api_key(self, key: ApiKey) -> ApiKey:
         """NotFound if the account does not exist; AlreadyExists if the id is taken."""
         row = _api_key_row(key)
-        with self._transaction(
+        with guarded_transaction(
+            self._engine,
+            self._serial,
             write=True,
             on_duplicate=lambda: self._explain_duplicate(
                 key.account_id, "API key already exists", {"name": key.name}
@@ -178,7 +185,7 @@ class SqlIdentityStore:
         return key
 
     def get_api_key(self, api_key_id: str) -> ApiKey | None:
-        with self._transaction(write=False) as c:
+        with guarded_transaction(self._engine, self._serial, write=False) as c:
             row = c.execute(_GET_API_KEY, {"id": api_key_id}).mappings().one_or_none()
         return None if row is None else _to_api_key(row)
 
@@ -195,7 +202,7 @@ class SqlIdentityStore:
 
     def update_api_key(self, key: ApiKey) -> ApiKey:
         """Write state; NotFound if it is gone."""
-        with self._transaction(write=True) as c:
+        with guarded_transaction(self._engine, self._serial, write=True) as c:
             result = c.execute(
                 update(api_keys)
                 .where(api_keys.c.api_key_id == key.api_key_id)
@@ -218,14 +225,14 @@ class SqlIdentityStore:
             )
             .order_by(usage_counters.c.day, usage_counters.c.method)
         )
-        with self._transaction(write=False) as c:
+        with guarded_transaction(self._engine, self._serial, write=False) as c:
             rows = c.execute(query).all()
         return [UsageCount(day=str(d), method=str(m), count=int(n)) for d, m, n in rows]
 
     def usage_on(self, credential_id: str, day: str) -> int:
         """All requests counted for credential_id on day."""
         params = {"credential_id": credential_id, "day": check_day(day)}
-        with self._transaction(write=False) as c:
+        with guarded_transaction(self._engine, self._serial, write=False) as c:
             return int(c.execute(_USAGE_ON, params).scalar_one())
 
     # --- plumbing ---------------------------------------------------------------------------
@@ -245,31 +252,10 @@ class SqlIdentityStore:
             query = query.where(order > decode_page_token(page_token))
         # One row beyond the page says whether another page follows, without a COUNT.
         query = query.order_by(order).limit(size + 1)
-        with self._transaction(write=False) as c:
+        with guarded_transaction(self._engine, self._serial, write=False) as c:
             rows = c.execute(query).mappings().all()
         next_token = encode_page_token(str(rows[size - 1][order.name])) if len(rows) > size else ""
         return Page(items=list(rows[:size]), next_page_token=next_token)
-
-    @contextmanager
-    def _transaction(
-        self, *, write: bool, on_duplicate: Callable[[], VaultError] | None = None
-    ) -> Iterator[Connection]:
-        """As SqlMetadataStore._transaction: commit at the end, roll back on error; database
-        errors become AlreadyExists (on_duplicate) or StoreUnavailable, without values."""
-        try:
-            with self._serialised():
-                begin = write_transaction if write else read_transaction
-                with begin(self._engine) as conn:
-                    yield conn
-        except IntegrityError as exc:
-            if on_duplicate is None:
-                raise unavailable(exc) from exc
-            raise on_duplicate() from exc
-        except SQLAlchemyError as exc:
-            raise unavailable(exc) from exc
-
-    def _serialised(self) -> AbstractContextManager[Any]:
-        return self._serial if self._serial is not None else nullcontext()
 
     def _explain_duplicate(
         self, account_id: str, message: str, metadata: dict[str, str]
@@ -282,21 +268,6 @@ class SqlIdentityStore:
 
 
 # --- helpers shared with the audit store ------------------------------------------------------
-
-
-def new_serial_lock(engine: Engine) -> threading.Lock | None:
-    return threading.Lock() if is_sqlite_memory(engine.url) else None
-
-
-def aware(value: datetime) -> datetime:
-    # Checked before any SQL runs, so a naive time is a ValueError at the call site.
-    if value.tzinfo is None or value.utcoffset() is None:
-        raise ValueError("the store only accepts timezone-aware datetimes")
-    return value
-
-
-def aware_or_none(value: datetime | None) -> datetime | None:
-    return None if value is None else aware(value)
 
 
 def check_day(day: str) -> str:

@@ -3,9 +3,6 @@ PostgreSQL later; backend differences stay in engine.py."""
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager, nullcontext
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -25,7 +22,6 @@ from sqlalchemy import (
     select,
     update,
 )
-from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from vault.domain.algorithms import Algorithm, Purpose
 from vault.domain.errors import (
@@ -34,7 +30,6 @@ from vault.domain.errors import (
     InvalidArgument,
     MalformedName,
     NotFound,
-    StoreUnavailable,
     VaultError,
 )
 from vault.domain.models import (
@@ -51,8 +46,6 @@ from vault.storage.engine import (
     is_sqlite,
     is_sqlite_memory,
     is_sqlite_uri,
-    read_transaction,
-    write_transaction,
 )
 from vault.storage.freshness import UnchangedSinceCache
 from vault.storage.paging import (
@@ -62,6 +55,12 @@ from vault.storage.paging import (
     malformed_page_token,
 )
 from vault.storage.tables import UtcDateTime, key_versions, keys, root_generations
+from vault.storage.transactions import (
+    aware,
+    aware_or_none,
+    guarded_transaction,
+    new_serial_lock,
+)
 
 _KEY_CACHE_SIZE = 4096  # per request thread
 
@@ -103,9 +102,7 @@ class SqlMetadataStore:
         # An in-memory SQLite database is one connection shared by every thread (StaticPool);
         # interleaved transactions on it would mix, so calls take turns. File and server
         # databases give each call its own pooled connection and need no lock.
-        self._serial: threading.Lock | None = (
-            threading.Lock() if is_sqlite_memory(engine.url) else None
-        )
+        self._serial = new_serial_lock(engine)
 
     def __repr__(self) -> str:
         return f"SqlMetadataStore({self._engine.url.render_as_string(hide_password=True)!r})"
@@ -123,7 +120,12 @@ class SqlMetadataStore:
         _require_same_key(key, first_version)
         key_row = _key_row(key)
         version_row = _version_row(first_version)
-        with self._transaction(write=True, on_duplicate=lambda: self._explain_duplicate(key)) as c:
+        with guarded_transaction(
+            self._engine,
+            self._serial,
+            write=True,
+            on_duplicate=lambda: self._explain_duplicate(key),
+        ) as c:
             c.execute(insert(keys).values(**key_row))
             c.execute(insert(key_versions).values(**version_row))
         return key
@@ -134,7 +136,7 @@ class SqlMetadataStore:
             cached, version = self._key_cache.get(name)
             if cached is not None:
                 return cached
-        with self._transaction(write=False) as c:
+        with guarded_transaction(self._engine, self._serial, write=False) as c:
             row = c.execute(_GET_KEY, _key_params(name)).mappings().one_or_none()
         key = None if row is None else _to_key(row)
         if key is not None and self._key_cache is not None:
@@ -146,7 +148,7 @@ class SqlMetadataStore:
             # An empty request id is stored as NULL and never matches.
             return None
         query = select(keys).where(keys.c.account == account, keys.c.request_id == request_id)
-        with self._transaction(write=False) as c:
+        with guarded_transaction(self._engine, self._serial, write=False) as c:
             row = c.execute(query).mappings().one_or_none()
         return None if row is None else _to_key(row)
 
@@ -159,7 +161,7 @@ class SqlMetadataStore:
             query = query.where(keys.c.key_id > _decode_page_token(page_token))
         # One row beyond the page says whether another page follows, without a COUNT.
         query = query.order_by(keys.c.key_id).limit(size + 1)
-        with self._transaction(write=False) as c:
+        with guarded_transaction(self._engine, self._serial, write=False) as c:
             rows = c.execute(query).mappings().all()
         items = [_to_key(row) for row in rows[:size]]
         next_token = encode_page_token(items[-1].name.key) if len(rows) > size else ""
@@ -169,7 +171,7 @@ class SqlMetadataStore:
         """Write key (labels, description, state, times) if its etag is still current; return
         it with the new etag."""
         values = _mutable_key_values(key)
-        with self._transaction(write=True) as c:
+        with guarded_transaction(self._engine, self._serial, write=True) as c:
             _bump_etag(c, key, values)
             return _reread_key(c, key.name)
 
@@ -180,11 +182,13 @@ class SqlMetadataStore:
         version_row = _version_row(version)
         # Adding a version changes the key, so its update time moves to the version's
         # creation unless the caller already gave a later one.
-        update_time = max(_aware(key.update_time), _aware(version.create_time))
+        update_time = max(aware(key.update_time), aware(version.create_time))
         values: dict[str, Any] = {"update_time": update_time}
         if version.state is VersionState.ENABLED:
             values["primary_version"] = version.number
-        with self._transaction(
+        with guarded_transaction(
+            self._engine,
+            self._serial,
             write=True,
             on_duplicate=lambda: AlreadyExists(
                 "the key version or its token label already exists",
@@ -200,7 +204,7 @@ class SqlMetadataStore:
     def activate_version(self, version: KeyVersion) -> Key:
         """PENDING -> ENABLED (with its public key) and primary, atomically. Conflict if the
         version is no longer PENDING: destroyed or discarded while its material was made."""
-        with self._transaction(write=True) as c:
+        with guarded_transaction(self._engine, self._serial, write=True) as c:
             enabled = c.execute(
                 update(key_versions)
                 .where(
@@ -229,13 +233,13 @@ class SqlMetadataStore:
     # --- versions ---------------------------------------------------------------------------
 
     def get_version(self, name: KeyVersionName) -> KeyVersion | None:
-        with self._transaction(write=False) as c:
+        with guarded_transaction(self._engine, self._serial, write=False) as c:
             row = c.execute(_GET_VERSION, _version_params(name)).mappings().one_or_none()
         return None if row is None else _to_version(row)
 
     def list_versions(self, key: KeyName) -> list[KeyVersion]:
         query = select(key_versions).where(_versions_of(key)).order_by(key_versions.c.version)
-        with self._transaction(write=False) as c:
+        with guarded_transaction(self._engine, self._serial, write=False) as c:
             rows = c.execute(query).mappings().all()
         return [_to_version(row) for row in rows]
 
@@ -254,7 +258,9 @@ class SqlMetadataStore:
                 "destroy_time",
             )
         }
-        with self._transaction(
+        with guarded_transaction(
+            self._engine,
+            self._serial,
             write=True,
             on_duplicate=lambda: AlreadyExists(
                 "the token label is used by another key version",
@@ -275,18 +281,18 @@ class SqlMetadataStore:
             .where(
                 keys.c.state == KeyState.DESTROY_SCHEDULED.value,
                 keys.c.destroy_scheduled_time.is_not(None),
-                keys.c.destroy_scheduled_time <= _aware(now),
+                keys.c.destroy_scheduled_time <= aware(now),
             )
             .order_by(keys.c.destroy_scheduled_time, keys.c.account, keys.c.key_id)
         )
-        with self._transaction(write=False) as c:
+        with guarded_transaction(self._engine, self._serial, write=False) as c:
             rows = c.execute(query).mappings().all()
         return [_to_key(row) for row in rows]
 
     def mark_destroyed(self, key: Key, now: datetime) -> Key:
         """Key DESTROYED, every version DESTROYED with its wrapped blob erased; atomically."""
-        now = _aware(now)
-        with self._transaction(write=True) as c:
+        now = aware(now)
+        with guarded_transaction(self._engine, self._serial, write=True) as c:
             # The etag check stops a key whose destruction was cancelled (restored) after the
             # caller read it from being destroyed anyway.
             _bump_etag(c, key, {"state": KeyState.DESTROYED.value, "update_time": now})
@@ -312,7 +318,7 @@ class SqlMetadataStore:
             .where(key_versions.c.state == VersionState.PENDING.value)
             .order_by(key_versions.c.account, key_versions.c.key_id, key_versions.c.version)
         )
-        with self._transaction(write=False) as c:
+        with guarded_transaction(self._engine, self._serial, write=False) as c:
             rows = c.execute(query).mappings().all()
         return [_to_version(row) for row in rows]
 
@@ -324,7 +330,7 @@ class SqlMetadataStore:
         its token object as an orphan.
         """
         name = version.name
-        with self._transaction(write=True) as c:
+        with guarded_transaction(self._engine, self._serial, write=True) as c:
             key_row = (
                 c.execute(select(keys).where(_key_pk(name.key_name)).with_for_update())
                 .mappings()
@@ -372,7 +378,7 @@ class SqlMetadataStore:
             .where(column.is_not(None), key_versions.c.state != VersionState.DESTROYED.value)
             .distinct()
         )
-        with self._transaction(write=False) as c:
+        with guarded_transaction(self._engine, self._serial, write=False) as c:
             return list(c.execute(query).scalars())
 
     # --- root key generations ---------------------------------------------------------------
@@ -381,10 +387,12 @@ class SqlMetadataStore:
         row = {
             "generation": root.generation,
             "token_label": root.token_label,
-            "create_time": _aware(root.create_time),
+            "create_time": aware(root.create_time),
             "retired": root.retired,
         }
-        with self._transaction(
+        with guarded_transaction(
+            self._engine,
+            self._serial,
             write=True,
             on_duplicate=lambda: AlreadyExists(
                 "root generation already recorded",
@@ -395,7 +403,7 @@ class SqlMetadataStore:
 
     def list_root_generations(self) -> list[RootGeneration]:
         query = select(root_generations).order_by(root_generations.c.generation)
-        with self._transaction(write=False) as c:
+        with guarded_transaction(self._engine, self._serial, write=False) as c:
             rows = c.execute(query).mappings().all()
         return [
             RootGeneration(
@@ -408,31 +416,6 @@ class SqlMetadataStore:
         ]
 
     # --- plumbing ---------------------------------------------------------------------------
-
-    @contextmanager
-    def _transaction(
-        self, *, write: bool, on_duplicate: Callable[[], VaultError] | None = None
-    ) -> Iterator[Connection]:
-        """One transaction, committed when the block ends, rolled back if it raises.
-
-        Database failures become domain errors whose messages carry no data values: a unique
-        violation becomes on_duplicate() (called after the transaction has been rolled back, so
-        it may query), anything else StoreUnavailable.
-        """
-        try:
-            with self._serialised():
-                begin = write_transaction if write else read_transaction
-                with begin(self._engine) as conn:
-                    yield conn
-        except IntegrityError as exc:
-            if on_duplicate is None:
-                raise unavailable(exc) from exc
-            raise on_duplicate() from exc
-        except SQLAlchemyError as exc:
-            raise unavailable(exc) from exc
-
-    def _serialised(self) -> AbstractContextManager[Any]:
-        return self._serial if self._serial is not None else nullcontext()
 
     def _explain_duplicate(self, key: Key) -> VaultError:
         # The insert does not say which constraint failed in a portable way; look.
@@ -450,26 +433,6 @@ class SqlMetadataStore:
 
 
 # --- helpers ----------------------------------------------------------------------------------
-
-
-def unavailable(exc: SQLAlchemyError) -> StoreUnavailable:
-    # Only the driver's error class: its message may quote values (PostgreSQL's DETAIL does).
-    cause = getattr(exc, "orig", None) or exc
-    return StoreUnavailable(
-        "the metadata store is unavailable", metadata={"error": type(cause).__name__}
-    )
-
-
-def _aware(value: datetime) -> datetime:
-    # Checked before any SQL runs, so a naive time is a ValueError at the call site rather
-    # than a database error (UtcDateTime refuses it too, as a last line).
-    if value.tzinfo is None or value.utcoffset() is None:
-        raise ValueError("the metadata store only accepts timezone-aware datetimes")
-    return value
-
-
-def _aware_or_none(value: datetime | None) -> datetime | None:
-    return None if value is None else _aware(value)
 
 
 def _require_same_key(key: Key, version: KeyVersion) -> None:
@@ -497,8 +460,8 @@ def _mutable_key_values(key: Key) -> dict[str, Any]:
         "primary_version": key.primary_version,
         "labels": dict(key.labels),
         "description": key.description,
-        "update_time": _aware(key.update_time),
-        "destroy_scheduled_time": _aware_or_none(key.destroy_scheduled_time),
+        "update_time": aware(key.update_time),
+        "destroy_scheduled_time": aware_or_none(key.destroy_scheduled_time),
         "state_before_destroy_scheduled": (
             None
             if key.state_before_destroy_scheduled is None
@@ -515,7 +478,7 @@ def _key_row(key: Key) -> dict[str, Any]:
         "purpose": key.purpose.value,
         "algorithm": key.algorithm.value,
         "token_resident": key.token_resident,
-        "create_time": _aware(key.create_time),
+        "create_time": aware(key.create_time),
         "request_id": key.request_id or None,
         "etag": key.etag,
         **_mutable_key_values(key),
@@ -528,12 +491,12 @@ def _version_row(version: KeyVersion) -> dict[str, Any]:
         "key_id": version.name.key,
         "version": version.name.version,
         "state": version.state.value,
-        "create_time": _aware(version.create_time),
+        "create_time": aware(version.create_time),
         "root_generation": version.root_generation,
         "wrapped_blob": version.wrapped_blob,
         "token_label": version.token_label,
         "public_key_der": version.public_key_der,
-        "destroy_time": _aware_or_none(version.destroy_time),
+        "destroy_time": aware_or_none(version.destroy_time),
     }
 
 
