@@ -30,7 +30,9 @@ from tests.security_helpers import (
     RESOURCE_EXHAUSTED,
     SPREAD,
     AccessKey,
+    ApiKey,
     add_access_key,
+    add_api_key,
     codes,
     expect_unauthenticated,
     fresh_client,
@@ -40,7 +42,14 @@ from tests.security_helpers import (
     raw_call,
     signed_metadata,
 )
-from vault.client import AccessKeyCredentials, VaultClient, VaultClientError
+from vault.client import (
+    AccessKeyCredentials,
+    ApiKeyCredentials,
+    Credentials,
+    VaultClient,
+    VaultClientError,
+)
+from vault.domain.identity import make_api_token
 from vault.gen.vault.v1 import key_service_pb2, resources_pb2
 
 GET_KEY: Final = "/vault.v1.KeyService/GetKey"
@@ -405,6 +414,16 @@ def test_requests_with_map_fields_sign_and_verify_every_time(
 
 
 # -- throttling of failed authentications ---------------------------------------------------
+#
+# Failures are counted per source address and per (key id, source address); past either limit
+# the failing requester's own failures get AUTHENTICATION_THROTTLED. A request whose credential
+# verifies is admitted whatever the counters say: otherwise anyone could lock out a key id by
+# failing under it, or every client behind one address by failing from there.
+
+KEY_LIMIT: Final = 3
+ADDRESS_LIMIT: Final = 5
+ATTACKS: Final = 12
+THROTTLED: Final = "RESOURCE_EXHAUSTED AUTHENTICATION_THROTTLED"
 
 
 @pytest.fixture(scope="module")
@@ -413,8 +432,20 @@ def key_throttled(tmp_path_factory: pytest.TempPathFactory) -> Iterator[VaultSer
         tmp_path_factory,
         "throttle-key",
         {
-            "VAULT_AUTH__MAX_FAILURES_PER_KEY": "3",
+            "VAULT_AUTH__MAX_FAILURES_PER_KEY": str(KEY_LIMIT),
             "VAULT_AUTH__MAX_FAILURES_PER_ADDRESS": "1000",
+        },
+    )
+
+
+@pytest.fixture(scope="module")
+def crowded_address(tmp_path_factory: pytest.TempPathFactory) -> Iterator[VaultServer]:
+    yield from own_server(
+        tmp_path_factory,
+        "throttle-crowded",
+        {
+            "VAULT_AUTH__MAX_FAILURES_PER_ADDRESS": str(ADDRESS_LIMIT),
+            "VAULT_AUTH__MAX_FAILURES_PER_KEY": "1000",
         },
     )
 
@@ -432,26 +463,116 @@ def address_throttled(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Vaul
     )
 
 
-def test_failures_naming_one_key_id_throttle_that_key_id_only(key_throttled: VaultServer) -> None:
-    with key_throttled.client() as admin:
+@dataclass(frozen=True, slots=True)
+class Victim:
+    """An account on the throttled server with one key, an access key and an API key."""
+
+    key: str
+    access_key: AccessKey
+    api_key: ApiKey
+
+
+def new_victim(server: VaultServer) -> Victim:
+    with server.client() as admin:
         account = new_account(admin)
         key = admin.create_key(account, "k", "ENCRYPT_DECRYPT").name
-        target, bystander = add_access_key(admin, account), add_access_key(admin, account)
-    guess = AccessKeyCredentials(target.key_id, random_secret())
+        return Victim(
+            key,
+            add_access_key(admin, account),
+            add_api_key(admin, account, [(["GetKey"], ["keys/*"])]),
+        )
 
-    for _ in range(3):
-        with fresh_client(key_throttled, guess) as guessing:
-            expect_unauthenticated(lambda: guessing.get_key(key))
 
-    # Now even the right secret is refused, by every worker, with a time to wait.
-    outcomes = on_fresh_connections(key_throttled, target.credentials, lambda c: c.get_key(key))
-    assert codes(outcomes) == ["RESOURCE_EXHAUSTED AUTHENTICATION_THROTTLED"] * SPREAD
-    for error in outcomes:
-        assert isinstance(error, VaultClientError)
-        assert error.retry_after is not None and error.retry_after > 0
-    # Another key id from the same address is not affected.
-    with fresh_client(key_throttled, bystander.credentials) as other:
-        assert other.get_key(key).name == key
+def attempt(server: VaultServer, credentials: Credentials, key: str) -> str:
+    """One GetKey over a new connection: "OK" or "CODE REASON"."""
+    return codes(on_fresh_connections(server, credentials, lambda c: c.get_key(key).name, 1))[0]
+
+
+def assert_throttled_after_the_limit(outcomes: list[str], limit: int) -> None:
+    # The counters are read without a lock: a read racing a write may let one more attempt
+    # through as UNAUTHENTICATED.
+    unthrottled = outcomes.index(THROTTLED) if THROTTLED in outcomes else len(outcomes)
+    assert limit <= unthrottled <= limit + 1, outcomes
+    assert outcomes[:unthrottled] == ["UNAUTHENTICATED UNAUTHENTICATED"] * unthrottled
+    assert outcomes[unthrottled:] == [THROTTLED] * (len(outcomes) - unthrottled)
+
+
+def test_bad_signatures_under_a_key_id_never_lock_out_its_owner(
+    key_throttled: VaultServer,
+) -> None:
+    throttled = key_throttled
+    victim = new_victim(throttled)
+    owner = victim.access_key.credentials
+    forger = AccessKeyCredentials(owner.access_key_id, random_secret())
+
+    attacks, owners = [], []
+    for _ in range(ATTACKS):
+        attacks.append(attempt(throttled, forger, victim.key))
+        owners.append(attempt(throttled, owner, victim.key))
+
+    assert owners == ["OK"] * ATTACKS
+    assert_throttled_after_the_limit(attacks, KEY_LIMIT)
+
+
+def test_wrong_tokens_for_an_api_key_id_never_lock_out_its_owner(
+    key_throttled: VaultServer,
+) -> None:
+    throttled = key_throttled
+    victim = new_victim(throttled)
+    owner = victim.api_key.credentials
+    forger = ApiKeyCredentials(make_api_token(victim.api_key.api_key_id, secrets.token_bytes(32)))
+
+    attacks, owners = [], []
+    for _ in range(ATTACKS):
+        attacks.append(attempt(throttled, forger, victim.key))
+        owners.append(attempt(throttled, owner, victim.key))
+
+    assert owners == ["OK"] * ATTACKS
+    assert_throttled_after_the_limit(attacks, KEY_LIMIT)
+
+
+def test_failures_from_an_address_never_lock_out_other_clients_behind_it(
+    crowded_address: VaultServer,
+) -> None:
+    throttled = crowded_address
+    victim = new_victim(throttled)
+    # Each a different unknown key id: only the address connects the failures.
+    attacks = [
+        attempt(throttled, AccessKeyCredentials(random_key_id(), random_secret()), victim.key)
+        for _ in range(ATTACKS)
+    ]
+    assert_throttled_after_the_limit(attacks, ADDRESS_LIMIT)
+
+    # Clients behind the same address whose credentials no worker has seen yet, and the
+    # admin, keep working while their address is throttled.
+    for credentials in (
+        victim.access_key.credentials,
+        victim.api_key.credentials,
+        throttled.credentials,
+    ):
+        assert (
+            codes(
+                on_fresh_connections(throttled, credentials, lambda c: c.get_key(victim.key).name)
+            )
+            == ["OK"] * SPREAD
+        )
+    # ...while the address's own failures stay throttled, however they fail.
+    guess = AccessKeyCredentials(victim.access_key.key_id, random_secret())
+    assert attempt(throttled, guess, victim.key) == THROTTLED
+    assert attempt(throttled, ApiKeyCredentials("vkapi_nonsense"), victim.key) == THROTTLED
+
+
+def test_a_throttled_requester_is_told_when_to_retry(key_throttled: VaultServer) -> None:
+    throttled = key_throttled
+    victim = new_victim(throttled)
+    guess = AccessKeyCredentials(victim.access_key.key_id, random_secret())
+    for _ in range(KEY_LIMIT + 1):
+        attempt(throttled, guess, victim.key)
+    with fresh_client(throttled, guess) as client:
+        error = expect_error(
+            RESOURCE_EXHAUSTED, "AUTHENTICATION_THROTTLED", lambda: client.get_key(victim.key)
+        )
+    assert error.retry_after is not None and error.retry_after > 0
 
 
 def test_failures_from_one_address_throttle_it_until_the_window_ends(
@@ -460,22 +581,20 @@ def test_failures_from_one_address_throttle_it_until_the_window_ends(
     with address_throttled.client() as admin:
         account = new_account(admin)
         key = admin.create_key(account, "k", "ENCRYPT_DECRYPT").name
-        holder = add_access_key(admin, account)
     started = time.monotonic()
-    for _ in range(3):
-        # A different unknown key id each time: only the address connects the failures.
-        with fresh_client(address_throttled, AccessKeyCredentials(random_key_id(), "x")) as c:
-            expect_unauthenticated(lambda: c.get_key(key))
 
-    for credentials in (address_throttled.credentials, holder.credentials):
-        with fresh_client(address_throttled, credentials) as client:
-            error = expect_error(
-                RESOURCE_EXHAUSTED, "AUTHENTICATION_THROTTLED", lambda: client.get_key(key)
-            )
-        assert error.retry_after is not None
-        assert 0 < error.retry_after <= THROTTLE_WINDOW_SECONDS + 0.01
+    def unknown() -> AccessKeyCredentials:
+        return AccessKeyCredentials(random_key_id(), "x")
+
+    for _ in range(3):
+        assert attempt(address_throttled, unknown(), key) == "UNAUTHENTICATED UNAUTHENTICATED"
+    with fresh_client(address_throttled, unknown()) as client:
+        error = expect_error(
+            RESOURCE_EXHAUSTED, "AUTHENTICATION_THROTTLED", lambda: client.get_key(key)
+        )
+    assert error.retry_after is not None
+    assert 0 < error.retry_after <= THROTTLE_WINDOW_SECONDS + 0.01
     assert time.monotonic() - started < THROTTLE_WINDOW_SECONDS, "too slow to observe the window"
 
     time.sleep(max(0.0, started + THROTTLE_WINDOW_SECONDS + 0.3 - time.monotonic()))
-    with fresh_client(address_throttled, holder.credentials) as client:
-        assert client.get_key(key).name == key
+    assert attempt(address_throttled, unknown(), key) == "UNAUTHENTICATED UNAUTHENTICATED"
