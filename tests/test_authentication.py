@@ -14,9 +14,10 @@ import random
 import secrets
 import string
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Final
+from typing import Any, Final
 
 import grpc
 import pytest
@@ -49,8 +50,15 @@ from vault.client import (
     VaultClient,
     VaultClientError,
 )
-from vault.domain.identity import make_api_token
+from vault.coordination.limits import SharedLimits
+from vault.domain.errors import Unauthenticated
+from vault.domain.identity import ApiScope, make_api_token
+from vault.domain.signing import sign_request
 from vault.gen.vault.v1 import key_service_pb2, resources_pb2
+from vault.hsm.system_keys import SystemKeys
+from vault.service.authentication import AuthenticationPolicy, Authenticator
+from vault.service.identity import IdentityManagement
+from vault.storage import open_stores
 
 GET_KEY: Final = "/vault.v1.KeyService/GetKey"
 DISABLE_KEY: Final = "/vault.v1.KeyService/DisableKey"
@@ -598,3 +606,117 @@ def test_failures_from_one_address_throttle_it_until_the_window_ends(
 
     time.sleep(max(0.0, started + THROTTLE_WINDOW_SECONDS + 0.3 - time.monotonic()))
     assert attempt(address_throttled, unknown(), key) == "UNAUTHENTICATED UNAUTHENTICATED"
+
+
+# -- failing costs the same whether or not the key id exists --------------------------------
+#
+# Timing itself is not asserted (too noisy on shared machines; bench/auth_timing.py measures
+# it). What makes the times equal is: the same calls into the store and the token on both
+# paths, attempt by attempt, which is what these tests count, through the real store, token
+# and shared counters.
+
+
+class Counting:
+    """Forwards every call to the real object, counting calls per method name."""
+
+    def __init__(self, inner: object) -> None:
+        self._inner = inner
+        self.calls: Counter[str] = Counter()
+
+    def __getattr__(self, name: str) -> Any:
+        attribute = getattr(self._inner, name)
+        if not callable(attribute):
+            return attribute
+
+        def counted(*args: Any, **kwargs: Any) -> Any:
+            self.calls[name] += 1
+            return attribute(*args, **kwargs)
+
+        return counted
+
+
+@dataclass(frozen=True, slots=True)
+class InProcess:
+    authenticator: Authenticator
+    identity: IdentityManagement
+    store: Counting
+    token: Counting
+    account: str
+
+    def calls(self, attempt: Callable[[], object]) -> dict[str, int]:
+        """The store and token calls one failing attempt makes."""
+        before = self.store.calls + self.token.calls
+        with pytest.raises(Unauthenticated):
+            attempt()
+        return dict((self.store.calls + self.token.calls) - before)
+
+
+@pytest.fixture()
+def in_process(
+    server: VaultServer, settings: Any, keystore: Any, tmp_path: Any
+) -> Iterator[InProcess]:
+    # The session's server has created the token's system keys (the credential key).
+    stores = open_stores(settings.store.url)
+    counters = SharedLimits.create(tmp_path / "limits", slots=1024, nonce_slots=1024)
+    try:
+        store, token = Counting(stores.identity), Counting(SystemKeys(keystore))
+        identity = IdentityManagement(store, token, keystore.random, counters)
+        authenticator = Authenticator(
+            identity,
+            store,
+            counters,
+            AuthenticationPolicy(max_failures_per_address=10**6, max_failures_per_key=10**6),
+        )
+        account = identity.create_account(f"t{secrets.token_hex(5)}", "timing", admin=False)
+        yield InProcess(authenticator, identity, store, token, f"accounts/{account.account_id}")
+    finally:
+        counters.close()
+        stores.close()
+
+
+def bad_signature(process: InProcess, key_id: str) -> Callable[[], object]:
+    header = sign_request(
+        GET_KEY, key_id, random_secret(), int(time.time()), secrets.token_urlsafe(18), b""
+    ).render()
+    return lambda: process.authenticator.authenticate_signed(header, GET_KEY, b"", "test")
+
+
+def wrong_token(process: InProcess, api_key_id: str) -> Callable[[], object]:
+    token = make_api_token(api_key_id, secrets.token_bytes(32))
+    return lambda: process.authenticator.authenticate_bearer(token, "test")
+
+
+def test_unknown_and_known_access_key_ids_fail_with_the_same_work(in_process: InProcess) -> None:
+    created, _ = in_process.identity.create_access_key(in_process.account, (), "")
+    known, unknown = created.access_key_id, random_key_id()
+
+    on_known = [in_process.calls(bad_signature(in_process, known)) for _ in range(3)]
+    on_unknown = [in_process.calls(bad_signature(in_process, unknown)) for _ in range(3)]
+
+    # The first attempt looks the key and its account up and derives a secret in the token;
+    # later ones find all of it cached. The same for an id that does not exist.
+    first = {"get_access_key": 1, "get_account": 1, "credential_mac": 1}
+    assert on_known == [first, {}, {}]
+    assert on_unknown == on_known
+    # A new made-up id each time costs what a first attempt at a real one does.
+    assert in_process.calls(bad_signature(in_process, random_key_id())) == first
+
+
+def test_unknown_and_known_api_key_ids_fail_with_the_same_work(in_process: InProcess) -> None:
+    created, _ = in_process.identity.create_api_key(
+        in_process.account,
+        (ApiScope(methods=frozenset({"GetKey"}), resources=("*",)),),
+        expire_time=None,
+        rate_limit=None,
+        daily_quota=0,
+        description="",
+    )
+    known, unknown = created.api_key_id, created.api_key_id[:-4] + "zzzz"
+
+    on_known = [in_process.calls(wrong_token(in_process, known)) for _ in range(3)]
+    on_unknown = [in_process.calls(wrong_token(in_process, unknown)) for _ in range(3)]
+
+    # Any token might be genuine: each one is hashed in the token; the key is read once.
+    hashed = {"credential_mac": 1}
+    assert on_known == [{"get_api_key": 1, **hashed}, hashed, hashed]
+    assert on_unknown == on_known

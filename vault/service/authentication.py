@@ -27,7 +27,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Final
+from typing import Final, TypeVar
 
 from vault.domain.errors import (
     AuthenticationThrottled,
@@ -50,10 +50,11 @@ from vault.service.identity import IdentityManagement
 from vault.service.ports import IdentityStore, SharedCounters
 
 _SECONDS_PER_DAY: Final = 86_400
-# Access key ids a worker remembers per credential epoch, known or not (least recently used
-# first out). One bound for both kinds, so flooding it with made-up ids evicts known and
-# unknown ids alike and their answers stay alike.
-ACCESS_KEY_CACHE_SIZE: Final = 16_384
+_Cached = TypeVar("_Cached")
+# Access key ids, and API key ids, a worker remembers per credential epoch, known or not
+# (least recently used first out). One bound for known and unknown ids, so flooding it with
+# made-up ids evicts both alike and their answers stay alike.
+CREDENTIAL_CACHE_SIZE: Final = 16_384
 # Looked up for an access key id that does not exist, so that it costs what the account lookup
 # of a real one does; no account has this id (account ids start with a letter).
 _NO_ACCOUNT: Final = "-"
@@ -78,6 +79,13 @@ class _CachedAccessKey:
     secret: str = field(repr=False)
 
 
+@dataclass(frozen=True, slots=True)
+class _CachedApiKey:
+    """What a lookup learned about an API key id: its key, or None if there is none."""
+
+    key: ApiKey | None
+
+
 class Authenticator:
     def __init__(
         self,
@@ -95,6 +103,7 @@ class Authenticator:
         self._lock = threading.Lock()
         self._epoch = -1
         self._access_keys: OrderedDict[str, _CachedAccessKey] = OrderedDict()
+        self._api_keys: OrderedDict[str, _CachedApiKey] = OrderedDict()
         self._api_tokens: dict[bytes, ApiKey] = {}
 
     def __repr__(self) -> str:
@@ -239,6 +248,7 @@ class Authenticator:
         if epoch != self._epoch:
             with self._lock:
                 self._access_keys.clear()
+                self._api_keys.clear()
                 self._api_tokens.clear()
                 self._epoch = epoch
         return epoch
@@ -253,11 +263,9 @@ class Authenticator:
 
     def _access_key(self, access_key_id: str) -> _CachedAccessKey:
         epoch = self._fresh()
-        with self._lock:
-            cached = self._access_keys.get(access_key_id)
-            if cached is not None:
-                self._access_keys.move_to_end(access_key_id)
-                return cached
+        cached = self._recall(self._access_keys, access_key_id)
+        if cached is not None:
+            return cached
         # The same store and token work whether or not the id exists: an unknown id answered
         # faster (or slower) than a known one would tell which ids exist.
         key = self._store.get_access_key(access_key_id)
@@ -267,27 +275,42 @@ class Authenticator:
         else:
             stand_in = self._identity.derive_unknown_secret(access_key_id)
             found = _CachedAccessKey(None, False, stand_in)
-        self._keep(epoch, lambda: self._remember(access_key_id, found))
+        self._keep(epoch, lambda: self._remember(self._access_keys, access_key_id, found))
         return found
-
-    def _remember(self, access_key_id: str, found: _CachedAccessKey) -> None:
-        """With self._lock held."""
-        self._access_keys[access_key_id] = found
-        if len(self._access_keys) > ACCESS_KEY_CACHE_SIZE:
-            self._access_keys.popitem(last=False)
 
     def _api_key(self, token: str, api_key_id: str) -> ApiKey | None:
         """The API key token belongs to, or None if there is none or token is not genuine."""
         epoch = self._fresh()
         # Cached by a digest of the token, so the cache never holds the token itself.
         fingerprint = hashlib.sha256(token.encode("ascii")).digest()
-        cached = self._api_tokens.get(fingerprint)
-        if cached is not None:
-            return cached
-        key = self._store.get_api_key(api_key_id)
+        genuine = self._api_tokens.get(fingerprint)
+        if genuine is not None:
+            return genuine
+        cached = self._recall(self._api_keys, api_key_id)
+        if cached is None:
+            # Remembered whether or not the id exists: reading a found key's row costs more
+            # than finding none, and would tell which ids exist on every attempt.
+            found = _CachedApiKey(self._store.get_api_key(api_key_id))
+            self._keep(epoch, lambda: self._remember(self._api_keys, api_key_id, found))
+            cached = found
         # Hashed in the token whether or not the id exists, so both answers take as long.
         token_hash = self._identity.api_token_hash(token)
+        key = cached.key
         if key is None or not hmac.compare_digest(token_hash, key.token_hash):
             return None
         self._keep(epoch, lambda: self._api_tokens.__setitem__(fingerprint, key))
         return key
+
+    def _recall(self, cache: OrderedDict[str, _Cached], credential_id: str) -> _Cached | None:
+        with self._lock:
+            cached = cache.get(credential_id)
+            if cached is not None:
+                cache.move_to_end(credential_id)
+            return cached
+
+    @staticmethod
+    def _remember(cache: OrderedDict[str, _Cached], credential_id: str, found: _Cached) -> None:
+        """With self._lock held."""
+        cache[credential_id] = found
+        if len(cache) > CREDENTIAL_CACHE_SIZE:
+            cache.popitem(last=False)

@@ -134,7 +134,7 @@ class IdentityManagement:
             return self._store.create_access_key(key)
 
         created = _with_unused_id("access key", attempt)
-        # Workers cache that an id has no key; this one has one now.
+        # Workers cache ids they looked up and found no key for; this one has a key now.
         self._changed()
         return created, self.derive_secret(created)
 
@@ -230,7 +230,9 @@ class IdentityManagement:
             )
             return self._store.create_api_key(key), token
 
-        return _with_unused_id("API key", attempt)
+        created = _with_unused_id("API key", attempt)
+        self._changed()  # as for access keys: no worker may keep this id cached as unknown
+        return created
 
     def get_api_key(self, name: str) -> ApiKey:
         parsed = ApiKeyName.parse(name)
