@@ -43,6 +43,7 @@ from tests.security_helpers import (
     raw_call,
     signed_metadata,
 )
+from vault.app import StartupReport
 from vault.client import (
     AccessKeyCredentials,
     ApiKeyCredentials,
@@ -50,6 +51,7 @@ from vault.client import (
     VaultClient,
     VaultClientError,
 )
+from vault.config import Settings
 from vault.coordination.limits import SharedLimits
 from vault.domain.errors import Unauthenticated
 from vault.domain.identity import ApiScope, make_api_token
@@ -58,6 +60,7 @@ from vault.gen.vault.v1 import key_service_pb2, resources_pb2
 from vault.hsm.system_keys import SystemKeys
 from vault.service.authentication import AuthenticationPolicy, Authenticator
 from vault.service.identity import IdentityManagement
+from vault.service.ports import ReconcileReport
 from vault.storage import open_stores
 
 GET_KEY: Final = "/vault.v1.KeyService/GetKey"
@@ -720,3 +723,58 @@ def test_unknown_and_known_api_key_ids_fail_with_the_same_work(in_process: InPro
     hashed = {"credential_mac": 1}
     assert on_known == [{"get_api_key": 1, **hashed}, hashed, hashed]
     assert on_unknown == on_known
+
+
+# -- no secret in any repr ------------------------------------------------------------------
+
+
+def test_no_repr_of_cached_credentials_shows_a_secret(in_process: InProcess) -> None:
+    access, secret = in_process.identity.create_access_key(in_process.account, (), "")
+    _, token = in_process.identity.create_api_key(
+        in_process.account,
+        (ApiScope(methods=frozenset({"GetKey"}), resources=("*",)),),
+        expire_time=None,
+        rate_limit=None,
+        daily_quota=0,
+        description="",
+    )
+    authenticator = in_process.authenticator
+    header = sign_request(
+        GET_KEY, access.access_key_id, secret, int(time.time()), secrets.token_urlsafe(18), b""
+    ).render()
+    # Succeed once each, so the worker caches what it learned about both credentials.
+    authenticator.authenticate_signed(header, GET_KEY, b"", "test")
+    authenticator.authenticate_bearer(token, "test")
+    cached: list[object] = [
+        *authenticator._access_keys.values(),
+        *authenticator._api_keys.values(),
+        *authenticator._api_tokens.values(),
+    ]
+    assert len(cached) == 3
+
+    for shown in [repr(o) for o in cached] + [repr(authenticator), repr(in_process.identity)]:
+        assert secret not in shown
+        assert token not in shown
+        assert access.secret_salt.hex() not in shown
+
+
+def test_no_repr_of_settings_or_startup_shows_a_secret() -> None:
+    pin, password, secret = "7429-pin-0173", "db-password-8815", random_secret()
+    settings = Settings.model_validate(
+        {
+            "data_dir": "/nonexistent",
+            "hsm": {"user_pin": pin, "so_pin": pin},
+            "store": {"url": f"postgresql://vault:{password}@db.internal/vault"},
+        }
+    )
+    report = StartupReport(
+        reconcile=ReconcileReport([], [], [], []),
+        system_keys_created=[],
+        admin_access_key_id=random_key_id(),
+        admin_credentials_file=None,
+        admin_secret_key=secret,
+    )
+    for shown in (repr(settings), str(settings), repr(report)):
+        assert pin not in shown
+        assert password not in shown
+        assert secret not in shown

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from vault.config import Settings
@@ -93,7 +93,7 @@ class StartupReport:
     system_keys_created: list[str]
     admin_access_key_id: str | None
     admin_credentials_file: Path | None
-    admin_secret_key: str | None
+    admin_secret_key: str | None = field(repr=False)
 
 
 def prepare_and_reconcile(settings: Settings) -> StartupReport:

@@ -117,8 +117,9 @@ class HsmSettings(BaseModel):
 
 
 class StoreSettings(BaseModel):
+    # Out of repr: a PostgreSQL URL may carry the database password.
     url: str | None = Field(
-        None, description="SQLAlchemy URL (default: sqlite:///<data_dir>/vault.db)"
+        None, repr=False, description="SQLAlchemy URL (default: sqlite:///<data_dir>/vault.db)"
     )
 
 
