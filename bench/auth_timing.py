@@ -8,8 +8,11 @@ failing GetKey calls over one connection and prints the median and spread of eac
 - a bad signature under a new, never issued access key id each time;
 - a wrong token for an existing API key id, and a token for an API key id that does not exist.
 
-Run: `.venv/bin/python -m bench.auth_timing [attempts per kind]` (default 2000). Not part
-of `make bench`: it measures a security property, not throughput.
+Run: `.venv/bin/python -m bench.auth_timing [attempts per kind] [vault root]` (default 2000,
+and this checkout). A vault root holds another version's `vault` and `softhsm` directories
+(`git archive` of an older commit, plus a copy of `vault/gen`), to compare before and after
+under the same load. Not part of `make bench`: it measures a security property, not
+throughput.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from typing import Final
 
 import grpc
 
-from tests.harness import VaultServer, provision
+from tests.harness import ROOT, VaultServer, provision
 from vault.client import AccessKeyCredentials
 from vault.domain.identity import make_api_token
 from vault.domain.signing import AUTHORIZATION_HEADER, sign_request
@@ -77,11 +80,14 @@ def _time_once(
     return (time.perf_counter() - started) * 1e6
 
 
-def main(attempts: int) -> None:
+def main(attempts: int, vault_root: Path) -> None:
     with tempfile.TemporaryDirectory(prefix="auth-timing-") as scratch:
         data_dir = Path(scratch)
-        provision(data_dir)
-        with VaultServer(data_dir, extra_env=_SETTINGS) as server, server.client() as admin:
+        provision(data_dir, vault_root=vault_root)
+        with (
+            VaultServer(data_dir, extra_env=_SETTINGS, vault_root=vault_root) as server,
+            server.client() as admin,
+        ):
             account_id = f"t{secrets.token_hex(5)}"
             admin.create_account(account_id, display_name="timing")
             account = f"accounts/{account_id}"
@@ -122,4 +128,7 @@ def main(attempts: int) -> None:
 
 
 if __name__ == "__main__":
-    main(int(sys.argv[1]) if len(sys.argv) > 1 else 2000)
+    main(
+        int(sys.argv[1]) if len(sys.argv) > 1 else 2000,
+        Path(sys.argv[2]).resolve() if len(sys.argv) > 2 else ROOT,
+    )
