@@ -157,10 +157,16 @@ class AuthSettings(BaseModel):
         60.0, gt=0, description="window over which failed authentications are counted"
     )
     max_failures_per_address: int = Field(
-        30, ge=1, description="failed authentications from one address before it is refused"
+        30,
+        ge=1,
+        description="failed authentications from one address before its further failures are "
+        "throttled (valid credentials are always admitted)",
     )
     max_failures_per_key: int = Field(
-        10, ge=1, description="failed authentications naming one key id before it is refused"
+        10,
+        ge=1,
+        description="failed authentications naming one key id from one address before that "
+        "address's further failures at it are throttled",
     )
     client_certificate_accounts: bool = Field(
         False,
