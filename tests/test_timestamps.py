@@ -1,22 +1,31 @@
 """Every Timestamp a request carries, out of the range timestamp.proto allows, is refused as
 INVALID_ARGUMENT naming the field (never INTERNAL); the extremes of the range are accepted.
+The SDK reads one Duration from the server, RetryInfo's retry_delay: whatever it holds, the
+caller gets its VaultClientError.
 
-(The one Duration, ScheduleKeyDestruction's waiting_period, is in tests/test_bad_input.py.)
+(The one Duration in a request, ScheduleKeyDestruction's waiting_period, is in
+tests/test_bad_input.py.)
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from typing import Final
 
 import grpc
 import pytest
+from google.protobuf import any_pb2
+from google.protobuf.duration_pb2 import Duration
 from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_status import rpc_status
 
 from tests.api_calls import expect_error
 from tests.harness import VaultServer
-from tests.security_helpers import new_account
+from tests.security_helpers import new_account, raw_call
 from vault.client import VaultClientError
 from vault.gen.vault.v1 import (
     audit_service_pb2,
@@ -101,3 +110,65 @@ def test_the_last_valid_timestamp_is_accepted(server: VaultServer, field: str) -
 @pytest.mark.parametrize("field", ["start_time", "end_time"])
 def test_the_first_valid_timestamp_is_accepted(server: VaultServer, field: str) -> None:
     FIELDS[field](server, Timestamp(seconds=MIN_SECONDS))
+
+
+# -- what the SDK reads --------------------------------------------------------------------
+
+
+def packed(message: Message) -> any_pb2.Any:
+    wrapped = any_pb2.Any()
+    wrapped.Pack(message)
+    return wrapped
+
+
+@contextmanager
+def faulty_server(delay: Duration) -> Iterator[str]:
+    """A gRPC server whose one method answers RESOURCE_EXHAUSTED with delay as RetryInfo."""
+    status = status_pb2.Status(
+        code=code_pb2.RESOURCE_EXHAUSTED,
+        message="slow down",
+        details=[
+            packed(error_details_pb2.ErrorInfo(reason="RATE_LIMITED", domain="vault.v1")),
+            packed(error_details_pb2.RetryInfo(retry_delay=delay)),
+        ],
+    )
+
+    def refuse(request: bytes, context: grpc.ServicerContext) -> bytes:
+        context.abort_with_status(rpc_status.to_status(status))
+        raise AssertionError("abort_with_status returned")
+
+    server = grpc.server(ThreadPoolExecutor(max_workers=1))
+    server.add_generic_rpc_handlers(
+        (
+            grpc.method_handlers_generic_handler(
+                "test.Faulty", {"Call": grpc.unary_unary_rpc_method_handler(refuse)}
+            ),
+        )
+    )
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        server.stop(None)
+
+
+DELAYS: Final = {
+    "1.5 s": (Duration(seconds=1, nanos=500_000_000), 1.5),
+    "seconds 2**62": (Duration(seconds=2**62), None),
+    "seconds past the Duration range": (Duration(seconds=315_576_000_001), None),
+    "nanos of a whole second": (Duration(seconds=1, nanos=1_000_000_000), None),
+}
+
+
+@pytest.mark.parametrize(("delay", "expected"), DELAYS.values(), ids=DELAYS.keys())
+def test_the_sdk_reads_any_retry_delay_into_its_error(
+    delay: Duration, expected: float | None
+) -> None:
+    with faulty_server(delay) as target:
+        error = expect_error(
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            "RATE_LIMITED",
+            lambda: raw_call(target, "/test.Faulty/Call", b""),
+        )
+        assert error.retry_after == expected
