@@ -523,6 +523,10 @@ def test_bad_signatures_under_a_key_id_never_lock_out_its_owner(
 
     assert owners == ["OK"] * ATTACKS
     assert_throttled_after_the_limit(attacks, KEY_LIMIT)
+    # The pair (key id, address) is throttled, not the address: a failure at another key id
+    # from it is an ordinary one.
+    other = AccessKeyCredentials(new_victim(throttled).access_key.key_id, random_secret())
+    assert attempt(throttled, other, victim.key) == "UNAUTHENTICATED UNAUTHENTICATED"
 
 
 def test_wrong_tokens_for_an_api_key_id_never_lock_out_its_owner(
