@@ -34,6 +34,9 @@ class TokenStatus:
     manufacturer: str
     model: str
     root_generations: list[int]
+    # Generations with a single root for every purpose (tokens provisioned before roots were
+    # split); versions wrapped under them keep its weaker unwrap template.
+    legacy_root_generations: list[int]
     key_objects: int
     mechanisms: int
     initialised_now: bool = False
@@ -92,10 +95,32 @@ def _initialise_token(lib: Any, settings: Settings) -> Any:
     return token
 
 
-def create_root_key(session: Any, generation: int) -> None:
-    template, nested = templates.root_key(generation)
-    session.generate_key(KeyType.AES, 256, capabilities=0, template=template)
-    del nested  # referenced by template until generate_key returned
+def create_root_keys(session: Any, generation: int, families: set[str]) -> None:
+    """The roots of a generation's families, one per family."""
+    for family in sorted(families):
+        template, nested = templates.root_key(generation, family)
+        session.generate_key(KeyType.AES, 256, capabilities=0, template=template)
+        del nested  # referenced by template until generate_key returned
+
+
+def _ensure_split_generation(session: Any) -> bool:
+    """Make the newest generation one of per-family roots; True when roots were created.
+
+    A token whose newest generation is a single legacy root gets a new generation: a legacy
+    root cannot be changed (MODIFIABLE=FALSE) and its blobs can only be unwrapped by it. A
+    generation left half-made by an interrupted run is completed."""
+    generations = root_generations(session)
+    newest = max(generations, default=0)
+    if newest and None not in generations[newest]:
+        missing = set(templates.ROOT_FAMILIES) - set(generations[newest])
+        target = newest
+    else:
+        missing = set(templates.ROOT_FAMILIES)
+        target = newest + 1
+    if not missing:
+        return False
+    create_root_keys(session, target, missing)
+    return True
 
 
 def _count_key_objects(session: Any) -> int:
@@ -120,31 +145,38 @@ def provision(settings: Settings, store: MetadataStore | None) -> TokenStatus:
     session = token.open(
         rw=True, user_pin=_pin(settings, "user"), attribute_mapper=attribute_mapper()
     )
+    root_created_now = _ensure_split_generation(session)
     generations = sorted(root_generations(session))
-    root_created_now = not generations
-    if not generations:
-        create_root_key(session, 1)
-        generations = [1]
     if store is not None:
         recorded = {root.generation for root in store.list_root_generations()}
         for generation in generations:
             if generation not in recorded:
                 store.add_root_generation(
-                    RootGeneration(
-                        generation, f"{templates.ROOT_LABEL_PREFIX}{generation}", datetime.now(UTC)
-                    )
+                    RootGeneration(generation, _store_label(session, generation), datetime.now(UTC))
                 )
-    status = _status(token, session, lib, generations)
+    status = _status(token, session, lib)
     return replace(status, initialised_now=initialised_now, root_created_now=root_created_now)
 
 
-def _status(token: Any, session: Any, lib: Any, generations: list[int]) -> TokenStatus:
+def _store_label(session: Any, generation: int) -> str:
+    """The store's name for a generation: its single root's label, or the family roots'
+    common prefix."""
+    if None in root_generations(session)[generation]:
+        return templates.root_label(generation, None)
+    return templates.root_label(generation, "*")
+
+
+def _status(token: Any, session: Any, lib: Any) -> TokenStatus:
+    generations = root_generations(session)
     return TokenStatus(
         label=token.label,
         serial=bytes(token.serial).decode("ascii", "replace").strip(),
         manufacturer=token.manufacturer_id,
         model=token.model,
-        root_generations=generations,
+        root_generations=sorted(generations),
+        legacy_root_generations=sorted(
+            g for g, families in generations.items() if None in families
+        ),
         key_objects=_count_key_objects(session),
         mechanisms=len(token.slot.get_mechanisms()),
     )
@@ -161,4 +193,4 @@ def token_status(settings: Settings) -> TokenStatus:
     session = token.open(
         rw=True, user_pin=_pin(settings, "user"), attribute_mapper=attribute_mapper()
     )
-    return _status(token, session, lib, sorted(root_generations(session)))
+    return _status(token, session, lib)
