@@ -1,30 +1,34 @@
-"""Token provisioning: initialise the token, set its PINs, create the first root key.
+"""Token provisioning: initialise the token, set its PINs, create the root keys.
 
 Idempotent: each step checks what is already there, so `make run` can call it every time.
-PINs come from the environment or from files; generated development PINs are written with
-mode 0600 and never printed.
+The user PIN comes from the environment or its file (a generated development PIN is written
+0600 and never printed); the SO PIN is obtained by vault.so_pin and kept nowhere here.
 """
 
 from __future__ import annotations
 
 import os
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import pkcs11
 from pkcs11 import Attribute, KeyType, ObjectClass, TokenFlag, exceptions
 
+from vault import so_pin
 from vault.config import Settings
 from vault.domain.errors import TokenUnavailable
 from vault.domain.models import RootGeneration
 from vault.hsm import native, templates
-from vault.hsm.environment import render_softhsm_config, use_softhsm_config
+from vault.hsm.environment import render_softhsm_config, token_directory, use_softhsm_config
 from vault.hsm.library import attribute_mapper
 from vault.hsm.objects import root_generations
 from vault.service.ports import MetadataStore
+from vault.so_pin import SoPin
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +45,18 @@ class TokenStatus:
     mechanisms: int
     initialised_now: bool = False
     root_created_now: bool = False
+    # The development SO PIN file written by this run, and an SO PIN file moved out of the
+    # data directory (from, to): both said once, to the operator.
+    so_pin_created: Path | None = None
+    so_pin_moved: tuple[Path, Path] | None = None
+
+
+def _private_directory(path: Path) -> None:
+    """path, readable by this user alone: SoftHSM's token files yield every key to whoever
+    holds them and the user PIN (README, Threat model). An existing directory is tightened
+    too: mkdir's mode does not apply to it."""
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    path.chmod(0o700)
 
 
 def _write_new_secret(path: Path) -> str:
@@ -52,12 +68,9 @@ def _write_new_secret(path: Path) -> str:
     return value
 
 
-def _pin(settings: Settings, which: str) -> str:
-    """The PIN from the environment or its file; for a missing file, a new random PIN."""
-    if which == "user":
-        value, path = settings.hsm.user_pin, settings.hsm.user_pin_file
-    else:
-        value, path = settings.hsm.so_pin, settings.hsm.so_pin_file
+def _user_pin(settings: Settings) -> str:
+    """The user PIN from the environment or its file; for a missing file, a new random PIN."""
+    value, path = settings.hsm.user_pin, settings.hsm.user_pin_file
     if value is not None:
         return value.get_secret_value()
     assert path is not None
@@ -73,7 +86,7 @@ def _find_token(lib: Any, label: str) -> Any | None:
         return None
 
 
-def _initialise_token(lib: Any, settings: Settings) -> Any:
+def _initialise_token(lib: Any, settings: Settings, so_pin_source: Callable[[], SoPin]) -> Any:
     free = [
         slot
         for slot in lib.get_slots(token_present=True)
@@ -81,13 +94,13 @@ def _initialise_token(lib: Any, settings: Settings) -> Any:
     ]
     if not free:
         raise TokenUnavailable("no uninitialised token slot is left")
-    so_pin = _pin(settings, "so")
-    user_pin = _pin(settings, "user")
+    so_secret = so_pin_source().value
+    user_pin = _user_pin(settings)
     native.init_token(
-        str(settings.hsm.module), free[0].slot_id, so_pin.encode(), settings.hsm.token_label
+        str(settings.hsm.module), free[0].slot_id, so_secret.encode(), settings.hsm.token_label
     )
     token = lib.get_token(token_label=settings.hsm.token_label)
-    so_session = token.open(rw=True, so_pin=so_pin)
+    so_session = token.open(rw=True, so_pin=so_secret)
     try:
         so_session.init_pin(user_pin)
     finally:
@@ -132,19 +145,33 @@ def _count_key_objects(session: Any) -> int:
     return count
 
 
-def provision(settings: Settings, store: MetadataStore | None) -> TokenStatus:
-    """Make the token ready to serve. Runs in a process that will not serve afterwards."""
-    settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+def provision(
+    settings: Settings,
+    store: MetadataStore | None,
+    so_pin_source: Callable[[], SoPin] | None = None,
+) -> TokenStatus:
+    """Make the token ready to serve. Runs in a process that will not serve afterwards.
+
+    so_pin_source: called only when a token is initialised; by default vault.so_pin.obtain
+    without a prompt (the development PIN outside the data directory)."""
+    source = so_pin_source or partial(so_pin.obtain, settings, None)
+    obtained: list[SoPin] = []
+
+    def remembered() -> SoPin:
+        obtained.append(source())
+        return obtained[-1]
+
+    _private_directory(settings.data_dir)
+    moved = so_pin.move_out_of_data_dir(settings)
     render_softhsm_config(settings)
+    _private_directory(token_directory(settings))
     use_softhsm_config(settings)
     lib = pkcs11.lib(str(settings.hsm.module))
     token = _find_token(lib, settings.hsm.token_label)
     initialised_now = token is None
     if token is None:
-        token = _initialise_token(lib, settings)
-    session = token.open(
-        rw=True, user_pin=_pin(settings, "user"), attribute_mapper=attribute_mapper()
-    )
+        token = _initialise_token(lib, settings, remembered)
+    session = token.open(rw=True, user_pin=_user_pin(settings), attribute_mapper=attribute_mapper())
     root_created_now = _ensure_split_generation(session)
     generations = sorted(root_generations(session))
     if store is not None:
@@ -155,7 +182,13 @@ def provision(settings: Settings, store: MetadataStore | None) -> TokenStatus:
                     RootGeneration(generation, _store_label(session, generation), datetime.now(UTC))
                 )
     status = _status(token, session, lib)
-    return replace(status, initialised_now=initialised_now, root_created_now=root_created_now)
+    return replace(
+        status,
+        initialised_now=initialised_now,
+        root_created_now=root_created_now,
+        so_pin_created=obtained[0].created if obtained else None,
+        so_pin_moved=moved,
+    )
 
 
 def _store_label(session: Any, generation: int) -> str:
@@ -190,7 +223,5 @@ def token_status(settings: Settings) -> TokenStatus:
         raise TokenUnavailable(
             f"no token labelled {settings.hsm.token_label!r}: run `vaultctl token init`"
         )
-    session = token.open(
-        rw=True, user_pin=_pin(settings, "user"), attribute_mapper=attribute_mapper()
-    )
+    session = token.open(rw=True, user_pin=_user_pin(settings), attribute_mapper=attribute_mapper())
     return _status(token, session, lib)
