@@ -92,7 +92,10 @@ def token_init(state: CliState) -> None:
     if status.initialised_now:
         summary = f"token {status.label!r} initialised"
     elif status.root_created_now:
-        summary = f"token {status.label!r} was initialised; root key created"
+        summary = (
+            f"token {status.label!r} was initialised; per-family root keys of generation "
+            f"{max(status.root_generations)} created"
+        )
     else:
         summary = f"token {status.label!r} already provisioned; nothing changed"
 
