@@ -8,6 +8,7 @@ purpose's attributes, and under no other template or root at all (README, Key hi
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -178,15 +179,55 @@ def blobs(keystore: Any) -> list[tuple[Algorithm, KeyVersion]]:
     ]
 
 
+@pytest.fixture(scope="module")
+def stored_blobs(keystore: Any, settings: Any, client: Any) -> list[tuple[Algorithm, KeyVersion]]:
+    """One version of every family made by the running server, read back from its store as
+    someone holding the database would."""
+    from vault.domain.names import KeyName
+    from vault.storage import open_store
+
+    supported = keystore.supported_algorithms()
+    names = {}
+    for algorithm in FAMILIES:
+        if algorithm in supported:
+            key_id = f"f{uuid.uuid4().hex[:12]}"
+            client.create_key("accounts/families", key_id, algorithm.purpose.name, algorithm.name)
+            names[algorithm] = KeyName("families", key_id)
+    store = open_store(settings.store.url)
+    try:
+        return [(algorithm, store.list_versions(name)[0]) for algorithm, name in names.items()]
+    finally:
+        store.close()
+
+
+def test_family_members_share_one_shape() -> None:
+    """A root pins one shape, so every algorithm of a family must unwrap with the same pins;
+    and every wrappable algorithm has a family."""
+    for family, members in templates.ROOT_FAMILIES.items():
+        pins = {repr(templates.unwrap_pins(member)) for member in members}
+        assert len(pins) == 1, family
+    wrapped = {a for a in Algorithm if not a.spec.requires_token_resident}
+    assert {a for members in templates.ROOT_FAMILIES.values() for a in members} == wrapped
+    for algorithm in wrapped:
+        assert templates.parse_root_label(
+            templates.root_label(7, templates.root_family(algorithm))
+        ) == (7, templates.root_family(algorithm))
+    assert templates.parse_root_label("vault:root:3") == (3, None)
+    assert templates.parse_root_label("vault:root:3:unknown") is None
+    assert templates.parse_root_label("vault:key:3") is None
+
+
 def test_every_family_has_its_own_root(keystore: Any) -> None:
     roots = _roots(session_of(keystore))
     generation = keystore.current_root_generation()
     assert {f"vault:root:{generation}:{family}" for family in FAMILIES.values()} <= set(roots)
 
 
+@pytest.mark.parametrize("source", ["generated", "stored"])
 def test_a_blob_unwraps_with_its_exact_template_and_nothing_more(
-    keystore: Any, blobs: list[tuple[Algorithm, KeyVersion]]
+    keystore: Any, source: str, request: pytest.FixtureRequest
 ) -> None:
+    blobs = request.getfixturevalue("blobs" if source == "generated" else "stored_blobs")
     roots = _roots(session_of(keystore))
     granted = []
     for algorithm, version in blobs:
@@ -204,9 +245,11 @@ def test_a_blob_unwraps_with_its_exact_template_and_nothing_more(
     assert granted == []
 
 
+@pytest.mark.parametrize("source", ["generated", "stored"])
 def test_a_blob_unwraps_under_no_other_root_and_as_no_other_purpose(
-    keystore: Any, blobs: list[tuple[Algorithm, KeyVersion]]
+    keystore: Any, source: str, request: pytest.FixtureRequest
 ) -> None:
+    blobs = request.getfixturevalue("blobs" if source == "generated" else "stored_blobs")
     roots = _roots(session_of(keystore))
     granted = []
     for algorithm, version in blobs:

@@ -12,11 +12,17 @@ has SoftHSM loaded with the session's token directory.
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
+import pty
+import select
 import stat
 import subprocess
 import sys
+import termios
 import textwrap
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -309,3 +315,67 @@ def test_token_init_adds_per_family_roots_to_an_older_token(tmp_path: Path) -> N
     assert "[1]: made before per-family roots" in " ".join(shown.stdout.split())
     again = vaultctl(data_dir, "token", "init", "--json")
     assert json.loads(again.stdout)["root_generations"] == [1, 2]  # nothing more to add
+
+
+def _on_a_terminal(data_dir: Path, answers: list[str]) -> tuple[int, str]:
+    """`vaultctl token init` with a pseudo-terminal as its controlling terminal and stdin,
+    typing each answer after a prompt; returns the exit code and what the terminal showed."""
+    controller, terminal = pty.openpty()
+
+    def take_terminal() -> None:
+        os.setsid()
+        fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+    process = subprocess.Popen(
+        [str(VAULTCTL), "token", "init"],
+        env=vault_environment(data_dir, settings=SETTINGS),
+        cwd=ROOT,
+        stdin=terminal,
+        stdout=terminal,
+        stderr=terminal,
+        preexec_fn=take_terminal,
+    )
+    os.close(terminal)
+    shown = b""
+    answered = 0
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([controller], [], [], 0.2)
+        if ready:
+            try:
+                chunk = os.read(controller, 4096)
+            except OSError:  # the terminal closed: the process exited
+                break
+            if not chunk:
+                break
+            shown += chunk
+        asked = shown.count(b"SO PIN for the new token") + shown.count(b"Repeat for confirmation")
+        # Typed only once the prompt has turned echo off, as a person would see it.
+        echo_off = not termios.tcgetattr(controller)[3] & termios.ECHO
+        if answered < min(asked, len(answers)) and echo_off:
+            os.write(controller, answers[answered].encode() + b"\n")
+            answered += 1
+    os.close(controller)
+    return process.wait(timeout=120), shown.decode(errors="replace")
+
+
+def test_on_a_terminal_the_so_pin_is_asked_twice_and_kept_nowhere(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    chosen = "so-pin-typed-at-the-terminal"
+    code, shown = _on_a_terminal(data_dir, [chosen, chosen])
+    assert code == 0, shown
+    assert shown.count("SO PIN for the new token") == 1
+    assert "Repeat for confirmation" in shown
+    assert chosen not in shown  # hidden input
+    assert not (state_directory(data_dir) / "vault").exists()
+    assert files_holding(data_dir, chosen.encode()) == []
+    login = subprocess.run(
+        [sys.executable, "-c", _SO_LOGIN],
+        env=vault_environment(data_dir, settings=SETTINGS),
+        input=chosen,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert json.loads(login.stdout) == "accepted"
