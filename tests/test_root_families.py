@@ -93,6 +93,7 @@ def exact_template(algorithm: Algorithm) -> Template:
         Attribute.SENSITIVE: True,
         Attribute.EXTRACTABLE: False,
         Attribute.WRAP_WITH_TRUSTED: True,
+        Attribute.COPYABLE: False,
         Attribute.ALLOWED_MECHANISMS: list(templates.shape(algorithm).mechanisms),
         **{attribute: attribute in allowed for attribute in _capabilities(algorithm)},
     }
@@ -125,6 +126,7 @@ def variants(algorithm: Algorithm) -> Iterator[tuple[str, Template]]:
         (Attribute.SENSITIVE, False),
         (Attribute.WRAP_WITH_TRUSTED, False),
         (Attribute.TOKEN, True),
+        (Attribute.COPYABLE, True),
     ):
         yield f"{attribute.name}={value}", {**exact, attribute: value}
     yield "MODIFIABLE=True", _modifiable_last(exact, True)
@@ -236,7 +238,15 @@ def test_a_blob_unwraps_with_its_exact_template_and_nothing_more(
         root = roots[_own_root(version, algorithm, roots)]
         exact = _unwrap(root, kind, version.wrapped_blob, exact_template(algorithm))
         assert exact is not None, f"{algorithm}: the exact template was refused"
-        exact.destroy()
+        try:
+            # Nor can the one allowed copy be copied into another with more capabilities.
+            for attribute in (None, Attribute.DERIVE, Attribute.DECRYPT, Attribute.SIGN):
+                changes = {} if attribute is None else {attribute: True}
+                with pytest.raises(exceptions.PKCS11Error):
+                    exact.copy(changes).destroy()
+                    granted.append(f"{algorithm} copied with {changes}")
+        finally:
+            exact.destroy()
         for description, template in variants(algorithm):
             obj = _unwrap(root, kind, version.wrapped_blob, template)
             if obj is not None:

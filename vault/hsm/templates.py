@@ -278,6 +278,7 @@ def unwrap_pins(algorithm: Algorithm) -> Template:
         Attribute.SENSITIVE: True,
         Attribute.EXTRACTABLE: False,
         Attribute.WRAP_WITH_TRUSTED: True,
+        Attribute.COPYABLE: False,
         Attribute.ALLOWED_MECHANISMS: list(key_shape.mechanisms),
         **usage,
     }
