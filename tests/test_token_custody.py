@@ -180,6 +180,43 @@ def test_an_old_so_pin_file_in_the_data_directory_is_moved_out(
     assert json.loads(login.stdout) == "accepted"
 
 
+@pytest.mark.parametrize("source", ["environment", "file"])
+def test_an_so_pin_the_operator_gives_is_used_and_kept_nowhere(tmp_path: Path, source: str) -> None:
+    data_dir = tmp_path / "data"
+    chosen = f"operator-{source}-so-pin"
+    if source == "environment":
+        given = {"VAULT_HSM__SO_PIN": chosen}
+    else:
+        named = tmp_path / "ceremony" / "so.pin"
+        named.parent.mkdir(mode=0o700)
+        named.write_text(chosen + "\n")
+        named.chmod(0o600)
+        given = {"VAULT_HSM__SO_PIN_FILE": str(named)}
+    done = subprocess.run(
+        [str(VAULTCTL), "token", "init"],
+        env=vault_environment(data_dir, settings={**SETTINGS, **given}),
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "SO PIN" not in done.stderr and chosen not in done.stdout + done.stderr
+    assert not (state_directory(data_dir) / "vault").exists()  # nothing generated
+    assert files_holding(data_dir, chosen.encode()) == []
+    login = subprocess.run(
+        [sys.executable, "-c", _SO_LOGIN],
+        env=vault_environment(data_dir, settings=SETTINGS),
+        input=chosen,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert json.loads(login.stdout) == "accepted"
+
+
 def test_an_so_pin_file_named_inside_the_data_directory_is_refused(tmp_path: Path) -> None:
     data_dir = tmp_path / "data"
     named = data_dir / "my-so.pin"
