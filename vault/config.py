@@ -104,10 +104,13 @@ class HsmSettings(BaseModel):
         None, description="file holding the user PIN (default: <data_dir>/secrets/user.pin)"
     )
     so_pin: SecretStr | None = Field(
-        None, description="SO PIN, for `vaultctl token init` only; prefer so_pin_file"
+        None, description="SO PIN, for `vaultctl token init` only; prefer VAULT_HSM__SO_PIN"
     )
     so_pin_file: Path | None = Field(
-        None, description="file holding the SO PIN (default: <data_dir>/secrets/so.pin)"
+        None,
+        description="file holding the SO PIN, outside data_dir, for `vaultctl token init` "
+        "only (default: a hidden prompt on a terminal, else a generated development PIN in "
+        "$XDG_STATE_HOME/vault/)",
     )
     softhsm_conf: Path | None = Field(
         None, description="SoftHSM2 config (default: <data_dir>/softhsm2.conf); sets SOFTHSM2_CONF"
@@ -210,8 +213,6 @@ class Settings(BaseSettings):
         self.data_dir = data_dir
         if self.hsm.user_pin_file is None:
             self.hsm.user_pin_file = data_dir / "secrets" / "user.pin"
-        if self.hsm.so_pin_file is None:
-            self.hsm.so_pin_file = data_dir / "secrets" / "so.pin"
         if self.hsm.softhsm_conf is None:
             self.hsm.softhsm_conf = data_dir / "softhsm2.conf"
         if self.store.url is None:
@@ -263,9 +264,6 @@ class Settings(BaseSettings):
 
     def user_pin(self) -> str:
         return read_secret(self.hsm.user_pin, self.hsm.user_pin_file, "user PIN")
-
-    def so_pin(self) -> str:
-        return read_secret(self.hsm.so_pin, self.hsm.so_pin_file, "SO PIN")
 
 
 def read_secret(value: SecretStr | None, path: Path | None, what: str) -> str:
