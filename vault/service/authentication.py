@@ -1,11 +1,12 @@
 """Who is calling: signed requests and API keys become a Principal, or one uniform error.
 
-Every failure (malformed header, unknown key id, bad signature, stale timestamp, replayed
-nonce, revoked, deleted or expired credential) raises the same Unauthenticated, and each
-attempt at a credential counts against the caller's address and the key id it named (a call
-with no credential at all guesses nothing and is not counted). The token has no PIN lockout, so the
-vault throttles guessing itself: past a threshold of failures in a window, that address or key
-id is refused (AuthenticationThrottled) until the window ends, whatever it sends.
+Every failure (malformed header, unknown key id, bad signature, stale timestamp or one older
+than the nonce table, replayed nonce, revoked, deleted or expired credential) raises the same
+Unauthenticated, and each attempt at a credential counts against the caller's address and
+the key id it named (a call with no credential at all guesses nothing and is not counted).
+The token has no PIN lockout, so the vault throttles guessing itself: past a threshold of
+failures in a window, that address or key id is refused (AuthenticationThrottled) until the
+window ends, whatever it sends.
 
 What a worker caches about credentials is dropped as soon as any worker changes one (the
 shared credential epoch), so a reset or a revocation holds from the next request on.
@@ -153,6 +154,9 @@ class Authenticator:
         self, header: SignedHeader, method: str, body: bytes, now: float
     ) -> Principal | None:
         if abs(now - header.timestamp) > self._policy.timestamp_window_seconds:
+            return None
+        # Its nonce, if an earlier server saw it, is not in the counters: it could replay.
+        if header.timestamp < self._counters.replay_horizon():
             return None
         if not is_access_key_id(header.access_key_id):
             return None

@@ -18,13 +18,14 @@ import sys
 import threading
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from multiprocessing.context import ForkContext, ForkProcess
 from types import FrameType
 from typing import Final
 
 from vault.app import StartupReport, build_services, prepare_and_reconcile
 from vault.config import Settings
-from vault.coordination.limits import SharedLimits
+from vault.coordination.limits import LimitsFileSpaceError, SharedLimits
 from vault.domain.errors import VaultError
 from vault.service.keys import KeyManagement
 from vault.transport.errors import log_unexpected
@@ -43,6 +44,7 @@ _MAX_RESTART_DELAY_SECONDS: Final = 30.0
 # Exit codes of the reconciliation child.
 _RECONCILE_CLEAN: Final = 0
 _RECONCILE_DIFFERENCES: Final = 3
+SHARED_NONCE_SLOTS: Final = 1 << 21
 
 
 # -- multi-process serving ------------------------------------------------------------------
@@ -83,16 +85,39 @@ def serve(settings: Settings) -> None:
     context = multiprocessing.get_context("fork")
     _reconcile_in_child(context, settings)
     if settings.auth.enabled:
-        # Made before the workers, so they all attach to one table; a fresh start begins
-        # from zero (nonces older than the timestamp window are refused anyway).
-        # A signed request's nonce is kept for the timestamp window (300 s by default): 2^21
-        # slots hold over 4,000 signed requests/s, beyond what one host serves.
-        SharedLimits.create(settings.shared_state_file, nonce_slots=1 << 21).close()
+        _prepare_shared_limits(settings)
     else:
         log.warning(
             "auth.enabled = false: calls are neither authenticated nor audited (loopback only)"
         )
     _Supervisor(context, settings, address, tls).run()
+
+
+def _prepare_shared_limits(settings: Settings) -> None:
+    """Keep or make the workers' shared table before they start, so they all attach to one.
+
+    A signed request's nonce is kept for the timestamp window (300 s by default): 2^21 slots
+    hold over 4,000 signed requests/s, beyond what one host serves.
+    """
+    started = time.time()
+    try:
+        limits = SharedLimits.prepare(settings.shared_state_file, nonce_slots=SHARED_NONCE_SLOTS)
+    except LimitsFileSpaceError as error:
+        raise RuntimeError(error.strerror) from None
+    try:
+        horizon = limits.replay_horizon()
+        if horizon < started:
+            log.info("kept the replay table of the previous start: %s", limits.path)
+        else:
+            log.info(
+                "new replay table %s: signed requests stamped before %s are refused",
+                limits.path,
+                datetime.fromtimestamp(horizon, UTC).isoformat(timespec="seconds"),
+            )
+            # Serve from the horizon on, so that no request signed after the start is refused.
+            time.sleep(max(0.0, horizon - time.time()))
+    finally:
+        limits.close()
 
 
 def load_tls(settings: Settings) -> ServerTls | None:
