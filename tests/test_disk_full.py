@@ -88,12 +88,40 @@ def fill(disk: Path) -> Path:
     return filler
 
 
+def server_settings() -> dict[str, str]:
+    return {"VAULT_STORE__DISK_RESERVE_BYTES": str(RESERVE)}
+
+
 def server_on(disk: Path, log_dir: Path) -> VaultServer:
     data_dir = disk / "vault"
     provision(data_dir)
-    server = VaultServer(data_dir, extra_env={"VAULT_STORE__DISK_RESERVE_BYTES": str(RESERVE)})
+    server = VaultServer(data_dir, extra_env=server_settings())
     server.log_path = log_dir / "server.log"
     return server
+
+
+PLAINTEXT: Final = b"written before the disk filled up"
+
+
+def assert_reads_served_and_changes_refused(
+    server: VaultServer, account: str, key: str, ciphertext: bytes
+) -> None:
+    # Signed reads over fresh connections, so both workers serve some: every one is served
+    # and audited (each also writes its nonce into the shared limits file).
+    reads = on_fresh_connections(
+        server, server.credentials, lambda c: c.get_key(key).name, times=READS
+    )
+    assert codes(reads) == ["OK"] * READS
+    with server.client() as admin:
+        assert admin.decrypt(key, ciphertext).plaintext == PLAINTEXT
+        refused = expect_error(
+            grpc.StatusCode.UNAVAILABLE,
+            "DISK_FULL",
+            lambda: admin.create_key(account, "during", "ENCRYPT_DECRYPT"),
+        )
+        assert "disk is full" in refused.message
+        expect_error(grpc.StatusCode.UNAVAILABLE, "DISK_FULL", lambda: admin.disable_key(key))
+        assert admin.get_key(key).state == resources_pb2.KEY_STATE_ENABLED
 
 
 def test_a_full_disk_refuses_changes_serves_reads_and_recovers_by_itself(
@@ -104,25 +132,10 @@ def test_a_full_disk_refuses_changes_serves_reads_and_recovers_by_itself(
         with server.client() as admin:
             account = new_account(admin)
             key = admin.create_key(account, "before", "ENCRYPT_DECRYPT").name
-            ciphertext = admin.encrypt(key, b"written before the disk filled up").ciphertext
+            ciphertext = admin.encrypt(key, PLAINTEXT).ciphertext
         filler = fill(roomy_disk)
 
-        # Signed reads over fresh connections, so both workers serve some: every one is
-        # served and audited (each also writes its nonce into the shared limits file).
-        reads = on_fresh_connections(
-            server, server.credentials, lambda c: c.get_key(key).name, times=READS
-        )
-        assert codes(reads) == ["OK"] * READS
-        with server.client() as admin:
-            assert admin.decrypt(key, ciphertext).plaintext == b"written before the disk filled up"
-            refused = expect_error(
-                grpc.StatusCode.UNAVAILABLE,
-                "DISK_FULL",
-                lambda: admin.create_key(account, "during", "ENCRYPT_DECRYPT"),
-            )
-            assert "disk is full" in refused.message
-            expect_error(grpc.StatusCode.UNAVAILABLE, "DISK_FULL", lambda: admin.disable_key(key))
-            assert admin.get_key(key).state == resources_pb2.KEY_STATE_ENABLED
+        assert_reads_served_and_changes_refused(server, account, key, ciphertext)
 
         filler.unlink()
         deadline = time.monotonic() + RECOVERY_TIMEOUT_SECONDS
@@ -142,6 +155,25 @@ def test_a_full_disk_refuses_changes_serves_reads_and_recovers_by_itself(
         assert "restarting worker" not in log
         assert log.count("disk is full: released the") == 1
         assert log.count("has space again") == 1
+    finally:
+        server.stop()
+
+
+def test_a_server_restarted_on_a_full_disk_serves_reads(roomy_disk: Path, tmp_path: Path) -> None:
+    server = server_on(roomy_disk, tmp_path).start()
+    try:
+        with server.client() as admin:
+            account = new_account(admin)
+            key = admin.create_key(account, "before", "ENCRYPT_DECRYPT").name
+            ciphertext = admin.encrypt(key, PLAINTEXT).ciphertext
+        fill(roomy_disk)
+        # Stopped before any write found the disk full: the reserve is still set aside.
+        server.stop()
+        server = VaultServer(server.data_dir, extra_env=server_settings())
+        server.log_path = tmp_path / "restarted.log"
+        server.start()
+        assert_reads_served_and_changes_refused(server, account, key, ciphertext)
+        assert "died unexpectedly" not in server.log()
     finally:
         server.stop()
 
