@@ -190,7 +190,7 @@ class SharedLimits:
         """
         try:
             kept = cls.attach(path)
-        except (FileNotFoundError, ValueError):
+        except (OSError, ValueError):  # missing, unreadable, a symbolic link, not ours
             return cls.create(path, slots=slots, nonce_slots=nonce_slots)
         current = boot_id()
         if (

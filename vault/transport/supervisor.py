@@ -101,7 +101,12 @@ def serve(settings: Settings) -> None:
 def _reserve_disk_space(reserve: DiskReserve) -> None:
     """Set the disk reserve aside at start, or start refusing changes if the disk is too full
     for it (reads are served; the supervisor makes the reserve once space is freed)."""
-    if reserve.size <= 0 or reserve.restore(needed_free=reserve.size):
+    try:
+        if reserve.size <= 0 or reserve.restore(needed_free=reserve.size):
+            return
+    except OSError as error:
+        # Reads are served without it; changes wait until the supervisor manages to make it.
+        log.error("cannot set aside the disk reserve %s: %s", reserve.path, error)
         return
     if reserve.refusing_changes():
         log.warning(
@@ -228,6 +233,7 @@ class _Supervisor:
         self._tls = tls
         self._reserve = reserve
         self._next_disk_check = 0.0
+        self._reserve_error = ""
         self._slots = [_Slot(index) for index in range(settings.server.workers)]
         self._stop_signal: int | None = None
 
@@ -356,8 +362,11 @@ class _Supervisor:
                     "accepting changes",
                     self._reserve.size,
                 )
+            self._reserve_error = ""
         except OSError as error:
-            log.error("cannot restore the disk reserve %s: %s", self._reserve.path, error)
+            if str(error) != self._reserve_error:  # once, not every few seconds
+                log.error("cannot restore the disk reserve %s: %s", self._reserve.path, error)
+            self._reserve_error = str(error)
 
     def _wait(self, timeout: float) -> None:
         """Sleep until a worker exits or reports ready, or timeout; signals only set a flag."""
