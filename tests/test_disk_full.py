@@ -26,6 +26,7 @@ from tests.harness import VaultServer, provision
 from tests.security_helpers import codes, new_account, on_fresh_connections
 from vault.client import VaultClientError
 from vault.coordination.disk import DiskReserve
+from vault.coordination.limits import LimitsFileSpaceError, SharedLimits
 from vault.gen.vault.v1 import resources_pb2
 
 MIB: Final = 1 << 20
@@ -36,6 +37,7 @@ CRAMPED_DISK: Final = 40 * MIB
 RESERVE: Final = 4 * MIB
 READS: Final = 40
 RECOVERY_TIMEOUT_SECONDS: Final = 30.0
+BOOT_ID_OFFSET: Final = 64  # in the shared limits file's header
 
 
 def _mount_tmpfs(directory: Path, size: int) -> None:
@@ -227,3 +229,23 @@ def test_a_zero_reserve_never_refuses_changes(tmp_path: Path) -> None:
     assert not reserve.restore(needed_free=0)
     assert not reserve.release()
     assert not reserve.path.exists()
+
+
+@pytest.fixture
+def tiny_disk(tmp_path: Path) -> Iterator[Path]:
+    yield from _small_disk(tmp_path, 3 * MIB)
+
+
+def test_after_a_reboot_the_limits_file_is_replaced_in_its_own_space(tiny_disk: Path) -> None:
+    # 2.1 MiB: the disk holds one such file, not two.
+    path = tiny_disk / "limits"
+    SharedLimits.prepare(path, slots=1024, nonce_slots=1 << 16).close()
+    with path.open("r+b") as file:
+        file.seek(BOOT_ID_OFFSET)
+        file.write(os.urandom(16))  # made during another boot
+    replaced = SharedLimits.prepare(path, slots=1024, nonce_slots=1 << 16)
+    replaced.close()
+
+    with pytest.raises(LimitsFileSpaceError, match=r"cannot reserve \d+ bytes on disk"):
+        SharedLimits.prepare(tiny_disk / "other", slots=1024, nonce_slots=1 << 16)
+    assert sorted(p.name for p in tiny_disk.iterdir()) == ["limits"]

@@ -19,8 +19,8 @@ Layout: a 128-byte header (magic, version, table sizes, a random salt, the crede
 the creation time, the boot id), then the counter table (fixed-size records for token
 buckets, failure windows and quotas, one record per key and kind), then the nonce table.
 Keys and nonces are hashed with BLAKE2b keyed by the salt, so a client cannot choose keys
-that crowd one probe window. A key's records live in a window of
-_PROBE consecutive slots chosen by its hash (open addressing, no wrap-around).
+that crowd one probe window. A key's records live in a window of _PROBE consecutive slots
+chosen by its hash (open addressing, no wrap-around).
 
 Locking: fcntl.flock on a descriptor this process opened itself. A flock lock belongs to the
 open file description, so the kernel drops it when the holder dies, even by SIGKILL; but a
@@ -69,10 +69,10 @@ _ORIGIN: Final = struct.Struct("<d16s")
 _ORIGIN_OFFSET: Final = 56
 _BOOT_ID_FILE: Final = Path("/proc/sys/kernel/random/boot_id")
 
-# key hash, last touched (time.monotonic(), for eviction; comparable because a file is kept
-# only within one boot), x, y, n, crc32 of the 40 bytes
-# before it. Token bucket: x = tokens, y = time of the last refill. Failures: x = window
-# start, n = count. Quota: x = day, n = count.
+# key hash, last touched (time.monotonic(), for eviction; comparable across starts because a
+# file is kept only within one boot), x, y, n, crc32 of the 40 bytes before it. Token bucket:
+# x = tokens, y = time of the last refill. Failures: x = window start, n = count. Quota:
+# x = day, n = count.
 _COUNTER: Final = struct.Struct("<QdddqI4x")
 _COUNTER_BODY: Final = struct.Struct("<Qdddq")
 # hash of the nonce, expiry, crc32 of the 24 bytes before it
@@ -209,6 +209,10 @@ class SharedLimits:
             finally:
                 os.close(descriptor)
             return kept
+        if current and kept._boot_id not in (current, bytes(16)):
+            # Made before a reboot, so no process maps it any more: its space can go to the
+            # new file, which a full disk could not otherwise hold beside it.
+            path.unlink()
         kept.close()
         return cls.create(path, slots=slots, nonce_slots=nonce_slots)
 
