@@ -13,10 +13,12 @@ import math
 import random
 import secrets
 import string
+import struct
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Final
 
 import grpc
@@ -24,7 +26,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from tests.api_calls import expect_error
-from tests.harness import VaultServer
+from tests.harness import VaultServer, provision
 from tests.security_helpers import (
     FRESH_CONNECTION,
     NO_THROTTLING,
@@ -62,12 +64,14 @@ from vault.service.authentication import AuthenticationPolicy, Authenticator
 from vault.service.identity import IdentityManagement
 from vault.service.ports import ReconcileReport
 from vault.storage import open_stores
+from vault.transport.supervisor import SHARED_NONCE_SLOTS
 
 GET_KEY: Final = "/vault.v1.KeyService/GetKey"
 DISABLE_KEY: Final = "/vault.v1.KeyService/DisableKey"
 WINDOW_SECONDS: Final = 300  # the default auth.timestamp_window_seconds
 THROTTLE_WINDOW_SECONDS: Final = 2.0
 BASE32: Final = string.ascii_uppercase + "234567"
+CREATION_TIME_OFFSET: Final = 56  # in the shared limits file's header
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,9 +100,24 @@ def random_secret() -> str:
     return secrets.token_urlsafe(32)
 
 
+def date_replay_table(data_dir: Path, seconds_ago: float) -> None:
+    """Make the server's nonce table as one made seconds_ago, so the server keeps it: a
+    freshly made table refuses requests stamped before it was made, whatever the window."""
+    path = data_dir / "run" / "shared-limits"
+    SharedLimits.create(path, nonce_slots=SHARED_NONCE_SLOTS).close()
+    with path.open("r+b") as file:
+        file.seek(CREATION_TIME_OFFSET)
+        file.write(struct.pack("<d", time.time() - seconds_ago))
+
+
 @pytest.fixture(scope="module")
 def vault(tmp_path_factory: pytest.TempPathFactory) -> Iterator[VaultServer]:
-    yield from own_server(tmp_path_factory, "authentication", NO_THROTTLING)
+    data_dir = tmp_path_factory.mktemp("authentication")
+    provision(data_dir)
+    # As on a server that has been running longer than the timestamp window.
+    date_replay_table(data_dir, 2 * WINDOW_SECONDS)
+    with VaultServer(data_dir, extra_env=NO_THROTTLING) as server:
+        yield server
 
 
 @pytest.fixture(scope="module")
@@ -782,3 +801,49 @@ def test_no_repr_of_settings_or_startup_shows_a_secret() -> None:
         assert pin not in shown
         assert password not in shown
         assert secret not in shown
+
+
+# -- replays across restarts ----------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def restartable(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A data directory whose server the tests stop and start themselves."""
+    data_dir = tmp_path_factory.mktemp("restarts")
+    provision(data_dir)
+    yield data_dir
+
+
+def _restart(server: VaultServer, how: str) -> VaultServer:
+    if how == "killed":
+        server.kill()
+    else:
+        server.stop()
+    if how == "table lost":
+        # As after a reboot, or a disk that lost the file: a new table is made.
+        (server.data_dir / "run" / "shared-limits").unlink()
+    return VaultServer(server.data_dir, extra_env=NO_THROTTLING).start()
+
+
+@pytest.mark.parametrize("how", ["stopped", "killed", "table lost"])
+def test_a_request_signed_before_a_restart_cannot_be_replayed_after_it(
+    restartable: Path, how: str
+) -> None:
+    server = VaultServer(restartable, extra_env=NO_THROTTLING).start()
+    try:
+        with server.client() as admin:
+            key_name = admin.create_key(new_account(admin), "k", "ENCRYPT_DECRYPT").name
+        body = get_key_body(key_name)
+        metadata = signed_metadata(server.credentials, GET_KEY, body)
+        reply = raw_call(server.target, GET_KEY, body, metadata)
+        assert resources_pb2.Key.FromString(reply).name == key_name
+
+        server = _restart(server, how)
+
+        # The identical bytes and metadata, well inside the timestamp window.
+        expect_unauthenticated(lambda: raw_call(server.target, GET_KEY, body, metadata))
+        # A newly signed request is served as ever.
+        fresh = signed_metadata(server.credentials, GET_KEY, body)
+        assert resources_pb2.Key.FromString(raw_call(server.target, GET_KEY, body, fresh))
+    finally:
+        server.stop()

@@ -10,12 +10,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from vault.config import Settings
+from vault.coordination.disk import DiskReserve as FileDiskReserve
 from vault.service.audit import AuditLog, CheckpointPolicy
 from vault.service.authentication import AuthenticationPolicy, Authenticator
 from vault.service.crypto import CryptoOperations
 from vault.service.identity import IdentityManagement
 from vault.service.keys import KeyManagement
-from vault.service.ports import KeyStore, MetadataStore, ReconcileReport, SharedCounters
+from vault.service.ports import (
+    DiskReserve,
+    KeyStore,
+    MetadataStore,
+    ReconcileReport,
+    SharedCounters,
+)
 from vault.service.reconcile import reconcile
 
 
@@ -28,6 +35,7 @@ class Security:
     audit: AuditLog
     # Creates the token's credential and audit keys where missing; returns their labels.
     ensure_system_keys: Callable[[], list[str]]
+    disk_reserve: DiskReserve | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,7 +91,8 @@ def build_services(settings: Settings, counters: SharedCounters | None = None) -
                 settings.audit.checkpoint_every_records, settings.audit.checkpoint_every_seconds
             ),
         )
-        security = Security(identity, authenticator, audit, system_keys.ensure)
+        reserve = FileDiskReserve(settings.disk_reserve_file, settings.store.disk_reserve_bytes)
+        security = Security(identity, authenticator, audit, system_keys.ensure, reserve)
     return Services(store, keystore, keys, crypto, security)
 
 

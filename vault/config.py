@@ -124,6 +124,12 @@ class StoreSettings(BaseModel):
     url: str | None = Field(
         None, repr=False, description="SQLAlchemy URL (default: sqlite:///<data_dir>/vault.db)"
     )
+    disk_reserve_bytes: int = Field(
+        64 << 20,
+        ge=0,
+        description="space set aside in <data_dir>/run/disk-reserve; when the disk fills up it "
+        "is freed for the audit records of reads while changes are refused (0: off)",
+    )
 
 
 class KeyPolicySettings(BaseModel):
@@ -225,6 +231,11 @@ class Settings(BaseSettings):
     def shared_state_file(self) -> Path:
         """The state all worker processes of a server share (rate limits, nonces...)."""
         return self.data_dir / "run" / "shared-limits"
+
+    @property
+    def disk_reserve_file(self) -> Path:
+        """Space set aside for when the data directory's disk fills up."""
+        return self.data_dir / "run" / "disk-reserve"
 
     @classmethod
     def settings_customise_sources(

@@ -1,14 +1,14 @@
 """Who is calling: signed requests and API keys become a Principal, or one uniform error.
 
-Every failure (malformed header, unknown key id, bad signature, stale timestamp, replayed
-nonce, revoked, deleted or expired credential) raises the same Unauthenticated. The token has
-no PIN lockout, so the vault throttles guessing itself. A failed attempt at a credential counts
-against the caller's address and against the pair (key id it named, address); a call with no
-credential at all guesses nothing and is not counted. A request whose credential verifies is
-admitted whatever the counters say: the owner of a key id and the other clients behind an
-address are never locked out by someone else's failures. Past a threshold of failures in a
-window, the requester's own failing attempts get AuthenticationThrottled instead, until the
-window ends.
+Every failure (malformed header, unknown key id, bad signature, stale timestamp or one older
+than the nonce table, replayed nonce, revoked, deleted or expired credential) raises the same
+Unauthenticated. The token has no PIN lockout, so the vault throttles guessing itself. A failed
+attempt at a credential counts against the caller's address and against the pair (key id it
+named, address); a call with no credential at all guesses nothing and is not counted. A request
+whose credential verifies is admitted whatever the counters say: the owner of a key id and the
+other clients behind an address are never locked out by someone else's failures. Past a
+threshold of failures in a window, the requester's own failing attempts get
+AuthenticationThrottled instead, until the window ends.
 
 Failing costs the same work whether or not the key id exists (one lookup of the key and one of
 its account, one derivation in the token, one signature computed), so the time an answer takes
@@ -180,6 +180,9 @@ class Authenticator:
         self, header: SignedHeader, method: str, body: bytes, now: float
     ) -> Principal | None:
         if abs(now - header.timestamp) > self._policy.timestamp_window_seconds:
+            return None
+        # Its nonce, if an earlier server saw it, is not in the counters: it could replay.
+        if header.timestamp < self._counters.replay_horizon():
             return None
         cached = self._access_key(header.access_key_id)
         canonical = canonical_request(
