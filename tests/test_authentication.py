@@ -684,6 +684,8 @@ def in_process(
     # The session's server has created the token's system keys (the credential key).
     stores = open_stores(settings.store.url)
     counters = SharedLimits.create(tmp_path / "limits", slots=1024, nonce_slots=1024)
+    # A new table refuses requests stamped before it was made, before any other work.
+    time.sleep(max(0.0, counters.replay_horizon() - time.time()))
     try:
         store, token = Counting(stores.identity), Counting(SystemKeys(keystore))
         identity = IdentityManagement(store, token, keystore.random, counters)
