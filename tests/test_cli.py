@@ -515,7 +515,7 @@ def test_sign_verify(target: str, sign_key: str, tmp_path: Path) -> None:
             target, "crypto", "verify", sign_key, "--in", source, "--signature", str(signature)
         )
     )
-    assert "signature valid" in good.stdout
+    assert f"signature matches (version 1 of {sign_key})" in good.stdout
 
     bad = vaultctl(
         target, "crypto", "verify", sign_key, "--in", tampered, "--signature", str(signature)
@@ -602,7 +602,7 @@ def test_mac_verify_mac(target: str, mac_key: str, tmp_path: Path) -> None:
     assert mode(tag) == 0o600
 
     good = ok(vaultctl(target, "crypto", "verify-mac", mac_key, "--in", payload, "--mac", str(tag)))
-    assert "MAC valid" in good.stdout
+    assert f"MAC matches (version 1 of {mac_key})" in good.stdout
     bad = vaultctl(target, "crypto", "verify-mac", mac_key, "--in", altered, "--mac", str(tag))
     assert bad.exit_code == 1
     assert "does NOT match" in bad.stdout

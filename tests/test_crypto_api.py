@@ -518,7 +518,8 @@ def test_sign_message_is_verified_independently(
     verified = client.verify(name, signed.signature, message=message)
     assert verified.valid
     assert verified.key_version == signed.key_version
-    assert verified.verified_message_crc32c and verified.verified_signature_crc32c
+    assert verified.response.verified_message_crc32c
+    assert verified.response.verified_signature_crc32c
     assert not client.verify(name, signed.signature, message=message + b"!").valid
     assert not client.verify(name, signed.signature, message=b"").valid
     # The signature of another key of the same algorithm is not this key's.
@@ -749,7 +750,7 @@ def test_mac(client: VaultClient, keys: Keys, algorithm: str) -> None:
 
     verified = client.verify_mac(name, data, mac)
     assert verified.valid and verified.key_version == generated.key_version
-    assert verified.verified_data_crc32c and verified.verified_mac_crc32c
+    assert verified.response.verified_data_crc32c and verified.response.verified_mac_crc32c
     for bit in (0, len(data) * 8 - 1):
         assert not client.verify_mac(name, flip(data, bit // 8, 1 << (bit % 8)), mac).valid
     for bit in (0, len(mac) * 8 - 1):

@@ -8,7 +8,7 @@ or base64 on standard output by default; under --json they are base64 fields.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import click
 
@@ -25,6 +25,9 @@ from vault.cli._io import (
     write_output,
 )
 from vault.cli._output import emit, note
+
+if TYPE_CHECKING:
+    from vault.client import Verification
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -356,17 +359,25 @@ def sign(
     _versioned_result(state, response, "signature", out_path, "signed")
 
 
-def _verdict(state: CliState, valid: bool, key_version: str, what: str) -> None:
-    record = {"valid": valid, "key_version": key_version}
+def _version_of(key_version: str) -> str:
+    """accounts/a/keys/k/versions/1 as "version 1 of accounts/a/keys/k"."""
+    key, _, number = key_version.rpartition("/versions/")
+    return f"version {number} of {key}" if key else key_version
+
+
+def _verdict(state: CliState, key: str, verification: Verification, what: str) -> None:
+    record = {"valid": verification.valid, "key_version": verification.key_version}
 
     def human() -> None:
-        if valid:
-            click.echo(f"{what} valid ({key_version})")
+        if verification:
+            click.echo(f"{what} matches ({_version_of(verification.key_version)})")
+        elif "/versions/" in key:
+            click.echo(f"{what} does NOT match ({_version_of(verification.key_version)})")
         else:
-            click.echo(f"{what} does NOT match ({key_version})")
+            click.echo(f"{what} does NOT match (no version of {key})")
 
     emit(state, record, human)
-    if not valid:
+    if not verification:
         click.get_current_context().exit(EXIT_MISMATCH)
 
 
@@ -400,17 +411,19 @@ def verify(
 ) -> None:
     """Check a signature made with KEY. Exit code 0 if it matches, 1 if not.
 
-    A key version in KEY checks against that version; a key name, against its primary.
+    A key version in KEY checks against that version only. A key name checks against each of
+    its versions, so a signature made before a rotation still matches; the output names the
+    version that matched.
     """
     _one_stdin(in_path, signature_path)
     data = read_input(in_path, what="digest" if is_digest else "message", base64_text=in_base64)
     signature = read_input(signature_path, what="signature", base64_text=signature_base64)
     client = state.client()
     if is_digest:
-        response = client.verify(key, signature, digest=data)
+        verification = client.verify(key, signature, digest=data)
     else:
-        response = client.verify(key, signature, message=data)
-    _verdict(state, response.valid, response.key_version, "signature")
+        verification = client.verify(key, signature, message=data)
+    _verdict(state, key, verification, "signature")
 
 
 @crypto_group.command("asym-decrypt")
@@ -468,12 +481,15 @@ def mac(state: CliState, key: str, in_path: str, in_base64: bool, out_path: str 
 def verify_mac(
     state: CliState, key: str, in_path: str, in_base64: bool, mac_path: str, mac_base64: bool
 ) -> None:
-    """Check an HMAC made with KEY. Exit code 0 if it matches, 1 if not."""
+    """Check an HMAC made with KEY. Exit code 0 if it matches, 1 if not.
+
+    A key version in KEY checks with that version only; a key name, with each of its
+    versions. The output names the version that matched.
+    """
     _one_stdin(in_path, mac_path)
     data = read_input(in_path, what="data", base64_text=in_base64)
     expected = read_input(mac_path, what="MAC", base64_text=mac_base64)
-    response = state.client().verify_mac(key, data, expected)
-    _verdict(state, response.valid, response.key_version, "MAC")
+    _verdict(state, key, state.client().verify_mac(key, data, expected), "MAC")
 
 
 @crypto_group.command("random")

@@ -19,6 +19,7 @@ from google.protobuf.wrappers_pb2 import Int64Value
 
 from vault.client._auth import Credentials, authenticated_channel
 from vault.client._errors import ChecksumError, VaultClientError
+from vault.client._results import AuditLogVerification, Verification
 from vault.gen.vault.v1 import (
     audit_service_pb2,
     audit_service_pb2_grpc,
@@ -108,9 +109,11 @@ class VaultClient:
     """A client of one vault server. Use it as a context manager, or call close().
 
     Every method returns the response message (or the Key it names) and raises
-    VaultClientError on failure. Byte inputs are sent with their CRC32C and byte outputs
-    checked against theirs, so corruption in transit raises ChecksumError instead of
-    returning wrong data.
+    VaultClientError on failure, except the three that answer yes or no: verify, verify_mac
+    and verify_audit_log return a result that is true only when the answer is yes (a
+    protobuf message is always true, so `if` on one would accept a forgery). Byte inputs are
+    sent with their CRC32C and byte outputs checked against theirs, so corruption in transit
+    raises ChecksumError instead of returning wrong data.
     """
 
     def __init__(
@@ -434,13 +437,15 @@ class VaultClient:
         *,
         message: bytes | None = None,
         digest: bytes | None = None,
-    ) -> crypto_service_pb2.VerifyResponse:
-        """Give exactly one of message and digest. An invalid signature is valid=False."""
+    ) -> Verification:
+        """Give exactly one of message and digest. The result is true only for a valid
+        signature (an invalid one is not an error): `if vault.verify(...):` is safe."""
         request = crypto_service_pb2.VerifyRequest(
             name=name, signature=signature, signature_crc32c=_crc32c(signature)
         )
         _set_signed_input(request, message, digest)
-        return self._call(self._crypto.Verify, request)
+        response = self._call(self._crypto.Verify, request)
+        return Verification(bool(response.valid), response.key_version, response)
 
     def asymmetric_decrypt(
         self, name: str, ciphertext: bytes
@@ -460,13 +465,14 @@ class VaultClient:
         _check(response, "mac")
         return response
 
-    def verify_mac(
-        self, name: str, data: bytes, mac: bytes
-    ) -> crypto_service_pb2.VerifyMacResponse:
+    def verify_mac(self, name: str, data: bytes, mac: bytes) -> Verification:
+        """The result is true only when mac is data's MAC: `if vault.verify_mac(...):` is
+        safe."""
         request = crypto_service_pb2.VerifyMacRequest(
             name=name, data=data, mac=mac, data_crc32c=_crc32c(data), mac_crc32c=_crc32c(mac)
         )
-        return self._call(self._crypto.VerifyMac, request)
+        response = self._call(self._crypto.VerifyMac, request)
+        return Verification(bool(response.valid), response.key_version, response)
 
     def generate_random(self, size_bytes: int) -> crypto_service_pb2.GenerateRandomResponse:
         request = crypto_service_pb2.GenerateRandomRequest(size_bytes=size_bytes)
@@ -644,8 +650,10 @@ class VaultClient:
             lambda page: page.events,
         )
 
-    def verify_audit_log(self) -> audit_service_pb2.VerifyAuditLogResponse:
-        return self._call(self._audit.VerifyAuditLog, audit_service_pb2.VerifyAuditLogRequest())
+    def verify_audit_log(self) -> AuditLogVerification:
+        """The result is true only when the log checked out with no finding."""
+        request = audit_service_pb2.VerifyAuditLogRequest()
+        return AuditLogVerification.of(self._call(self._audit.VerifyAuditLog, request))
 
 
 # -- TLS (VaultClient.__init__) ---------------------------------------------------------------

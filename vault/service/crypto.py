@@ -4,6 +4,7 @@ then asks the token; nothing here touches key material except data keys the call
 from __future__ import annotations
 
 import secrets
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from vault.config import KeyPolicySettings
@@ -185,15 +186,41 @@ class CryptoOperations:
     def verify(
         self, name: str, *, message: bytes | None, digest: bytes | None, signature: bytes
     ) -> tuple[bool, str]:
-        """valid=False for any signature that does not verify, malformed or oversized
-        included; errors only for what Sign would also refuse."""
+        """(valid, key version). valid=False for any signature that does not verify,
+        malformed or oversized included; errors only for what Sign would also refuse.
+
+        A key version in name checks against that version only. A key name checks against
+        its primary version, then its other versions that still verify, so a signature made
+        before a rotation is still recognised; the version that matched is returned, and a
+        signature that matches none gets the same answer as always: invalid, primary."""
         data, prehashed = _message_or_digest(message, digest)
-        key, version = self._usable(name, Operation.VERIFY)
+        key_name, number = parse_key_or_version(name)
+        key = self._keys.load(key_name)
+        key.require(Operation.VERIFY)
+        primary = self._keys.version(key, number)
         _check_signing_input(key, data, prehashed)
-        if version.public_key_der is None or len(signature) > MAX_SIGNATURE_BYTES:
-            return False, str(version.name)
-        valid = verify_signature(key.algorithm, version.public_key_der, data, prehashed, signature)
-        return valid, str(version.name)
+        if len(signature) > MAX_SIGNATURE_BYTES:
+            return False, str(primary.name)
+        for version in self._candidates(key, primary, explicit=number is not None):
+            if version.public_key_der is not None and verify_signature(
+                key.algorithm, version.public_key_der, data, prehashed, signature
+            ):
+                return True, str(version.name)
+        return False, str(primary.name)
+
+    def _candidates(self, key: Key, first: KeyVersion, *, explicit: bool) -> Iterator[KeyVersion]:
+        """The versions a Verify or VerifyMac checks: first (the one named, or the primary),
+        then, unless a version was named, every other version that holds material, newest
+        first (the most likely match after the primary)."""
+        yield first
+        if explicit:
+            return
+        others = [
+            version
+            for version in self._keys.list_enabled_versions(key)
+            if version.number != first.number
+        ]
+        yield from sorted(others, key=lambda version: version.number, reverse=True)
 
     def asymmetric_decrypt(self, name: str, ciphertext: bytes) -> Sealed:
         _limit("ciphertext", ciphertext, 1024)
@@ -209,10 +236,17 @@ class CryptoOperations:
         return Sealed(self._keystore.generate_mac(version, key.algorithm, data), str(version.name))
 
     def verify_mac(self, name: str, data: bytes, mac: bytes) -> tuple[bool, str]:
+        """(valid, key version), trying versions as verify does."""
         _limit("data", data, self._policy.max_plaintext_bytes)
         _limit("mac", mac, 128)
-        key, version = self._usable(name, Operation.VERIFY_MAC)
-        return self._keystore.verify_mac(version, key.algorithm, data, mac), str(version.name)
+        key_name, number = parse_key_or_version(name)
+        key = self._keys.load(key_name)
+        key.require(Operation.VERIFY_MAC)
+        primary = self._keys.version(key, number)
+        for version in self._candidates(key, primary, explicit=number is not None):
+            if self._keystore.verify_mac(version, key.algorithm, data, mac):
+                return True, str(version.name)
+        return False, str(primary.name)
 
     def generate_random(self, size: int) -> bytes:
         if not 1 <= size <= MAX_RANDOM_BYTES:
