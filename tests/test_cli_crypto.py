@@ -7,8 +7,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import grpc
+
+from tests.api_calls import expect_error, new_account, new_id
 from tests.test_cli import create_key, json_of, ok, vaultctl, write
 from tests.test_cli import target as target  # fixture: the server, credentials for vaultctl
+from vault.client import VaultClient
+
+INVALID = grpc.StatusCode.INVALID_ARGUMENT
 
 
 def test_verify_after_rotation_names_the_version_that_matched(target: str, tmp_path: Path) -> None:
@@ -49,3 +55,58 @@ def test_verify_after_rotation_names_the_version_that_matched(target: str, tmp_p
         )
         assert bad_json.exit_code == 1
         assert json.loads(bad_json.stdout) == {"valid": False, "key_version": f"{key}/versions/2"}
+
+
+def test_re_encrypt_keeps_the_aad_unless_told_otherwise(target: str, tmp_path: Path) -> None:
+    key = str(create_key(target, "ENCRYPT_DECRYPT")["name"])
+    other = str(create_key(target, "ENCRYPT_DECRYPT")["name"])
+    plaintext = write(tmp_path / "report", b"quarterly numbers")
+    ctx = write(tmp_path / "ctx", b"bucket=reports")
+    new_ctx = write(tmp_path / "new-ctx", b"bucket=archive")
+    empty = write(tmp_path / "empty", b"")
+    sealed = str(tmp_path / "report.enc")
+    ok(
+        vaultctl(
+            target, "crypto", "encrypt", key, "--in", plaintext, "--aad-file", ctx, "--out", sealed
+        )
+    )
+    ok(vaultctl(target, "keys", "rotate", key))
+
+    def decrypts(name: str, path: str, *aad: str) -> bool:
+        result = vaultctl(target, "crypto", "decrypt", name, "--in", path, *aad, "--out", "-")
+        assert result.exit_code in (0, 3), (result.stdout, result.stderr)
+        return result.exit_code == 0 and result.stdout_bytes == b"quarterly numbers"
+
+    # No --to-aad-file: the new ciphertext is bound to the same AAD, under the new version.
+    moved = str(tmp_path / "moved.enc")
+    done = ok(
+        vaultctl(
+            target, "crypto", "re-encrypt", key, "--in", sealed, "--aad-file", ctx, "--out", moved
+        )
+    )
+    assert f"to {key}/versions/2" in done.stderr
+    assert decrypts(key, moved, "--aad-file", ctx)
+    assert not decrypts(key, moved)
+
+    # --to-aad-file: the new AAD, also to another key; an empty file binds to none.
+    for destination, aad_file, path in ((other, new_ctx, "archived"), (key, empty, "bare")):
+        out = str(tmp_path / path)
+        ok(
+            vaultctl(
+                target, "crypto", "re-encrypt", key, "--in", sealed, "--aad-file", ctx,
+                "--to", destination, "--to-aad-file", aad_file, "--out", out,
+            )
+        )  # fmt: skip
+        assert decrypts(destination, out, "--aad-file", aad_file)
+        assert not decrypts(destination, out, "--aad-file", ctx)
+    assert decrypts(key, str(tmp_path / "bare"))
+
+
+def test_sdk_re_encrypt_keeps_the_aad_unless_told_otherwise(client: VaultClient) -> None:
+    key = client.create_key(new_account(), new_id(), "ENCRYPT_DECRYPT").name
+    sealed = client.encrypt(key, b"numbers", aad=b"ctx").ciphertext
+    kept = client.re_encrypt(key, sealed, source_aad=b"ctx").ciphertext
+    assert client.decrypt(key, kept, aad=b"ctx").plaintext == b"numbers"
+    expect_error(INVALID, "DECRYPTION_FAILED", lambda: client.decrypt(key, kept))
+    cleared = client.re_encrypt(key, sealed, source_aad=b"ctx", destination_aad=b"").ciphertext
+    assert client.decrypt(key, cleared).plaintext == b"numbers"

@@ -241,7 +241,15 @@ def data_key(
     default="",
     help="Key to re-encrypt under. Default: KEY itself (its current primary version).",
 )
-@aad_option("--to-aad-file", "to_aad_path", "additional authenticated data for the result")
+@click.option(
+    "--to-aad-file",
+    "to_aad_path",
+    metavar="FILE",
+    default=None,
+    help="Read the additional authenticated data for the new ciphertext from FILE (`-` for "
+    "standard input; an empty file for none). Default: the --aad-file data, so the new "
+    "ciphertext is bound to the same context as the old one.",
+)
 @out_option("new ciphertext")
 @json_option
 @pass_state
@@ -258,13 +266,18 @@ def re_encrypt(
     """Decrypt with KEY and encrypt again, inside the vault: the plaintext never leaves it.
 
     Use it after `keys rotate` (no --to) or to move data to another key (--to). Both keys:
-    purpose ENCRYPT_DECRYPT.
+    purpose ENCRYPT_DECRYPT. The new ciphertext keeps the --aad-file data unless
+    --to-aad-file gives other data.
     """
     _one_stdin(in_path, aad_path, to_aad_path)
     check_out(state, out_path)
     ciphertext = read_input(in_path, what="ciphertext", base64_text=in_base64)
     source_aad = read_optional(aad_path, what="additional authenticated data")
-    destination_aad = read_optional(to_aad_path, what="destination additional authenticated data")
+    destination_aad = (
+        source_aad
+        if to_aad_path is None
+        else read_input(to_aad_path, what="destination additional authenticated data")
+    )
     response = state.client().re_encrypt(
         key,
         ciphertext,

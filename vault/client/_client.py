@@ -387,9 +387,12 @@ class VaultClient:
         *,
         source_aad: bytes = b"",
         destination_key_name: str = "",
-        destination_aad: bytes = b"",
+        destination_aad: bytes | None = None,
     ) -> crypto_service_pb2.ReEncryptResponse:
-        """destination_key_name empty: name's primary version."""
+        """destination_key_name empty: name's primary version. destination_aad None: the new
+        ciphertext is bound to source_aad, as the old one was (b"" binds it to none)."""
+        if destination_aad is None:
+            destination_aad = source_aad
         request = crypto_service_pb2.ReEncryptRequest(
             name=name,
             ciphertext=ciphertext,

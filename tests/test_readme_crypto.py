@@ -1,0 +1,112 @@
+"""Every `vaultctl crypto` example of README.md and of `vaultctl crypto --help` runs, as a
+shell runs it, against the session's real server: the documentation is part of the interface.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+from pathlib import Path
+from uuid import uuid4
+
+import pytest
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import padding, rsa
+
+from tests.harness import ROOT, VaultServer
+from vault.cli.crypto import GROUP_HELP
+from vault.client import VaultClient
+
+README = (ROOT / "README.md").read_text()
+
+# The keys the examples name, with the purpose and algorithm README.md gives them.
+EXAMPLE_KEYS = {
+    "docs": ("ENCRYPT_DECRYPT", None),
+    "archive": ("ENCRYPT_DECRYPT", None),
+    "kek": ("WRAP_UNWRAP", None),
+    "release": ("SIGN_VERIFY", "RSA_SIGN_PSS_3072_SHA256"),
+    "inbox": ("ASYMMETRIC_DECRYPT", "RSA_DECRYPT_OAEP_2048_SHA1"),
+    "hmac": ("MAC", None),
+}
+
+
+def sh_blocks(text: str) -> list[str]:
+    return re.findall(r"```sh\n(.*?)```", text, flags=re.DOTALL)
+
+
+def quickstart() -> str:
+    """The block `make run`'s second terminal runs (its key is created there)."""
+    (block,) = [block for block in sh_blocks(README) if "printf 'hello' > hello.txt" in block]
+    return block.replace(".venv/bin/vaultctl", "vaultctl")
+
+
+def crypto_examples() -> str:
+    """The `# Crypto` part of the command-line examples, up to the next blank line."""
+    (block,) = [block for block in sh_blocks(README) if "\n# Crypto\n" in block]
+    section = block.split("\n# Crypto\n", 1)[1].split("\n\n", 1)[0]
+    assert section.count("vaultctl crypto") >= 15, section
+    return section
+
+
+def help_examples() -> str:
+    """The examples `vaultctl crypto --help` prints."""
+    lines = GROUP_HELP.split("Examples:\n", 1)[1].splitlines()
+    return "\n".join(line.strip() for line in lines if line.strip()).replace("\\\\", "\\")
+
+
+def run_script(script: str, server: VaultServer, cwd: Path) -> subprocess.CompletedProcess[str]:
+    env = {key: value for key, value in os.environ.items() if not key.startswith("VAULT_")}
+    env.update(
+        PATH=f"{ROOT / '.venv' / 'bin'}{os.pathsep}{env.get('PATH', '')}",
+        VAULT_TARGET=server.target,
+        VAULT_CREDENTIALS_FILE=str(server.data_dir / "admin-credentials.json"),
+    )
+    return subprocess.run(
+        ["bash", "-euo", "pipefail", "-x", "-c", script],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+
+
+@pytest.fixture()
+def workspace(client: VaultClient, tmp_path: Path) -> tuple[str, Path]:
+    """A fresh account holding the example keys, and a directory with the example inputs."""
+    account = f"accounts/readme{uuid4().hex[:8]}"
+    for key_id, (purpose, algorithm) in EXAMPLE_KEYS.items():
+        client.create_key(account, key_id, purpose, algorithm)
+    (tmp_path / "report.pdf").write_bytes(b"%PDF-1.7 quarterly report" * 100)
+    (tmp_path / "ctx").write_bytes(b"bucket=reports;object=q3.pdf")
+    (tmp_path / "new-ctx").write_bytes(b"bucket=archive;object=q3.pdf")
+    (tmp_path / "my-key.bin").write_bytes(os.urandom(32))
+    (tmp_path / "release.tar").write_bytes(os.urandom(20_000))
+    (tmp_path / "payload.json").write_bytes(b'{"amount": 10}')
+    public = serialization.load_pem_public_key(
+        client.get_public_key(f"{account}/keys/inbox").pem.encode()
+    )
+    assert isinstance(public, rsa.RSAPublicKey)
+    oaep = padding.OAEP(mgf=padding.MGF1(hashes.SHA1()), algorithm=hashes.SHA1(), label=None)
+    (tmp_path / "message.oaep").write_bytes(public.encrypt(b"meet at noon", oaep))
+    return account, tmp_path
+
+
+@pytest.mark.parametrize(
+    "examples", [quickstart, crypto_examples, help_examples], ids=lambda f: f.__name__
+)
+def test_crypto_examples_run(
+    server: VaultServer, workspace: tuple[str, Path], examples: object
+) -> None:
+    account, directory = workspace
+    assert callable(examples)
+    script = str(examples()).replace("accounts/acme/", f"{account}/")
+    if examples is quickstart:
+        script = script.replace(
+            f"keys create {account}/keys/docs", f"keys create {account}/keys/new"
+        )
+        script = script.replace(f"{account}/keys/docs", f"{account}/keys/new")
+    done = run_script(script, server, directory)
+    assert done.returncode == 0, f"{script}\n---\n{done.stderr}"
