@@ -10,7 +10,7 @@ from pathlib import Path
 import grpc
 
 from tests.api_calls import expect_error, new_account, new_id
-from tests.test_cli import create_key, json_of, ok, vaultctl, write
+from tests.test_cli import assert_one_line_error, create_key, json_of, mode, ok, vaultctl, write
 from tests.test_cli import target as target  # fixture: the server, credentials for vaultctl
 from vault.client import VaultClient
 
@@ -110,3 +110,72 @@ def test_sdk_re_encrypt_keeps_the_aad_unless_told_otherwise(client: VaultClient)
     expect_error(INVALID, "DECRYPTION_FAILED", lambda: client.decrypt(key, kept))
     cleared = client.re_encrypt(key, sealed, source_aad=b"ctx", destination_aad=b"").ciphertext
     assert client.decrypt(key, cleared).plaintext == b"numbers"
+
+
+def test_outputs_never_overwrite_an_existing_file_without_force(
+    target: str, tmp_path: Path
+) -> None:
+    key = str(create_key(target, "ENCRYPT_DECRYPT")["name"])
+    signer = str(create_key(target, "SIGN_VERIFY")["name"])
+    sealed = str(tmp_path / "sealed")
+    ok(
+        vaultctl(
+            target, "crypto", "encrypt", key, "--in", write(tmp_path / "p", b"new"), "--out", sealed
+        )
+    )
+    precious = tmp_path / "precious"
+    precious.write_bytes(b"the only copy")
+    precious.chmod(0o644)
+
+    refusals = [
+        ("crypto", "decrypt", key, "--in", sealed, "--out", str(precious)),
+        ("crypto", "data-key", key, "--out", str(precious)),
+        (
+            "crypto",
+            "data-key",
+            key,
+            "--out",
+            str(tmp_path / "dk.enc"),
+            "--plaintext-out",
+            str(precious),
+        ),
+        ("crypto", "random", "--size", "8", "--out", str(precious)),
+        ("crypto", "sign", signer, "--in", sealed, "--out", str(precious)),
+        ("keys", "public-key", signer, "--out", str(precious)),
+    ]
+    for args in refusals:
+        refused = vaultctl(target, *args)
+        assert_one_line_error(
+            refused, 4, f"{precious} exists: refusing to overwrite it (--force replaces it)"
+        )
+        assert precious.read_bytes() == b"the only copy"
+    # Refused before the vault was asked: the other output of data-key was not written.
+    assert not (tmp_path / "dk.enc").exists()
+
+    # --force replaces it atomically, mode 0600, leaving no temporary file behind.
+    ok(
+        vaultctl(
+            target, "crypto", "decrypt", key, "--in", sealed, "--out", str(precious), "--force"
+        )
+    )
+    assert precious.read_bytes() == b"new"
+    assert mode(precious) == 0o600
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["p", "precious", "sealed"]
+
+    # Never through a symbolic link, --force or not; never one file for two outputs.
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.write_bytes(b"untouched")
+    link = tmp_path / "link"
+    link.symlink_to(elsewhere)
+    for force in ((), ("--force",)):
+        refused = vaultctl(
+            target, "crypto", "decrypt", key, "--in", sealed, "--out", str(link), *force
+        )
+        assert_one_line_error(refused, 4, "is a symbolic link: refusing to follow it")
+    assert elsewhere.read_bytes() == b"untouched"
+    same = vaultctl(
+        target, "crypto", "data-key", key, "--out", str(tmp_path / "dk"),
+        "--plaintext-out", str(tmp_path / "dk"),
+    )  # fmt: skip
+    assert same.exit_code == 2
+    assert "different file" in same.stderr

@@ -17,6 +17,7 @@ from vault.cli._io import (
     STDIO,
     aad_option,
     check_out,
+    force_option,
     in_base64_option,
     in_option,
     out_option,
@@ -35,13 +36,14 @@ GROUP_HELP = """Use keys on a running vault: each command needs a key of the rig
 
 Inputs come from files or standard input (`--in FILE`, `--in -`), never from arguments, so
 no plaintext or key material lands in shell history or `ps`. Results are printed base64 by
-default; `--out FILE` writes raw bytes (mode 0600) and `--out -` writes raw bytes to
-standard output. `--in-base64` reads base64 text, so commands can be piped together.
+default; `--out FILE` writes raw bytes (mode 0600, atomically; an existing FILE is replaced
+only with --force) and `--out -` writes raw bytes to standard output. `--in-base64` reads
+base64 text, so commands can be piped together.
 
 \b
 Examples:
   vaultctl crypto encrypt accounts/acme/keys/docs --in report.pdf --out report.pdf.enc
-  vaultctl crypto decrypt accounts/acme/keys/docs --in report.pdf.enc --out report.pdf
+  vaultctl crypto decrypt accounts/acme/keys/docs --in report.pdf.enc --out copy.pdf
   echo -n secret | vaultctl crypto encrypt accounts/acme/keys/docs --in - \\
       | vaultctl crypto decrypt accounts/acme/keys/docs --in - --in-base64 --out -
   vaultctl crypto data-key accounts/acme/keys/docs --out dk.enc --plaintext-out dk.bin
@@ -74,13 +76,14 @@ def _binary_result(
     field: str,
     data: bytes,
     out_path: str | None,
+    force: bool,
     done: str,
     extra: dict[str, Any] | None = None,
 ) -> None:
     """Emit one binary result: to out_path, or base64 on stdout (a JSON field under --json).
 
     The JSON always has the same keys: field is null when the bytes went to --out."""
-    printed = write_output(out_path, data)
+    printed = write_output(out_path, data, force=force)
     record: dict[str, Any] = {**(extra or {}), field: printed, "out": out_path}
 
     def human() -> None:
@@ -103,7 +106,12 @@ class _Versioned(Protocol):
 
 
 def _versioned_result(
-    state: CliState, response: _Versioned, field: str, out_path: str | None, done: str
+    state: CliState,
+    response: _Versioned,
+    force: bool,
+    field: str,
+    out_path: str | None,
+    done: str,
 ) -> None:
     """_binary_result of the bytes in response.<field> (the JSON key as well), "<done> with
     <key version>" for a person and the key version in the JSON."""
@@ -112,6 +120,7 @@ def _versioned_result(
         field=field,
         data=getattr(response, field),
         out_path=out_path,
+        force=force,
         done=f"{done} with {response.key_version}",
         extra={"key_version": response.key_version},
     )
@@ -123,6 +132,7 @@ def _versioned_result(
 @in_base64_option
 @aad_option()
 @out_option("ciphertext")
+@force_option
 @json_option
 @pass_state
 def encrypt(
@@ -132,6 +142,7 @@ def encrypt(
     in_base64: bool,
     aad_path: str | None,
     out_path: str | None,
+    force: bool,
 ) -> None:
     """Encrypt with AES-256-GCM under KEY's primary version (purpose ENCRYPT_DECRYPT).
 
@@ -139,11 +150,11 @@ def encrypt(
     For larger data, encrypt it locally under a `data-key`.
     """
     _one_stdin(in_path, aad_path)
-    check_out(state, out_path)
+    check_out(state, out_path, force=force)
     plaintext = read_input(in_path, what="plaintext", base64_text=in_base64)
     aad = read_optional(aad_path, what="additional authenticated data")
     response = state.client().encrypt(key, plaintext, aad)
-    _versioned_result(state, response, "ciphertext", out_path, "encrypted")
+    _versioned_result(state, response, force, "ciphertext", out_path, "encrypted")
 
 
 @crypto_group.command("decrypt")
@@ -152,6 +163,7 @@ def encrypt(
 @in_base64_option
 @aad_option()
 @out_option("plaintext")
+@force_option
 @json_option
 @pass_state
 def decrypt(
@@ -161,6 +173,7 @@ def decrypt(
     in_base64: bool,
     aad_path: str | None,
     out_path: str | None,
+    force: bool,
 ) -> None:
     """Decrypt a ciphertext made by `encrypt` or `data-key` with KEY.
 
@@ -168,11 +181,11 @@ def decrypt(
     vault never tells which. Works while KEY is ENABLED or REVOKED.
     """
     _one_stdin(in_path, aad_path)
-    check_out(state, out_path)
+    check_out(state, out_path, force=force)
     ciphertext = read_input(in_path, what="ciphertext", base64_text=in_base64)
     aad = read_optional(aad_path, what="additional authenticated data")
     response = state.client().decrypt(key, ciphertext, aad)
-    _versioned_result(state, response, "plaintext", out_path, "decrypted")
+    _versioned_result(state, response, force, "plaintext", out_path, "decrypted")
 
 
 @crypto_group.command("data-key")
@@ -186,13 +199,15 @@ def decrypt(
 )
 @aad_option()
 @out_option("encrypted data key")
+@force_option
 @click.option(
     "--plaintext-out",
     "plaintext_path",
     metavar="FILE",
     default=None,
-    help="Also return the data key itself and write it to FILE (mode 0600). Without it the "
-    "vault returns only the encrypted copy; `decrypt` recovers the key later.",
+    help="Also return the data key itself and write it to FILE (mode 0600; an existing FILE "
+    "only with --force). Without it the vault returns only the encrypted copy; `decrypt` "
+    "recovers the key later.",
 )
 @json_option
 @pass_state
@@ -203,6 +218,7 @@ def data_key(
     aad_path: str | None,
     out_path: str | None,
     plaintext_path: str | None,
+    force: bool,
 ) -> None:
     """Generate a random data key for local encryption, encrypted under KEY.
 
@@ -211,18 +227,19 @@ def data_key(
     """
     if plaintext_path == STDIO:
         raise click.BadParameter("must be a file, not `-`", param_hint="--plaintext-out")
-    check_out(state, out_path)
+    check_out(state, out_path, plaintext_path, force=force)
     aad = read_optional(aad_path, what="additional authenticated data")
     response = state.client().generate_data_key(
         key, int(size), aad, include_plaintext=plaintext_path is not None
     )
     if plaintext_path is not None:
-        write_output(plaintext_path, response.plaintext)
+        write_output(plaintext_path, response.plaintext, force=force)
     _binary_result(
         state,
         field="ciphertext",
         data=response.ciphertext,
         out_path=out_path,
+        force=force,
         done=f"data key of {size} bytes encrypted with {response.key_version}"
         + (f"; plaintext key written to {plaintext_path}" if plaintext_path else ""),
         extra={"key_version": response.key_version, "plaintext_out": plaintext_path},
@@ -251,6 +268,7 @@ def data_key(
     "ciphertext is bound to the same context as the old one.",
 )
 @out_option("new ciphertext")
+@force_option
 @json_option
 @pass_state
 def re_encrypt(
@@ -262,6 +280,7 @@ def re_encrypt(
     destination: str,
     to_aad_path: str | None,
     out_path: str | None,
+    force: bool,
 ) -> None:
     """Decrypt with KEY and encrypt again, inside the vault: the plaintext never leaves it.
 
@@ -270,7 +289,7 @@ def re_encrypt(
     --to-aad-file gives other data.
     """
     _one_stdin(in_path, aad_path, to_aad_path)
-    check_out(state, out_path)
+    check_out(state, out_path, force=force)
     ciphertext = read_input(in_path, what="ciphertext", base64_text=in_base64)
     source_aad = read_optional(aad_path, what="additional authenticated data")
     destination_aad = (
@@ -290,6 +309,7 @@ def re_encrypt(
         field="ciphertext",
         data=response.ciphertext,
         out_path=out_path,
+        force=force,
         done=f"re-encrypted from {response.source_key_version} to {response.key_version}",
         extra={
             "key_version": response.key_version,
@@ -303,17 +323,20 @@ def re_encrypt(
 @in_option("key material to wrap (16 to 4096 bytes, a multiple of 8)")
 @in_base64_option
 @out_option("wrapped key")
+@force_option
 @json_option
 @pass_state
-def wrap(state: CliState, key: str, in_path: str, in_base64: bool, out_path: str | None) -> None:
+def wrap(
+    state: CliState, key: str, in_path: str, in_base64: bool, out_path: str | None, force: bool
+) -> None:
     """Wrap your own key material under KEY with AES key wrap with padding (RFC 5649).
 
     KEY: purpose WRAP_UNWRAP. The wrapped blob records the key version that made it.
     """
-    check_out(state, out_path)
+    check_out(state, out_path, force=force)
     material = read_input(in_path, what="key material", base64_text=in_base64)
     response = state.client().wrap_key(key, material)
-    _versioned_result(state, response, "wrapped_key", out_path, "wrapped")
+    _versioned_result(state, response, force, "wrapped_key", out_path, "wrapped")
 
 
 @crypto_group.command("unwrap")
@@ -321,17 +344,20 @@ def wrap(state: CliState, key: str, in_path: str, in_base64: bool, out_path: str
 @in_option("wrapped key made by `wrap`")
 @in_base64_option
 @out_option("key material")
+@force_option
 @json_option
 @pass_state
-def unwrap(state: CliState, key: str, in_path: str, in_base64: bool, out_path: str | None) -> None:
+def unwrap(
+    state: CliState, key: str, in_path: str, in_base64: bool, out_path: str | None, force: bool
+) -> None:
     """Unwrap key material wrapped by `wrap` with KEY (purpose WRAP_UNWRAP).
 
     Prefer --out FILE: the result is secret key material.
     """
-    check_out(state, out_path)
+    check_out(state, out_path, force=force)
     wrapped = read_input(in_path, what="wrapped key", base64_text=in_base64)
     response = state.client().unwrap_key(key, wrapped)
-    _versioned_result(state, response, "key_material", out_path, "unwrapped")
+    _versioned_result(state, response, force, "key_material", out_path, "unwrapped")
 
 
 def _digest_option(function: F) -> F:
@@ -350,6 +376,7 @@ def _digest_option(function: F) -> F:
 @in_base64_option
 @_digest_option
 @out_option("signature")
+@force_option
 @json_option
 @pass_state
 def sign(
@@ -359,17 +386,18 @@ def sign(
     in_base64: bool,
     is_digest: bool,
     out_path: str | None,
+    force: bool,
 ) -> None:
     """Sign a message or a digest with KEY (purpose SIGN_VERIFY).
 
     RSA-PSS and PKCS#1 v1.5 signatures are raw; ECDSA signatures are DER; Ed25519 are 64
     bytes. Verify them here with `verify` or anywhere with the PEM from `keys public-key`.
     """
-    check_out(state, out_path)
+    check_out(state, out_path, force=force)
     data = read_input(in_path, what="digest" if is_digest else "message", base64_text=in_base64)
     client = state.client()
     response = client.sign(key, digest=data) if is_digest else client.sign(key, message=data)
-    _versioned_result(state, response, "signature", out_path, "signed")
+    _versioned_result(state, response, force, "signature", out_path, "signed")
 
 
 def _version_of(key_version: str) -> str:
@@ -444,20 +472,21 @@ def verify(
 @in_option("RSA-OAEP ciphertext")
 @in_base64_option
 @out_option("plaintext")
+@force_option
 @json_option
 @pass_state
 def asym_decrypt(
-    state: CliState, key: str, in_path: str, in_base64: bool, out_path: str | None
+    state: CliState, key: str, in_path: str, in_base64: bool, out_path: str | None, force: bool
 ) -> None:
     """Decrypt an RSA-OAEP ciphertext made with KEY's public key (purpose ASYMMETRIC_DECRYPT).
 
     Encrypt with the PEM from `keys public-key` and the OAEP hash of KEY's algorithm
     (SHA1 or SHA256, MGF1 with the same hash, no label).
     """
-    check_out(state, out_path)
+    check_out(state, out_path, force=force)
     ciphertext = read_input(in_path, what="ciphertext", base64_text=in_base64)
     response = state.client().asymmetric_decrypt(key, ciphertext)
-    _versioned_result(state, response, "plaintext", out_path, "decrypted")
+    _versioned_result(state, response, force, "plaintext", out_path, "decrypted")
 
 
 @crypto_group.command("mac")
@@ -465,14 +494,17 @@ def asym_decrypt(
 @in_option("data to authenticate")
 @in_base64_option
 @out_option("MAC")
+@force_option
 @json_option
 @pass_state
-def mac(state: CliState, key: str, in_path: str, in_base64: bool, out_path: str | None) -> None:
+def mac(
+    state: CliState, key: str, in_path: str, in_base64: bool, out_path: str | None, force: bool
+) -> None:
     """Compute an HMAC of the data with KEY (purpose MAC)."""
-    check_out(state, out_path)
+    check_out(state, out_path, force=force)
     data = read_input(in_path, what="data", base64_text=in_base64)
     response = state.client().generate_mac(key, data)
-    _versioned_result(state, response, "mac", out_path, "MAC computed")
+    _versioned_result(state, response, force, "mac", out_path, "MAC computed")
 
 
 @crypto_group.command("verify-mac")
@@ -513,16 +545,18 @@ def verify_mac(
     help="Number of random bytes, from the token's generator (1 to 1024).",
 )
 @out_option("random bytes")
+@force_option
 @json_option
 @pass_state
-def random(state: CliState, size: int, out_path: str | None) -> None:
+def random(state: CliState, size: int, out_path: str | None, force: bool) -> None:
     """Generate random bytes with the HSM's random number generator."""
-    check_out(state, out_path)
+    check_out(state, out_path, force=force)
     response = state.client().generate_random(size)
     _binary_result(
         state,
         field="data",
         data=response.data,
         out_path=out_path,
+        force=force,
         done=f"{len(response.data)} random bytes",
     )
