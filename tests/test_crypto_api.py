@@ -634,7 +634,13 @@ def test_sign_input_rules(client: VaultClient, keys: Keys) -> None:
     largest = os.urandom(KIB_64)
     signed = client.sign(name, message=largest)
     verify_independently("EC_SIGN_P256_SHA256", public_key(client, name), signed.signature, largest)
-    expect_error(INVALID, "INPUT_TOO_LARGE", lambda: client.sign(name, message=largest + b"!"))
+    # A larger one the SDK signs by its digest (tests/test_large_inputs.py), so the server's
+    # own limit shows on the raw stub (tests/test_bad_input.py).
+    larger = client.sign(name, message=largest + b"!")
+    assert larger.verified_digest_crc32c
+    verify_independently(
+        "EC_SIGN_P256_SHA256", public_key(client, name), larger.signature, largest + b"!"
+    )
     # An empty message is a message.
     empty = client.sign(name, message=b"")
     assert client.verify(name, empty.signature, message=b"").valid

@@ -83,7 +83,7 @@ def workspace(client: VaultClient, tmp_path: Path) -> tuple[str, Path]:
     (tmp_path / "ctx").write_bytes(b"bucket=reports;object=q3.pdf")
     (tmp_path / "new-ctx").write_bytes(b"bucket=archive;object=q3.pdf")
     (tmp_path / "my-key.bin").write_bytes(os.urandom(32))
-    (tmp_path / "release.tar").write_bytes(os.urandom(20_000))
+    (tmp_path / "release.tar").write_bytes(os.urandom(200_000))  # over 64 KiB: by its digest
     (tmp_path / "payload.json").write_bytes(b'{"amount": 10}')
     public = serialization.load_pem_public_key(
         client.get_public_key(f"{account}/keys/inbox").pem.encode()

@@ -17,8 +17,8 @@ import os
 import stat
 import sys
 import tempfile
-from collections.abc import Callable
-from typing import Any, TypeVar
+from collections.abc import Callable, Iterator
+from typing import Any, BinaryIO, TypeVar
 
 import click
 
@@ -27,8 +27,9 @@ from vault.cli._context import EXIT_LOCAL, CliError, CliState
 F = TypeVar("F", bound=Callable[..., Any])
 
 STDIO = "-"
-# Every vault input is far smaller (64 KiB plaintexts, 1 MiB messages); the cap only keeps a
-# mistyped path (a disk image, /dev/zero) from being read into memory.
+# Every input read whole is far smaller (64 KiB plaintexts by default); the cap only keeps a
+# mistyped path (a disk image, /dev/zero) from being read into memory. Messages to sign are
+# streamed through a hash instead (open_input), so they may be of any size.
 MAX_INPUT_BYTES = 16 << 20
 
 
@@ -53,6 +54,23 @@ def read_input(path: str, *, what: str, base64_text: bool = False) -> bytes:
     if base64_text:
         return decode_base64(data, what=what)
     return data
+
+
+@contextlib.contextmanager
+def open_input(path: str, *, what: str) -> Iterator[BinaryIO]:
+    """path opened for reading, or standard input for `-`: for inputs read a chunk at a time
+    (hashed, not held), which may be of any size."""
+    if path == STDIO:
+        if sys.stdin.isatty():
+            click.echo(f"reading {what} from standard input; end with Ctrl-D", err=True)
+        yield sys.stdin.buffer
+        return
+    try:
+        handle = open(path, "rb")  # noqa: SIM115 (closed by the `with` below)
+    except OSError as error:
+        raise _local_error(f"cannot read {what} from {path}: {error.strerror}") from None
+    with handle:
+        yield handle
 
 
 def decode_base64(data: bytes | str, *, what: str) -> bytes:

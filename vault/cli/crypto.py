@@ -7,12 +7,20 @@ or base64 on standard output by default; under --json they are base64 fields.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+import contextlib
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any, BinaryIO, Protocol, TypeVar
 
 import click
 
-from vault.cli._context import EXIT_MISMATCH, CliState, json_option, pass_state
+from vault.cli._context import (
+    EXIT_MISMATCH,
+    EXIT_VAULT,
+    CliError,
+    CliState,
+    json_option,
+    pass_state,
+)
 from vault.cli._io import (
     STDIO,
     aad_option,
@@ -20,6 +28,7 @@ from vault.cli._io import (
     force_option,
     in_base64_option,
     in_option,
+    open_input,
     out_option,
     read_input,
     read_optional,
@@ -147,14 +156,41 @@ def encrypt(
     """Encrypt with AES-256-GCM under KEY's primary version (purpose ENCRYPT_DECRYPT).
 
     The ciphertext records the key version that made it, so `decrypt` needs only the key.
-    For larger data, encrypt it locally under a `data-key`.
+    For larger data (over keys.max_plaintext_bytes), encrypt it locally under a `data-key`
+    (envelope encryption).
     """
     _one_stdin(in_path, aad_path)
     check_out(state, out_path, force=force)
     plaintext = read_input(in_path, what="plaintext", base64_text=in_base64)
     aad = read_optional(aad_path, what="additional authenticated data")
-    response = state.client().encrypt(key, plaintext, aad)
+    with _large_plaintext_advice(key):
+        response = state.client().encrypt(key, plaintext, aad)
     _versioned_result(state, response, force, "ciphertext", out_path, "encrypted")
+
+
+@contextlib.contextmanager
+def _large_plaintext_advice(key: str) -> Iterator[None]:
+    """The vault's INPUT_TOO_LARGE for a plaintext, told as what to do from here."""
+    from vault.client import VaultClientError
+
+    try:
+        yield
+    except VaultClientError as error:
+        if error.reason != "INPUT_TOO_LARGE" or error.metadata.get("field") != "plaintext":
+            raise
+        limit = error.metadata.get("limit", "?")
+        raise CliError(
+            f"plaintext is larger than the vault's limit of {limit} bytes: encrypt it "
+            f"locally under a data key instead. `vaultctl crypto data-key {key} --out "
+            "FILE.dk --plaintext-out FILE.key` returns a key to encrypt FILE with (AES-GCM, "
+            "say) and its encrypted copy FILE.dk to store beside the data; delete FILE.key "
+            "after use, and recover it later with `vaultctl crypto decrypt "
+            f"{key} --in FILE.dk --out FILE.key`",
+            exit_code=EXIT_VAULT,
+            reason=error.reason,
+            code=error.code.name,
+            metadata=error.metadata,
+        ) from None
 
 
 @crypto_group.command("decrypt")
@@ -370,9 +406,31 @@ def _digest_option(function: F) -> F:
     )(function)
 
 
+_HASHED_HERE = "signed the digest of the message, hashed here"
+
+
+@contextlib.contextmanager
+def _signed_input(
+    path: str, base64_text: bool, is_digest: bool
+) -> Iterator[tuple[bytes | BinaryIO | None, bytes | None]]:
+    """(message, digest) for sign and verify: a digest or base64 text read whole; a raw
+    message as an open file, which the client sends whole up to 64 KiB and otherwise hashes
+    a chunk at a time, so a message of any size takes bounded memory."""
+    if is_digest:
+        yield None, read_input(path, what="digest", base64_text=base64_text)
+    elif base64_text:
+        yield read_input(path, what="message", base64_text=True), None
+    else:
+        with open_input(path, what="message") as stream:
+            yield stream, None
+
+
 @crypto_group.command("sign")
 @click.argument("key")
-@in_option("message (at most 64 KiB; sign a digest for more)")
+@in_option(
+    "message, of any size: one over 64 KiB is hashed here and its digest signed (EC and "
+    "RSA-PSS keys)"
+)
 @in_base64_option
 @_digest_option
 @out_option("signature")
@@ -392,12 +450,16 @@ def sign(
 
     RSA-PSS and PKCS#1 v1.5 signatures are raw; ECDSA signatures are DER; Ed25519 are 64
     bytes. Verify them here with `verify` or anywhere with the PEM from `keys public-key`.
+
+    A message over 64 KiB is hashed here, a chunk at a time, with the hash of KEY's algorithm
+    and the digest is signed: the same standard signature of the whole message. Ed25519 and
+    RSA PKCS#1 v1.5 keys sign whole messages only, up to 64 KiB.
     """
     check_out(state, out_path, force=force)
-    data = read_input(in_path, what="digest" if is_digest else "message", base64_text=in_base64)
-    client = state.client()
-    response = client.sign(key, digest=data) if is_digest else client.sign(key, message=data)
-    _versioned_result(state, response, force, "signature", out_path, "signed")
+    with _signed_input(in_path, in_base64, is_digest) as (message, digest):
+        response = state.client().sign(key, message=message, digest=digest)
+    done = "signed" if is_digest or not response.verified_digest_crc32c else _HASHED_HERE
+    _versioned_result(state, response, force, "signature", out_path, done)
 
 
 def _version_of(key_version: str) -> str:
@@ -424,7 +486,7 @@ def _verdict(state: CliState, key: str, verification: Verification, what: str) -
 
 @crypto_group.command("verify")
 @click.argument("key")
-@in_option("message that was signed")
+@in_option("message that was signed (of any size, as for `sign`)")
 @in_base64_option
 @_digest_option
 @click.option(
@@ -457,13 +519,9 @@ def verify(
     version that matched.
     """
     _one_stdin(in_path, signature_path)
-    data = read_input(in_path, what="digest" if is_digest else "message", base64_text=in_base64)
     signature = read_input(signature_path, what="signature", base64_text=signature_base64)
-    client = state.client()
-    if is_digest:
-        verification = client.verify(key, signature, digest=data)
-    else:
-        verification = client.verify(key, signature, message=data)
+    with _signed_input(in_path, in_base64, is_digest) as (message, digest):
+        verification = state.client().verify(key, signature, message=message, digest=digest)
     _verdict(state, key, verification, "signature")
 
 

@@ -20,11 +20,12 @@ from vault.client._auth import (
     credentials_from_env,
     load_credentials_file,
 )
-from vault.client._client import VaultClient
+from vault.client._client import MAX_MESSAGE_BYTES, VaultClient
 from vault.client._errors import ChecksumError, VaultClientError
 from vault.client._results import AuditLogVerification, Verification
 
 __all__ = [
+    "MAX_MESSAGE_BYTES",
     "AccessKeyCredentials",
     "ApiKeyCredentials",
     "AuditLogVerification",

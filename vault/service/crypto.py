@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from vault.config import KeyPolicySettings
-from vault.domain.algorithms import DIGEST_SIZES, KeyFamily, Padding
+from vault.domain.algorithms import DIGEST_SIZES, MAX_SIGNED_MESSAGE_BYTES
 from vault.domain.envelope import NONCE_SIZE, GcmEnvelope, WrappedEnvelope, gcm_aad
 from vault.domain.errors import (
     DecryptionFailed,
@@ -24,12 +24,16 @@ from vault.service.ports import KeyStore
 from vault.service.public_keys import verify_signature
 
 MAX_AAD_BYTES = 65_536
-MAX_SIGN_MESSAGE_BYTES = 65_536
+MAX_SIGN_MESSAGE_BYTES = MAX_SIGNED_MESSAGE_BYTES
 MAX_RANDOM_BYTES = 1024
 MAX_SIGNATURE_BYTES = 1024  # RSA-4096 signatures are 512 bytes
 MIN_WRAPPED_MATERIAL = 16
 MAX_WRAPPED_MATERIAL = 4096
 DATA_KEY_SIZES = frozenset({16, 24, 32, 64})
+_ENVELOPE_ADVICE = (
+    "encrypt larger data locally under a data key from GenerateDataKey (envelope "
+    "encryption), and store the encrypted data key beside it"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,7 +79,7 @@ class CryptoOperations:
     # -- symmetric ----------------------------------------------------------------------
 
     def encrypt(self, name: str, plaintext: bytes, aad: bytes) -> Sealed:
-        _limit("plaintext", plaintext, self._policy.max_plaintext_bytes)
+        _limit("plaintext", plaintext, self._policy.max_plaintext_bytes, _ENVELOPE_ADVICE)
         _limit("additional_authenticated_data", aad, MAX_AAD_BYTES)
         key, version = self._usable(name, Operation.ENCRYPT)
         return self._seal(key, version, plaintext, aad)
@@ -256,19 +260,17 @@ class CryptoOperations:
 
 def _check_signing_input(key: Key, data: bytes, prehashed: bool) -> None:
     """What a key's algorithm accepts, the same for Sign and Verify."""
-    spec = key.algorithm.spec
     if not prehashed:
         return
-    if spec.family is KeyFamily.ED25519 or spec.padding is Padding.PKCS1:
-        # Ed25519 signs messages; PKCS#1 v1.5 over a digest needs CKM_RSA_PKCS, which the
-        # token has switched off.
+    digest_hash = key.algorithm.digest_hash
+    if digest_hash is None:
         raise UnsupportedAlgorithm(
             f"{key.algorithm} signs messages, not digests",
             metadata={"algorithm": str(key.algorithm)},
         )
-    if len(data) != DIGEST_SIZES[spec.hash]:
+    if len(data) != DIGEST_SIZES[digest_hash]:
         raise InvalidArgument(
-            f"digest must be {DIGEST_SIZES[spec.hash]} bytes of {spec.hash}",
+            f"digest must be {DIGEST_SIZES[digest_hash]} bytes of {digest_hash}",
             metadata={"algorithm": str(key.algorithm)},
         )
 
@@ -277,15 +279,21 @@ def _message_or_digest(message: bytes | None, digest: bytes | None) -> tuple[byt
     if (message is None) == (digest is None):
         raise InvalidArgument("give exactly one of message and digest")
     if message is not None:
-        _limit("message", message, MAX_SIGN_MESSAGE_BYTES)
+        _limit(
+            "message",
+            message,
+            MAX_SIGN_MESSAGE_BYTES,
+            "send the digest of a larger message instead (EC and RSA-PSS keys; Ed25519 and "
+            "RSA PKCS#1 v1.5 keys sign whole messages only)",
+        )
         return message, False
     assert digest is not None
     return digest, True
 
 
-def _limit(field: str, value: bytes, limit: int) -> None:
+def _limit(field: str, value: bytes, limit: int, advice: str = "") -> None:
     if len(value) > limit:
         raise InputTooLarge(
-            f"{field} is larger than {limit} bytes",
+            f"{field} is larger than {limit} bytes" + (f": {advice}" if advice else ""),
             metadata={"field": field, "limit": str(limit)},
         )
