@@ -18,9 +18,11 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 
 from tests.api_calls import expect_error, new_account, new_id
+from tests.harness import VaultServer
+from tests.security_helpers import new_account as account_through_identity
 from tests.test_cli import assert_one_line_error, create_key, ok, vaultctl, write
 from tests.test_cli import target as target  # fixture: the server, credentials for vaultctl
-from vault.client import VaultClient
+from vault.client import ApiKeyCredentials, VaultClient
 
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
 KIB_64 = 64 * 1024
@@ -186,3 +188,24 @@ def test_sdk_encrypt_of_a_large_plaintext_points_to_data_keys(
         INVALID, "INPUT_TOO_LARGE", lambda: client.encrypt(key, os.urandom(limit + 1))
     )
     assert "GenerateDataKey" in error.message and "envelope encryption" in error.message
+
+
+def test_a_large_message_needs_get_public_key_and_says_so(
+    server: VaultServer, client: VaultClient
+) -> None:
+    account = account_through_identity(client, "large")
+    name = client.create_key(account, new_id(), "SIGN_VERIFY").name
+    relative = name.removeprefix(f"{account}/")
+    data = os.urandom(KIB_64 + 1)
+    sign_only = client.create_api_key(account, [(["Sign"], [relative])]).token
+    with server.client(ApiKeyCredentials(sign_only)) as caller:
+        assert caller.sign(name, message=data[:KIB_64])  # whole messages need only Sign
+        error = expect_error(
+            grpc.StatusCode.PERMISSION_DENIED,
+            "PERMISSION_DENIED",
+            lambda: caller.sign(name, message=data),
+        )
+        assert f"GetPublicKey on {name} was denied" in error.message
+    with_public_key = client.create_api_key(account, [(["Sign", "GetPublicKey"], [relative])])
+    with server.client(ApiKeyCredentials(with_public_key.token)) as caller:
+        assert caller.sign(name, message=data).verified_digest_crc32c

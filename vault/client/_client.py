@@ -21,7 +21,7 @@ from google.protobuf.wrappers_pb2 import Int64Value
 from vault.client._auth import Credentials, authenticated_channel
 from vault.client._errors import ChecksumError, VaultClientError
 from vault.client._results import AuditLogVerification, Verification
-from vault.domain.algorithms import MAX_SIGNED_MESSAGE_BYTES, Algorithm
+from vault.domain.algorithms import MAX_SIGNED_MESSAGE_BYTES, Algorithm, KeyFamily
 from vault.gen.vault.v1 import (
     audit_service_pb2,
     audit_service_pb2_grpc,
@@ -502,12 +502,16 @@ class VaultClient:
         algorithm = self._signing_algorithm(name)
         digest_hash = algorithm.digest_hash
         if digest_hash is None:
+            why = (
+                "Ed25519 is pure EdDSA, which hashes the whole message itself"
+                if algorithm.spec.family is KeyFamily.ED25519
+                else "PKCS#1 v1.5 over a digest needs raw RSA, which the token has switched off"
+            )
             raise VaultClientError(
                 grpc.StatusCode.INVALID_ARGUMENT,
                 "INPUT_TOO_LARGE",
                 f"{algorithm} keys sign whole messages of at most {MAX_MESSAGE_BYTES} bytes "
-                "and cannot sign a digest (Ed25519 is pure EdDSA; PKCS#1 v1.5 over a digest "
-                "is switched off in the token); this message is larger. Sign a small "
+                f"and cannot sign a digest ({why}); this message is larger. Sign a small "
                 "manifest that holds its SHA-256 instead, or use an EC or RSA-PSS key, "
                 "which sign larger messages by their digest",
                 {"field": "message", "limit": str(MAX_MESSAGE_BYTES), "algorithm": algorithm},
