@@ -14,7 +14,7 @@ import pytest
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
-from tests.harness import ROOT, VaultServer
+from tests.harness import ROOT, VaultServer, vault_environment
 from vault.cli.crypto import GROUP_HELP
 from vault.client import VaultClient
 
@@ -49,19 +49,33 @@ def crypto_examples() -> str:
     return section
 
 
+def identity_examples() -> str:
+    """The commands of the `# Identity and audit` examples that create the credentials the
+    `crypto` ones there use, and those; the rest name placeholders (VK...)."""
+    (block,) = [block for block in sh_blocks(README) if "\n# Identity and audit" in block]
+    section = block.split("\n# Identity and audit", 1)[1].split("\n", 1)[1]
+    commands = re.split(r"\n(?!\s)", section)
+    wanted = ("vaultctl accounts create", "vaultctl access-keys create", "vaultctl api-keys create")
+    chosen = [c for c in commands if c.startswith(wanted) or " crypto " in c]
+    assert sum(" crypto " in command for command in chosen) == 2, chosen
+    return "\n".join(chosen)
+
+
 def help_examples() -> str:
     """The examples `vaultctl crypto --help` prints."""
     lines = GROUP_HELP.split("Examples:\n", 1)[1].splitlines()
     return "\n".join(line.strip() for line in lines if line.strip()).replace("\\\\", "\\")
 
 
+def account_id(account: str) -> str:
+    return account.removeprefix("accounts/")
+
+
 def run_script(script: str, server: VaultServer, cwd: Path) -> subprocess.CompletedProcess[str]:
-    env = {key: value for key, value in os.environ.items() if not key.startswith("VAULT_")}
-    env.update(
-        PATH=f"{ROOT / '.venv' / 'bin'}{os.pathsep}{env.get('PATH', '')}",
-        VAULT_TARGET=server.target,
-        VAULT_CREDENTIALS_FILE=str(server.data_dir / "admin-credentials.json"),
-    )
+    """Run script with the server's own settings in the environment, as on the vault's
+    machine: vaultctl then finds the server, and its admin key, with no option at all."""
+    env = vault_environment(server.data_dir, VAULT_SERVER__LISTEN=server.target)
+    env["PATH"] = f"{ROOT / '.venv' / 'bin'}{os.pathsep}{env.get('PATH', '')}"
     return subprocess.run(
         ["bash", "-euo", "pipefail", "-x", "-c", script],
         cwd=cwd,
@@ -85,6 +99,8 @@ def workspace(client: VaultClient, tmp_path: Path) -> tuple[str, Path]:
     (tmp_path / "my-key.bin").write_bytes(os.urandom(32))
     (tmp_path / "release.tar").write_bytes(os.urandom(200_000))  # over 64 KiB: by its digest
     (tmp_path / "payload.json").write_bytes(b'{"amount": 10}')
+    (tmp_path / "x").write_bytes(b"x")
+    (tmp_path / "f").write_bytes(os.urandom(100_000))
     public = serialization.load_pem_public_key(
         client.get_public_key(f"{account}/keys/inbox").pem.encode()
     )
@@ -95,14 +111,17 @@ def workspace(client: VaultClient, tmp_path: Path) -> tuple[str, Path]:
 
 
 @pytest.mark.parametrize(
-    "examples", [quickstart, crypto_examples, help_examples], ids=lambda f: f.__name__
+    "examples",
+    [quickstart, crypto_examples, identity_examples, help_examples],
+    ids=lambda f: f.__name__,
 )
 def test_crypto_examples_run(
     server: VaultServer, workspace: tuple[str, Path], examples: object
 ) -> None:
     account, directory = workspace
     assert callable(examples)
-    script = str(examples()).replace("accounts/acme/", f"{account}/")
+    script = str(examples()).replace("accounts/acme", account)
+    script = script.replace("accounts create acme", f"accounts create {account_id(account)}")
     if examples is quickstart:
         script = script.replace(
             f"keys create {account}/keys/docs", f"keys create {account}/keys/new"
