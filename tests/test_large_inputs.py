@@ -115,7 +115,9 @@ def test_cli_signs_and_verifies_a_large_file(target: str, tmp_path: Path, algori
     source = write(tmp_path / "release.tar", data)
     signature = tmp_path / "release.sig"
     signed = ok(vaultctl(target, "crypto", "sign", key, "--in", source, "--out", str(signature)))
-    assert "signed the digest of the message, hashed here" in signed.stderr
+    assert (
+        f"signed the digest of the message, computed here, with {key}/versions/1" in signed.stderr
+    )
 
     pem = tmp_path / "release.pem"
     ok(vaultctl(target, "keys", "public-key", key, "--out", str(pem)))

@@ -406,7 +406,7 @@ def _digest_option(function: F) -> F:
     )(function)
 
 
-_HASHED_HERE = "signed the digest of the message, hashed here"
+_HASHED_HERE = "signed the digest of the message, computed here,"
 
 
 @contextlib.contextmanager
