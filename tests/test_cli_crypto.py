@@ -49,7 +49,7 @@ def test_verify_after_rotation_names_the_version_that_matched(target: str, tmp_p
         forged.write_bytes(data[:-1] + bytes([data[-1] ^ 1]))
         bad = vaultctl(target, "crypto", verify, key, "--in", message, option, str(forged))
         assert bad.exit_code == 1
-        assert bad.stdout == f"{what} does NOT match (no version of {key})\n"
+        assert bad.stdout == f"{what} does NOT match any version of {key}\n"
         bad_json = vaultctl(
             target, "crypto", verify, key, "--in", message, option, str(forged), json_output=True
         )

@@ -477,7 +477,7 @@ def _verdict(state: CliState, key: str, verification: Verification, what: str) -
         elif "/versions/" in key:
             click.echo(f"{what} does NOT match ({_version_of(verification.key_version)})")
         else:
-            click.echo(f"{what} does NOT match (no version of {key})")
+            click.echo(f"{what} does NOT match any version of {key}")
 
     emit(state, record, human)
     if not verification:
