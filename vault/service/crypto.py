@@ -71,10 +71,15 @@ class CryptoOperations:
         self._policy = policy
 
     def _usable(self, name: str, operation: Operation) -> tuple[Key, KeyVersion]:
+        key, version, _ = self._usable_named(name, operation)
+        return key, version
+
+    def _usable_named(self, name: str, operation: Operation) -> tuple[Key, KeyVersion, bool]:
+        """(key, the version name names or the primary, whether name named a version)."""
         key_name, number = parse_key_or_version(name)
         key = self._keys.load(key_name)
         key.require(operation)
-        return key, self._keys.version(key, number)
+        return key, self._keys.version(key, number), number is not None
 
     # -- symmetric ----------------------------------------------------------------------
 
@@ -198,14 +203,11 @@ class CryptoOperations:
         before a rotation is still recognised; the version that matched is returned, and a
         signature that matches none gets the same answer as always: invalid, primary."""
         data, prehashed = _message_or_digest(message, digest)
-        key_name, number = parse_key_or_version(name)
-        key = self._keys.load(key_name)
-        key.require(Operation.VERIFY)
-        primary = self._keys.version(key, number)
+        key, primary, explicit = self._usable_named(name, Operation.VERIFY)
         _check_signing_input(key, data, prehashed)
         if len(signature) > MAX_SIGNATURE_BYTES:
             return False, str(primary.name)
-        for version in self._candidates(key, primary, explicit=number is not None):
+        for version in self._candidates(key, primary, explicit=explicit):
             if version.public_key_der is not None and verify_signature(
                 key.algorithm, version.public_key_der, data, prehashed, signature
             ):
@@ -243,11 +245,8 @@ class CryptoOperations:
         """(valid, key version), trying versions as verify does."""
         _limit("data", data, self._policy.max_plaintext_bytes)
         _limit("mac", mac, 128)
-        key_name, number = parse_key_or_version(name)
-        key = self._keys.load(key_name)
-        key.require(Operation.VERIFY_MAC)
-        primary = self._keys.version(key, number)
-        for version in self._candidates(key, primary, explicit=number is not None):
+        key, primary, explicit = self._usable_named(name, Operation.VERIFY_MAC)
+        for version in self._candidates(key, primary, explicit=explicit):
             if self._keystore.verify_mac(version, key.algorithm, data, mac):
                 return True, str(version.name)
         return False, str(primary.name)
