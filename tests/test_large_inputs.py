@@ -211,3 +211,19 @@ def test_a_large_message_needs_get_public_key_and_says_so(
     with_public_key = client.create_api_key(account, [(["Sign", "GetPublicKey"], [relative])])
     with server.client(ApiKeyCredentials(with_public_key.token)) as caller:
         assert caller.sign(name, message=data).verified_digest_crc32c
+
+
+def test_which_algorithms_sign_a_digest() -> None:
+    from vault.domain.algorithms import Algorithm, HashName, Purpose
+
+    signing = {algorithm: algorithm.digest_hash for algorithm in Algorithm}
+    assert {a for a, h in signing.items() if h is not None} == {
+        Algorithm.EC_SIGN_P256_SHA256,
+        Algorithm.EC_SIGN_P384_SHA384,
+        Algorithm.RSA_SIGN_PSS_2048_SHA256,
+        Algorithm.RSA_SIGN_PSS_3072_SHA256,
+        Algorithm.RSA_SIGN_PSS_4096_SHA256,
+    }
+    assert signing[Algorithm.EC_SIGN_P384_SHA384] is HashName.SHA384
+    assert signing[Algorithm.RSA_SIGN_PSS_4096_SHA256] is HashName.SHA256
+    assert all(a.purpose is Purpose.SIGN_VERIFY for a, h in signing.items() if h is not None)
