@@ -5,6 +5,10 @@
         sealed = vault.encrypt(key.name, b"secret", aad=b"order-42")
         plain = vault.decrypt(key.name, sealed.ciphertext, aad=b"order-42").plaintext
 
+Objects are encrypted on the client under bucket keys with `ObjectCipher(source, bucket)`
+(README.md, "Object encryption format"); source is anything with the BucketService's two
+calls (`BucketKeySource`).
+
 Methods return the vault.v1 response messages (vault.gen.vault.v1). Responses that carry
 plaintext or key material print it in their repr, as protobuf messages do: do not log them.
 """
@@ -20,13 +24,29 @@ from vault.client._auth import (
 )
 from vault.client._client import VaultClient
 from vault.client._errors import ChecksumError, VaultClientError
+from vault.client.bucket_keys import (
+    BucketKeyCache,
+    BucketKeyRejected,
+    BucketKeySource,
+    CacheStats,
+    GeneratedBucketKey,
+)
+from vault.client.object_cipher import ObjectCipher
+from vault.client.object_format import ObjectIntegrityError
 
 __all__ = [
     "AccessKeyCredentials",
     "ApiKeyCredentials",
     "AuthInterceptor",
+    "BucketKeyCache",
+    "BucketKeyRejected",
+    "BucketKeySource",
+    "CacheStats",
     "ChecksumError",
     "Credentials",
+    "GeneratedBucketKey",
+    "ObjectCipher",
+    "ObjectIntegrityError",
     "VaultClient",
     "VaultClientError",
     "authenticated_channel",
