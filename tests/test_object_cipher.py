@@ -231,7 +231,7 @@ def test_round_trip_bytes_and_streams(cipher: ObjectCipher, size: int) -> None:
     assert b"".join(cipher.decrypt_stream("a/b.bin", streamed)) == data
 
 
-@pytest.mark.parametrize("size", [0, 1, 65535, 65536, 65537, 3 * 65536 + 5, 5 * 262144])
+@pytest.mark.parametrize("size", [0, 1, 65537, (1 << 20) - 1, 1 << 20, (1 << 20) + 1, 3 << 20])
 def test_round_trip_with_the_default_segment_size(service: FakeBucketService, size: int) -> None:
     cipher = ObjectCipher(service, BUCKET)
     data = os.urandom(size)
@@ -755,12 +755,12 @@ class Generated(io.RawIOBase):
 class Pipe(io.RawIOBase):
     # the ciphertext chunks of encrypt_stream, read as a stream, never all at once
     def __init__(self, chunks):
-        self.chunks, self.pending, self.total = chunks, b"", 0
+        self.chunks, self.pending, self.total = chunks, memoryview(b""), 0
     def readable(self):
         return True
     def readinto(self, buffer):
         while not self.pending:
-            self.pending = next(self.chunks, b"")
+            self.pending = memoryview(next(self.chunks, b""))
             if not self.pending:
                 return 0
         n = min(len(buffer), len(self.pending))
@@ -805,5 +805,5 @@ def test_a_one_gib_object_streams_in_bounded_memory() -> None:
     assert sealed_bytes == sealed_size(size, MIN_HEADER_SIZE + 1 + 60, DEFAULT_SEGMENT_SIZE)
     assert max_rss_kib < 64 * 1024, f"peak RSS {max_rss_kib} KiB"
     # Most of the peak is the interpreter and its imports (grpc, protobuf, cryptography):
-    # what the object itself added must be a few segments, not a share of the gigabyte.
-    assert max_rss_kib - rss_before_kib < 8 * 1024, f"grew {max_rss_kib - rss_before_kib} KiB"
+    # what the object itself added must be a few 1 MiB segments, not a share of the gigabyte.
+    assert max_rss_kib - rss_before_kib < 16 * 1024, f"grew {max_rss_kib - rss_before_kib} KiB"

@@ -7,7 +7,7 @@
 
 The vault is asked for a bucket key only when the cached one is used up (BucketKeyCache);
 per-object keys are derived locally and the object is sealed in segments
-(vault.client.object_format), so memory stays bounded by two segments whatever the size.
+(vault.client.object_format), so memory stays bounded by a few segments whatever the size.
 """
 
 from __future__ import annotations
@@ -88,13 +88,13 @@ def _read_full(reader: Readable | _BufferReader, size: int) -> bytes | memoryvie
 
 
 class ObjectCipher:
-    """Encrypts and decrypts the objects of one bucket; thread-safe (nothing here changes
-    after construction; the cache locks what it shares).
+    """Encrypts and decrypts the objects of one bucket; thread-safe (the cache locks what it
+    shares; the only state here is a memo of the encoded header, replaced in one assignment).
 
     source is anything implementing BucketKeySource. cache defaults to a BucketKeyCache of its
     own; pass one to share bucket keys between the ciphers of several buckets (it must wrap
     the same source). segment_size is the plaintext size of a segment: memory use is about
-    two segments per object in flight. random_bytes exists for tests only, which fix the
+    three segments per object in flight. random_bytes exists for tests only, which fix the
     salt and nonce prefix to reproduce the committed vectors.
 
     Every decryption failure that the object's bytes could cause (modified, truncated,
