@@ -175,6 +175,7 @@ def reference_decrypt(obj: bytes, bucket_key: bytes, bucket: str, object_key: st
     body = obj[header_length:]
     step = segment_size + 16
     segments = [body[i : i + step] for i in range(0, len(body), step)]
+    assert segments, "an object has at least one segment"
     plaintext = b""
     for index, sealed in enumerate(segments):
         last = index == len(segments) - 1
@@ -315,6 +316,23 @@ def test_vector_intermediate_values(path: Path) -> None:
     assert reference_decrypt(obj, bucket_key, vector["bucket"], vector["object_key"]) == (
         bytes.fromhex(vector["plaintext"])
     )
+
+
+INVALID = sorted((Path(__file__).parent / "vectors" / "object_format" / "invalid").glob("*.json"))
+
+
+@pytest.mark.parametrize("path", INVALID, ids=[path.stem for path in INVALID])
+def test_invalid_vectors_are_refused(path: Path) -> None:
+    invalid = load(path)
+    vector = load(path.parent.parent / invalid["vector"])
+    bucket_key = bytes.fromhex(vector["bucket_key"])
+    cipher = ObjectCipher(FixedBucketKey(vector), vector["bucket"])
+    assert len(invalid["cases"]) >= 10
+    for case in invalid["cases"]:
+        obj = bytes.fromhex(case["object"])
+        refused(lambda obj=obj: cipher.decrypt(vector["object_key"], obj))
+        with pytest.raises((InvalidTag, AssertionError, struct.error, IndexError)):
+            reference_decrypt(obj, bucket_key, vector["bucket"], vector["object_key"])
 
 
 # -- tampering ------------------------------------------------------------------------------
