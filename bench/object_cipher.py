@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from vault.client.bucket_keys import BucketKeyRejected, GeneratedBucketKey
@@ -41,7 +42,7 @@ class LocalBucketKeys:
     def decrypt_bucket_key(self, bucket: str, wrapped: bytes) -> bytes:
         try:
             return self._master.decrypt(wrapped[:12], wrapped[12:], bucket.encode())
-        except Exception:
+        except InvalidTag:
             raise BucketKeyRejected() from None
 
 
