@@ -5,6 +5,10 @@
         sealed = vault.encrypt(key.name, b"secret", aad=b"order-42")
         plain = vault.decrypt(key.name, sealed.ciphertext, aad=b"order-42").plaintext
 
+Objects are encrypted on the client under bucket keys with `ObjectCipher(source, bucket)`
+(README.md, "Object encryption format"); source is anything with the BucketService's two
+calls (`BucketKeySource`).
+
 Methods return the vault.v1 response messages (vault.gen.vault.v1), except verify,
 verify_mac and verify_audit_log, whose results (Verification, AuditLogVerification) are true
 only when the signature, MAC or log checked out. Responses that carry
@@ -23,6 +27,15 @@ from vault.client._auth import (
 from vault.client._client import MAX_MESSAGE_BYTES, VaultClient
 from vault.client._errors import ChecksumError, VaultClientError
 from vault.client._results import AuditLogVerification, Verification
+from vault.client.bucket_keys import (
+    BucketKeyCache,
+    BucketKeyRejected,
+    BucketKeySource,
+    CacheStats,
+    GeneratedBucketKey,
+)
+from vault.client.object_cipher import ObjectCipher
+from vault.client.object_format import ObjectIntegrityError
 
 __all__ = [
     "MAX_MESSAGE_BYTES",
@@ -30,8 +43,15 @@ __all__ = [
     "ApiKeyCredentials",
     "AuditLogVerification",
     "AuthInterceptor",
+    "BucketKeyCache",
+    "BucketKeyRejected",
+    "BucketKeySource",
+    "CacheStats",
     "ChecksumError",
     "Credentials",
+    "GeneratedBucketKey",
+    "ObjectCipher",
+    "ObjectIntegrityError",
     "VaultClient",
     "VaultClientError",
     "Verification",
