@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -398,3 +399,62 @@ def test_serve_process_exits_with_an_error_on_a_public_address(tmp_path: Path) -
     # Nothing listens there.
     with grpc.insecure_channel(f"127.0.0.1:{port}") as channel, pytest.raises(grpc.RpcError):
         health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=1)
+
+
+# -- health follows the store ----------------------------------------------------------------
+
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+def health_on_new_connection(server: VaultServer) -> int:
+    """One health check on a new connection; it must answer within its 0.5 s deadline."""
+    options = [("grpc.use_local_subchannel_pool", 1)]
+    with grpc.insecure_channel(server.target, options=options) as channel:
+        reply = health_pb2_grpc.HealthStub(channel).Check(
+            health_pb2.HealthCheckRequest(service=""), timeout=0.5
+        )
+    return int(reply.status)
+
+
+def test_health_answers_at_once_and_says_not_serving_while_the_store_is_locked(
+    own_server: VaultServer,
+) -> None:
+    """Another process holds the database's write lock: the vault's calls wait for it and
+    fill every request thread, yet each health check answers within its deadline, and says
+    NOT_SERVING until the lock is released."""
+    server = own_server
+    with server.client(timeout=30) as client:
+        client.create_key("accounts/locked", "before", "ENCRYPT_DECRYPT")
+    blocked: list[object] = []
+
+    def create(index: int) -> None:
+        with server.client(timeout=30, options=[("grpc.use_local_subchannel_pool", 1)]) as c:
+            try:
+                blocked.append(c.create_key("accounts/locked", f"k{index}", "ENCRYPT_DECRYPT"))
+            except VaultClientError as error:
+                blocked.append(error)
+
+    lock = sqlite3.connect(server.data_dir / "vault.db", isolation_level=None, timeout=10)
+    threads = [threading.Thread(target=create, args=(index,)) for index in range(12)]
+    try:
+        lock.execute("BEGIN EXCLUSIVE")
+        for thread in threads:
+            thread.start()
+        statuses = []
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            statuses.append(health_on_new_connection(server))
+            time.sleep(0.1)
+        assert statuses[-10:] == [NOT_SERVING] * 10, statuses
+    finally:
+        lock.execute("ROLLBACK")
+        lock.close()
+    for thread in threads:
+        thread.join(timeout=60)
+    wait_for(
+        lambda: health_on_new_connection(server) == health_pb2.HealthCheckResponse.SERVING,
+        10,
+        "SERVING once the lock is released",
+    )
+    # The calls that waited for the lock went through once it was free.
+    assert len(blocked) == 12 and all(isinstance(key, res.Key) for key in blocked), blocked

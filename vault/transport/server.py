@@ -31,6 +31,7 @@ from vault.gen.vault.v1 import (
 )
 from vault.transport.crypto_servicer import CryptoServicer
 from vault.transport.errors import ErrorInterceptor
+from vault.transport.health import HealthProbe, health_servicer
 from vault.transport.identity_servicer import AuditServicer, IdentityServicer
 from vault.transport.key_servicer import KeyServicer
 from vault.transport.security import SecurityInterceptor
@@ -112,6 +113,8 @@ class BuiltServer:
     server: grpc.Server
     port: int
     health: Any  # grpc_health ships no type information
+    # Keeps health's status current once started (the workers start it after the server).
+    probe: HealthProbe
 
 
 def build_server(
@@ -188,10 +191,10 @@ def build(
             AuditServicer(security.audit), server
         )
         served += [IDENTITY_SERVICE, AUDIT_SERVICE]
-    health_servicer = health.HealthServicer(experimental_non_blocking=True)
+    health_status, health_registered = health_servicer()
     for service in ("", *served):
-        health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+        health_status.set(service, health_pb2.HealthCheckResponse.SERVING)
+    health_pb2_grpc.add_HealthServicer_to_server(health_registered, server)
     reflection.enable_server_reflection(
         (*served, health.SERVICE_NAME, reflection.SERVICE_NAME), server
     )
@@ -204,4 +207,5 @@ def build(
         raise OSError(f"cannot bind {address}: {error}") from None
     if port == 0:
         raise OSError(f"cannot bind {address}")
-    return BuiltServer(server, port, health_servicer)
+    probe = HealthProbe(health_status, served, services.health_checks)
+    return BuiltServer(server, port, health_status, probe)

@@ -451,6 +451,7 @@ def _worker_main(
         sys.exit(1)
     try:
         built.server.start()
+        built.probe.start()
         if index == 0:
             reserve = DiskReserve(settings.disk_reserve_file, settings.store.disk_reserve_bytes)
             threading.Thread(
@@ -464,6 +465,7 @@ def _worker_main(
         log.info("worker %d (pid %d) serving on %s", index, os.getpid(), address)
         while not stop.wait(1.0):
             pass
+        built.probe.stop()
         built.health.enter_graceful_shutdown()
         built.server.stop(STOP_GRACE_SECONDS).wait()
     finally:
