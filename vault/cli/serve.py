@@ -80,24 +80,36 @@ def serve_command(state: CliState, listen: str | None, workers: int | None) -> N
     _configure_logging(settings)
     private_files()
     # Imported here: grpc and the generated code load only in the command that serves.
-    from vault.transport.server import ListenAddress, ListenAddressError
-    from vault.transport.supervisor import load_tls, serve
+    from vault.data_lock import DataDirectoryInUse
+    from vault.transport.server import ListenAddress, ListenAddressError, ensure_port_free
+    from vault.transport.supervisor import load_tls, lock_for, serve
     from vault.transport.tls import TlsConfigError
 
     try:
-        ListenAddress.parse(settings.server.listen, tls=True)  # its syntax, before any file
+        address = ListenAddress.parse(settings.server.listen, tls=True)  # syntax, before files
+        # Another vault on this data directory or this port: one line, and nothing else
+        # printed or written (serve() checks both again, for callers other than this one).
+        data_lock = lock_for(settings)
+    except (ListenAddressError, DataDirectoryInUse) as error:
+        raise CliError(str(error), exit_code=EXIT_LOCAL) from None
+    try:
+        ensure_port_free(address)
         dev = _ensure_dev_tls(settings)
         # Checked here too (serve() does it again), so nothing is announced before an error.
         ListenAddress.parse(settings.server.listen, tls=load_tls(settings) is not None)
     except (ListenAddressError, TlsConfigError) as error:
+        data_lock.release()
         raise CliError(str(error), exit_code=EXIT_LOCAL) from None
+    except BaseException:
+        data_lock.release()
+        raise
     if state.json:
         # One line, so a supervisor can parse it before the server's own output follows.
         click.echo(json.dumps(_start_event(settings, dev), sort_keys=True))
     else:
         _print_tls(settings, dev)
     try:
-        serve(settings)
+        serve(settings, data_lock)
     except (ListenAddressError, TlsConfigError) as error:
         raise CliError(str(error), exit_code=EXIT_LOCAL) from None
     except RuntimeError as error:
