@@ -119,6 +119,12 @@ def test_workers_reconnect_when_the_token_directory_comes_back(tmp_path: Path) -
         assert server.process is not None
         with server.client(timeout=10) as client:
             key = client.create_key("accounts/outage", "k", "ENCRYPT_DECRYPT").name
+            # A token-resident key too: its handle is cached per thread like the root's.
+            resident = client.create_key(
+                "accounts/outage", "resident", "SIGN_VERIFY", "EC_SIGN_P256_SHA256",
+                token_resident=True,
+            ).name  # fmt: skip
+            client.sign(resident, message=b"before")
         assert encrypt_on_new_connection(server, key) is None
         pids = sorted(children(server.process.pid))
         assert len(pids) == 2
@@ -129,7 +135,7 @@ def test_workers_reconnect_when_the_token_directory_comes_back(tmp_path: Path) -
             wait_until(
                 lambda: server.log().count("the token is unavailable") == 2, 20, "both workers"
             )
-            assert health_statuses(server, 20) == {NOT_SERVING}
+            wait_until(lambda: health_statuses(server, 20) == {NOT_SERVING}, 10, "NOT_SERVING")
             lines_before = len(server.log().splitlines())
             failures = [encrypt_on_new_connection(server, key) for _ in range(30)]
             assert all(
@@ -149,5 +155,8 @@ def test_workers_reconnect_when_the_token_directory_comes_back(tmp_path: Path) -
         wait_until(lambda: health_statuses(server, 10) == {SERVING}, 10, "SERVING")
         errors = [encrypt_on_new_connection(server, key) for _ in range(30)]
         assert errors == [None] * 30, errors
+        for _ in range(10):
+            with server.client(timeout=10, options=_NEW_CONNECTION) as client:
+                client.sign(resident, message=b"after")
         assert sorted(children(server.process.pid)) == pids, "a worker was restarted"
         assert "Traceback" not in server.log(), server.log()

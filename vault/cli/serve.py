@@ -50,6 +50,9 @@ def serve_command(state: CliState, listen: str | None, workers: int | None) -> N
     SIGTERM. The user PIN comes from hsm.user_pin_file or VAULT_HSM__USER_PIN, never from
     the command line. Logs go to stderr at log_level (VAULT_LOG_LEVEL).
 
+    Refused (exit 4, one line) while another vault runs on the same data directory (it
+    holds <data_dir>/vault.lock) or anything listens on the address already.
+
     TLS: with server.tls_cert_file and server.tls_key_file (mode 0600) the server uses that
     certificate, and with server.client_ca_file it also requires client certificates issued
     by that CA. Without them it creates, on first start, a development CA and a server
