@@ -237,16 +237,13 @@ class TokenLibrary:
     def drop_context(self) -> None:
         context: ThreadContext | None = getattr(self._local, "context", None)
         self._local.context = None
-        if context is not None:
+        # A session of an earlier epoch died with the module; its handle number may by now
+        # name another thread's session, which closing it would take away.
+        if context is not None and context.epoch == self._epoch:
             # Closing a non-login session is safe: python-pkcs11 logs out only when the
             # session itself logged in. Its session objects go with it.
             with contextlib.suppress(exceptions.PKCS11Error):
                 context.session.close()
-
-    @property
-    def available(self) -> bool:
-        """False while the token is away and a background thread is trying to get it back."""
-        return self._down_since is None
 
     def check(self) -> bool:
         """Whether the token answers (C_GetTokenInfo, which SoftHSM fails as soon as its
@@ -336,17 +333,18 @@ class TokenLibrary:
             with self._gate.shared():
                 if self._down_since is not None:
                     raise self._unavailable()
-                context = self.context()
+                epoch = self._epoch
                 try:
-                    return self._mapped(operation, context)
+                    # Opening the session is inside: it fails too when the token is gone.
+                    return self._mapped(lambda: operation(self.context()))
                 except STALE_HANDLES as error:
                     failure = error
                     self.drop_context()
                     if not self._token_present():
-                        restart_epoch = context.epoch
+                        restart_epoch = epoch
                 except TOKEN_FAILURES as error:
                     failure = error
-                    restart_epoch = context.epoch
+                    restart_epoch = epoch
                     self._local.context = None
             throttled.warning(
                 f"retry:{type(failure).__name__}",
@@ -358,11 +356,11 @@ class TokenLibrary:
         raise TokenUnavailable(f"the token failed twice: {type(failure).__name__}")
 
     @staticmethod
-    def _mapped(operation: Callable[[ThreadContext], T], context: ThreadContext) -> T:
+    def _mapped(operation: Callable[[], T]) -> T:
         """No python-pkcs11 exception leaves this layer: what run() does not retry becomes
         a domain error naming only the PKCS#11 error class."""
         try:
-            return operation(context)
+            return operation()
         except (*STALE_HANDLES, *TOKEN_FAILURES):
             raise
         except exceptions.PKCS11Error as error:
