@@ -92,8 +92,8 @@ class HealthProbe:
         self._thread.start()
 
     def stop(self) -> None:
-        """Stop publishing at once (a round in progress is not waited for), so that shutdown's
-        NOT_SERVING is the last word."""
+        """Stop publishing at once (a round in progress is not waited for), so that the
+        status shutdown sets is the last word."""
         with self._publish:
             self._stop.set()
         for pool in self._pools.values():
