@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -45,6 +45,9 @@ class Services:
     keys: KeyManagement
     crypto: CryptoOperations
     security: Security | None = None
+    # name -> check the health probe runs; a check that returns False or raises means the
+    # vault cannot serve (vault.transport.health).
+    health_checks: Mapping[str, Callable[[], bool]] = field(default_factory=dict)
 
     def close(self) -> None:
         close = getattr(self.store, "close", None)
@@ -93,7 +96,8 @@ def build_services(settings: Settings, counters: SharedCounters | None = None) -
         )
         reserve = FileDiskReserve(settings.disk_reserve_file, settings.store.disk_reserve_bytes)
         security = Security(identity, authenticator, audit, system_keys.ensure, reserve)
-    return Services(store, keystore, keys, crypto, security)
+    checks = {"token": keystore.available, "store": store.check_writable}
+    return Services(store, keystore, keys, crypto, security, checks)
 
 
 @dataclass(frozen=True, slots=True)
