@@ -25,10 +25,12 @@ from typing import Any, Final
 
 import grpc
 import pytest
+from click.testing import CliRunner, Result
 
 from tests.api_calls import expect_error
 from tests.harness import VaultServer, provision
 from tests.security_helpers import (
+    SPREAD,
     AccessKey,
     ApiKey,
     add_access_key,
@@ -39,6 +41,7 @@ from tests.security_helpers import (
     raw_call,
     signed_metadata,
 )
+from vault.cli.main import cli as vaultctl
 from vault.client import AccessKeyCredentials, VaultClient
 from vault.domain.audit import AuditEvent, chain
 from vault.gen.vault.v1 import audit_service_pb2, key_service_pb2, resources_pb2
@@ -64,6 +67,22 @@ COLUMNS: Final = (
     "hash",
 )
 Row = tuple[Any, ...]
+# The CLI run in this process takes nothing from the caller's environment (None removes).
+CLEAN_CLI_ENV: Final[dict[str, str | None]] = {
+    name: None
+    for name in (
+        "VAULT_CONFIG",
+        "VAULT_DATA_DIR",
+        "VAULT_TARGET",
+        "VAULT_CA_FILE",
+        "VAULT_CLIENT_CERT_FILE",
+        "VAULT_CLIENT_KEY_FILE",
+        "VAULT_CREDENTIALS_FILE",
+        "VAULT_ACCESS_KEY_ID",
+        "VAULT_SECRET_KEY",
+        "VAULT_API_KEY",
+    )
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -388,6 +407,13 @@ def test_a_clean_log_verifies(admin: VaultClient, seeded: Seeded) -> None:
     assert result.checkpoints_checked >= last // CHECKPOINT_EVERY - 1
 
 
+def run_cli(server: VaultServer, *args: str) -> Result:
+    """`vaultctl --target <server> args...` in this process, as the server's admin."""
+    credentials = server.data_dir / "admin-credentials.json"
+    argv = ["--target", server.target, "--credentials-file", str(credentials)]
+    return CliRunner().invoke(vaultctl, [*argv, *args], env=CLEAN_CLI_ENV, prog_name="vaultctl")
+
+
 # -- tampering with the database ------------------------------------------------------------
 
 
@@ -631,6 +657,45 @@ def test_deleting_every_checkpoint_does_not_hide_a_recomputed_chain(fresh: Fresh
         # Nothing in the database tells any more; the token's anchor of the newest
         # checkpointed head does.
         assert verify_after(admin) == [("CHECKPOINT_MISMATCH", newest)]
+
+
+def test_a_recomputed_chain_is_never_signed_and_stops_the_calls(fresh: Fresh) -> None:
+    """The whole attack: rewrite a record, recompute the chain with the documented hash,
+    delete every checkpoint, then keep calling so that a checkpoint falls due. The vault
+    must not sign the forged head nor move the token's anchor onto it; it refuses audited
+    calls instead, and verification still reports the rewrite."""
+    admin, clean = fresh.admin, fresh.server
+    account = new_account(admin)
+    name = admin.create_key(account, "after-forgery", "ENCRYPT_DECRYPT").name
+    with tampering(clean) as conn:
+        seq = middle_seq(conn)
+        newest = checkpoint_heads(conn)[-1]
+        assert newest > seq, "no checkpoint covers the edited record"
+        edit(
+            clean,
+            conn,
+            *edited_and_rechained(conn, seq),
+            ("DELETE FROM audit_checkpoints", ()),
+        )
+        # Without a checkpoint in the store one is due at once, in every worker; several
+        # fresh channels reach both of them.
+        for _ in range(2 * SPREAD):
+            with clean.client() as caller:
+                error = expect_error(
+                    grpc.StatusCode.UNAVAILABLE,
+                    "AUDIT_UNAVAILABLE",
+                    lambda c=caller: c.get_key(name),  # type: ignore[misc]
+                )
+                assert "vaultctl audit verify" in error.message
+        assert checkpoint_heads(conn) == []
+        refused_at = last_seq(conn)
+        # Investigating stays possible: the admin's audit calls are still served.
+        assert verify_after(admin) == [("CHECKPOINT_MISMATCH", newest)]
+        assert checkpoint_heads(conn) == []
+        assert last_seq(conn) <= refused_at + 2
+    cli = run_cli(clean, "audit", "verify")
+    assert cli.exit_code == 1, cli.output
+    assert f"CHECKPOINT_MISMATCH at sequence {newest}" in cli.stdout
 
 
 def test_a_checkpoint_with_a_forged_signature_is_reported(fresh: Fresh) -> None:

@@ -6,6 +6,14 @@ waiting at that moment (its own included); threads arriving meanwhile wait for t
 group. Under load one store transaction carries many records; alone, a request pays for
 exactly one. A failed commit fails every request of its group (AuditUnavailable): the vault
 does not answer what it could not record.
+
+A checkpoint is signed only over a chain that extends the token's anchor: the record at the
+anchored seq still has the anchored hash and every record after it, up to the head to be
+signed, links to and hashes from the one before. Otherwise the store was rewritten (someone
+recomputed the chain and dropped the checkpoints that would have shown it), nothing is signed,
+and from then on this process refuses every audited call but the admin's audit reads, which
+remain so that the damage can be inspected. Each worker process finds out at its next due
+checkpoint, which falls due at once because no checkpoint can be added any more.
 """
 
 from __future__ import annotations
@@ -19,7 +27,14 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Final
 
-from vault.domain.audit import AuditEvent, AuditRecord, Checkpoint, checkpoint_payload
+from vault.domain.audit import (
+    GENESIS_HASH,
+    AuditEvent,
+    AuditRecord,
+    Checkpoint,
+    chain_break,
+    checkpoint_payload,
+)
 from vault.domain.audit_verification import AuditVerification, verify_audit_log
 from vault.domain.errors import AuditUnavailable, VaultError
 from vault.domain.models import Page
@@ -30,6 +45,22 @@ log = logging.getLogger(__name__)
 # Names the token's audit anchor among the checkpoints the verifier checks.
 ANCHOR_KEY_LABEL: Final = "token-anchor"
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
+BROKEN_MESSAGE: Final = (
+    "the audit chain no longer extends the token's anchor (the audit log was altered); "
+    "audited calls are refused: run `vaultctl audit verify`"
+)
+# At most one error log line per this many seconds about refused calls: the operator needs to
+# learn it, not a line per request.
+_BROKEN_LOG_INTERVAL: Final = 60.0
+
+
+class ChainBroken(Exception):
+    """The stored chain does not lead from the token's anchor to the head to be signed."""
+
+    def __init__(self, seq: int, detail: str) -> None:
+        super().__init__(detail)
+        self.seq = seq
+        self.detail = detail
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,12 +93,25 @@ class AuditLog:
         self._pending: list[_Pending] = []
         self._committing = False
         self._checkpointing = threading.Lock()
+        self._broken: ChainBroken | None = None
+        self._broken_logged = -_BROKEN_LOG_INTERVAL
 
     def __repr__(self) -> str:
         return "AuditLog()"
 
-    def record(self, event: AuditEvent, *, usage_method: str | None = None) -> None:
-        """Append event and return once it is committed; AuditUnavailable if it cannot be."""
+    @property
+    def broken(self) -> bool:
+        """True once the chain was found not to extend the token's anchor."""
+        return self._broken is not None
+
+    def record(
+        self, event: AuditEvent, *, usage_method: str | None = None, inspection: bool = False
+    ) -> None:
+        """Append event and return once it is committed; AuditUnavailable if it cannot be, or
+        if the chain no longer extends the token's anchor. inspection: an admin's read of the
+        audit log itself, still served (and recorded) then, so the damage can be looked at."""
+        if self._broken is not None and not inspection:
+            self._refuse()
         item = _Pending(event, usage_method)
         with self._cond:
             self._pending.append(item)
@@ -92,6 +136,22 @@ class AuditLog:
         self._raise_for(item)
         if head is not None:
             self._checkpoint_if_due(head)
+            if self._broken is not None and not inspection:
+                self._refuse()
+
+    def _refuse(self) -> None:
+        broken = self._broken
+        assert broken is not None
+        now = time.monotonic()
+        if now - self._broken_logged >= _BROKEN_LOG_INTERVAL:
+            self._broken_logged = now
+            # The seq only: record contents stay out of the server's log.
+            log.error(
+                "audit chain does not extend the token's anchor at seq %d; refusing audited "
+                "calls until an operator recovers it (see `vaultctl audit verify`)",
+                broken.seq,
+            )
+        raise AuditUnavailable(BROKEN_MESSAGE, metadata={"sequence": str(broken.seq)})
 
     @staticmethod
     def _raise_for(item: _Pending) -> None:
@@ -121,7 +181,7 @@ class AuditLog:
     # -- checkpoints -------------------------------------------------------------------------
 
     def _checkpoint_if_due(self, head: AuditHead) -> None:
-        if head.seq <= head.checkpoint_seq:
+        if head.seq <= head.checkpoint_seq or self._broken is not None:
             return
         now = self._clock()
         by_count = head.seq - head.checkpoint_seq >= self._policy.every_records
@@ -135,18 +195,46 @@ class AuditLog:
             return  # another thread of this process is signing one already
         try:
             self.checkpoint(head.seq, head.hash, now)
+        except ChainBroken as broken:
+            self._broken = broken
         except Exception as error:
             # The records are committed; a missed checkpoint is retried with the next append.
             log.error("audit checkpoint failed: %s", type(error).__name__)
         finally:
             self._checkpointing.release()
 
-    def checkpoint(self, head_seq: int, head_hash: bytes, now: datetime) -> Checkpoint:
-        signature, key_label = self._crypto.audit_sign(checkpoint_payload(head_seq, head_hash, now))
-        checkpoint = Checkpoint(head_seq, head_hash, now, signature, key_label)
-        self._store.add_checkpoint(checkpoint)
-        self._crypto.record_audit_anchor(head_seq, head_hash)
-        return checkpoint
+    def checkpoint(self, head_seq: int, head_hash: bytes, now: datetime) -> Checkpoint | None:
+        """Sign (head_seq, head_hash) and move the token's anchor to it, if the stored chain
+        leads there from the anchor; None when the anchor is at or past head_seq already
+        (another worker signed a later head). ChainBroken when the chain does not lead there:
+        then nothing is signed or anchored.
+
+        Reading the anchor, checking the chain, signing and moving the anchor happen under the
+        store's checkpoint lock, so workers checkpointing at once cannot interleave them."""
+        with self._store.checkpoint_lock():
+            anchor = self._crypto.audit_anchor()
+            if anchor is not None and anchor[0] >= head_seq:
+                return None
+            self._check_extends(anchor, head_seq, head_hash)
+            payload = checkpoint_payload(head_seq, head_hash, now)
+            signature, key_label = self._crypto.audit_sign(payload)
+            checkpoint = Checkpoint(head_seq, head_hash, now, signature, key_label)
+            self._store.add_checkpoint(checkpoint)
+            self._crypto.record_audit_anchor(head_seq, head_hash)
+            return checkpoint
+
+    def _check_extends(self, anchor: tuple[int, bytes] | None, head_seq: int, head: bytes) -> None:
+        start_seq, start_hash = (0, GENESIS_HASH) if anchor is None else anchor
+        records = self._store.audit_records(after=max(start_seq - 1, 0))
+        if start_seq > 0:
+            anchored = next(records, None)
+            if anchored is None or anchored.seq != start_seq or anchored.hash != start_hash:
+                raise ChainBroken(
+                    start_seq, f"record {start_seq} is not the record the token anchored"
+                )
+        broken = chain_break(start_seq, start_hash, records, head_seq, head)
+        if broken is not None:
+            raise ChainBroken(*broken)
 
     # -- reading -----------------------------------------------------------------------------
 

@@ -5,6 +5,7 @@ service layer never imports either."""
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol
@@ -243,8 +244,14 @@ class AuditStore(Protocol):
         """Record a signed checkpoint (a second one for the same head is ignored)."""
         ...
 
-    def audit_records(self) -> Iterator[AuditRecord]:
-        """Every record as stored, in ascending seq order, read in batches."""
+    def audit_records(self, after: int = 0) -> Iterator[AuditRecord]:
+        """Every record with a seq above after as stored, in ascending seq order, read in
+        batches."""
+        ...
+
+    def checkpoint_lock(self) -> AbstractContextManager[None]:
+        """Held while a checkpoint is checked, signed and anchored: excludes every other
+        thread and process checkpointing the same store."""
         ...
 
     def audit_checkpoints(self) -> list[Checkpoint]: ...

@@ -70,6 +70,9 @@ from vault.storage.tables import (
 from vault.storage.transactions import aware, new_serial_lock, serialised, unavailable
 
 LOCK_SUFFIX = ".audit-lock"
+# Checkpointers take turns on their own lock, not the append lock: checking the chain since
+# the anchor must not hold up the appends of every request meanwhile.
+CHECKPOINT_LOCK_SUFFIX = ".audit-checkpoint-lock"
 # Rows per query when streaming the whole log: bounded memory, few round trips.
 READ_BATCH = 1000
 _SEQ_TOKEN_RE = re.compile(r"[0-9]{1,19}")
@@ -132,6 +135,7 @@ class SqlAuditStore:
         # See SqlMetadataStore: stores sharing an in-memory engine must share this lock.
         self._serial = serial if serial is not None else new_serial_lock(engine)
         self._append_lock = AppendLock(lock_path(engine))
+        self._checkpoint_lock = AppendLock(lock_path(engine, CHECKPOINT_LOCK_SUFFIX))
         self._lock_table = engine.dialect.name == "postgresql"
         path = lock_path(engine)
         self._sqlite_file = (
@@ -147,6 +151,7 @@ class SqlAuditStore:
         """Close the lock file and every pooled connection of the engine (shared with the other
         stores). The store must not be used afterwards."""
         self._append_lock.close()
+        self._checkpoint_lock.close()
         if self._sqlite_file is not None:
             self._sqlite_file.close()
         self._engine.dispose()
@@ -229,6 +234,14 @@ class SqlAuditStore:
 
     # --- checkpoints ------------------------------------------------------------------------
 
+    @contextmanager
+    def checkpoint_lock(self) -> Iterator[None]:
+        """Threads of this process, then processes sharing a SQLite file, take turns. A server
+        database shared by several hosts has no file to lock: there the turns are per host,
+        and the token's anchor only ever moves forward."""
+        with self._checkpoint_lock.held():
+            yield
+
     def add_checkpoint(self, checkpoint: Checkpoint) -> None:
         """Record a signed checkpoint; a second one for the same head is ignored."""
         row = {
@@ -268,8 +281,9 @@ class SqlAuditStore:
 
     # --- reading ----------------------------------------------------------------------------
 
-    def audit_records(self) -> Iterator[AuditRecord]:
-        """Every record as stored, in ascending seq order, read READ_BATCH rows at a time.
+    def audit_records(self, after: int = 0) -> Iterator[AuditRecord]:
+        """Every record with a seq above after as stored, in ascending seq order, read
+        READ_BATCH rows at a time.
 
         Each batch is its own short transaction, and none is open while the caller holds a
         record: a long verification neither pins a snapshot nor blocks appenders. Records
@@ -282,7 +296,6 @@ class SqlAuditStore:
             .order_by(audit_events.c.seq)
             .limit(batch)
         )
-        after = 0
         while True:
             with self._reading() as c:
                 rows = c.execute(query, {"after": after}).mappings().all()
@@ -518,13 +531,14 @@ def _record_values(record: AuditRecord) -> tuple[Any, ...]:
     )
 
 
-def lock_path(engine: Engine) -> Path | None:
-    """The append lock file of a SQLite database file, else None."""
+def lock_path(engine: Engine, suffix: str = LOCK_SUFFIX) -> Path | None:
+    """The append lock file (or another lock file, by suffix) of a SQLite database file, else
+    None."""
     url = engine.url
     if not is_sqlite(url) or is_sqlite_memory(url) or is_sqlite_uri(url) or not url.database:
         return None
     # Absolute now, so a later chdir cannot make two processes lock different files.
-    return Path(url.database + LOCK_SUFFIX).absolute()
+    return Path(url.database + suffix).absolute()
 
 
 def _reset_in_forked_children(lock: AppendLock) -> None:

@@ -44,6 +44,7 @@ log = logging.getLogger(__name__)
 
 _REQUEST_ID_HEADER: Final = "x-request-id"
 _MAX_REQUEST_ID: Final = 128
+_AUDIT_SERVICE: Final = "vault.v1.AuditService"
 _Response = TypeVar("_Response")
 
 
@@ -65,6 +66,12 @@ class _Attempt:
     principal: Principal | None = None
     resources: list[str] = field(default_factory=list)
     admitted: bool = False
+
+    @property
+    def inspection(self) -> bool:
+        """An admin reading the audit log: served even once the log is found altered."""
+        principal = self.principal
+        return self.call.service == _AUDIT_SERVICE and principal is not None and principal.admin
 
     @property
     def usage(self) -> str | None:
@@ -190,10 +197,16 @@ class SecurityInterceptor(grpc.ServerInterceptor):
             # The call failed already: its error is what the caller needs; an audit failure
             # now is logged by the audit log and does not replace it.
             with contextlib.suppress(AuditUnavailable):
-                self._audit.record(attempt.event(*outcome_of(error)), usage_method=attempt.usage)
+                self._audit.record(
+                    attempt.event(*outcome_of(error)),
+                    usage_method=attempt.usage,
+                    inspection=attempt.inspection,
+                )
             raise
         try:
-            self._audit.record(attempt.event("OK", ""), usage_method=attempt.usage)
+            self._audit.record(
+                attempt.event("OK", ""), usage_method=attempt.usage, inspection=attempt.inspection
+            )
         except AuditUnavailable:
             if call.short not in MUTATING_METHODS:
                 raise  # nothing was changed: withhold the result, the caller may retry
