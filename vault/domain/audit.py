@@ -211,3 +211,28 @@ def chain_break(
     if previous != head_hash:
         return head_seq, f"record {head_seq} is not the head to be signed"
     return None
+
+
+_ARCHIVE_TAG: Final = b"vault-audit-archive-v1"
+
+
+@dataclass(frozen=True, slots=True)
+class ArchiveMarker:
+    """What stays in the store of records moved to an archive: the last archived record's seq
+    and hash, signed by the audit key. The stored chain continues from it."""
+
+    through_seq: int
+    through_hash: bytes
+    archived_at: datetime
+    record_count: int
+    signature: bytes
+    key_label: str
+
+
+def archive_marker_payload(through_seq: int, through_hash: bytes, archived_at: datetime) -> bytes:
+    """The bytes the audit key signs for a marker; a tag of its own, so that a checkpoint's
+    signature never passes for a marker's (which would let whoever holds the database delete
+    every record up to any checkpoint)."""
+    return b"".join(
+        (_field(_ARCHIVE_TAG), _int(through_seq), _field(through_hash), _int(_micros(archived_at)))
+    )

@@ -18,23 +18,27 @@ checkpoint, which falls due at once because no checkpoint can be added any more.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Final
 
 from vault.domain.audit import (
     GENESIS_HASH,
+    ArchiveMarker,
     AuditEvent,
     AuditRecord,
     Checkpoint,
+    archive_marker_payload,
     chain_break,
     checkpoint_payload,
 )
+from vault.domain.audit_archive import ArchiveHeader
 from vault.domain.audit_verification import AuditVerification, verify_audit_log
 from vault.domain.errors import AuditUnavailable, VaultError
 from vault.domain.models import Page
@@ -61,6 +65,30 @@ class ChainBroken(Exception):
         super().__init__(detail)
         self.seq = seq
         self.detail = detail
+
+
+class ArchiveRefused(Exception):
+    """Nothing was archived; the message says why. damaged: because the stored log does not
+    verify (run `vaultctl audit verify`)."""
+
+    def __init__(self, message: str, *, damaged: bool = False) -> None:
+        super().__init__(message)
+        self.message = message
+        self.damaged = damaged
+
+
+@dataclass(frozen=True, slots=True)
+class ArchivedSegment:
+    """One archive file's header and its records (a fresh stream on every call)."""
+
+    header: ArchiveHeader
+    records: Callable[[], Iterator[AuditRecord]]
+
+
+@dataclass(frozen=True, slots=True)
+class ArchiveResult:
+    header: ArchiveHeader
+    deleted: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -225,16 +253,144 @@ class AuditLog:
 
     def _check_extends(self, anchor: tuple[int, bytes] | None, head_seq: int, head: bytes) -> None:
         start_seq, start_hash = (0, GENESIS_HASH) if anchor is None else anchor
-        records = self._store.audit_records(after=max(start_seq - 1, 0))
-        if start_seq > 0:
-            anchored = next(records, None)
-            if anchored is None or anchored.seq != start_seq or anchored.hash != start_hash:
+        base = self._archive_base()
+        if base is not None and base.through_seq >= start_seq:
+            # The anchored record itself was archived: the signed marker stands in for it.
+            if (base.through_seq, base.through_hash) != (start_seq, start_hash) or (
+                not self._marker_signed(base)
+            ):
                 raise ChainBroken(
-                    start_seq, f"record {start_seq} is not the record the token anchored"
+                    start_seq, f"the archive marker at {base.through_seq} is not the anchor"
                 )
+            records = self._store.audit_records(after=start_seq)
+        else:
+            records = self._store.audit_records(after=max(start_seq - 1, 0))
+            if start_seq > 0:
+                anchored = next(records, None)
+                if anchored is None or anchored.seq != start_seq or anchored.hash != start_hash:
+                    raise ChainBroken(
+                        start_seq, f"record {start_seq} is not the record the token anchored"
+                    )
         broken = chain_break(start_seq, start_hash, records, head_seq, head)
         if broken is not None:
             raise ChainBroken(*broken)
+
+    def _archive_base(self) -> ArchiveMarker | None:
+        markers = self._store.audit_archive_markers()
+        return markers[-1] if markers else None
+
+    def _marker_signed(self, marker: ArchiveMarker) -> bool:
+        payload = archive_marker_payload(
+            marker.through_seq, marker.through_hash, marker.archived_at
+        )
+        return self._crypto.audit_verify(payload, marker.signature, marker.key_label)
+
+    # -- archiving ---------------------------------------------------------------------------
+
+    def archive(
+        self,
+        before: datetime,
+        write: Callable[[ArchiveHeader, Iterator[AuditRecord], int], None],
+        now: datetime | None = None,
+    ) -> ArchiveResult | None:
+        """Move the records up to the newest signed checkpoint whose record is older than
+        before into an archive: write(header, records, count) must store them durably (and
+        return only then); the records and checkpoints are deleted from the store afterwards,
+        leaving a signed marker of the segment's end. None when no such checkpoint follows the
+        last archive. ArchiveRefused when the stored chain does not verify from the last
+        archive to the token's anchor: a damaged log is not archived.
+
+        Under the checkpoint lock: no checkpoint can move the anchor meanwhile."""
+        moment = self._clock() if now is None else now
+        with self._store.checkpoint_lock():
+            anchor = self._crypto.audit_anchor()
+            if anchor is None:
+                return None
+            base = self._archive_base()
+            if base is not None and not self._marker_signed(base):
+                raise ArchiveRefused(
+                    f"the archive marker at seq {base.through_seq} has no valid signature",
+                    damaged=True,
+                )
+            start_seq, start_hash = (
+                (0, GENESIS_HASH) if base is None else (base.through_seq, base.through_hash)
+            )
+            anchor_seq, anchor_hash = anchor
+            candidates = {
+                c.head_seq: c
+                for c in self._store.audit_checkpoints()
+                if start_seq < c.head_seq <= anchor_seq
+            }
+            times: dict[int, datetime] = {}
+
+            def noting_times(records: Iterator[AuditRecord]) -> Iterator[AuditRecord]:
+                for record in records:
+                    if record.seq in candidates:
+                        times[record.seq] = record.event.occurred_at
+                    yield record
+
+            # The whole segment up to the anchor is checked first: what is archived must be
+            # the chain the anchor vouches for.
+            broken = chain_break(
+                start_seq,
+                start_hash,
+                noting_times(self._store.audit_records(after=start_seq)),
+                anchor_seq,
+                anchor_hash,
+            )
+            if broken is not None:
+                raise ArchiveRefused(
+                    f"the audit log does not verify at seq {broken[0]}: {broken[1]}",
+                    damaged=True,
+                )
+            boundary = self._boundary(candidates, times, before)
+            if boundary is None:
+                return None
+            count = boundary.head_seq - start_seq
+            payload = archive_marker_payload(boundary.head_seq, boundary.head_hash, moment)
+            signature, key_label = self._crypto.audit_sign(payload)
+            end = ArchiveMarker(
+                boundary.head_seq, boundary.head_hash, moment, count, signature, key_label
+            )
+            header = ArchiveHeader(
+                start=base,
+                end=end,
+                checkpoints=tuple(
+                    c for seq, c in sorted(candidates.items()) if seq <= boundary.head_seq
+                ),
+            )
+            write(header, self._segment(start_seq, boundary.head_seq), count)
+            deleted = self._store.archive_audit(end)
+        log.info(
+            "archived audit records %d to %d (%d deleted from the store)",
+            header.first_seq,
+            header.last_seq,
+            deleted,
+        )
+        return ArchiveResult(header, deleted)
+
+    def _boundary(
+        self, candidates: dict[int, Checkpoint], times: dict[int, datetime], before: datetime
+    ) -> Checkpoint | None:
+        for seq in sorted(candidates, reverse=True):
+            checkpoint = candidates[seq]
+            occurred = times.get(seq)
+            if occurred is None or occurred >= before:
+                continue
+            signed = self._crypto.audit_verify(
+                checkpoint_payload(checkpoint.head_seq, checkpoint.head_hash, checkpoint.signed_at),
+                checkpoint.signature,
+                checkpoint.key_label,
+            )
+            if signed:
+                return checkpoint
+        return None
+
+    def _segment(self, start_seq: int, end_seq: int) -> Iterator[AuditRecord]:
+        for record in self._store.audit_records(after=start_seq):
+            if record.seq > end_seq:
+                return
+            yield record
 
     # -- reading -----------------------------------------------------------------------------
 
@@ -243,9 +399,12 @@ class AuditLog:
     ) -> Page[AuditRecord]:
         return self._store.list_audit_events(audit_filter, page_size, page_token)
 
-    def verify(self) -> AuditVerification:
+    def verify(self, archived: Sequence[ArchivedSegment] = ()) -> AuditVerification:
+        """Verify the stored log; with archived segments (oldest first), those and the store
+        as one chain, from the first segment's start."""
         started = time.monotonic()
         checkpoints = self._store.audit_checkpoints()
+        markers = self._store.audit_archive_markers()
         anchor = self._crypto.audit_anchor()
         if anchor is not None and not any((c.head_seq, c.head_hash) == anchor for c in checkpoints):
             # The store lost (or altered) the newest checkpoint; the token's copy of its head
@@ -260,7 +419,24 @@ class AuditLog:
                 return True
             return self._crypto.audit_verify(payload, signature, key_label)
 
-        result = verify_audit_log(self._store.audit_records(), checkpoints, verify_signature)
+        records: Iterable[AuditRecord] = self._store.audit_records()
+        start = markers[-1] if markers else None
+        checked_markers: list[ArchiveMarker] = []
+        if archived:
+            start = archived[0].header.start
+            for segment in archived:
+                checkpoints.extend(segment.header.checkpoints)
+                checked_markers.append(segment.header.end)
+            # The store's markers of archives not given are checked like the given ones: a
+            # store whose marker no archive leads to shows as records missing before it.
+            given = {m.through_seq for m in checked_markers}
+            checked_markers += [m for m in markers if m.through_seq not in given]
+            records = itertools.chain(
+                *(segment.records() for segment in archived), self._store.audit_records()
+            )
+        result = verify_audit_log(
+            records, checkpoints, verify_signature, start=start, markers=checked_markers
+        )
         log.info(
             "audit log verified: %d records, %d checkpoints, %d findings in %.1f s",
             result.records_checked,

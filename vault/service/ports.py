@@ -11,7 +11,7 @@ from datetime import datetime
 from typing import Protocol
 
 from vault.domain.algorithms import Algorithm
-from vault.domain.audit import AuditEvent, AuditRecord, Checkpoint
+from vault.domain.audit import ArchiveMarker, AuditEvent, AuditRecord, Checkpoint
 from vault.domain.identity import AccessKey, Account, ApiKey, UsageCount
 from vault.domain.models import Key, KeyFilter, KeyVersion, Page, RootGeneration
 from vault.domain.names import KeyName, KeyVersionName
@@ -255,6 +255,15 @@ class AuditStore(Protocol):
         ...
 
     def audit_checkpoints(self) -> list[Checkpoint]: ...
+
+    def audit_archive_markers(self) -> list[ArchiveMarker]:
+        """Markers of archived segments, oldest first; the stored chain starts at the last."""
+        ...
+
+    def archive_audit(self, marker: ArchiveMarker) -> int:
+        """In one transaction: add marker, delete the records and checkpoints up to its seq;
+        returns the number of records deleted."""
+        ...
 
     def list_audit_events(
         self, audit_filter: AuditFilter, page_size: int, page_token: str

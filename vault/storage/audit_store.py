@@ -33,6 +33,7 @@ from sqlalchemy import (
     Table,
     Update,
     bindparam,
+    delete,
     func,
     insert,
     or_,
@@ -43,7 +44,14 @@ from sqlalchemy import (
 )
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
-from vault.domain.audit import GENESIS_HASH, AuditEvent, AuditRecord, Checkpoint, chain
+from vault.domain.audit import (
+    GENESIS_HASH,
+    ArchiveMarker,
+    AuditEvent,
+    AuditRecord,
+    Checkpoint,
+    chain,
+)
 from vault.domain.errors import AuditUnavailable, InvalidArgument
 from vault.domain.identity import is_access_key_id
 from vault.domain.models import Page
@@ -61,6 +69,7 @@ from vault.storage.tables import (
     UtcDateTime,
     access_keys,
     api_keys,
+    audit_archive_markers,
     audit_checkpoints,
     audit_events,
     from_micros,
@@ -84,6 +93,12 @@ _RECORD_COLUMNS = [
 ]
 # Statements of the append, built once: composing a statement costs more than running it.
 _HEAD = select(audit_events.c.seq, audit_events.c.hash).order_by(audit_events.c.seq.desc()).limit(1)
+# Where the chain goes on when every stored record was archived.
+_MARKER_HEAD = (
+    select(audit_archive_markers.c.through_seq, audit_archive_markers.c.through_hash)
+    .order_by(audit_archive_markers.c.through_seq.desc())
+    .limit(1)
+)
 _NEWEST_CHECKPOINT = (
     select(audit_checkpoints.c.head_seq, audit_checkpoints.c.signed_at)
     .order_by(audit_checkpoints.c.head_seq.desc())
@@ -199,7 +214,7 @@ class SqlAuditStore:
             c.execute(_LOCK_AUDIT_TABLE)
         # The head is read inside the transaction that extends it, under the append lock:
         # no other appender can chain onto the same head.
-        row = c.execute(_HEAD).first()
+        row = c.execute(_HEAD).first() or c.execute(_MARKER_HEAD).first()
         seq, head_hash = (0, GENESIS_HASH) if row is None else (int(row[0]), _head_hash(row[1]))
         records = chain(head_hash, seq + 1, events)
         if records:
@@ -278,6 +293,51 @@ class SqlAuditStore:
             )
             for row in rows
         ]
+
+    # --- archives ---------------------------------------------------------------------------
+
+    def audit_archive_markers(self) -> list[ArchiveMarker]:
+        """Every archive marker, oldest first; the last is where the stored chain starts."""
+        query = select(audit_archive_markers).order_by(audit_archive_markers.c.through_seq)
+        with self._reading() as c:
+            rows = c.execute(query).mappings().all()
+        return [
+            ArchiveMarker(
+                through_seq=int(row["through_seq"]),
+                through_hash=bytes(row["through_hash"]),
+                archived_at=row["archived_at"],
+                record_count=int(row["record_count"]),
+                signature=bytes(row["signature"]),
+                key_label=row["key_label"],
+            )
+            for row in rows
+        ]
+
+    def archive_audit(self, marker: ArchiveMarker) -> int:
+        """In one transaction: add marker, and delete the records and checkpoints up to its
+        seq. Returns the records deleted."""
+        row = {
+            "through_seq": marker.through_seq,
+            "through_hash": marker.through_hash,
+            "archived_at": aware(marker.archived_at),
+            "record_count": marker.record_count,
+            "signature": marker.signature,
+            "key_label": marker.key_label,
+        }
+        try:
+            with serialised(self._serial), write_transaction(self._engine) as c:
+                c.execute(insert(audit_archive_markers).values(**row))
+                deleted = c.execute(
+                    delete(audit_events).where(audit_events.c.seq <= marker.through_seq)
+                ).rowcount
+                c.execute(
+                    delete(audit_checkpoints).where(
+                        audit_checkpoints.c.head_seq <= marker.through_seq
+                    )
+                )
+        except SQLAlchemyError as exc:
+            raise unavailable(exc) from exc
+        return int(deleted)
 
     # --- reading ----------------------------------------------------------------------------
 
@@ -404,6 +464,10 @@ class _SqliteFileAppender:
     """
 
     _HEAD_SQL = "SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1"
+    _MARKER_HEAD_SQL = (
+        "SELECT through_seq, through_hash FROM audit_archive_markers "
+        "ORDER BY through_seq DESC LIMIT 1"
+    )
     _INSERT_SQL = (
         "INSERT INTO audit_events (seq, occurred_at, request_id, credential_id, account, "
         "method, resource, outcome, reason, latency_us, source, prev_hash, hash) "
@@ -471,6 +535,8 @@ class _SqliteFileAppender:
         last_used: Mapping[str, datetime],
     ) -> AuditHead:
         row = connection.execute(self._HEAD_SQL).fetchone()
+        if row is None:
+            row = connection.execute(self._MARKER_HEAD_SQL).fetchone()
         seq, head_hash = (0, GENESIS_HASH) if row is None else (int(row[0]), _head_hash(row[1]))
         records = chain(head_hash, seq + 1, events)
         if records:
