@@ -280,3 +280,39 @@ def test_the_anchor_rule_holds_after_an_archive(
     assert verify_after(fresh.admin) == [("CHECKPOINT_MISMATCH", newest)]
     with closing(sqlite3.connect(fresh.server.data_dir / "vault.db")) as conn:
         assert last_seq(conn) <= before + 1
+
+
+# -- recovery from a log that no longer extends the anchor -------------------------------------
+
+
+def test_reanchor_accepts_the_altered_log_and_a_restart_serves_again(fresh: Fresh) -> None:
+    admin, server = fresh.admin, fresh.server
+    account = new_account(admin)
+    name = admin.create_key(account, "recovered", "MAC").name
+    with tampering(server) as conn:
+        newest = checkpoint_heads(conn)[-1]
+        edit(
+            server,
+            conn,
+            *edited_and_rechained(conn, newest - 3),
+            ("DELETE FROM audit_checkpoints", ()),
+        )
+    expect_error(grpc.StatusCode.UNAVAILABLE, "AUDIT_UNAVAILABLE", lambda: admin.get_key(name))
+    refused = vaultctl_local(server.data_dir, "audit", "reanchor")
+    assert refused.returncode == 2 and "--yes" in refused.stderr
+
+    done = vaultctl_local(server.data_dir, "--json", "audit", "reanchor", "--yes")
+    assert done.returncode == 0, done.stderr
+    reset = json.loads(done.stdout)
+    assert reset["reanchored"] is True
+    assert reset["previous_sequence"] == newest and reset["broken_at_sequence"] == newest
+    server.stop()
+    server.start()
+    assert admin.get_key(name).name == name
+    assert verify_after(admin) == []
+    (record,) = list(admin.iter_audit_events(method="vaultctl/audit/reanchor"))
+    assert record.reason == "ANCHOR_RESET" and record.sequence == reset["anchor_sequence"]
+    assert record.resource.startswith(f"audit-anchor/{newest}/{reset['previous_hash']}")
+    # Intact now: nothing to reset.
+    again = vaultctl_local(server.data_dir, "--json", "audit", "reanchor", "--yes")
+    assert again.returncode == 0 and json.loads(again.stdout) == {"reanchored": False}

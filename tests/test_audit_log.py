@@ -693,6 +693,10 @@ def test_a_recomputed_chain_is_never_signed_and_stops_the_calls(fresh: Fresh) ->
         assert verify_after(admin) == [("CHECKPOINT_MISMATCH", newest)]
         assert checkpoint_heads(conn) == []
         assert last_seq(conn) <= refused_at + 2
+    # One error line per worker at most (rate-limited), with a seq and no record contents.
+    errors = [line for line in clean.log().splitlines() if "does not extend" in line]
+    assert 1 <= len(errors) <= 2, errors
+    assert "PERMISSION_DENIED" not in "".join(errors) and name not in "".join(errors)
     cli = run_cli(clean, "audit", "verify")
     assert cli.exit_code == 1, cli.output
     assert f"CHECKPOINT_MISMATCH at sequence {newest}" in cli.stdout

@@ -39,6 +39,9 @@ or payloads. Records form a hash chain whose head the vault signs in checkpoints
 in the token, so `verify` detects records that were changed, removed, added or reordered
 afterwards. Needs the admin role.
 
+`archive` (move old records to a file), `verify --archive` and `reanchor` (accept a log that
+no longer extends the token's anchor) run on the vault's machine with its store and token.
+
 \b
 Examples:
   vaultctl audit list --since 1h
@@ -453,6 +456,56 @@ def archive(state: CliState, before: str | None, older_than: str | None, out: Pa
         click.echo(
             f"archived records {header.first_seq} to {header.last_seq} into {out}; "
             f"{_counted(result.deleted, 'record')} deleted from the store"
+        )
+
+    emit(state, data, human)
+
+
+@audit_group.command("reanchor")
+@click.option("--yes", is_flag=True, help="Confirm without a prompt (needed without a terminal).")
+@json_option
+@pass_state
+def reanchor(state: CliState, yes: bool) -> None:
+    """Accept an altered audit log, so the server serves calls again.
+
+    Once the stored chain no longer extends the token's anchor, the server refuses audited
+    calls (AUDIT_UNAVAILABLE). After the damage has been looked at (`audit verify`, `audit
+    list`) and the database copied aside as evidence, and when no backup that extends the
+    anchor can be restored, this appends a record of the reset (method
+    vaultctl/audit/reanchor, reason ANCHOR_RESET, the old anchor in its resource), signs a
+    checkpoint over the new head and moves the token's anchor there. Restart the server
+    afterwards. Does nothing (exit 0) when the chain extends the anchor.
+
+    Runs on the vault's machine with its store and token (the user PIN as for `vaultctl
+    serve`), never over the network.
+    """
+    import socket
+
+    from vault.app import local_audit_log
+    from vault.cli._identity_common import confirm
+
+    confirm("reset", "the token's audit anchor to the log as it is now", yes)
+    with local_audit_log(state.settings()) as audit:
+        done = audit.reanchor(source=f"local:{socket.gethostname()}")
+    if done is None:
+        data: dict[str, Any] = {"reanchored": False}
+        emit(state, data, lambda: note("the audit chain extends the token's anchor: nothing to do"))
+        return
+    previous = done.previous
+    data = {
+        "reanchored": True,
+        "previous_sequence": None if previous is None else previous[0],
+        "previous_hash": None if previous is None else previous[1].hex(),
+        "broken_at_sequence": done.broken_at,
+        "anchor_sequence": done.checkpoint.head_seq,
+        "anchor_hash": done.checkpoint.head_hash.hex(),
+    }
+
+    def human() -> None:
+        was = "none" if previous is None else f"sequence {previous[0]}"
+        click.echo(
+            f"audit anchor moved from {was} to sequence {done.checkpoint.head_seq} "
+            f"(the chain stopped extending it at sequence {done.broken_at}); restart the server"
         )
 
     emit(state, data, human)

@@ -92,6 +92,17 @@ class ArchiveResult:
 
 
 @dataclass(frozen=True, slots=True)
+class Reanchored:
+    previous: tuple[int, bytes] | None  # the anchor the stored chain no longer extended
+    broken_at: int  # where it stopped extending it
+    checkpoint: Checkpoint  # signed over the new head, the record of the reset included
+
+
+# The method name of the record `vaultctl audit reanchor` appends; no RPC has this name.
+REANCHOR_METHOD: Final = "vaultctl/audit/reanchor"
+
+
+@dataclass(frozen=True, slots=True)
 class CheckpointPolicy:
     every_records: int = 1000
     every_seconds: float = 60.0
@@ -285,6 +296,54 @@ class AuditLog:
         )
         return self._crypto.audit_verify(payload, marker.signature, marker.key_label)
 
+    # -- recovery ----------------------------------------------------------------------------
+
+    def reanchor(self, source: str, now: datetime | None = None) -> Reanchored | None:
+        """Accept the stored chain as it is now: append a record of the reset (naming the old
+        anchor), sign a checkpoint over the new head and move the token's anchor there, even
+        backwards. None, and nothing done, when the chain extends the anchor already.
+
+        For the operator, once the damage is recorded elsewhere: checkpoints the store still
+        holds over rewritten records keep being reported by verify, and the reset record
+        says when the log was accepted again. Workers refusing calls resume after a restart."""
+        moment = self._clock() if now is None else now
+        with self._store.checkpoint_lock():
+            anchor = self._crypto.audit_anchor()
+            head_seq, head_hash = self._store.audit_head()
+            try:
+                if anchor is not None and anchor[0] > head_seq:
+                    raise ChainBroken(head_seq + 1, "records after the stored head are missing")
+                self._check_extends(anchor, head_seq, head_hash)
+                return None
+            except ChainBroken as error:
+                broken = error
+            old_seq, old_hash = (0, GENESIS_HASH) if anchor is None else anchor
+            event = AuditEvent(
+                occurred_at=moment,
+                request_id=f"reanchor-{int(moment.timestamp() * 1_000_000)}",
+                credential_id="",
+                account="",
+                method=REANCHOR_METHOD,
+                resource=f"audit-anchor/{old_seq}/{old_hash.hex()}",
+                outcome="OK",
+                reason="ANCHOR_RESET",
+                latency_us=0,
+                source=source,
+            )
+            head = self._store.append_audit([event], {}, {})
+            payload = checkpoint_payload(head.seq, head.hash, moment)
+            signature, key_label = self._crypto.audit_sign(payload)
+            checkpoint = Checkpoint(head.seq, head.hash, moment, signature, key_label)
+            self._store.add_checkpoint(checkpoint)
+            self._crypto.record_audit_anchor(head.seq, head.hash, reset=True)
+        log.warning(
+            "audit anchor reset from seq %d to seq %d by the operator (chain broken at %d)",
+            old_seq,
+            head.seq,
+            broken.seq,
+        )
+        return Reanchored(anchor, broken.seq, checkpoint)
+
     # -- archiving ---------------------------------------------------------------------------
 
     def archive(
@@ -325,7 +384,9 @@ class AuditLog:
 
             def noting_times(records: Iterator[AuditRecord]) -> Iterator[AuditRecord]:
                 for record in records:
-                    if record.seq in candidates:
+                    candidate = candidates.get(record.seq)
+                    # A checkpoint over a record since rewritten is no boundary.
+                    if candidate is not None and candidate.head_hash == record.hash:
                         times[record.seq] = record.event.occurred_at
                     yield record
 

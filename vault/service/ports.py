@@ -256,6 +256,11 @@ class AuditStore(Protocol):
 
     def audit_checkpoints(self) -> list[Checkpoint]: ...
 
+    def audit_head(self) -> tuple[int, bytes]:
+        """(seq, hash) of the last record, else of the newest archive marker, else (0, the
+        genesis hash)."""
+        ...
+
     def audit_archive_markers(self) -> list[ArchiveMarker]:
         """Markers of archived segments, oldest first; the stored chain starts at the last."""
         ...
@@ -283,8 +288,9 @@ class SystemCrypto(Protocol):
 
     def audit_verify(self, payload: bytes, signature: bytes, key_label: str) -> bool: ...
 
-    def record_audit_anchor(self, head_seq: int, head_hash: bytes) -> None:
-        """Keep the newest checkpointed chain head outside the store (in the token)."""
+    def record_audit_anchor(self, head_seq: int, head_hash: bytes, *, reset: bool = False) -> None:
+        """Keep the newest checkpointed chain head outside the store (in the token); an older
+        head is ignored unless reset."""
         ...
 
     def audit_anchor(self) -> tuple[int, bytes] | None: ...

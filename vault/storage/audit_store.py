@@ -296,6 +296,11 @@ class SqlAuditStore:
 
     # --- archives ---------------------------------------------------------------------------
 
+    def audit_head(self) -> tuple[int, bytes]:
+        with self._reading() as c:
+            row = c.execute(_HEAD).first() or c.execute(_MARKER_HEAD).first()
+        return (0, GENESIS_HASH) if row is None else (int(row[0]), _head_hash(row[1]))
+
     def audit_archive_markers(self) -> list[ArchiveMarker]:
         """Every archive marker, oldest first; the last is where the stored chain starts."""
         query = select(audit_archive_markers).order_by(audit_archive_markers.c.through_seq)
