@@ -17,6 +17,7 @@ import shutil
 import sqlite3
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing, contextmanager
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
@@ -412,6 +413,29 @@ def run_cli(server: VaultServer, *args: str) -> Result:
     credentials = server.data_dir / "admin-credentials.json"
     argv = ["--target", server.target, "--credentials-file", str(credentials)]
     return CliRunner().invoke(vaultctl, [*argv, *args], env=CLEAN_CLI_ENV, prog_name="vaultctl")
+
+
+def test_concurrent_checkpoints_in_every_worker_keep_extending_the_anchor(
+    vault: VaultServer, admin: VaultClient, seeded: Seeded
+) -> None:
+    """Threads of both workers append at once and each worker checkpoints every few records:
+    a worker that finds the anchor already past its head leaves it, nobody finds the chain
+    broken, and no call is refused."""
+    with tampering(vault) as conn:
+        heads_before = len(checkpoint_heads(conn))
+
+    def calls(index: int) -> int:
+        with vault.client() as client:
+            for _ in range(15):
+                client.get_key(seeded.key)
+        return index
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        assert sorted(pool.map(calls, range(16))) == list(range(16))
+    with tampering(vault) as conn:
+        assert len(checkpoint_heads(conn)) > heads_before + 5
+    assert verify_after(admin) == []
+    assert "does not extend" not in vault.log()
 
 
 # -- tampering with the database ------------------------------------------------------------

@@ -245,12 +245,17 @@ class AuditLog:
     def checkpoint(self, head_seq: int, head_hash: bytes, now: datetime) -> Checkpoint | None:
         """Sign (head_seq, head_hash) and move the token's anchor to it, if the stored chain
         leads there from the anchor; None when the anchor is at or past head_seq already
-        (another worker signed a later head). ChainBroken when the chain does not lead there:
+        (another worker signed a later head) or another process is checkpointing or
+        archiving. ChainBroken when the chain does not lead there:
         then nothing is signed or anchored.
 
         Reading the anchor, checking the chain, signing and moving the anchor happen under the
         store's checkpoint lock, so workers checkpointing at once cannot interleave them."""
-        with self._store.checkpoint_lock():
+        # Without waiting: an archive can hold the lock for minutes, and this runs on a
+        # request's thread. The next append retries.
+        with self._store.checkpoint_lock(wait=False) as held:
+            if not held:
+                return None
             anchor = self._crypto.audit_anchor()
             if anchor is not None and anchor[0] >= head_seq:
                 return None

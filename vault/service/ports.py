@@ -249,9 +249,10 @@ class AuditStore(Protocol):
         batches."""
         ...
 
-    def checkpoint_lock(self) -> AbstractContextManager[None]:
-        """Held while a checkpoint is checked, signed and anchored: excludes every other
-        thread and process checkpointing the same store."""
+    def checkpoint_lock(self, *, wait: bool = True) -> AbstractContextManager[bool]:
+        """Held while a checkpoint is checked, signed and anchored, or an archive made:
+        excludes every other thread and process doing so on the same store. Yields whether it
+        is held: without wait, False when someone else holds it."""
         ...
 
     def audit_checkpoints(self) -> list[Checkpoint]: ...

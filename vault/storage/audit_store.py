@@ -250,12 +250,13 @@ class SqlAuditStore:
     # --- checkpoints ------------------------------------------------------------------------
 
     @contextmanager
-    def checkpoint_lock(self) -> Iterator[None]:
-        """Threads of this process, then processes sharing a SQLite file, take turns. A server
-        database shared by several hosts has no file to lock: there the turns are per host,
-        and the token's anchor only ever moves forward."""
-        with self._checkpoint_lock.held():
-            yield
+    def checkpoint_lock(self, *, wait: bool = True) -> Iterator[bool]:
+        """Threads of this process, then processes sharing a SQLite file, take turns; yields
+        whether the lock is held (always, if wait). A server database shared by several hosts
+        has no file to lock: there the turns are per host, and the token's anchor only ever
+        moves forward."""
+        with self._checkpoint_lock.attempt(wait=wait) as held:
+            yield held
 
     def add_checkpoint(self, checkpoint: Checkpoint) -> None:
         """Record a signed checkpoint; a second one for the same head is ignored."""
@@ -421,16 +422,31 @@ class AppendLock:
 
     @contextmanager
     def held(self) -> Iterator[None]:
-        with self._threads:
+        with self.attempt(wait=True):
+            yield
+
+    @contextmanager
+    def attempt(self, *, wait: bool) -> Iterator[bool]:
+        """The lock if it can be had (at once, unless wait): yields whether it is held."""
+        if not self._threads.acquire(blocking=wait):
+            yield False
+            return
+        try:
             if self._path is None:
-                yield
+                yield True
                 return
             fd = self._descriptor(self._path)
-            fcntl.flock(fd, fcntl.LOCK_EX)
             try:
-                yield
+                fcntl.flock(fd, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                yield False
+                return
+            try:
+                yield True
             finally:
                 fcntl.flock(fd, fcntl.LOCK_UN)
+        finally:
+            self._threads.release()
 
     def close(self) -> None:
         with self._threads:
