@@ -169,6 +169,27 @@ def test_nothing_older_than_the_cutoff_archives_nothing(fresh: Fresh, tmp_path: 
         assert conn.execute("SELECT min(seq) FROM audit_events").fetchone()[0] == 1
 
 
+def test_an_archive_that_cannot_be_written_deletes_nothing(fresh: Fresh, tmp_path: Path) -> None:
+    cutoff = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
+    data_dir = fresh.server.data_dir
+    with tampering(fresh.server) as conn:
+        before = conn.execute("SELECT count(*) FROM audit_events").fetchone()[0]
+    missing = tmp_path / "no-such-dir" / "a.jsonl"
+    failed = vaultctl_local(data_dir, "audit", "archive", "--before", cutoff, "--out", str(missing))
+    assert failed.returncode == 4, failed.stderr
+    existing = tmp_path / "taken.jsonl"
+    existing.write_text("keep me\n")
+    refused = vaultctl_local(
+        data_dir, "audit", "archive", "--before", cutoff, "--out", str(existing)
+    )
+    assert refused.returncode == 4 and "never overwritten" in refused.stderr
+    assert existing.read_text() == "keep me\n"
+    with tampering(fresh.server) as conn:
+        assert conn.execute("SELECT count(*) FROM audit_events").fetchone()[0] >= before
+        assert conn.execute("SELECT min(seq) FROM audit_events").fetchone()[0] == 1
+        assert conn.execute("SELECT count(*) FROM audit_archive_markers").fetchone()[0] == 0
+
+
 def test_an_edited_archive_record_is_found(
     archived: tuple[Fresh, Path, dict[str, Any]],
 ) -> None:
