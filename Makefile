@@ -69,12 +69,15 @@ $(PROTO_STAMP): $(PROTO_FILES) scripts/gen_proto.py $(VENV_STAMP)
 	$(VENV_PY) scripts/gen_proto.py
 	@touch $@
 
+# token init reads no terminal here: a new development token gets a generated SO PIN, kept
+# outside the data directory (README, What make run does); `vaultctl token init` run by hand
+# on a terminal asks for one instead.
 run: setup ## Provision the token (idempotent) and serve on settings.server.listen
-	$(VAULTCTL) token init
+	$(VAULTCTL) token init </dev/null
 	exec $(VAULTCTL) serve
 
 token-init: setup ## Only provision the token (idempotent)
-	$(VAULTCTL) token init
+	$(VAULTCTL) token init </dev/null
 
 test: setup ## Run the test suite (pass options with PYTEST_ARGS='-k sign -x')
 	$(VENV_PY) -m pytest $(PYTEST_ARGS)

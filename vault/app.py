@@ -7,7 +7,7 @@ import json
 import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from vault.config import Settings
@@ -118,7 +118,7 @@ class StartupReport:
     system_keys_created: list[str]
     admin_access_key_id: str | None
     admin_credentials_file: Path | None
-    admin_secret_key: str | None
+    admin_secret_key: str | None = field(repr=False)
 
 
 def prepare_and_reconcile(settings: Settings) -> StartupReport:

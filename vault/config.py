@@ -104,10 +104,13 @@ class HsmSettings(BaseModel):
         None, description="file holding the user PIN (default: <data_dir>/secrets/user.pin)"
     )
     so_pin: SecretStr | None = Field(
-        None, description="SO PIN, for `vaultctl token init` only; prefer so_pin_file"
+        None, description="SO PIN, for `vaultctl token init` only; prefer VAULT_HSM__SO_PIN"
     )
     so_pin_file: Path | None = Field(
-        None, description="file holding the SO PIN (default: <data_dir>/secrets/so.pin)"
+        None,
+        description="file holding the SO PIN, outside data_dir, for `vaultctl token init` "
+        "only (default: a hidden prompt on a terminal, else a generated development PIN in "
+        "$XDG_STATE_HOME/vault/)",
     )
     softhsm_conf: Path | None = Field(
         None, description="SoftHSM2 config (default: <data_dir>/softhsm2.conf); sets SOFTHSM2_CONF"
@@ -117,8 +120,9 @@ class HsmSettings(BaseModel):
 
 
 class StoreSettings(BaseModel):
+    # Out of repr: a PostgreSQL URL may carry the database password.
     url: str | None = Field(
-        None, description="SQLAlchemy URL (default: sqlite:///<data_dir>/vault.db)"
+        None, repr=False, description="SQLAlchemy URL (default: sqlite:///<data_dir>/vault.db)"
     )
 
 
@@ -156,10 +160,16 @@ class AuthSettings(BaseModel):
         60.0, gt=0, description="window over which failed authentications are counted"
     )
     max_failures_per_address: int = Field(
-        30, ge=1, description="failed authentications from one address before it is refused"
+        30,
+        ge=1,
+        description="failed authentications from one address before its further failures are "
+        "throttled (valid credentials are always admitted)",
     )
     max_failures_per_key: int = Field(
-        10, ge=1, description="failed authentications naming one key id before it is refused"
+        10,
+        ge=1,
+        description="failed authentications naming one key id from one address before that "
+        "address's further failures at it are throttled",
     )
     client_certificate_accounts: bool = Field(
         False,
@@ -203,8 +213,6 @@ class Settings(BaseSettings):
         self.data_dir = data_dir
         if self.hsm.user_pin_file is None:
             self.hsm.user_pin_file = data_dir / "secrets" / "user.pin"
-        if self.hsm.so_pin_file is None:
-            self.hsm.so_pin_file = data_dir / "secrets" / "so.pin"
         if self.hsm.softhsm_conf is None:
             self.hsm.softhsm_conf = data_dir / "softhsm2.conf"
         if self.store.url is None:
@@ -256,9 +264,6 @@ class Settings(BaseSettings):
 
     def user_pin(self) -> str:
         return read_secret(self.hsm.user_pin, self.hsm.user_pin_file, "user PIN")
-
-    def so_pin(self) -> str:
-        return read_secret(self.hsm.so_pin, self.hsm.so_pin_file, "SO PIN")
 
 
 def read_secret(value: SecretStr | None, path: Path | None, what: str) -> str:

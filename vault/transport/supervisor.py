@@ -27,6 +27,7 @@ from vault.config import Settings
 from vault.coordination.limits import SharedLimits
 from vault.domain.errors import VaultError
 from vault.service.keys import KeyManagement
+from vault.so_pin import refuse_to_serve_beside
 from vault.transport.errors import log_unexpected
 from vault.transport.server import TLS_HINT, ListenAddress, ListenAddressError, build
 from vault.transport.tls import ServerTls, TlsConfigError, load_server_tls
@@ -54,8 +55,10 @@ def serve(settings: Settings) -> None:
     Prints "vault serving on ADDRESS (N workers, TLS)" once every worker serves, and returns
     after a signal once they have stopped. Raises TlsConfigError for TLS settings or files
     that cannot be used, ListenAddressError for an address that cannot be served and
-    RuntimeError when start-up fails (details are logged).
+    RuntimeError when start-up fails (details are logged) or an SO PIN file sits in the
+    data directory (SoPinCustodyError).
     """
+    refuse_to_serve_beside(settings)  # the SO PIN: never beside a serving token
     tls = load_tls(settings)
     address = ListenAddress.parse(settings.server.listen, tls=tls is not None)
     if tls is not None:
