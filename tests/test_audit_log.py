@@ -726,6 +726,42 @@ def test_a_recomputed_chain_is_never_signed_and_stops_the_calls(fresh: Fresh) ->
     assert f"CHECKPOINT_MISMATCH at sequence {newest}" in cli.stdout
 
 
+@pytest.mark.parametrize(
+    "forged_seq", [10**12, 0], ids=["beyond-the-head", "on-the-head-signed-in-the-future"]
+)
+def test_a_forged_checkpoint_row_does_not_put_off_the_anchor_check(
+    fresh: Fresh, forged_seq: int
+) -> None:
+    """Instead of deleting the checkpoints, the rewriter leaves one row that makes the next
+    checkpoint look far off: beyond the head, or at it and signed in the future. Neither is
+    a checkpoint the vault could have made, so one is due at once all the same."""
+    admin, clean = fresh.admin, fresh.server
+    account = new_account(admin)
+    name = admin.create_key(account, "after-forged-row", "ENCRYPT_DECRYPT").name
+    with tampering(clean) as conn:
+        seq = middle_seq(conn)
+        head = forged_seq or last_seq(conn)
+        future = int((datetime.now(UTC) + timedelta(days=3650) - EPOCH) / timedelta(microseconds=1))
+        edit(
+            clean,
+            conn,
+            *edited_and_rechained(conn, seq),
+            ("DELETE FROM audit_checkpoints", ()),
+            (
+                "INSERT INTO audit_checkpoints VALUES (?, ?, ?, ?, ?)",
+                (head, bytes(32), future, b"forged", "vault:system:audit:1"),
+            ),
+        )
+        for _ in range(SPREAD):
+            with clean.client() as caller:
+                expect_error(
+                    grpc.StatusCode.UNAVAILABLE,
+                    "AUDIT_UNAVAILABLE",
+                    lambda c=caller: c.get_key(name),  # type: ignore[misc]
+                )
+        assert checkpoint_heads(conn) == [head]
+
+
 def test_a_checkpoint_with_a_forged_signature_is_reported(fresh: Fresh) -> None:
     admin, clean = fresh.admin, fresh.server
     with tampering(clean) as conn:

@@ -220,15 +220,22 @@ class AuditLog:
     # -- checkpoints -------------------------------------------------------------------------
 
     def _checkpoint_if_due(self, head: AuditHead) -> None:
-        if head.seq <= head.checkpoint_seq or self._broken is not None:
+        if self._broken is not None:
             return
         now = self._clock()
+        # A checkpoint beyond the head, or signed in the future, is none this vault made: a
+        # row put there to put the next checkpoint (and its anchor check) off.
+        impossible = head.checkpoint_seq > head.seq or (
+            head.checkpoint_time is not None and head.checkpoint_time > now
+        )
+        if head.seq == head.checkpoint_seq and not impossible:
+            return
         by_count = head.seq - head.checkpoint_seq >= self._policy.every_records
         by_time = (
             head.checkpoint_time is None
             or (now - head.checkpoint_time).total_seconds() >= self._policy.every_seconds
         )
-        if not (by_count or by_time):
+        if not (by_count or by_time or impossible):
             return
         if not self._checkpointing.acquire(blocking=False):
             return  # another thread of this process is signing one already
