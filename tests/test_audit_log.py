@@ -653,6 +653,14 @@ def test_a_truncated_log_is_reported_by_its_checkpoint(fresh: Fresh) -> None:
         cut = head - 1
         edit(clean, conn, ("DELETE FROM audit_events WHERE seq >= ?", (cut,)))
         assert verify_after(admin) == [("TRUNCATED", cut)]
+        # Records the token's anchor vouched for are gone: calls are refused too.
+        for _ in range(SPREAD):
+            with clean.client() as caller:
+                expect_error(
+                    grpc.StatusCode.UNAVAILABLE,
+                    "AUDIT_UNAVAILABLE",
+                    lambda c=caller: c.list_accounts(),  # type: ignore[misc]
+                )
 
 
 def test_a_recomputed_chain_is_caught_by_the_signed_checkpoints(fresh: Fresh) -> None:

@@ -265,6 +265,14 @@ class AuditLog:
                 return None
             anchor = self._crypto.audit_anchor()
             if anchor is not None and anchor[0] >= head_seq:
+                # Usually another worker signed a later head. Unless the store ends before
+                # the anchor: then records the token vouched for are gone (a truncated log,
+                # or a database rolled back to an older copy).
+                stored_seq, _ = self._store.audit_head()
+                if stored_seq < anchor[0]:
+                    raise ChainBroken(
+                        stored_seq + 1, f"the records from {stored_seq + 1} on are missing"
+                    )
                 return None
             self._check_extends(anchor, head_seq, head_hash)
             payload = checkpoint_payload(head_seq, head_hash, now)
