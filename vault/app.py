@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -98,6 +99,30 @@ def build_services(settings: Settings, counters: SharedCounters | None = None) -
         security = Security(identity, authenticator, audit, system_keys.ensure, reserve)
     checks = {"token": keystore.available, "store": store.check_writable}
     return Services(store, keystore, keys, crypto, security, checks)
+
+
+@contextmanager
+def local_audit_log(settings: Settings) -> Iterator[AuditLog]:
+    """The audit log of the store and token on this machine, for the operator commands that
+    work beside a running server (`vaultctl audit archive`, `audit verify --archive`): the
+    store's locks and the token are shared with its workers."""
+    from vault.hsm.keystore import open_keystore
+    from vault.hsm.system_keys import SystemKeys
+    from vault.storage import open_stores
+
+    assert settings.store.url is not None
+    stores = open_stores(settings.store.url)
+    try:
+        keystore = open_keystore(settings)
+        yield AuditLog(
+            stores.audit,
+            SystemKeys(keystore),
+            CheckpointPolicy(
+                settings.audit.checkpoint_every_records, settings.audit.checkpoint_every_seconds
+            ),
+        )
+    finally:
+        stores.audit.close()
 
 
 @dataclass(frozen=True, slots=True)
