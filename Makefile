@@ -60,7 +60,7 @@ $(VENV_STAMP): pyproject.toml | check-python
 		$(APT_GET) install -y --no-install-recommends python$$version-venv; \
 	fi
 	@if [ ! -x $(VENV_PY) ]; then echo "creating $(VENV) with $(PYTHON)"; $(PYTHON) -m venv $(VENV); fi
-	$(VENV_PY) -m pip install --quiet --disable-pip-version-check --no-input -e '.[dev]'
+	$(VENV_PY) -m pip install --quiet --disable-pip-version-check --no-input -e '.[server,dev]'
 	@touch $@
 
 proto: $(PROTO_STAMP) ## Generate the gRPC code from proto/ into vault/gen/
