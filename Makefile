@@ -50,7 +50,7 @@ check-python: ## Check that a Python 3.11 interpreter is available
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else 1)' || { \
 		echo "$(PYTHON) is $$($(PYTHON) --version 2>&1); Python 3.11 is required" >&2; exit 1; }
 
-venv: $(VENV_STAMP) ## Create .venv and install the project with its dev dependencies
+venv: $(VENV_STAMP) ## Create .venv and install the project with its server and dev extras
 
 $(VENV_STAMP): pyproject.toml | check-python
 	@# Debian splits venv/ensurepip into its own package; install it only when it is missing.
@@ -60,7 +60,7 @@ $(VENV_STAMP): pyproject.toml | check-python
 		$(APT_GET) install -y --no-install-recommends python$$version-venv; \
 	fi
 	@if [ ! -x $(VENV_PY) ]; then echo "creating $(VENV) with $(PYTHON)"; $(PYTHON) -m venv $(VENV); fi
-	$(VENV_PY) -m pip install --quiet --disable-pip-version-check --no-input -e '.[dev]'
+	$(VENV_PY) -m pip install --quiet --disable-pip-version-check --no-input -e '.[server,dev]'
 	@touch $@
 
 proto: $(PROTO_STAMP) ## Generate the gRPC code from proto/ into vault/gen/

@@ -1,6 +1,8 @@
 """Generate the Python gRPC code for proto/vault/v1/*.proto into vault/gen/.
 
-Run from anywhere with the project's interpreter: `python scripts/gen_proto.py`.
+Run from anywhere with the project's interpreter: `python scripts/gen_proto.py` (`make proto`,
+for development). Building a wheel runs the same generation into the build directory (setup.py),
+so a wheel or sdist built from a clean checkout carries the generated code.
 
 protoc names generated modules after the proto package (`from vault.v1 import resources_pb2`),
 but they live under the `vault.gen` package, so the imports are rewritten afterwards. The
@@ -37,41 +39,42 @@ def _plugin(name: str) -> str:
     return found
 
 
-def generate() -> None:
+def generate(out_dir: Path = OUT_DIR, proto_dir: Path = PROTO_DIR) -> list[Path]:
+    """Rebuild out_dir (the `vault.gen` package) from proto_dir; returns the files written."""
     protos = sorted(
-        str(p.relative_to(PROTO_DIR)) for p in (PROTO_DIR / PROTO_PACKAGE_DIR).glob("*.proto")
+        str(p.relative_to(proto_dir)) for p in (proto_dir / PROTO_PACKAGE_DIR).glob("*.proto")
     )
     if not protos:
-        raise SystemExit(f"no .proto files under {PROTO_DIR / PROTO_PACKAGE_DIR}")
-    if OUT_DIR.exists():
-        shutil.rmtree(OUT_DIR)
-    OUT_DIR.mkdir(parents=True)
+        raise SystemExit(f"no .proto files under {proto_dir / PROTO_PACKAGE_DIR}")
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    out_dir.mkdir(parents=True)
     well_known = resources.files("grpc_tools") / "_proto"
     args = [
         "grpc_tools.protoc",
-        f"-I{PROTO_DIR}",
+        f"-I{proto_dir}",
         f"-I{well_known}",
         f"--plugin=protoc-gen-mypy={_plugin('protoc-gen-mypy')}",
         f"--plugin=protoc-gen-mypy_grpc={_plugin('protoc-gen-mypy_grpc')}",
-        f"--python_out={OUT_DIR}",
-        f"--grpc_python_out={OUT_DIR}",
-        f"--mypy_out={OUT_DIR}",
-        f"--mypy_grpc_out={OUT_DIR}",
+        f"--python_out={out_dir}",
+        f"--grpc_python_out={out_dir}",
+        f"--mypy_out={out_dir}",
+        f"--mypy_grpc_out={out_dir}",
         *protos,
     ]
     if protoc.main(args) != 0:
         raise SystemExit("protoc failed")
 
-    for directory in (OUT_DIR, OUT_DIR / "vault", OUT_DIR / PROTO_PACKAGE_DIR):
+    for directory in (out_dir, out_dir / "vault", out_dir / PROTO_PACKAGE_DIR):
         (directory / "__init__.py").write_text(_INIT_DOC, encoding="utf-8")
-    for path in sorted(OUT_DIR.rglob("*.py*")):
-        if path.suffix not in (".py", ".pyi"):
-            continue
+    written = sorted(p for p in out_dir.rglob("*.py*") if p.suffix in (".py", ".pyi"))
+    for path in written:
         text = path.read_text(encoding="utf-8")
         rewritten = _IMPORT_RE.sub(r"\1 vault.gen.vault.v1", text)
         if rewritten != text:
             path.write_text(rewritten, encoding="utf-8")
-    print(f"generated {len(protos)} proto files into {OUT_DIR.relative_to(ROOT)}")
+    print(f"generated {len(protos)} proto files into {out_dir}")
+    return written
 
 
 if __name__ == "__main__":

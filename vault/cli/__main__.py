@@ -1,5 +1,5 @@
 """`python -m vault.cli`: the same as `vaultctl`, for an environment without the entry point."""
 
-from vault.cli.main import main
+from vault.cli.launch import main
 
 main()
