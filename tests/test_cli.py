@@ -49,6 +49,7 @@ KEY_FIELDS = {
     "create_time",
     "update_time",
     "destroy_scheduled_time",
+    "destroy_time",
     "revocation_reason",
 }
 
@@ -353,10 +354,34 @@ def test_keys_schedule_and_cancel_destroy(target: str) -> None:
         "ENABLED"
     )
 
+    # The table calls the future date what it is.
+    scheduled_text = ok(vaultctl(target, "keys", "schedule-destroy", name)).stdout
+    assert "destruction scheduled for" in scheduled_text
+    assert "destroyed at" not in scheduled_text
+    assert "destroyed at" not in ok(vaultctl(target, "keys", "get", name)).stdout
+    ok(vaultctl(target, "keys", "cancel-destroy", name))
+    ok(vaultctl(target, "keys", "enable", name))
+
     for period in ("soon", "99999999999999w"):
         bad = vaultctl(target, "keys", "schedule-destroy", name, "--waiting-period", period)
         assert bad.exit_code == 2, bad.stderr
         assert "--waiting-period" in bad.stderr
+
+
+def test_a_destroyed_key_shows_when_it_was_destroyed(target: str) -> None:
+    name = str(create_key(target, "MAC")["name"])
+    ok(vaultctl(target, "keys", "schedule-destroy", name, "--waiting-period", "1s"))
+    deadline = time.monotonic() + 60
+    record = json_of(vaultctl(target, "keys", "get", name, json_output=True))
+    while record["state"] != "DESTROYED" and time.monotonic() < deadline:
+        time.sleep(0.5)
+        record = json_of(vaultctl(target, "keys", "get", name, json_output=True))
+    assert record["state"] == "DESTROYED"
+    assert record["destroy_scheduled_time"] is None
+    assert datetime.fromisoformat(record["destroy_time"]) <= datetime.now(UTC)
+    shown = ok(vaultctl(target, "keys", "get", name)).stdout
+    assert "destroyed at" in shown
+    assert "scheduled" not in shown
 
 
 def test_vault_refusals_exit_3(target: str) -> None:

@@ -79,7 +79,16 @@ def key_record(key: resources_pb2.Key) -> dict[str, Any]:
         "description": key.description,
         "create_time": _time(key, "create_time"),
         "update_time": _time(key, "update_time"),
-        "destroy_scheduled_time": _time(key, "destroy_scheduled_time"),
+        # Two fields, not one: a scheduled destruction is a date in the future (and can still
+        # be cancelled); only a DESTROYED key has a time it was destroyed, its last change.
+        "destroy_scheduled_time": (
+            _time(key, "destroy_scheduled_time")
+            if key.state == resources_pb2.KEY_STATE_DESTROY_SCHEDULED
+            else None
+        ),
+        "destroy_time": (
+            _time(key, "update_time") if key.state == resources_pb2.KEY_STATE_DESTROYED else None
+        ),
         "revocation_reason": key.revocation_reason,
     }
 
@@ -116,7 +125,9 @@ def _print_key(record: dict[str, Any]) -> None:
         ("updated", record["update_time"]),
     ]
     if record["destroy_scheduled_time"]:
-        fields.append(("destroyed at", record["destroy_scheduled_time"]))
+        fields.append(("destruction scheduled for", record["destroy_scheduled_time"]))
+    if record["destroy_time"]:
+        fields.append(("destroyed at", record["destroy_time"]))
     if record["revocation_reason"]:
         fields.append(("revocation reason", record["revocation_reason"]))
     print_fields(fields)
@@ -551,7 +562,9 @@ def schedule_destroy(state: CliState, name: str, waiting_period: str | None) -> 
     period = parse_duration(waiting_period) if waiting_period is not None else None
     key = state.client().schedule_key_destruction(name, period)
     record = key_record(key)
-    _show_key(state, key, f"{key.name} will be destroyed at {record['destroy_scheduled_time']}")
+    _show_key(
+        state, key, f"{key.name}: destruction scheduled for {record['destroy_scheduled_time']}"
+    )
 
 
 @keys_group.command("cancel-destroy")
