@@ -368,6 +368,42 @@ def test_keys_schedule_and_cancel_destroy(target: str) -> None:
         assert "--waiting-period" in bad.stderr
 
 
+def test_every_list_command_bounds_its_output_with_limit(target: str) -> None:
+    for _ in range(3):
+        create_key(target, "MAC")
+    everything = [
+        k["name"] for k in json_of(vaultctl(target, "keys", "list", ACCOUNT_ID, "--json"))["keys"]
+    ]
+    assert len(everything) >= 3
+    page = json_of(vaultctl(target, "keys", "list", ACCOUNT_ID, "--limit", "2", "--json"))
+    assert [k["name"] for k in page["keys"]] == everything[:2]
+    rest = json_of(
+        vaultctl(
+            target, "keys", "list", ACCOUNT_ID, "--page-token", page["next_page_token"], "--json"
+        )
+    )
+    assert [k["name"] for k in rest["keys"]] == everything[2:]
+    # The old name still works, with a remark.
+    old = vaultctl(target, "keys", "list", ACCOUNT_ID, "--page-size", "2", "--json")
+    assert [k["name"] for k in json_of(old)["keys"]] == everything[:2]
+    assert "deprecated" in old.stderr
+    versions = json_of(
+        vaultctl(target, "keys", "versions", everything[0], "--limit", "1", "--json")
+    )
+    assert len(versions["versions"]) == 1
+    for command in (
+        ["keys", "list"],
+        ["keys", "versions"],
+        ["accounts", "list"],
+        ["access-keys", "list"],
+        ["api-keys", "list"],
+        ["audit", "list"],
+    ):
+        shown = ok(vaultctl(None, *command, "--help")).stdout
+        assert "--limit" in shown, command
+        assert "--page-size" not in shown, command
+
+
 def test_a_destroyed_key_shows_when_it_was_destroyed(target: str) -> None:
     name = str(create_key(target, "MAC")["name"])
     ok(vaultctl(target, "keys", "schedule-destroy", name, "--waiting-period", "1s"))
