@@ -27,6 +27,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from tests.api_calls import new_id
 from tests.harness import ROOT, VaultServer, free_port
 from vault.cli.main import cli
+from vault.tls_dev import create_ca, write_certificate
 
 VAULTCTL = ROOT / ".venv" / "bin" / "vaultctl"
 
@@ -555,6 +556,28 @@ def test_installed_vaultctl_pipe_and_error_line(target: str, enc_key: str, tmp_p
     assert len(lines) == 1, failed.stderr
     assert lines[0].startswith("vaultctl: error: DECRYPTION_FAILED: ")
     assert b"Traceback" not in failed.stderr
+
+
+def test_json_output_is_only_json_on_both_streams(
+    target: str, enc_key: str, tmp_path: Path
+) -> None:
+    listed = run_vaultctl(["--target", target, "--json", "keys", "list", ACCOUNT_ID], cwd=tmp_path)
+    assert listed.returncode == 0, listed.stderr
+    assert enc_key in [key["name"] for key in json.loads(listed.stdout)["keys"]]
+    assert listed.stderr == b""
+    # A failed TLS handshake (this server speaks plaintext) is where gRPC's core logs a line
+    # of its own; the caller gets only the JSON error.
+    ca = tmp_path / "ca.pem"
+    write_certificate(ca, create_ca("unrelated")[0])
+    refused = run_vaultctl(
+        ["--target", target, "--ca-file", str(ca), "--json", "keys", "list", ACCOUNT_ID],
+        cwd=tmp_path,
+    )
+    assert refused.returncode == 3
+    assert refused.stdout == b""
+    lines = refused.stderr.decode().splitlines()
+    assert len(lines) == 1, refused.stderr
+    assert json.loads(lines[0])["error"]["code"] == "UNAVAILABLE"
 
 
 # -- crypto: sign, data keys, MACs, random ----------------------------------------------------

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -255,7 +257,19 @@ cli.add_command(audit_group)
 
 
 def main() -> None:
+    quiet_grpc(sys.argv[1:])
     cli(prog_name="vaultctl")
+
+
+def quiet_grpc(arguments: list[str]) -> None:
+    """Keep gRPC's own C-core log lines (a failed TLS handshake, a refused connection) off
+    stderr, where they would precede the one error line or the --json document: the error
+    vaultctl prints already says what happened. The server keeps gRPC's errors for its log.
+
+    Must run before grpc is imported: the core reads GRPC_VERBOSITY once, when it starts. A
+    value the user set wins."""
+    if "GRPC_VERBOSITY" not in os.environ:
+        os.environ["GRPC_VERBOSITY"] = "ERROR" if "serve" in arguments else "NONE"
 
 
 if __name__ == "__main__":
