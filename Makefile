@@ -12,6 +12,7 @@ SHELL := /bin/bash
 .DELETE_ON_ERROR:
 
 VENV := .venv
+LOCAL_CONFIG := vault.toml
 VENV_PY := $(VENV)/bin/python
 VAULTCTL := $(VENV)/bin/vaultctl
 # Stamps record that a step ran against the current inputs, so make repeats it only when
@@ -69,12 +70,26 @@ $(PROTO_STAMP): $(PROTO_FILES) scripts/gen_proto.py $(VENV_STAMP)
 	$(VENV_PY) scripts/gen_proto.py
 	@touch $@
 
-run: setup ## Provision the token (idempotent) and serve on settings.server.listen
+run: setup $(LOCAL_CONFIG) ## Provision the token (idempotent) and serve on settings.server.listen
 	$(VAULTCTL) token init
 	exec $(VAULTCTL) serve
 
-token-init: setup ## Only provision the token (idempotent)
+token-init: setup $(LOCAL_CONFIG) ## Only provision the token (idempotent)
 	$(VAULTCTL) token init
+
+# The checkout's settings file, made once and then left to its owner: the server and vaultctl,
+# started in any directory of the checkout, find it and so agree on the data directory (its
+# relative paths are relative to the file) and the address.
+$(LOCAL_CONFIG):
+	@printf '%s\n' \
+		'# Settings of this checkout'"'"'s development vault, created by `make run` if missing.' \
+		'# vaultctl and the server read it from any directory of the checkout; relative' \
+		'# paths are relative to this file. Settings: see README.md, "Configuration".' \
+		'data_dir = ".vault-data"' \
+		'' \
+		'[server]' \
+		'listen = "127.0.0.1:50051"' > $@
+	@echo "created $@ (data_dir and server.listen of this checkout's vault)"
 
 test: setup ## Run the test suite (pass options with PYTEST_ARGS='-k sign -x')
 	$(VENV_PY) -m pytest $(PYTEST_ARGS)

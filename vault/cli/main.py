@@ -155,7 +155,9 @@ def _validation_summary(error: Exception) -> str:
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     envvar=CONFIG_ENV,
     show_envvar=True,
-    help="TOML settings file; environment variables (VAULT_SERVER__LISTEN, ...) override it.",
+    help="TOML settings file; environment variables (VAULT_SERVER__LISTEN, ...) override it. "
+    "Default: the nearest vault.toml in this directory or a parent, else "
+    "~/.config/vault/config.toml (under $XDG_CONFIG_HOME when set).",
 )
 @click.option(
     "--target",
