@@ -25,7 +25,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from tests.api_calls import new_id
-from tests.harness import ROOT, VaultServer, free_port
+from tests.harness import ROOT, VaultServer, free_port, vault_environment
 from vault.cli.main import cli
 from vault.tls_dev import create_ca, write_certificate
 
@@ -578,6 +578,53 @@ def test_json_output_is_only_json_on_both_streams(
     lines = refused.stderr.decode().splitlines()
     assert len(lines) == 1, refused.stderr
     assert json.loads(lines[0])["error"]["code"] == "UNAVAILABLE"
+
+
+def test_a_wrong_pin_is_one_line_naming_where_it_came_from(data_dir: Path, tmp_path: Path) -> None:
+    """token status, token init and serve, as a shell runs them, with the session token."""
+
+    def run(env: dict[str, str], *args: str) -> tuple[int, list[str], str]:
+        done = subprocess.run(
+            [str(VAULTCTL), *args],
+            env=env,
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+            stdin=subprocess.DEVNULL,
+        )
+        assert "Traceback" not in done.stderr, done.stderr
+        return done.returncode, done.stderr.splitlines(), done.stdout
+
+    from_env = vault_environment(data_dir, VAULT_HSM__USER_PIN="not-the-pin")
+    for command in (["token", "status"], ["token", "init"]):
+        code, lines, stdout = run(from_env, *command)
+        assert (code, stdout) == (4, ""), lines
+        assert len(lines) == 1, lines
+        assert lines[0].startswith("vaultctl: error: PIN_INCORRECT: PIN incorrect"), lines
+        assert "VAULT_HSM__USER_PIN" in lines[0]
+        assert "not-the-pin" not in lines[0]
+
+    pin_file = tmp_path / "user.pin"
+    pin_file.write_text("not-the-pin\n")
+    pin_file.chmod(0o600)
+    from_file = vault_environment(data_dir, VAULT_HSM__USER_PIN_FILE=str(pin_file))
+    code, lines, _ = run(from_file, "token", "status")
+    assert code == 4 and len(lines) == 1, lines
+    assert f"{pin_file} (hsm.user_pin_file)" in lines[0]
+
+    serving = {
+        **from_file,
+        "VAULT_SERVER__LISTEN": f"127.0.0.1:{free_port()}",
+        # The session server speaks plaintext: no development certificate in its directory.
+        "VAULT_SERVER__DEV_TLS": "false",
+    }
+    code, lines, _ = run(serving, "serve")
+    assert code == 4, lines
+    assert lines[-1].startswith("vaultctl: error: PIN incorrect"), lines
+    assert f"{pin_file} (hsm.user_pin_file)" in lines[-1]
+    assert "not-the-pin" not in "\n".join(lines)
 
 
 # -- crypto: sign, data keys, MACs, random ----------------------------------------------------

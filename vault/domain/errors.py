@@ -74,6 +74,13 @@ class TokenUnavailable(VaultError):
     reason = "TOKEN_UNAVAILABLE"
 
 
+class PinIncorrect(TokenUnavailable):
+    """The token refused a PIN. Only ever raised on this machine (start-up, `vaultctl token`):
+    a running server has logged in already."""
+
+    reason = "PIN_INCORRECT"
+
+
 class TokenOperationFailed(VaultError):
     """The token refused an operation for a reason that is neither the caller's input nor an
     outage (INTERNAL): a template or mechanism the module does not accept."""

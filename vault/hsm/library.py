@@ -26,7 +26,7 @@ from pkcs11 import Attribute, exceptions
 from pkcs11.attributes import AttributeMapper
 from tenacity import retry, retry_if_exception_type, stop_after_attempt, wait_random
 
-from vault.domain.errors import TokenOperationFailed, TokenUnavailable
+from vault.domain.errors import PinIncorrect, TokenOperationFailed, TokenUnavailable
 from vault.hsm import native
 
 log = logging.getLogger(__name__)
@@ -151,7 +151,7 @@ class TokenLibrary:
                 f"no token labelled {self._token_label!r}: run `vaultctl token init`"
             ) from None
         except exceptions.PinIncorrect:
-            raise TokenUnavailable("the token refused the user PIN") from None
+            raise PinIncorrect("PIN incorrect: the token refused the user PIN") from None
         except (exceptions.PKCS11Error, native.NativeError) as error:
             raise TokenUnavailable(
                 f"cannot start the PKCS#11 module: {type(error).__name__}"

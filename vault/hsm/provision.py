@@ -18,7 +18,7 @@ import pkcs11
 from pkcs11 import Attribute, KeyType, ObjectClass, TokenFlag, exceptions
 
 from vault.config import Settings
-from vault.domain.errors import TokenUnavailable
+from vault.domain.errors import PinIncorrect, TokenUnavailable
 from vault.domain.models import RootGeneration
 from vault.hsm import native, templates
 from vault.hsm.environment import render_softhsm_config, use_softhsm_config
@@ -92,6 +92,22 @@ def _initialise_token(lib: Any, settings: Settings) -> Any:
     return token
 
 
+def _user_session(token: Any, settings: Settings) -> Any:
+    try:
+        return token.open(
+            rw=True, user_pin=_pin(settings, "user"), attribute_mapper=attribute_mapper()
+        )
+    except exceptions.PinIncorrect:
+        raise _wrong_pin(settings) from None
+
+
+def _wrong_pin(settings: Settings) -> PinIncorrect:
+    return PinIncorrect(
+        f"PIN incorrect: token {settings.hsm.token_label!r} refused the user PIN from "
+        f"{settings.user_pin_origin()}"
+    )
+
+
 def create_root_key(session: Any, generation: int) -> None:
     template, nested = templates.root_key(generation)
     session.generate_key(KeyType.AES, 256, capabilities=0, template=template)
@@ -117,9 +133,7 @@ def provision(settings: Settings, store: MetadataStore | None) -> TokenStatus:
     initialised_now = token is None
     if token is None:
         token = _initialise_token(lib, settings)
-    session = token.open(
-        rw=True, user_pin=_pin(settings, "user"), attribute_mapper=attribute_mapper()
-    )
+    session = _user_session(token, settings)
     generations = sorted(root_generations(session))
     root_created_now = not generations
     if not generations:
@@ -158,7 +172,5 @@ def token_status(settings: Settings) -> TokenStatus:
         raise TokenUnavailable(
             f"no token labelled {settings.hsm.token_label!r}: run `vaultctl token init`"
         )
-    session = token.open(
-        rw=True, user_pin=_pin(settings, "user"), attribute_mapper=attribute_mapper()
-    )
+    session = _user_session(token, settings)
     return _status(token, session, lib, sorted(root_generations(session)))

@@ -25,7 +25,7 @@ from typing import Final
 from vault.app import StartupReport, build_services, prepare_and_reconcile
 from vault.config import Settings
 from vault.coordination.limits import SharedLimits
-from vault.domain.errors import VaultError
+from vault.domain.errors import PinIncorrect, VaultError
 from vault.service.keys import KeyManagement
 from vault.transport.errors import log_unexpected
 from vault.transport.server import TLS_HINT, ListenAddress, ListenAddressError, build
@@ -43,6 +43,7 @@ _MAX_RESTART_DELAY_SECONDS: Final = 30.0
 # Exit codes of the reconciliation child.
 _RECONCILE_CLEAN: Final = 0
 _RECONCILE_DIFFERENCES: Final = 3
+_RECONCILE_REFUSED: Final = 4  # an expected failure; its message follows on the pipe
 
 
 # -- multi-process serving ------------------------------------------------------------------
@@ -106,14 +107,20 @@ def load_tls(settings: Settings) -> ServerTls | None:
 
 
 def _reconcile_in_child(context: ForkContext, settings: Settings) -> None:
+    receive, send = context.Pipe(duplex=False)
     child = context.Process(
-        target=_reconcile_main, args=(settings,), name="vault-reconcile", daemon=True
+        target=_reconcile_main, args=(settings, send), name="vault-reconcile", daemon=True
     )
     child.start()
+    send.close()
     child.join()
     if child.exitcode == _RECONCILE_DIFFERENCES:
         log.warning(
             "store and token differ (see above); serving anyway: only the keys concerned fail"
+        )
+    elif child.exitcode == _RECONCILE_REFUSED:
+        raise RuntimeError(
+            f"{receive.recv() if receive.poll() else 'start-up failed'}; not serving"
         )
     elif child.exitcode != _RECONCILE_CLEAN:
         raise RuntimeError(
@@ -121,10 +128,19 @@ def _reconcile_in_child(context: ForkContext, settings: Settings) -> None:
         )
 
 
-def _reconcile_main(settings: Settings) -> None:
+def _reconcile_main(settings: Settings, report_to: multiprocessing.connection.Connection) -> None:
     _reset_signals()
     try:
         startup = prepare_and_reconcile(settings)
+    except VaultError as error:
+        # Expected (a wrong PIN, no token, the store unreachable): the message says what to
+        # fix, and a traceback would only bury it.
+        message = error.message
+        if isinstance(error, PinIncorrect):
+            message = f"{message} from {settings.user_pin_origin()}"
+        log.error("start-up failed: %s", message)
+        report_to.send(message)
+        sys.exit(_RECONCILE_REFUSED)
     except Exception:
         log.exception("start-up reconciliation of store and token failed")
         sys.exit(1)
