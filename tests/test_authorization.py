@@ -136,6 +136,15 @@ def test_another_account_cannot_use_keys_of_this_one(
     assert f"{accounts.a}/keys/planted" not in names
 
 
+def test_a_key_in_a_missing_account_is_refused_before_the_account_is_looked_up(
+    accounts: Accounts, as_b: VaultClient
+) -> None:
+    # B is not told that the account does not exist: it may not create keys there at all.
+    missing = f"accounts/missing{secrets.token_hex(4)}"
+    refused = expect_denied(lambda: as_b.create_key(missing, "k", "MAC"))
+    assert refused.metadata["resource"] == f"{missing}/keys/k"
+
+
 def test_authorisation_comes_before_validation(accounts: Accounts, as_b: VaultClient) -> None:
     # Under A the malformed name is denied: validating it first would tell B about A.
     expect_denied(lambda: as_b.get_key(f"{accounts.a}/keys/{MALFORMED_KEY_ID}"))

@@ -152,6 +152,7 @@ def create_key(target: str, purpose: str, *extra: str) -> dict[str, Any]:
 @pytest.fixture(scope="module")
 def target(server: VaultServer) -> str:
     _CREDENTIALS["VAULT_CREDENTIALS_FILE"] = str(server.data_dir / "admin-credentials.json")
+    ok(vaultctl(server.target, "accounts", "create", ACCOUNT_ID))
     return server.target
 
 

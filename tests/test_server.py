@@ -23,6 +23,7 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
     ProtoReflectionDescriptorDatabase,
 )
 
+from tests.api_calls import ensure_account
 from tests.harness import ROOT, VaultServer, free_port, provision, vault_environment
 from vault.client import VaultClient, VaultClientError
 from vault.gen.vault.v1 import resources_pb2 as res
@@ -192,6 +193,7 @@ def test_killed_workers_are_restarted_and_requests_keep_succeeding(
     assert len(original) == 2
     assert listeners(server.port) == 2
     with server.client(timeout=10) as client:
+        ensure_account(client, "accounts/supervision")
         key = client.create_key("accounts/supervision", "k", "ENCRYPT_DECRYPT").name
         for victim in original:  # worker 0 first: it also runs the destruction job
             survivors = set(workers(server)) - {victim}
@@ -264,6 +266,8 @@ def test_sigterm_lets_in_flight_calls_finish(own_server: VaultServer) -> None:
     assert server.process is not None
     outcome: list[object] = []
     finished_at: list[float] = []
+    with server.client(timeout=30) as client:
+        ensure_account(client, "accounts/shutdown")
 
     def create() -> None:
         with server.client(timeout=30) as client:

@@ -12,6 +12,7 @@ import click
 from vault.cli._context import EXIT_LOCAL, EXIT_VAULT, CliError, CliState
 from vault.cli.access_keys import access_keys_group
 from vault.cli.accounts import accounts_group
+from vault.cli.admin import admin_group
 from vault.cli.api_keys import api_keys_group
 from vault.cli.audit import audit_group
 from vault.cli.crypto import crypto_group
@@ -256,6 +257,7 @@ cli.add_command(accounts_group)
 cli.add_command(access_keys_group)
 cli.add_command(api_keys_group)
 cli.add_command(audit_group)
+cli.add_command(admin_group)
 
 
 def main() -> None:
