@@ -35,13 +35,14 @@ Exit codes:
 Examples:
   vaultctl token init                       # provision the token (idempotent)
   vaultctl serve                            # serve on server.listen (127.0.0.1:50051)
+  vaultctl accounts create acme             # keys are made in an existing account
   vaultctl keys create accounts/acme/keys/docs --purpose ENCRYPT_DECRYPT
   vaultctl crypto encrypt accounts/acme/keys/docs --in report.pdf --out report.pdf.enc
   vaultctl --json keys list acme
-  vaultctl accounts create acme                                  # admin role
   vaultctl access-keys create acme --grant keys/docs=READWRITE --credentials-out acme.json
   vaultctl --credentials-file acme.json crypto encrypt accounts/acme/keys/docs --in a.txt
   vaultctl audit verify
+  vaultctl admin recover                    # lost the admin key: a new one, on the vault's machine
   vaultctl --target vault.example:50051 --ca-file ca.pem keys list acme   # another machine
 """
 
