@@ -96,12 +96,15 @@ $(PROTO_STAMP): $(PROTO_FILES) scripts/gen_proto.py $(VENV_STAMP)
 	$(VENV_PY) scripts/gen_proto.py
 	@touch $@
 
+# token init reads no terminal here: a new development token gets a generated SO PIN, kept
+# outside the data directory (README, What make run does); `vaultctl token init` run by hand
+# on a terminal asks for one instead.
 run: setup $(LOCAL_CONFIG) ## Provision the token (idempotent) and serve on settings.server.listen
-	$(VAULTCTL) token init
+	$(VAULTCTL) token init </dev/null
 	exec $(VAULTCTL) serve
 
 token-init: setup $(LOCAL_CONFIG) ## Only provision the token (idempotent)
-	$(VAULTCTL) token init
+	$(VAULTCTL) token init </dev/null
 
 # The checkout's settings file, made once and then left to its owner: the server and vaultctl,
 # started in any directory of the checkout, find it and so agree on the data directory (its

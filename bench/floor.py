@@ -109,7 +109,7 @@ class _Signer:
         self._algorithm = OPS[RSA_SIGN].algorithm
         self._library = open_token(data_dir)
         session = self._library.context().session
-        self._blob = wrapped_key(session, root_key(session), self._algorithm)
+        self._blob = wrapped_key(session, root_key(session, self._algorithm), self._algorithm)
         self._local = threading.local()
 
     def public_numbers(self) -> tuple[int, int]:
@@ -124,7 +124,7 @@ class _Signer:
         here: tuple[Callable[[], Any], Any] | None = getattr(self._local, "here", None)
         if here is None:
             session = self._library.context().session
-            key = unwrapped_key(root_key(session), self._algorithm, self._blob)
+            key = unwrapped_key(root_key(session, self._algorithm), self._algorithm, self._blob)
             here = (raw_call(RSA_SIGN, session, key), key)
             self._local.here = here
         return here

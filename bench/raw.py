@@ -52,18 +52,14 @@ def open_token(data_dir: str) -> TokenLibrary:
     return TokenLibrary(settings.hsm.module, settings.hsm.token_label, settings.user_pin)
 
 
-def root_key(session: Any) -> Any:
-    """The newest root key, found in session."""
-    from vault.hsm.templates import ROOT_LABEL_PREFIX
+def root_key(session: Any, algorithm_name: str) -> Any:
+    """The newest root that wraps algorithm_name's keys, found in session."""
+    from vault.domain.algorithms import Algorithm
+    from vault.hsm import objects, templates
 
-    generations = [
-        int(obj[Attribute.LABEL].removeprefix(ROOT_LABEL_PREFIX))
-        for obj in session.get_objects(
-            {Attribute.CLASS: ObjectClass.SECRET_KEY, Attribute.TOKEN: True}
-        )
-        if obj[Attribute.LABEL].startswith(ROOT_LABEL_PREFIX)
-    ]
-    label = f"{ROOT_LABEL_PREFIX}{max(generations)}"
+    generations = objects.root_generations(session)
+    newest = max(g for g, families in generations.items() if None not in families)
+    label = templates.root_label(newest, templates.root_family(Algorithm(algorithm_name)))
     return session.get_key(object_class=ObjectClass.SECRET_KEY, label=label)
 
 
@@ -172,15 +168,13 @@ def raw_main(conn: Connection, data_dir: str, op_names: list[str]) -> None:
     try:
         library = open_token(data_dir)  # holds the process's login while the loop runs
         session = library.context().session
-        root = root_key(session)
         calls: dict[str, Callable[[], Any]] = {}
         for name in op_names:
             algorithm = OPS[name].algorithm
-            key = (
-                unwrapped_key(root, algorithm, wrapped_key(session, root, algorithm))
-                if algorithm
-                else None
-            )
+            key = None
+            if algorithm:
+                root = root_key(session, algorithm)
+                key = unwrapped_key(root, algorithm, wrapped_key(session, root, algorithm))
             calls[name] = raw_call(name, session, key)
             calls[name]()  # fails here, not while measuring, if something is wrong
     except Exception as error:

@@ -89,12 +89,26 @@ def vault_environment(
     env.update(
         {
             "VAULT_DATA_DIR": str(data_dir),
+            # Where provisioning writes the development SO PIN: beside the data directory,
+            # never in it, and not in the home directory of whoever runs the tests.
+            "XDG_STATE_HOME": str(state_directory(data_dir)),
             **settings,
             "PYTHONPATH": os.pathsep.join(paths),
         }
     )
     env.update(overrides)
     return env
+
+
+def state_directory(data_dir: Path) -> Path:
+    """The test vault's $XDG_STATE_HOME, outside data_dir."""
+    return data_dir.parent / f"{data_dir.name}.state"
+
+
+def development_so_pin(data_dir: Path) -> bytes:
+    """The SO PIN provisioning generated for data_dir's token (the only file it writes)."""
+    (path,) = (state_directory(data_dir) / "vault").glob("*.so.pin")
+    return path.read_bytes().strip()
 
 
 def provision(

@@ -39,7 +39,7 @@ from tests.security_helpers import (
     raw_call,
     signed_metadata,
 )
-from vault.client import AccessKeyCredentials, VaultClient
+from vault.client import AccessKeyCredentials, AuditLogVerification, VaultClient
 from vault.domain.audit import AuditEvent, chain
 from vault.gen.vault.v1 import audit_service_pb2, key_service_pb2, resources_pb2
 from vault.storage.audit_store import LOCK_SUFFIX
@@ -448,7 +448,7 @@ def middle_seq(conn: sqlite3.Connection) -> int:
     raise AssertionError(f"no seq clear of checkpoints among {last}: {sorted(heads)}")
 
 
-def findings(result: audit_service_pb2.VerifyAuditLogResponse) -> list[tuple[str, int]]:
+def findings(result: AuditLogVerification) -> list[tuple[str, int]]:
     return [
         (Kind.Name(f.kind).removeprefix("AUDIT_FINDING_KIND_"), f.sequence) for f in result.findings
     ]

@@ -647,7 +647,7 @@ def test_sign_verify(target: str, sign_key: str, tmp_path: Path) -> None:
             target, "crypto", "verify", sign_key, "--in", source, "--signature", str(signature)
         )
     )
-    assert "signature valid" in good.stdout
+    assert f"signature matches (version 1 of {sign_key})" in good.stdout
 
     bad = vaultctl(
         target, "crypto", "verify", sign_key, "--in", tampered, "--signature", str(signature)
@@ -734,7 +734,7 @@ def test_mac_verify_mac(target: str, mac_key: str, tmp_path: Path) -> None:
     assert mode(tag) == 0o600
 
     good = ok(vaultctl(target, "crypto", "verify-mac", mac_key, "--in", payload, "--mac", str(tag)))
-    assert "MAC valid" in good.stdout
+    assert f"MAC matches (version 1 of {mac_key})" in good.stdout
     bad = vaultctl(target, "crypto", "verify-mac", mac_key, "--in", altered, "--mac", str(tag))
     assert bad.exit_code == 1
     assert "does NOT match" in bad.stdout
@@ -902,7 +902,10 @@ def test_outputs_are_private_even_over_an_existing_file_and_never_follow_symlink
     existing = tmp_path / "existing.bin"
     existing.write_bytes(b"old and longer than the secret")
     existing.chmod(0o644)
-    write_output(str(existing), b"secret")
+    with pytest.raises(CliError, match="exists: refusing to overwrite it"):
+        write_output(str(existing), b"secret", force=False)
+    assert existing.read_bytes() == b"old and longer than the secret"
+    write_output(str(existing), b"secret", force=True)
     assert existing.read_bytes() == b"secret"
     assert stat.S_IMODE(existing.stat().st_mode) == 0o600
 
@@ -910,6 +913,13 @@ def test_outputs_are_private_even_over_an_existing_file_and_never_follow_symlink
     target.write_bytes(b"untouched")
     link = tmp_path / "link.bin"
     link.symlink_to(target)
-    with pytest.raises(CliError):
-        write_output(str(link), b"secret")
+    for force in (False, True):
+        with pytest.raises(CliError, match="symbolic link"):
+            write_output(str(link), b"secret", force=force)
     assert target.read_bytes() == b"untouched"
+    assert link.is_symlink()
+    assert sorted(path.name for path in tmp_path.iterdir()) == [
+        "elsewhere.bin",
+        "existing.bin",
+        "link.bin",
+    ]

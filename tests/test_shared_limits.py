@@ -22,7 +22,8 @@ import pytest
 from vault.coordination.limits import NonceCacheFull, SharedLimits
 
 FORK = multiprocessing.get_context("fork")
-HEADER_SIZE = 64
+HEADER_SIZE = 128
+BOOT_ID_OFFSET = 64
 COUNTER_RECORD = 48
 NONCE_RECORD = 32
 
@@ -269,6 +270,73 @@ def test_create_starts_from_zero(tmp_path: Path) -> None:
         assert second.remember_nonce(b"n", expires_at=10.0, now=0.0)
     finally:
         second.close()
+
+
+def test_prepare_keeps_the_previous_table_within_one_boot(tmp_path: Path) -> None:
+    path = tmp_path / "limits"
+    first = SharedLimits.prepare(path, slots=8, nonce_slots=8)
+    horizon = first.replay_horizon()
+    assert horizon == math.ceil(horizon) and 0 <= horizon - time.time() <= 1.0
+    assert first.remember_nonce(b"n", expires_at=2e9, now=1e9)
+    assert first.take_token("api:a", rate_per_second=0.001, burst=1, now=0.0) == 0.0
+    first.close()
+    second = SharedLimits.prepare(path, slots=8, nonce_slots=8)
+    try:
+        assert second.remember_nonce(b"n", expires_at=2e9, now=1e9) is False
+        assert second.take_token("api:a", rate_per_second=0.001, burst=1, now=0.0) > 0.0
+        assert second.replay_horizon() == horizon
+    finally:
+        second.close()
+
+
+def _another_boot(path: Path) -> None:
+    with path.open("r+b") as file:
+        file.seek(BOOT_ID_OFFSET)
+        file.write(os.urandom(16))
+
+
+def _other_sizes(path: Path) -> None:
+    SharedLimits.create(path, slots=8, nonce_slots=16).close()
+
+
+def _corrupt_header(path: Path) -> None:
+    with path.open("r+b") as file:
+        file.write(b"X" * 16)
+
+
+def _truncated(path: Path) -> None:
+    os.truncate(path, HEADER_SIZE)
+
+
+@pytest.mark.parametrize(
+    "spoil",
+    [_another_boot, _other_sizes, _corrupt_header, _truncated, Path.unlink],
+    ids=["rebooted", "other sizes", "corrupt", "truncated", "missing"],
+)
+def test_prepare_makes_a_new_table_with_a_new_horizon_when_the_old_one_is_unsafe(
+    tmp_path: Path, spoil: Callable[[Path], object]
+) -> None:
+    path = tmp_path / "limits"
+    first = SharedLimits.prepare(path, slots=8, nonce_slots=8)
+    assert first.remember_nonce(b"n", expires_at=2e9, now=1e9)
+    horizon = first.replay_horizon()
+    first.close()
+    spoil(path)
+    second = SharedLimits.prepare(path, slots=8, nonce_slots=8)
+    try:
+        assert second.replay_horizon() >= horizon
+        assert second.remember_nonce(b"n", expires_at=2e9, now=1e9)
+        assert path.stat().st_size == HEADER_SIZE + 8 * COUNTER_RECORD + 8 * NONCE_RECORD
+    finally:
+        second.close()
+
+
+def test_the_whole_file_is_allocated_on_disk(tmp_path: Path) -> None:
+    # A sparse file gets its pages on first write: on a full disk, SIGBUS in a worker.
+    path = tmp_path / "limits"
+    SharedLimits.create(path, slots=1024, nonce_slots=1 << 14).close()
+    size = path.stat().st_size
+    assert path.stat().st_blocks * 512 >= size
 
 
 def test_garbage_records_read_as_absent(tmp_path: Path) -> None:

@@ -51,7 +51,8 @@ def targets(keystore: Any) -> list[tuple[str, Any]]:
     for algorithm in (Algorithm.EC_SIGN_ED25519, Algorithm.AES_256_GCM):
         version = generated_version(keystore, algorithm, resident=True)
         objects.append((f"resident {algorithm}", usable_object(keystore, version, algorithm)))
-    objects.append(("root", root_object(keystore)))
+    for members in templates.ROOT_FAMILIES.values():
+        objects.append((f"root of {members[0]}", root_object(keystore, members[0])))
     return objects
 
 
@@ -139,21 +140,16 @@ def test_blobs_unwrap_only_as_sensitive_wrap_with_trusted_keys(keystore: Any) ->
             capabilities=0,
             template=weak,
         )
-    # The weakest copy the root's unwrap template allows is still sensitive, non-modifiable
-    # and wrap-with-trusted, so the unwrapped copy cannot leave under a key the attacker knows.
-    extractable = {
-        **weak,
-        Attribute.SENSITIVE: True,
-        Attribute.WRAP_WITH_TRUSTED: True,
-        Attribute.MODIFIABLE: False,
-    }
+    # The only copy the root's unwrap template allows is the vault's own: sensitive,
+    # non-extractable, non-modifiable and wrap-with-trusted, so it cannot leave under a key the
+    # attacker knows (tests/test_root_families.py tries every other template).
     copy = root.unwrap_key(
         ObjectClass.SECRET_KEY,
         KeyType.AES,
         version.wrapped_blob,
         mechanism=Mechanism.AES_KEY_WRAP_PAD,
         capabilities=0,
-        template=extractable,
+        template=templates.unwrapped_for_use(Algorithm.AES_256_GCM),
     )
     try:
         assert copy[Attribute.SENSITIVE] is True
@@ -315,16 +311,23 @@ def test_token_files_hold_no_key_value_in_clear(keystore: Any, settings: Any) ->
         key.destroy()
 
 
-def test_root_label_is_the_only_root(keystore: Any) -> None:
+def test_root_labels_are_the_only_roots(keystore: Any) -> None:
     session = session_of(keystore)
-    roots = [
-        o
+    labels = [
+        o[Attribute.LABEL]
         for o in session.get_objects(
             {Attribute.CLASS: ObjectClass.SECRET_KEY, Attribute.TOKEN: True}
         )
         if o[Attribute.LABEL].startswith(templates.ROOT_LABEL_PREFIX)
     ]
-    assert len(roots) == len(keystore.root_generations_present()) >= 1
+    parsed = [templates.parse_root_label(label) for label in labels]
+    assert None not in parsed
+    current = keystore.current_root_generation()
+    assert {family for generation, family in parsed if generation == current} == set(
+        templates.ROOT_FAMILIES
+    )
+    assert len(labels) == len(set(labels))
+    assert {generation for generation, _ in parsed} == keystore.root_generations_present()
 
 
 def _attribute_or_none(target: Any, attribute: Attribute) -> Any:

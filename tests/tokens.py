@@ -56,9 +56,10 @@ def usable_object(keystore: Pkcs11KeyStore, version: KeyVersion, algorithm: Algo
     return keystore._key(keystore._library.context(), version, algorithm)
 
 
-def root_object(keystore: Pkcs11KeyStore) -> Any:
+def root_object(keystore: Pkcs11KeyStore, algorithm: Algorithm = Algorithm.AES_256_GCM) -> Any:
+    """The current root that wraps algorithm's keys."""
     context = keystore._library.context()
-    return keystore._root(context, keystore.current_root_generation())
+    return keystore._root(context, keystore.current_root_generation(), algorithm)
 
 
 def key_objects(session: Any, token_only: bool = False) -> list[Any]:

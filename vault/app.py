@@ -8,12 +8,13 @@ import os
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Final
 
 from vault.config import Settings
+from vault.coordination.disk import DiskReserve as FileDiskReserve
 from vault.domain.audit import AuditEvent
 from vault.domain.errors import InvalidArgument, NotFound, VaultError
 from vault.service.audit import AuditLog, CheckpointPolicy
@@ -21,7 +22,13 @@ from vault.service.authentication import AuthenticationPolicy, Authenticator
 from vault.service.crypto import CryptoOperations
 from vault.service.identity import IdentityManagement
 from vault.service.keys import KeyManagement
-from vault.service.ports import KeyStore, MetadataStore, ReconcileReport, SharedCounters
+from vault.service.ports import (
+    DiskReserve,
+    KeyStore,
+    MetadataStore,
+    ReconcileReport,
+    SharedCounters,
+)
 from vault.service.reconcile import reconcile
 
 
@@ -34,6 +41,7 @@ class Security:
     audit: AuditLog
     # Creates the token's credential and audit keys where missing; returns their labels.
     ensure_system_keys: Callable[[], list[str]]
+    disk_reserve: DiskReserve | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,7 +102,8 @@ def build_services(settings: Settings, counters: SharedCounters | None = None) -
                 settings.audit.checkpoint_every_records, settings.audit.checkpoint_every_seconds
             ),
         )
-        security = Security(identity, authenticator, audit, system_keys.ensure)
+        reserve = FileDiskReserve(settings.disk_reserve_file, settings.store.disk_reserve_bytes)
+        security = Security(identity, authenticator, audit, system_keys.ensure, reserve)
     return Services(store, keystore, keys, crypto, security)
 
 
@@ -104,7 +113,7 @@ class StartupReport:
     system_keys_created: list[str]
     admin_access_key_id: str | None
     admin_credentials_file: Path | None
-    admin_secret_key: str | None
+    admin_secret_key: str | None = field(repr=False)
 
 
 def prepare_and_reconcile(settings: Settings) -> StartupReport:

@@ -116,10 +116,13 @@ class HsmSettings(BaseModel):
         None, description="file holding the user PIN (default: <data_dir>/secrets/user.pin)"
     )
     so_pin: SecretStr | None = Field(
-        None, description="SO PIN, for `vaultctl token init` only; prefer so_pin_file"
+        None, description="SO PIN, for `vaultctl token init` only; prefer VAULT_HSM__SO_PIN"
     )
     so_pin_file: Path | None = Field(
-        None, description="file holding the SO PIN (default: <data_dir>/secrets/so.pin)"
+        None,
+        description="file holding the SO PIN, outside data_dir, for `vaultctl token init` "
+        "only (default: a hidden prompt on a terminal, else a generated development PIN in "
+        "$XDG_STATE_HOME/vault/)",
     )
     softhsm_conf: Path | None = Field(
         None, description="SoftHSM2 config (default: <data_dir>/softhsm2.conf); sets SOFTHSM2_CONF"
@@ -129,8 +132,15 @@ class HsmSettings(BaseModel):
 
 
 class StoreSettings(BaseModel):
+    # Out of repr: a PostgreSQL URL may carry the database password.
     url: str | None = Field(
-        None, description="SQLAlchemy URL (default: sqlite:///<data_dir>/vault.db)"
+        None, repr=False, description="SQLAlchemy URL (default: sqlite:///<data_dir>/vault.db)"
+    )
+    disk_reserve_bytes: int = Field(
+        64 << 20,
+        ge=0,
+        description="space set aside in <data_dir>/run/disk-reserve; when the disk fills up it "
+        "is freed for the audit records of reads while changes are refused (0: off)",
     )
 
 
@@ -168,10 +178,16 @@ class AuthSettings(BaseModel):
         60.0, gt=0, description="window over which failed authentications are counted"
     )
     max_failures_per_address: int = Field(
-        30, ge=1, description="failed authentications from one address before it is refused"
+        30,
+        ge=1,
+        description="failed authentications from one address before its further failures are "
+        "throttled (valid credentials are always admitted)",
     )
     max_failures_per_key: int = Field(
-        10, ge=1, description="failed authentications naming one key id before it is refused"
+        10,
+        ge=1,
+        description="failed authentications naming one key id from one address before that "
+        "address's further failures at it are throttled",
     )
     client_certificate_accounts: bool = Field(
         False,
@@ -215,8 +231,6 @@ class Settings(BaseSettings):
         self.data_dir = data_dir
         if self.hsm.user_pin_file is None:
             self.hsm.user_pin_file = data_dir / "secrets" / "user.pin"
-        if self.hsm.so_pin_file is None:
-            self.hsm.so_pin_file = data_dir / "secrets" / "so.pin"
         if self.hsm.softhsm_conf is None:
             self.hsm.softhsm_conf = data_dir / "softhsm2.conf"
         if self.store.url is None:
@@ -229,6 +243,11 @@ class Settings(BaseSettings):
     def shared_state_file(self) -> Path:
         """The state all worker processes of a server share (rate limits, nonces...)."""
         return self.data_dir / "run" / "shared-limits"
+
+    @property
+    def disk_reserve_file(self) -> Path:
+        """Space set aside for when the data directory's disk fills up."""
+        return self.data_dir / "run" / "disk-reserve"
 
     # The settings file these settings were read from (None: environment and defaults only),
     # for messages that say where a value came from.
@@ -284,9 +303,6 @@ class Settings(BaseSettings):
                 return "VAULT_HSM__USER_PIN"
             return f"hsm.user_pin in {self.source_file or 'the settings'}"
         return f"{self.hsm.user_pin_file} (hsm.user_pin_file)"
-
-    def so_pin(self) -> str:
-        return read_secret(self.hsm.so_pin, self.hsm.so_pin_file, "SO PIN")
 
 
 def read_secret(value: SecretStr | None, path: Path | None, what: str) -> str:

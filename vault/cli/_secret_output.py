@@ -4,19 +4,17 @@ secret exists, written once it does, removed again if the vault refused."""
 from __future__ import annotations
 
 import contextlib
-import errno
 import os
 import stat
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
 
 import click
 
 from vault.cli._context import EXIT_LOCAL, CliError
-from vault.cli._io import STDIO
+from vault.cli._io import STDIO, force_option, output_error
 
-F = TypeVar("F", bound=Callable[..., Any])
+# force_option lives beside the other output options; the credential commands import it here.
+__all__ = ["SecretOutputs", "force_option", "open_private"]
 
 
 @dataclass
@@ -52,17 +50,6 @@ class _PrivateFile:
             self.descriptor = -1
 
 
-def _write_error(path: str, error: OSError) -> CliError:
-    # O_EXCL reports a symbolic link as existing; --force would not follow it either.
-    if error.errno == errno.ELOOP or (error.errno == errno.EEXIST and os.path.islink(path)):
-        message = f"{path} is a symbolic link: refusing to follow it"
-    elif error.errno == errno.EEXIST:
-        message = f"{path} exists: refusing to overwrite it (--force replaces it)"
-    else:
-        message = f"cannot write {path}: {error.strerror or error}"
-    return CliError(message, exit_code=EXIT_LOCAL)
-
-
 def open_private(path: str, *, force: bool) -> _PrivateFile:
     """Open path for a secret: created with mode 0600, never through a symbolic link, and an
     existing file only with force (it keeps its content until the secret replaces it)."""
@@ -77,7 +64,7 @@ def open_private(path: str, *, force: bool) -> _PrivateFile:
             descriptor = os.open(path, flags)
             created = False
     except OSError as error:
-        raise _write_error(path, error) from None
+        raise output_error(path, error) from None
     if not stat.S_ISREG(os.fstat(descriptor).st_mode):
         os.close(descriptor)
         raise CliError(f"{path} is not a regular file", exit_code=EXIT_LOCAL)
@@ -145,14 +132,6 @@ class SecretOutputs:
         if failure is not None:
             raise CliError(
                 "the secret was issued but could not be saved: "
-                f"{_write_error(failed, failure).message}; {lost}",
+                f"{output_error(failed, failure).message}; {lost}",
                 exit_code=EXIT_LOCAL,
             )
-
-
-def force_option(function: F) -> F:
-    return click.option(
-        "--force",
-        is_flag=True,
-        help="Replace existing output files (still never through a symbolic link).",
-    )(function)

@@ -48,7 +48,7 @@ never holds the admin role. {ADMIN_NOTE}
 
 \b
 Examples:
-  vaultctl api-keys create accounts/acme --scope 'Sign,Verify:keys/release' \\
+  vaultctl api-keys create accounts/acme --scope 'Sign,Verify,GetPublicKey:keys/release' \\
       --expires-in 90d --rate 10 --burst 20 --daily-quota 10000 --token-out release.token
   VAULT_API_KEY=$(cat release.token) vaultctl crypto sign accounts/acme/keys/release \\
       --in build.tar --out build.sig
@@ -181,7 +181,9 @@ def _methods_help() -> str:
     "and every key it names): comma-separated methods, a colon, comma-separated resources. "
     f"Methods: {_methods_help()}, or * for all. Resources: keys/KEY (a full key name of "
     "the account works too), keys/* for every key, or * which also covers calls naming no "
-    "key (ListKeys, GenerateRandom). Example: 'Sign,Verify:keys/k1,keys/k2'.",
+    "key (ListKeys, GenerateRandom). Example: 'Sign,Verify:keys/k1,keys/k2'. Signing or "
+    "verifying a message over 64 KiB also takes GetPublicKey (the caller hashes it with the "
+    "key's algorithm).",
 )
 @click.option(
     "--expires-in",

@@ -274,7 +274,7 @@ def verify(state: CliState) -> None:
     TRUNCATED. Records added or removed at the end of the log since the last checkpoint go
     unnoticed until the next checkpoint is signed. Needs the admin role.
     """
-    record = verify_record(state.client().verify_audit_log())
+    record = verify_record(state.client().verify_audit_log().response)
     counts = (
         f"{_counted(record['records_checked'], 'record')}, "
         f"{_counted(record['checkpoints_checked'], 'checkpoint')}"

@@ -7,18 +7,28 @@ or base64 on standard output by default; under --json they are base64 fields.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any, Protocol, TypeVar
+import contextlib
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any, BinaryIO, Protocol, TypeVar
 
 import click
 
-from vault.cli._context import EXIT_MISMATCH, CliState, json_option, pass_state
+from vault.cli._context import (
+    EXIT_MISMATCH,
+    EXIT_VAULT,
+    CliError,
+    CliState,
+    json_option,
+    pass_state,
+)
 from vault.cli._io import (
     STDIO,
     aad_option,
     check_out,
+    force_option,
     in_base64_option,
     in_option,
+    open_input,
     out_option,
     read_input,
     read_optional,
@@ -26,19 +36,23 @@ from vault.cli._io import (
 )
 from vault.cli._output import emit, note
 
+if TYPE_CHECKING:
+    from vault.client import Verification
+
 F = TypeVar("F", bound=Callable[..., Any])
 
 GROUP_HELP = """Use keys on a running vault: each command needs a key of the right purpose.
 
 Inputs come from files or standard input (`--in FILE`, `--in -`), never from arguments, so
 no plaintext or key material lands in shell history or `ps`. Results are printed base64 by
-default; `--out FILE` writes raw bytes (mode 0600) and `--out -` writes raw bytes to
-standard output. `--in-base64` reads base64 text, so commands can be piped together.
+default; `--out FILE` writes raw bytes (mode 0600, atomically; an existing FILE is replaced
+only with --force) and `--out -` writes raw bytes to standard output. `--in-base64` reads
+base64 text, so commands can be piped together.
 
 \b
 Examples:
   vaultctl crypto encrypt accounts/acme/keys/docs --in report.pdf --out report.pdf.enc
-  vaultctl crypto decrypt accounts/acme/keys/docs --in report.pdf.enc --out report.pdf
+  vaultctl crypto decrypt accounts/acme/keys/docs --in report.pdf.enc --out copy.pdf
   echo -n secret | vaultctl crypto encrypt accounts/acme/keys/docs --in - \\
       | vaultctl crypto decrypt accounts/acme/keys/docs --in - --in-base64 --out -
   vaultctl crypto data-key accounts/acme/keys/docs --out dk.enc --plaintext-out dk.bin
@@ -71,13 +85,14 @@ def _binary_result(
     field: str,
     data: bytes,
     out_path: str | None,
+    force: bool,
     done: str,
     extra: dict[str, Any] | None = None,
 ) -> None:
     """Emit one binary result: to out_path, or base64 on stdout (a JSON field under --json).
 
     The JSON always has the same keys: field is null when the bytes went to --out."""
-    printed = write_output(out_path, data)
+    printed = write_output(out_path, data, force=force)
     record: dict[str, Any] = {**(extra or {}), field: printed, "out": out_path}
 
     def human() -> None:
@@ -100,7 +115,12 @@ class _Versioned(Protocol):
 
 
 def _versioned_result(
-    state: CliState, response: _Versioned, field: str, out_path: str | None, done: str
+    state: CliState,
+    response: _Versioned,
+    force: bool,
+    field: str,
+    out_path: str | None,
+    done: str,
 ) -> None:
     """_binary_result of the bytes in response.<field> (the JSON key as well), "<done> with
     <key version>" for a person and the key version in the JSON."""
@@ -109,6 +129,7 @@ def _versioned_result(
         field=field,
         data=getattr(response, field),
         out_path=out_path,
+        force=force,
         done=f"{done} with {response.key_version}",
         extra={"key_version": response.key_version},
     )
@@ -120,6 +141,7 @@ def _versioned_result(
 @in_base64_option
 @aad_option()
 @out_option("ciphertext")
+@force_option
 @json_option
 @pass_state
 def encrypt(
@@ -129,18 +151,46 @@ def encrypt(
     in_base64: bool,
     aad_path: str | None,
     out_path: str | None,
+    force: bool,
 ) -> None:
     """Encrypt with AES-256-GCM under KEY's primary version (purpose ENCRYPT_DECRYPT).
 
     The ciphertext records the key version that made it, so `decrypt` needs only the key.
-    For larger data, encrypt it locally under a `data-key`.
+    For larger data (over keys.max_plaintext_bytes), encrypt it locally under a `data-key`
+    (envelope encryption).
     """
     _one_stdin(in_path, aad_path)
-    check_out(state, out_path)
+    check_out(state, out_path, force=force)
     plaintext = read_input(in_path, what="plaintext", base64_text=in_base64)
     aad = read_optional(aad_path, what="additional authenticated data")
-    response = state.client().encrypt(key, plaintext, aad)
-    _versioned_result(state, response, "ciphertext", out_path, "encrypted")
+    with _large_plaintext_advice(key):
+        response = state.client().encrypt(key, plaintext, aad)
+    _versioned_result(state, response, force, "ciphertext", out_path, "encrypted")
+
+
+@contextlib.contextmanager
+def _large_plaintext_advice(key: str) -> Iterator[None]:
+    """The vault's INPUT_TOO_LARGE for a plaintext, told as what to do from here."""
+    from vault.client import VaultClientError
+
+    try:
+        yield
+    except VaultClientError as error:
+        if error.reason != "INPUT_TOO_LARGE" or error.metadata.get("field") != "plaintext":
+            raise
+        limit = error.metadata.get("limit", "?")
+        raise CliError(
+            f"plaintext is larger than the vault's limit of {limit} bytes: encrypt it "
+            f"locally under a data key instead. `vaultctl crypto data-key {key} --out "
+            "FILE.dk --plaintext-out FILE.key` returns a key to encrypt FILE with (AES-GCM, "
+            "say) and its encrypted copy FILE.dk to store beside the data; delete FILE.key "
+            "after use, and recover it later with `vaultctl crypto decrypt "
+            f"{key} --in FILE.dk --out FILE.key`",
+            exit_code=EXIT_VAULT,
+            reason=error.reason,
+            code=error.code.name,
+            metadata=error.metadata,
+        ) from None
 
 
 @crypto_group.command("decrypt")
@@ -149,6 +199,7 @@ def encrypt(
 @in_base64_option
 @aad_option()
 @out_option("plaintext")
+@force_option
 @json_option
 @pass_state
 def decrypt(
@@ -158,6 +209,7 @@ def decrypt(
     in_base64: bool,
     aad_path: str | None,
     out_path: str | None,
+    force: bool,
 ) -> None:
     """Decrypt a ciphertext made by `encrypt` or `data-key` with KEY.
 
@@ -165,11 +217,11 @@ def decrypt(
     vault never tells which. Works while KEY is ENABLED or REVOKED.
     """
     _one_stdin(in_path, aad_path)
-    check_out(state, out_path)
+    check_out(state, out_path, force=force)
     ciphertext = read_input(in_path, what="ciphertext", base64_text=in_base64)
     aad = read_optional(aad_path, what="additional authenticated data")
     response = state.client().decrypt(key, ciphertext, aad)
-    _versioned_result(state, response, "plaintext", out_path, "decrypted")
+    _versioned_result(state, response, force, "plaintext", out_path, "decrypted")
 
 
 @crypto_group.command("data-key")
@@ -183,13 +235,15 @@ def decrypt(
 )
 @aad_option()
 @out_option("encrypted data key")
+@force_option
 @click.option(
     "--plaintext-out",
     "plaintext_path",
     metavar="FILE",
     default=None,
-    help="Also return the data key itself and write it to FILE (mode 0600). Without it the "
-    "vault returns only the encrypted copy; `decrypt` recovers the key later.",
+    help="Also return the data key itself and write it to FILE (mode 0600; an existing FILE "
+    "only with --force). Without it the vault returns only the encrypted copy; `decrypt` "
+    "recovers the key later.",
 )
 @json_option
 @pass_state
@@ -200,6 +254,7 @@ def data_key(
     aad_path: str | None,
     out_path: str | None,
     plaintext_path: str | None,
+    force: bool,
 ) -> None:
     """Generate a random data key for local encryption, encrypted under KEY.
 
@@ -208,18 +263,19 @@ def data_key(
     """
     if plaintext_path == STDIO:
         raise click.BadParameter("must be a file, not `-`", param_hint="--plaintext-out")
-    check_out(state, out_path)
+    check_out(state, out_path, plaintext_path, force=force)
     aad = read_optional(aad_path, what="additional authenticated data")
     response = state.client().generate_data_key(
         key, int(size), aad, include_plaintext=plaintext_path is not None
     )
     if plaintext_path is not None:
-        write_output(plaintext_path, response.plaintext)
+        write_output(plaintext_path, response.plaintext, force=force)
     _binary_result(
         state,
         field="ciphertext",
         data=response.ciphertext,
         out_path=out_path,
+        force=force,
         done=f"data key of {size} bytes encrypted with {response.key_version}"
         + (f"; plaintext key written to {plaintext_path}" if plaintext_path else ""),
         extra={"key_version": response.key_version, "plaintext_out": plaintext_path},
@@ -238,8 +294,17 @@ def data_key(
     default="",
     help="Key to re-encrypt under. Default: KEY itself (its current primary version).",
 )
-@aad_option("--to-aad-file", "to_aad_path", "additional authenticated data for the result")
+@click.option(
+    "--to-aad-file",
+    "to_aad_path",
+    metavar="FILE",
+    default=None,
+    help="Read the additional authenticated data for the new ciphertext from FILE (`-` for "
+    "standard input; an empty file for none). Default: the --aad-file data, so the new "
+    "ciphertext is bound to the same context as the old one.",
+)
 @out_option("new ciphertext")
+@force_option
 @json_option
 @pass_state
 def re_encrypt(
@@ -251,17 +316,23 @@ def re_encrypt(
     destination: str,
     to_aad_path: str | None,
     out_path: str | None,
+    force: bool,
 ) -> None:
     """Decrypt with KEY and encrypt again, inside the vault: the plaintext never leaves it.
 
     Use it after `keys rotate` (no --to) or to move data to another key (--to). Both keys:
-    purpose ENCRYPT_DECRYPT.
+    purpose ENCRYPT_DECRYPT. The new ciphertext keeps the --aad-file data unless
+    --to-aad-file gives other data.
     """
     _one_stdin(in_path, aad_path, to_aad_path)
-    check_out(state, out_path)
+    check_out(state, out_path, force=force)
     ciphertext = read_input(in_path, what="ciphertext", base64_text=in_base64)
     source_aad = read_optional(aad_path, what="additional authenticated data")
-    destination_aad = read_optional(to_aad_path, what="destination additional authenticated data")
+    destination_aad = (
+        source_aad
+        if to_aad_path is None
+        else read_input(to_aad_path, what="destination additional authenticated data")
+    )
     response = state.client().re_encrypt(
         key,
         ciphertext,
@@ -274,6 +345,7 @@ def re_encrypt(
         field="ciphertext",
         data=response.ciphertext,
         out_path=out_path,
+        force=force,
         done=f"re-encrypted from {response.source_key_version} to {response.key_version}",
         extra={
             "key_version": response.key_version,
@@ -287,17 +359,20 @@ def re_encrypt(
 @in_option("key material to wrap (16 to 4096 bytes, a multiple of 8)")
 @in_base64_option
 @out_option("wrapped key")
+@force_option
 @json_option
 @pass_state
-def wrap(state: CliState, key: str, in_path: str, in_base64: bool, out_path: str | None) -> None:
+def wrap(
+    state: CliState, key: str, in_path: str, in_base64: bool, out_path: str | None, force: bool
+) -> None:
     """Wrap your own key material under KEY with AES key wrap with padding (RFC 5649).
 
     KEY: purpose WRAP_UNWRAP. The wrapped blob records the key version that made it.
     """
-    check_out(state, out_path)
+    check_out(state, out_path, force=force)
     material = read_input(in_path, what="key material", base64_text=in_base64)
     response = state.client().wrap_key(key, material)
-    _versioned_result(state, response, "wrapped_key", out_path, "wrapped")
+    _versioned_result(state, response, force, "wrapped_key", out_path, "wrapped")
 
 
 @crypto_group.command("unwrap")
@@ -305,17 +380,20 @@ def wrap(state: CliState, key: str, in_path: str, in_base64: bool, out_path: str
 @in_option("wrapped key made by `wrap`")
 @in_base64_option
 @out_option("key material")
+@force_option
 @json_option
 @pass_state
-def unwrap(state: CliState, key: str, in_path: str, in_base64: bool, out_path: str | None) -> None:
+def unwrap(
+    state: CliState, key: str, in_path: str, in_base64: bool, out_path: str | None, force: bool
+) -> None:
     """Unwrap key material wrapped by `wrap` with KEY (purpose WRAP_UNWRAP).
 
     Prefer --out FILE: the result is secret key material.
     """
-    check_out(state, out_path)
+    check_out(state, out_path, force=force)
     wrapped = read_input(in_path, what="wrapped key", base64_text=in_base64)
     response = state.client().unwrap_key(key, wrapped)
-    _versioned_result(state, response, "key_material", out_path, "unwrapped")
+    _versioned_result(state, response, force, "key_material", out_path, "unwrapped")
 
 
 def _digest_option(function: F) -> F:
@@ -328,12 +406,35 @@ def _digest_option(function: F) -> F:
     )(function)
 
 
+_HASHED_HERE = "signed the digest of the message, computed here,"
+
+
+@contextlib.contextmanager
+def _signed_input(
+    path: str, base64_text: bool, is_digest: bool
+) -> Iterator[tuple[bytes | BinaryIO | None, bytes | None]]:
+    """(message, digest) for sign and verify: a digest or base64 text read whole; a raw
+    message as an open file, which the client sends whole up to 64 KiB and otherwise hashes
+    a chunk at a time, so a message of any size takes bounded memory."""
+    if is_digest:
+        yield None, read_input(path, what="digest", base64_text=base64_text)
+    elif base64_text:
+        yield read_input(path, what="message", base64_text=True), None
+    else:
+        with open_input(path, what="message") as stream:
+            yield stream, None
+
+
 @crypto_group.command("sign")
 @click.argument("key")
-@in_option("message (at most 64 KiB; sign a digest for more)")
+@in_option(
+    "message, of any size: one over 64 KiB is hashed here and its digest signed (EC and "
+    "RSA-PSS keys)"
+)
 @in_base64_option
 @_digest_option
 @out_option("signature")
+@force_option
 @json_option
 @pass_state
 def sign(
@@ -343,36 +444,49 @@ def sign(
     in_base64: bool,
     is_digest: bool,
     out_path: str | None,
+    force: bool,
 ) -> None:
     """Sign a message or a digest with KEY (purpose SIGN_VERIFY).
 
     RSA-PSS and PKCS#1 v1.5 signatures are raw; ECDSA signatures are DER; Ed25519 are 64
     bytes. Verify them here with `verify` or anywhere with the PEM from `keys public-key`.
+
+    A message over 64 KiB is hashed here, a chunk at a time, with the hash of KEY's algorithm
+    and the digest is signed: the same standard signature of the whole message. Ed25519 and
+    RSA PKCS#1 v1.5 keys sign whole messages only, up to 64 KiB.
     """
-    check_out(state, out_path)
-    data = read_input(in_path, what="digest" if is_digest else "message", base64_text=in_base64)
-    client = state.client()
-    response = client.sign(key, digest=data) if is_digest else client.sign(key, message=data)
-    _versioned_result(state, response, "signature", out_path, "signed")
+    check_out(state, out_path, force=force)
+    with _signed_input(in_path, in_base64, is_digest) as (message, digest):
+        response = state.client().sign(key, message=message, digest=digest)
+    done = "signed" if is_digest or not response.verified_digest_crc32c else _HASHED_HERE
+    _versioned_result(state, response, force, "signature", out_path, done)
 
 
-def _verdict(state: CliState, valid: bool, key_version: str, what: str) -> None:
-    record = {"valid": valid, "key_version": key_version}
+def _version_of(key_version: str) -> str:
+    """accounts/a/keys/k/versions/1 as "version 1 of accounts/a/keys/k"."""
+    key, _, number = key_version.rpartition("/versions/")
+    return f"version {number} of {key}" if key else key_version
+
+
+def _verdict(state: CliState, key: str, verification: Verification, what: str) -> None:
+    record = {"valid": verification.valid, "key_version": verification.key_version}
 
     def human() -> None:
-        if valid:
-            click.echo(f"{what} valid ({key_version})")
+        if verification:
+            click.echo(f"{what} matches ({_version_of(verification.key_version)})")
+        elif "/versions/" in key:
+            click.echo(f"{what} does NOT match ({_version_of(verification.key_version)})")
         else:
-            click.echo(f"{what} does NOT match ({key_version})")
+            click.echo(f"{what} does NOT match any version of {key}")
 
     emit(state, record, human)
-    if not valid:
+    if not verification:
         click.get_current_context().exit(EXIT_MISMATCH)
 
 
 @crypto_group.command("verify")
 @click.argument("key")
-@in_option("message that was signed")
+@in_option("message that was signed (of any size, as for `sign`)")
 @in_base64_option
 @_digest_option
 @click.option(
@@ -400,17 +514,15 @@ def verify(
 ) -> None:
     """Check a signature made with KEY. Exit code 0 if it matches, 1 if not.
 
-    A key version in KEY checks against that version; a key name, against its primary.
+    A key version in KEY checks against that version only. A key name checks against each of
+    its versions, so a signature made before a rotation still matches; the output names the
+    version that matched.
     """
     _one_stdin(in_path, signature_path)
-    data = read_input(in_path, what="digest" if is_digest else "message", base64_text=in_base64)
     signature = read_input(signature_path, what="signature", base64_text=signature_base64)
-    client = state.client()
-    if is_digest:
-        response = client.verify(key, signature, digest=data)
-    else:
-        response = client.verify(key, signature, message=data)
-    _verdict(state, response.valid, response.key_version, "signature")
+    with _signed_input(in_path, in_base64, is_digest) as (message, digest):
+        verification = state.client().verify(key, signature, message=message, digest=digest)
+    _verdict(state, key, verification, "signature")
 
 
 @crypto_group.command("asym-decrypt")
@@ -418,20 +530,21 @@ def verify(
 @in_option("RSA-OAEP ciphertext")
 @in_base64_option
 @out_option("plaintext")
+@force_option
 @json_option
 @pass_state
 def asym_decrypt(
-    state: CliState, key: str, in_path: str, in_base64: bool, out_path: str | None
+    state: CliState, key: str, in_path: str, in_base64: bool, out_path: str | None, force: bool
 ) -> None:
     """Decrypt an RSA-OAEP ciphertext made with KEY's public key (purpose ASYMMETRIC_DECRYPT).
 
     Encrypt with the PEM from `keys public-key` and the OAEP hash of KEY's algorithm
     (SHA1 or SHA256, MGF1 with the same hash, no label).
     """
-    check_out(state, out_path)
+    check_out(state, out_path, force=force)
     ciphertext = read_input(in_path, what="ciphertext", base64_text=in_base64)
     response = state.client().asymmetric_decrypt(key, ciphertext)
-    _versioned_result(state, response, "plaintext", out_path, "decrypted")
+    _versioned_result(state, response, force, "plaintext", out_path, "decrypted")
 
 
 @crypto_group.command("mac")
@@ -439,14 +552,17 @@ def asym_decrypt(
 @in_option("data to authenticate")
 @in_base64_option
 @out_option("MAC")
+@force_option
 @json_option
 @pass_state
-def mac(state: CliState, key: str, in_path: str, in_base64: bool, out_path: str | None) -> None:
+def mac(
+    state: CliState, key: str, in_path: str, in_base64: bool, out_path: str | None, force: bool
+) -> None:
     """Compute an HMAC of the data with KEY (purpose MAC)."""
-    check_out(state, out_path)
+    check_out(state, out_path, force=force)
     data = read_input(in_path, what="data", base64_text=in_base64)
     response = state.client().generate_mac(key, data)
-    _versioned_result(state, response, "mac", out_path, "MAC computed")
+    _versioned_result(state, response, force, "mac", out_path, "MAC computed")
 
 
 @crypto_group.command("verify-mac")
@@ -468,12 +584,15 @@ def mac(state: CliState, key: str, in_path: str, in_base64: bool, out_path: str 
 def verify_mac(
     state: CliState, key: str, in_path: str, in_base64: bool, mac_path: str, mac_base64: bool
 ) -> None:
-    """Check an HMAC made with KEY. Exit code 0 if it matches, 1 if not."""
+    """Check an HMAC made with KEY. Exit code 0 if it matches, 1 if not.
+
+    A key version in KEY checks with that version only; a key name, with each of its
+    versions. The output names the version that matched.
+    """
     _one_stdin(in_path, mac_path)
     data = read_input(in_path, what="data", base64_text=in_base64)
     expected = read_input(mac_path, what="MAC", base64_text=mac_base64)
-    response = state.client().verify_mac(key, data, expected)
-    _verdict(state, response.valid, response.key_version, "MAC")
+    _verdict(state, key, state.client().verify_mac(key, data, expected), "MAC")
 
 
 @crypto_group.command("random")
@@ -484,16 +603,18 @@ def verify_mac(
     help="Number of random bytes, from the token's generator (1 to 1024).",
 )
 @out_option("random bytes")
+@force_option
 @json_option
 @pass_state
-def random(state: CliState, size: int, out_path: str | None) -> None:
+def random(state: CliState, size: int, out_path: str | None, force: bool) -> None:
     """Generate random bytes with the HSM's random number generator."""
-    check_out(state, out_path)
+    check_out(state, out_path, force=force)
     response = state.client().generate_random(size)
     _binary_result(
         state,
         field="data",
         data=response.data,
         out_path=out_path,
+        force=force,
         done=f"{len(response.data)} random bytes",
     )

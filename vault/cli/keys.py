@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from vault.cli._context import EXIT_USAGE, CliError, CliState, json_option, pass_state
-from vault.cli._io import check_out, write_output
+from vault.cli._io import check_out, force_option, write_output
 from vault.cli._output import (
     emit,
     first,
@@ -475,11 +475,12 @@ def versions(state: CliState, name: str, limit: int | None) -> None:
     "out_path",
     metavar="FILE",
     default=None,
-    help="Write the PEM to FILE instead of standard output.",
+    help="Write the PEM to FILE instead of standard output (an existing FILE only with --force).",
 )
+@force_option
 @json_option
 @pass_state
-def public_key(state: CliState, name: str, out_path: str | None) -> None:
+def public_key(state: CliState, name: str, out_path: str | None, force: bool) -> None:
     """Print the PEM public key of a SIGN_VERIFY or ASYMMETRIC_DECRYPT key.
 
     NAME is a key (its primary version) or a key version,
@@ -488,7 +489,7 @@ def public_key(state: CliState, name: str, out_path: str | None) -> None:
     """
     from vault.gen.vault.v1 import resources_pb2
 
-    check_out(state, out_path)
+    check_out(state, out_path, force=force)
     public = state.client().get_public_key(name)
     record = {
         "name": public.name,
@@ -497,7 +498,7 @@ def public_key(state: CliState, name: str, out_path: str | None) -> None:
         "out": out_path,
     }
     if out_path is not None:
-        write_output(out_path, public.pem.encode("ascii"))
+        write_output(out_path, public.pem.encode("ascii"), force=force)
 
     def human() -> None:
         if out_path is None:

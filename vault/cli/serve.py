@@ -77,6 +77,12 @@ def serve_command(state: CliState, listen: str | None, workers: int | None) -> N
     if workers is not None:
         server["workers"] = workers
     settings = state.settings(server=server) if server else state.settings()
+    from vault.so_pin import SoPinCustodyError, refuse_to_serve_beside
+
+    try:
+        refuse_to_serve_beside(settings)
+    except SoPinCustodyError as error:
+        raise CliError(str(error), exit_code=EXIT_LOCAL) from None
     _configure_logging(settings)
     private_files()
     # Imported here: grpc and the generated code load only in the command that serves.

@@ -3,12 +3,13 @@ otherwise repeat: CRC32C integrity fields both ways, and rich errors as VaultCli
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Final, TypeAlias, TypeVar
+from typing import Any, BinaryIO, Final, TypeAlias, TypeVar
 
 import google_crc32c
 import grpc
@@ -19,6 +20,8 @@ from google.protobuf.wrappers_pb2 import Int64Value
 
 from vault.client._auth import Credentials, authenticated_channel
 from vault.client._errors import ChecksumError, VaultClientError
+from vault.client._results import AuditLogVerification, Verification
+from vault.domain.algorithms import MAX_SIGNED_MESSAGE_BYTES, Algorithm, KeyFamily
 from vault.gen.vault.v1 import (
     audit_service_pb2,
     audit_service_pb2_grpc,
@@ -51,6 +54,14 @@ DEFAULT_TIMEOUT_SECONDS: Final = 30.0
 _ATTEMPTS: Final = 3
 _FIRST_BACKOFF_SECONDS: Final = 0.1
 
+# Sign and Verify take a message of at most this many bytes whole; a larger one is hashed
+# here and its digest sent, which gives the same signature (EC and RSA-PSS keys).
+MAX_MESSAGE_BYTES: Final = MAX_SIGNED_MESSAGE_BYTES
+_HASH_CHUNK_BYTES: Final = 1 << 20
+
+# What a message to sign or verify may be: its bytes, or a binary file read to its end.
+SignedMessage: TypeAlias = "bytes | BinaryIO"
+
 
 def _crc32c(data: bytes) -> Int64Value:
     return Int64Value(value=int(google_crc32c.value(data)))
@@ -67,6 +78,15 @@ def _check(response: Message, field: str) -> None:
         data = data.encode("utf-8")
     if int(google_crc32c.value(data)) != expected.value:
         raise ChecksumError(field)
+
+
+def _hash_rest(hasher: Any, head: bytes | bytearray | memoryview, rest: BinaryIO | None) -> bytes:
+    """hasher's digest of head and then everything left in rest, read a chunk at a time."""
+    hasher.update(head)
+    if rest is not None:
+        while chunk := rest.read(_HASH_CHUNK_BYTES):
+            hasher.update(chunk)
+    return bytes(hasher.digest())
 
 
 def _set_signed_input(
@@ -108,9 +128,11 @@ class VaultClient:
     """A client of one vault server. Use it as a context manager, or call close().
 
     Every method returns the response message (or the Key it names) and raises
-    VaultClientError on failure. Byte inputs are sent with their CRC32C and byte outputs
-    checked against theirs, so corruption in transit raises ChecksumError instead of
-    returning wrong data.
+    VaultClientError on failure, except the three that answer yes or no: verify, verify_mac
+    and verify_audit_log return a result that is true only when the answer is yes (a
+    protobuf message is always true, so `if` on one would accept a forgery). Byte inputs are
+    sent with their CRC32C and byte outputs checked against theirs, so corruption in transit
+    raises ChecksumError instead of returning wrong data.
     """
 
     def __init__(
@@ -160,6 +182,7 @@ class VaultClient:
         self._crypto = crypto_service_pb2_grpc.CryptoServiceStub(calls)
         self._identity = identity_service_pb2_grpc.IdentityServiceStub(calls)
         self._audit = audit_service_pb2_grpc.AuditServiceStub(calls)
+        self._algorithms: dict[str, Algorithm] = {}
 
     def __repr__(self) -> str:
         return f"VaultClient({self._target!r})"
@@ -384,9 +407,12 @@ class VaultClient:
         *,
         source_aad: bytes = b"",
         destination_key_name: str = "",
-        destination_aad: bytes = b"",
+        destination_aad: bytes | None = None,
     ) -> crypto_service_pb2.ReEncryptResponse:
-        """destination_key_name empty: name's primary version."""
+        """destination_key_name empty: name's primary version. destination_aad None: the new
+        ciphertext is bound to source_aad, as the old one was (b"" binds it to none)."""
+        if destination_aad is None:
+            destination_aad = source_aad
         request = crypto_service_pb2.ReEncryptRequest(
             name=name,
             ciphertext=ciphertext,
@@ -418,9 +444,18 @@ class VaultClient:
         return response
 
     def sign(
-        self, name: str, *, message: bytes | None = None, digest: bytes | None = None
+        self, name: str, *, message: SignedMessage | None = None, digest: bytes | None = None
     ) -> crypto_service_pb2.SignResponse:
-        """Give exactly one of message and digest."""
+        """Give exactly one of message and digest.
+
+        message: bytes, or a binary file object, read to its end. One larger than
+        MAX_MESSAGE_BYTES (64 KiB) is hashed here, a chunk at a time, with the hash of the
+        key's algorithm (learnt with one GetPublicKey call, so the caller needs that
+        permission too), and its digest is signed: the same standard signature of the whole
+        message (EC and RSA-PSS keys). Ed25519 and RSA PKCS#1 v1.5 keys sign whole messages
+        only: a larger one raises VaultClientError INPUT_TOO_LARGE without calling Sign.
+        The response's verified_digest_crc32c says a digest was sent."""
+        message, digest = self._signed_input(name, message, digest)
         request = crypto_service_pb2.SignRequest(name=name)
         _set_signed_input(request, message, digest)
         response = self._call(self._crypto.Sign, request)
@@ -432,15 +467,79 @@ class VaultClient:
         name: str,
         signature: bytes,
         *,
-        message: bytes | None = None,
+        message: SignedMessage | None = None,
         digest: bytes | None = None,
-    ) -> crypto_service_pb2.VerifyResponse:
-        """Give exactly one of message and digest. An invalid signature is valid=False."""
+    ) -> Verification:
+        """Give exactly one of message and digest; message as for sign(), a large one hashed
+        here. The result is true only for a valid signature (an invalid one is not an
+        error): `if vault.verify(...):` is safe."""
+        message, digest = self._signed_input(name, message, digest)
         request = crypto_service_pb2.VerifyRequest(
             name=name, signature=signature, signature_crc32c=_crc32c(signature)
         )
         _set_signed_input(request, message, digest)
-        return self._call(self._crypto.Verify, request)
+        response = self._call(self._crypto.Verify, request)
+        return Verification(bool(response.valid), response.key_version, response)
+
+    def _signed_input(
+        self, name: str, message: SignedMessage | None, digest: bytes | None
+    ) -> tuple[bytes | None, bytes | None]:
+        """(message, digest) to send: the message itself when it fits in one request,
+        otherwise its digest under the key's algorithm."""
+        if message is None or digest is not None:
+            if message is not None:
+                raise ValueError("give exactly one of message and digest")
+            return None, digest
+        rest: BinaryIO | None = None
+        head: bytes | bytearray | memoryview
+        if isinstance(message, bytes | bytearray | memoryview):
+            head = message
+        else:
+            rest = message
+            head = message.read(MAX_MESSAGE_BYTES + 1)
+        if len(head) <= MAX_MESSAGE_BYTES:
+            return bytes(head), None
+        algorithm = self._signing_algorithm(name)
+        digest_hash = algorithm.digest_hash
+        if digest_hash is None:
+            why = (
+                "Ed25519 is pure EdDSA, which hashes the whole message itself"
+                if algorithm.spec.family is KeyFamily.ED25519
+                else "PKCS#1 v1.5 over a digest needs raw RSA, which the token has switched off"
+            )
+            raise VaultClientError(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "INPUT_TOO_LARGE",
+                f"{algorithm} keys sign whole messages of at most {MAX_MESSAGE_BYTES} bytes "
+                f"and cannot sign a digest ({why}); this message is larger. Sign a small "
+                "manifest that holds its SHA-256 instead, or use an EC or RSA-PSS key, "
+                "which sign larger messages by their digest",
+                {"field": "message", "limit": str(MAX_MESSAGE_BYTES), "algorithm": algorithm},
+            )
+        return None, _hash_rest(hashlib.new(digest_hash.lower()), head, rest)
+
+    def _signing_algorithm(self, name: str) -> Algorithm:
+        """The algorithm of the key name is or names a version of (fixed for its life)."""
+        key_name = name.split("/versions/", 1)[0]
+        algorithm = self._algorithms.get(key_name)
+        if algorithm is None:
+            try:
+                public = self.get_public_key(key_name)
+            except VaultClientError as error:
+                if error.code is not grpc.StatusCode.PERMISSION_DENIED:
+                    raise
+                raise VaultClientError(
+                    error.code,
+                    error.reason,
+                    f"a message over {MAX_MESSAGE_BYTES} bytes is hashed here, with the hash "
+                    f"of the key's algorithm, and GetPublicKey on {key_name} was denied: "
+                    "allow it, or send the digest yourself",
+                    error.metadata,
+                ) from error
+            name_of = resources_pb2.Algorithm.Name(public.algorithm)
+            algorithm = Algorithm(name_of.removeprefix("ALGORITHM_"))
+            self._algorithms[key_name] = algorithm
+        return algorithm
 
     def asymmetric_decrypt(
         self, name: str, ciphertext: bytes
@@ -460,13 +559,14 @@ class VaultClient:
         _check(response, "mac")
         return response
 
-    def verify_mac(
-        self, name: str, data: bytes, mac: bytes
-    ) -> crypto_service_pb2.VerifyMacResponse:
+    def verify_mac(self, name: str, data: bytes, mac: bytes) -> Verification:
+        """The result is true only when mac is data's MAC: `if vault.verify_mac(...):` is
+        safe."""
         request = crypto_service_pb2.VerifyMacRequest(
             name=name, data=data, mac=mac, data_crc32c=_crc32c(data), mac_crc32c=_crc32c(mac)
         )
-        return self._call(self._crypto.VerifyMac, request)
+        response = self._call(self._crypto.VerifyMac, request)
+        return Verification(bool(response.valid), response.key_version, response)
 
     def generate_random(self, size_bytes: int) -> crypto_service_pb2.GenerateRandomResponse:
         request = crypto_service_pb2.GenerateRandomRequest(size_bytes=size_bytes)
@@ -644,8 +744,10 @@ class VaultClient:
             lambda page: page.events,
         )
 
-    def verify_audit_log(self) -> audit_service_pb2.VerifyAuditLogResponse:
-        return self._call(self._audit.VerifyAuditLog, audit_service_pb2.VerifyAuditLogRequest())
+    def verify_audit_log(self) -> AuditLogVerification:
+        """The result is true only when the log checked out with no finding."""
+        request = audit_service_pb2.VerifyAuditLogRequest()
+        return AuditLogVerification.of(self._call(self._audit.VerifyAuditLog, request))
 
 
 # -- TLS (VaultClient.__init__) ---------------------------------------------------------------

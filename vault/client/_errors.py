@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Final
 
 import grpc
+from google.protobuf.duration_pb2 import Duration
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
+
+# The protobuf Duration range.
+_MAX_DURATION_SECONDS: Final = 315_576_000_000
 
 
 class VaultClientError(Exception):
@@ -54,7 +59,7 @@ class VaultClientError(Exception):
             elif detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
                 retry = error_details_pb2.RetryInfo()
                 detail.Unpack(retry)
-                retry_after = retry.retry_delay.ToTimedelta().total_seconds()
+                retry_after = _seconds(retry.retry_delay)
         if info is None:
             return cls(code, "", message, retry_after=retry_after)
         return cls(code, info.reason, message, dict(info.metadata), retry_after)
@@ -72,3 +77,14 @@ class ChecksumError(VaultClientError):
             f"response field {field} does not match its CRC32C",
             {"field": field},
         )
+
+
+def _seconds(delay: Duration) -> float | None:
+    """A RetryInfo delay in seconds, or None for a value duration.proto does not allow (from
+    a faulty server or proxy), which ToTimedelta would raise OverflowError on: the caller must
+    get its VaultClientError whatever the details hold."""
+    if abs(delay.seconds) > _MAX_DURATION_SECONDS or abs(delay.nanos) >= 1_000_000_000:
+        return None
+    if delay.seconds * delay.nanos < 0:
+        return None
+    return delay.seconds + delay.nanos / 1e9

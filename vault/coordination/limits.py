@@ -3,14 +3,24 @@ all worker processes of one server.
 
 The state lives in a file mapped into every worker (mmap, MAP_SHARED): an operation reads and
 writes a few records of the page cache under one lock, a few microseconds in CPython, with no
-round trip to another process. The file is recreated at each server start, so nothing in it
-has to survive a reboot or be migrated.
+round trip to another process.
 
-Layout: a 64-byte header (magic, version, table sizes, a random salt), then the counter table
-(fixed-size records for token buckets, failure windows and quotas, one record per key and
-kind), then the nonce table. Keys and nonces are hashed with BLAKE2b keyed by the salt, so a
-client cannot choose keys that crowd one probe window. A key's records live in a window of
-_PROBE consecutive slots chosen by its hash (open addressing, no wrap-around).
+Across starts: prepare() keeps the file of the previous start when its header matches (same
+version and table sizes) and the machine has not rebooted since it was written, so a request
+signed shortly before a restart cannot be replayed after it. Within one boot the page cache
+holds every write, even a SIGKILLed process's; after a reboot (a crash may have lost pages
+that never reached the disk), or when the file is missing or unusable, a new one is made and
+its header records when (replay_horizon): the nonces of requests stamped before that are
+gone, so such requests are refused. Its full size is reserved on the disk when it is made
+(posix_fallocate): a sparse file would get its pages allocated on first write, and a full
+disk would turn that write into SIGBUS in a worker.
+
+Layout: a 128-byte header (magic, version, table sizes, a random salt, the credential epoch,
+the creation time, the boot id), then the counter table (fixed-size records for token
+buckets, failure windows and quotas, one record per key and kind), then the nonce table.
+Keys and nonces are hashed with BLAKE2b keyed by the salt, so a client cannot choose keys
+that crowd one probe window. A key's records live in a window of _PROBE consecutive slots
+chosen by its hash (open addressing, no wrap-around).
 
 Locking: fcntl.flock on a descriptor this process opened itself. A flock lock belongs to the
 open file description, so the kernel drops it when the holder dies, even by SIGKILL; but a
@@ -25,6 +35,7 @@ garbage, read as absent and overwritten when its slot is needed.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import hashlib
 import math
@@ -34,6 +45,7 @@ import secrets
 import struct
 import threading
 import time
+import uuid
 import weakref
 import zlib
 from collections.abc import Callable
@@ -42,20 +54,25 @@ from typing import Final
 
 from vault.domain.errors import LimitExceeded
 
-__all__ = ["NonceCacheFull", "SharedLimits"]
+__all__ = ["LimitsFileSpaceError", "NonceCacheFull", "SharedLimits", "boot_id"]
 
 _MAGIC: Final = b"VLTLIMIT"
-_VERSION: Final = 1
+_VERSION: Final = 2
 # magic, version, reserved, counter slots, nonce slots, salt
 _HEADER: Final = struct.Struct("<8sIIQQ16s")
-_HEADER_SIZE: Final = 64
-# In the header's spare bytes: a counter bumped whenever any credential changes.
+_HEADER_SIZE: Final = 128
+# After it: a counter bumped whenever any credential changes.
 _EPOCH: Final = struct.Struct("<Q")
 _EPOCH_OFFSET: Final = 48
+# time.time() when the file was made, then the boot id of the machine that made it.
+_ORIGIN: Final = struct.Struct("<d16s")
+_ORIGIN_OFFSET: Final = 56
+_BOOT_ID_FILE: Final = Path("/proc/sys/kernel/random/boot_id")
 
-# key hash, last touched (time.monotonic(), for eviction), x, y, n, crc32 of the 40 bytes
-# before it. Token bucket: x = tokens, y = time of the last refill. Failures: x = window
-# start, n = count. Quota: x = day, n = count.
+# key hash, last touched (time.monotonic(), for eviction; comparable across starts because a
+# file is kept only within one boot), x, y, n, crc32 of the 40 bytes before it. Token bucket:
+# x = tokens, y = time of the last refill. Failures: x = window start, n = count. Quota:
+# x = day, n = count.
 _COUNTER: Final = struct.Struct("<QdddqI4x")
 _COUNTER_BODY: Final = struct.Struct("<Qdddq")
 # hash of the nonce, expiry, crc32 of the 24 bytes before it
@@ -88,6 +105,32 @@ class NonceCacheFull(LimitExceeded):
         )
 
 
+class LimitsFileSpaceError(OSError):
+    """The disk cannot hold the shared limits file: the server must not start."""
+
+
+def boot_id() -> bytes:
+    """This boot of the machine (Linux), or b"" where unknown: then no file is ever kept."""
+    try:
+        return uuid.UUID(_BOOT_ID_FILE.read_text(encoding="ascii").strip()).bytes
+    except (OSError, ValueError):
+        return b""
+
+
+def _reserve(descriptor: int, path: Path, size: int) -> None:
+    try:
+        os.posix_fallocate(descriptor, 0, size)
+    except OSError as error:
+        if error.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        stats = os.statvfs(path.parent)
+        raise LimitsFileSpaceError(
+            error.errno,
+            f"cannot reserve {size} bytes on disk for the shared limits file {path}: "
+            f"{stats.f_bavail * stats.f_frsize} bytes free",
+        ) from None
+
+
 def _file_size(slots: int, nonce_slots: int) -> int:
     return _HEADER_SIZE + slots * _COUNTER.size + nonce_slots * _NONCE.size
 
@@ -106,9 +149,11 @@ class SharedLimits:
     ) -> None:
         # Callers use create() or attach(), which validate the file first.
         self._path = path
+        self.slots, self.nonce_slots = slots, nonce_slots
         status = os.fstat(descriptor)
         self._identity = (status.st_dev, status.st_ino)
         self._mm = mmap.mmap(descriptor, _file_size(slots, nonce_slots))
+        self._created_at, self._boot_id = _ORIGIN.unpack_from(self._mm, _ORIGIN_OFFSET)
         self._thread_lock = threading.Lock()
         self._lock_fd = -1
         self._pid = -1
@@ -136,18 +181,57 @@ class SharedLimits:
     # -- files --------------------------------------------------------------------------------
 
     @classmethod
+    def prepare(cls, path: Path, *, slots: int = 65536, nonce_slots: int = 1 << 20) -> SharedLimits:
+        """The file of the previous start, if it is still trustworthy (same version and table
+        sizes, made during this boot of the machine), else a new one from create(); attached.
+
+        Called once by the supervisor before it forks workers. LimitsFileSpaceError when the
+        disk cannot hold a new file.
+        """
+        try:
+            kept = cls.attach(path)
+        except (OSError, ValueError):  # missing, unreadable, a symbolic link, not ours
+            return cls.create(path, slots=slots, nonce_slots=nonce_slots)
+        current = boot_id()
+        if (
+            (kept.slots, kept.nonce_slots) == (slots, nonce_slots)
+            and current
+            and (kept._boot_id == current)
+        ):
+            # Fully allocated when made; this also covers a copy that lost that (cp --sparse).
+            descriptor = os.open(path, _OPEN_FLAGS)
+            try:
+                os.fchmod(descriptor, 0o600)
+                _reserve(descriptor, path, _file_size(slots, nonce_slots))
+            except BaseException:
+                kept.close()
+                raise
+            finally:
+                os.close(descriptor)
+            return kept
+        if current and kept._boot_id not in (current, bytes(16)):
+            # Made before a reboot, so no process maps it any more: its space can go to the
+            # new file, which a full disk could not otherwise hold beside it.
+            path.unlink()
+        kept.close()
+        return cls.create(path, slots=slots, nonce_slots=nonce_slots)
+
+    @classmethod
     def create(cls, path: Path, *, slots: int = 65536, nonce_slots: int = 1 << 20) -> SharedLimits:
         """Create (or replace with a zeroed one) the shared file at path with mode 0600
         (parent directory created 0700), sized for `slots` counter slots and `nonce_slots`
-        nonce slots, and return it attached.
+        nonce slots and reserved on disk in full, and return it attached.
 
-        Called once by the supervisor before it forks workers; a fresh server start begins
-        from zero.
+        Its replay_horizon is now: it holds no nonce of any request stamped before.
+        LimitsFileSpaceError when the disk cannot hold it.
         """
         if slots < 1 or nonce_slots < 1:
             raise ValueError("slots and nonce_slots must be at least 1")
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         header = _HEADER.pack(_MAGIC, _VERSION, 0, slots, nonce_slots, secrets.token_bytes(16))
+        # Signed timestamps are whole seconds: the next whole second, so a request stamped
+        # with the second an earlier server stopped in is before the horizon.
+        origin = _ORIGIN.pack(float(math.ceil(time.time())), boot_id().ljust(16, b"\0"))
         # A new inode renamed into place rather than truncating the old file: processes of a
         # previous server that still map the old file would get SIGBUS past its new end, or
         # write their stale state into the new table.
@@ -156,8 +240,9 @@ class SharedLimits:
         try:
             # The umask may have removed bits from 0o600; the file must be exactly that.
             os.fchmod(descriptor, 0o600)
-            os.ftruncate(descriptor, _file_size(slots, nonce_slots))
+            _reserve(descriptor, path, _file_size(slots, nonce_slots))
             os.pwrite(descriptor, header, 0)
+            os.pwrite(descriptor, origin, _ORIGIN_OFFSET)
             os.replace(staging, path)
         except BaseException:
             os.close(descriptor)
@@ -285,6 +370,16 @@ class SharedLimits:
         self._mm[offset : offset + _COUNTER.size] = body + _CHECK.pack(zlib.crc32(body))
 
     # -- operations ---------------------------------------------------------------------------
+
+    @property
+    def path(self) -> Path:
+        return self._path
+
+    def replay_horizon(self) -> float:
+        """When this file was made (time.time(), rounded up to a whole second): it holds no
+        nonce of a request stamped before then, which an earlier server may have accepted, so
+        such requests must be refused."""
+        return float(self._created_at)
 
     def credential_epoch(self) -> int:
         """Read without the lock: an aligned 8-byte value, and any value other than the one
@@ -415,7 +510,7 @@ class SharedLimits:
 
         If the key's counter is for another day (or the key is new in this table), the
         counter starts from seed(): the count already recorded elsewhere for that day (the
-        shared file starts from zero at each server start). seed is called without the lock
+        table may be new, see prepare()). seed is called without the lock
         held, at most once per call. Then if count < limit, count += 1 and return True; else
         return False (nothing counted).
         """

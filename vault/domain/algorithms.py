@@ -38,6 +38,9 @@ class HashName(StrEnum):
     SHA512 = "SHA512"
 
 
+# The largest message Sign and Verify take whole; a larger one is signed by its digest.
+MAX_SIGNED_MESSAGE_BYTES = 65_536
+
 DIGEST_SIZES = {HashName.SHA1: 20, HashName.SHA256: 32, HashName.SHA384: 48, HashName.SHA512: 64}
 
 
@@ -83,6 +86,19 @@ class Algorithm(StrEnum):
     @property
     def purpose(self) -> Purpose:
         return SPECS[self].purpose
+
+    @property
+    def digest_hash(self) -> HashName | None:
+        """The hash a digest given to Sign or Verify must be made with; None for algorithms
+        that sign whole messages only: Ed25519 is pure EdDSA (it hashes the message itself,
+        twice), and PKCS#1 v1.5 over a digest needs CKM_RSA_PKCS, which the token has
+        switched off."""
+        spec = SPECS[self]
+        if spec.purpose is not Purpose.SIGN_VERIFY or spec.family is KeyFamily.ED25519:
+            return None
+        if spec.padding is Padding.PKCS1:
+            return None
+        return spec.hash
 
 
 def _rsa_specs() -> dict[Algorithm, AlgorithmSpec]:

@@ -92,6 +92,18 @@ class StoreUnavailable(VaultError):
     reason = "STORE_UNAVAILABLE"
 
 
+class DiskFull(StoreUnavailable):
+    """The disk of the data directory (or the database server's) is full: nothing is changed
+    until space is freed (UNAVAILABLE); reads go on while the vault's disk reserve lasts."""
+
+    reason = "DISK_FULL"
+
+    def __init__(self) -> None:
+        super().__init__(
+            "the data directory's disk is full: changes are refused until space is freed"
+        )
+
+
 class Conflict(VaultError):
     """A concurrent change won; the caller may retry (ABORTED)."""
 

@@ -66,21 +66,36 @@ class Pkcs11KeyStore:
         self._roots = self._find_roots()
         if not self._roots:
             raise TokenUnavailable("the token holds no root key: run `vaultctl token init`")
+        self._current = self._newest_split_generation()
 
     # -- discovery ------------------------------------------------------------------------
 
-    def _find_roots(self) -> dict[int, str]:
+    def _find_roots(self) -> dict[int, frozenset[str | None]]:
         return objects.root_generations(self._library.login_session)
+
+    def _newest_split_generation(self) -> int:
+        """New versions go only under per-family roots: a legacy single root pins too little
+        of what it unwraps (README, Key hierarchy)."""
+        split = [
+            generation
+            for generation in objects.complete_generations(self._roots)
+            if None not in self._roots[generation]
+        ]
+        if not split:
+            raise TokenUnavailable(
+                "the token has no per-family root keys: run `vaultctl token init` to add them"
+            )
+        return max(split)
 
     def supported_algorithms(self) -> frozenset[Algorithm]:
         return self._supported
 
     def current_root_generation(self) -> int:
-        return max(self._roots)
+        return self._current
 
     def root_generations_present(self) -> set[int]:
         self._roots = self._find_roots()
-        return set(self._roots)
+        return objects.complete_generations(self._roots)
 
     def token_labels(self) -> set[str]:
         session = self._library.login_session
@@ -93,8 +108,14 @@ class Pkcs11KeyStore:
 
     # -- per-thread objects ---------------------------------------------------------------
 
-    def _root(self, context: ThreadContext, generation: int) -> Any:
-        name = f"{templates.ROOT_LABEL_PREFIX}{generation}"
+    def _root(self, context: ThreadContext, generation: int, algorithm: Algorithm) -> Any:
+        """The root that wraps algorithm's keys in generation: its family's root, or the
+        generation's single root on a token provisioned before roots were split."""
+        families = self._roots.get(generation)
+        if families is None:
+            families = objects.root_generations(context.session).get(generation, frozenset())
+        family = None if None in families else templates.root_family(algorithm)
+        name = templates.root_label(generation, family)
         root = context.objects.get(name)
         if root is None:
             root = objects.find_one(context.session, ObjectClass.SECRET_KEY, name)
@@ -124,7 +145,7 @@ class Pkcs11KeyStore:
             if version.wrapped_blob is None or version.root_generation is None:
                 raise TokenUnavailable("key version has no material")
             shape = templates.shape(algorithm)
-            root = self._root(context, version.root_generation)
+            root = self._root(context, version.root_generation, algorithm)
             obj = root.unwrap_key(
                 shape.object_class,
                 shape.key_type,
@@ -183,7 +204,7 @@ class Pkcs11KeyStore:
             return GeneratedMaterial(None, None, token_label, public_der)
         generation = self.current_root_generation()
         try:
-            blob = self._root(context, generation).wrap_key(
+            blob = self._root(context, generation, algorithm).wrap_key(
                 private, mechanism=templates.WRAP_MECHANISM
             )
         finally:

@@ -29,12 +29,23 @@ def token_labels(session: Any, object_class: ObjectClass) -> list[str]:
     return labels
 
 
-def root_generations(session: Any) -> dict[int, str]:
-    """Root key generations in the token, with their labels."""
+def root_generations(session: Any) -> dict[int, frozenset[str | None]]:
+    """Root key generations in the token, each with the families of its roots (None: the
+    single root of a generation made before roots were split by family)."""
+    found: dict[int, set[str | None]] = {}
+    for label in token_labels(session, ObjectClass.SECRET_KEY):
+        parsed = templates.parse_root_label(label)
+        if parsed is not None:
+            found.setdefault(parsed[0], set()).add(parsed[1])
+    return {generation: frozenset(families) for generation, families in found.items()}
+
+
+def complete_generations(generations: dict[int, frozenset[str | None]]) -> set[int]:
+    """Generations that can unwrap every family: a single legacy root, or all family roots."""
     return {
-        int(label.removeprefix(templates.ROOT_LABEL_PREFIX)): label
-        for label in token_labels(session, ObjectClass.SECRET_KEY)
-        if label.startswith(templates.ROOT_LABEL_PREFIX)
+        generation
+        for generation, families in generations.items()
+        if None in families or families >= set(templates.ROOT_FAMILIES)
     }
 
 

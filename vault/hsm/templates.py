@@ -13,7 +13,7 @@ from pkcs11 import MGF, Attribute, KeyType, Mechanism, ObjectClass
 from pkcs11.constants import DEFAULT
 
 from vault.domain.algorithms import Algorithm, HashName, KeyFamily, Padding, Purpose
-from vault.hsm.native import NestedTemplate
+from vault.hsm.native import NestedTemplate, pack_mechanism_list
 
 Template = dict[Attribute, Any]
 
@@ -179,20 +179,14 @@ def public_generation(algorithm: Algorithm) -> Template:
 
 
 def unwrapped_for_use(algorithm: Algorithm) -> Template:
-    """A key version unwrapped into this process. The root's UNWRAP_TEMPLATE forces SENSITIVE,
-    WRAP_WITH_TRUSTED and MODIFIABLE=FALSE; EXTRACTABLE=FALSE closes the last door."""
+    """A key version unwrapped into this process: exactly what its root's UNWRAP_TEMPLATE
+    pins (SoftHSM refuses any other value of a pinned attribute), MODIFIABLE=FALSE last."""
+    pins = unwrap_pins(algorithm)
     key_shape = shape(algorithm)
-    return {
-        Attribute.TOKEN: False,
-        Attribute.PRIVATE: True,
-        Attribute.SENSITIVE: True,
-        Attribute.EXTRACTABLE: False,
-        Attribute.WRAP_WITH_TRUSTED: True,
-        Attribute.ALLOWED_MECHANISMS: list(key_shape.mechanisms),
-        **key_shape.usage,
-        # Last: SoftHSM applies the template in order, and nothing is settable after this.
-        Attribute.MODIFIABLE: False,
-    }
+    # python-pkcs11 sets every capability it knows; DEFAULT keeps it from setting the ones a
+    # private key rejects.
+    dropped = {k: v for k, v in key_shape.usage.items() if v is DEFAULT}
+    return {**pins, **dropped, Attribute.MODIFIABLE: False}
 
 
 def transient_secret(material: bytes | None) -> Template:
@@ -212,20 +206,105 @@ def transient_secret(material: bytes | None) -> Template:
     return template
 
 
-def root_key(generation: int) -> tuple[Template, NestedTemplate]:
-    """The root of the hierarchy (DESIGN.md section 3). Returns the template and the nested
-    unwrap template it points into, which must stay referenced until the key is generated."""
-    # MODIFIABLE=FALSE in the unwrap template is what lets unwrapped keys carry it at all
-    # (SoftHSM refuses it in a plain unwrap call); without it a PIN holder could add DECRYPT
-    # to an unwrapped wrapping key.
-    forced = NestedTemplate(
-        {
-            int(Attribute.SENSITIVE): True,
-            int(Attribute.WRAP_WITH_TRUSTED): True,
-            int(Attribute.MODIFIABLE): False,
-        }
-    )
-    label = f"{ROOT_LABEL_PREFIX}{generation}"
+# -- roots ------------------------------------------------------------------------------------
+#
+# One root per family of key shapes and generation. A root's UNWRAP_TEMPLATE pins every
+# capability of its family: SoftHSM lets a PIN holder add any attribute an UNWRAP_TEMPLATE
+# leaves out (DERIVE on an EC signing key is an ECDH oracle), so one root for all shapes
+# could pin only what they share. Labels: vault:root:<generation>:<family>. Tokens
+# provisioned before the split hold a single root per generation, vault:root:<generation>.
+
+
+def root_family(algorithm: Algorithm) -> str:
+    """The root family of an algorithm's wrapped keys; all its members share one shape."""
+    spec = algorithm.spec
+    if spec.family is KeyFamily.AES:
+        return "aes-wrap" if spec.purpose is Purpose.WRAP_UNWRAP else "aes-encrypt"
+    if spec.family is KeyFamily.HMAC:
+        return f"hmac-{spec.hash.value.lower()}"
+    if spec.family is KeyFamily.RSA:
+        if spec.purpose is Purpose.ASYMMETRIC_DECRYPT:
+            return "rsa-decrypt"
+        return "rsa-sign-pss" if spec.padding is Padding.PSS else "rsa-sign-pkcs1"
+    if spec.family is KeyFamily.EC:
+        return "ec-sign"
+    raise ValueError(f"{algorithm} keys are token-resident and have no root")
+
+
+def _family_members() -> dict[str, tuple[Algorithm, ...]]:
+    members: dict[str, list[Algorithm]] = {}
+    for algorithm in Algorithm:
+        if not algorithm.spec.requires_token_resident:
+            members.setdefault(root_family(algorithm), []).append(algorithm)
+    return {family: tuple(algorithms) for family, algorithms in members.items()}
+
+
+# Every family's algorithms; the first one stands for the family's shape.
+ROOT_FAMILIES: dict[str, tuple[Algorithm, ...]] = _family_members()
+
+
+def root_label(generation: int, family: str | None) -> str:
+    """family None: the single root of a generation made before roots were split."""
+    if family is None:
+        return f"{ROOT_LABEL_PREFIX}{generation}"
+    return f"{ROOT_LABEL_PREFIX}{generation}:{family}"
+
+
+def parse_root_label(label: str) -> tuple[int, str | None] | None:
+    """(generation, family or None) of a root label; None for any other label."""
+    if not label.startswith(ROOT_LABEL_PREFIX):
+        return None
+    generation, _, family = label.removeprefix(ROOT_LABEL_PREFIX).partition(":")
+    if not generation.isdigit():
+        return None
+    if family and family not in ROOT_FAMILIES:
+        return None
+    return int(generation), family or None
+
+
+def unwrap_pins(algorithm: Algorithm) -> Template:
+    """Every attribute a root of this algorithm's family forces on what it unwraps: class,
+    type, each capability the class has (true only for the purpose's), the mechanisms, and
+    the protections. MODIFIABLE=FALSE is not here: it has to come last, see root_key."""
+    key_shape = shape(algorithm)
+    usage = {k: v for k, v in key_shape.usage.items() if v is not DEFAULT}
+    if key_shape.object_class is ObjectClass.PRIVATE_KEY:
+        usage[Attribute.SIGN_RECOVER] = False
+    return {
+        Attribute.CLASS: key_shape.object_class,
+        Attribute.KEY_TYPE: key_shape.key_type,
+        Attribute.TOKEN: False,
+        Attribute.PRIVATE: True,
+        Attribute.SENSITIVE: True,
+        Attribute.EXTRACTABLE: False,
+        Attribute.WRAP_WITH_TRUSTED: True,
+        Attribute.COPYABLE: False,
+        Attribute.ALLOWED_MECHANISMS: list(key_shape.mechanisms),
+        **usage,
+    }
+
+
+def _nested(pins: Template) -> NestedTemplate:
+    packed: dict[int, bool | int | bytes] = {}
+    for attribute, value in pins.items():
+        if attribute is Attribute.ALLOWED_MECHANISMS:
+            packed[int(attribute)] = pack_mechanism_list(value)
+        elif isinstance(value, bool):
+            packed[int(attribute)] = value
+        else:
+            packed[int(attribute)] = int(value)
+    # Last: SoftHSM applies the template in order, and nothing is settable after this. Being
+    # in the UNWRAP_TEMPLATE is also what lets an unwrap set it at all.
+    packed[int(Attribute.MODIFIABLE)] = False
+    return NestedTemplate(packed)
+
+
+def root_key(generation: int, family: str) -> tuple[Template, NestedTemplate]:
+    """A root of the hierarchy (DESIGN.md section 3) for one family. Returns the template and
+    the nested unwrap template it points into, which must stay referenced until the key is
+    generated."""
+    forced = _nested(unwrap_pins(ROOT_FAMILIES[family][0]))
+    label = root_label(generation, family)
     template: Template = {
         Attribute.CLASS: ObjectClass.SECRET_KEY,
         Attribute.KEY_TYPE: KeyType.AES,

@@ -5,7 +5,8 @@ Commits are grouped: a request thread that finds no commit in progress commits e
 waiting at that moment (its own included); threads arriving meanwhile wait for the next
 group. Under load one store transaction carries many records; alone, a request pays for
 exactly one. A failed commit fails every request of its group (AuditUnavailable): the vault
-does not answer what it could not record.
+does not answer what it could not record. A commit that failed because the disk is full
+raises DiskFull rather than AuditUnavailable, so the caller can free the disk reserve.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from typing import Final
 
 from vault.domain.audit import AuditEvent, AuditRecord, Checkpoint, checkpoint_payload
 from vault.domain.audit_verification import AuditVerification, verify_audit_log
-from vault.domain.errors import AuditUnavailable, VaultError
+from vault.domain.errors import AuditUnavailable, DiskFull, VaultError
 from vault.domain.models import Page
 from vault.service.ports import AuditFilter, AuditHead, AuditStore, SystemCrypto
 
@@ -97,6 +98,8 @@ class AuditLog:
     def _raise_for(item: _Pending) -> None:
         if item.error is None:
             return
+        if isinstance(item.error, DiskFull):
+            raise DiskFull()  # callers free the disk reserve and may try again
         if isinstance(item.error, AuditUnavailable):
             raise AuditUnavailable(item.error.message)
         log.error("audit append failed: %s", type(item.error).__name__)
@@ -115,6 +118,8 @@ class AuditLog:
                 )
         try:
             return self._store.append_audit([p.event for p in batch], usage, last_used)
+        except DiskFull:
+            raise
         except VaultError as error:
             raise AuditUnavailable(error.message) from None
 

@@ -4,10 +4,11 @@ then asks the token; nothing here touches key material except data keys the call
 from __future__ import annotations
 
 import secrets
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from vault.config import KeyPolicySettings
-from vault.domain.algorithms import DIGEST_SIZES, KeyFamily, Padding
+from vault.domain.algorithms import DIGEST_SIZES, MAX_SIGNED_MESSAGE_BYTES
 from vault.domain.envelope import NONCE_SIZE, GcmEnvelope, WrappedEnvelope, gcm_aad
 from vault.domain.errors import (
     DecryptionFailed,
@@ -23,12 +24,16 @@ from vault.service.ports import KeyStore
 from vault.service.public_keys import verify_signature
 
 MAX_AAD_BYTES = 65_536
-MAX_SIGN_MESSAGE_BYTES = 65_536
+MAX_SIGN_MESSAGE_BYTES = MAX_SIGNED_MESSAGE_BYTES
 MAX_RANDOM_BYTES = 1024
 MAX_SIGNATURE_BYTES = 1024  # RSA-4096 signatures are 512 bytes
 MIN_WRAPPED_MATERIAL = 16
 MAX_WRAPPED_MATERIAL = 4096
 DATA_KEY_SIZES = frozenset({16, 24, 32, 64})
+_ENVELOPE_ADVICE = (
+    "encrypt larger data locally under a data key from GenerateDataKey (envelope "
+    "encryption), and store the encrypted data key beside it"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,15 +71,20 @@ class CryptoOperations:
         self._policy = policy
 
     def _usable(self, name: str, operation: Operation) -> tuple[Key, KeyVersion]:
+        key, version, _ = self._usable_named(name, operation)
+        return key, version
+
+    def _usable_named(self, name: str, operation: Operation) -> tuple[Key, KeyVersion, bool]:
+        """(key, the version name names or the primary, whether name named a version)."""
         key_name, number = parse_key_or_version(name)
         key = self._keys.load(key_name)
         key.require(operation)
-        return key, self._keys.version(key, number)
+        return key, self._keys.version(key, number), number is not None
 
     # -- symmetric ----------------------------------------------------------------------
 
     def encrypt(self, name: str, plaintext: bytes, aad: bytes) -> Sealed:
-        _limit("plaintext", plaintext, self._policy.max_plaintext_bytes)
+        _limit("plaintext", plaintext, self._policy.max_plaintext_bytes, _ENVELOPE_ADVICE)
         _limit("additional_authenticated_data", aad, MAX_AAD_BYTES)
         key, version = self._usable(name, Operation.ENCRYPT)
         return self._seal(key, version, plaintext, aad)
@@ -185,15 +195,38 @@ class CryptoOperations:
     def verify(
         self, name: str, *, message: bytes | None, digest: bytes | None, signature: bytes
     ) -> tuple[bool, str]:
-        """valid=False for any signature that does not verify, malformed or oversized
-        included; errors only for what Sign would also refuse."""
+        """(valid, key version). valid=False for any signature that does not verify,
+        malformed or oversized included; errors only for what Sign would also refuse.
+
+        A key version in name checks against that version only. A key name checks against
+        its primary version, then its other versions that still verify, so a signature made
+        before a rotation is still recognised; the version that matched is returned, and a
+        signature that matches none gets the same answer as always: invalid, primary."""
         data, prehashed = _message_or_digest(message, digest)
-        key, version = self._usable(name, Operation.VERIFY)
+        key, primary, explicit = self._usable_named(name, Operation.VERIFY)
         _check_signing_input(key, data, prehashed)
-        if version.public_key_der is None or len(signature) > MAX_SIGNATURE_BYTES:
-            return False, str(version.name)
-        valid = verify_signature(key.algorithm, version.public_key_der, data, prehashed, signature)
-        return valid, str(version.name)
+        if len(signature) > MAX_SIGNATURE_BYTES:
+            return False, str(primary.name)
+        for version in self._candidates(key, primary, explicit=explicit):
+            if version.public_key_der is not None and verify_signature(
+                key.algorithm, version.public_key_der, data, prehashed, signature
+            ):
+                return True, str(version.name)
+        return False, str(primary.name)
+
+    def _candidates(self, key: Key, first: KeyVersion, *, explicit: bool) -> Iterator[KeyVersion]:
+        """The versions a Verify or VerifyMac checks: first (the one named, or the primary),
+        then, unless a version was named, every other version that holds material, newest
+        first (the most likely match after the primary)."""
+        yield first
+        if explicit:
+            return
+        others = [
+            version
+            for version in self._keys.list_enabled_versions(key)
+            if version.number != first.number
+        ]
+        yield from sorted(others, key=lambda version: version.number, reverse=True)
 
     def asymmetric_decrypt(self, name: str, ciphertext: bytes) -> Sealed:
         _limit("ciphertext", ciphertext, 1024)
@@ -209,10 +242,14 @@ class CryptoOperations:
         return Sealed(self._keystore.generate_mac(version, key.algorithm, data), str(version.name))
 
     def verify_mac(self, name: str, data: bytes, mac: bytes) -> tuple[bool, str]:
+        """(valid, key version), trying versions as verify does."""
         _limit("data", data, self._policy.max_plaintext_bytes)
         _limit("mac", mac, 128)
-        key, version = self._usable(name, Operation.VERIFY_MAC)
-        return self._keystore.verify_mac(version, key.algorithm, data, mac), str(version.name)
+        key, primary, explicit = self._usable_named(name, Operation.VERIFY_MAC)
+        for version in self._candidates(key, primary, explicit=explicit):
+            if self._keystore.verify_mac(version, key.algorithm, data, mac):
+                return True, str(version.name)
+        return False, str(primary.name)
 
     def generate_random(self, size: int) -> bytes:
         if not 1 <= size <= MAX_RANDOM_BYTES:
@@ -222,19 +259,17 @@ class CryptoOperations:
 
 def _check_signing_input(key: Key, data: bytes, prehashed: bool) -> None:
     """What a key's algorithm accepts, the same for Sign and Verify."""
-    spec = key.algorithm.spec
     if not prehashed:
         return
-    if spec.family is KeyFamily.ED25519 or spec.padding is Padding.PKCS1:
-        # Ed25519 signs messages; PKCS#1 v1.5 over a digest needs CKM_RSA_PKCS, which the
-        # token has switched off.
+    digest_hash = key.algorithm.digest_hash
+    if digest_hash is None:
         raise UnsupportedAlgorithm(
             f"{key.algorithm} signs messages, not digests",
             metadata={"algorithm": str(key.algorithm)},
         )
-    if len(data) != DIGEST_SIZES[spec.hash]:
+    if len(data) != DIGEST_SIZES[digest_hash]:
         raise InvalidArgument(
-            f"digest must be {DIGEST_SIZES[spec.hash]} bytes of {spec.hash}",
+            f"digest must be {DIGEST_SIZES[digest_hash]} bytes of {digest_hash}",
             metadata={"algorithm": str(key.algorithm)},
         )
 
@@ -243,15 +278,21 @@ def _message_or_digest(message: bytes | None, digest: bytes | None) -> tuple[byt
     if (message is None) == (digest is None):
         raise InvalidArgument("give exactly one of message and digest")
     if message is not None:
-        _limit("message", message, MAX_SIGN_MESSAGE_BYTES)
+        _limit(
+            "message",
+            message,
+            MAX_SIGN_MESSAGE_BYTES,
+            "send the digest of a larger message instead (EC and RSA-PSS keys; Ed25519 and "
+            "RSA PKCS#1 v1.5 keys sign whole messages only)",
+        )
         return message, False
     assert digest is not None
     return digest, True
 
 
-def _limit(field: str, value: bytes, limit: int) -> None:
+def _limit(field: str, value: bytes, limit: int, advice: str = "") -> None:
     if len(value) > limit:
         raise InputTooLarge(
-            f"{field} is larger than {limit} bytes",
+            f"{field} is larger than {limit} bytes" + (f": {advice}" if advice else ""),
             metadata={"field": field, "limit": str(limit)},
         )

@@ -42,6 +42,7 @@ from vault.service.ports import IdentityStore, SharedCounters, SystemCrypto
 _SECRET_CONTEXT: Final = b"vault-access-secret-v1\x00"
 _API_TOKEN_CONTEXT: Final = b"vault-api-token-v1\x00"
 SALT_BYTES: Final = 32
+_NO_SALT: Final = bytes(SALT_BYTES)
 BOOTSTRAP_ACCOUNT: Final = "admin"
 DEFAULT_USAGE_DAYS: Final = 31
 _ID_DRAWS: Final = 3
@@ -69,7 +70,16 @@ class IdentityManagement:
     # -- derivations ------------------------------------------------------------------------
 
     def derive_secret(self, key: AccessKey) -> str:
-        data = _SECRET_CONTEXT + key.access_key_id.encode("ascii") + b"\x00" + key.secret_salt
+        return self._derive(key.access_key_id, key.secret_salt)
+
+    def derive_unknown_secret(self, access_key_id: str) -> str:
+        """The token work of derive_secret for an access key id that has no key, so that
+        authentication spends as long on it as on a real one. The result is no caller's
+        secret: no access key has an all-zero salt."""
+        return self._derive(access_key_id, _NO_SALT)
+
+    def _derive(self, access_key_id: str, salt: bytes) -> str:
+        data = _SECRET_CONTEXT + access_key_id.encode("ascii") + b"\x00" + salt
         return encode_secret_key(self._crypto.credential_mac(data))
 
     def api_token_hash(self, token: str) -> bytes:
@@ -124,6 +134,8 @@ class IdentityManagement:
             return self._store.create_access_key(key)
 
         created = _with_unused_id("access key", attempt)
+        # Workers cache ids they looked up and found no key for; this one has a key now.
+        self._changed()
         return created, self.derive_secret(created)
 
     def get_access_key(self, name: str) -> AccessKey:
@@ -235,7 +247,9 @@ class IdentityManagement:
             )
             return self._store.create_api_key(key), token
 
-        return _with_unused_id("API key", attempt)
+        created = _with_unused_id("API key", attempt)
+        self._changed()  # as for access keys: no worker may keep this id cached as unknown
+        return created
 
     def get_api_key(self, name: str) -> ApiKey:
         parsed = ApiKeyName.parse(name)

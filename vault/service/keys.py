@@ -114,6 +114,14 @@ class KeyManagement:
         key = self.get_key(name)
         return self._store.list_versions(key.name)
 
+    def list_enabled_versions(self, key: Key) -> list[KeyVersion]:
+        """key's versions that hold material (those version() would return)."""
+        return [
+            version
+            for version in self._store.list_versions(key.name)
+            if version.state is VersionState.ENABLED
+        ]
+
     def get_public_key(self, name: str) -> PublicKeyInfo:
         key_name, number = parse_key_or_version(name)
         key = self.load(key_name)

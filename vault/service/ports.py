@@ -291,6 +291,11 @@ class SharedCounters(Protocol):
         """False when nonce was seen and has not expired."""
         ...
 
+    def replay_horizon(self) -> float:
+        """A time.time(): requests stamped before it may have been accepted by a server whose
+        nonces these counters do not hold (they were made after it stopped)."""
+        ...
+
     def record_failure(self, key: str, *, window_seconds: float, now: float) -> int: ...
 
     def failures(self, key: str, *, window_seconds: float, now: float) -> int: ...
@@ -302,3 +307,16 @@ class SharedCounters(Protocol):
         ...
 
     def bump_credential_epoch(self) -> None: ...
+
+
+class DiskReserve(Protocol):
+    """Space set aside on the data directory's disk (vault.coordination.disk), spent when the
+    disk fills up so that reads and their audit records still commit."""
+
+    def refusing_changes(self) -> bool:
+        """True while the reserve is spent: state-changing calls must be refused."""
+        ...
+
+    def release(self) -> bool:
+        """Free the reserve's space after a write failed for lack of it."""
+        ...

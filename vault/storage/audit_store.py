@@ -44,7 +44,7 @@ from sqlalchemy import (
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from vault.domain.audit import GENESIS_HASH, AuditEvent, AuditRecord, Checkpoint, chain
-from vault.domain.errors import AuditUnavailable, InvalidArgument
+from vault.domain.errors import AuditUnavailable, DiskFull, InvalidArgument
 from vault.domain.identity import is_access_key_id
 from vault.domain.models import Page
 from vault.service.ports import AuditFilter, AuditHead
@@ -67,7 +67,13 @@ from vault.storage.tables import (
     to_micros,
     usage_counters,
 )
-from vault.storage.transactions import aware, new_serial_lock, serialised, unavailable
+from vault.storage.transactions import (
+    aware,
+    is_disk_full,
+    new_serial_lock,
+    serialised,
+    unavailable,
+)
 
 LOCK_SUFFIX = ".audit-lock"
 # Rows per query when streaming the whole log: bounded memory, few round trips.
@@ -161,7 +167,8 @@ class SqlAuditStore:
     ) -> AuditHead:
         """In one transaction: chain events after the current head and insert them, add usage
         counts ((credential id, day, method) -> n) and set the last-used time of those access
-        or API keys. AuditUnavailable if it cannot commit; then nothing was written."""
+        or API keys. AuditUnavailable (DiskFull when the disk is full) if it cannot commit;
+        then nothing was written."""
         try:
             if self._sqlite_file is not None:
                 with self._append_lock.held():
@@ -178,6 +185,8 @@ class SqlAuditStore:
             # and the caller must not act as if they were. No values in the error: the
             # engine hides SQL parameters, and only the class name is passed on.
             cause = getattr(exc, "orig", None) or exc
+            if is_disk_full(cause):
+                raise DiskFull() from exc
             raise AuditUnavailable(
                 "the audit log cannot be written", metadata={"error": type(cause).__name__}
             ) from exc

@@ -3,6 +3,8 @@ aware times, and database errors turned into domain errors that quote no values.
 
 from __future__ import annotations
 
+import errno
+import sqlite3
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
@@ -12,16 +14,32 @@ from typing import Any
 from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
-from vault.domain.errors import StoreUnavailable, VaultError
+from vault.domain.errors import DiskFull, StoreUnavailable, VaultError
 from vault.storage.engine import is_sqlite_memory, read_transaction, write_transaction
+
+# PostgreSQL's disk_full condition (class 53, insufficient resources).
+_PG_DISK_FULL = "53100"
 
 
 def unavailable(exc: SQLAlchemyError) -> StoreUnavailable:
     # Only the driver's error class: its message may quote values (PostgreSQL's DETAIL does).
     cause = getattr(exc, "orig", None) or exc
+    if is_disk_full(cause):
+        return DiskFull()
     return StoreUnavailable(
         "the metadata store is unavailable", metadata={"error": type(cause).__name__}
     )
+
+
+def is_disk_full(cause: BaseException) -> bool:
+    """Whether a driver's (or the file system's) error says the disk is full."""
+    if isinstance(cause, OSError) and cause.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    code = getattr(cause, "sqlite_errorcode", None)
+    if isinstance(code, int) and code & 0xFF == sqlite3.SQLITE_FULL:
+        return True
+    # psycopg names it sqlstate, psycopg2 pgcode.
+    return _PG_DISK_FULL in (getattr(cause, "sqlstate", None), getattr(cause, "pgcode", None))
 
 
 def new_serial_lock(engine: Engine) -> threading.Lock | None:

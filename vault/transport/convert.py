@@ -7,11 +7,12 @@ side only fails the server at start-up instead of on the first request that uses
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import TYPE_CHECKING, Final, Generic, TypeVar
 
 from google.protobuf.duration_pb2 import Duration
+from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from vault.domain.algorithms import Algorithm, Purpose
@@ -30,6 +31,9 @@ _Proto = TypeVar("_Proto", bound=int)
 
 # The protobuf Duration range; anything outside it is not a valid Duration.
 _MAX_DURATION_SECONDS: Final = 315_576_000_000
+# The protobuf Timestamp range, 0001-01-01T00:00:00Z to 9999-12-31T23:59:59.999999999Z.
+_MIN_TIMESTAMP_SECONDS: Final = -62_135_596_800
+_MAX_TIMESTAMP_SECONDS: Final = 253_402_300_799
 UPDATABLE_KEY_FIELDS: Final = ("labels", "description")
 
 
@@ -173,6 +177,21 @@ def key_updates(
     labels = dict(key.labels) if "labels" in paths else None
     description = key.description if "description" in paths else None
     return labels, description
+
+
+def optional_time(message: Message, field: str) -> datetime | None:
+    """The Timestamp field of message as an aware UTC datetime, None if unset; a value
+    timestamp.proto does not allow (seconds out of range, nanos negative or a second or more)
+    is INVALID_ARGUMENT naming the field, never a ValueError that would surface as INTERNAL."""
+    if not message.HasField(field):
+        return None
+    value: Timestamp = getattr(message, field)
+    if not (
+        _MIN_TIMESTAMP_SECONDS <= value.seconds <= _MAX_TIMESTAMP_SECONDS
+        and 0 <= value.nanos < 1_000_000_000
+    ):
+        raise InvalidArgument(f"{field} is not a valid timestamp", metadata={"field": field})
+    return value.ToDatetime(tzinfo=UTC)
 
 
 def waiting_period(

@@ -3,7 +3,7 @@ messages out. Who may call them is decided before they run (vault.transport.secu
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 
 import grpc
 from google.protobuf import empty_pb2
@@ -32,7 +32,7 @@ from vault.gen.vault.v1 import (
 from vault.service.audit import AuditLog
 from vault.service.identity import IdentityManagement
 from vault.service.ports import AuditFilter
-from vault.transport.convert import timestamp
+from vault.transport.convert import optional_time, timestamp
 
 _STATES = {
     CredentialState.ACTIVE: resources_pb2.CREDENTIAL_STATE_ACTIVE,
@@ -214,9 +214,7 @@ class IdentityServicer(identity_service_pb2_grpc.IdentityServiceServicer):
             if spec.HasField("rate_limit")
             else None
         )
-        expire_time = (
-            spec.expire_time.ToDatetime(tzinfo=UTC) if spec.HasField("expire_time") else None
-        )
+        expire_time = optional_time(spec, "expire_time")
         key, token = self._identity.create_api_key(
             request.parent,
             scopes,
@@ -266,14 +264,8 @@ class AuditServicer(audit_service_pb2_grpc.AuditServiceServicer):
         self, request: audit_service_pb2.ListAuditEventsRequest, context: grpc.ServicerContext
     ) -> audit_service_pb2.ListAuditEventsResponse:
         audit_filter = AuditFilter(
-            start_time=(
-                request.start_time.ToDatetime(tzinfo=UTC)
-                if request.HasField("start_time")
-                else None
-            ),
-            end_time=(
-                request.end_time.ToDatetime(tzinfo=UTC) if request.HasField("end_time") else None
-            ),
+            start_time=optional_time(request, "start_time"),
+            end_time=optional_time(request, "end_time"),
             credential_id=request.credential_id,
             resource=request.resource,
             method=request.method,

@@ -8,11 +8,16 @@ signature covers exactly those bytes (vault.domain.signing). In order, for every
 2. parse the bytes, then authorise the resources the request names before any validation, so
    a denied caller gets PERMISSION_DENIED whether or not the resource exists;
 3. admit: an API key's rate limit and daily quota;
-4. for a call that changes state, commit an audit record of the attempt first: if it cannot
-   be committed the change is not made;
+4. for a call that changes state, refuse it (DiskFull) while the data directory's disk is
+   full, then commit an audit record of the attempt first: if it cannot be committed the
+   change is not made;
 5. run the call, then commit its audit record (outcome, reason, latency) before the answer
    leaves; if that fails the caller gets AUDIT_UNAVAILABLE instead of the answer, unless the
    call changed state (then its STARTED record stands, and the answer goes out).
+
+The first audit commit that fails because the disk is full frees the disk reserve
+(vault.coordination.disk), and a read's record is then committed on that space, so reads go on
+while changes are refused.
 
 Health and reflection are not vault.v1 services and stay open, so probes need no credential.
 """
@@ -33,7 +38,7 @@ import grpc
 from google.protobuf.message import DecodeError, Message
 
 from vault.domain.audit import AuditEvent
-from vault.domain.errors import AuditUnavailable, PermissionDenied, Unauthenticated
+from vault.domain.errors import AuditUnavailable, DiskFull, PermissionDenied, Unauthenticated
 from vault.domain.identity import (
     MUTATING_METHODS,
     Principal,
@@ -45,6 +50,7 @@ from vault.domain.identity import (
 from vault.domain.signing import AUTHORIZATION_HEADER, BEARER_PREFIX, SCHEME
 from vault.service.audit import AuditLog
 from vault.service.authentication import Authenticator
+from vault.service.ports import DiskReserve
 from vault.transport.errors import MalformedRequest, is_vault_unary, outcome_of
 
 log = logging.getLogger(__name__)
@@ -125,10 +131,16 @@ def resource_names(request: Message) -> list[str]:
 
 class SecurityInterceptor(grpc.ServerInterceptor):
     def __init__(
-        self, authenticator: Authenticator, audit: AuditLog, *, certificate_accounts: bool
+        self,
+        authenticator: Authenticator,
+        audit: AuditLog,
+        *,
+        certificate_accounts: bool,
+        disk_reserve: DiskReserve | None = None,
     ) -> None:
         self._authenticator = authenticator
         self._audit = audit
+        self._reserve = disk_reserve
         self._certificate_accounts = certificate_accounts
         self._wrapped: dict[
             str, tuple[grpc.RpcMethodHandler[Any, Any], grpc.RpcMethodHandler[Any, Any]]
@@ -187,23 +199,41 @@ class SecurityInterceptor(grpc.ServerInterceptor):
             self._authenticator.admit(principal)
             attempt.admitted = True
             if call.short in MUTATING_METHODS:
-                self._audit.record(attempt.event("STARTED", ""))
+                if self._reserve is not None and self._reserve.refusing_changes():
+                    raise DiskFull()
+                # No second try here: a change must not begin on the reserve's space.
+                self._record(attempt.event("STARTED", ""), None, retry=False)
             response = behavior(request, context)
         except Exception as error:
+            if isinstance(error, DiskFull) and self._reserve is not None:
+                self._reserve.release()
             # The call failed already: its error is what the caller needs; an audit failure
             # now is logged by the audit log and does not replace it.
-            with contextlib.suppress(AuditUnavailable):
-                self._audit.record(attempt.event(*outcome_of(error)), usage_method=attempt.usage)
+            with contextlib.suppress(AuditUnavailable, DiskFull):
+                self._record(attempt.event(*outcome_of(error)), attempt.usage, retry=True)
             raise
         try:
-            self._audit.record(attempt.event("OK", ""), usage_method=attempt.usage)
-        except AuditUnavailable:
+            self._record(attempt.event("OK", ""), attempt.usage, retry=True)
+        except (AuditUnavailable, DiskFull):
             if call.short not in MUTATING_METHODS:
                 raise  # nothing was changed: withhold the result, the caller may retry
             # The change is made and its STARTED record committed; answering an error now
             # would have the caller retry a change that already happened.
             log.error("%s was applied but its outcome could not be recorded", call.method)
         return response
+
+    def _record(self, event: AuditEvent, usage_method: str | None, *, retry: bool) -> None:
+        """Commit event; if the disk is full, free the disk reserve and, with retry, try
+        once more on the space it gave back."""
+        try:
+            self._audit.record(event, usage_method=usage_method)
+        except DiskFull:
+            if self._reserve is None:
+                raise
+            self._reserve.release()  # whichever process finds the disk full first
+            if not retry:
+                raise
+            self._audit.record(event, usage_method=usage_method)
 
     def _authenticate(
         self,

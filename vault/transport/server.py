@@ -158,6 +158,7 @@ def build(
                 security.authenticator,
                 security.audit,
                 certificate_accounts=settings.auth.client_certificate_accounts,
+                disk_reserve=security.disk_reserve,
             )
         )
     max_bytes = settings.server.max_message_bytes

@@ -18,15 +18,18 @@ import sys
 import threading
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from multiprocessing.context import ForkContext, ForkProcess
 from types import FrameType
 from typing import Final
 
 from vault.app import StartupReport, build_services, prepare_and_reconcile
 from vault.config import Settings
-from vault.coordination.limits import SharedLimits
-from vault.domain.errors import PinIncorrect, VaultError
+from vault.coordination.disk import DiskReserve, free_bytes
+from vault.coordination.limits import LimitsFileSpaceError, SharedLimits
+from vault.domain.errors import DiskFull, PinIncorrect, VaultError
 from vault.service.keys import KeyManagement
+from vault.so_pin import refuse_to_serve_beside
 from vault.transport.errors import log_unexpected
 from vault.transport.server import TLS_HINT, ListenAddress, ListenAddressError, build
 from vault.transport.tls import ServerTls, TlsConfigError, load_server_tls
@@ -40,10 +43,13 @@ _START_TIMEOUT_SECONDS: Final = 120.0
 # A worker that dies sooner than this after starting counts as crash-looping: back off.
 _HEALTHY_UPTIME_SECONDS: Final = 10.0
 _MAX_RESTART_DELAY_SECONDS: Final = 30.0
+# How often the supervisor looks whether a spent disk reserve can be set aside again.
+DISK_CHECK_SECONDS: Final = 2.0
 # Exit codes of the reconciliation child.
 _RECONCILE_CLEAN: Final = 0
 _RECONCILE_DIFFERENCES: Final = 3
 _RECONCILE_REFUSED: Final = 4  # an expected failure; its message follows on the pipe
+SHARED_NONCE_SLOTS: Final = 1 << 21
 
 
 # -- multi-process serving ------------------------------------------------------------------
@@ -55,8 +61,10 @@ def serve(settings: Settings) -> None:
     Prints "vault serving on ADDRESS (N workers, TLS)" once every worker serves, and returns
     after a signal once they have stopped. Raises TlsConfigError for TLS settings or files
     that cannot be used, ListenAddressError for an address that cannot be served and
-    RuntimeError when start-up fails (details are logged).
+    RuntimeError when start-up fails (details are logged) or an SO PIN file sits in the
+    data directory (SoPinCustodyError).
     """
+    refuse_to_serve_beside(settings)  # the SO PIN: never beside a serving token
     tls = load_tls(settings)
     address = ListenAddress.parse(settings.server.listen, tls=tls is not None)
     if tls is not None:
@@ -84,16 +92,60 @@ def serve(settings: Settings) -> None:
     context = multiprocessing.get_context("fork")
     _reconcile_in_child(context, settings)
     if settings.auth.enabled:
-        # Made before the workers, so they all attach to one table; a fresh start begins
-        # from zero (nonces older than the timestamp window are refused anyway).
-        # A signed request's nonce is kept for the timestamp window (300 s by default): 2^21
-        # slots hold over 4,000 signed requests/s, beyond what one host serves.
-        SharedLimits.create(settings.shared_state_file, nonce_slots=1 << 21).close()
+        _prepare_shared_limits(settings)
     else:
         log.warning(
             "auth.enabled = false: calls are neither authenticated nor audited (loopback only)"
         )
-    _Supervisor(context, settings, address, tls).run()
+    reserve = DiskReserve(settings.disk_reserve_file, settings.store.disk_reserve_bytes)
+    _reserve_disk_space(reserve)
+    _Supervisor(context, settings, address, tls, reserve).run()
+
+
+def _reserve_disk_space(reserve: DiskReserve) -> None:
+    """Set the disk reserve aside at start, or start refusing changes if the disk is too full
+    for it (reads are served; the supervisor makes the reserve once space is freed)."""
+    try:
+        if reserve.size <= 0 or reserve.restore(needed_free=reserve.size):
+            return
+    except OSError as error:
+        # Reads are served without it; changes wait until the supervisor manages to make it.
+        log.error("cannot set aside the disk reserve %s: %s", reserve.path, error)
+        return
+    if reserve.refusing_changes():
+        log.warning(
+            "the data directory's disk has %d bytes free, less than the %d-byte reserve "
+            "(store.disk_reserve_bytes): refusing changes until space is freed",
+            free_bytes(reserve.path.parent),
+            reserve.size,
+        )
+
+
+def _prepare_shared_limits(settings: Settings) -> None:
+    """Keep or make the workers' shared table before they start, so they all attach to one.
+
+    A signed request's nonce is kept for the timestamp window (300 s by default): 2^21 slots
+    hold over 4,000 signed requests/s, beyond what one host serves.
+    """
+    started = time.time()
+    try:
+        limits = SharedLimits.prepare(settings.shared_state_file, nonce_slots=SHARED_NONCE_SLOTS)
+    except LimitsFileSpaceError as error:
+        raise RuntimeError(error.strerror) from None
+    try:
+        horizon = limits.replay_horizon()
+        if horizon < started:
+            log.info("kept the replay table of the previous start: %s", limits.path)
+        else:
+            log.info(
+                "new replay table %s: signed requests stamped before %s are refused",
+                limits.path,
+                datetime.fromtimestamp(horizon, UTC).isoformat(timespec="seconds"),
+            )
+            # Serve from the horizon on, so that no request signed after the start is refused.
+            time.sleep(max(0.0, horizon - time.time()))
+    finally:
+        limits.close()
 
 
 def load_tls(settings: Settings) -> ServerTls | None:
@@ -192,11 +244,15 @@ class _Supervisor:
         settings: Settings,
         address: ListenAddress,
         tls: ServerTls | None,
+        reserve: DiskReserve,
     ) -> None:
         self._context = context
         self._settings = settings
         self._address = address
         self._tls = tls
+        self._reserve = reserve
+        self._next_disk_check = 0.0
+        self._reserve_error = ""
         self._slots = [_Slot(index) for index in range(settings.server.workers)]
         self._stop_signal: int | None = None
 
@@ -281,6 +337,9 @@ class _Supervisor:
 
     def _supervise(self) -> None:
         now = time.monotonic()
+        if now >= self._next_disk_check:
+            self._next_disk_check = now + DISK_CHECK_SECONDS
+            self._restore_reserve()
         for slot in self._slots:
             if self._stop_signal is not None:
                 return  # a group-wide signal stops workers too: their exits are expected
@@ -311,6 +370,22 @@ class _Supervisor:
                 slot.ready = None
             slot.restart_at = now + delay
         self._wait(0.5)
+
+    def _restore_reserve(self) -> None:
+        """Once the disk has twice the reserve free, set it aside again and accept changes:
+        the reserve, and as much again for the writes to come."""
+        try:
+            if self._reserve.restore(needed_free=2 * self._reserve.size):
+                log.warning(
+                    "the data directory's disk has space again: %d-byte reserve restored, "
+                    "accepting changes",
+                    self._reserve.size,
+                )
+            self._reserve_error = ""
+        except OSError as error:
+            if str(error) != self._reserve_error:  # once, not every few seconds
+                log.error("cannot restore the disk reserve %s: %s", self._reserve.path, error)
+            self._reserve_error = str(error)
 
     def _wait(self, timeout: float) -> None:
         """Sleep until a worker exits or reports ready, or timeout; signals only set a flag."""
@@ -393,9 +468,10 @@ def _worker_main(
     try:
         built.server.start()
         if index == 0:
+            reserve = DiskReserve(settings.disk_reserve_file, settings.store.disk_reserve_bytes)
             threading.Thread(
                 target=_destroy_due_keys_forever,
-                args=(services.keys, settings.keys.destroy_check_seconds, stop),
+                args=(services.keys, settings.keys.destroy_check_seconds, stop, reserve),
                 name="vault-destroy-due-keys",
                 daemon=True,
             ).start()
@@ -410,14 +486,20 @@ def _worker_main(
         services.close()
 
 
-def _destroy_due_keys_forever(keys: KeyManagement, interval: float, stop: threading.Event) -> None:
-    """Destroy keys whose waiting period ended, until stop; one worker does this."""
+def _destroy_due_keys_forever(
+    keys: KeyManagement, interval: float, stop: threading.Event, reserve: DiskReserve
+) -> None:
+    """Destroy keys whose waiting period ended, until stop; one worker does this. Not while
+    the disk is full: destroying is a change like any other."""
     while True:
         # The next round retries; a failing store or token must not end the loop.
         try:
-            destroyed = keys.destroy_due_keys()
-            if destroyed:
-                log.info("destroyed %d keys whose waiting period ended", len(destroyed))
+            if not reserve.refusing_changes():
+                destroyed = keys.destroy_due_keys()
+                if destroyed:
+                    log.info("destroyed %d keys whose waiting period ended", len(destroyed))
+        except DiskFull:
+            reserve.release()
         except VaultError as error:
             log.error("destroying due keys failed: %s: %s", error.reason, error.message)
         except Exception as error:
