@@ -24,7 +24,7 @@ from click.testing import CliRunner, Result
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from tests.api_calls import new_id
+from tests.api_calls import ensure_account, new_id
 from tests.harness import ROOT, VaultServer, free_port, vault_environment
 from vault.cli.main import cli
 from vault.tls_dev import create_ca, write_certificate
@@ -152,7 +152,8 @@ def create_key(target: str, purpose: str, *extra: str) -> dict[str, Any]:
 @pytest.fixture(scope="module")
 def target(server: VaultServer) -> str:
     _CREDENTIALS["VAULT_CREDENTIALS_FILE"] = str(server.data_dir / "admin-credentials.json")
-    ok(vaultctl(server.target, "accounts", "create", ACCOUNT_ID))
+    with server.client() as admin:  # other modules use this fixture too: made once
+        ensure_account(admin, ACCOUNT)
     return server.target
 
 
