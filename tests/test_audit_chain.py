@@ -22,6 +22,7 @@ from vault.domain.audit import (
     AuditRecord,
     Checkpoint,
     chain,
+    chain_break,
     checkpoint_payload,
     record_hash,
 )
@@ -157,6 +158,56 @@ def recompute_from(rows: list[Row], seq: int) -> None:
 def swap_seqs(log: Log, first: int, second: int) -> None:
     one, other = log.row(first), log.row(second)
     one["seq"], other["seq"] = second, first
+
+
+# Whether the chain leads from an anchored head to a new one (checked before signing)
+
+
+def breaks_from(log: Log, start: int, head: int) -> tuple[int, str] | None:
+    records = list(read_back(log.rows))
+    start_hash = GENESIS_HASH if start == 0 else log.row(start)["hash"]
+    head_hash = log.row(head)["hash"]
+    after = (record for record in records if record.seq > start)
+    return chain_break(start, start_hash, after, head, head_hash)
+
+
+def test_an_intact_chain_extends_the_anchor(log: Log) -> None:
+    assert breaks_from(log, 0, COUNT) is None
+    assert breaks_from(log, 20, 35) is None
+    assert breaks_from(log, 20, 20) is None
+
+
+def test_a_recomputed_chain_does_not_extend_the_anchor(log: Log) -> None:
+    anchored = log.row(30)["hash"]
+    log.row(25)["outcome"] = "PERMISSION_DENIED"
+    recompute_from(log.rows, 25)
+    records = [record for record in read_back(log.rows) if record.seq > 30]
+    # Chained from the old anchor, the first record after it no longer links.
+    found = chain_break(30, anchored, records, COUNT, log.row(COUNT)["hash"])
+    assert found is not None and found[0] == 31
+
+
+@pytest.mark.parametrize(
+    ("tamper", "at"),
+    [
+        (lambda log: log.rows.remove(log.row(33)), 33),
+        (lambda log: log.row(33).update(outcome="OK!"), 33),
+        (lambda log: log.row(34).update(prev_hash=bytes(32)), 34),
+        (lambda log: log.rows.remove(log.row(COUNT)), COUNT),
+    ],
+)
+def test_a_broken_link_after_the_anchor_is_located(log: Log, tamper: Any, at: int) -> None:
+    head_hash = log.row(COUNT)["hash"]
+    tamper(log)
+    records = [record for record in read_back(log.rows) if record.seq > 30]
+    found = chain_break(30, log.row(30)["hash"], records, COUNT, head_hash)
+    assert found is not None and found[0] == at, found
+
+
+def test_a_head_other_than_the_stored_one_is_refused(log: Log) -> None:
+    records = [record for record in read_back(log.rows) if record.seq > 30]
+    found = chain_break(30, log.row(30)["hash"], records, COUNT, bytes(32))
+    assert found == (COUNT, f"record {COUNT} is not the head to be signed")
 
 
 # The clean log and the chain itself

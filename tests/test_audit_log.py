@@ -17,6 +17,7 @@ import shutil
 import sqlite3
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing, contextmanager
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
@@ -25,10 +26,12 @@ from typing import Any, Final
 
 import grpc
 import pytest
+from click.testing import CliRunner, Result
 
 from tests.api_calls import expect_error
 from tests.harness import VaultServer, provision
 from tests.security_helpers import (
+    SPREAD,
     AccessKey,
     ApiKey,
     add_access_key,
@@ -39,6 +42,7 @@ from tests.security_helpers import (
     raw_call,
     signed_metadata,
 )
+from vault.cli.main import cli as vaultctl
 from vault.client import AccessKeyCredentials, AuditLogVerification, VaultClient
 from vault.domain.audit import AuditEvent, chain
 from vault.gen.vault.v1 import audit_service_pb2, key_service_pb2, resources_pb2
@@ -64,6 +68,22 @@ COLUMNS: Final = (
     "hash",
 )
 Row = tuple[Any, ...]
+# The CLI run in this process takes nothing from the caller's environment (None removes).
+CLEAN_CLI_ENV: Final[dict[str, str | None]] = {
+    name: None
+    for name in (
+        "VAULT_CONFIG",
+        "VAULT_DATA_DIR",
+        "VAULT_TARGET",
+        "VAULT_CA_FILE",
+        "VAULT_CLIENT_CERT_FILE",
+        "VAULT_CLIENT_KEY_FILE",
+        "VAULT_CREDENTIALS_FILE",
+        "VAULT_ACCESS_KEY_ID",
+        "VAULT_SECRET_KEY",
+        "VAULT_API_KEY",
+    )
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -388,6 +408,38 @@ def test_a_clean_log_verifies(admin: VaultClient, seeded: Seeded) -> None:
     assert result.checkpoints_checked >= last // CHECKPOINT_EVERY - 1
 
 
+def run_cli(server: VaultServer, *args: str) -> Result:
+    """`vaultctl --target <server> args...` in this process, as the server's admin."""
+    credentials = server.data_dir / "admin-credentials.json"
+    argv = ["--target", server.target, "--credentials-file", str(credentials)]
+    return CliRunner().invoke(vaultctl, [*argv, *args], env=CLEAN_CLI_ENV, prog_name="vaultctl")
+
+
+def test_concurrent_checkpoints_in_every_worker_keep_extending_the_anchor(
+    vault: VaultServer, admin: VaultClient, seeded: Seeded
+) -> None:
+    """Threads of both workers append at once and each worker checkpoints every few records:
+    a worker that finds the anchor already past its head leaves it, nobody finds the chain
+    broken, and no call is refused."""
+    with tampering(vault) as conn:
+        heads_before = len(checkpoint_heads(conn))
+
+    def calls(index: int) -> int:
+        with vault.client() as client:
+            for _ in range(15):
+                client.get_key(seeded.key)
+        return index
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        assert sorted(pool.map(calls, range(16))) == list(range(16))
+    with tampering(vault) as conn:
+        # How many depends on how long each takes under load: a worker finding another
+        # checkpointing skips. At least one was signed while appends raced.
+        assert len(checkpoint_heads(conn)) > heads_before
+    assert verify_after(admin) == []
+    assert "does not extend" not in vault.log()
+
+
 # -- tampering with the database ------------------------------------------------------------
 
 
@@ -603,6 +655,14 @@ def test_a_truncated_log_is_reported_by_its_checkpoint(fresh: Fresh) -> None:
         cut = head - 1
         edit(clean, conn, ("DELETE FROM audit_events WHERE seq >= ?", (cut,)))
         assert verify_after(admin) == [("TRUNCATED", cut)]
+        # Records the token's anchor vouched for are gone: calls are refused too.
+        for _ in range(SPREAD):
+            with clean.client() as caller:
+                expect_error(
+                    grpc.StatusCode.UNAVAILABLE,
+                    "AUDIT_UNAVAILABLE",
+                    lambda c=caller: c.list_accounts(),  # type: ignore[misc]
+                )
 
 
 def test_a_recomputed_chain_is_caught_by_the_signed_checkpoints(fresh: Fresh) -> None:
@@ -631,6 +691,85 @@ def test_deleting_every_checkpoint_does_not_hide_a_recomputed_chain(fresh: Fresh
         # Nothing in the database tells any more; the token's anchor of the newest
         # checkpointed head does.
         assert verify_after(admin) == [("CHECKPOINT_MISMATCH", newest)]
+
+
+def test_a_recomputed_chain_is_never_signed_and_stops_the_calls(fresh: Fresh) -> None:
+    """The whole attack: rewrite a record, recompute the chain with the documented hash,
+    delete every checkpoint, then keep calling so that a checkpoint falls due. The vault
+    must not sign the forged head nor move the token's anchor onto it; it refuses audited
+    calls instead, and verification still reports the rewrite."""
+    admin, clean = fresh.admin, fresh.server
+    account = new_account(admin)
+    name = admin.create_key(account, "after-forgery", "ENCRYPT_DECRYPT").name
+    with tampering(clean) as conn:
+        seq = middle_seq(conn)
+        newest = checkpoint_heads(conn)[-1]
+        assert newest > seq, "no checkpoint covers the edited record"
+        edit(
+            clean,
+            conn,
+            *edited_and_rechained(conn, seq),
+            ("DELETE FROM audit_checkpoints", ()),
+        )
+        # Without a checkpoint in the store one is due at once, in every worker; several
+        # fresh channels reach both of them.
+        for _ in range(2 * SPREAD):
+            with clean.client() as caller:
+                error = expect_error(
+                    grpc.StatusCode.UNAVAILABLE,
+                    "AUDIT_UNAVAILABLE",
+                    lambda c=caller: c.get_key(name),  # type: ignore[misc]
+                )
+                assert "vaultctl audit verify" in error.message
+        assert checkpoint_heads(conn) == []
+        refused_at = last_seq(conn)
+        # Investigating stays possible: the admin's audit calls are still served.
+        assert verify_after(admin) == [("CHECKPOINT_MISMATCH", newest)]
+        assert checkpoint_heads(conn) == []
+        assert last_seq(conn) <= refused_at + 2
+    # One error line per worker at most (rate-limited), with a seq and no record contents.
+    errors = [line for line in clean.log().splitlines() if "does not extend" in line]
+    assert 1 <= len(errors) <= 2, errors
+    assert "PERMISSION_DENIED" not in "".join(errors) and name not in "".join(errors)
+    cli = run_cli(clean, "audit", "verify")
+    assert cli.exit_code == 1, cli.output
+    assert f"CHECKPOINT_MISMATCH at sequence {newest}" in cli.stdout
+
+
+@pytest.mark.parametrize(
+    "forged_seq", [10**12, 0], ids=["beyond-the-head", "on-the-head-signed-in-the-future"]
+)
+def test_a_forged_checkpoint_row_does_not_put_off_the_anchor_check(
+    fresh: Fresh, forged_seq: int
+) -> None:
+    """Instead of deleting the checkpoints, the rewriter leaves one row that makes the next
+    checkpoint look far off: beyond the head, or at it and signed in the future. Neither is
+    a checkpoint the vault could have made, so one is due at once all the same."""
+    admin, clean = fresh.admin, fresh.server
+    account = new_account(admin)
+    name = admin.create_key(account, "after-forged-row", "ENCRYPT_DECRYPT").name
+    with tampering(clean) as conn:
+        seq = middle_seq(conn)
+        head = forged_seq or last_seq(conn)
+        future = int((datetime.now(UTC) + timedelta(days=3650) - EPOCH) / timedelta(microseconds=1))
+        edit(
+            clean,
+            conn,
+            *edited_and_rechained(conn, seq),
+            ("DELETE FROM audit_checkpoints", ()),
+            (
+                "INSERT INTO audit_checkpoints VALUES (?, ?, ?, ?, ?)",
+                (head, bytes(32), future, b"forged", "vault:system:audit:1"),
+            ),
+        )
+        for _ in range(SPREAD):
+            with clean.client() as caller:
+                expect_error(
+                    grpc.StatusCode.UNAVAILABLE,
+                    "AUDIT_UNAVAILABLE",
+                    lambda c=caller: c.get_key(name),  # type: ignore[misc]
+                )
+        assert checkpoint_heads(conn) == [head]
 
 
 def test_a_checkpoint_with_a_forged_signature_is_reported(fresh: Fresh) -> None:

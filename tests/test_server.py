@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -402,3 +403,135 @@ def test_serve_process_exits_with_an_error_on_a_public_address(tmp_path: Path) -
     # Nothing listens there.
     with grpc.insecure_channel(f"127.0.0.1:{port}") as channel, pytest.raises(grpc.RpcError):
         health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=1)
+
+
+# -- health follows the store ----------------------------------------------------------------
+
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+def health_on_new_connection(server: VaultServer) -> int:
+    """One health check on a new connection; it must answer within its 0.5 s deadline."""
+    options = [("grpc.use_local_subchannel_pool", 1)]
+    with grpc.insecure_channel(server.target, options=options) as channel:
+        reply = health_pb2_grpc.HealthStub(channel).Check(
+            health_pb2.HealthCheckRequest(service=""), timeout=0.5
+        )
+    return int(reply.status)
+
+
+def test_health_answers_at_once_and_says_not_serving_while_the_store_is_locked(
+    own_server: VaultServer,
+) -> None:
+    """Another process holds the database's write lock: the vault's calls wait for it and
+    fill every request thread, yet each health check answers within its deadline, and says
+    NOT_SERVING until the lock is released."""
+    server = own_server
+    with server.client(timeout=30) as client:
+        client.create_key("accounts/locked", "before", "ENCRYPT_DECRYPT")
+    blocked: list[object] = []
+
+    def create(index: int) -> None:
+        with server.client(timeout=30, options=[("grpc.use_local_subchannel_pool", 1)]) as c:
+            try:
+                blocked.append(c.create_key("accounts/locked", f"k{index}", "ENCRYPT_DECRYPT"))
+            except VaultClientError as error:
+                blocked.append(error)
+
+    lock = sqlite3.connect(server.data_dir / "vault.db", isolation_level=None, timeout=10)
+    threads = [threading.Thread(target=create, args=(index,)) for index in range(12)]
+    try:
+        lock.execute("BEGIN EXCLUSIVE")
+        for thread in threads:
+            thread.start()
+        statuses = []
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            statuses.append(health_on_new_connection(server))
+            time.sleep(0.1)
+        assert statuses[-10:] == [NOT_SERVING] * 10, statuses
+    finally:
+        lock.execute("ROLLBACK")
+        lock.close()
+    for thread in threads:
+        thread.join(timeout=60)
+    wait_for(
+        lambda: health_on_new_connection(server) == health_pb2.HealthCheckResponse.SERVING,
+        10,
+        "SERVING once the lock is released",
+    )
+    # The calls that waited for the lock went through once it was free.
+    assert len(blocked) == 12 and all(isinstance(key, res.Key) for key in blocked), blocked
+
+
+# -- one vault per data directory and per port -------------------------------------------------
+
+
+def vaultctl_refused(env: dict[str, str], *args: str) -> str:
+    """Run `vaultctl args...`, which must exit non-zero on its own with one line on stderr
+    and nothing on stdout; returns that line. A command that serves instead is killed."""
+    command = subprocess.Popen(
+        [sys.executable, "-m", "vault.cli", *args],
+        env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        stdin=subprocess.DEVNULL, start_new_session=True,
+    )  # fmt: skip
+    try:
+        out, err = command.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(command.pid, signal.SIGKILL)
+        out, err = command.communicate()
+        pytest.fail(f"vaultctl {' '.join(args)} was not refused:\n{out}{err}")
+    assert command.returncode == 4, (command.returncode, out, err)
+    assert out == "", out
+    lines = err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("vaultctl: error: "), err
+    return lines[0]
+
+
+def assert_still_serving(server: VaultServer) -> None:
+    assert server.process is not None and server.process.poll() is None
+    assert listeners(server.port) == 2
+    with grpc.insecure_channel(server.target) as channel:
+        reply = health_pb2_grpc.HealthStub(channel).Check(
+            health_pb2.HealthCheckRequest(service=""), timeout=5
+        )
+    assert reply.status == health_pb2.HealthCheckResponse.SERVING
+    # Signed calls need the shared-limits file the first server made: it is still theirs.
+    with server.client(timeout=10) as client:
+        key = client.create_key("accounts/first", f"k{time.monotonic_ns()}", "ENCRYPT_DECRYPT")
+        sealed = client.encrypt(key.name, b"first server")
+        assert client.decrypt(key.name, sealed.ciphertext).plaintext == b"first server"
+    assert "Traceback" not in server.log(), server.log()
+
+
+def test_a_second_vault_on_the_same_data_directory_is_refused(own_server: VaultServer) -> None:
+    server = own_server
+    assert server.process is not None
+    limits = server.data_dir / "run" / "shared-limits"
+    before = limits.stat()
+    env = vault_environment(server.data_dir, VAULT_SERVER__LISTEN=f"127.0.0.1:{free_port()}")
+    line = vaultctl_refused(env, "serve")
+    assert f"data directory {server.data_dir} is in use by vaultctl serve" in line, line
+    assert f"pid {server.process.pid}" in line and server.target in line, line
+    # `make run` provisions first: that is refused as well, with the same explanation.
+    line = vaultctl_refused(env, "token", "init")
+    assert f"data directory {server.data_dir} is in use" in line, line
+    assert f"pid {server.process.pid}" in line, line
+    after = limits.stat()
+    assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
+    assert_still_serving(server)
+
+
+def test_a_second_vault_on_a_port_in_use_is_refused(
+    own_server: VaultServer, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    server = own_server
+    other = tmp_path_factory.mktemp("other-vault")
+    env = vault_environment(other, VAULT_SERVER__LISTEN=server.target)
+    line = vaultctl_refused(env, "serve")
+    assert line == (
+        f"vaultctl: error: {server.target} is already in use (another vault or program); "
+        "set server.listen or stop it"
+    )
+    assert sorted(path.name for path in other.iterdir()) == ["vault.lock"], "it wrote files"
+    assert_still_serving(server)

@@ -7,7 +7,8 @@ import json
 import os
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -51,6 +52,9 @@ class Services:
     keys: KeyManagement
     crypto: CryptoOperations
     security: Security | None = None
+    # name -> check the health probe runs; a check that returns False or raises means the
+    # vault cannot serve (vault.transport.health).
+    health_checks: Mapping[str, Callable[[], bool]] = field(default_factory=dict)
 
     def close(self) -> None:
         close = getattr(self.store, "close", None)
@@ -104,7 +108,32 @@ def build_services(settings: Settings, counters: SharedCounters | None = None) -
         )
         reserve = FileDiskReserve(settings.disk_reserve_file, settings.store.disk_reserve_bytes)
         security = Security(identity, authenticator, audit, system_keys.ensure, reserve)
-    return Services(store, keystore, keys, crypto, security)
+    checks = {"token": keystore.available, "store": store.check_writable}
+    return Services(store, keystore, keys, crypto, security, checks)
+
+
+@contextmanager
+def local_audit_log(settings: Settings) -> Iterator[AuditLog]:
+    """The audit log of the store and token on this machine, for the operator commands that
+    work beside a running server (`vaultctl audit archive`, `audit verify --archive`): the
+    store's locks and the token are shared with its workers."""
+    from vault.hsm.keystore import open_keystore
+    from vault.hsm.system_keys import SystemKeys
+    from vault.storage import open_stores
+
+    assert settings.store.url is not None
+    stores = open_stores(settings.store.url)
+    try:
+        keystore = open_keystore(settings)
+        yield AuditLog(
+            stores.audit,
+            SystemKeys(keystore),
+            CheckpointPolicy(
+                settings.audit.checkpoint_every_records, settings.audit.checkpoint_every_seconds
+            ),
+        )
+    finally:
+        stores.audit.close()
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,12 +1,14 @@
-"""`vaultctl audit ...`: read and verify the vault's tamper-evident audit log over gRPC.
+"""`vaultctl audit ...`: read and verify the vault's tamper-evident audit log.
 
-Both commands call AuditService, which only the admin role may use.
+`list` and `verify` call AuditService, which only the admin role may use. `archive` and
+`verify --archive` work on the store and token of this machine, beside a running server.
 """
 
 from __future__ import annotations
 
 import re
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -14,11 +16,19 @@ from rich import box
 from rich.table import Table
 from rich.text import Text
 
-from vault.cli._context import EXIT_MISMATCH, CliState, json_option, pass_state
+from vault.cli._context import (
+    EXIT_LOCAL,
+    EXIT_MISMATCH,
+    CliError,
+    CliState,
+    json_option,
+    pass_state,
+)
 from vault.cli._identity_common import duration, proto_time
 from vault.cli._output import cell, console, emit, limit_option, note, page_size_alias, short_time
 
 if TYPE_CHECKING:
+    from vault.domain.audit_verification import AuditVerification
     from vault.gen.vault.v1 import audit_service_pb2, resources_pb2
 
 GROUP_HELP = """Read and verify the audit log (admin role).
@@ -29,12 +39,17 @@ or payloads. Records form a hash chain whose head the vault signs in checkpoints
 in the token, so `verify` detects records that were changed, removed, added or reordered
 afterwards. Needs the admin role.
 
+`archive` (move old records to a file), `verify --archive` and `reanchor` (accept a log that
+no longer extends the token's anchor) run on the vault's machine with its store and token.
+
 \b
 Examples:
   vaultctl audit list --since 1h
   vaultctl audit list --key accounts/acme/keys/docs --outcome PERMISSION_DENIED
   vaultctl audit list --credential VKABCDEFGHIJKLMNOPQR --method Sign --limit 50
   vaultctl audit verify
+  vaultctl audit archive --older-than 90d --out audit-2026-q1.jsonl
+  vaultctl audit verify --archive audit-2026-q1.jsonl
 """
 
 # STARTED is not a failure: a state-changing call's record, committed before it runs, that
@@ -259,22 +274,54 @@ def _counted(number: int, noun: str) -> str:
     return f"{number} {noun}{'' if number == 1 else 's'}"
 
 
+def local_verify_record(result: AuditVerification) -> dict[str, Any]:
+    return {
+        "ok": result.ok,
+        "records_checked": result.records_checked,
+        "checkpoints_checked": result.checkpoints_checked,
+        "last_sequence": result.last_seq,
+        "findings": [
+            {"kind": str(finding.kind), "sequence": finding.seq, "detail": finding.detail}
+            for finding in result.findings
+        ],
+    }
+
+
 @audit_group.command("verify")
+@click.option(
+    "--archive",
+    "archives",
+    metavar="FILE",
+    multiple=True,
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Verify this archive file (from `audit archive`) and the store as one chain; repeat "
+    "for several, in any order. Runs on the vault's machine, with its store and token (the "
+    "user PIN as for `vaultctl serve`), not through the server.",
+)
 @json_option
 @pass_state
-def verify(state: CliState) -> None:
+def verify(state: CliState, archives: tuple[Path, ...]) -> None:
     """Check that the audit log was not tampered with.
 
     Recomputes the hash chain of every record and checks each signed checkpoint against
-    the token's audit key.
+    the token's audit key. With --archive, the archived records too, as one chain from the
+    oldest archive given to the last stored record.
 
     Exits 0 when the log is intact, 1 when it is not: each finding (kind, sequence, detail)
     is listed in log order, the first one highlighted, as the others may follow from it.
     Kinds: MODIFIED, DELETED, INSERTED, REORDERED, CHECKPOINT_MISMATCH, BAD_SIGNATURE,
     TRUNCATED. Records added or removed at the end of the log since the last checkpoint go
-    unnoticed until the next checkpoint is signed. Needs the admin role.
+    unnoticed until the next checkpoint is signed. Needs the admin role (without --archive).
     """
-    record = verify_record(state.client().verify_audit_log().response)
+    if archives:
+        from vault.app import local_audit_log
+        from vault.cli._audit_files import read_archives
+
+        segments = read_archives(archives)
+        with local_audit_log(state.settings()) as audit:
+            record = local_verify_record(audit.verify(segments))
+    else:
+        record = verify_record(state.client().verify_audit_log().response)
     counts = (
         f"{_counted(record['records_checked'], 'record')}, "
         f"{_counted(record['checkpoints_checked'], 'checkpoint')}"
@@ -312,3 +359,151 @@ def verify(state: CliState) -> None:
     emit(state, record, human)
     if not record["ok"]:
         click.get_current_context().exit(EXIT_MISMATCH)
+
+
+@audit_group.command("archive")
+@click.option(
+    "--before",
+    metavar="TIME",
+    default=None,
+    help="Archive records made before TIME: an ISO 8601 time (UTC when it has no zone) or a "
+    "duration ago (90d).",
+)
+@click.option(
+    "--older-than",
+    metavar="DURATION",
+    default=None,
+    help="Archive records older than DURATION (90d, 12w); the same as --before DURATION.",
+)
+@click.option(
+    "--out",
+    "out",
+    metavar="FILE",
+    required=True,
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="The archive file to write (JSON lines, mode 0600); it must not exist.",
+)
+@json_option
+@pass_state
+def archive(state: CliState, before: str | None, older_than: str | None, out: Path) -> None:
+    """Move old audit records out of the store into an archive file.
+
+    Archives every record up to the newest signed checkpoint whose record is older than the
+    cutoff, so an archive always ends on a checkpoint. The file holds the records as stored,
+    the checkpoints among them and a marker of the segment's end signed by the token's audit
+    key; it is written under a temporary name, fsynced and only then given its name. Only
+    then are the records deleted from the store, which keeps the marker: `audit verify`
+    verifies the remaining chain from it, and `audit verify --archive FILE...` the archives
+    and the store as one chain. A log that does not verify is not archived (exit 1).
+
+    Runs on the vault's machine with its store and token (the user PIN as for `vaultctl
+    serve`), beside a running server; deleting audit history is not offered over the network.
+    Exits 0 also when nothing is old enough (nothing is written then).
+    """
+    if (before is None) == (older_than is None):
+        raise click.UsageError("give one of --before TIME and --older-than DURATION")
+    if older_than is not None:
+        if not _DURATION_RE.match(older_than.strip().lower()):
+            raise click.BadParameter(
+                f"{older_than!r}: expected a duration (90d, 12w, 36h)", param_hint="--older-than"
+            )
+        cutoff = parse_instant(older_than, "--older-than")
+    else:
+        assert before is not None
+        cutoff = parse_instant(before, "--before")
+    if out.exists() or out.is_symlink():
+        raise CliError(f"{out} exists: an archive is never overwritten", exit_code=EXIT_LOCAL)
+
+    from vault.app import local_audit_log
+    from vault.cli._audit_files import write_archive
+    from vault.service.audit import ArchiveRefused
+
+    with local_audit_log(state.settings()) as audit:
+        try:
+            result = audit.archive(
+                cutoff,
+                lambda header, records, count: write_archive(
+                    out, header, records, count, show=not state.json
+                ),
+            )
+        except ArchiveRefused as refused:
+            raise CliError(
+                f"{refused.message}; nothing archived (run `vaultctl audit verify`)",
+                exit_code=EXIT_MISMATCH if refused.damaged else EXIT_LOCAL,
+            ) from None
+    if result is None:
+        data: dict[str, Any] = {"archived": False, "file": None, "records": 0}
+
+        def nothing() -> None:
+            note("nothing to archive: no signed checkpoint is older than the cutoff")
+
+        emit(state, data, nothing)
+        return
+    header = result.header
+    data = {
+        "archived": True,
+        "file": str(out),
+        "records": header.last_seq - header.first_seq + 1,
+        "first_sequence": header.first_seq,
+        "last_sequence": header.last_seq,
+        "last_hash": header.end.through_hash.hex(),
+        "deleted": result.deleted,
+    }
+
+    def human() -> None:
+        click.echo(
+            f"archived records {header.first_seq} to {header.last_seq} into {out}; "
+            f"{_counted(result.deleted, 'record')} deleted from the store"
+        )
+
+    emit(state, data, human)
+
+
+@audit_group.command("reanchor")
+@click.option("--yes", is_flag=True, help="Confirm without a prompt (needed without a terminal).")
+@json_option
+@pass_state
+def reanchor(state: CliState, yes: bool) -> None:
+    """Accept an altered audit log, so the server serves calls again.
+
+    Once the stored chain no longer extends the token's anchor, the server refuses audited
+    calls (AUDIT_UNAVAILABLE). After the damage has been looked at (`audit verify`, `audit
+    list`) and the database copied aside as evidence, and when no backup that extends the
+    anchor can be restored, this appends a record of the reset (method
+    vaultctl/audit/reanchor, reason ANCHOR_RESET, the old anchor in its resource), signs a
+    checkpoint over the new head and moves the token's anchor there. Restart the server
+    afterwards. Does nothing (exit 0) when the chain extends the anchor.
+
+    Runs on the vault's machine with its store and token (the user PIN as for `vaultctl
+    serve`), never over the network.
+    """
+    import socket
+
+    from vault.app import local_audit_log
+    from vault.cli._identity_common import confirm
+
+    confirm("reset", "the token's audit anchor to the log as it is now", yes)
+    with local_audit_log(state.settings()) as audit:
+        done = audit.reanchor(source=f"local:{socket.gethostname()}")
+    if done is None:
+        data: dict[str, Any] = {"reanchored": False}
+        emit(state, data, lambda: note("the audit chain extends the token's anchor: nothing to do"))
+        return
+    previous = done.previous
+    data = {
+        "reanchored": True,
+        "previous_sequence": None if previous is None else previous[0],
+        "previous_hash": None if previous is None else previous[1].hex(),
+        "broken_at_sequence": done.broken_at,
+        "anchor_sequence": done.checkpoint.head_seq,
+        "anchor_hash": done.checkpoint.head_hash.hex(),
+    }
+
+    def human() -> None:
+        was = "none" if previous is None else f"sequence {previous[0]}"
+        click.echo(
+            f"audit anchor moved from {was} to sequence {done.checkpoint.head_seq} "
+            f"(the chain stopped extending it at sequence {done.broken_at}); restart the server"
+        )
+
+    emit(state, data, human)

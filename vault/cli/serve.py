@@ -51,6 +51,9 @@ def serve_command(state: CliState, listen: str | None, workers: int | None) -> N
     SIGTERM. The user PIN comes from hsm.user_pin_file or VAULT_HSM__USER_PIN, never from
     the command line. Logs go to stderr at log_level (VAULT_LOG_LEVEL).
 
+    Refused (exit 4, one line) while another vault runs on the same data directory (it
+    holds <data_dir>/vault.lock) or anything listens on the address already.
+
     TLS: with server.tls_cert_file and server.tls_key_file (mode 0600) the server uses that
     certificate, and with server.client_ca_file it also requires client certificates issued
     by that CA. Without them it creates, on first start, a development CA and a server
@@ -86,17 +89,29 @@ def serve_command(state: CliState, listen: str | None, workers: int | None) -> N
     _configure_logging(settings)
     private_files()
     # Imported here: grpc and the generated code load only in the command that serves.
-    from vault.transport.server import ListenAddress, ListenAddressError
-    from vault.transport.supervisor import load_tls, serve
+    from vault.data_lock import DataDirectoryInUse
+    from vault.transport.server import ListenAddress, ListenAddressError, ensure_port_free
+    from vault.transport.supervisor import load_tls, lock_for, serve
     from vault.transport.tls import TlsConfigError
 
     try:
-        ListenAddress.parse(settings.server.listen, tls=True)  # its syntax, before any file
+        address = ListenAddress.parse(settings.server.listen, tls=True)  # syntax, before files
+        # Another vault on this data directory or this port: one line, and nothing else
+        # printed or written (serve() checks both again, for callers other than this one).
+        data_lock = lock_for(settings)
+    except (ListenAddressError, DataDirectoryInUse) as error:
+        raise CliError(str(error), exit_code=EXIT_LOCAL) from None
+    try:
+        ensure_port_free(address)
         dev = _ensure_dev_tls(settings)
         # Checked here too (serve() does it again), so nothing is announced before an error.
         ListenAddress.parse(settings.server.listen, tls=load_tls(settings) is not None)
     except (ListenAddressError, TlsConfigError) as error:
+        data_lock.release()
         raise CliError(str(error), exit_code=EXIT_LOCAL) from None
+    except BaseException:
+        data_lock.release()
+        raise
     recorded = _record_local_server(settings)
     if state.json:
         # One line, so a supervisor can parse it before the server's own output follows.
@@ -108,7 +123,7 @@ def serve_command(state: CliState, listen: str | None, workers: int | None) -> N
         if recorded is not None:
             note(f"settings: recorded this server in {recorded} for vaultctl in other directories")
     try:
-        serve(settings)
+        serve(settings, data_lock)
     except (ListenAddressError, TlsConfigError) as error:
         raise CliError(str(error), exit_code=EXIT_LOCAL) from None
     except RuntimeError as error:

@@ -59,9 +59,11 @@ def token_init(state: CliState) -> None:
     Idempotent: each step checks what exists first, so running it again on a provisioned
     token changes nothing and exits 0 (`make run` runs it every time). On a token with a
     single root per generation (made by older versions) it adds a generation of per-family
-    roots; on a data directory holding secrets/so.pin it moves that file out.
+    roots; on a data directory holding secrets/so.pin it moves that file out. Refused while
+    a server runs on the same data directory (it holds <data_dir>/vault.lock).
     """
     # Imported here: loading the PKCS#11 and database layers is slow and needless for --help.
+    from vault.data_lock import DataDirectoryInUse, DataDirectoryLock
     from vault.hsm.provision import provision
     from vault.so_pin import SoPinCustodyError, obtain
     from vault.storage import open_store
@@ -72,14 +74,22 @@ def token_init(state: CliState) -> None:
     # Created here, before the store: SQLite would otherwise create the directory's database
     # first and leave the directory itself with the umask's default mode.
     settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    prompt = _prompt_so_pin if sys.stdin.isatty() else None
-    store = open_store(settings.store.url)
+    # A server running on this data directory has its token and store open; provisioning
+    # beside it could initialise a token or rewrite the SoftHSM configuration under it, and
+    # `make run` would go on to start a second server.
     try:
-        status = provision(settings, store, lambda: obtain(settings, prompt))
-    except SoPinCustodyError as error:
+        data_lock = DataDirectoryLock.acquire(settings.data_dir, holder="vaultctl token init")
+    except DataDirectoryInUse as error:
         raise CliError(str(error), exit_code=EXIT_LOCAL) from None
-    finally:
-        store.close()
+    prompt = _prompt_so_pin if sys.stdin.isatty() else None
+    with data_lock:
+        store = open_store(settings.store.url)
+        try:
+            status = provision(settings, store, lambda: obtain(settings, prompt))
+        except SoPinCustodyError as error:
+            raise CliError(str(error), exit_code=EXIT_LOCAL) from None
+        finally:
+            store.close()
     if status.so_pin_moved is not None:
         moved_from, moved_to = status.so_pin_moved
         note(f"moved the SO PIN out of the data directory: {moved_from} -> {moved_to}")

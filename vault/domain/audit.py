@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import struct
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Final
@@ -172,4 +172,67 @@ def checkpoint_payload(head_seq: int, head_hash: bytes, signed_at: datetime) -> 
     """The exact bytes the audit key signs; its own tag so a record hash is never signable."""
     return b"".join(
         (_field(_CHECKPOINT_TAG), _int(head_seq), _field(head_hash), _int(_micros(signed_at)))
+    )
+
+
+def chain_break(
+    start_seq: int,
+    start_hash: bytes,
+    records: Iterable[AuditRecord],
+    head_seq: int,
+    head_hash: bytes,
+) -> tuple[int, str] | None:
+    """Where the chain stops leading from (start_seq, start_hash) to (head_seq, head_hash), or
+    None when it does lead there.
+
+    records: the stored records after start_seq in ascending seq order (further ones are
+    ignored). Each must follow the one before it by seq and prev_hash and hash correctly at
+    its seq; the last must be the head. Returns (seq, description) of the first record that
+    does not fit; the description names no record contents.
+    """
+    seq, previous = start_seq, start_hash
+    for record in records:
+        if seq >= head_seq:
+            break
+        expected = seq + 1
+        if record.seq != expected:
+            return expected, f"record {expected} is missing"
+        if record.prev_hash != previous:
+            return expected, f"record {expected} does not link to record {seq}"
+        try:
+            digest = record_hash(expected, record.prev_hash, record.event)
+        except (AttributeError, TypeError, ValueError):
+            digest = b""
+        if digest != record.hash:
+            return expected, f"record {expected} does not match its hash"
+        seq, previous = expected, record.hash
+    if seq != head_seq:
+        return seq + 1, f"the records from {seq + 1} to {head_seq} are missing"
+    if previous != head_hash:
+        return head_seq, f"record {head_seq} is not the head to be signed"
+    return None
+
+
+_ARCHIVE_TAG: Final = b"vault-audit-archive-v1"
+
+
+@dataclass(frozen=True, slots=True)
+class ArchiveMarker:
+    """What stays in the store of records moved to an archive: the last archived record's seq
+    and hash, signed by the audit key. The stored chain continues from it."""
+
+    through_seq: int
+    through_hash: bytes
+    archived_at: datetime
+    record_count: int
+    signature: bytes
+    key_label: str
+
+
+def archive_marker_payload(through_seq: int, through_hash: bytes, archived_at: datetime) -> bytes:
+    """The bytes the audit key signs for a marker; a tag of its own, so that a checkpoint's
+    signature never passes for a marker's (which would let whoever holds the database delete
+    every record up to any checkpoint)."""
+    return b"".join(
+        (_field(_ARCHIVE_TAG), _int(through_seq), _field(through_hash), _int(_micros(archived_at)))
     )

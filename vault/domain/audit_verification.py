@@ -24,6 +24,11 @@ How `verify_audit_log` classifies what it finds (records are walked in stored se
 * Checkpoints: BAD_SIGNATURE when the signature does not verify (the checkpoint is then not
   used); CHECKPOINT_MISMATCH when no stored row at head_seq has the signed head hash;
   TRUNCATED (at the first missing seq) when a valid checkpoint names a seq beyond the last row.
+* Archives: a log whose oldest records were archived starts at a signed marker instead of the
+  genesis hash; the first stored record must link to it. A marker whose signature does not
+  verify is BAD_SIGNATURE at its seq (the chain is still checked from it). Markers of later
+  archives, when archive files are verified together with the store, are checked like
+  checkpoints: the record at their seq must have their hash.
 """
 
 from __future__ import annotations
@@ -36,7 +41,15 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Final
 
-from vault.domain.audit import GENESIS_HASH, AuditRecord, Checkpoint, checkpoint_payload, seq_hasher
+from vault.domain.audit import (
+    GENESIS_HASH,
+    ArchiveMarker,
+    AuditRecord,
+    Checkpoint,
+    archive_marker_payload,
+    checkpoint_payload,
+    seq_hasher,
+)
 
 # Rows read ahead of the chain when looking for a record's successor: a swap or insertion
 # further apart than this is still reported, but possibly as a different kind.
@@ -174,7 +187,11 @@ class _PrevState(StrEnum):
 
 class _ChainWalker:
     def __init__(
-        self, records: Iterator[AuditRecord], findings: _Findings, checkpoints: _CheckpointTracker
+        self,
+        records: Iterator[AuditRecord],
+        findings: _Findings,
+        checkpoints: _CheckpointTracker,
+        start: _Anchor = _START,
     ) -> None:
         self._records = records
         self._findings = findings
@@ -187,14 +204,15 @@ class _ChainWalker:
         self._by_hash: dict[bytes, list[int]] = {}
         # Hash of each settled row -> its chain seq while no accepted row follows it yet, else
         # None (it has its successor, or it was rejected).
-        self._settled: OrderedDict[bytes, int | None] = OrderedDict({GENESIS_HASH: 0})
-        self._anchor = _START
+        self._settled: OrderedDict[bytes, int | None] = OrderedDict({start.hash: start.chain_seq})
+        self._start = start
+        self._anchor = start
         # Stored seq minus chain seq: nonzero once rows were renumbered around an insertion or
         # deletion, which is reported once there and then expected for the rows after it.
         self._offset = 0
         self._shift_explained = False
         self.records_checked = 0
-        self.last_seq = 0
+        self.last_seq = start.seq
 
     def run(self) -> None:
         while True:
@@ -319,7 +337,7 @@ class _ChainWalker:
     def _prev_state(self, prev_hash: bytes) -> _PrevState:
         if prev_hash in self._by_hash:
             return _PrevState.AHEAD
-        if prev_hash == GENESIS_HASH or prev_hash in self._settled:
+        if prev_hash == self._start.hash or prev_hash in self._settled:
             return _PrevState.SETTLED
         return _PrevState.UNKNOWN
 
@@ -436,7 +454,7 @@ class _ChainWalker:
             self._resume(head, in_order=True)
             return
         if head.seq == missing and head.hasher(expected) == head.hash:
-            if anchor is _START:
+            if anchor is self._start:
                 self._report(
                     head.position,
                     _AT,
@@ -583,6 +601,30 @@ def _discard(index: dict[bytes, list[int]], key: bytes, position: int) -> None:
         del index[key]
 
 
+def marker_checkpoint(marker: ArchiveMarker) -> Checkpoint:
+    """A marker as a checkpoint over its seq and hash (its signature is over another payload:
+    see _marker_signed)."""
+    return Checkpoint(
+        marker.through_seq,
+        marker.through_hash,
+        marker.archived_at,
+        marker.signature,
+        marker.key_label,
+    )
+
+
+def _marker_signed(
+    marker: ArchiveMarker, verify_signature: Callable[[bytes, bytes, str], bool]
+) -> bool:
+    try:
+        payload = archive_marker_payload(
+            marker.through_seq, marker.through_hash, marker.archived_at
+        )
+    except (AttributeError, TypeError, ValueError):
+        return False
+    return bool(verify_signature(payload, marker.signature, marker.key_label))
+
+
 @dataclass(slots=True)
 class _OpenCheckpoint:
     checkpoint: Checkpoint
@@ -594,25 +636,22 @@ class _OpenCheckpoint:
 class _CheckpointTracker:
     """Compares each checkpoint with the stored rows at its head_seq as they stream past."""
 
-    def __init__(
-        self,
-        checkpoints: Iterable[Checkpoint],
-        verify_signature: Callable[[bytes, bytes, str], bool],
-        findings: _Findings,
-    ) -> None:
+    def __init__(self, checkpoints: Iterable[tuple[Checkpoint, bool]], findings: _Findings) -> None:
+        """checkpoints: each with whether its signature is valid."""
         self._findings = findings
         self._queue: deque[_OpenCheckpoint] = deque()
-        for checkpoint in sorted(checkpoints, key=lambda item: item.head_seq):
-            self._queue.append(
-                _OpenCheckpoint(checkpoint, _signature_valid(checkpoint, verify_signature))
-            )
+        for checkpoint, signed in sorted(checkpoints, key=lambda item: item[0].head_seq):
+            self._queue.append(_OpenCheckpoint(checkpoint, signed))
         self.count = len(self._queue)
 
     def observe(self, position: int, seq: int, stored_hash: bytes) -> None:
         while self._queue and self._queue[0].checkpoint.head_seq < seq:
             self._close(self._queue.popleft(), position)
-        if self._queue and self._queue[0].checkpoint.head_seq == seq:
-            current = self._queue[0]
+        # Several checkpoints can name one seq (a checkpoint, the marker of an archive ending
+        # there, the token's anchor), all at the front of the queue.
+        for current in self._queue:
+            if current.checkpoint.head_seq != seq:
+                break
             if current.position is None:
                 current.position = position
             # Several rows can share a seq after an insertion; the genuine one must match.
@@ -684,6 +723,9 @@ def verify_audit_log(
     records: Iterable[AuditRecord],
     checkpoints: Iterable[Checkpoint],
     verify_signature: Callable[[bytes, bytes, str], bool],
+    *,
+    start: ArchiveMarker | None = None,
+    markers: Iterable[ArchiveMarker] = (),
 ) -> AuditVerification:
     """Check the stored log against its chain and signed checkpoints.
 
@@ -691,10 +733,44 @@ def verify_audit_log(
     checkpoints: held in memory (there are few). verify_signature(payload, signature,
     key_label) says whether the token's audit key named key_label signed payload; an exception
     it raises propagates, since a verifier that cannot reach its key proves nothing either way.
+    start: the marker of the newest archive, when the oldest records were archived: the chain
+    starts there instead of at the genesis hash, and checkpoints before it are not checked.
+    markers: markers of archives whose records are among records, checked like checkpoints.
     """
     findings = _Findings(MAX_FINDINGS)
-    tracker = _CheckpointTracker(checkpoints, verify_signature, findings)
-    walker = _ChainWalker(iter(records), findings, tracker)
+    begin = _START
+    signed: list[tuple[Checkpoint, bool]] = []
+    if start is not None:
+        begin = _Anchor(start.through_hash, start.through_seq, start.through_seq, -1)
+        if not _marker_signed(start, verify_signature):
+            findings.add(
+                -1,
+                _CHECKPOINT,
+                FindingKind.BAD_SIGNATURE,
+                start.through_seq,
+                f"the archive marker at seq {start.through_seq} has no valid signature "
+                f"from audit key {start.key_label!r}",
+            )
+    for checkpoint in checkpoints:
+        if checkpoint.head_seq < begin.seq:
+            continue  # its records were archived; verified with the archive file
+        if checkpoint.head_seq == begin.seq and begin is not _START:
+            if checkpoint.head_hash != begin.hash:
+                findings.add(
+                    -1,
+                    _CHECKPOINT,
+                    FindingKind.CHECKPOINT_MISMATCH,
+                    begin.seq,
+                    f"the archive marker at seq {begin.seq} differs from the signed "
+                    "checkpoint there",
+                )
+            continue
+        signed.append((checkpoint, _signature_valid(checkpoint, verify_signature)))
+    for marker in markers:
+        if marker.through_seq > begin.seq:
+            signed.append((marker_checkpoint(marker), _marker_signed(marker, verify_signature)))
+    tracker = _CheckpointTracker(signed, findings)
+    walker = _ChainWalker(iter(records), findings, tracker, begin)
     walker.run()
     tracker.finish(walker.records_checked, walker.last_seq)
     return AuditVerification(

@@ -70,8 +70,10 @@ class Pkcs11KeyStore:
 
     # -- discovery ------------------------------------------------------------------------
 
+    # Through run(), like every token call: it recovers from a token that went away, and
+    # its gate keeps these searches out of a restart of the module.
     def _find_roots(self) -> dict[int, frozenset[str | None]]:
-        return objects.root_generations(self._library.login_session)
+        return self.run(lambda context: objects.root_generations(context.session))
 
     def _newest_split_generation(self) -> int:
         """New versions go only under per-family roots: a legacy single root pins too little
@@ -98,13 +100,19 @@ class Pkcs11KeyStore:
         return objects.complete_generations(self._roots)
 
     def token_labels(self) -> set[str]:
-        session = self._library.login_session
-        return {
-            label
-            for object_class in (ObjectClass.SECRET_KEY, ObjectClass.PRIVATE_KEY)
-            for label in objects.token_labels(session, object_class)
-            if label.startswith(TOKEN_KEY_LABEL_PREFIX)
-        }
+        def labels(context: ThreadContext) -> set[str]:
+            return {
+                label
+                for object_class in (ObjectClass.SECRET_KEY, ObjectClass.PRIVATE_KEY)
+                for label in objects.token_labels(context.session, object_class)
+                if label.startswith(TOKEN_KEY_LABEL_PREFIX)
+            }
+
+        return self.run(labels)
+
+    def available(self) -> bool:
+        """Whether the token answers now; a failure starts its recovery (health probe)."""
+        return self._library.check()
 
     # -- per-thread objects ---------------------------------------------------------------
 

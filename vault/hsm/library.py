@@ -8,6 +8,15 @@ Rules from DESIGN.md section 4 that shape this file:
 - Each thread gets its own session: python-pkcs11 serialises operations per session, and
   PKCS#11 allows one active operation per session.
 - Initialise after fork, never before: a forked copy of an initialised module is unusable.
+
+When the token goes away (SoftHSM: its token directory disappears; a real HSM: a reset or a
+lost link), every session and handle of this process is void, and SoftHSM keeps answering
+ObjectHandleInvalid and GeneralError even once the directory is back, until the module is
+started again. So a failure that the token itself confirms (C_GetTokenInfo fails too) restarts
+the module: every thread's session and every handle cached on it are dropped, and the vault
+logs in again. If the token is still away, requests fail at once with TokenUnavailable while
+one background thread per process retries with jittered exponential backoff; workers therefore
+neither spin on a dead token nor come back in step.
 """
 
 from __future__ import annotations
@@ -16,21 +25,39 @@ import contextlib
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Final, TypeVar
 
 import pkcs11
 from pkcs11 import Attribute, exceptions
 from pkcs11.attributes import AttributeMapper
-from tenacity import retry, retry_if_exception_type, stop_after_attempt, wait_random
+from tenacity import (
+    Retrying,
+    retry,
+    retry_if_exception_type,
+    retry_if_result,
+    stop_after_attempt,
+    wait_exponential,
+    wait_random,
+)
 
 from vault.domain.errors import PinIncorrect, TokenOperationFailed, TokenUnavailable
 from vault.hsm import native
+from vault.throttled_log import ThrottledLog
 
 log = logging.getLogger(__name__)
+throttled = ThrottledLog(log)
 T = TypeVar("T")
+
+# Waits between attempts to start the module again while the token is away: 0.25 s doubling
+# to at most 4 s, each plus up to 0.5 s of jitter, so a returning token is used again within
+# about 5 s and the workers of a host do not all log in at the same instant.
+RECOVERY_FIRST_WAIT_SECONDS: Final = 0.25
+RECOVERY_MAX_WAIT_SECONDS: Final = 4.0
+RECOVERY_JITTER_SECONDS: Final = 0.5
 
 # The token or our login is gone: start the module again, log in, retry once.
 TOKEN_FAILURES: tuple[type[Exception], ...] = (
@@ -118,7 +145,11 @@ def attribute_mapper() -> AttributeMapper:
 
 @dataclass
 class ThreadContext:
-    """One thread's session and what it has cached on it. Handles die with the session."""
+    """One thread's session and what it has cached on it (root keys, token-resident keys,
+    unwrapped keys, system keys). Handles die with the session, and every context dies with
+    its epoch: a restart of the module starts a new one. Contexts of an old epoch are dropped
+    unused, never closed or destroyed: after C_Initialize the same handle numbers may name
+    other sessions and objects."""
 
     epoch: int
     session: Any
@@ -138,6 +169,9 @@ class TokenLibrary:
         self._lib: Any = None
         self._token: Any = None
         self._login_session: Any = None
+        # Set while the token is away (monotonic time it went); requests then fail at once.
+        self._down_since: float | None = None
+        self._recoverer: threading.Thread | None = None
         self._start()
 
     def _start(self) -> None:
@@ -203,63 +237,140 @@ class TokenLibrary:
     def drop_context(self) -> None:
         context: ThreadContext | None = getattr(self._local, "context", None)
         self._local.context = None
-        if context is not None:
+        # A session of an earlier epoch died with the module; its handle number may by now
+        # name another thread's session, which closing it would take away.
+        if context is not None and context.epoch == self._epoch:
             # Closing a non-login session is safe: python-pkcs11 logs out only when the
             # session itself logged in. Its session objects go with it.
             with contextlib.suppress(exceptions.PKCS11Error):
                 context.session.close()
 
-    def recover(self, failed_epoch: int) -> None:
-        """Finalise and start the module again, unless another thread already did. Waits
-        until no request thread is inside the module; never call it from inside run()."""
+    def check(self) -> bool:
+        """Whether the token answers (C_GetTokenInfo, which SoftHSM fails as soon as its
+        token directory is gone). A failure starts recovery; the health probe calls this."""
+        if self._down_since is not None:
+            return False
+        with self._gate.shared():
+            epoch = self._epoch
+            present = self._token_present()
+        return present or self.recover(epoch)
+
+    def _token_present(self) -> bool:
+        try:
+            self._token.slot.get_token()
+        except exceptions.PKCS11Error:
+            return False
+        return True
+
+    def recover(self, failed_epoch: int) -> bool:
+        """Start the module again and log in, unless another thread already did; True when
+        the token is usable afterwards. If it is not, a background thread keeps trying with
+        backoff and this returns False at once. Waits until no request thread is inside the
+        module; never call it from inside run()."""
         with self._gate.exclusive():
-            if failed_epoch != self._epoch:
-                return
-            log.warning("token failure: re-initialising the PKCS#11 module")
-            self._epoch += 1
-            try:
-                native.reinitialize_with_os_locking(self._module)
-                self._token = self._find_token()
-                self._login_session = self._open_login_session()
-            except (exceptions.PKCS11Error, native.NativeError) as error:
-                raise TokenUnavailable(
-                    f"the token did not come back: {type(error).__name__}"
-                ) from None
+            if failed_epoch != self._epoch or self._down_since is not None:
+                return self._down_since is None
+            if self._restart():
+                return True
+            self._down_since = time.monotonic()
+            log.error("the token is unavailable; trying to reach it again in the background")
+            self._recoverer = threading.Thread(
+                target=self._recover_in_background, name="vault-token-recovery", daemon=True
+            )
+            self._recoverer.start()
+            return False
+
+    def _restart(self) -> bool:
+        """C_Finalize, C_Initialize and a new login; call with the gate held exclusively."""
+        throttled.warning("reinit", "token failure: re-initialising the PKCS#11 module")
+        # Every session and handle of the old epoch is void from here, whatever happens.
+        self._epoch += 1
+        try:
+            native.reinitialize_with_os_locking(self._module)
+            self._token = self._lib.get_token(token_label=self._token_label)
+            self._login_session = self._open_login_session()
+        except (exceptions.PKCS11Error, native.NativeError) as error:
+            throttled.warning("restart", "the token did not come back: %s", type(error).__name__)
+            return False
+        return True
+
+    def _recover_in_background(self) -> None:
+        def attempt() -> bool:
+            with self._gate.exclusive():
+                if not self._restart():
+                    return False
+                assert self._down_since is not None
+                log.warning(
+                    "the token is back after %.1f s; serving again",
+                    time.monotonic() - self._down_since,
+                )
+                self._down_since = None
+                return True
+
+        Retrying(
+            retry=retry_if_result(lambda recovered: not recovered),
+            # The jitter is added after the cap, so workers that lost the token together
+            # keep drifting apart instead of retrying in step every 4 s.
+            wait=wait_exponential(
+                multiplier=RECOVERY_FIRST_WAIT_SECONDS, max=RECOVERY_MAX_WAIT_SECONDS
+            )
+            + wait_random(0, RECOVERY_JITTER_SECONDS),
+        )(attempt)
+
+    def _unavailable(self) -> TokenUnavailable:
+        return TokenUnavailable("the token is unavailable; the vault is reconnecting to it")
 
     def run(self, operation: Callable[[ThreadContext], T]) -> T:
         """Run operation on this thread's session. After a stale handle, a fresh session and
-        one more try; after a token failure, a restart of the module and one more try."""
+        one more try; after a token failure (or a stale handle the token confirms by failing
+        C_GetTokenInfo), a restart of the module and one more try. While the token is away,
+        fail at once."""
         failure: Exception | None = None
         for _ in range(2):
+            if self._down_since is not None:
+                raise self._unavailable()
             restart_epoch: int | None = None
             with self._gate.shared():
-                context = self.context()
+                if self._down_since is not None:
+                    raise self._unavailable()
+                epoch = self._epoch
                 try:
-                    return self._mapped(operation, context)
+                    # Opening the session is inside: it fails too when the token is gone.
+                    return self._mapped(lambda: operation(self.context()))
                 except STALE_HANDLES as error:
                     failure = error
                     self.drop_context()
+                    if not self._token_present():
+                        restart_epoch = epoch
                 except TOKEN_FAILURES as error:
                     failure = error
-                    restart_epoch = context.epoch
+                    restart_epoch = epoch
                     self._local.context = None
-            log.warning("token operation failed (%s); retrying once", type(failure).__name__)
-            if restart_epoch is not None:
-                self.recover(restart_epoch)
+            throttled.warning(
+                f"retry:{type(failure).__name__}",
+                "token operation failed (%s); retrying once",
+                type(failure).__name__,
+            )
+            if restart_epoch is not None and not self.recover(restart_epoch):
+                raise self._unavailable()
         raise TokenUnavailable(f"the token failed twice: {type(failure).__name__}")
 
     @staticmethod
-    def _mapped(operation: Callable[[ThreadContext], T], context: ThreadContext) -> T:
+    def _mapped(operation: Callable[[], T]) -> T:
         """No python-pkcs11 exception leaves this layer: what run() does not retry becomes
         a domain error naming only the PKCS#11 error class."""
         try:
-            return operation(context)
+            return operation()
         except (*STALE_HANDLES, *TOKEN_FAILURES):
             raise
         except exceptions.PKCS11Error as error:
             if _module_not_initialised(error):
                 raise exceptions.DeviceRemoved() from None  # a token failure: restart
-            log.error("token refused an operation: %s", type(error).__name__)
+            throttled.error(
+                f"refused:{type(error).__name__}",
+                "token refused an operation: %s",
+                type(error).__name__,
+            )
             raise TokenOperationFailed(
                 f"the token refused the operation ({type(error).__name__})"
             ) from None

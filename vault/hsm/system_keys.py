@@ -127,16 +127,18 @@ class SystemKeys:
         )
         return signature, AUDIT_KEY_LABEL
 
-    def record_audit_anchor(self, head_seq: int, head_hash: bytes) -> None:
-        """Remember (head_seq, head_hash) unless the token holds a later anchor already.
+    def record_audit_anchor(self, head_seq: int, head_hash: bytes, *, reset: bool = False) -> None:
+        """Remember (head_seq, head_hash) unless the token holds a later anchor already (with
+        reset, in any case: the operator's `vaultctl audit reanchor`).
 
         SoftHSM keeps a data object's value read-only, so a new anchor is a new object and the
         older ones are destroyed after it exists: a crash in between leaves two anchors, of
-        which readers take the later, never none."""
+        which readers take the later, never none (after a reset, possibly the old one: the
+        reset is then repeated)."""
 
         def replace(context: ThreadContext) -> None:
             anchors = self._anchors(context)
-            if anchors and max(seq for seq, _, _ in anchors) >= head_seq:
+            if not reset and anchors and max(seq for seq, _, _ in anchors) >= head_seq:
                 return
             context.session.create_object(
                 {

@@ -5,12 +5,13 @@ service layer never imports either."""
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol
 
 from vault.domain.algorithms import Algorithm
-from vault.domain.audit import AuditEvent, AuditRecord, Checkpoint
+from vault.domain.audit import ArchiveMarker, AuditEvent, AuditRecord, Checkpoint
 from vault.domain.identity import AccessKey, Account, ApiKey, UsageCount
 from vault.domain.models import Key, KeyFilter, KeyVersion, Page, RootGeneration
 from vault.domain.names import KeyName, KeyVersionName
@@ -249,11 +250,32 @@ class AuditStore(Protocol):
         """Record a signed checkpoint (a second one for the same head is ignored)."""
         ...
 
-    def audit_records(self) -> Iterator[AuditRecord]:
-        """Every record as stored, in ascending seq order, read in batches."""
+    def audit_records(self, after: int = 0) -> Iterator[AuditRecord]:
+        """Every record with a seq above after as stored, in ascending seq order, read in
+        batches."""
+        ...
+
+    def checkpoint_lock(self, *, wait: bool = True) -> AbstractContextManager[bool]:
+        """Held while a checkpoint is checked, signed and anchored, or an archive made:
+        excludes every other thread and process doing so on the same store. Yields whether it
+        is held: without wait, False when someone else holds it."""
         ...
 
     def audit_checkpoints(self) -> list[Checkpoint]: ...
+
+    def audit_head(self) -> tuple[int, bytes]:
+        """(seq, hash) of the last record, else of the newest archive marker, else (0, the
+        genesis hash)."""
+        ...
+
+    def audit_archive_markers(self) -> list[ArchiveMarker]:
+        """Markers of archived segments, oldest first; the stored chain starts at the last."""
+        ...
+
+    def archive_audit(self, marker: ArchiveMarker) -> int:
+        """In one transaction: add marker, delete the records and checkpoints up to its seq;
+        returns the number of records deleted."""
+        ...
 
     def list_audit_events(
         self, audit_filter: AuditFilter, page_size: int, page_token: str
@@ -273,8 +295,9 @@ class SystemCrypto(Protocol):
 
     def audit_verify(self, payload: bytes, signature: bytes, key_label: str) -> bool: ...
 
-    def record_audit_anchor(self, head_seq: int, head_hash: bytes) -> None:
-        """Keep the newest checkpointed chain head outside the store (in the token)."""
+    def record_audit_anchor(self, head_seq: int, head_hash: bytes, *, reset: bool = False) -> None:
+        """Keep the newest checkpointed chain head outside the store (in the token); an older
+        head is ignored unless reset."""
         ...
 
     def audit_anchor(self) -> tuple[int, bytes] | None: ...

@@ -33,6 +33,7 @@ from sqlalchemy import (
     Table,
     Update,
     bindparam,
+    delete,
     func,
     insert,
     or_,
@@ -43,7 +44,14 @@ from sqlalchemy import (
 )
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
-from vault.domain.audit import GENESIS_HASH, AuditEvent, AuditRecord, Checkpoint, chain
+from vault.domain.audit import (
+    GENESIS_HASH,
+    ArchiveMarker,
+    AuditEvent,
+    AuditRecord,
+    Checkpoint,
+    chain,
+)
 from vault.domain.errors import AuditUnavailable, DiskFull, InvalidArgument
 from vault.domain.identity import is_access_key_id
 from vault.domain.models import Page
@@ -61,6 +69,7 @@ from vault.storage.tables import (
     UtcDateTime,
     access_keys,
     api_keys,
+    audit_archive_markers,
     audit_checkpoints,
     audit_events,
     from_micros,
@@ -76,6 +85,9 @@ from vault.storage.transactions import (
 )
 
 LOCK_SUFFIX = ".audit-lock"
+# Checkpointers take turns on their own lock, not the append lock: checking the chain since
+# the anchor must not hold up the appends of every request meanwhile.
+CHECKPOINT_LOCK_SUFFIX = ".audit-checkpoint-lock"
 # Rows per query when streaming the whole log: bounded memory, few round trips.
 READ_BATCH = 1000
 _SEQ_TOKEN_RE = re.compile(r"[0-9]{1,19}")
@@ -87,6 +99,12 @@ _RECORD_COLUMNS = [
 ]
 # Statements of the append, built once: composing a statement costs more than running it.
 _HEAD = select(audit_events.c.seq, audit_events.c.hash).order_by(audit_events.c.seq.desc()).limit(1)
+# Where the chain goes on when every stored record was archived.
+_MARKER_HEAD = (
+    select(audit_archive_markers.c.through_seq, audit_archive_markers.c.through_hash)
+    .order_by(audit_archive_markers.c.through_seq.desc())
+    .limit(1)
+)
 _NEWEST_CHECKPOINT = (
     select(audit_checkpoints.c.head_seq, audit_checkpoints.c.signed_at)
     .order_by(audit_checkpoints.c.head_seq.desc())
@@ -138,6 +156,7 @@ class SqlAuditStore:
         # See SqlMetadataStore: stores sharing an in-memory engine must share this lock.
         self._serial = serial if serial is not None else new_serial_lock(engine)
         self._append_lock = AppendLock(lock_path(engine))
+        self._checkpoint_lock = AppendLock(lock_path(engine, CHECKPOINT_LOCK_SUFFIX))
         self._lock_table = engine.dialect.name == "postgresql"
         path = lock_path(engine)
         self._sqlite_file = (
@@ -153,6 +172,7 @@ class SqlAuditStore:
         """Close the lock file and every pooled connection of the engine (shared with the other
         stores). The store must not be used afterwards."""
         self._append_lock.close()
+        self._checkpoint_lock.close()
         if self._sqlite_file is not None:
             self._sqlite_file.close()
         self._engine.dispose()
@@ -203,7 +223,7 @@ class SqlAuditStore:
             c.execute(_LOCK_AUDIT_TABLE)
         # The head is read inside the transaction that extends it, under the append lock:
         # no other appender can chain onto the same head.
-        row = c.execute(_HEAD).first()
+        row = c.execute(_HEAD).first() or c.execute(_MARKER_HEAD).first()
         seq, head_hash = (0, GENESIS_HASH) if row is None else (int(row[0]), _head_hash(row[1]))
         records = chain(head_hash, seq + 1, events)
         if records:
@@ -237,6 +257,15 @@ class SqlAuditStore:
         )
 
     # --- checkpoints ------------------------------------------------------------------------
+
+    @contextmanager
+    def checkpoint_lock(self, *, wait: bool = True) -> Iterator[bool]:
+        """Threads of this process, then processes sharing a SQLite file, take turns; yields
+        whether the lock is held (always, if wait). A server database shared by several hosts
+        has no file to lock: there the turns are per host, and the token's anchor only ever
+        moves forward."""
+        with self._checkpoint_lock.attempt(wait=wait) as held:
+            yield held
 
     def add_checkpoint(self, checkpoint: Checkpoint) -> None:
         """Record a signed checkpoint; a second one for the same head is ignored."""
@@ -275,10 +304,61 @@ class SqlAuditStore:
             for row in rows
         ]
 
+    # --- archives ---------------------------------------------------------------------------
+
+    def audit_head(self) -> tuple[int, bytes]:
+        with self._reading() as c:
+            row = c.execute(_HEAD).first() or c.execute(_MARKER_HEAD).first()
+        return (0, GENESIS_HASH) if row is None else (int(row[0]), _head_hash(row[1]))
+
+    def audit_archive_markers(self) -> list[ArchiveMarker]:
+        """Every archive marker, oldest first; the last is where the stored chain starts."""
+        query = select(audit_archive_markers).order_by(audit_archive_markers.c.through_seq)
+        with self._reading() as c:
+            rows = c.execute(query).mappings().all()
+        return [
+            ArchiveMarker(
+                through_seq=int(row["through_seq"]),
+                through_hash=bytes(row["through_hash"]),
+                archived_at=row["archived_at"],
+                record_count=int(row["record_count"]),
+                signature=bytes(row["signature"]),
+                key_label=row["key_label"],
+            )
+            for row in rows
+        ]
+
+    def archive_audit(self, marker: ArchiveMarker) -> int:
+        """In one transaction: add marker, and delete the records and checkpoints up to its
+        seq. Returns the records deleted."""
+        row = {
+            "through_seq": marker.through_seq,
+            "through_hash": marker.through_hash,
+            "archived_at": aware(marker.archived_at),
+            "record_count": marker.record_count,
+            "signature": marker.signature,
+            "key_label": marker.key_label,
+        }
+        try:
+            with serialised(self._serial), write_transaction(self._engine) as c:
+                c.execute(insert(audit_archive_markers).values(**row))
+                deleted = c.execute(
+                    delete(audit_events).where(audit_events.c.seq <= marker.through_seq)
+                ).rowcount
+                c.execute(
+                    delete(audit_checkpoints).where(
+                        audit_checkpoints.c.head_seq <= marker.through_seq
+                    )
+                )
+        except SQLAlchemyError as exc:
+            raise unavailable(exc) from exc
+        return int(deleted)
+
     # --- reading ----------------------------------------------------------------------------
 
-    def audit_records(self) -> Iterator[AuditRecord]:
-        """Every record as stored, in ascending seq order, read READ_BATCH rows at a time.
+    def audit_records(self, after: int = 0) -> Iterator[AuditRecord]:
+        """Every record with a seq above after as stored, in ascending seq order, read
+        READ_BATCH rows at a time.
 
         Each batch is its own short transaction, and none is open while the caller holds a
         record: a long verification neither pins a snapshot nor blocks appenders. Records
@@ -291,7 +371,6 @@ class SqlAuditStore:
             .order_by(audit_events.c.seq)
             .limit(batch)
         )
-        after = 0
         while True:
             with self._reading() as c:
                 rows = c.execute(query, {"after": after}).mappings().all()
@@ -352,16 +431,31 @@ class AppendLock:
 
     @contextmanager
     def held(self) -> Iterator[None]:
-        with self._threads:
+        with self.attempt(wait=True):
+            yield
+
+    @contextmanager
+    def attempt(self, *, wait: bool) -> Iterator[bool]:
+        """The lock if it can be had (at once, unless wait): yields whether it is held."""
+        if not self._threads.acquire(blocking=wait):
+            yield False
+            return
+        try:
             if self._path is None:
-                yield
+                yield True
                 return
             fd = self._descriptor(self._path)
-            fcntl.flock(fd, fcntl.LOCK_EX)
             try:
-                yield
+                fcntl.flock(fd, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                yield False
+                return
+            try:
+                yield True
             finally:
                 fcntl.flock(fd, fcntl.LOCK_UN)
+        finally:
+            self._threads.release()
 
     def close(self) -> None:
         with self._threads:
@@ -400,6 +494,10 @@ class _SqliteFileAppender:
     """
 
     _HEAD_SQL = "SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1"
+    _MARKER_HEAD_SQL = (
+        "SELECT through_seq, through_hash FROM audit_archive_markers "
+        "ORDER BY through_seq DESC LIMIT 1"
+    )
     _INSERT_SQL = (
         "INSERT INTO audit_events (seq, occurred_at, request_id, credential_id, account, "
         "method, resource, outcome, reason, latency_us, source, prev_hash, hash) "
@@ -467,6 +565,8 @@ class _SqliteFileAppender:
         last_used: Mapping[str, datetime],
     ) -> AuditHead:
         row = connection.execute(self._HEAD_SQL).fetchone()
+        if row is None:
+            row = connection.execute(self._MARKER_HEAD_SQL).fetchone()
         seq, head_hash = (0, GENESIS_HASH) if row is None else (int(row[0]), _head_hash(row[1]))
         records = chain(head_hash, seq + 1, events)
         if records:
@@ -527,13 +627,14 @@ def _record_values(record: AuditRecord) -> tuple[Any, ...]:
     )
 
 
-def lock_path(engine: Engine) -> Path | None:
-    """The append lock file of a SQLite database file, else None."""
+def lock_path(engine: Engine, suffix: str = LOCK_SUFFIX) -> Path | None:
+    """The append lock file (or another lock file, by suffix) of a SQLite database file, else
+    None."""
     url = engine.url
     if not is_sqlite(url) or is_sqlite_memory(url) or is_sqlite_uri(url) or not url.database:
         return None
     # Absolute now, so a later chdir cannot make two processes lock different files.
-    return Path(url.database + LOCK_SUFFIX).absolute()
+    return Path(url.database + suffix).absolute()
 
 
 def _reset_in_forked_children(lock: AppendLock) -> None:

@@ -113,6 +113,13 @@ class SqlMetadataStore:
             self._key_cache.close()
         self._engine.dispose()
 
+    def check_writable(self) -> bool:
+        """Take the write lock and give it back at once, for the health probe: a store that
+        answers reads but lets nobody write (another process holds its lock) cannot serve
+        the vault, which writes an audit record per call. Raises StoreUnavailable."""
+        with guarded_transaction(self._engine, self._serial, write=True):
+            return True
+
     # --- keys -------------------------------------------------------------------------------
 
     def create_key(self, key: Key, first_version: KeyVersion) -> Key:

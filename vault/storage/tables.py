@@ -248,3 +248,16 @@ audit_checkpoints = Table(
     Column("signature", LargeBinary, nullable=False),
     Column("key_label", String(128), nullable=False),
 )
+
+# One row per `vaultctl audit archive`: the signed end of the segment moved to an archive file;
+# the newest one is where the stored chain now starts (migration 0004).
+audit_archive_markers = Table(
+    "audit_archive_markers",
+    metadata,
+    Column("through_seq", SEQUENCE, primary_key=True, autoincrement=False),
+    Column("through_hash", LargeBinary, nullable=False),
+    Column("archived_at", UtcDateTime, nullable=False),
+    Column("record_count", BigInteger, nullable=False),
+    Column("signature", LargeBinary, nullable=False),
+    Column("key_label", String(128), nullable=False),
+)

@@ -59,6 +59,7 @@ _REQUEST_ID_HEADER: Final = "x-request-id"
 _MAX_REQUEST_ID: Final = 128
 # A refusal repeats the name the caller gave, cut to the longest valid resource name.
 _MAX_NAME_IN_ERROR: Final = 256
+_AUDIT_SERVICE: Final = "vault.v1.AuditService"
 _Response = TypeVar("_Response")
 
 
@@ -80,6 +81,12 @@ class _Attempt:
     principal: Principal | None = None
     resources: list[str] = field(default_factory=list)
     admitted: bool = False
+
+    @property
+    def inspection(self) -> bool:
+        """An admin reading the audit log: served even once the log is found altered."""
+        principal = self.principal
+        return self.call.service == _AUDIT_SERVICE and principal is not None and principal.admin
 
     @property
     def usage(self) -> str | None:
@@ -210,10 +217,17 @@ class SecurityInterceptor(grpc.ServerInterceptor):
             # The call failed already: its error is what the caller needs; an audit failure
             # now is logged by the audit log and does not replace it.
             with contextlib.suppress(AuditUnavailable, DiskFull):
-                self._record(attempt.event(*outcome_of(error)), attempt.usage, retry=True)
+                self._record(
+                    attempt.event(*outcome_of(error)),
+                    attempt.usage,
+                    retry=True,
+                    inspection=attempt.inspection,
+                )
             raise
         try:
-            self._record(attempt.event("OK", ""), attempt.usage, retry=True)
+            self._record(
+                attempt.event("OK", ""), attempt.usage, retry=True, inspection=attempt.inspection
+            )
         except (AuditUnavailable, DiskFull):
             if call.short not in MUTATING_METHODS:
                 raise  # nothing was changed: withhold the result, the caller may retry
@@ -222,18 +236,25 @@ class SecurityInterceptor(grpc.ServerInterceptor):
             log.error("%s was applied but its outcome could not be recorded", call.method)
         return response
 
-    def _record(self, event: AuditEvent, usage_method: str | None, *, retry: bool) -> None:
+    def _record(
+        self,
+        event: AuditEvent,
+        usage_method: str | None,
+        *,
+        retry: bool,
+        inspection: bool = False,
+    ) -> None:
         """Commit event; if the disk is full, free the disk reserve and, with retry, try
-        once more on the space it gave back."""
+        once more on the space it gave back. inspection: see AuditLog.record."""
         try:
-            self._audit.record(event, usage_method=usage_method)
+            self._audit.record(event, usage_method=usage_method, inspection=inspection)
         except DiskFull:
             if self._reserve is None:
                 raise
             self._reserve.release()  # whichever process finds the disk full first
             if not retry:
                 raise
-            self._audit.record(event, usage_method=usage_method)
+            self._audit.record(event, usage_method=usage_method, inspection=inspection)
 
     def _authenticate(
         self,

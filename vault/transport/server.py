@@ -7,8 +7,10 @@ plaintext and refuses every address but loopback and unix: sockets.
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import logging
+import socket
 from concurrent import futures
 from dataclasses import dataclass
 from typing import Any, Final
@@ -31,6 +33,7 @@ from vault.gen.vault.v1 import (
 )
 from vault.transport.crypto_servicer import CryptoServicer
 from vault.transport.errors import ErrorInterceptor
+from vault.transport.health import HealthProbe, health_servicer
 from vault.transport.identity_servicer import AuditServicer, IdentityServicer
 from vault.transport.key_servicer import KeyServicer
 from vault.transport.security import SecurityInterceptor
@@ -48,6 +51,38 @@ AUDIT_SERVICE: Final = audit_service_pb2.DESCRIPTOR.services_by_name["AuditServi
 
 class ListenAddressError(ValueError):
     """server.listen cannot be served (not loopback without TLS, malformed, port 0...)."""
+
+
+class PortInUse(ListenAddressError):
+    """Another process (a vault on another data directory, or any program) has the port."""
+
+
+def ensure_port_free(address: ListenAddress) -> None:
+    """Raise PortInUse if something listens on address already.
+
+    The workers bind with SO_REUSEPORT, which lets them join a port another process bound
+    with it too (any other vault, any gRPC server): the kernel would then hand our clients
+    to it. So first bind once without SO_REUSEPORT, which fails on a port anyone listens on.
+    SO_REUSEADDR keeps connections of a stopped server (TIME_WAIT) from counting.
+    """
+    if address.unix:
+        return
+    try:
+        candidates = socket.getaddrinfo(address.host, address.port, type=socket.SOCK_STREAM)
+    except OSError:
+        return  # gRPC reports an address it cannot resolve when it binds
+    for family, kind, proto, _, sockaddr in candidates:
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind(sockaddr)
+            except OSError as error:
+                if error.errno == errno.EADDRINUSE:
+                    raise PortInUse(
+                        f"{address} is already in use (another vault or program); "
+                        "set server.listen or stop it"
+                    ) from None
+                # Any other failure (no IPv6 here...) is gRPC's to report when it binds.
 
 
 TLS_HINT: Final = (
@@ -112,6 +147,8 @@ class BuiltServer:
     server: grpc.Server
     port: int
     health: Any  # grpc_health ships no type information
+    # Keeps health's status current once started (the workers start it after the server).
+    probe: HealthProbe
 
 
 def build_server(
@@ -188,10 +225,10 @@ def build(
             AuditServicer(security.audit), server
         )
         served += [IDENTITY_SERVICE, AUDIT_SERVICE]
-    health_servicer = health.HealthServicer(experimental_non_blocking=True)
+    health_status, health_registered = health_servicer()
     for service in ("", *served):
-        health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+        health_status.set(service, health_pb2.HealthCheckResponse.SERVING)
+    health_pb2_grpc.add_HealthServicer_to_server(health_registered, server)
     reflection.enable_server_reflection(
         (*served, health.SERVICE_NAME, reflection.SERVICE_NAME), server
     )
@@ -204,4 +241,5 @@ def build(
         raise OSError(f"cannot bind {address}: {error}") from None
     if port == 0:
         raise OSError(f"cannot bind {address}")
-    return BuiltServer(server, port, health_servicer)
+    probe = HealthProbe(health_status, served, services.health_checks)
+    return BuiltServer(server, port, health_status, probe)

@@ -27,11 +27,18 @@ from vault.app import StartupReport, build_services, prepare_and_reconcile
 from vault.config import Settings
 from vault.coordination.disk import DiskReserve, free_bytes
 from vault.coordination.limits import LimitsFileSpaceError, SharedLimits
+from vault.data_lock import DataDirectoryLock
 from vault.domain.errors import DiskFull, PinIncorrect, VaultError
 from vault.service.keys import KeyManagement
 from vault.so_pin import refuse_to_serve_beside
 from vault.transport.errors import log_unexpected
-from vault.transport.server import TLS_HINT, ListenAddress, ListenAddressError, build
+from vault.transport.server import (
+    TLS_HINT,
+    ListenAddress,
+    ListenAddressError,
+    build,
+    ensure_port_free,
+)
 from vault.transport.tls import ServerTls, TlsConfigError, load_server_tls
 
 log = logging.getLogger(__name__)
@@ -55,15 +62,27 @@ SHARED_NONCE_SLOTS: Final = 1 << 21
 # -- multi-process serving ------------------------------------------------------------------
 
 
-def serve(settings: Settings) -> None:
+def serve(settings: Settings, data_lock: DataDirectoryLock | None = None) -> None:
     """Reconcile, then serve with settings.server.workers processes until SIGTERM or SIGINT.
 
     Prints "vault serving on ADDRESS (N workers, TLS)" once every worker serves, and returns
     after a signal once they have stopped. Raises TlsConfigError for TLS settings or files
-    that cannot be used, ListenAddressError for an address that cannot be served and
-    RuntimeError when start-up fails (details are logged) or an SO PIN file sits in the
-    data directory (SoPinCustodyError).
+    that cannot be used, ListenAddressError for an address that cannot be served (PortInUse
+    when another process listens there) and RuntimeError when start-up fails (details are
+    logged), an SO PIN file sits in the data directory (SoPinCustodyError) or another vault
+    runs on settings.data_dir (DataDirectoryInUse).
+
+    data_lock is the data directory's lock if the caller took it already (see lock_for);
+    it is released when serving ends either way.
     """
+    try:
+        _check_and_serve(settings, data_lock)
+    finally:
+        if data_lock is not None:
+            data_lock.release()
+
+
+def _check_and_serve(settings: Settings, data_lock: DataDirectoryLock | None) -> None:
     refuse_to_serve_beside(settings)  # the SO PIN: never beside a serving token
     tls = load_tls(settings)
     address = ListenAddress.parse(settings.server.listen, tls=tls is not None)
@@ -89,6 +108,22 @@ def serve(settings: Settings) -> None:
             "server.listen needs an explicit port: with several processes sharing it, port 0 "
             "would give each its own"
         )
+    lock = data_lock or lock_for(settings)
+    try:
+        ensure_port_free(address)
+        _serve_locked(settings, address, tls)
+    finally:
+        lock.release()  # releasing twice is harmless
+
+
+def lock_for(settings: Settings) -> DataDirectoryLock:
+    """The data directory's lock, held for a server on settings.server.listen."""
+    return DataDirectoryLock.acquire(
+        settings.data_dir, holder="vaultctl serve", listen=settings.server.listen
+    )
+
+
+def _serve_locked(settings: Settings, address: ListenAddress, tls: ServerTls | None) -> None:
     context = multiprocessing.get_context("fork")
     _reconcile_in_child(context, settings)
     if settings.auth.enabled:
@@ -467,6 +502,7 @@ def _worker_main(
         sys.exit(1)
     try:
         built.server.start()
+        built.probe.start()
         if index == 0:
             reserve = DiskReserve(settings.disk_reserve_file, settings.store.disk_reserve_bytes)
             threading.Thread(
@@ -480,6 +516,7 @@ def _worker_main(
         log.info("worker %d (pid %d) serving on %s", index, os.getpid(), address)
         while not stop.wait(1.0):
             pass
+        built.probe.stop()
         built.health.enter_graceful_shutdown()
         built.server.stop(STOP_GRACE_SECONDS).wait()
     finally:
