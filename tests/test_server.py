@@ -428,6 +428,7 @@ def test_health_answers_at_once_and_says_not_serving_while_the_store_is_locked(
     NOT_SERVING until the lock is released."""
     server = own_server
     with server.client(timeout=30) as client:
+        ensure_account(client, "accounts/locked")
         client.create_key("accounts/locked", "before", "ENCRYPT_DECRYPT")
     blocked: list[object] = []
 
@@ -498,6 +499,7 @@ def assert_still_serving(server: VaultServer) -> None:
     assert reply.status == health_pb2.HealthCheckResponse.SERVING
     # Signed calls need the shared-limits file the first server made: it is still theirs.
     with server.client(timeout=10) as client:
+        ensure_account(client, "accounts/first")
         key = client.create_key("accounts/first", f"k{time.monotonic_ns()}", "ENCRYPT_DECRYPT")
         sealed = client.encrypt(key.name, b"first server")
         assert client.decrypt(key.name, sealed.ciphertext).plaintext == b"first server"
