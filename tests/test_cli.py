@@ -25,7 +25,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from tests.api_calls import ensure_account, new_id
-from tests.harness import ROOT, VaultServer, free_port, vault_environment
+from tests.harness import ROOT, VaultServer, free_port, provision, vault_environment
 from vault.cli.main import cli
 from vault.tls_dev import create_ca, write_certificate
 
@@ -582,8 +582,11 @@ def test_json_output_is_only_json_on_both_streams(
     assert json.loads(lines[0])["error"]["code"] == "UNAVAILABLE"
 
 
-def test_a_wrong_pin_is_one_line_naming_where_it_came_from(data_dir: Path, tmp_path: Path) -> None:
-    """token status, token init and serve, as a shell runs them, with the session token."""
+def test_a_wrong_pin_is_one_line_naming_where_it_came_from(tmp_path: Path) -> None:
+    """token status, token init and serve, as a shell runs them, on a token of their own (the
+    session's server holds the session's data directory)."""
+    data_dir = tmp_path / "vault-data"
+    provision(data_dir)
 
     def run(env: dict[str, str], *args: str) -> tuple[int, list[str], str]:
         done = subprocess.run(
@@ -616,12 +619,7 @@ def test_a_wrong_pin_is_one_line_naming_where_it_came_from(data_dir: Path, tmp_p
     assert code == 4 and len(lines) == 1, lines
     assert f"{pin_file} (hsm.user_pin_file)" in lines[0]
 
-    serving = {
-        **from_file,
-        "VAULT_SERVER__LISTEN": f"127.0.0.1:{free_port()}",
-        # The session server speaks plaintext: no development certificate in its directory.
-        "VAULT_SERVER__DEV_TLS": "false",
-    }
+    serving = {**from_file, "VAULT_SERVER__LISTEN": f"127.0.0.1:{free_port()}"}
     code, lines, _ = run(serving, "serve")
     assert code == 4, lines
     assert lines[-1].startswith("vaultctl: error: PIN incorrect"), lines
