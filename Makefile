@@ -12,17 +12,28 @@ SHELL := /bin/bash
 .DELETE_ON_ERROR:
 
 VENV := .venv
+LOCAL_CONFIG := vault.toml
 VENV_PY := $(VENV)/bin/python
 VAULTCTL := $(VENV)/bin/vaultctl
 # Stamps record that a step ran against the current inputs, so make repeats it only when
 # pyproject.toml (dependencies) or a .proto file changes.
-VENV_STAMP := $(VENV)/.installed
+VENV_STAMP = $(VENV)/.installed-$(PYTHON_VERSION)
 PROTO_STAMP := vault/gen/.stamp
 # Directories too: adding or deleting a .proto changes its directory's modification time.
 PROTO_FILES := $(shell find proto -mindepth 1 \( -name '*.proto' -o -type d \) 2>/dev/null)
 
-# The interpreter that creates the virtual environment: python3.11 if present, else python3.
-PYTHON ?= $(shell command -v python3.11 2>/dev/null || command -v python3 2>/dev/null)
+# The interpreter that creates the virtual environment: PYTHON= when given, else the newest
+# supported one that runs (a pyenv shim of a version not selected is found on PATH but fails
+# to run, so each is tried, not merely looked up).
+SUPPORTED_PYTHON := (3, 11) <= sys.version_info[:2] <= (3, 13)
+PYTHON_CANDIDATES := python3.13 python3.12 python3.11 python3
+ifeq ($(origin PYTHON),undefined)
+PYTHON := $(shell for candidate in $(PYTHON_CANDIDATES); do \
+	if "$$candidate" -c 'import sys; sys.exit(0 if $(SUPPORTED_PYTHON) else 1)' >/dev/null 2>&1; \
+	then command -v "$$candidate"; break; fi; done)
+endif
+# major.minor of PYTHON; part of the venv stamp's name, so another PYTHON= rebuilds .venv.
+PYTHON_VERSION := $(shell $(PYTHON) -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null)
 # Root (as in CI) installs directly; anyone else goes through sudo.
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT_GET := $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get
@@ -45,10 +56,13 @@ softhsm: ## Install SoftHSM2 from Debian's packages unless softhsm2-util is pres
 		$(APT_GET) install -y --no-install-recommends softhsm2; \
 	fi
 
-check-python: ## Check that a Python 3.11 interpreter is available
-	@if [ -z "$(PYTHON)" ]; then echo "no python3.11 or python3 on PATH" >&2; exit 1; fi
-	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else 1)' || { \
-		echo "$(PYTHON) is $$($(PYTHON) --version 2>&1); Python 3.11 is required" >&2; exit 1; }
+check-python: ## Check that a supported Python (3.11 to 3.13) is available
+	@if [ -z "$(PYTHON)" ]; then \
+		echo "no Python 3.11 to 3.13 found ($(PYTHON_CANDIDATES)); give one: make PYTHON=..." >&2; \
+		exit 1; fi
+	@$(PYTHON) -c 'import sys; sys.exit(0 if $(SUPPORTED_PYTHON) else 1)' || { \
+		echo "$(PYTHON) is $$($(PYTHON) --version 2>&1); Python 3.11 to 3.13 is required" >&2; \
+		exit 1; }
 
 venv: $(VENV_STAMP) ## Create .venv and install the project with its server and dev extras
 
@@ -59,8 +73,21 @@ $(VENV_STAMP): pyproject.toml | check-python
 		$(APT_GET) update; \
 		$(APT_GET) install -y --no-install-recommends python$$version-venv; \
 	fi
-	@if [ ! -x $(VENV_PY) ]; then echo "creating $(VENV) with $(PYTHON)"; $(PYTHON) -m venv $(VENV); fi
-	$(VENV_PY) -m pip install --quiet --disable-pip-version-check --no-input -e '.[server,dev]'
+	@# A venv of another Python version, or one whose interpreter no longer runs, is rebuilt.
+	@if [ -e $(VENV) ] && [ "$$($(VENV_PY) -c 'import sys; print("%d.%d" % sys.version_info[:2])' \
+			2>/dev/null)" != "$(PYTHON_VERSION)" ]; then \
+		echo "$(VENV) is not a working Python $(PYTHON_VERSION) environment: recreating it"; \
+		rm -rf $(VENV); fi
+	@# A failed step removes .venv, so the next run starts afresh instead of reusing a
+	@# half-installed environment that looks ready.
+	@if [ ! -x $(VENV_PY) ]; then \
+		echo "creating $(VENV) with $(PYTHON) (Python $(PYTHON_VERSION))"; \
+		$(PYTHON) -m venv $(VENV) || { rm -rf $(VENV); exit 1; }; fi
+	@echo "+ pip install -e '.[server,dev]'"
+	@$(VENV_PY) -m pip install --quiet --disable-pip-version-check --no-input -e '.[server,dev]' || { \
+		echo "installing into $(VENV) failed: removed it, so the next run starts clean" >&2; \
+		rm -rf $(VENV); exit 1; }
+	@rm -f $(VENV)/.installed $(VENV)/.installed-*
 	@touch $@
 
 proto: $(PROTO_STAMP) ## Generate the gRPC code from proto/ into vault/gen/
@@ -72,12 +99,26 @@ $(PROTO_STAMP): $(PROTO_FILES) scripts/gen_proto.py $(VENV_STAMP)
 # token init reads no terminal here: a new development token gets a generated SO PIN, kept
 # outside the data directory (README, What make run does); `vaultctl token init` run by hand
 # on a terminal asks for one instead.
-run: setup ## Provision the token (idempotent) and serve on settings.server.listen
+run: setup $(LOCAL_CONFIG) ## Provision the token (idempotent) and serve on settings.server.listen
 	$(VAULTCTL) token init </dev/null
 	exec $(VAULTCTL) serve
 
-token-init: setup ## Only provision the token (idempotent)
+token-init: setup $(LOCAL_CONFIG) ## Only provision the token (idempotent)
 	$(VAULTCTL) token init </dev/null
+
+# The checkout's settings file, made once and then left to its owner: the server and vaultctl,
+# started in any directory of the checkout, find it and so agree on the data directory (its
+# relative paths are relative to the file) and the address.
+$(LOCAL_CONFIG):
+	@printf '%s\n' \
+		'# Settings of this checkout'"'"'s development vault, created by `make run` if missing.' \
+		'# vaultctl and the server read it from any directory of the checkout; relative' \
+		'# paths are relative to this file. Settings: see README.md, "Configuration".' \
+		'data_dir = ".vault-data"' \
+		'' \
+		'[server]' \
+		'listen = "127.0.0.1:50051"' > $@
+	@echo "created $@ (data_dir and server.listen of this checkout's vault)"
 
 test: setup ## Run the test suite (pass options with PYTEST_ARGS='-k sign -x')
 	$(VENV_PY) -m pytest $(PYTEST_ARGS)

@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from google.protobuf.message import Message
 from google.protobuf.wrappers_pb2 import Int64Value
 
-from vault.client import VaultClient
+from vault.client import VaultClient, VaultClientError
 from vault.gen.vault.v1 import crypto_service_pb2 as pb
 
 ACCOUNT: Final = "bench"
@@ -91,9 +91,16 @@ def vault_request(op: Op) -> bytes:
 
 
 def create_key(client: VaultClient, op: Op) -> None:
-    """Create op's key through the API (once per server: keys live in the shared store)."""
+    """Create op's key through the API (once per server: keys live in the shared store),
+    in the benchmark's account, which an authenticated server needs to exist first."""
     if not op.key_id:
         return
+    try:
+        client.create_account(ACCOUNT)
+    except VaultClientError as error:
+        # Made already; or a server without authentication, which has no accounts to make.
+        if error.code.name not in ("ALREADY_EXISTS", "UNIMPLEMENTED"):
+            raise
     client.create_key(f"accounts/{ACCOUNT}", op.key_id, op.purpose, op.algorithm)
 
 

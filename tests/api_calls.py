@@ -8,15 +8,31 @@ from uuid import uuid4
 import grpc
 import pytest
 
-from vault.client import VaultClientError
+from vault.client import VaultClient, VaultClientError
 
 
 def new_id() -> str:
     return f"k{uuid4().hex[:10]}"
 
 
-def new_account() -> str:
-    return f"accounts/a{uuid4().hex[:10]}"
+def new_account(admin: VaultClient | None = None) -> str:
+    """A fresh account name, accounts/a...; with admin (a client with the admin role) the
+    account is created too, as keys can only be made in an existing account."""
+    account = f"accounts/a{uuid4().hex[:10]}"
+    if admin is not None:
+        admin.create_account(account.removeprefix("accounts/"))
+    return account
+
+
+def ensure_account(admin: VaultClient, account: str) -> str:
+    """Create account (`accounts/{id}` or `{id}`) unless it exists; returns accounts/{id}."""
+    account_id = account.removeprefix("accounts/")
+    try:
+        admin.create_account(account_id)
+    except VaultClientError as error:
+        if error.code != grpc.StatusCode.ALREADY_EXISTS:
+            raise
+    return f"accounts/{account_id}"
 
 
 def expect_error(

@@ -15,6 +15,20 @@ import pytest
 from tests.harness import VaultServer, provision, vault_environment
 
 
+@pytest.fixture(scope="session", autouse=True)
+def own_user_config(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """A user settings directory of the test run's own: `vaultctl` reads (and `vaultctl
+    serve` may write) $XDG_CONFIG_HOME/vault/config.toml, and the developer's must neither
+    steer the tests nor be written by them. Subprocesses inherit it."""
+    before = os.environ.get("XDG_CONFIG_HOME")
+    os.environ["XDG_CONFIG_HOME"] = str(tmp_path_factory.mktemp("xdg-config"))
+    yield
+    if before is None:
+        del os.environ["XDG_CONFIG_HOME"]
+    else:
+        os.environ["XDG_CONFIG_HOME"] = before
+
+
 @pytest.fixture(scope="session")
 def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("vault-data")

@@ -183,6 +183,9 @@ def expect_unauthenticated(call: Callable[[], object]) -> VaultClientError:
 
 
 def expect_denied(call: Callable[[], object]) -> VaultClientError:
+    """call must be refused, the refusal naming the method, the resource and what it needs
+    (and nothing else: not whether the resource exists)."""
     error = expect_error(PERMISSION_DENIED, "PERMISSION_DENIED", call)
-    assert error.metadata == {}
+    assert set(error.metadata) <= {"method", "resource", "required"}, error.metadata
+    assert {"method", "required"} <= set(error.metadata), error.metadata
     return error

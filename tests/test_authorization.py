@@ -81,7 +81,17 @@ def verify_with_public_key(pem: str, signature: bytes, message: bytes) -> None:
 
 
 def assert_identical(errors: list[VaultClientError]) -> None:
-    answers = {(e.code, e.reason, e.message, tuple(sorted(e.metadata.items()))) for e in errors}
+    """The same answer apart from the resource named and the access it needs, which follow
+    from the name the caller gave and the method alone."""
+
+    def answer(error: VaultClientError) -> tuple[object, ...]:
+        message = error.message
+        for varying in ("resource", "required"):
+            message = message.replace(error.metadata.get(varying, "") or "\0", varying)
+        metadata = {**error.metadata, "resource": "", "required": ""}
+        return (error.code, error.reason, message, tuple(sorted(metadata.items())))
+
+    answers = {answer(e) for e in errors}
     assert len(answers) == 1, answers
 
 
@@ -98,9 +108,8 @@ def test_another_account_cannot_tell_existing_missing_and_malformed_keys_apart(
         f"{accounts.a}/keys/a/versions/1",
         f"{accounts.a}/keys",
     ]
-    errors = [expect_denied(lambda: as_b.get_key(name)) for name in names]
-    errors += [expect_denied(lambda: as_b.get_public_key(name)) for name in names]
-    assert_identical(errors)
+    assert_identical([expect_denied(lambda: as_b.get_key(name)) for name in names])
+    assert_identical([expect_denied(lambda: as_b.get_public_key(name)) for name in names])
 
 
 @pytest.mark.parametrize(
@@ -125,6 +134,15 @@ def test_another_account_cannot_use_keys_of_this_one(
     assert client.get_key(accounts.signing).state == resources_pb2.KEY_STATE_ENABLED
     names = {key.name for key in client.iter_keys(accounts.a)}
     assert f"{accounts.a}/keys/planted" not in names
+
+
+def test_a_key_in_a_missing_account_is_refused_before_the_account_is_looked_up(
+    accounts: Accounts, as_b: VaultClient
+) -> None:
+    # B is not told that the account does not exist: it may not create keys there at all.
+    missing = f"accounts/missing{secrets.token_hex(4)}"
+    refused = expect_denied(lambda: as_b.create_key(missing, "k", "MAC"))
+    assert refused.metadata["resource"] == f"{missing}/keys/k"
 
 
 def test_authorisation_comes_before_validation(accounts: Accounts, as_b: VaultClient) -> None:
@@ -212,6 +230,32 @@ def test_a_readwrite_grant_allows_signing_and_encrypting_but_not_lifecycle(
         expect_denied(lambda: writer.rotate_key(accounts.sealing))
         expect_denied(lambda: writer.sign(accounts.signing_b, message=MESSAGE))
     assert client.get_key(accounts.signing).state == resources_pb2.KEY_STATE_ENABLED
+
+
+def test_a_refusal_names_the_method_the_resource_and_the_level_needed(
+    accounts: Accounts, client: VaultClient
+) -> None:
+    with scoped(accounts, client, [("keys/enc", "READ")]) as reader:
+        refused = expect_denied(lambda: reader.encrypt(accounts.sealing, MESSAGE))
+        assert refused.metadata == {
+            "method": "Encrypt",
+            "resource": accounts.sealing,
+            "required": "READWRITE on keys/enc",
+        }
+        assert refused.message == (
+            f"permission denied: Encrypt on {accounts.sealing} needs READWRITE on keys/enc"
+        )
+        # A missing key gets the same kind of answer: it says what was asked, not what exists.
+        missing = expect_denied(lambda: reader.encrypt(f"{accounts.a}/keys/absent", MESSAGE))
+        assert missing.metadata["required"] == "READWRITE on keys/absent"
+        listing = expect_denied(lambda: reader.list_keys(accounts.a))
+        assert listing.metadata == {
+            "method": "ListKeys",
+            "resource": accounts.a,
+            "required": "READ on keys/*",
+        }
+        admin_only = expect_denied(lambda: reader.list_accounts())
+        assert admin_only.metadata == {"method": "ListAccounts", "required": "the admin role"}
 
 
 def test_a_full_grant_allows_the_key_lifecycle(accounts: Accounts, client: VaultClient) -> None:

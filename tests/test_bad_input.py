@@ -33,6 +33,7 @@ from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_status import rpc_status
 
+from tests.api_calls import ensure_account
 from tests.harness import VaultServer, provision
 from vault.client import VaultClient
 from vault.gen.vault.v1 import crypto_service_pb2 as cpb
@@ -113,6 +114,7 @@ def vault(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Vault]:
     data_dir: Path = tmp_path_factory.mktemp("bad-input")
     provision(data_dir)
     with VaultServer(data_dir) as server, server.client() as client:
+        ensure_account(client, ACCOUNT)
         for key_id, (purpose, algorithm, resident) in FIXTURE_KEYS.items():
             client.create_key(ACCOUNT, key_id, purpose, algorithm, token_resident=resident)
         client.create_key(ACCOUNT, "with-request-id", "ENCRYPT_DECRYPT", request_id="rid-1")

@@ -24,9 +24,10 @@ from click.testing import CliRunner, Result
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from tests.api_calls import new_id
-from tests.harness import ROOT, VaultServer, free_port
+from tests.api_calls import ensure_account, new_id
+from tests.harness import ROOT, VaultServer, free_port, provision, vault_environment
 from vault.cli.main import cli
+from vault.tls_dev import create_ca, write_certificate
 
 VAULTCTL = ROOT / ".venv" / "bin" / "vaultctl"
 
@@ -49,6 +50,7 @@ KEY_FIELDS = {
     "create_time",
     "update_time",
     "destroy_scheduled_time",
+    "destroy_time",
     "revocation_reason",
 }
 
@@ -150,6 +152,8 @@ def create_key(target: str, purpose: str, *extra: str) -> dict[str, Any]:
 @pytest.fixture(scope="module")
 def target(server: VaultServer) -> str:
     _CREDENTIALS["VAULT_CREDENTIALS_FILE"] = str(server.data_dir / "admin-credentials.json")
+    with server.client() as admin:  # other modules use this fixture too: made once
+        ensure_account(admin, ACCOUNT)
     return server.target
 
 
@@ -353,10 +357,70 @@ def test_keys_schedule_and_cancel_destroy(target: str) -> None:
         "ENABLED"
     )
 
+    # The table calls the future date what it is.
+    scheduled_text = ok(vaultctl(target, "keys", "schedule-destroy", name)).stdout
+    assert "destruction scheduled for" in scheduled_text
+    assert "destroyed at" not in scheduled_text
+    assert "destroyed at" not in ok(vaultctl(target, "keys", "get", name)).stdout
+    ok(vaultctl(target, "keys", "cancel-destroy", name))
+    ok(vaultctl(target, "keys", "enable", name))
+
     for period in ("soon", "99999999999999w"):
         bad = vaultctl(target, "keys", "schedule-destroy", name, "--waiting-period", period)
         assert bad.exit_code == 2, bad.stderr
         assert "--waiting-period" in bad.stderr
+
+
+def test_every_list_command_bounds_its_output_with_limit(target: str) -> None:
+    for _ in range(3):
+        create_key(target, "MAC")
+    everything = [
+        k["name"] for k in json_of(vaultctl(target, "keys", "list", ACCOUNT_ID, "--json"))["keys"]
+    ]
+    assert len(everything) >= 3
+    page = json_of(vaultctl(target, "keys", "list", ACCOUNT_ID, "--limit", "2", "--json"))
+    assert [k["name"] for k in page["keys"]] == everything[:2]
+    rest = json_of(
+        vaultctl(
+            target, "keys", "list", ACCOUNT_ID, "--page-token", page["next_page_token"], "--json"
+        )
+    )
+    assert [k["name"] for k in rest["keys"]] == everything[2:]
+    # The old name still works, with a remark.
+    old = vaultctl(target, "keys", "list", ACCOUNT_ID, "--page-size", "2", "--json")
+    assert [k["name"] for k in json_of(old)["keys"]] == everything[:2]
+    assert "deprecated" in old.stderr
+    versions = json_of(
+        vaultctl(target, "keys", "versions", everything[0], "--limit", "1", "--json")
+    )
+    assert len(versions["versions"]) == 1
+    for command in (
+        ["keys", "list"],
+        ["keys", "versions"],
+        ["accounts", "list"],
+        ["access-keys", "list"],
+        ["api-keys", "list"],
+        ["audit", "list"],
+    ):
+        shown = ok(vaultctl(None, *command, "--help")).stdout
+        assert "--limit" in shown, command
+        assert "--page-size" not in shown, command
+
+
+def test_a_destroyed_key_shows_when_it_was_destroyed(target: str) -> None:
+    name = str(create_key(target, "MAC")["name"])
+    ok(vaultctl(target, "keys", "schedule-destroy", name, "--waiting-period", "1s"))
+    deadline = time.monotonic() + 60
+    record = json_of(vaultctl(target, "keys", "get", name, json_output=True))
+    while record["state"] != "DESTROYED" and time.monotonic() < deadline:
+        time.sleep(0.5)
+        record = json_of(vaultctl(target, "keys", "get", name, json_output=True))
+    assert record["state"] == "DESTROYED"
+    assert record["destroy_scheduled_time"] is None
+    assert datetime.fromisoformat(record["destroy_time"]) <= datetime.now(UTC)
+    shown = ok(vaultctl(target, "keys", "get", name)).stdout
+    assert "destroyed at" in shown
+    assert "scheduled" not in shown
 
 
 def test_vault_refusals_exit_3(target: str) -> None:
@@ -494,6 +558,73 @@ def test_installed_vaultctl_pipe_and_error_line(target: str, enc_key: str, tmp_p
     assert len(lines) == 1, failed.stderr
     assert lines[0].startswith("vaultctl: error: DECRYPTION_FAILED: ")
     assert b"Traceback" not in failed.stderr
+
+
+def test_json_output_is_only_json_on_both_streams(
+    target: str, enc_key: str, tmp_path: Path
+) -> None:
+    listed = run_vaultctl(["--target", target, "--json", "keys", "list", ACCOUNT_ID], cwd=tmp_path)
+    assert listed.returncode == 0, listed.stderr
+    assert enc_key in [key["name"] for key in json.loads(listed.stdout)["keys"]]
+    assert listed.stderr == b""
+    # A failed TLS handshake (this server speaks plaintext) is where gRPC's core logs a line
+    # of its own; the caller gets only the JSON error.
+    ca = tmp_path / "ca.pem"
+    write_certificate(ca, create_ca("unrelated")[0])
+    refused = run_vaultctl(
+        ["--target", target, "--ca-file", str(ca), "--json", "keys", "list", ACCOUNT_ID],
+        cwd=tmp_path,
+    )
+    assert refused.returncode == 3
+    assert refused.stdout == b""
+    lines = refused.stderr.decode().splitlines()
+    assert len(lines) == 1, refused.stderr
+    assert json.loads(lines[0])["error"]["code"] == "UNAVAILABLE"
+
+
+def test_a_wrong_pin_is_one_line_naming_where_it_came_from(tmp_path: Path) -> None:
+    """token status, token init and serve, as a shell runs them, on a token of their own (the
+    session's server holds the session's data directory)."""
+    data_dir = tmp_path / "vault-data"
+    provision(data_dir)
+
+    def run(env: dict[str, str], *args: str) -> tuple[int, list[str], str]:
+        done = subprocess.run(
+            [str(VAULTCTL), *args],
+            env=env,
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+            stdin=subprocess.DEVNULL,
+        )
+        assert "Traceback" not in done.stderr, done.stderr
+        return done.returncode, done.stderr.splitlines(), done.stdout
+
+    from_env = vault_environment(data_dir, VAULT_HSM__USER_PIN="not-the-pin")
+    for command in (["token", "status"], ["token", "init"]):
+        code, lines, stdout = run(from_env, *command)
+        assert (code, stdout) == (4, ""), lines
+        assert len(lines) == 1, lines
+        assert lines[0].startswith("vaultctl: error: PIN_INCORRECT: PIN incorrect"), lines
+        assert "VAULT_HSM__USER_PIN" in lines[0]
+        assert "not-the-pin" not in lines[0]
+
+    pin_file = tmp_path / "user.pin"
+    pin_file.write_text("not-the-pin\n")
+    pin_file.chmod(0o600)
+    from_file = vault_environment(data_dir, VAULT_HSM__USER_PIN_FILE=str(pin_file))
+    code, lines, _ = run(from_file, "token", "status")
+    assert code == 4 and len(lines) == 1, lines
+    assert f"{pin_file} (hsm.user_pin_file)" in lines[0]
+
+    serving = {**from_file, "VAULT_SERVER__LISTEN": f"127.0.0.1:{free_port()}"}
+    code, lines, _ = run(serving, "serve")
+    assert code == 4, lines
+    assert lines[-1].startswith("vaultctl: error: PIN incorrect"), lines
+    assert f"{pin_file} (hsm.user_pin_file)" in lines[-1]
+    assert "not-the-pin" not in "\n".join(lines)
 
 
 # -- crypto: sign, data keys, MACs, random ----------------------------------------------------

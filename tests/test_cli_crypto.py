@@ -103,7 +103,7 @@ def test_re_encrypt_keeps_the_aad_unless_told_otherwise(target: str, tmp_path: P
 
 
 def test_sdk_re_encrypt_keeps_the_aad_unless_told_otherwise(client: VaultClient) -> None:
-    key = client.create_key(new_account(), new_id(), "ENCRYPT_DECRYPT").name
+    key = client.create_key(new_account(client), new_id(), "ENCRYPT_DECRYPT").name
     sealed = client.encrypt(key, b"numbers", aad=b"ctx").ciphertext
     kept = client.re_encrypt(key, sealed, source_aad=b"ctx").ciphertext
     assert client.decrypt(key, kept, aad=b"ctx").plaintext == b"numbers"

@@ -31,6 +31,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, utils
 
+from tests.api_calls import ensure_account
 from tests.harness import ROOT, VaultServer, inventory, provision, vault_environment
 from vault.client import VaultClient, VaultClientError
 from vault.gen.vault.v1 import resources_pb2 as res
@@ -379,6 +380,7 @@ def test_mixed_operations_stress(stress_server: VaultServer) -> None:
     assert len(workers_before) == 2
     ledger = Ledger()
     with server.client() as client:
+        ensure_account(client, ACCOUNT)
         for kind, (purpose, algorithm, resident) in KINDS.items():
             for n in range(3):
                 key = client.create_key(
@@ -530,6 +532,8 @@ def race_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[VaultServe
     data_dir = tmp_path_factory.mktemp("races")
     provision(data_dir)
     with VaultServer(data_dir) as server:
+        with server.client() as client:
+            ensure_account(client, RACES)
         yield server
 
 

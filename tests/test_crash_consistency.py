@@ -24,6 +24,7 @@ import grpc
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 
+from tests.api_calls import ensure_account
 from tests.harness import VaultServer, inventory, provision
 from vault.client import VaultClient, VaultClientError
 from vault.gen.vault.v1 import resources_pb2 as res
@@ -262,6 +263,7 @@ def test_sigkill_during_key_creation(tmp_path: Path) -> None:
     try:
         # Round 2 rotates this key; its first version exists before any kill.
         with server.client(timeout=60) as client:
+            ensure_account(client, ACCOUNT)
             rotated = client.create_key(ACCOUNT, "slow-rotated", *SLOW[:2], token_resident=True)
 
         # Round 1: killed while a token-resident key's first version is being generated.

@@ -25,7 +25,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa,
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from google.protobuf.wrappers_pb2 import Int64Value
 
-from tests.api_calls import expect_error, new_id
+from tests.api_calls import ensure_account, expect_error, new_id
 from vault.client import VaultClient, VaultClientError
 from vault.gen.vault.v1 import crypto_service_pb2, crypto_service_pb2_grpc
 
@@ -83,7 +83,7 @@ MAC_SIZES = {"HMAC_SHA256": 32, "HMAC_SHA384": 48, "HMAC_SHA512": 64}
 @pytest.fixture(scope="module")
 def keys(client: VaultClient) -> Keys:
     """Keys the tests only use (never change): one account for this module."""
-    account = f"accounts/crypto-{uuid4().hex[:10]}"
+    account = ensure_account(client, f"accounts/crypto-{uuid4().hex[:10]}")
 
     def make(purpose: str, algorithm: str | None = None) -> str:
         return client.create_key(account, new_id(), purpose, algorithm).name

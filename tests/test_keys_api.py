@@ -25,7 +25,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 from google.protobuf.field_mask_pb2 import FieldMask
 
-from tests.api_calls import expect_error, new_account, new_id
+from tests.api_calls import ensure_account, expect_error, new_account, new_id
 from vault.client import VaultClient, VaultClientError
 from vault.gen.vault.v1 import key_service_pb2, key_service_pb2_grpc, resources_pb2
 
@@ -71,8 +71,8 @@ def wait_destroyed(client: VaultClient, *names: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def account() -> str:
-    return new_account()
+def account(client: VaultClient) -> str:
+    return new_account(client)
 
 
 @pytest.fixture(scope="module")
@@ -263,12 +263,25 @@ def test_create_key_with_a_taken_name_is_refused(client: VaultClient, account: s
     assert client.get_key(first.name) == first
     assert len(client.list_key_versions(first.name)) == 1
     # The same key id in another account is another key.
-    other = client.create_key(new_account(), key_id, "MAC")
+    other = client.create_key(new_account(client), key_id, "MAC")
     assert other.name != first.name
 
 
+def test_create_key_refuses_an_account_that_does_not_exist(client: VaultClient) -> None:
+    missing = new_account()  # a name only: never created
+    error = expect_error(
+        grpc.StatusCode.NOT_FOUND, "NOT_FOUND", lambda: client.create_key(missing, "k", "MAC")
+    )
+    assert error.metadata == {"name": missing}
+    assert missing in error.message
+    assert list(client.list_keys(missing).keys) == []
+    # Once the account exists, the same request succeeds.
+    client.create_account(missing.removeprefix("accounts/"))
+    assert client.create_key(missing, "k", "MAC").name == f"{missing}/keys/k"
+
+
 def test_create_key_is_idempotent_with_a_request_id(client: VaultClient) -> None:
-    fresh = new_account()
+    fresh = new_account(client)
     key_id = new_id()
     request_id = str(uuid4())
     first = client.create_key(fresh, key_id, "SIGN_VERIFY", request_id=request_id)
@@ -300,7 +313,7 @@ def test_create_key_is_idempotent_with_a_request_id(client: VaultClient) -> None
 def test_create_key_retries_in_flight_at_once_return_the_same_key(client: VaultClient) -> None:
     # A client whose deadline expires retries while the first call may still be running on
     # the server: the overlapping calls must all get the one key, not ALREADY_EXISTS.
-    fresh = new_account()
+    fresh = new_account(client)
     key_id = new_id()
     request_id = str(uuid4())
 
@@ -332,7 +345,7 @@ def test_create_key_refuses_a_request_id_over_128_characters(
 
 
 def test_list_keys_pages_through_every_key_once(client: VaultClient) -> None:
-    fresh = new_account()
+    fresh = new_account(client)
     created = {client.create_key(fresh, new_id(), "ENCRYPT_DECRYPT").name for _ in range(7)}
 
     pages: list[list[str]] = []
@@ -357,7 +370,7 @@ def test_list_keys_pages_through_every_key_once(client: VaultClient) -> None:
 
 
 def test_list_keys_with_exact_page_multiple_ends_cleanly(client: VaultClient) -> None:
-    fresh = new_account()
+    fresh = new_account(client)
     for _ in range(4):
         client.create_key(fresh, new_id(), "MAC")
     first = client.list_keys(fresh, page_size=2)
@@ -376,7 +389,7 @@ def test_list_keys_refuses_a_bad_page_token_and_negative_page_size(
 
 
 def test_list_keys_filters_by_purpose_state_and_label(client: VaultClient) -> None:
-    fresh = new_account()
+    fresh = new_account(client)
 
     def make(purpose: str, labels: dict[str, str]) -> str:
         return client.create_key(fresh, new_id(), purpose, labels=labels).name
@@ -1074,5 +1087,6 @@ def test_longest_valid_ids_are_accepted(client: VaultClient) -> None:
     account = "accounts/a" + uuid4().hex[:10] + "-" * 52
     key_id = "k" + "0" * 61 + "z"
     assert len(account.removeprefix("accounts/")) == len(key_id) == 63
+    ensure_account(client, account)
     key = client.create_key(account, key_id, "MAC")
     assert client.get_key(f"{account}/keys/{key_id}") == key

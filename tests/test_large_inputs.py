@@ -49,7 +49,7 @@ def verify_with_cryptography(pem: bytes, algorithm: str, signature: bytes, data:
 def test_sdk_signs_and_verifies_large_messages_by_their_digest(
     client: VaultClient, algorithm: str
 ) -> None:
-    name = client.create_key(new_account(), new_id(), "SIGN_VERIFY", algorithm).name
+    name = client.create_key(new_account(client), new_id(), "SIGN_VERIFY", algorithm).name
     pem = client.get_public_key(name).pem.encode()
     data = os.urandom(KIB_64 + 1)
 
@@ -71,7 +71,7 @@ def test_sdk_signs_and_verifies_large_messages_by_their_digest(
 
 
 def test_sdk_hashes_a_stream_in_bounded_memory(client: VaultClient, tmp_path: Path) -> None:
-    name = client.create_key(new_account(), new_id(), "SIGN_VERIFY").name
+    name = client.create_key(new_account(client), new_id(), "SIGN_VERIFY").name
     big = tmp_path / "big.bin"
     chunk = os.urandom(1 << 20)
     with big.open("wb") as handle:
@@ -93,7 +93,7 @@ def test_sdk_hashes_a_stream_in_bounded_memory(client: VaultClient, tmp_path: Pa
 def test_sdk_refuses_large_messages_for_algorithms_that_cannot_sign_a_digest(
     client: VaultClient, algorithm: str
 ) -> None:
-    name = client.create_key(new_account(), new_id(), "SIGN_VERIFY", algorithm).name
+    name = client.create_key(new_account(client), new_id(), "SIGN_VERIFY", algorithm).name
     data = os.urandom(KIB_64 + 1)
     for call in (
         lambda: client.sign(name, message=data),
@@ -184,7 +184,7 @@ def test_cli_encrypt_of_a_large_plaintext_points_to_data_keys(
 def test_sdk_encrypt_of_a_large_plaintext_points_to_data_keys(
     client: VaultClient, settings: Any
 ) -> None:
-    key = client.create_key(new_account(), new_id(), "ENCRYPT_DECRYPT").name
+    key = client.create_key(new_account(client), new_id(), "ENCRYPT_DECRYPT").name
     limit = settings.keys.max_plaintext_bytes
     error = expect_error(
         INVALID, "INPUT_TOO_LARGE", lambda: client.encrypt(key, os.urandom(limit + 1))

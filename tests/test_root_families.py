@@ -18,6 +18,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from pkcs11 import KDF, Attribute, KeyType, Mechanism, ObjectClass, exceptions
 from pkcs11.constants import DEFAULT
 
+from tests.api_calls import ensure_account
 from tests.tokens import generated_version, session_of
 from vault.domain.algorithms import Algorithm, KeyFamily, Purpose
 from vault.domain.models import KeyVersion
@@ -193,6 +194,7 @@ def stored_blobs(keystore: Any, settings: Any, client: Any) -> list[tuple[Algori
     for algorithm in FAMILIES:
         if algorithm in supported:
             key_id = f"f{uuid.uuid4().hex[:12]}"
+            ensure_account(client, "accounts/families")
             client.create_key("accounts/families", key_id, algorithm.purpose.name, algorithm.name)
             names[algorithm] = KeyName("families", key_id)
     store = open_store(settings.store.url)

@@ -24,6 +24,7 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
     ProtoReflectionDescriptorDatabase,
 )
 
+from tests.api_calls import ensure_account
 from tests.harness import ROOT, VaultServer, free_port, provision, vault_environment
 from vault.client import VaultClient, VaultClientError
 from vault.gen.vault.v1 import resources_pb2 as res
@@ -193,6 +194,7 @@ def test_killed_workers_are_restarted_and_requests_keep_succeeding(
     assert len(original) == 2
     assert listeners(server.port) == 2
     with server.client(timeout=10) as client:
+        ensure_account(client, "accounts/supervision")
         key = client.create_key("accounts/supervision", "k", "ENCRYPT_DECRYPT").name
         for victim in original:  # worker 0 first: it also runs the destruction job
             survivors = set(workers(server)) - {victim}
@@ -265,6 +267,8 @@ def test_sigterm_lets_in_flight_calls_finish(own_server: VaultServer) -> None:
     assert server.process is not None
     outcome: list[object] = []
     finished_at: list[float] = []
+    with server.client(timeout=30) as client:
+        ensure_account(client, "accounts/shutdown")
 
     def create() -> None:
         with server.client(timeout=30) as client:
@@ -424,6 +428,7 @@ def test_health_answers_at_once_and_says_not_serving_while_the_store_is_locked(
     NOT_SERVING until the lock is released."""
     server = own_server
     with server.client(timeout=30) as client:
+        ensure_account(client, "accounts/locked")
         client.create_key("accounts/locked", "before", "ENCRYPT_DECRYPT")
     blocked: list[object] = []
 
@@ -494,6 +499,7 @@ def assert_still_serving(server: VaultServer) -> None:
     assert reply.status == health_pb2.HealthCheckResponse.SERVING
     # Signed calls need the shared-limits file the first server made: it is still theirs.
     with server.client(timeout=10) as client:
+        ensure_account(client, "accounts/first")
         key = client.create_key("accounts/first", f"k{time.monotonic_ns()}", "ENCRYPT_DECRYPT")
         sealed = client.encrypt(key.name, b"first server")
         assert client.decrypt(key.name, sealed.ciphertext).plaintext == b"first server"

@@ -24,6 +24,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
+from tests.api_calls import ensure_account
 from tests.harness import ROOT, VaultServer, free_port, provision, vault_environment
 from vault.cli._context import same_local_server
 from vault.client import (
@@ -223,6 +224,7 @@ def dev(cli_server: CliServer) -> DevTlsPaths:
 @pytest.fixture(scope="module")
 def dev_key(cli_server: CliServer, dev: DevTlsPaths) -> str:
     with cli_server.client(ca_file=dev.ca_cert) as client:
+        ensure_account(client, "accounts/tls")
         return client.create_key("accounts/tls", "dev", "ENCRYPT_DECRYPT").name
 
 
@@ -254,6 +256,7 @@ def test_vaultctl_client_commands_trust_the_development_ca_with_no_options(
 ) -> None:
     env = cli_server.env
     key = "accounts/tls/keys/cli"
+    vaultctl(env, "accounts", "create", "tls")  # exists already if dev_key ran first
     created = vaultctl(env, "keys", "create", key, "--purpose", "ENCRYPT_DECRYPT")
     assert created.returncode == 0, created.stderr.decode()
     sealed = tmp_path / "sealed"
@@ -391,6 +394,7 @@ def test_mutual_tls_accepts_a_client_certificate_from_the_client_ca(mtls: Mtls) 
         options=LOCAL_POOL,
         credentials=mtls.server.credentials,
     ) as client:
+        ensure_account(client, "accounts/mtls")
         key = client.create_key("accounts/mtls", "k", "ENCRYPT_DECRYPT").name
         round_trip(client, key)
 
@@ -417,6 +421,7 @@ def test_a_client_certificate_acts_for_the_account_its_common_name_names(mtls: M
         options=LOCAL_POOL,
     ) as admin:
         admin.create_account("client")
+        admin.create_account("mtls-other")
         other = admin.create_key("accounts/mtls-other", "k", "ENCRYPT_DECRYPT").name
     with certificate_only() as client:
         key = client.create_key("accounts/client", "own", "ENCRYPT_DECRYPT").name

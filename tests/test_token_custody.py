@@ -29,6 +29,7 @@ from typing import Any
 
 import pytest
 
+from tests.api_calls import ensure_account
 from tests.harness import (
     ROOT,
     VaultServer,
@@ -109,6 +110,7 @@ def test_token_init_keeps_the_so_pin_outside_the_data_directory(
 def test_the_server_starts_and_serves_without_the_so_pin(initialised: tuple[Path, str]) -> None:
     data_dir, _ = initialised
     with VaultServer(data_dir, settings=SETTINGS) as server, server.client() as client:
+        ensure_account(client, "accounts/custody")
         key = client.create_key("accounts/custody", "k", "ENCRYPT_DECRYPT").name
         sealed = client.encrypt(key, b"served")
         assert client.decrypt(key, sealed.ciphertext).plaintext == b"served"
@@ -120,6 +122,7 @@ def test_harness_provisioning_keeps_no_so_pin_in_the_data_directory(
 ) -> None:
     """The session's vault, provisioned as `make run` does, serves with no SO PIN beside it."""
     assert files_holding(data_dir, development_so_pin(data_dir)) == []
+    ensure_account(client, "accounts/custody")
     key = client.create_key("accounts/custody", "session", "ENCRYPT_DECRYPT").name
     assert client.decrypt(key, client.encrypt(key, b"x").ciphertext).plaintext == b"x"
 

@@ -15,6 +15,7 @@ from typing import Final
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from tests.api_calls import ensure_account
 from tests.harness import ROOT, VaultServer, provision, vault_environment
 from tests.test_server import children
 from vault.client import VaultClientError
@@ -118,6 +119,7 @@ def test_workers_reconnect_when_the_token_directory_comes_back(tmp_path: Path) -
     with VaultServer(tmp_path) as server:
         assert server.process is not None
         with server.client(timeout=10) as client:
+            ensure_account(client, "accounts/outage")
             key = client.create_key("accounts/outage", "k", "ENCRYPT_DECRYPT").name
             # A token-resident key too: its handle is cached per thread like the root's.
             resident = client.create_key(

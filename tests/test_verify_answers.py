@@ -20,8 +20,8 @@ def flip_last_bit(data: bytes) -> bytes:
 
 
 @pytest.fixture(scope="module")
-def account() -> str:
-    return new_account()
+def account(client: VaultClient) -> str:
+    return new_account(client)
 
 
 @pytest.mark.parametrize("algorithm", ["EC_SIGN_P256_SHA256", "RSA_SIGN_PSS_2048_SHA256"])

@@ -5,13 +5,19 @@ from __future__ import annotations
 
 import json
 import os
+import time
+import uuid
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Final
 
 from vault.config import Settings
 from vault.coordination.disk import DiskReserve as FileDiskReserve
+from vault.domain.audit import AuditEvent
+from vault.domain.errors import InvalidArgument, NotFound, VaultError
 from vault.service.audit import AuditLog, CheckpointPolicy
 from vault.service.authentication import AuthenticationPolicy, Authenticator
 from vault.service.crypto import CryptoOperations
@@ -67,7 +73,12 @@ def build_services(settings: Settings, counters: SharedCounters | None = None) -
     store, identity_store, audit_store = open_stores(settings.store.url)
     keystore = open_keystore(settings)
     keys = KeyManagement(
-        store, keystore, settings.keys, version_cache_seconds=settings.hsm.cache_ttl_seconds
+        store,
+        keystore,
+        settings.keys,
+        version_cache_seconds=settings.hsm.cache_ttl_seconds,
+        # Accounts are managed (IdentityService) only with authentication on.
+        accounts=identity_store if settings.auth.enabled else None,
     )
     crypto = CryptoOperations(keys, keystore, settings.keys)
     security = None
@@ -153,6 +164,64 @@ def prepare_and_reconcile(settings: Settings) -> StartupReport:
         assert path is not None
         write_credentials_file(path, key.access_key_id, secret)
         return StartupReport(report, created, key.access_key_id, path, secret)
+    finally:
+        services.close()
+
+
+# How the audit log names a change made on the vault's machine rather than through the API:
+# the method it amounts to, and a source that is no network address.
+RECOVER_METHOD: Final = "/vault.v1.IdentityService/CreateAccessKey"
+LOCAL_SOURCE: Final = "local"
+
+
+def recover_admin(settings: Settings, credentials_file: Path, account_id: str = "admin") -> str:
+    """Make a new admin access key directly in the store and token, for an operator who has
+    the data directory and the user PIN but no admin credential left; write it to
+    credentials_file (0600) and return its id. The audit log records the attempt before the
+    key is made and its outcome after, as it does for CreateAccessKey over the API; a
+    running server is not needed, and one that runs accepts the key at once."""
+    import getpass
+
+    services = build_services(settings)
+    try:
+        security = services.security
+        if security is None:
+            raise InvalidArgument("auth.enabled is false: there are no credentials to recover")
+        security.ensure_system_keys()
+        started = time.perf_counter()
+
+        def event(outcome: str, reason: str, resource: str) -> AuditEvent:
+            return AuditEvent(
+                occurred_at=datetime.now(UTC),
+                request_id=request_id,
+                credential_id="",
+                account=account_id,
+                method=RECOVER_METHOD,
+                resource=resource,
+                outcome=outcome,
+                reason=reason,
+                latency_us=int((time.perf_counter() - started) * 1_000_000),
+                source=f"{LOCAL_SOURCE}:{getpass.getuser()}",
+            )
+
+        request_id = uuid.uuid4().hex
+        parent = f"accounts/{account_id}"
+        security.audit.record(event("STARTED", "", parent))
+        try:
+            key, secret = security.identity.recovery_admin_key(account_id)
+        except VaultError as error:
+            outcome = (
+                "NOT_FOUND"
+                if isinstance(error, NotFound)
+                else "INVALID_ARGUMENT"
+                if isinstance(error, InvalidArgument)
+                else "INTERNAL"
+            )
+            security.audit.record(event(outcome, error.reason, parent))
+            raise
+        write_credentials_file(credentials_file, key.access_key_id, secret)
+        security.audit.record(event("OK", "", key.name))
+        return key.access_key_id
     finally:
         services.close()
 

@@ -1,17 +1,24 @@
 """Settings: a TOML file, overridden by environment variables (VAULT_ prefix, `__` between
 sections: VAULT_SERVER__LISTEN, VAULT_HSM__TOKEN_LABEL). PINs are never settings values on a
-command line: they come from files (mode 0600) or from the environment."""
+command line: they come from files (mode 0600) or from the environment.
+
+`vaultctl` (server and client commands alike) finds its settings file with find_config_file,
+so a server and the callers started anywhere near it read the same file. Relative paths in a
+settings file are relative to the file's directory, not to where a command runs."""
 
 from __future__ import annotations
 
+import json
 import os
+import types
+from collections.abc import Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Union, get_args, get_origin
 
-from pydantic import BaseModel, Field, SecretStr, model_validator
+from pydantic import BaseModel, Field, PrivateAttr, SecretStr, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -19,7 +26,12 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+# The settings file, when --config does not name one. Without either: the nearest vault.toml
+# upwards from the current directory, else user_config_file() (find_config_file).
 CONFIG_ENV = "VAULT_CONFIG"
+# The settings file of a directory tree (a checkout, a deployment): found in the current
+# directory or the nearest parent that has one.
+LOCAL_CONFIG_NAME = "vault.toml"
 DEFAULT_DATA_DIR = Path(".vault-data")
 # Under data_dir: the development CA and server certificate `vaultctl serve` generates.
 DEV_TLS_DIR = "tls"
@@ -237,6 +249,14 @@ class Settings(BaseSettings):
         """Space set aside for when the data directory's disk fills up."""
         return self.data_dir / "run" / "disk-reserve"
 
+    # The settings file these settings were read from (None: environment and defaults only),
+    # for messages that say where a value came from.
+    _source_file: Path | None = PrivateAttr(None)
+
+    @property
+    def source_file(self) -> Path | None:
+        return self._source_file
+
     @classmethod
     def settings_customise_sources(
         cls,
@@ -249,7 +269,7 @@ class Settings(BaseSettings):
         sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
         config_file = _config_file.get() or os.environ.get(CONFIG_ENV)
         if config_file:
-            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=Path(config_file)))
+            sources.append(_AnchoredTomlSource(settings_cls, toml_file=Path(config_file)))
         return tuple(sources)
 
     @property
@@ -276,6 +296,14 @@ class Settings(BaseSettings):
     def user_pin(self) -> str:
         return read_secret(self.hsm.user_pin, self.hsm.user_pin_file, "user PIN")
 
+    def user_pin_origin(self) -> str:
+        """Where the user PIN comes from, never the PIN: the file or the setting to fix."""
+        if self.hsm.user_pin is not None:
+            if "VAULT_HSM__USER_PIN" in os.environ:
+                return "VAULT_HSM__USER_PIN"
+            return f"hsm.user_pin in {self.source_file or 'the settings'}"
+        return f"{self.hsm.user_pin_file} (hsm.user_pin_file)"
+
 
 def read_secret(value: SecretStr | None, path: Path | None, what: str) -> str:
     if value is not None:
@@ -290,10 +318,117 @@ def read_secret(value: SecretStr | None, path: Path | None, what: str) -> str:
 _config_file: ContextVar[str | None] = ContextVar("vault_config_file", default=None)
 
 
-def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
-    """Settings from config_file (or $VAULT_CONFIG), the environment, then overrides."""
+def load_settings(
+    config_file: Path | None = None, *, discover: bool = False, **overrides: Any
+) -> Settings:
+    """Settings from config_file (or $VAULT_CONFIG), the environment, then overrides. With
+    discover and neither given: from the file find_config_file finds, if any."""
+    if config_file is None:
+        given = os.environ.get(CONFIG_ENV)
+        if given:
+            config_file = Path(given)
+        elif discover:
+            config_file = find_config_file()
     token = _config_file.set(str(config_file) if config_file is not None else None)
     try:
-        return Settings(**overrides)
+        settings = Settings(**overrides)
     finally:
         _config_file.reset(token)
+    settings._source_file = config_file.absolute() if config_file is not None else None
+    return settings
+
+
+def user_config_file(environ: Mapping[str, str] = os.environ) -> Path:
+    """The user's settings file: $XDG_CONFIG_HOME/vault/config.toml, by default under
+    ~/.config (the XDG base directory rules: a relative XDG_CONFIG_HOME is ignored)."""
+    base = environ.get("XDG_CONFIG_HOME", "")
+    root = Path(base) if base and Path(base).is_absolute() else Path.home() / ".config"
+    return root / "vault" / "config.toml"
+
+
+def find_config_file(
+    start: Path | None = None, environ: Mapping[str, str] = os.environ
+) -> Path | None:
+    """The settings file a command uses when neither --config nor $VAULT_CONFIG names one:
+    the nearest vault.toml in start (the current directory) or its parents, else the user's
+    config.toml; None when there is neither."""
+    directory = (start or Path.cwd()).absolute()
+    for candidate in (directory, *directory.parents):
+        local = candidate / LOCAL_CONFIG_NAME
+        if local.is_file():
+            return local
+    user = user_config_file(environ)
+    return user if user.is_file() else None
+
+
+def record_local_server(settings: Settings, environ: Mapping[str, str] = os.environ) -> Path | None:
+    """Write the user's settings file naming this server (its data directory and address),
+    so vaultctl finds it from directories outside the server's tree; only when the user has
+    no such file: an existing one is the user's, never replaced. Returns the file written."""
+    path = user_config_file(environ)
+    if path.exists():
+        return None
+    lines = [
+        "# Written by `vaultctl serve`, because this file did not exist: the vault this user",
+        "# runs, for vaultctl in any directory without a vault.toml. Edit or delete it freely;",
+        "# vaultctl serve never replaces it.",
+        f"data_dir = {_toml_string(str(settings.data_dir))}",
+    ]
+    credentials = settings.auth.admin_credentials_file
+    if credentials is not None and credentials != settings.data_dir / "admin-credentials.json":
+        lines += ["", "[auth]", f"admin_credentials_file = {_toml_string(str(credentials))}"]
+    lines += ["", "[server]", f"listen = {_toml_string(settings.server.listen)}"]
+    if not settings.server.dev_tls:
+        lines.append("dev_tls = false")
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    temporary.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    try:
+        # A link, not a rename: if another server wrote the file meanwhile, it stays.
+        os.link(temporary, path)
+    except FileExistsError:
+        return None
+    finally:
+        temporary.unlink()
+    return path
+
+
+def _toml_string(value: str) -> str:
+    # A TOML basic string: JSON's escapes are a subset of TOML's.
+    return json.dumps(value)
+
+
+class _AnchoredTomlSource(TomlConfigSettingsSource):
+    """A TOML settings file whose relative paths are relative to the file's directory, so
+    the file means the same thing whichever directory a command runs in."""
+
+    def __init__(self, settings_cls: type[BaseSettings], toml_file: Path) -> None:
+        self._model = settings_cls  # the base class reads the file before it keeps this
+        super().__init__(settings_cls, toml_file=toml_file)
+
+    def _read_file(self, file_path: Any) -> dict[str, Any]:
+        data = super()._read_file(file_path)
+        if isinstance(file_path, Path):
+            _anchor_paths(self._model, data, file_path.absolute().parent)
+        return data
+
+
+def _anchor_paths(model: type[BaseModel], data: dict[str, Any], base: Path) -> None:
+    for name, info in model.model_fields.items():
+        value = data.get(name)
+        if value is None:
+            continue
+        kinds = _kinds(info.annotation)
+        if Path in kinds and isinstance(value, str) and value:
+            data[name] = str(base / Path(value).expanduser())  # an absolute value stays
+        elif isinstance(value, dict):
+            for kind in kinds:
+                if isinstance(kind, type) and issubclass(kind, BaseModel):
+                    _anchor_paths(kind, value, base)
+
+
+def _kinds(annotation: Any) -> tuple[Any, ...]:
+    """The types an annotation admits: (Path, NoneType) for Path | None."""
+    if get_origin(annotation) in (Union, types.UnionType):
+        return get_args(annotation)
+    return (annotation,)

@@ -48,7 +48,7 @@ class CliState:
 
     def settings(self, **overrides: Any) -> Settings:
         if self._settings is None or overrides:
-            self._settings = load_settings(self.config, **overrides)
+            self._settings = load_settings(self.config, discover=True, **overrides)
         return self._settings
 
     def resolved_target(self) -> str:

@@ -11,7 +11,7 @@ import os
 import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import click
 from rich import box
@@ -95,3 +95,37 @@ def emit(state: CliState, data: Any, human: Callable[[], None] | None = None) ->
         print_json(data)
     else:
         human()
+
+
+# -- list commands ----------------------------------------------------------------------------
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def limit_option(what: str, *, pages: bool = True) -> Callable[[F], F]:
+    """`--limit N`, the one way every list command bounds its output. pages: the listing
+    is paged on the server, and --page-token continues after the last one printed."""
+    more = ", then the page token that continues after them" if pages else ""
+    return click.option(
+        "--limit",
+        type=click.IntRange(min=1),
+        metavar="N",
+        default=None,
+        help=f"Print at most N {what}{more}. Default: all of them.",
+    )
+
+
+def page_size_alias(function: F) -> F:
+    """`--page-size`, the old name of --limit in `keys list`: hidden, still accepted."""
+    return click.option(
+        "--page-size",
+        "page_size",
+        type=click.IntRange(min=1),
+        default=None,
+        hidden=True,
+        help="Deprecated: use --limit.",
+    )(function)
+
+
+def first(records: list[Any], limit: int | None) -> list[Any]:
+    return records if limit is None else records[:limit]

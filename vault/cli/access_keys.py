@@ -19,7 +19,15 @@ from vault.cli._identity_common import (
     relative_key,
     show,
 )
-from vault.cli._output import emit, note, print_fields, print_table, short_time
+from vault.cli._output import (
+    emit,
+    first,
+    limit_option,
+    note,
+    print_fields,
+    print_table,
+    short_time,
+)
 from vault.cli._secret_output import SecretOutputs, force_option
 from vault.cli.keys import account_parent
 
@@ -241,14 +249,15 @@ def get_access_key(state: CliState, name: str) -> None:
 
 @access_keys_group.command("list")
 @click.argument("account")
+@limit_option("access keys", pages=False)
 @json_option
 @pass_state
-def list_access_keys(state: CliState, account: str) -> None:
+def list_access_keys(state: CliState, account: str, limit: int | None) -> None:
     """List the access keys of an account.
 
     ACCOUNT is `acme` or `accounts/acme`. Needs the admin role.
     """
-    keys = state.client().list_access_keys(account_parent(account))
+    keys = first(state.client().list_access_keys(account_parent(account)), limit)
     records = [access_key_record(key) for key in keys]
 
     def human() -> None:

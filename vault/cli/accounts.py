@@ -8,7 +8,7 @@ import click
 
 from vault.cli._context import CliState, json_option, pass_state
 from vault.cli._identity_common import ADMIN_NOTE, proto_time, show
-from vault.cli._output import emit, print_fields, print_table, short_time
+from vault.cli._output import emit, first, limit_option, print_fields, print_table, short_time
 from vault.cli.keys import account_parent
 
 if TYPE_CHECKING:
@@ -91,14 +91,15 @@ def get_account(state: CliState, name: str) -> None:
 
 
 @accounts_group.command("list")
+@limit_option("accounts", pages=False)
 @json_option
 @pass_state
-def list_accounts(state: CliState) -> None:
+def list_accounts(state: CliState, limit: int | None) -> None:
     """List every account, in name order.
 
     Needs the admin role.
     """
-    records = [account_record(account) for account in state.client().list_accounts()]
+    records = [account_record(account) for account in first(state.client().list_accounts(), limit)]
 
     def human() -> None:
         print_table(

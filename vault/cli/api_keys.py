@@ -20,7 +20,15 @@ from vault.cli._identity_common import (
     relative_key,
     show,
 )
-from vault.cli._output import emit, note, print_fields, print_table, short_time
+from vault.cli._output import (
+    emit,
+    first,
+    limit_option,
+    note,
+    print_fields,
+    print_table,
+    short_time,
+)
 from vault.cli._secret_output import SecretOutputs, force_option
 from vault.cli.keys import account_parent
 from vault.domain.identity import REQUIRED_LEVEL
@@ -288,14 +296,16 @@ def get_api_key(state: CliState, name: str) -> None:
 
 @api_keys_group.command("list")
 @click.argument("account")
+@limit_option("API keys", pages=False)
 @json_option
 @pass_state
-def list_api_keys(state: CliState, account: str) -> None:
+def list_api_keys(state: CliState, account: str, limit: int | None) -> None:
     """List the API keys of an account.
 
     ACCOUNT is `acme` or `accounts/acme`. Needs the admin role.
     """
-    records = [api_key_record(key) for key in state.client().list_api_keys(account_parent(account))]
+    keys = first(state.client().list_api_keys(account_parent(account)), limit)
+    records = [api_key_record(key) for key in keys]
 
     def human() -> None:
         print_table(

@@ -25,7 +25,7 @@ from vault.cli._context import (
     pass_state,
 )
 from vault.cli._identity_common import duration, proto_time
-from vault.cli._output import cell, console, emit, note, short_time
+from vault.cli._output import cell, console, emit, limit_option, note, page_size_alias, short_time
 
 if TYPE_CHECKING:
     from vault.domain.audit_verification import AuditVerification
@@ -176,14 +176,8 @@ def _short_method(method: str) -> str:
     help="Only this outcome: OK, a gRPC status name (PERMISSION_DENIED, UNAUTHENTICATED, "
     "...), or STARTED (the record a state-changing call gets before it runs).",
 )
-@click.option(
-    "--limit",
-    type=click.IntRange(min=1),
-    metavar="N",
-    default=None,
-    help="Print at most N records, then the page token that continues after them. "
-    "Default: every matching record.",
-)
+@limit_option("records")
+@page_size_alias
 @click.option(
     "--page-token",
     default="",
@@ -200,12 +194,16 @@ def list_events(
     method: str,
     outcome: str,
     limit: int | None,
+    page_size: int | None,
     page_token: str,
 ) -> None:
     """List audit records, oldest first.
 
     Filters combine: a record is listed when it matches every one given. Needs the admin role.
     """
+    if page_size is not None:
+        note("--page-size is deprecated: use --limit")
+        limit = limit or page_size
     filters: dict[str, Any] = {
         "start_time": parse_instant(since, "--since") if since is not None else None,
         "end_time": parse_instant(until, "--until") if until is not None else None,

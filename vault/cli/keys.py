@@ -11,7 +11,17 @@ import click
 
 from vault.cli._context import EXIT_USAGE, CliError, CliState, json_option, pass_state
 from vault.cli._io import check_out, force_option, write_output
-from vault.cli._output import emit, format_time, note, print_fields, print_table, short_time
+from vault.cli._output import (
+    emit,
+    first,
+    format_time,
+    limit_option,
+    note,
+    page_size_alias,
+    print_fields,
+    print_table,
+    short_time,
+)
 from vault.domain.algorithms import DEFAULT_ALGORITHM, Algorithm, Purpose
 from vault.domain.models import KeyState
 
@@ -19,6 +29,9 @@ if TYPE_CHECKING:
     from google.protobuf.timestamp_pb2 import Timestamp
 
     from vault.gen.vault.v1 import resources_pb2
+
+# The server's largest page (vault.storage.paging.MAX_PAGE_SIZE); a bigger --limit takes several.
+_MAX_PAGE = 1000
 
 GROUP_HELP = """Create keys and manage their lifecycle on a running vault.
 
@@ -79,7 +92,16 @@ def key_record(key: resources_pb2.Key) -> dict[str, Any]:
         "description": key.description,
         "create_time": _time(key, "create_time"),
         "update_time": _time(key, "update_time"),
-        "destroy_scheduled_time": _time(key, "destroy_scheduled_time"),
+        # Two fields, not one: a scheduled destruction is a date in the future (and can still
+        # be cancelled); only a DESTROYED key has a time it was destroyed, its last change.
+        "destroy_scheduled_time": (
+            _time(key, "destroy_scheduled_time")
+            if key.state == resources_pb2.KEY_STATE_DESTROY_SCHEDULED
+            else None
+        ),
+        "destroy_time": (
+            _time(key, "update_time") if key.state == resources_pb2.KEY_STATE_DESTROYED else None
+        ),
         "revocation_reason": key.revocation_reason,
     }
 
@@ -116,7 +138,9 @@ def _print_key(record: dict[str, Any]) -> None:
         ("updated", record["update_time"]),
     ]
     if record["destroy_scheduled_time"]:
-        fields.append(("destroyed at", record["destroy_scheduled_time"]))
+        fields.append(("destruction scheduled for", record["destroy_scheduled_time"]))
+    if record["destroy_time"]:
+        fields.append(("destroyed at", record["destroy_time"]))
     if record["revocation_reason"]:
         fields.append(("revocation reason", record["revocation_reason"]))
     print_fields(fields)
@@ -302,14 +326,9 @@ def get(state: CliState, name: str) -> None:
     metavar="KEY[=VALUE]",
     help="Only keys with this label (KEY), or with this label set to VALUE (KEY=VALUE).",
 )
-@click.option(
-    "--page-size",
-    type=click.IntRange(1, 1000),
-    default=None,
-    help="Fetch one page of at most this many keys and print the next page token. "
-    "Default: fetch every page.",
-)
-@click.option("--page-token", default="", help="Continue a listing from this page token.")
+@limit_option("keys")
+@page_size_alias
+@click.option("--page-token", default="", help="Continue a listing where --limit stopped.")
 @json_option
 @pass_state
 def list_keys(
@@ -318,10 +337,14 @@ def list_keys(
     purpose: str | None,
     key_state: str | None,
     label: str | None,
+    limit: int | None,
     page_size: int | None,
     page_token: str,
 ) -> None:
     """List the keys of ACCOUNT (`acme` or `accounts/acme`), in name order."""
+    if page_size is not None:
+        note("--page-size is deprecated: use --limit")
+        limit = limit or page_size
     client = state.client()
     parent = account_parent(account)
     label_key, label_value = "", None
@@ -334,12 +357,17 @@ def list_keys(
         "label_key": label_key,
         "label_value": label_value,
     }
-    next_token = ""
-    if page_size is None and not page_token:
-        keys = list(client.iter_keys(parent, **filters))
-    else:
-        page = client.list_keys(parent, page_size=page_size or 0, page_token=page_token, **filters)
-        keys, next_token = list(page.keys), page.next_page_token
+    keys: list[resources_pb2.Key] = []
+    next_token = page_token
+    while True:
+        # With a limit, the last page asks for exactly what is left, so its token resumes
+        # right after the last key printed.
+        size = _MAX_PAGE if limit is None else min(_MAX_PAGE, limit - len(keys))
+        page = client.list_keys(parent, page_size=size, page_token=next_token, **filters)
+        keys.extend(page.keys)
+        next_token = page.next_page_token
+        if not next_token or (limit is not None and len(keys) >= limit):
+            break
     records = [key_record(key) for key in keys]
 
     def human() -> None:
@@ -413,11 +441,13 @@ def rotate(state: CliState, name: str) -> None:
 
 @keys_group.command("versions")
 @click.argument("name")
+@limit_option("versions", pages=False)
 @json_option
 @pass_state
-def versions(state: CliState, name: str) -> None:
+def versions(state: CliState, name: str, limit: int | None) -> None:
     """List the versions of key NAME, oldest first. NAME is a key's resource name."""
-    records = [version_record(version) for version in state.client().list_key_versions(name)]
+    found = first(state.client().list_key_versions(name), limit)
+    records = [version_record(version) for version in found]
 
     def human() -> None:
         print_table(
@@ -552,7 +582,9 @@ def schedule_destroy(state: CliState, name: str, waiting_period: str | None) -> 
     period = parse_duration(waiting_period) if waiting_period is not None else None
     key = state.client().schedule_key_destruction(name, period)
     record = key_record(key)
-    _show_key(state, key, f"{key.name} will be destroyed at {record['destroy_scheduled_time']}")
+    _show_key(
+        state, key, f"{key.name}: destruction scheduled for {record['destroy_scheduled_time']}"
+    )
 
 
 @keys_group.command("cancel-destroy")

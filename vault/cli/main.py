@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +12,7 @@ import click
 from vault.cli._context import EXIT_LOCAL, EXIT_VAULT, CliError, CliState
 from vault.cli.access_keys import access_keys_group
 from vault.cli.accounts import accounts_group
+from vault.cli.admin import admin_group
 from vault.cli.api_keys import api_keys_group
 from vault.cli.audit import audit_group
 from vault.cli.crypto import crypto_group
@@ -32,13 +35,14 @@ Exit codes:
 Examples:
   vaultctl token init                       # provision the token (idempotent)
   vaultctl serve                            # serve on server.listen (127.0.0.1:50051)
+  vaultctl accounts create acme             # keys are made in an existing account
   vaultctl keys create accounts/acme/keys/docs --purpose ENCRYPT_DECRYPT
   vaultctl crypto encrypt accounts/acme/keys/docs --in report.pdf --out report.pdf.enc
   vaultctl --json keys list acme
-  vaultctl accounts create acme                                  # admin role
   vaultctl access-keys create acme --grant keys/docs=READWRITE --credentials-out acme.json
   vaultctl --credentials-file acme.json crypto encrypt accounts/acme/keys/docs --in a.txt
   vaultctl audit verify
+  vaultctl admin recover                    # lost the admin key: a new one, on the vault's machine
   vaultctl --target vault.example:50051 --ca-file ca.pem keys list acme   # another machine
 """
 
@@ -153,7 +157,9 @@ def _validation_summary(error: Exception) -> str:
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     envvar=CONFIG_ENV,
     show_envvar=True,
-    help="TOML settings file; environment variables (VAULT_SERVER__LISTEN, ...) override it.",
+    help="TOML settings file; environment variables (VAULT_SERVER__LISTEN, ...) override it. "
+    "Default: the nearest vault.toml in this directory or a parent, else "
+    "~/.config/vault/config.toml (under $XDG_CONFIG_HOME when set).",
 )
 @click.option(
     "--target",
@@ -252,10 +258,23 @@ cli.add_command(accounts_group)
 cli.add_command(access_keys_group)
 cli.add_command(api_keys_group)
 cli.add_command(audit_group)
+cli.add_command(admin_group)
 
 
 def main() -> None:
+    quiet_grpc(sys.argv[1:])
     cli(prog_name="vaultctl")
+
+
+def quiet_grpc(arguments: list[str]) -> None:
+    """Keep gRPC's own C-core log lines (a failed TLS handshake, a refused connection) off
+    stderr, where they would precede the one error line or the --json document: the error
+    vaultctl prints already says what happened. The server keeps gRPC's errors for its log.
+
+    Must run before grpc is imported: the core reads GRPC_VERBOSITY once, when it starts. A
+    value the user set wins."""
+    if "GRPC_VERBOSITY" not in os.environ:
+        os.environ["GRPC_VERBOSITY"] = "ERROR" if "serve" in arguments else "NONE"
 
 
 if __name__ == "__main__":

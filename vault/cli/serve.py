@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -17,7 +18,7 @@ from vault.cli._context import (
     private_files,
 )
 from vault.cli._output import note
-from vault.config import Settings
+from vault.config import Settings, record_local_server, user_config_file
 
 if TYPE_CHECKING:
     from vault.tls_dev import DevTls
@@ -59,6 +60,11 @@ def serve_command(state: CliState, listen: str | None, workers: int | None) -> N
     certificate in <data_dir>/tls (kept afterwards) and serves with those; it prints where
     the CA is, for other clients to trust. With server.dev_tls = false and no certificate it
     serves plaintext, on loopback addresses and unix: sockets only.
+
+    Settings: the same file the client commands read (--config, $VAULT_CONFIG, the nearest
+    vault.toml, ~/.config/vault/config.toml). When the user has no ~/.config/vault/config.toml
+    yet, serve writes one naming this server's data_dir and listen address, so vaultctl
+    finds it from any directory; an existing file is never changed.
 
     \b
     Examples:
@@ -106,11 +112,16 @@ def serve_command(state: CliState, listen: str | None, workers: int | None) -> N
     except BaseException:
         data_lock.release()
         raise
+    recorded = _record_local_server(settings)
     if state.json:
         # One line, so a supervisor can parse it before the server's own output follows.
-        click.echo(json.dumps(_start_event(settings, dev), sort_keys=True))
+        event = _start_event(settings, dev)
+        event["user_config_written"] = str(recorded) if recorded is not None else None
+        click.echo(json.dumps(event, sort_keys=True))
     else:
         _print_tls(settings, dev)
+        if recorded is not None:
+            note(f"settings: recorded this server in {recorded} for vaultctl in other directories")
     try:
         serve(settings, data_lock)
     except (ListenAddressError, TlsConfigError) as error:
@@ -118,6 +129,16 @@ def serve_command(state: CliState, listen: str | None, workers: int | None) -> N
     except RuntimeError as error:
         # serve() has logged the details; this is the summary a person reads last.
         raise CliError(str(error), exit_code=EXIT_LOCAL) from None
+
+
+def _record_local_server(settings: Settings) -> Path | None:
+    """The user's settings file, written now to name this server, or None (it existed, or
+    could not be written: the server does not need it, so that is only a remark)."""
+    try:
+        return record_local_server(settings)
+    except OSError as error:
+        note(f"settings: could not record this server in {user_config_file()}: {error.strerror}")
+        return None
 
 
 def _configure_logging(settings: Settings) -> None:

@@ -74,6 +74,13 @@ class TokenUnavailable(VaultError):
     reason = "TOKEN_UNAVAILABLE"
 
 
+class PinIncorrect(TokenUnavailable):
+    """The token refused a PIN. Only ever raised on this machine (start-up, `vaultctl token`):
+    a running server has logged in already."""
+
+    reason = "PIN_INCORRECT"
+
+
 class TokenOperationFailed(VaultError):
     """The token refused an operation for a reason that is neither the caller's input nor an
     outage (INTERNAL): a template or mechanism the module does not accept."""
@@ -120,8 +127,19 @@ class PermissionDenied(VaultError):
 
     reason = "PERMISSION_DENIED"
 
-    def __init__(self) -> None:
-        super().__init__("permission denied")
+    def __init__(self, method: str = "", resource: str = "", required: str = "") -> None:
+        # What was asked and what it needs, never whether the resource exists: the caller
+        # gave the name and the required access follows from the method alone, so the answer
+        # is the same for an existing, a missing and a malformed resource.
+        message = "permission denied"
+        if method:
+            message += f": {method}"
+            if resource:
+                message += f" on {resource}"
+            if required:
+                message += f" needs {required}"
+        metadata = {"method": method, "resource": resource, "required": required}
+        super().__init__(message, metadata={k: v for k, v in metadata.items() if v})
 
 
 class LimitExceeded(VaultError):

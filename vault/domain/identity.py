@@ -299,6 +299,15 @@ def authorize(
     return all(any(g.covers(r) and g.level >= level for g in principal.grants) for r in needed)
 
 
+def required_access(service: str, method: str, resource: ResourceRef | None) -> str:
+    """What a call needs on one resource, in words for a refusal: an access level on a key
+    of the account (what an access key's grants or an API key's scopes must cover), or the
+    admin role. It depends on the method and the name only, never on what exists."""
+    if resource is None or service in ADMIN_SERVICES or method not in REQUIRED_LEVEL:
+        return "the admin role"
+    return f"{REQUIRED_LEVEL[method].name} on {resource.relative or 'keys/*'}"
+
+
 # -- names and formats ---------------------------------------------------------------------
 
 

@@ -44,7 +44,7 @@ from tenacity import (
     wait_random,
 )
 
-from vault.domain.errors import TokenOperationFailed, TokenUnavailable
+from vault.domain.errors import PinIncorrect, TokenOperationFailed, TokenUnavailable
 from vault.hsm import native
 from vault.throttled_log import ThrottledLog
 
@@ -185,7 +185,7 @@ class TokenLibrary:
                 f"no token labelled {self._token_label!r}: run `vaultctl token init`"
             ) from None
         except exceptions.PinIncorrect:
-            raise TokenUnavailable("the token refused the user PIN") from None
+            raise PinIncorrect("PIN incorrect: the token refused the user PIN") from None
         except (exceptions.PKCS11Error, native.NativeError) as error:
             raise TokenUnavailable(
                 f"cannot start the PKCS#11 module: {type(error).__name__}"

@@ -21,7 +21,7 @@ from pkcs11 import Attribute, KeyType, ObjectClass, TokenFlag, exceptions
 
 from vault import so_pin
 from vault.config import Settings
-from vault.domain.errors import TokenUnavailable
+from vault.domain.errors import PinIncorrect, TokenUnavailable
 from vault.domain.models import RootGeneration
 from vault.hsm import native, templates
 from vault.hsm.environment import render_softhsm_config, token_directory, use_softhsm_config
@@ -108,6 +108,22 @@ def _initialise_token(lib: Any, settings: Settings, so_pin_source: Callable[[], 
     return token
 
 
+def _user_session(token: Any, settings: Settings) -> Any:
+    try:
+        return token.open(
+            rw=True, user_pin=_user_pin(settings), attribute_mapper=attribute_mapper()
+        )
+    except exceptions.PinIncorrect:
+        raise _wrong_pin(settings) from None
+
+
+def _wrong_pin(settings: Settings) -> PinIncorrect:
+    return PinIncorrect(
+        f"PIN incorrect: token {settings.hsm.token_label!r} refused the user PIN from "
+        f"{settings.user_pin_origin()}"
+    )
+
+
 def create_root_keys(session: Any, generation: int, families: set[str]) -> None:
     """The roots of a generation's families, one per family."""
     for family in sorted(families):
@@ -171,7 +187,7 @@ def provision(
     initialised_now = token is None
     if token is None:
         token = _initialise_token(lib, settings, remembered)
-    session = token.open(rw=True, user_pin=_user_pin(settings), attribute_mapper=attribute_mapper())
+    session = _user_session(token, settings)
     root_created_now = _ensure_split_generation(session)
     generations = sorted(root_generations(session))
     if store is not None:
@@ -223,5 +239,5 @@ def token_status(settings: Settings) -> TokenStatus:
         raise TokenUnavailable(
             f"no token labelled {settings.hsm.token_label!r}: run `vaultctl token init`"
         )
-    session = token.open(rw=True, user_pin=_user_pin(settings), attribute_mapper=attribute_mapper())
+    session = _user_session(token, settings)
     return _status(token, session, lib)

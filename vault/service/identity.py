@@ -187,6 +187,23 @@ class IdentityManagement:
             f"accounts/{BOOTSTRAP_ACCOUNT}", (), "bootstrap admin key created at first start"
         )
 
+    def recovery_admin_key(self, account_id: str = BOOTSTRAP_ACCOUNT) -> tuple[AccessKey, str]:
+        """A new unrestricted access key of an admin account, for an operator who lost every
+        admin credential (`vaultctl admin recover`, run where the store and token are). On a
+        store without any admin account this is the first start's bootstrap."""
+        bootstrapped = self.bootstrap_admin()
+        if bootstrapped is not None:
+            return bootstrapped
+        account = self.get_account(f"accounts/{account_id}")
+        if not account.admin:
+            raise InvalidArgument(
+                f"accounts/{account_id} is not an admin account",
+                metadata={"name": f"accounts/{account_id}"},
+            )
+        return self.create_access_key(
+            f"accounts/{account_id}", (), "recovery admin key made on the vault's machine"
+        )
+
     # -- API keys ---------------------------------------------------------------------------
 
     def create_api_key(

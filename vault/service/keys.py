@@ -37,7 +37,7 @@ from vault.domain.names import (
     check_id,
     parse_key_or_version,
 )
-from vault.service.ports import KeyStore, MetadataStore
+from vault.service.ports import AccountDirectory, KeyStore, MetadataStore
 
 log = logging.getLogger(__name__)
 
@@ -70,8 +70,11 @@ class KeyManagement:
         policy: KeyPolicySettings,
         clock: Clock = utc_now,
         version_cache_seconds: float = VERSION_CACHE_SECONDS,
+        accounts: AccountDirectory | None = None,
     ) -> None:
         self._store = store
+        # None: accounts are not managed (auth.enabled = false), so any account id goes.
+        self._accounts = accounts
         self._keystore = keystore
         self._policy = policy
         self._clock = clock
@@ -162,6 +165,7 @@ class KeyManagement:
         request_id: str = "",
     ) -> Key:
         name = KeyName(check_id("account", account), check_id("key", key_id))
+        self._require_account(account)
         algorithm = algorithm or DEFAULT_ALGORITHM[purpose]
         if algorithm.purpose is not purpose:
             raise UnsupportedAlgorithm(
@@ -209,6 +213,15 @@ class KeyManagement:
                 if earlier is not None:
                     return earlier
             raise
+
+    def _require_account(self, account: str) -> None:
+        """NotFound unless the account exists. Asked only of a caller already authorised on
+        the account (the admin role, or a credential of that very account), so the answer
+        tells nobody about another account."""
+        if self._accounts is not None and self._accounts.get_account(account) is None:
+            raise NotFound(
+                f"account accounts/{account} not found", metadata={"name": f"accounts/{account}"}
+            )
 
     def _find_created(self, account: str, request_id: str, name: KeyName) -> Key | None:
         """The key an earlier CreateKey with this request_id made, once it is complete."""

@@ -175,6 +175,12 @@ class AuditFilter:
     outcome: str = ""
 
 
+class AccountDirectory(Protocol):
+    """Which accounts exist: keys are made only in one that does."""
+
+    def get_account(self, account_id: str) -> Account | None: ...
+
+
 class IdentityStore(Protocol):
     """Accounts, access keys, API keys and usage counters. Secrets are never here: access keys
     keep the salt their secret is derived from, API keys a keyed hash of their token."""

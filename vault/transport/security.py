@@ -39,7 +39,14 @@ from google.protobuf.message import DecodeError, Message
 
 from vault.domain.audit import AuditEvent
 from vault.domain.errors import AuditUnavailable, DiskFull, PermissionDenied, Unauthenticated
-from vault.domain.identity import MUTATING_METHODS, Principal, authorize, resource_ref
+from vault.domain.identity import (
+    MUTATING_METHODS,
+    Principal,
+    ResourceRef,
+    authorize,
+    required_access,
+    resource_ref,
+)
 from vault.domain.signing import AUTHORIZATION_HEADER, BEARER_PREFIX, SCHEME
 from vault.service.audit import AuditLog
 from vault.service.authentication import Authenticator
@@ -50,6 +57,8 @@ log = logging.getLogger(__name__)
 
 _REQUEST_ID_HEADER: Final = "x-request-id"
 _MAX_REQUEST_ID: Final = 128
+# A refusal repeats the name the caller gave, cut to the longest valid resource name.
+_MAX_NAME_IN_ERROR: Final = 256
 _AUDIT_SERVICE: Final = "vault.v1.AuditService"
 _Response = TypeVar("_Response")
 
@@ -193,13 +202,7 @@ class SecurityInterceptor(grpc.ServerInterceptor):
             except (DecodeError, ValueError, TypeError):
                 raise MalformedRequest("the request is not a valid message") from None
             attempt.resources = resource_names(request)
-            refs = [resource_ref(name) for name in attempt.resources]
-            if any(ref is None for ref in refs) and not principal.admin:
-                raise PermissionDenied()
-            if not authorize(
-                principal, call.service, call.short, [ref for ref in refs if ref is not None]
-            ):
-                raise PermissionDenied()
+            _authorize(principal, call, attempt.resources)
             self._authenticator.admit(principal)
             attempt.admitted = True
             if call.short in MUTATING_METHODS:
@@ -272,6 +275,25 @@ class SecurityInterceptor(grpc.ServerInterceptor):
                 account_id, fingerprint = certificate
                 return self._authenticator.authenticate_certificate(account_id, fingerprint, source)
         raise Unauthenticated()
+
+
+def _authorize(principal: Principal, call: _Call, names: list[str]) -> None:
+    """PermissionDenied unless principal may make call on every resource it names; the
+    refusal names the method, the first resource refused and the access it needs."""
+    refs = [resource_ref(name) for name in names]
+    known = [ref for ref in refs if ref is not None]
+    if principal.admin or (
+        len(known) == len(refs) and authorize(principal, call.service, call.short, known)
+    ):
+        return
+    refused = 0
+    for index, ref in enumerate(refs):
+        if ref is None or not authorize(principal, call.service, call.short, [ref]):
+            refused = index
+            break
+    name = names[refused][:_MAX_NAME_IN_ERROR] if names else ""
+    ref = refs[refused] if refs else ResourceRef(principal.account_id, "")
+    raise PermissionDenied(call.short, name, required_access(call.service, call.short, ref))
 
 
 def _client_certificate(context: grpc.ServicerContext) -> tuple[str, str] | None:

@@ -28,7 +28,7 @@ from vault.config import Settings
 from vault.coordination.disk import DiskReserve, free_bytes
 from vault.coordination.limits import LimitsFileSpaceError, SharedLimits
 from vault.data_lock import DataDirectoryLock
-from vault.domain.errors import DiskFull, VaultError
+from vault.domain.errors import DiskFull, PinIncorrect, VaultError
 from vault.service.keys import KeyManagement
 from vault.so_pin import refuse_to_serve_beside
 from vault.transport.errors import log_unexpected
@@ -55,6 +55,7 @@ DISK_CHECK_SECONDS: Final = 2.0
 # Exit codes of the reconciliation child.
 _RECONCILE_CLEAN: Final = 0
 _RECONCILE_DIFFERENCES: Final = 3
+_RECONCILE_REFUSED: Final = 4  # an expected failure; its message follows on the pipe
 SHARED_NONCE_SLOTS: Final = 1 << 21
 
 
@@ -193,14 +194,20 @@ def load_tls(settings: Settings) -> ServerTls | None:
 
 
 def _reconcile_in_child(context: ForkContext, settings: Settings) -> None:
+    receive, send = context.Pipe(duplex=False)
     child = context.Process(
-        target=_reconcile_main, args=(settings,), name="vault-reconcile", daemon=True
+        target=_reconcile_main, args=(settings, send), name="vault-reconcile", daemon=True
     )
     child.start()
+    send.close()
     child.join()
     if child.exitcode == _RECONCILE_DIFFERENCES:
         log.warning(
             "store and token differ (see above); serving anyway: only the keys concerned fail"
+        )
+    elif child.exitcode == _RECONCILE_REFUSED:
+        raise RuntimeError(
+            f"{receive.recv() if receive.poll() else 'start-up failed'}; not serving"
         )
     elif child.exitcode != _RECONCILE_CLEAN:
         raise RuntimeError(
@@ -208,10 +215,19 @@ def _reconcile_in_child(context: ForkContext, settings: Settings) -> None:
         )
 
 
-def _reconcile_main(settings: Settings) -> None:
+def _reconcile_main(settings: Settings, report_to: multiprocessing.connection.Connection) -> None:
     _reset_signals()
     try:
         startup = prepare_and_reconcile(settings)
+    except VaultError as error:
+        # Expected (a wrong PIN, no token, the store unreachable): the message says what to
+        # fix, and a traceback would only bury it.
+        message = error.message
+        if isinstance(error, PinIncorrect):
+            message = f"{message} from {settings.user_pin_origin()}"
+        log.error("start-up failed: %s", message)
+        report_to.send(message)
+        sys.exit(_RECONCILE_REFUSED)
     except Exception:
         log.exception("start-up reconciliation of store and token failed")
         sys.exit(1)
