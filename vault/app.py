@@ -10,6 +10,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from vault import metrics
 from vault.config import Settings
 from vault.coordination.disk import DiskReserve as FileDiskReserve
 from vault.service.audit import AuditLog, CheckpointPolicy
@@ -94,6 +95,7 @@ def build_services(settings: Settings, counters: SharedCounters | None = None) -
             CheckpointPolicy(
                 settings.audit.checkpoint_every_records, settings.audit.checkpoint_every_seconds
             ),
+            on_waiting=metrics.audit_waiting,
         )
         reserve = FileDiskReserve(settings.disk_reserve_file, settings.store.disk_reserve_bytes)
         security = Security(identity, authenticator, audit, system_keys.ensure, reserve)

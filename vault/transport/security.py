@@ -28,7 +28,6 @@ import contextlib
 import hashlib
 import logging
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -41,15 +40,15 @@ from vault.domain.audit import AuditEvent
 from vault.domain.errors import AuditUnavailable, DiskFull, PermissionDenied, Unauthenticated
 from vault.domain.identity import MUTATING_METHODS, Principal, authorize, resource_ref
 from vault.domain.signing import AUTHORIZATION_HEADER, BEARER_PREFIX, SCHEME
+from vault.logs import current_request_id
 from vault.service.audit import AuditLog
 from vault.service.authentication import Authenticator
 from vault.service.ports import DiskReserve
 from vault.transport.errors import MalformedRequest, is_vault_unary, outcome_of
+from vault.transport.observe import request_id_of
 
 log = logging.getLogger(__name__)
 
-_REQUEST_ID_HEADER: Final = "x-request-id"
-_MAX_REQUEST_ID: Final = 128
 _AUDIT_SERVICE: Final = "vault.v1.AuditService"
 _Response = TypeVar("_Response")
 
@@ -183,7 +182,10 @@ class SecurityInterceptor(grpc.ServerInterceptor):
         behavior: Callable[[Any, grpc.ServicerContext], _Response],
     ) -> _Response:
         metadata = _metadata(context)
-        attempt = _Attempt(call, _address(context.peer()), _request_id(metadata))
+        # The id ObservingInterceptor gave the call: its log lines carry the same.
+        attempt = _Attempt(
+            call, _address(context.peer()), current_request_id() or request_id_of(context)
+        )
         try:
             attempt.principal = principal = self._authenticate(
                 call, raw, metadata, attempt.source, context
@@ -306,10 +308,3 @@ def _address(peer: str) -> str:
         if port.isdigit():
             return host
     return peer
-
-
-def _request_id(metadata: dict[str, str]) -> str:
-    given = metadata.get(_REQUEST_ID_HEADER, "")
-    if given and len(given) <= _MAX_REQUEST_ID and given.isprintable():
-        return given
-    return uuid.uuid4().hex
