@@ -145,7 +145,7 @@ def test_metrics_count_requests_by_method_and_code(
     assert value(after, "vault_key_cache_lookups_total", result="hit") >= 1
     # Audit: every call's record was committed; nothing waits now.
     assert delta("vault_audit_commit_duration_seconds_count") >= 1
-    assert delta("vault_audit_commit_records_sum") >= 6
+    assert delta("vault_audit_records_committed_total") >= 6
     assert value(after, "vault_audit_records_waiting") == 0
     assert value(after, "vault_audit_records_since_checkpoint") >= 1
     # The supervisor's own view.
