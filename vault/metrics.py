@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import os
 import threading
-from pathlib import Path
 from typing import Any, Final
 
 MULTIPROC_ENV: Final = "PROMETHEUS_MULTIPROC_DIR"
@@ -112,16 +111,17 @@ def enable() -> None:
         raise RuntimeError(f"{MULTIPROC_ENV} is not set: the supervisor sets it")
     with _lock:
         if _metrics is None:
+            from prometheus_client import values
+
+            if not getattr(values.ValueClass, "_multiprocess", False):
+                # Imported before the variable was set: each worker would count in memory
+                # only, and /metrics would never see it.
+                raise RuntimeError(f"prometheus-client was imported before {MULTIPROC_ENV}")
             _metrics = _Metrics()
 
 
 def enabled() -> bool:
     return _metrics is not None
-
-
-def multiproc_directory(data_dir: Path) -> Path:
-    """Where the workers' metric files live: under the data directory's run/."""
-    return data_dir / "run" / "metrics"
 
 
 def request_done(service: str, method: str, code: str, seconds: float) -> None:
