@@ -464,3 +464,49 @@ def test_sigterm_during_a_stream_of_calls_lets_those_in_flight_finish(tmp_path: 
     finally:
         restarted.stop()
     assert "discarded" not in restarted.log()
+
+
+# -- pure pieces -----------------------------------------------------------------------------
+
+
+def test_the_json_formatter_adds_the_request_id_only_inside_a_call() -> None:
+    import logging
+
+    from vault.logs import JsonFormatter, request_context
+
+    formatter = JsonFormatter()
+    record = logging.LogRecord("vault.x", logging.WARNING, __file__, 1, "a %s", ("b",), None)
+    outside = json.loads(formatter.format(record))
+    assert outside["message"] == "a b" and outside["level"] == "WARNING"
+    assert outside["logger"] == "vault.x" and outside["pid"] == os.getpid()
+    assert "request_id" not in outside
+    with request_context("r-1"):
+        assert json.loads(formatter.format(record))["request_id"] == "r-1"
+    assert "request_id" not in json.loads(formatter.format(record))
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        record.exc_info = sys.exc_info()
+    assert "ValueError" in json.loads(formatter.format(record))["exception"]
+
+
+@pytest.mark.parametrize(
+    ("listen", "expected"),
+    [
+        ("127.0.0.1:9464", ("127.0.0.1", 9464)),
+        ("[::1]:1", ("::1", 1)),
+        ("localhost:80", ("localhost", 80)),
+    ],
+)
+def test_metrics_listen_parsing(listen: str, expected: tuple[str, int]) -> None:
+    from vault.metrics_exporter import parse_listen
+
+    assert parse_listen(listen) == expected
+
+
+@pytest.mark.parametrize("listen", ["9464", "host:9464", "127.0.0.1:0", "127.0.0.1:x", ":9464"])
+def test_malformed_metrics_listen_is_refused(listen: str) -> None:
+    from vault.metrics_exporter import MetricsListenError, parse_listen
+
+    with pytest.raises(MetricsListenError):
+        parse_listen(listen)

@@ -48,6 +48,10 @@ def serve_command(state: CliState, listen: str | None, workers: int | None) -> N
     the command line. Logs go to stderr at log_level (VAULT_LOG_LEVEL), as text or, with
     log_format = "json" (VAULT_LOG_FORMAT), one JSON object per line.
 
+    On SIGTERM or Ctrl-C the server drains: health turns NOT_SERVING, new calls are refused
+    and calls in flight get server.drain_seconds (default 5) to finish. With
+    server.metrics_listen set, Prometheus metrics are served at http://ADDRESS/metrics.
+
     Refused (exit 4, one line) while another vault runs on the same data directory (it
     holds <data_dir>/vault.lock) or anything listens on the address already.
 

@@ -300,13 +300,22 @@ class _Supervisor:
         self._exporter: MetricsExporter | None = None
 
     def view(self) -> SupervisorView:
+        """What /metrics reports of the workers (read from the exporter's thread)."""
         return SupervisorView(
-            workers_alive=lambda: sum(
-                1 for slot in self._slots if slot.process is not None and slot.process.is_alive()
-            ),
+            workers_alive=self._workers_alive,
             worker_restarts=lambda: self._restarts,
             started_at=self._started_at,
         )
+
+    def _workers_alive(self) -> int:
+        alive = 0
+        for slot in self._slots:
+            process = slot.process
+            try:
+                alive += process is not None and process.is_alive()
+            except ValueError:
+                continue  # closed by the main thread just now: it died
+        return alive
 
     def run(self) -> None:
         previous = {
