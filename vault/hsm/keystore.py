@@ -173,7 +173,7 @@ class Pkcs11KeyStore:
     def run(self, operation: Callable[[ThreadContext], T], name: str = "") -> T:
         """Run operation with this thread's session, with the token layer's recovery; counted
         (vault.metrics) under name, by default the operation function's own name."""
-        label = name or operation.__name__
+        label = name or getattr(operation, "__name__", "other")
         metrics.token_operation(label)
         try:
             return self._library.run(operation)
