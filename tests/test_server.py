@@ -125,6 +125,7 @@ def test_reflection_lists_and_describes_the_services(server: VaultServer) -> Non
             "vault.v1.CryptoService",
             "vault.v1.IdentityService",
             "vault.v1.AuditService",
+            "vault.v1.ServerService",
             "grpc.health.v1.Health",
             "grpc.reflection.v1alpha.ServerReflection",
         }
@@ -258,12 +259,12 @@ def test_sigterm_to_the_supervisor_stops_every_worker(own_server: VaultServer) -
     assert "did not stop in time" not in log, log
 
 
-def test_sigterm_lets_in_flight_calls_finish(own_server: VaultServer) -> None:
-    """A call under way when SIGTERM arrives gets the grace period (5 s) to complete: here
-    the creation of a token-resident RSA-4096 key, whose generation takes about a second.
-    Under heavy load it can take longer; then it is cancelled, but only after the grace
-    period, and the restarted server discards its half-created version."""
-    server = own_server
+def test_sigterm_lets_in_flight_calls_finish(tmp_path: Path) -> None:
+    """A call under way when SIGTERM arrives gets server.drain_seconds to complete: here the
+    creation of a token-resident RSA-4096 key, whose generation takes about a second (longer
+    under load: the drain is set far above that, so the outcome does not depend on load)."""
+    provision(tmp_path)
+    server = VaultServer(tmp_path, extra_env={"VAULT_SERVER__DRAIN_SECONDS": "120"}).start()
     assert server.process is not None
     outcome: list[object] = []
     finished_at: list[float] = []
@@ -271,7 +272,7 @@ def test_sigterm_lets_in_flight_calls_finish(own_server: VaultServer) -> None:
         ensure_account(client, "accounts/shutdown")
 
     def create() -> None:
-        with server.client(timeout=30) as client:
+        with server.client(timeout=180) as client:
             try:
                 outcome.append(
                     client.create_key(
@@ -284,35 +285,32 @@ def test_sigterm_lets_in_flight_calls_finish(own_server: VaultServer) -> None:
             finished_at.append(time.monotonic())
 
     thread = threading.Thread(target=create)
-    with server.client() as client:
-        thread.start()
-        wait_for(
-            lambda: bool(list(client.iter_keys("accounts/shutdown"))), 10, "the key's PENDING row"
-        )
-    stopped_at = time.monotonic()
-    server.stop()  # SIGTERM to the process group
-    thread.join(timeout=30)
-    assert server.process.returncode == 0
-    assert len(outcome) == 1, outcome
-    completed = isinstance(outcome[0], res.Key)
-    if not completed:
-        assert isinstance(outcome[0], VaultClientError)
-        assert outcome[0].code is grpc.StatusCode.UNAVAILABLE, outcome
-        waited = finished_at[0] - stopped_at
-        assert waited >= 4.5, f"cancelled {waited:.1f} s after SIGTERM, before the grace period"
+    try:
+        with server.client() as client:
+            thread.start()
+            wait_for(
+                lambda: bool(list(client.iter_keys("accounts/shutdown"))),
+                10,
+                "the key's PENDING row",
+            )
+        stopped_at = time.monotonic()
+        server.stop()  # SIGTERM to the process group
+        thread.join(timeout=180)
+        assert server.process.returncode == 0
+        assert len(outcome) == 1, outcome
+        assert isinstance(outcome[0], res.Key), outcome
+        assert finished_at[0] > stopped_at
+    finally:
+        server.kill()
     restarted = VaultServer(server.data_dir).start()
     try:
         with restarted.client() as client:
-            if completed:
-                # Nothing was left half-created.
-                key = client.get_key("accounts/shutdown/keys/slow")
-                versions = client.list_key_versions(key.name)
-                assert [v.state for v in versions] == [res.VERSION_STATE_ENABLED]
-                client.sign(key.name, message=b"after restart")
-                assert "discarded" not in restarted.log()
-            else:
-                assert "accounts/shutdown/keys/slow/versions/1" in restarted.log()
-                assert not list(client.iter_keys("accounts/shutdown"))
+            # Nothing was left half-created.
+            key = client.get_key("accounts/shutdown/keys/slow")
+            versions = client.list_key_versions(key.name)
+            assert [v.state for v in versions] == [res.VERSION_STATE_ENABLED]
+            client.sign(key.name, message=b"after restart")
+            assert "discarded" not in restarted.log()
     finally:
         restarted.stop()
 

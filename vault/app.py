@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Final
 
+from vault import metrics
 from vault.config import Settings
 from vault.coordination.disk import DiskReserve as FileDiskReserve
 from vault.domain.audit import AuditEvent
@@ -105,6 +106,7 @@ def build_services(settings: Settings, counters: SharedCounters | None = None) -
             CheckpointPolicy(
                 settings.audit.checkpoint_every_records, settings.audit.checkpoint_every_seconds
             ),
+            on_waiting=metrics.audit_waiting,
         )
         reserve = FileDiskReserve(settings.disk_reserve_file, settings.store.disk_reserve_bytes)
         security = Security(identity, authenticator, audit, system_keys.ensure, reserve)

@@ -57,6 +57,17 @@ class ServerSettings(BaseModel):
         description="PEM CA certificates; when set, clients must present a certificate "
         "signed by one of them (mutual TLS)",
     )
+    metrics_listen: str = Field(
+        "",
+        description="host:port of the Prometheus /metrics endpoint the supervisor serves over "
+        "HTTP (empty: off; e.g. 127.0.0.1:9464)",
+    )
+    drain_seconds: float = Field(
+        5.0,
+        ge=0,
+        le=300,
+        description="on SIGTERM, how long calls in flight get to finish before they are cancelled",
+    )
     dev_tls: bool = Field(
         True,
         description="without tls_cert_file: `vaultctl serve` keeps a development CA and "
@@ -218,6 +229,11 @@ class Settings(BaseSettings):
 
     data_dir: Path = Field(DEFAULT_DATA_DIR, description="where the token, store and secrets live")
     log_level: str = Field("INFO", description="DEBUG, INFO, WARNING or ERROR")
+    log_format: str = Field(
+        "text",
+        description="text (for a terminal) or json (one object per line, with the request id "
+        "of the call each line was logged in)",
+    )
     server: ServerSettings = ServerSettings()  # type: ignore[call-arg]
     hsm: HsmSettings = HsmSettings()  # type: ignore[call-arg]
     store: StoreSettings = StoreSettings()  # type: ignore[call-arg]
@@ -243,6 +259,11 @@ class Settings(BaseSettings):
     def shared_state_file(self) -> Path:
         """The state all worker processes of a server share (rate limits, nonces...)."""
         return self.data_dir / "run" / "shared-limits"
+
+    @property
+    def metrics_directory(self) -> Path:
+        """The workers' metric files (prometheus-client's multiprocess mode)."""
+        return self.data_dir / "run" / "metrics"
 
     @property
     def disk_reserve_file(self) -> Path:

@@ -116,11 +116,19 @@ def canonical_method(text: str) -> str:
         crypto_service_pb2,
         identity_service_pb2,
         key_service_pb2,
+        server_service_pb2,
     )
 
+    modules = (
+        key_service_pb2,
+        crypto_service_pb2,
+        identity_service_pb2,
+        audit_service_pb2,
+        server_service_pb2,
+    )
     names: set[str] = {
         method.name
-        for module in (key_service_pb2, crypto_service_pb2, identity_service_pb2, audit_service_pb2)
+        for module in modules
         for service in module.DESCRIPTOR.services_by_name.values()
         for method in service.methods
     }

@@ -18,6 +18,7 @@ from vault.cli.audit import audit_group
 from vault.cli.crypto import crypto_group
 from vault.cli.keys import keys_group
 from vault.cli.serve import serve_command
+from vault.cli.status import status_command
 from vault.cli.token import token_group
 from vault.config import CONFIG_ENV
 from vault.domain.errors import VaultError
@@ -251,6 +252,7 @@ def cli(
 
 
 cli.add_command(serve_command)
+cli.add_command(status_command)
 cli.add_command(token_group)
 cli.add_command(keys_group)
 cli.add_command(crypto_group)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -22,8 +21,6 @@ from vault.config import Settings, record_local_server, user_config_file
 
 if TYPE_CHECKING:
     from vault.tls_dev import DevTls
-
-LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 
 @click.command("serve")
@@ -49,7 +46,12 @@ def serve_command(state: CliState, listen: str | None, workers: int | None) -> N
     Provision the token first (`vaultctl token init`; `make run` does both). Start-up
     reconciles the store with the token, then the worker processes serve until Ctrl-C or
     SIGTERM. The user PIN comes from hsm.user_pin_file or VAULT_HSM__USER_PIN, never from
-    the command line. Logs go to stderr at log_level (VAULT_LOG_LEVEL).
+    the command line. Logs go to stderr at log_level (VAULT_LOG_LEVEL), as text or, with
+    log_format = "json" (VAULT_LOG_FORMAT), one JSON object per line.
+
+    On SIGTERM or Ctrl-C the server drains: health turns NOT_SERVING, new calls are refused
+    and calls in flight get server.drain_seconds (default 5) to finish. With
+    server.metrics_listen set, Prometheus metrics are served at http://ADDRESS/metrics.
 
     Refused (exit 4, one line) while another vault runs on the same data directory (it
     holds <data_dir>/vault.lock) or anything listens on the address already.
@@ -142,20 +144,12 @@ def _record_local_server(settings: Settings) -> Path | None:
 
 
 def _configure_logging(settings: Settings) -> None:
-    level = settings.log_level.upper()
-    if level not in LOG_LEVELS:
-        raise CliError(
-            f"log_level must be one of {', '.join(LOG_LEVELS)}, not {settings.log_level!r}",
-            exit_code=EXIT_LOCAL,
-        )
-    # processName tells the supervisor's lines from each worker's.
-    logging.basicConfig(
-        level=level,
-        format="%(asctime)s %(levelname)s %(processName)s %(name)s: %(message)s",
-    )
-    if level != "DEBUG":
-        # Alembic announces each of its plugins at INFO in every process that opens the store.
-        logging.getLogger("alembic").setLevel(logging.WARNING)
+    from vault.logs import configure
+
+    try:
+        configure(settings.log_level, settings.log_format)
+    except ValueError as error:
+        raise CliError(str(error), exit_code=EXIT_LOCAL) from None
 
 
 def _ensure_dev_tls(settings: Settings) -> DevTls | None:

@@ -32,6 +32,8 @@ from vault.gen.vault.v1 import (
     key_service_pb2,
     key_service_pb2_grpc,
     resources_pb2,
+    server_service_pb2,
+    server_service_pb2_grpc,
 )
 
 _Request = TypeVar("_Request")
@@ -182,6 +184,7 @@ class VaultClient:
         self._crypto = crypto_service_pb2_grpc.CryptoServiceStub(calls)
         self._identity = identity_service_pb2_grpc.IdentityServiceStub(calls)
         self._audit = audit_service_pb2_grpc.AuditServiceStub(calls)
+        self._server = server_service_pb2_grpc.ServerServiceStub(calls)
         self._algorithms: dict[str, Algorithm] = {}
 
     def __repr__(self) -> str:
@@ -748,6 +751,33 @@ class VaultClient:
         """The result is true only when the log checked out with no finding."""
         request = audit_service_pb2.VerifyAuditLogRequest()
         return AuditLogVerification.of(self._call(self._audit.VerifyAuditLog, request))
+
+    # -- ServerService (admin role) and health -----------------------------------------------
+
+    def get_server_status(self, timeout: float | None = None) -> server_service_pb2.ServerStatus:
+        """The server's state as the worker that answers sees it. With timeout: one try of
+        at most that long (a vault that does not serve may not answer soon)."""
+        request = server_service_pb2.GetServerStatusRequest()
+        if timeout is None:
+            return self._call(self._server.GetServerStatus, request)
+        try:
+            return self._server.GetServerStatus(request, timeout=timeout)
+        except grpc.RpcError as error:
+            raise VaultClientError.from_rpc_error(error) from error
+
+    def health(self, service: str = "") -> str:
+        """grpc.health.v1 status of service ("" for the server as a whole): SERVING,
+        NOT_SERVING, SERVICE_UNKNOWN...; no credential needed."""
+        from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+        stub = health_pb2_grpc.HealthStub(self._channel)
+        try:
+            reply = stub.Check(
+                health_pb2.HealthCheckRequest(service=service), timeout=self._timeout
+            )
+        except grpc.RpcError as error:
+            raise VaultClientError.from_rpc_error(error) from error
+        return str(health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status))
 
 
 # -- TLS (VaultClient.__init__) ---------------------------------------------------------------

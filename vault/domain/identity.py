@@ -91,7 +91,9 @@ REQUIRED_LEVEL: Final[dict[str, AccessLevel]] = {
     "CancelKeyDestruction": AccessLevel.FULL,
 }
 # Services only the admin role may call.
-ADMIN_SERVICES: Final = frozenset({"vault.v1.IdentityService", "vault.v1.AuditService"})
+ADMIN_SERVICES: Final = frozenset(
+    {"vault.v1.IdentityService", "vault.v1.AuditService", "vault.v1.ServerService"}
+)
 # Methods that change state: their audit record is committed before they run (fail closed).
 MUTATING_METHODS: Final = frozenset(
     {

@@ -11,6 +11,7 @@ from cryptography.hazmat.primitives.asymmetric import utils as asym_utils
 from pkcs11 import Attribute, GCMParams, KeyType, Mechanism, ObjectClass, exceptions
 from pkcs11.util.ec import encode_named_curve_parameters
 
+from vault import metrics
 from vault.config import Settings
 from vault.domain.algorithms import (
     DIGEST_SIZES,
@@ -24,6 +25,7 @@ from vault.domain.errors import (
     InvalidArgument,
     TokenOperationFailed,
     TokenUnavailable,
+    VaultError,
 )
 from vault.domain.models import KeyVersion
 from vault.domain.names import TOKEN_KEY_LABEL_PREFIX
@@ -73,7 +75,9 @@ class Pkcs11KeyStore:
     # Through run(), like every token call: it recovers from a token that went away, and
     # its gate keeps these searches out of a restart of the module.
     def _find_roots(self) -> dict[int, frozenset[str | None]]:
-        return self.run(lambda context: objects.root_generations(context.session))
+        return self.run(
+            lambda context: objects.root_generations(context.session), "root_generations"
+        )
 
     def _newest_split_generation(self) -> int:
         """New versions go only under per-family roots: a legacy single root pins too little
@@ -108,7 +112,7 @@ class Pkcs11KeyStore:
                 if label.startswith(TOKEN_KEY_LABEL_PREFIX)
             }
 
-        return self.run(labels)
+        return self.run(labels, "token_labels")
 
     def available(self) -> bool:
         """Whether the token answers now; a failure starts its recovery (health probe)."""
@@ -149,6 +153,7 @@ class Pkcs11KeyStore:
             return obj
         cache = self._cache(context)
         obj = cache.get(cache_key)
+        metrics.cache_lookup(obj is not None)
         if obj is None:
             if version.wrapped_blob is None or version.root_generation is None:
                 raise TokenUnavailable("key version has no material")
@@ -165,15 +170,24 @@ class Pkcs11KeyStore:
             cache[cache_key] = obj
         return obj
 
-    def run(self, operation: Callable[[ThreadContext], T]) -> T:
-        """Run operation with this thread's session, with the token layer's recovery."""
-        return self._library.run(operation)
+    def run(self, operation: Callable[[ThreadContext], T], name: str = "") -> T:
+        """Run operation with this thread's session, with the token layer's recovery; counted
+        (vault.metrics) under name, by default the operation function's own name."""
+        label = name or getattr(operation, "__name__", "other")
+        metrics.token_operation(label)
+        try:
+            return self._library.run(operation)
+        except VaultError as error:
+            metrics.token_error(label, error.reason)
+            raise
 
     # -- lifecycle ------------------------------------------------------------------------
 
     def generate(self, algorithm: Algorithm, token_label: str | None) -> GeneratedMaterial:
         def attempt() -> GeneratedMaterial:
-            return self.run(lambda context: self._generate(context, algorithm, token_label))
+            return self.run(
+                lambda context: self._generate(context, algorithm, token_label), "generate"
+            )
 
         try:
             return attempt()
@@ -229,7 +243,7 @@ class Pkcs11KeyStore:
                 objects.destroy_quietly(obj)
             context.objects.pop(str(version.name), None)
 
-        self.run(forget)
+        self.run(forget, "forget")
 
     def destroy_label(self, token_label: str) -> bool:
         def destroy(context: ThreadContext) -> bool:
@@ -244,7 +258,7 @@ class Pkcs11KeyStore:
         return self.run(destroy)
 
     def random(self, size: int) -> bytes:
-        return self.run(lambda context: bytes(context.session.generate_random(size * 8)))
+        return self.run(lambda context: bytes(context.session.generate_random(size * 8)), "random")
 
     # -- symmetric ------------------------------------------------------------------------
 
@@ -336,7 +350,7 @@ class Pkcs11KeyStore:
                     int.from_bytes(raw[:half], "big"), int.from_bytes(raw[half:], "big")
                 )
 
-            return self.run(sign_ec)
+            return self.run(sign_ec, "sign")
         if spec.family is KeyFamily.ED25519:
             mechanism, param = Mechanism.EDDSA, None
         elif spec.padding is Padding.PSS:
@@ -374,7 +388,7 @@ class Pkcs11KeyStore:
             except _DATA_ERRORS:
                 raise DecryptionFailed() from None
 
-        return self.run(decrypt)
+        return self.run(decrypt, "asymmetric_decrypt")
 
     # -- MAC ------------------------------------------------------------------------------
 
@@ -383,7 +397,8 @@ class Pkcs11KeyStore:
         return self.run(
             lambda context: bytes(
                 self._key(context, version, algorithm).sign(data, mechanism=mechanism)
-            )
+            ),
+            "generate_mac",
         )
 
     def verify_mac(
@@ -398,7 +413,7 @@ class Pkcs11KeyStore:
             except _DATA_ERRORS:
                 return False
 
-        return self.run(verify)
+        return self.run(verify, "verify_mac")
 
 
 def generate_pair(

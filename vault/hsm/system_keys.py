@@ -55,10 +55,10 @@ class SystemKeys:
         created: list[str] = []
         with self._create_lock:
             if not self._exists(ObjectClass.SECRET_KEY, CREDENTIAL_KEY_LABEL):
-                self._keystore.run(self._create_credential_key)
+                self._keystore.run(self._create_credential_key, "create_credential_key")
                 created.append(CREDENTIAL_KEY_LABEL)
             if not self._exists(ObjectClass.PRIVATE_KEY, AUDIT_KEY_LABEL):
-                self._keystore.run(self._create_audit_key)
+                self._keystore.run(self._create_audit_key, "create_audit_key")
                 created.append(AUDIT_KEY_LABEL)
         for label in created:
             log.info("created system key %s in the token", label)
@@ -72,7 +72,7 @@ class SystemKeys:
                 return False
             return True
 
-        return self._keystore.run(find)
+        return self._keystore.run(find, "find_system_key")
 
     def _create_credential_key(self, context: ThreadContext) -> None:
         shape = templates.shape(_CREDENTIAL_ALGORITHM)
@@ -111,7 +111,8 @@ class SystemKeys:
                 self._object(context, ObjectClass.SECRET_KEY, CREDENTIAL_KEY_LABEL).sign(
                     data, mechanism=Mechanism.SHA256_HMAC
                 )
-            )
+            ),
+            "credential_mac",
         )
 
     def audit_sign(self, payload: bytes) -> tuple[bytes, str]:
@@ -121,7 +122,7 @@ class SystemKeys:
             key = self._object(context, ObjectClass.PRIVATE_KEY, AUDIT_KEY_LABEL)
             return bytes(key.sign(digest, mechanism=Mechanism.ECDSA))
 
-        raw = self._keystore.run(sign)
+        raw = self._keystore.run(sign, "audit_sign")
         signature = asym_utils.encode_dss_signature(
             int.from_bytes(raw[:_P256_HALF], "big"), int.from_bytes(raw[_P256_HALF:], "big")
         )
@@ -157,7 +158,7 @@ class SystemKeys:
                 objects.destroy_quietly(obj)
 
         with self._create_lock:
-            self._keystore.run(replace)
+            self._keystore.run(replace, "write_audit_anchor")
 
     def audit_anchor(self) -> tuple[int, bytes] | None:
         """The latest (head_seq, head_hash) record_audit_anchor kept, or None."""
@@ -169,7 +170,7 @@ class SystemKeys:
             seq, head_hash, _ = max(anchors, key=lambda anchor: anchor[0])
             return seq, head_hash
 
-        return self._keystore.run(read)
+        return self._keystore.run(read, "read_audit_anchor")
 
     @staticmethod
     def _anchors(context: ThreadContext) -> list[tuple[int, bytes, Any]]:
@@ -200,4 +201,4 @@ class SystemKeys:
             except (exceptions.SignatureInvalid, exceptions.SignatureLenRange):
                 return False
 
-        return self._keystore.run(verify)
+        return self._keystore.run(verify, "audit_verify")

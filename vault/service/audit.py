@@ -124,8 +124,12 @@ class AuditLog:
         crypto: SystemCrypto,
         policy: CheckpointPolicy,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        on_waiting: Callable[[int], None] | None = None,
     ) -> None:
+        """on_waiting(n) is told when n records start (n > 0) or stop (n < 0) waiting for
+        their commit, for a gauge of the audit log's lag."""
         self._store = store
+        self._on_waiting = on_waiting
         self._crypto = crypto
         self._policy = policy
         self._clock = clock
@@ -153,6 +157,8 @@ class AuditLog:
         if self._broken is not None and not inspection:
             self._refuse()
         item = _Pending(event, usage_method)
+        if self._on_waiting is not None:
+            self._on_waiting(1)
         with self._cond:
             self._pending.append(item)
             while self._committing and not item.done:
@@ -173,6 +179,8 @@ class AuditLog:
                 pending.done, pending.error = True, error
             self._committing = False
             self._cond.notify_all()
+        if self._on_waiting is not None:
+            self._on_waiting(-len(batch))
         self._raise_for(item)
         if head is not None:
             self._checkpoint_if_due(head)

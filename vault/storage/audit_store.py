@@ -16,6 +16,7 @@ import os
 import re
 import sqlite3
 import threading
+import time
 import weakref
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
@@ -44,6 +45,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
+from vault import metrics
 from vault.domain.audit import (
     GENESIS_HASH,
     ArchiveMarker,
@@ -189,6 +191,7 @@ class SqlAuditStore:
         counts ((credential id, day, method) -> n) and set the last-used time of those access
         or API keys. AuditUnavailable (DiskFull when the disk is full) if it cannot commit;
         then nothing was written."""
+        started = time.perf_counter()
         try:
             if self._sqlite_file is not None:
                 with self._append_lock.held():
@@ -210,6 +213,9 @@ class SqlAuditStore:
             raise AuditUnavailable(
                 "the audit log cannot be written", metadata={"error": type(cause).__name__}
             ) from exc
+        metrics.audit_committed(
+            time.perf_counter() - started, len(events), head.seq - head.checkpoint_seq
+        )
         return head
 
     def _append(

@@ -19,6 +19,7 @@ from google.protobuf import any_pb2
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
+from vault import metrics
 from vault.domain.errors import (
     ERROR_DOMAIN,
     AlreadyExists,
@@ -95,7 +96,10 @@ def to_status(error: BaseException, method: str = "") -> grpc.Status:
         code = status_code(error)
         if code is not None:
             log.debug("%s failed: %s %s", method, code.name, error.reason)
-            retry_after = error.retry_after if isinstance(error, LimitExceeded) else None
+            retry_after = None
+            if isinstance(error, LimitExceeded):
+                retry_after = error.retry_after
+                metrics.limit_rejection(error.reason)
             return _rich_status(code, error.message, error.reason, error.metadata, retry_after)
     log_unexpected(error, method)
     return _rich_status(grpc.StatusCode.INTERNAL, INTERNAL_MESSAGE, INTERNAL_REASON, {})

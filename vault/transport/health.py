@@ -87,6 +87,11 @@ class HealthProbe:
         self._publish = threading.Lock()
         self._thread = threading.Thread(target=self._run, name="vault-health-probe", daemon=True)
 
+    @property
+    def failing(self) -> frozenset[str]:
+        """The checks that failed in the latest round (names as in checks)."""
+        return frozenset(self._failing)
+
     def start(self) -> None:
         self.probe_once()
         self._thread.start()

@@ -28,7 +28,6 @@ import contextlib
 import hashlib
 import logging
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -48,15 +47,15 @@ from vault.domain.identity import (
     resource_ref,
 )
 from vault.domain.signing import AUTHORIZATION_HEADER, BEARER_PREFIX, SCHEME
+from vault.logs import current_request_id
 from vault.service.audit import AuditLog
 from vault.service.authentication import Authenticator
 from vault.service.ports import DiskReserve
 from vault.transport.errors import MalformedRequest, is_vault_unary, outcome_of
+from vault.transport.observe import request_id_of
 
 log = logging.getLogger(__name__)
 
-_REQUEST_ID_HEADER: Final = "x-request-id"
-_MAX_REQUEST_ID: Final = 128
 # A refusal repeats the name the caller gave, cut to the longest valid resource name.
 _MAX_NAME_IN_ERROR: Final = 256
 _AUDIT_SERVICE: Final = "vault.v1.AuditService"
@@ -192,7 +191,10 @@ class SecurityInterceptor(grpc.ServerInterceptor):
         behavior: Callable[[Any, grpc.ServicerContext], _Response],
     ) -> _Response:
         metadata = _metadata(context)
-        attempt = _Attempt(call, _address(context.peer()), _request_id(metadata))
+        # The id ObservingInterceptor gave the call: its log lines carry the same.
+        attempt = _Attempt(
+            call, _address(context.peer()), current_request_id() or request_id_of(context)
+        )
         try:
             attempt.principal = principal = self._authenticate(
                 call, raw, metadata, attempt.source, context
@@ -328,10 +330,3 @@ def _address(peer: str) -> str:
         if port.isdigit():
             return host
     return peer
-
-
-def _request_id(metadata: dict[str, str]) -> str:
-    given = metadata.get(_REQUEST_ID_HEADER, "")
-    if given and len(given) <= _MAX_REQUEST_ID and given.isprintable():
-        return given
-    return uuid.uuid4().hex

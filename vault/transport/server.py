@@ -11,6 +11,7 @@ import errno
 import ipaddress
 import logging
 import socket
+import time
 from concurrent import futures
 from dataclasses import dataclass
 from typing import Any, Final
@@ -30,13 +31,17 @@ from vault.gen.vault.v1 import (
     identity_service_pb2_grpc,
     key_service_pb2,
     key_service_pb2_grpc,
+    server_service_pb2,
+    server_service_pb2_grpc,
 )
 from vault.transport.crypto_servicer import CryptoServicer
 from vault.transport.errors import ErrorInterceptor
 from vault.transport.health import HealthProbe, health_servicer
 from vault.transport.identity_servicer import AuditServicer, IdentityServicer
 from vault.transport.key_servicer import KeyServicer
+from vault.transport.observe import ObservingInterceptor
 from vault.transport.security import SecurityInterceptor
+from vault.transport.status_servicer import ServerFacts, StatusServicer
 from vault.transport.tls import ServerTls
 
 log = logging.getLogger(__name__)
@@ -47,6 +52,7 @@ IDENTITY_SERVICE: Final = identity_service_pb2.DESCRIPTOR.services_by_name[
     "IdentityService"
 ].full_name
 AUDIT_SERVICE: Final = audit_service_pb2.DESCRIPTOR.services_by_name["AuditService"].full_name
+SERVER_SERVICE: Final = server_service_pb2.DESCRIPTOR.services_by_name["ServerService"].full_name
 
 
 class ListenAddressError(ValueError):
@@ -176,7 +182,10 @@ def build(
     *,
     reuse_port: bool,
     tls: ServerTls | None = None,
+    status: ServerFacts | None = None,
 ) -> BuiltServer:
+    """status: what the supervisor tells this worker, for ServerService (default: the
+    server started now, as worker 0)."""
     address = ListenAddress.parse(settings.server.listen, tls=tls is not None)
     if port_override is not None:
         address = address.with_port(port_override)
@@ -186,7 +195,7 @@ def build(
             "address or a unix: socket"
         )
     security = services.security
-    interceptors: list[grpc.ServerInterceptor] = [ErrorInterceptor()]
+    interceptors: list[grpc.ServerInterceptor] = [ObservingInterceptor(), ErrorInterceptor()]
     if security is not None:
         if security.authenticator is None:
             raise RuntimeError("authentication needs the workers' shared counters")
@@ -225,6 +234,7 @@ def build(
             AuditServicer(security.audit), server
         )
         served += [IDENTITY_SERVICE, AUDIT_SERVICE]
+    served.append(SERVER_SERVICE)
     health_status, health_registered = health_servicer()
     for service in ("", *served):
         health_status.set(service, health_pb2.HealthCheckResponse.SERVING)
@@ -242,4 +252,14 @@ def build(
     if port == 0:
         raise OSError(f"cannot bind {address}")
     probe = HealthProbe(health_status, served, services.health_checks)
+    server_service_pb2_grpc.add_ServerServiceServicer_to_server(
+        StatusServicer(
+            settings,
+            status or ServerFacts(started_at=time.time()),
+            probe,
+            security.audit if security is not None else None,
+            tls=tls is not None,
+        ),
+        server,
+    )
     return BuiltServer(server, port, health_status, probe)

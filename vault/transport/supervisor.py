@@ -23,29 +23,39 @@ from multiprocessing.context import ForkContext, ForkProcess
 from types import FrameType
 from typing import Final
 
+from vault import metrics
 from vault.app import StartupReport, build_services, prepare_and_reconcile
 from vault.config import Settings
 from vault.coordination.disk import DiskReserve, free_bytes
 from vault.coordination.limits import LimitsFileSpaceError, SharedLimits
 from vault.data_lock import DataDirectoryLock
 from vault.domain.errors import DiskFull, PinIncorrect, VaultError
+from vault.metrics_exporter import (
+    MetricsExporter,
+    MetricsListenError,
+    SupervisorView,
+    mark_worker_dead,
+    prepare_directory,
+)
 from vault.service.keys import KeyManagement
 from vault.so_pin import refuse_to_serve_beside
 from vault.transport.errors import log_unexpected
 from vault.transport.server import (
     TLS_HINT,
+    BuiltServer,
     ListenAddress,
     ListenAddressError,
     build,
     ensure_port_free,
 )
+from vault.transport.status_servicer import ServerFacts
 from vault.transport.tls import ServerTls, TlsConfigError, load_server_tls
 
 log = logging.getLogger(__name__)
 
-# In-flight calls get this long to finish on SIGTERM; the parent waits a little longer.
-STOP_GRACE_SECONDS: Final = 5.0
-_PARENT_STOP_TIMEOUT: Final = STOP_GRACE_SECONDS + 5.0
+# On SIGTERM, in-flight calls get server.drain_seconds to finish; the parent waits this much
+# longer for the workers to flush and exit before it kills them.
+_STOP_MARGIN_SECONDS: Final = 5.0
 _START_TIMEOUT_SECONDS: Final = 120.0
 # A worker that dies sooner than this after starting counts as crash-looping: back off.
 _HEALTHY_UPTIME_SECONDS: Final = 10.0
@@ -135,6 +145,17 @@ def _serve_locked(settings: Settings, address: ListenAddress, tls: ServerTls | N
     reserve = DiskReserve(settings.disk_reserve_file, settings.store.disk_reserve_bytes)
     _reserve_disk_space(reserve)
     _Supervisor(context, settings, address, tls, reserve).run()
+
+
+def _start_exporter(settings: Settings, supervisor: _Supervisor) -> MetricsExporter | None:
+    """The /metrics endpoint on server.metrics_listen, before any worker starts counting."""
+    if not settings.server.metrics_listen:
+        return None
+    directory = settings.metrics_directory
+    prepare_directory(directory)
+    exporter = MetricsExporter(settings.server.metrics_listen, directory, supervisor.view())
+    log.info("metrics on http://%s/metrics", settings.server.metrics_listen)
+    return exporter
 
 
 def _reserve_disk_space(reserve: DiskReserve) -> None:
@@ -290,12 +311,39 @@ class _Supervisor:
         self._reserve_error = ""
         self._slots = [_Slot(index) for index in range(settings.server.workers)]
         self._stop_signal: int | None = None
+        self._started_at = time.time()
+        self._restarts = 0
+        self._exporter: MetricsExporter | None = None
+
+    def view(self) -> SupervisorView:
+        """What /metrics reports of the workers (read from the exporter's thread)."""
+        return SupervisorView(
+            workers_alive=self._workers_alive,
+            worker_restarts=lambda: self._restarts,
+            started_at=self._started_at,
+        )
+
+    def _workers_alive(self) -> int:
+        alive = 0
+        for slot in self._slots:
+            process = slot.process
+            try:
+                alive += process is not None and process.is_alive()
+            except ValueError:
+                continue  # closed by the main thread just now: it died
+        return alive
 
     def run(self) -> None:
         previous = {
             signum: signal.signal(signum, self._on_signal)
             for signum in (signal.SIGTERM, signal.SIGINT)
         }
+        try:
+            self._exporter = _start_exporter(self._settings, self)
+        except MetricsListenError as error:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+            raise ListenAddressError(str(error)) from None
         try:
             # One at a time: processes opening the token at the same moment can miss it
             # (SoftHSM reads its token directory while another process writes it).
@@ -317,6 +365,8 @@ class _Supervisor:
             log.info("received signal %d, stopping workers", self._stop_signal)
         finally:
             self._stop_all()
+            if self._exporter is not None:
+                self._exporter.close()
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
 
@@ -327,7 +377,15 @@ class _Supervisor:
         receiver, sender = self._context.Pipe(duplex=False)
         process = self._context.Process(
             target=_worker_main,
-            args=(self._settings, slot.index, self._address, self._tls, sender, os.getpid()),
+            args=(
+                self._settings,
+                slot.index,
+                self._address,
+                self._tls,
+                sender,
+                os.getpid(),
+                self._started_at,
+            ),
             name=f"vault-worker-{slot.index}",
         )
         process.start()
@@ -398,8 +456,10 @@ class _Supervisor:
                 slot.process.exitcode,
                 delay,
             )
+            self._forget(slot.process)
             slot.process.close()
             slot.process = None
+            self._restarts += 1
             if slot.ready is not None:
                 slot.ready.close()
                 slot.ready = None
@@ -435,18 +495,25 @@ class _Supervisor:
         else:
             time.sleep(timeout)
 
+    def _forget(self, process: ForkProcess) -> None:
+        if self._exporter is not None and process.pid is not None:
+            mark_worker_dead(process.pid)
+
     def _stop_all(self) -> None:
         running = [slot.process for slot in self._slots if slot.process is not None]
         for process in running:
             if process.is_alive():
                 process.terminate()
-        deadline = time.monotonic() + _PARENT_STOP_TIMEOUT
+        deadline = time.monotonic() + self._settings.server.drain_seconds + _STOP_MARGIN_SECONDS
         for process in running:
             process.join(max(0.0, deadline - time.monotonic()))
             if process.is_alive():
                 log.warning("worker pid %s did not stop in time; killing it", process.pid)
                 process.kill()
                 process.join()
+            elif process.exitcode != 0:
+                log.error("worker pid %s exited with code %s", process.pid, process.exitcode)
+            self._forget(process)
         for slot in self._slots:
             if slot.ready is not None:
                 slot.ready.close()
@@ -481,11 +548,14 @@ def _worker_main(
     tls: ServerTls | None,
     ready: multiprocessing.connection.Connection,
     parent_pid: int,
+    started_at: float,
 ) -> None:
     _reset_signals()
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda signum, frame: stop.set())
     _die_with_parent(parent_pid)
+    if settings.server.metrics_listen:
+        metrics.enable()
     try:
         counters = (
             SharedLimits.attach(settings.shared_state_file) if settings.auth.enabled else None
@@ -495,7 +565,14 @@ def _worker_main(
         log.exception("worker %d could not open the store and token", index)
         sys.exit(1)
     try:
-        built = build(services, settings, address.port or None, reuse_port=True, tls=tls)
+        built = build(
+            services,
+            settings,
+            address.port or None,
+            reuse_port=True,
+            tls=tls,
+            status=ServerFacts(started_at=started_at, worker_index=index),
+        )
     except Exception:
         log.exception("worker %d could not start its server", index)
         services.close()
@@ -516,11 +593,20 @@ def _worker_main(
         log.info("worker %d (pid %d) serving on %s", index, os.getpid(), address)
         while not stop.wait(1.0):
             pass
-        built.probe.stop()
-        built.health.enter_graceful_shutdown()
-        built.server.stop(STOP_GRACE_SECONDS).wait()
+        drain(built, settings.server.drain_seconds)
+        log.info("worker %d (pid %d) stopped", index, os.getpid())
     finally:
         services.close()
+
+
+def drain(built: BuiltServer, grace: float) -> None:
+    """Stop serving: health says NOT_SERVING at once (load balancers stop sending), the
+    listening socket closes and new calls are refused, calls in flight get grace seconds to
+    finish (then they are cancelled). Their audit records are committed before their answers
+    leave (vault.transport.security), so once they are done the audit log holds them all."""
+    built.probe.stop()
+    built.health.enter_graceful_shutdown()
+    built.server.stop(grace).wait()
 
 
 def _destroy_due_keys_forever(

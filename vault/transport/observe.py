@@ -1,0 +1,95 @@
+"""The outermost interceptor of every vault.v1 call: its request id and its metrics.
+
+It gives each call a request id (the caller's x-request-id if usable, else a random one) and
+serves the call inside vault.logs.request_context, so every log line of the call and its audit
+record (vault.transport.security) carry the same id. Once the call is answered it counts it
+by service, method and the status code the caller received, with its latency (vault.metrics;
+nothing when metrics are off).
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any, Final
+
+import grpc
+
+from vault import metrics
+from vault.logs import request_context
+from vault.transport.errors import is_vault_unary
+
+REQUEST_ID_HEADER: Final = "x-request-id"
+_MAX_REQUEST_ID: Final = 128
+
+
+def request_id_of(context: grpc.ServicerContext) -> str:
+    """The caller's x-request-id if it is short and printable, else a new random id."""
+    for key, value in context.invocation_metadata() or ():
+        if key == REQUEST_ID_HEADER:
+            if (
+                isinstance(value, str)
+                and value
+                and len(value) <= _MAX_REQUEST_ID
+                and value.isprintable()
+            ):
+                return value
+            break
+    return uuid.uuid4().hex
+
+
+def _observed(
+    behavior: Callable[[Any, grpc.ServicerContext], Any], method: str
+) -> Callable[[Any, grpc.ServicerContext], Any]:
+    service, _, short = method[1:].partition("/")
+
+    def observed(request: Any, context: grpc.ServicerContext) -> Any:
+        started = time.perf_counter()
+        code = "UNKNOWN"
+        with request_context(request_id_of(context)):
+            try:
+                response = behavior(request, context)
+                set_code = context.code()  # type: ignore[attr-defined]
+                code = "OK" if set_code is None else set_code.name
+                return response
+            except Exception:
+                set_code = context.code()  # type: ignore[attr-defined]
+                if set_code is not None:
+                    code = set_code.name
+                raise
+            finally:
+                metrics.request_done(service, short, code, time.perf_counter() - started)
+
+    return observed
+
+
+class ObservingInterceptor(grpc.ServerInterceptor):
+    """Install it first (outermost), so it sees the status ErrorInterceptor gave."""
+
+    def __init__(self) -> None:
+        self._wrapped: dict[str, tuple[Any, Any]] = {}
+
+    def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler[Any, Any] | None],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
+        handler = continuation(handler_call_details)
+        method = handler_call_details.method
+        if handler is None or not is_vault_unary(handler, method):
+            return handler
+        behavior = handler.unary_unary
+        if behavior is None:
+            return handler
+        # Asked for on every call; the inner handlers never change, so each is wrapped once.
+        cached = self._wrapped.get(method)
+        if cached is not None and cached[0] is handler:
+            return cached[1]  # type: ignore[no-any-return]
+        wrapped: grpc.RpcMethodHandler[Any, Any] = grpc.unary_unary_rpc_method_handler(
+            _observed(behavior, method),
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+        self._wrapped[method] = (handler, wrapped)
+        return wrapped
