@@ -8,10 +8,13 @@ accounts, so the tests do not depend on each other or on their order.
 
 from __future__ import annotations
 
+import sqlite3
 import struct
 import time
 from collections.abc import Iterator
+from contextlib import closing
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 from uuid import uuid4
 
@@ -471,3 +474,37 @@ def test_a_thousand_small_objects_cost_one_generate_bucket_key(
         if event.method.endswith("/GenerateBucketKey")
     ]
     assert [event.outcome for event in generated] == ["OK"]
+
+
+def test_after_destruction_the_data_directory_holds_no_copy_of_the_master_key(
+    client: VaultClient, account: str, data_dir: Path
+) -> None:
+    """Crypto-shredding: once a deleted bucket's master key is destroyed, its wrapped blobs are
+    gone from every file of the data directory (database, its WAL, the token), so nobody
+    holding the data directory and the PIN can unwrap it and open the bucket's keys again."""
+    bucket = make(client, account)
+    client.rotate_bucket_master_key(bucket.name)
+    master_key_id = "~" + bucket.name.rsplit("/", 1)[1]
+    with closing(sqlite3.connect(data_dir / "vault.db")) as db:
+        blobs = [
+            bytes(row[0])
+            for row in db.execute(
+                "SELECT wrapped_blob FROM key_versions WHERE account = ? AND key_id = ?",
+                (account.removeprefix("accounts/"), master_key_id),
+            )
+        ]
+    assert len(blobs) == 2 and all(len(blob) >= 32 for blob in blobs)
+    assert files_containing(data_dir, blobs)  # the check below can see them
+    client.delete_bucket(bucket.name, timedelta(0))
+    wait_deleted(client, bucket.name)
+    assert files_containing(data_dir, blobs) == []
+
+
+def files_containing(directory: Path, needles: list[bytes]) -> list[str]:
+    found = []
+    for path in sorted(directory.rglob("*")):
+        if path.is_file() and not path.is_symlink():
+            data = path.read_bytes()
+            if any(needle in data for needle in needles):
+                found.append(str(path.relative_to(directory)))
+    return found

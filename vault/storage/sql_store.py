@@ -3,6 +3,7 @@ PostgreSQL later; backend differences stay in engine.py."""
 
 from __future__ import annotations
 
+import logging
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -22,6 +23,7 @@ from sqlalchemy import (
     select,
     update,
 )
+from sqlalchemy.exc import SQLAlchemyError
 
 from vault.domain.algorithms import Algorithm, Purpose
 from vault.domain.errors import (
@@ -46,6 +48,7 @@ from vault.storage.engine import (
     is_sqlite,
     is_sqlite_memory,
     is_sqlite_uri,
+    scrub_wal,
 )
 from vault.storage.freshness import UnchangedSinceCache
 from vault.storage.paging import (
@@ -61,6 +64,8 @@ from vault.storage.transactions import (
     guarded_transaction,
     new_serial_lock,
 )
+
+log = logging.getLogger(__name__)
 
 _KEY_CACHE_SIZE = 4096  # per request thread
 
@@ -302,7 +307,9 @@ class SqlMetadataStore:
         return [to_key(row) for row in rows]
 
     def mark_destroyed(self, key: Key, now: datetime) -> Key:
-        """Key DESTROYED, every version DESTROYED with its wrapped blob erased; atomically."""
+        """Key DESTROYED, every version DESTROYED with its wrapped blob erased; atomically.
+        The erased blobs are zeroed in the database file (secure_delete) and its WAL is
+        truncated, so no copy of them stays on disk (crypto-shredding)."""
         now = aware(now)
         with guarded_transaction(self._engine, self._serial, write=True) as c:
             # The etag check stops a key whose destruction was cancelled (restored) after the
@@ -320,7 +327,14 @@ class SqlMetadataStore:
                     ),
                 )
             )
-            return _reread_key(c, key.name)
+            destroyed = _reread_key(c, key.name)
+        try:
+            scrubbed = scrub_wal(self._engine)
+        except SQLAlchemyError:
+            scrubbed = False
+        if not scrubbed:
+            log.warning("the WAL may still hold destroyed key material until its next checkpoint")
+        return destroyed
 
     # --- start-up reconciliation ------------------------------------------------------------
 
