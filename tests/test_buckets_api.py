@@ -12,6 +12,7 @@ import sqlite3
 import struct
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing
 from datetime import timedelta
 from pathlib import Path
@@ -508,3 +509,17 @@ def files_containing(directory: Path, needles: list[bytes]) -> list[str]:
             if any(needle in data for needle in needles):
                 found.append(str(path.relative_to(directory)))
     return found
+
+
+def test_concurrent_creates_with_one_request_id_make_one_bucket(
+    client: VaultClient, account: str
+) -> None:
+    bucket_id, request_id = new_id(), uuid4().hex
+
+    def create(_: int) -> str:
+        return str(client.create_bucket(account, bucket_id, request_id=request_id).name)
+
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        names = set(pool.map(create, range(6)))
+    assert names == {f"{account}/buckets/{bucket_id}"}
+    assert len(client.get_bucket(names.pop()).master_key_versions) == 1
