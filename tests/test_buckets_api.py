@@ -277,7 +277,9 @@ def test_raw_responses_carry_checksums(
     assert caught.value.code() == INVALID
 
 
-def test_a_wrapped_key_opens_only_in_its_own_bucket(client: VaultClient, account: str) -> None:
+def test_a_wrapped_key_opens_only_in_its_own_bucket(
+    client: VaultClient, account: str, stub: bucket_service_pb2_grpc.BucketServiceStub
+) -> None:
     """Another bucket of the account, the same-named bucket of another account, a modified
     wrapped key, and garbage: one uniform DECRYPTION_FAILED."""
     bucket_id = new_id()
@@ -301,13 +303,12 @@ def test_a_wrapped_key_opens_only_in_its_own_bucket(client: VaultClient, account
     for name, data in attempts:
         with pytest.raises(BucketKeyRejected):
             client.decrypt_bucket_key(name, data)
-        with pytest.raises(VaultClientError) as caught:
-            # The SDK turns DECRYPTION_FAILED into BucketKeyRejected; look at the status too.
-            client._call(
-                client._buckets.DecryptBucketKey,
-                bucket_service_pb2.DecryptBucketKeyRequest(name=name, wrapped_key=data),
+        # The SDK turns DECRYPTION_FAILED into BucketKeyRejected; look at the status too.
+        with pytest.raises(grpc.RpcError) as caught:
+            stub.DecryptBucketKey(
+                bucket_service_pb2.DecryptBucketKeyRequest(name=name, wrapped_key=data)
             )
-        error = caught.value
+        error = VaultClientError.from_rpc_error(caught.value)
         answers.add((error.code, error.reason, error.message, tuple(error.metadata.items())))
     assert answers == {
         (
