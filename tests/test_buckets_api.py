@@ -354,6 +354,25 @@ def test_rotation_keeps_old_wrapped_keys_opening_until_their_version_is_disabled
     assert client.decrypt_bucket_key(bucket.name, old.wrapped) == old.plaintext
 
 
+def test_a_disabled_version_refuses_foreign_keys_as_always(
+    client: VaultClient, account: str
+) -> None:
+    """WRONG_KEY_STATE only for a genuine key of this bucket: a wrapped key from elsewhere, or
+    a modified one, naming a disabled version gets the uniform DECRYPTION_FAILED."""
+    bucket, other = make(client, account), make(client, account)
+    own = client.generate_bucket_key(bucket.name).wrapped
+    foreign = client.generate_bucket_key(other.name).wrapped
+    client.rotate_bucket_master_key(bucket.name)
+    client.disable_bucket_master_key_version(f"{bucket.name}/masterKeyVersions/1")
+    expect_error(
+        PRECONDITION, "WRONG_KEY_STATE", lambda: client.decrypt_bucket_key(bucket.name, own)
+    )
+    tampered = own[:-1] + bytes([own[-1] ^ 1])
+    for wrapped in (foreign, tampered):
+        with pytest.raises(BucketKeyRejected):
+            client.decrypt_bucket_key(bucket.name, wrapped)
+
+
 def test_a_disabled_primary_version_stops_new_bucket_keys(
     client: VaultClient, account: str
 ) -> None:

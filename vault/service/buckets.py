@@ -304,14 +304,11 @@ class BucketManagement:
             raise _state_forbids(key, "DecryptBucketKey")
         envelope = WrappedBucketKey.parse(wrapped)
         version = self._store.get_version(key.name.version(envelope.master_key_version))
-        if version is not None and version.state is VersionState.DISABLED:
-            # Said as such, not as DECRYPTION_FAILED: the object is intact, the key is off.
-            raise WrongState(
-                "the master-key version that wrapped this bucket key is disabled",
-                metadata={"name": str(bucket_name.master_version(version.number))},
-            )
-        if version is None or version.state is not VersionState.ENABLED:
+        usable = (VersionState.ENABLED, VersionState.DISABLED)
+        if version is None or version.state not in usable:
             raise DecryptionFailed()
+        # A disabled version still tells a genuine wrapped key from any other (whose answer
+        # stays the uniform DECRYPTION_FAILED, wherever it came from), but never opens it.
         plaintext = self._keystore.decrypt_gcm(
             version,
             key.algorithm,
@@ -321,6 +318,13 @@ class BucketManagement:
         )
         if len(plaintext) != BUCKET_KEY_SIZE:
             raise DecryptionFailed()
+        if version.state is VersionState.DISABLED:
+            del plaintext
+            # Said as such, not as DECRYPTION_FAILED: the object is intact, the key is off.
+            raise WrongState(
+                "the master-key version that wrapped this bucket key is disabled",
+                metadata={"name": str(bucket_name.master_version(version.number))},
+            )
         return BucketKey(
             plaintext, wrapped, str(bucket_name.master_version(version.number)), bucket.policy
         )
