@@ -26,7 +26,7 @@ from vault.domain.identity import (
     authorize,
     resource_ref,
 )
-from vault.domain.names import BucketName, KeyName, MasterKeyVersionName, bucket_of_master_key
+from vault.domain.names import BucketName, KeyName, MasterKeyVersionName
 from vault.gen.vault.v1 import bucket_service_pb2
 
 BUCKETS = "vault.v1.BucketService"
@@ -37,8 +37,6 @@ def test_bucket_names_parse_and_print() -> None:
     assert (name.account, name.bucket) == ("acme", "photos")
     assert str(name) == "accounts/acme/buckets/photos"
     assert name.master_key == KeyName("acme", "~photos")
-    assert bucket_of_master_key(name.master_key) == name
-    assert bucket_of_master_key(KeyName("acme", "photos")) is None
     version = MasterKeyVersionName.parse("accounts/acme/buckets/photos/masterKeyVersions/3")
     assert (version.bucket_name, version.version) == (name, 3)
     assert str(name.master_version(3)) == str(version)

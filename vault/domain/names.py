@@ -156,13 +156,6 @@ class MasterKeyVersionName:
         return f"accounts/{self.account}/buckets/{self.bucket}/masterKeyVersions/{self.version}"
 
 
-def bucket_of_master_key(name: KeyName) -> BucketName | None:
-    """The bucket whose master key name is, or None for any other key."""
-    if not name.key.startswith(MASTER_KEY_PREFIX):
-        return None
-    return BucketName(name.account, name.key.removeprefix(MASTER_KEY_PREFIX))
-
-
 def parse_key_or_version(name: str) -> tuple[KeyName, int | None]:
     """A key name (use the primary version) or a version name (use that version)."""
     if "/versions/" in name:
