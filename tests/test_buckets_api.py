@@ -194,6 +194,11 @@ def test_list_buckets_pages_and_filters_by_label(client: VaultClient) -> None:
     assert all(client.get_bucket(n).labels["tier"] == "hot" for n in hot)
     assert len(list(client.iter_buckets(account, label_key="tier"))) == 5
     assert list(client.iter_buckets(account, label_key="missing")) == []
+    # A listed bucket is what GetBucket shows, master-key versions included.
+    client.rotate_bucket_master_key(names[1])
+    assert list(client.iter_buckets(account, page_size=3)) == [
+        client.get_bucket(name) for name in names
+    ]
     expect_error(
         INVALID,
         "INVALID_ARGUMENT",

@@ -107,7 +107,11 @@ class BucketManagement:
         if value is not None and len(value) > MAX_LABEL_VALUE:
             raise InvalidArgument(f"label values are limited to {MAX_LABEL_VALUE} characters")
         page = self._buckets.list_buckets(account, bucket_filter, page_size, page_token)
-        return Page([self._view(*item) for item in page.items], page.next_page_token)
+        versions = self._buckets.master_key_versions(
+            account, [key.name.key for _, key in page.items]
+        )
+        views = [BucketView(bucket, key, versions[key.name.key]) for bucket, key in page.items]
+        return Page(views, page.next_page_token)
 
     def _load(self, name: BucketName) -> tuple[Bucket, Key]:
         found = self._buckets.get_bucket(name)

@@ -175,6 +175,13 @@ class BucketStore(Protocol):
         self, account: str, bucket_filter: BucketFilter, page_size: int, page_token: str
     ) -> Page[tuple[Bucket, Key]]: ...
 
+    def master_key_versions(
+        self, account: str, key_ids: Sequence[str]
+    ) -> dict[str, list[KeyVersion]]:
+        """The versions, oldest first, of each of these keys of account (one query for a
+        page of buckets)."""
+        ...
+
     def update_bucket(self, bucket: Bucket) -> Bucket:
         """Write labels, policy and update time if the etag is still current (Conflict
         otherwise); return the bucket with its new etag."""

@@ -4,6 +4,7 @@ master key's rows are written in one transaction. Portable SQL only, like sql_st
 from __future__ import annotations
 
 import threading
+from collections.abc import Sequence
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -19,7 +20,7 @@ from vault.storage.paging import (
     encode_page_token,
     malformed_page_token,
 )
-from vault.storage.sql_store import key_row, to_key, version_row
+from vault.storage.sql_store import key_row, to_key, to_version, version_row
 from vault.storage.tables import buckets, key_versions, keys
 from vault.storage.transactions import aware, guarded_transaction, new_serial_lock
 
@@ -84,6 +85,23 @@ class SqlBucketStore:
         items = [_to_pair(row) for row in rows[:size]]
         next_token = encode_page_token(items[-1][0].name.bucket) if len(rows) > size else ""
         return Page(items=items, next_page_token=next_token)
+
+    def master_key_versions(
+        self, account: str, key_ids: Sequence[str]
+    ) -> dict[str, list[KeyVersion]]:
+        if not key_ids:
+            return {}
+        query = (
+            select(key_versions)
+            .where(key_versions.c.account == account, key_versions.c.key_id.in_(key_ids))
+            .order_by(key_versions.c.key_id, key_versions.c.version)
+        )
+        with guarded_transaction(self._engine, self._serial, write=False) as c:
+            rows = c.execute(query).mappings().all()
+        found: dict[str, list[KeyVersion]] = {key_id: [] for key_id in key_ids}
+        for row in rows:
+            found[row["key_id"]].append(to_version(row))
+        return found
 
     def update_bucket(self, bucket: Bucket) -> Bucket:
         values = {

@@ -252,13 +252,13 @@ class SqlMetadataStore:
     def get_version(self, name: KeyVersionName) -> KeyVersion | None:
         with guarded_transaction(self._engine, self._serial, write=False) as c:
             row = c.execute(_GET_VERSION, _version_params(name)).mappings().one_or_none()
-        return None if row is None else _to_version(row)
+        return None if row is None else to_version(row)
 
     def list_versions(self, key: KeyName) -> list[KeyVersion]:
         query = select(key_versions).where(_versions_of(key)).order_by(key_versions.c.version)
         with guarded_transaction(self._engine, self._serial, write=False) as c:
             rows = c.execute(query).mappings().all()
-        return [_to_version(row) for row in rows]
+        return [to_version(row) for row in rows]
 
     def update_version(self, version: KeyVersion) -> None:
         """Write a version's state, material references and destroy time. NotFound if the
@@ -346,7 +346,7 @@ class SqlMetadataStore:
         )
         with guarded_transaction(self._engine, self._serial, write=False) as c:
             rows = c.execute(query).mappings().all()
-        return [_to_version(row) for row in rows]
+        return [to_version(row) for row in rows]
 
     def discard_pending(self, version: KeyVersion) -> None:
         """Remove a PENDING version; remove its key too if that was the key's only version.
@@ -565,7 +565,7 @@ def to_key(row: RowMapping) -> Key:
     )
 
 
-def _to_version(row: RowMapping) -> KeyVersion:
+def to_version(row: RowMapping) -> KeyVersion:
     return KeyVersion(
         name=KeyVersionName(row["account"], row["key_id"], int(row["version"])),
         state=VersionState(row["state"]),
