@@ -38,6 +38,11 @@ CRYPTO_METHODS = {
     "Encrypt", "Decrypt", "GenerateDataKey", "ReEncrypt", "WrapKey", "UnwrapKey", "Sign",
     "Verify", "AsymmetricDecrypt", "GenerateMac", "VerifyMac", "GenerateRandom",
 }  # fmt: skip
+BUCKET_METHODS = {
+    "CreateBucket", "GetBucket", "ListBuckets", "UpdateBucket", "DeleteBucket",
+    "CancelBucketDeletion", "RotateBucketMasterKey", "DisableBucketMasterKeyVersion",
+    "EnableBucketMasterKeyVersion", "GenerateBucketKey", "DecryptBucketKey",
+}  # fmt: skip
 
 
 def children(pid: int) -> set[int]:
@@ -123,6 +128,7 @@ def test_reflection_lists_and_describes_the_services(server: VaultServer) -> Non
         assert services == {
             "vault.v1.KeyService",
             "vault.v1.CryptoService",
+            "vault.v1.BucketService",
             "vault.v1.IdentityService",
             "vault.v1.AuditService",
             "vault.v1.ServerService",
@@ -135,6 +141,8 @@ def test_reflection_lists_and_describes_the_services(server: VaultServer) -> Non
         crypto = pool.FindServiceByName("vault.v1.CryptoService")
         assert {m.name for m in keys.methods} == KEY_METHODS
         assert {m.name for m in crypto.methods} == CRYPTO_METHODS
+        buckets = pool.FindServiceByName("vault.v1.BucketService")
+        assert {m.name for m in buckets.methods} == BUCKET_METHODS
         encrypt = crypto.methods_by_name["Encrypt"]
         assert encrypt.input_type.full_name == "vault.v1.EncryptRequest"
         assert "plaintext_crc32c" in encrypt.input_type.fields_by_name

@@ -21,6 +21,7 @@ from vault.domain.audit import AuditEvent
 from vault.domain.errors import InvalidArgument, NotFound, VaultError
 from vault.service.audit import AuditLog, CheckpointPolicy
 from vault.service.authentication import AuthenticationPolicy, Authenticator
+from vault.service.buckets import BucketManagement
 from vault.service.crypto import CryptoOperations
 from vault.service.identity import IdentityManagement
 from vault.service.keys import KeyManagement
@@ -52,6 +53,7 @@ class Services:
     keystore: KeyStore
     keys: KeyManagement
     crypto: CryptoOperations
+    buckets: BucketManagement
     security: Security | None = None
     # name -> check the health probe runs; a check that returns False or raises means the
     # vault cannot serve (vault.transport.health).
@@ -71,7 +73,8 @@ def build_services(settings: Settings, counters: SharedCounters | None = None) -
     from vault.storage import open_stores
 
     assert settings.store.url is not None
-    store, identity_store, audit_store = open_stores(settings.store.url)
+    stores = open_stores(settings.store.url)
+    store, identity_store, audit_store = stores.metadata, stores.identity, stores.audit
     keystore = open_keystore(settings)
     keys = KeyManagement(
         store,
@@ -82,6 +85,7 @@ def build_services(settings: Settings, counters: SharedCounters | None = None) -
         accounts=identity_store if settings.auth.enabled else None,
     )
     crypto = CryptoOperations(keys, keystore, settings.keys)
+    buckets = BucketManagement(stores.buckets, store, keystore, keys)
     security = None
     if settings.auth.enabled:
         system_keys = SystemKeys(keystore)
@@ -111,7 +115,7 @@ def build_services(settings: Settings, counters: SharedCounters | None = None) -
         reserve = FileDiskReserve(settings.disk_reserve_file, settings.store.disk_reserve_bytes)
         security = Security(identity, authenticator, audit, system_keys.ensure, reserve)
     checks = {"token": keystore.available, "store": store.check_writable}
-    return Services(store, keystore, keys, crypto, security, checks)
+    return Services(store, keystore, keys, crypto, buckets, security, checks)
 
 
 @contextmanager

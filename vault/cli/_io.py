@@ -107,7 +107,18 @@ def write_output(path: str | None, data: bytes, *, force: bool) -> str | None:
 
 def write_file(path: str, data: bytes, *, force: bool) -> None:
     """Write data to path atomically, mode 0600: readers see the old file or the whole new
-    one, never part of it, and a failure leaves no partial file behind.
+    one, never part of it, and a failure leaves no partial file behind (atomic_output)."""
+    with atomic_output(path, force=force) as handle:
+        try:
+            handle.write(data)
+        except OSError as error:
+            raise output_error(path, error) from None
+
+
+@contextlib.contextmanager
+def atomic_output(path: str, *, force: bool) -> Iterator[BinaryIO]:
+    """A file to write path's new content to, a piece at a time; it takes path's place only
+    when the block ends without an error, and is removed if one is raised.
 
     An existing path is replaced only with force, and never when it is a symbolic link or
     not a regular file. The data goes to a private temporary file beside path first (mode
@@ -119,22 +130,30 @@ def write_file(path: str, data: bytes, *, force: bool) -> None:
     directory = os.path.dirname(os.path.abspath(path))
     temporary: str | None = None
     try:
-        descriptor, temporary = tempfile.mkstemp(
-            dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".tmp"
-        )
-        with os.fdopen(descriptor, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        if force:
-            os.replace(temporary, path)
-        else:
-            os.link(temporary, path)
-            os.unlink(temporary)
+        try:
+            descriptor, temporary = tempfile.mkstemp(
+                dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".tmp"
+            )
+            handle = os.fdopen(descriptor, "wb")
+        except OSError as error:
+            raise output_error(path, error) from None
+        with handle:
+            yield handle
+            try:
+                handle.flush()
+                os.fsync(handle.fileno())
+            except OSError as error:
+                raise output_error(path, error) from None
+        try:
+            if force:
+                os.replace(temporary, path)
+            else:
+                os.link(temporary, path)
+                os.unlink(temporary)
+        except OSError as error:
+            raise output_error(path, error) from None
         temporary = None
         _sync_directory(directory)
-    except OSError as error:
-        raise output_error(path, error) from None
     finally:
         if temporary is not None:
             with contextlib.suppress(OSError):

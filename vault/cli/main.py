@@ -15,8 +15,10 @@ from vault.cli.accounts import accounts_group
 from vault.cli.admin import admin_group
 from vault.cli.api_keys import api_keys_group
 from vault.cli.audit import audit_group
+from vault.cli.buckets import buckets_group
 from vault.cli.crypto import crypto_group
 from vault.cli.keys import keys_group
+from vault.cli.objects import object_group
 from vault.cli.serve import serve_command
 from vault.cli.status import status_command
 from vault.cli.token import token_group
@@ -40,6 +42,9 @@ Examples:
   vaultctl keys create accounts/acme/keys/docs --purpose ENCRYPT_DECRYPT
   vaultctl crypto encrypt accounts/acme/keys/docs --in report.pdf --out report.pdf.enc
   vaultctl --json keys list acme
+  vaultctl buckets create accounts/acme/buckets/photos --key-lifetime 15m
+  vaultctl object encrypt --bucket accounts/acme/buckets/photos --object-key cat.jpg \
+      --in cat.jpg --out cat.jpg.enc
   vaultctl access-keys create acme --grant keys/docs=READWRITE --credentials-out acme.json
   vaultctl --credentials-file acme.json crypto encrypt accounts/acme/keys/docs --in a.txt
   vaultctl audit verify
@@ -230,7 +235,8 @@ def cli(
     """Operate and use the HSM-backed key vault.
 
     Operators provision the PKCS#11 token (`token`) and run the gRPC server (`serve`);
-    callers manage keys (`keys`) and use them (`crypto`) over gRPC. Administrators (the
+    callers manage keys (`keys`) and use them (`crypto`) over gRPC, and manage buckets
+    (`buckets`) whose objects they encrypt locally under bucket keys (`object`). Administrators (the
     admin role) manage accounts (`accounts`) and their credentials (`access-keys`,
     `api-keys`) and read and verify the audit log (`audit`). Plaintext, key material,
     secrets and PINs are never taken as command-line arguments: they come from files or
@@ -256,6 +262,8 @@ cli.add_command(status_command)
 cli.add_command(token_group)
 cli.add_command(keys_group)
 cli.add_command(crypto_group)
+cli.add_command(buckets_group)
+cli.add_command(object_group)
 cli.add_command(accounts_group)
 cli.add_command(access_keys_group)
 cli.add_command(api_keys_group)

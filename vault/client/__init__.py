@@ -7,7 +7,10 @@
 
 Objects are encrypted on the client under bucket keys with `ObjectCipher(source, bucket)`
 (README.md, "Object encryption format"); source is anything with the BucketService's two
-calls (`BucketKeySource`).
+calls (`BucketKeySource`), a VaultClient among them:
+
+    cipher = ObjectCipher(vault, "accounts/acme/buckets/photos")
+    sealed = cipher.encrypt("2026/cat.jpg", data)
 
 Methods return the vault.v1 response messages (vault.gen.vault.v1), except verify,
 verify_mac and verify_audit_log, whose results (Verification, AuditLogVerification) are true

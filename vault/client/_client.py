@@ -21,10 +21,13 @@ from google.protobuf.wrappers_pb2 import Int64Value
 from vault.client._auth import Credentials, authenticated_channel
 from vault.client._errors import ChecksumError, VaultClientError
 from vault.client._results import AuditLogVerification, Verification
+from vault.client.bucket_keys import BucketKeyRejected, GeneratedBucketKey
 from vault.domain.algorithms import MAX_SIGNED_MESSAGE_BYTES, Algorithm, KeyFamily
 from vault.gen.vault.v1 import (
     audit_service_pb2,
     audit_service_pb2_grpc,
+    bucket_service_pb2,
+    bucket_service_pb2_grpc,
     crypto_service_pb2,
     crypto_service_pb2_grpc,
     identity_service_pb2,
@@ -46,6 +49,7 @@ _Item = TypeVar("_Item")
 PurposeLike: TypeAlias = "resources_pb2.Purpose.ValueType | str"
 AlgorithmLike: TypeAlias = "resources_pb2.Algorithm.ValueType | str"
 KeyStateLike: TypeAlias = "resources_pb2.KeyState.ValueType | str"
+BucketStateLike: TypeAlias = "resources_pb2.BucketState.ValueType | str"
 
 DEFAULT_TIMEOUT_SECONDS: Final = 30.0
 
@@ -132,9 +136,12 @@ class VaultClient:
     Every method returns the response message (or the Key it names) and raises
     VaultClientError on failure, except the three that answer yes or no: verify, verify_mac
     and verify_audit_log return a result that is true only when the answer is yes (a
-    protobuf message is always true, so `if` on one would accept a forgery). Byte inputs are
-    sent with their CRC32C and byte outputs checked against theirs, so corruption in transit
-    raises ChecksumError instead of returning wrong data.
+    protobuf message is always true, so `if` on one would accept a forgery); and the two of
+    the BucketKeySource protocol, so that ObjectCipher(client, bucket) works as it is:
+    generate_bucket_key returns a GeneratedBucketKey (whose repr hides the key),
+    decrypt_bucket_key the key's bytes, raising BucketKeyRejected for DECRYPTION_FAILED.
+    Byte inputs are sent with their CRC32C and byte outputs checked against theirs, so
+    corruption in transit raises ChecksumError instead of returning wrong data.
     """
 
     def __init__(
@@ -185,6 +192,7 @@ class VaultClient:
         self._identity = identity_service_pb2_grpc.IdentityServiceStub(calls)
         self._audit = audit_service_pb2_grpc.AuditServiceStub(calls)
         self._server = server_service_pb2_grpc.ServerServiceStub(calls)
+        self._buckets = bucket_service_pb2_grpc.BucketServiceStub(calls)
         self._algorithms: dict[str, Algorithm] = {}
 
     def __repr__(self) -> str:
@@ -711,6 +719,148 @@ class VaultClient:
     def get_usage(self, name: str, days: int = 0) -> list[resources_pb2.UsageCounter]:
         request = identity_service_pb2.GetUsageRequest(name=name, days=days)
         return list(self._call(self._identity.GetUsage, request).counters)
+
+    # -- BucketService ----------------------------------------------------------------------
+
+    def create_bucket(
+        self,
+        parent: str,
+        bucket_id: str,
+        *,
+        labels: dict[str, str] | None = None,
+        policy: resources_pb2.BucketKeyPolicy | None = None,
+        request_id: str = "",
+    ) -> resources_pb2.Bucket:
+        """policy None: the server's default policy (bucket_key_policy() builds one)."""
+        bucket = resources_pb2.Bucket(labels=labels or {}, policy=policy)
+        request = bucket_service_pb2.CreateBucketRequest(
+            parent=parent, bucket_id=bucket_id, bucket=bucket, request_id=request_id
+        )
+        return self._call(self._buckets.CreateBucket, request)
+
+    def get_bucket(self, name: str) -> resources_pb2.Bucket:
+        return self._call(self._buckets.GetBucket, bucket_service_pb2.GetBucketRequest(name=name))
+
+    def list_buckets(
+        self,
+        parent: str,
+        *,
+        page_size: int = 0,
+        page_token: str = "",
+        state: BucketStateLike | None = None,
+        label_key: str = "",
+        label_value: str | None = None,
+    ) -> bucket_service_pb2.ListBucketsResponse:
+        request = bucket_service_pb2.ListBucketsRequest(
+            parent=parent,
+            page_size=page_size,
+            page_token=page_token,
+            state=_enum(state, resources_pb2.BucketState, "BUCKET_STATE_"),
+            label_key=label_key,
+            label_value=label_value,
+        )
+        return self._call(self._buckets.ListBuckets, request)
+
+    def iter_buckets(
+        self,
+        parent: str,
+        *,
+        page_size: int = 0,
+        state: BucketStateLike | None = None,
+        label_key: str = "",
+        label_value: str | None = None,
+    ) -> Iterator[resources_pb2.Bucket]:
+        """Every matching bucket, fetching pages as needed."""
+        return _paged(
+            lambda token: self.list_buckets(
+                parent,
+                page_size=page_size,
+                page_token=token,
+                state=state,
+                label_key=label_key,
+                label_value=label_value,
+            ),
+            lambda page: page.buckets,
+        )
+
+    def update_bucket(
+        self,
+        name: str,
+        *,
+        labels: dict[str, str] | None = None,
+        policy: resources_pb2.BucketKeyPolicy | None = None,
+    ) -> resources_pb2.Bucket:
+        """Replace the labels and/or the policy; None leaves a field unchanged, {} clears the
+        labels."""
+        paths = [
+            path for path, value in (("labels", labels), ("policy", policy)) if value is not None
+        ]
+        bucket = resources_pb2.Bucket(name=name, labels=labels or {}, policy=policy)
+        request = bucket_service_pb2.UpdateBucketRequest(
+            bucket=bucket, update_mask=FieldMask(paths=paths)
+        )
+        return self._call(self._buckets.UpdateBucket, request)
+
+    def delete_bucket(
+        self, name: str, waiting_period: timedelta | None = None
+    ) -> resources_pb2.Bucket:
+        """Schedules the destruction of the bucket's master key; waiting_period None: the
+        server's default."""
+        request = bucket_service_pb2.DeleteBucketRequest(name=name)
+        if waiting_period is not None:
+            duration = Duration()
+            duration.FromTimedelta(waiting_period)
+            request.waiting_period.CopyFrom(duration)
+        return self._call(self._buckets.DeleteBucket, request)
+
+    def cancel_bucket_deletion(self, name: str) -> resources_pb2.Bucket:
+        request = bucket_service_pb2.CancelBucketDeletionRequest(name=name)
+        return self._call(self._buckets.CancelBucketDeletion, request)
+
+    def rotate_bucket_master_key(self, name: str) -> resources_pb2.Bucket:
+        request = bucket_service_pb2.RotateBucketMasterKeyRequest(name=name)
+        return self._call(self._buckets.RotateBucketMasterKey, request)
+
+    def disable_bucket_master_key_version(self, name: str) -> resources_pb2.Bucket:
+        """name: accounts/{a}/buckets/{b}/masterKeyVersions/{n}."""
+        request = bucket_service_pb2.DisableBucketMasterKeyVersionRequest(name=name)
+        return self._call(self._buckets.DisableBucketMasterKeyVersion, request)
+
+    def enable_bucket_master_key_version(self, name: str) -> resources_pb2.Bucket:
+        request = bucket_service_pb2.EnableBucketMasterKeyVersionRequest(name=name)
+        return self._call(self._buckets.EnableBucketMasterKeyVersion, request)
+
+    def generate_bucket_key(self, bucket: str) -> GeneratedBucketKey:
+        """A fresh bucket key of bucket (BucketKeySource): its 32 bytes, the same wrapped under
+        the primary master-key version, and the bucket's policy."""
+        request = bucket_service_pb2.GenerateBucketKeyRequest(name=bucket)
+        response = self._call(self._buckets.GenerateBucketKey, request)
+        _check(response, "plaintext")
+        _check(response, "wrapped_key")
+        return GeneratedBucketKey(
+            plaintext=response.plaintext,
+            wrapped=response.wrapped_key,
+            master_key_version=response.master_key_version,
+            lifetime_seconds=response.key_lifetime.ToTimedelta().total_seconds(),
+            max_objects=response.max_objects_per_key or None,
+            max_bytes=response.max_bytes_per_key or None,
+        )
+
+    def decrypt_bucket_key(self, bucket: str, wrapped: bytes) -> bytes:
+        """The plaintext of a wrapped bucket key of bucket (BucketKeySource). Raises
+        BucketKeyRejected when the vault refuses the wrapped key (DECRYPTION_FAILED: modified,
+        or made for another bucket); any other failure as VaultClientError."""
+        request = bucket_service_pb2.DecryptBucketKeyRequest(
+            name=bucket, wrapped_key=wrapped, wrapped_key_crc32c=_crc32c(wrapped)
+        )
+        try:
+            response = self._call(self._buckets.DecryptBucketKey, request)
+        except VaultClientError as error:
+            if error.reason == "DECRYPTION_FAILED":
+                raise BucketKeyRejected() from None
+            raise
+        _check(response, "plaintext")
+        return bytes(response.plaintext)
 
     # -- AuditService (admin role) -----------------------------------------------------------
 

@@ -8,7 +8,8 @@ belong to one account. What a credential may do:
   role when its account is an admin account (manage accounts, credentials and the audit log;
   use the keys of every account);
 - an access key with grants has exactly those: a level (READ < READWRITE < FULL) on named
-  keys or on every key ("keys/*") of its account, never the admin role;
+  keys or buckets, or on every key ("keys/*") or bucket ("buckets/*") of its account, never
+  the admin role;
 - an API key has scopes: methods x resources of its account, never the admin role.
 """
 
@@ -37,7 +38,7 @@ _API_TOKEN_RE = re.compile(
 _ACCOUNT = r"accounts/(?P<account>[a-z][a-z0-9-]{0,62})"
 _ACCESS_KEY_NAME_RE = re.compile(rf"{_ACCOUNT}/accessKeys/(?P<id>{_ACCESS_KEY_ID})")
 _API_KEY_NAME_RE = re.compile(rf"{_ACCOUNT}/apiKeys/(?P<id>{_API_KEY_ID})")
-_KEY_RESOURCE_RE = re.compile(r"keys/(?:\*|[a-z][a-z0-9-]{0,62})")
+_KEY_RESOURCE_RE = re.compile(r"(?:keys|buckets)/(?:\*|[a-z][a-z0-9-]{0,62})")
 MAX_GRANTS: Final = 64
 MAX_SCOPES: Final = 32
 MAX_DESCRIPTION: Final = 1024
@@ -89,7 +90,36 @@ REQUIRED_LEVEL: Final[dict[str, AccessLevel]] = {
     "RevokeKey": AccessLevel.FULL,
     "ScheduleKeyDestruction": AccessLevel.FULL,
     "CancelKeyDestruction": AccessLevel.FULL,
+    # BucketService, on buckets/{bucket}.
+    "GetBucket": AccessLevel.READ,
+    "ListBuckets": AccessLevel.READ,
+    "DecryptBucketKey": AccessLevel.READ,
+    "GenerateBucketKey": AccessLevel.READWRITE,
+    "CreateBucket": AccessLevel.FULL,
+    "UpdateBucket": AccessLevel.FULL,
+    "DeleteBucket": AccessLevel.FULL,
+    "CancelBucketDeletion": AccessLevel.FULL,
+    "RotateBucketMasterKey": AccessLevel.FULL,
+    "DisableBucketMasterKeyVersion": AccessLevel.FULL,
+    "EnableBucketMasterKeyVersion": AccessLevel.FULL,
 }
+# Methods whose resources are buckets: a call naming only the account (ListBuckets) needs
+# "buckets/*", where a key method's needs "keys/*".
+BUCKET_METHODS: Final = frozenset(
+    {
+        "GetBucket",
+        "ListBuckets",
+        "DecryptBucketKey",
+        "GenerateBucketKey",
+        "CreateBucket",
+        "UpdateBucket",
+        "DeleteBucket",
+        "CancelBucketDeletion",
+        "RotateBucketMasterKey",
+        "DisableBucketMasterKeyVersion",
+        "EnableBucketMasterKeyVersion",
+    }
+)
 # Services only the admin role may call.
 ADMIN_SERVICES: Final = frozenset(
     {"vault.v1.IdentityService", "vault.v1.AuditService", "vault.v1.ServerService"}
@@ -105,6 +135,13 @@ MUTATING_METHODS: Final = frozenset(
         "RevokeKey",
         "ScheduleKeyDestruction",
         "CancelKeyDestruction",
+        "CreateBucket",
+        "UpdateBucket",
+        "DeleteBucket",
+        "CancelBucketDeletion",
+        "RotateBucketMasterKey",
+        "DisableBucketMasterKeyVersion",
+        "EnableBucketMasterKeyVersion",
         "CreateAccount",
         "CreateAccessKey",
         "ResetSecretKey",
@@ -118,26 +155,32 @@ MUTATING_METHODS: Final = frozenset(
 
 @dataclass(frozen=True, slots=True)
 class Grant:
-    resource: str  # "keys/{key}" or "keys/*", relative to the credential's account
+    # "keys/{key}", "keys/*", "buckets/{bucket}" or "buckets/*", relative to the credential's
+    # account
+    resource: str
     level: AccessLevel
 
     def __post_init__(self) -> None:
         if not _KEY_RESOURCE_RE.fullmatch(self.resource):
             raise InvalidArgument(
-                "a grant's resource must be keys/{key} or keys/*",
+                "a grant's resource must be keys/{key}, keys/*, buckets/{bucket} or buckets/*",
                 metadata={"field": "grants.resource"},
             )
 
     def covers(self, resource: str) -> bool:
-        return self.resource == resource or (
-            self.resource == "keys/*" and resource.startswith("keys/")
-        )
+        return self.resource == resource or _wildcard_covers(self.resource, resource)
+
+
+def _wildcard_covers(allowed: str, resource: str) -> bool:
+    """Whether allowed is "keys/*" or "buckets/*" and resource one of its kind."""
+    kind, _, rest = allowed.partition("/")
+    return rest == "*" and resource.startswith(f"{kind}/")
 
 
 @dataclass(frozen=True, slots=True)
 class ApiScope:
     methods: frozenset[str]  # short method names, or "*"
-    resources: tuple[str, ...]  # "keys/{key}", "keys/*" or "*"
+    resources: tuple[str, ...]  # "keys/{key}", "keys/*", "buckets/{bucket}", "buckets/*", "*"
 
     def __post_init__(self) -> None:
         if not self.methods or not self.resources:
@@ -154,7 +197,8 @@ class ApiScope:
         for resource in self.resources:
             if resource != "*" and not _KEY_RESOURCE_RE.fullmatch(resource):
                 raise InvalidArgument(
-                    "a scope's resource must be keys/{key}, keys/* or *",
+                    "a scope's resource must be keys/{key}, keys/*, buckets/{bucket}, "
+                    "buckets/* or *",
                     metadata={"field": "scopes.resources"},
                 )
 
@@ -167,7 +211,7 @@ class ApiScope:
         for allowed in self.resources:
             if allowed == "*" or allowed == resource:
                 return True
-            if allowed == "keys/*" and resource.startswith("keys/"):
+            if _wildcard_covers(allowed, resource):
                 return True
         return False
 
@@ -257,7 +301,9 @@ class ResourceRef:
     """A resource a request names, split leniently (authorisation runs before validation)."""
 
     account_id: str
-    relative: str  # "keys/{key}" for a key or key version; "" for the account itself
+    # "keys/{key}" for a key or key version, "buckets/{bucket}" for a bucket or its master-key
+    # versions; "" for the account itself
+    relative: str
 
 
 def resource_ref(name: str) -> ResourceRef | None:
@@ -269,8 +315,8 @@ def resource_ref(name: str) -> ResourceRef | None:
         return None
     if len(parts) == 2:
         return ResourceRef(parts[1], "")
-    if parts[2] == "keys" and len(parts) >= 4:
-        return ResourceRef(parts[1], f"keys/{parts[3]}")
+    if parts[2] in ("keys", "buckets") and len(parts) >= 4:
+        return ResourceRef(parts[1], f"{parts[2]}/{parts[3]}")
     return ResourceRef(parts[1], "/".join(parts[2:]))
 
 
@@ -295,9 +341,10 @@ def authorize(
         return any(scope.allows(method, named) for scope in principal.scopes)
     if principal.grants is None:
         return True
-    # An account-level call (ListKeys, GenerateRandom) needs the wildcard grant: listing keys
-    # would otherwise reveal the names of keys the credential was not given.
-    needed = [r or "keys/*" for r in relative] or ["keys/*"]
+    # An account-level call (ListKeys, GenerateRandom, ListBuckets) needs the wildcard grant:
+    # listing would otherwise reveal the names of keys or buckets the credential was not given.
+    wildcard = "buckets/*" if method in BUCKET_METHODS else "keys/*"
+    needed = [r or wildcard for r in relative] or [wildcard]
     return all(any(g.covers(r) and g.level >= level for g in principal.grants) for r in needed)
 
 

@@ -26,6 +26,8 @@ class VersionState(StrEnum):
     PENDING = "PENDING"
     ENABLED = "ENABLED"
     DESTROYED = "DESTROYED"
+    # Bucket master-key versions only: holds material, but nothing may use it until enabled.
+    DISABLED = "DISABLED"
 
 
 class Operation(StrEnum):

@@ -1,4 +1,5 @@
-"""Resource names: accounts/{a}/keys/{k}[/versions/{n}].
+"""Resource names: accounts/{a}/keys/{k}[/versions/{n}] and
+accounts/{a}/buckets/{b}[/masterKeyVersions/{n}].
 
 Every pattern is applied with fullmatch: `$` would also accept a trailing newline.
 
@@ -20,10 +21,20 @@ _VERSION_RE = re.compile(
     rf"accounts/(?P<account>{_ID})/keys/(?P<key>{_ID})/versions/(?P<version>[1-9][0-9]{{0,8}})"
 )
 _ACCOUNT_RE = re.compile(rf"accounts/(?P<account>{_ID})")
+_BUCKET_RE = re.compile(rf"accounts/(?P<account>{_ID})/buckets/(?P<bucket>{_ID})")
+_MASTER_VERSION_RE = re.compile(
+    rf"accounts/(?P<account>{_ID})/buckets/(?P<bucket>{_ID})"
+    r"/masterKeyVersions/(?P<version>[1-9][0-9]{0,8})"
+)
 _MAX_NAME = 256
 # Token objects of token-resident key versions are labelled this prefix plus a random UUID;
 # the root generations have their own prefix (vault.hsm.templates).
 TOKEN_KEY_LABEL_PREFIX = "vault:key:"  # noqa: S105 (a label, not a secret)
+# A bucket's master key is the key "~{bucket}" of its account: a record like any key's (state,
+# versions, wrapped blobs, destruction), under an id no caller can name through KeyService
+# (ids start with a letter), so it never collides with the account's keys and is not listed
+# among them.
+MASTER_KEY_PREFIX = "~"
 
 
 def check_id(kind: str, value: str) -> str:
@@ -93,6 +104,56 @@ class KeyVersionName:
 
     def __str__(self) -> str:
         return f"accounts/{self.account}/keys/{self.key}/versions/{self.version}"
+
+
+@dataclass(frozen=True, slots=True)
+class BucketName:
+    account: str
+    bucket: str
+
+    @classmethod
+    def parse(cls, name: str) -> BucketName:
+        match = _BUCKET_RE.fullmatch(name) if len(name) <= _MAX_NAME else None
+        if not match:
+            raise MalformedName(
+                "expected accounts/{account}/buckets/{bucket}", metadata={"name": _clip(name)}
+            )
+        return cls(match["account"], match["bucket"])
+
+    @property
+    def master_key(self) -> KeyName:
+        """The bucket's master key record (see MASTER_KEY_PREFIX)."""
+        return KeyName(self.account, MASTER_KEY_PREFIX + self.bucket)
+
+    def master_version(self, number: int) -> MasterKeyVersionName:
+        return MasterKeyVersionName(self.account, self.bucket, number)
+
+    def __str__(self) -> str:
+        return f"accounts/{self.account}/buckets/{self.bucket}"
+
+
+@dataclass(frozen=True, slots=True)
+class MasterKeyVersionName:
+    account: str
+    bucket: str
+    version: int
+
+    @classmethod
+    def parse(cls, name: str) -> MasterKeyVersionName:
+        match = _MASTER_VERSION_RE.fullmatch(name) if len(name) <= _MAX_NAME else None
+        if not match:
+            raise MalformedName(
+                "expected accounts/{account}/buckets/{bucket}/masterKeyVersions/{n}",
+                metadata={"name": _clip(name)},
+            )
+        return cls(match["account"], match["bucket"], int(match["version"]))
+
+    @property
+    def bucket_name(self) -> BucketName:
+        return BucketName(self.account, self.bucket)
+
+    def __str__(self) -> str:
+        return f"accounts/{self.account}/buckets/{self.bucket}/masterKeyVersions/{self.version}"
 
 
 def parse_key_or_version(name: str) -> tuple[KeyName, int | None]:

@@ -89,8 +89,10 @@ class KeyManagement:
 
     # -- reads ---------------------------------------------------------------------------
 
-    def get_key(self, name: str) -> Key:
-        return self.load(KeyName.parse(name))
+    def get_key(self, name: str | KeyName) -> Key:
+        """name as a caller gives it (parsed), or a KeyName the vault made (a bucket's
+        master key, whose id no caller can name)."""
+        return self.load(name if isinstance(name, KeyName) else KeyName.parse(name))
 
     def load(self, name: KeyName) -> Key:
         key = self._store.get_key(name)
@@ -177,7 +179,7 @@ class KeyManagement:
                 f"the token does not support {algorithm}",
                 metadata={"algorithm": str(algorithm)},
             )
-        labels = _check_labels(labels or {})
+        labels = check_labels(labels or {})
         _check_description(description)
         if len(request_id) > MAX_REQUEST_ID:
             raise InvalidArgument(f"request_id is limited to {MAX_REQUEST_ID} characters")
@@ -251,13 +253,13 @@ class KeyManagement:
             raise key.state_forbids("UpdateKey")
         changes: dict[str, object] = {"update_time": self._clock()}
         if labels is not None:
-            changes["labels"] = _check_labels(labels)
+            changes["labels"] = check_labels(labels)
         if description is not None:
             _check_description(description)
             changes["description"] = description
         return self._store.update_key(replace(key, **changes))  # type: ignore[arg-type]
 
-    def rotate_key(self, name: str) -> Key:
+    def rotate_key(self, name: str | KeyName) -> Key:
         key = self.get_key(name)
         if key.state is not KeyState.ENABLED:
             raise key.state_forbids("RotateKey")
@@ -326,7 +328,7 @@ class KeyManagement:
         revoked = replace(key.transition(KeyState.REVOKED, self._clock()), revocation_reason=reason)
         return self._store.update_key(revoked)
 
-    def schedule_destruction(self, name: str, waiting_period: timedelta | None) -> Key:
+    def schedule_destruction(self, name: str | KeyName, waiting_period: timedelta | None) -> Key:
         waiting = (
             waiting_period if waiting_period is not None else (self._policy.default_destroy_waiting)
         )
@@ -355,7 +357,7 @@ class KeyManagement:
         )
         return self._store.update_key(scheduled)
 
-    def cancel_destruction(self, name: str) -> Key:
+    def cancel_destruction(self, name: str | KeyName) -> Key:
         key = self.get_key(name)
         return self._store.update_key(key.cancel_destruction(self._clock()))
 
@@ -385,7 +387,7 @@ class KeyManagement:
         return destroyed
 
 
-def _check_labels(labels: dict[str, str]) -> dict[str, str]:
+def check_labels(labels: dict[str, str]) -> dict[str, str]:
     if len(labels) > MAX_LABELS:
         raise InvalidArgument(f"a key has at most {MAX_LABELS} labels")
     for label_key, value in labels.items():

@@ -12,9 +12,10 @@ from typing import Protocol
 
 from vault.domain.algorithms import Algorithm
 from vault.domain.audit import ArchiveMarker, AuditEvent, AuditRecord, Checkpoint
+from vault.domain.buckets import Bucket, BucketFilter
 from vault.domain.identity import AccessKey, Account, ApiKey, UsageCount
 from vault.domain.models import Key, KeyFilter, KeyVersion, Page, RootGeneration
-from vault.domain.names import KeyName, KeyVersionName
+from vault.domain.names import BucketName, KeyName, KeyVersionName
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,6 +154,38 @@ class MetadataStore(Protocol):
     def add_root_generation(self, root: RootGeneration) -> None: ...
 
     def list_root_generations(self) -> list[RootGeneration]: ...
+
+
+class BucketStore(Protocol):
+    """Buckets. A bucket and its master key (a key record of the MetadataStore) are created
+    together; the key's state is the bucket's."""
+
+    def create_bucket(self, bucket: Bucket, master_key: Key, first_version: KeyVersion) -> Bucket:
+        """Insert the bucket, its master key and the key's version 1 atomically;
+        AlreadyExists if the bucket id (or the request id) is taken."""
+        ...
+
+    def get_bucket(self, name: BucketName) -> tuple[Bucket, Key] | None:
+        """The bucket and its master key."""
+        ...
+
+    def find_bucket_by_request_id(self, account: str, request_id: str) -> Bucket | None: ...
+
+    def list_buckets(
+        self, account: str, bucket_filter: BucketFilter, page_size: int, page_token: str
+    ) -> Page[tuple[Bucket, Key]]: ...
+
+    def master_key_versions(
+        self, account: str, key_ids: Sequence[str]
+    ) -> dict[str, list[KeyVersion]]:
+        """The versions, oldest first, of each of these keys of account (one query for a
+        page of buckets)."""
+        ...
+
+    def update_bucket(self, bucket: Bucket) -> Bucket:
+        """Write labels, policy and update time if the etag is still current (Conflict
+        otherwise); return the bucket with its new etag."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)

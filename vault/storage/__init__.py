@@ -12,6 +12,7 @@ from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from vault.storage.audit_store import SqlAuditStore
+from vault.storage.bucket_store import SqlBucketStore
 from vault.storage.engine import make_engine, write_transaction
 from vault.storage.identity_store import SqlIdentityStore
 from vault.storage.sql_store import SqlMetadataStore
@@ -19,6 +20,7 @@ from vault.storage.transactions import unavailable
 
 __all__ = [
     "SqlAuditStore",
+    "SqlBucketStore",
     "SqlIdentityStore",
     "SqlMetadataStore",
     "Stores",
@@ -31,11 +33,12 @@ MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 
 
 class Stores(NamedTuple):
-    """The three stores of one database, sharing one engine (one connection pool)."""
+    """The stores of one database, sharing one engine (one connection pool)."""
 
     metadata: SqlMetadataStore
     identity: SqlIdentityStore
     audit: SqlAuditStore
+    buckets: SqlBucketStore
 
     def close(self) -> None:
         """Close the audit lock file and every pooled connection. No store may be used after."""
@@ -55,8 +58,8 @@ def open_store(url: str) -> SqlMetadataStore:
 
 
 def open_stores(url: str) -> Stores:
-    """As open_store (one migration run), returning the metadata, identity and audit stores
-    of the database, which share its engine."""
+    """As open_store (one migration run), returning the metadata, identity, audit and bucket
+    stores of the database, which share its engine."""
     engine = _open_engine(url)
     metadata = SqlMetadataStore(engine)
     # An in-memory database is one connection: every store must take turns on the same lock.
@@ -65,6 +68,7 @@ def open_stores(url: str) -> Stores:
         metadata=metadata,
         identity=SqlIdentityStore(engine, serial=serial),
         audit=SqlAuditStore(engine, serial=serial),
+        buckets=SqlBucketStore(engine, serial=serial),
     )
 
 

@@ -85,6 +85,10 @@ def _install_sqlite_hooks(engine: Engine) -> None:
             _enable_wal(cursor)
             cursor.execute("PRAGMA synchronous = NORMAL")
             cursor.execute("PRAGMA foreign_keys = ON")
+            # Content that is overwritten or deleted is zeroed, not left in free space: a
+            # destroyed key version's wrapped blob must not outlive its row (crypto-shredding;
+            # scrub_wal removes the WAL's copies).
+            cursor.execute("PRAGMA secure_delete = ON")
         finally:
             cursor.close()
 
@@ -132,6 +136,26 @@ def _dispose_in_forked_children(engine: Engine) -> None:
             forked.dispose(close=False)
 
     os.register_at_fork(after_in_child=_after_fork)
+
+
+def scrub_wal(engine: Engine) -> bool:
+    """Copy the WAL into the database file and truncate it, so no older copy of a page (a
+    destroyed key's wrapped blob, say) stays in the -wal file. Outside any transaction; waits
+    for readers up to busy_timeout. Returns False when a reader kept it from finishing (the
+    next truncating checkpoint removes the copies). True at once for other databases."""
+    if not is_sqlite(engine.url) or is_sqlite_memory(engine.url):
+        return True
+    raw = engine.raw_connection()
+    try:
+        cursor = raw.cursor()
+        try:
+            cursor.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            row = cursor.fetchone()
+        finally:
+            cursor.close()
+    finally:
+        raw.close()
+    return row is not None and not row[0]
 
 
 @contextmanager

@@ -3,6 +3,7 @@ PostgreSQL later; backend differences stay in engine.py."""
 
 from __future__ import annotations
 
+import logging
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -22,6 +23,7 @@ from sqlalchemy import (
     select,
     update,
 )
+from sqlalchemy.exc import SQLAlchemyError
 
 from vault.domain.algorithms import Algorithm, Purpose
 from vault.domain.errors import (
@@ -41,11 +43,12 @@ from vault.domain.models import (
     RootGeneration,
     VersionState,
 )
-from vault.domain.names import KeyName, KeyVersionName, check_id
+from vault.domain.names import MASTER_KEY_PREFIX, KeyName, KeyVersionName, check_id
 from vault.storage.engine import (
     is_sqlite,
     is_sqlite_memory,
     is_sqlite_uri,
+    scrub_wal,
 )
 from vault.storage.freshness import UnchangedSinceCache
 from vault.storage.paging import (
@@ -61,6 +64,8 @@ from vault.storage.transactions import (
     guarded_transaction,
     new_serial_lock,
 )
+
+log = logging.getLogger(__name__)
 
 _KEY_CACHE_SIZE = 4096  # per request thread
 
@@ -125,16 +130,16 @@ class SqlMetadataStore:
     def create_key(self, key: Key, first_version: KeyVersion) -> Key:
         """Insert a key and its version 1 atomically; AlreadyExists if the name is taken."""
         _require_same_key(key, first_version)
-        key_row = _key_row(key)
-        version_row = _version_row(first_version)
+        key_values = key_row(key)
+        version_values = version_row(first_version)
         with guarded_transaction(
             self._engine,
             self._serial,
             write=True,
             on_duplicate=lambda: self._explain_duplicate(key),
         ) as c:
-            c.execute(insert(keys).values(**key_row))
-            c.execute(insert(key_versions).values(**version_row))
+            c.execute(insert(keys).values(**key_values))
+            c.execute(insert(key_versions).values(**version_values))
         return key
 
     def get_key(self, name: KeyName) -> Key | None:
@@ -145,7 +150,7 @@ class SqlMetadataStore:
                 return cached
         with guarded_transaction(self._engine, self._serial, write=False) as c:
             row = c.execute(_GET_KEY, _key_params(name)).mappings().one_or_none()
-        key = None if row is None else _to_key(row)
+        key = None if row is None else to_key(row)
         if key is not None and self._key_cache is not None:
             self._key_cache.put(name, key, version)
         return key
@@ -157,20 +162,25 @@ class SqlMetadataStore:
         query = select(keys).where(keys.c.account == account, keys.c.request_id == request_id)
         with guarded_transaction(self._engine, self._serial, write=False) as c:
             row = c.execute(query).mappings().one_or_none()
-        return None if row is None else _to_key(row)
+        return None if row is None else to_key(row)
 
     def list_keys(
         self, account: str, key_filter: KeyFilter, page_size: int, page_token: str
     ) -> Page[Key]:
         size = clamp_page_size(page_size)
-        query = select(keys).where(keys.c.account == account, *_filter_clauses(key_filter))
+        query = select(keys).where(
+            keys.c.account == account,
+            # Buckets' master keys are the buckets' own, listed by ListBuckets.
+            keys.c.key_id.not_like(f"{MASTER_KEY_PREFIX}%"),
+            *_filter_clauses(key_filter),
+        )
         if page_token:
             query = query.where(keys.c.key_id > _decode_page_token(page_token))
         # One row beyond the page says whether another page follows, without a COUNT.
         query = query.order_by(keys.c.key_id).limit(size + 1)
         with guarded_transaction(self._engine, self._serial, write=False) as c:
             rows = c.execute(query).mappings().all()
-        items = [_to_key(row) for row in rows[:size]]
+        items = [to_key(row) for row in rows[:size]]
         next_token = encode_page_token(items[-1].name.key) if len(rows) > size else ""
         return Page(items=items, next_page_token=next_token)
 
@@ -186,7 +196,7 @@ class SqlMetadataStore:
         """Append a version and bump the key's etag, atomically; an ENABLED version becomes
         primary at once, a PENDING one when activate_version enables it."""
         _require_same_key(key, version)
-        version_row = _version_row(version)
+        version_values = version_row(version)
         # Adding a version changes the key, so its update time moves to the version's
         # creation unless the caller already gave a later one.
         update_time = max(aware(key.update_time), aware(version.create_time))
@@ -205,7 +215,7 @@ class SqlMetadataStore:
             # Key row first: the etag check fails fast on a stale key, and on a server database
             # the row lock it takes orders concurrent add_version/discard_pending calls.
             _bump_etag(c, key, values)
-            c.execute(insert(key_versions).values(**version_row))
+            c.execute(insert(key_versions).values(**version_values))
             return _reread_key(c, key.name)
 
     def activate_version(self, version: KeyVersion) -> Key:
@@ -242,18 +252,18 @@ class SqlMetadataStore:
     def get_version(self, name: KeyVersionName) -> KeyVersion | None:
         with guarded_transaction(self._engine, self._serial, write=False) as c:
             row = c.execute(_GET_VERSION, _version_params(name)).mappings().one_or_none()
-        return None if row is None else _to_version(row)
+        return None if row is None else to_version(row)
 
     def list_versions(self, key: KeyName) -> list[KeyVersion]:
         query = select(key_versions).where(_versions_of(key)).order_by(key_versions.c.version)
         with guarded_transaction(self._engine, self._serial, write=False) as c:
             rows = c.execute(query).mappings().all()
-        return [_to_version(row) for row in rows]
+        return [to_version(row) for row in rows]
 
     def update_version(self, version: KeyVersion) -> None:
         """Write a version's state, material references and destroy time. NotFound if the
         version does not exist (a silent no-op would hide a lost PENDING row)."""
-        row = _version_row(version)
+        row = version_row(version)
         values = {
             column: row[column]
             for column in (
@@ -294,10 +304,12 @@ class SqlMetadataStore:
         )
         with guarded_transaction(self._engine, self._serial, write=False) as c:
             rows = c.execute(query).mappings().all()
-        return [_to_key(row) for row in rows]
+        return [to_key(row) for row in rows]
 
     def mark_destroyed(self, key: Key, now: datetime) -> Key:
-        """Key DESTROYED, every version DESTROYED with its wrapped blob erased; atomically."""
+        """Key DESTROYED, every version DESTROYED with its wrapped blob erased; atomically.
+        The erased blobs are zeroed in the database file (secure_delete) and its WAL is
+        truncated, so no copy of them stays on disk (crypto-shredding)."""
         now = aware(now)
         with guarded_transaction(self._engine, self._serial, write=True) as c:
             # The etag check stops a key whose destruction was cancelled (restored) after the
@@ -315,7 +327,14 @@ class SqlMetadataStore:
                     ),
                 )
             )
-            return _reread_key(c, key.name)
+            destroyed = _reread_key(c, key.name)
+        try:
+            scrubbed = scrub_wal(self._engine)
+        except SQLAlchemyError:
+            scrubbed = False
+        if not scrubbed:
+            log.warning("the WAL may still hold destroyed key material until its next checkpoint")
+        return destroyed
 
     # --- start-up reconciliation ------------------------------------------------------------
 
@@ -327,7 +346,7 @@ class SqlMetadataStore:
         )
         with guarded_transaction(self._engine, self._serial, write=False) as c:
             rows = c.execute(query).mappings().all()
-        return [_to_version(row) for row in rows]
+        return [to_version(row) for row in rows]
 
     def discard_pending(self, version: KeyVersion) -> None:
         """Remove a PENDING version; remove its key too if that was the key's only version.
@@ -478,7 +497,7 @@ def _mutable_key_values(key: Key) -> dict[str, Any]:
     }
 
 
-def _key_row(key: Key) -> dict[str, Any]:
+def key_row(key: Key) -> dict[str, Any]:
     return {
         "account": key.name.account,
         "key_id": key.name.key,
@@ -492,7 +511,7 @@ def _key_row(key: Key) -> dict[str, Any]:
     }
 
 
-def _version_row(version: KeyVersion) -> dict[str, Any]:
+def version_row(version: KeyVersion) -> dict[str, Any]:
     return {
         "account": version.name.account,
         "key_id": version.name.key,
@@ -522,10 +541,10 @@ def _bump_etag(c: Connection, key: Key, values: dict[str, Any]) -> None:
 
 
 def _reread_key(c: Connection, name: KeyName) -> Key:
-    return _to_key(c.execute(select(keys).where(_key_pk(name))).mappings().one())
+    return to_key(c.execute(select(keys).where(_key_pk(name))).mappings().one())
 
 
-def _to_key(row: RowMapping) -> Key:
+def to_key(row: RowMapping) -> Key:
     before = row["state_before_destroy_scheduled"]
     return Key(
         name=KeyName(row["account"], row["key_id"]),
@@ -546,7 +565,7 @@ def _to_key(row: RowMapping) -> Key:
     )
 
 
-def _to_version(row: RowMapping) -> KeyVersion:
+def to_version(row: RowMapping) -> KeyVersion:
     return KeyVersion(
         name=KeyVersionName(row["account"], row["key_id"], int(row["version"])),
         state=VersionState(row["state"]),

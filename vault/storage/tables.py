@@ -136,6 +136,27 @@ key_versions = Table(
 # Start-up reconciliation scans versions by state (PENDING, not DESTROYED).
 Index(None, key_versions.c.state)
 
+# A bucket's master key is the keys row (account, master_key_id); its state is the bucket's.
+buckets = Table(
+    "buckets",
+    metadata,
+    Column("account", String(ID_LENGTH), primary_key=True),
+    Column("bucket_id", String(ID_LENGTH), primary_key=True),
+    Column("master_key_id", String(ID_LENGTH), nullable=False),
+    Column("labels", JSON, nullable=False),
+    # The bucket-key policy: lifetime in microseconds; NULL limits are no limit.
+    Column("key_lifetime_us", BigInteger, nullable=False),
+    Column("max_objects_per_key", BigInteger, nullable=True),
+    Column("max_bytes_per_key", BigInteger, nullable=True),
+    Column("create_time", UtcDateTime, nullable=False),
+    Column("update_time", UtcDateTime, nullable=False),
+    Column("request_id", String(128), nullable=True),
+    Column("etag", Integer, nullable=False),
+    ForeignKeyConstraint(["account", "master_key_id"], [keys.c.account, keys.c.key_id]),
+    UniqueConstraint("account", "master_key_id"),
+    UniqueConstraint("account", "request_id"),
+)
+
 root_generations = Table(
     "root_generations",
     metadata,

@@ -16,10 +16,12 @@ from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from vault.domain.algorithms import Algorithm, Purpose
+from vault.domain.buckets import BucketFilter, BucketPolicy, BucketState
 from vault.domain.errors import InvalidArgument
 from vault.domain.models import Key, KeyFilter, KeyState, KeyVersion, VersionState
 from vault.domain.names import AccountName
-from vault.gen.vault.v1 import key_service_pb2, resources_pb2
+from vault.gen.vault.v1 import bucket_service_pb2, key_service_pb2, resources_pb2
+from vault.service.buckets import BucketView
 from vault.service.keys import PublicKeyInfo
 from vault.transport.integrity import checksum
 
@@ -35,6 +37,7 @@ _MAX_DURATION_SECONDS: Final = 315_576_000_000
 _MIN_TIMESTAMP_SECONDS: Final = -62_135_596_800
 _MAX_TIMESTAMP_SECONDS: Final = 253_402_300_799
 UPDATABLE_KEY_FIELDS: Final = ("labels", "description")
+UPDATABLE_BUCKET_FIELDS: Final = ("labels", "policy")
 
 
 class _EnumMirror(Generic[_Domain, _Proto]):
@@ -74,6 +77,7 @@ PURPOSES: Final = _EnumMirror(Purpose, resources_pb2.Purpose, "PURPOSE_")
 ALGORITHMS: Final = _EnumMirror(Algorithm, resources_pb2.Algorithm, "ALGORITHM_")
 KEY_STATES: Final = _EnumMirror(KeyState, resources_pb2.KeyState, "KEY_STATE_")
 VERSION_STATES: Final = _EnumMirror(VersionState, resources_pb2.VersionState, "VERSION_STATE_")
+BUCKET_STATES: Final = _EnumMirror(BucketState, resources_pb2.BucketState, "BUCKET_STATE_")
 
 
 # -- domain -> proto ---------------------------------------------------------------------
@@ -122,6 +126,44 @@ def public_key_to_proto(info: PublicKeyInfo) -> resources_pb2.PublicKey:
         algorithm=ALGORITHMS.to_proto(info.algorithm),
         name=info.version_name,
         pem_crc32c=checksum(info.pem.encode("utf-8")),
+    )
+
+
+def duration(value: timedelta) -> Duration:
+    result = Duration()
+    result.FromTimedelta(value)
+    return result
+
+
+def policy_to_proto(policy: BucketPolicy) -> resources_pb2.BucketKeyPolicy:
+    return resources_pb2.BucketKeyPolicy(
+        key_lifetime=duration(policy.key_lifetime),
+        max_objects_per_key=policy.max_objects or 0,
+        max_bytes_per_key=policy.max_bytes or 0,
+    )
+
+
+def bucket_to_proto(view: BucketView) -> resources_pb2.Bucket:
+    name = view.bucket.name
+    key = view.master_key
+    return resources_pb2.Bucket(
+        name=str(name),
+        state=BUCKET_STATES.to_proto(view.state),
+        labels=view.bucket.labels,
+        policy=policy_to_proto(view.bucket.policy),
+        primary_master_key_version=str(name.master_version(key.primary_version)),
+        master_key_versions=[
+            resources_pb2.BucketMasterKeyVersion(
+                name=str(name.master_version(version.number)),
+                state=VERSION_STATES.to_proto(version.state),
+                create_time=timestamp(version.create_time),
+                destroy_time=_optional_timestamp(version.destroy_time),
+            )
+            for version in view.versions
+        ],
+        create_time=timestamp(view.bucket.create_time),
+        update_time=timestamp(max(view.bucket.update_time, key.update_time)),
+        delete_time=_optional_timestamp(key.destroy_scheduled_time),
     )
 
 
@@ -199,7 +241,10 @@ def waiting_period(
 ) -> timedelta | None:
     if not request.HasField("waiting_period"):
         return None
-    duration: Duration = request.waiting_period
+    return _duration(request.waiting_period, "waiting_period")
+
+
+def _duration(duration: Duration, field: str) -> timedelta:
     # timedelta overflows (OverflowError) long before int64 seconds do.
     mixed_signs = duration.seconds * duration.nanos < 0  # duration.proto forbids it
     if (
@@ -207,7 +252,65 @@ def waiting_period(
         or abs(duration.nanos) >= 1_000_000_000
         or mixed_signs
     ):
-        raise InvalidArgument(
-            "waiting_period is not a valid duration", metadata={"field": "waiting_period"}
-        )
+        raise InvalidArgument(f"{field} is not a valid duration", metadata={"field": field})
     return duration.ToTimedelta()
+
+
+def bucket_filter(request: bucket_service_pb2.ListBucketsRequest) -> BucketFilter:
+    return BucketFilter(
+        state=BUCKET_STATES.from_proto(request.state, "state"),
+        label_key=request.label_key or None,
+        label_value=request.label_value if request.HasField("label_value") else None,
+    )
+
+
+def bucket_policy(message: resources_pb2.BucketKeyPolicy, field: str) -> BucketPolicy:
+    """The policy a request gives; unset fields take the defaults (0 limits: none)."""
+    for name in ("max_objects_per_key", "max_bytes_per_key"):
+        if getattr(message, name) < 0:
+            raise InvalidArgument(
+                f"{field}.{name} must not be negative", metadata={"field": f"{field}.{name}"}
+            )
+    lifetime = None
+    if message.HasField("key_lifetime"):
+        lifetime = _duration(message.key_lifetime, f"{field}.key_lifetime")
+    return BucketPolicy(
+        **({"key_lifetime": lifetime} if lifetime is not None else {}),
+        max_objects=message.max_objects_per_key or None,
+        max_bytes=message.max_bytes_per_key or None,
+    )
+
+
+def bucket_updates(
+    request: bucket_service_pb2.UpdateBucketRequest,
+) -> tuple[dict[str, str] | None, BucketPolicy | None]:
+    """(labels, policy) to set, None meaning unchanged (AIP-134, as key_updates)."""
+    bucket = request.bucket
+    if request.HasField("update_mask"):
+        paths = set(request.update_mask.paths)
+        if "*" in paths:
+            paths = (paths - {"*"}) | set(UPDATABLE_BUCKET_FIELDS)
+        unknown = sorted(paths - set(UPDATABLE_BUCKET_FIELDS))
+        if unknown:
+            raise InvalidArgument(
+                "update_mask may name only labels and policy",
+                metadata={"field": "update_mask", "paths": ",".join(unknown)[:200]},
+            )
+    else:
+        paths = {"labels"} if bucket.labels else set()
+        if bucket.HasField("policy"):
+            paths.add("policy")
+    if not paths:
+        raise InvalidArgument(
+            "nothing to update: set update_mask, a label or the policy",
+            metadata={"field": "update_mask"},
+        )
+    labels = dict(bucket.labels) if "labels" in paths else None
+    policy = bucket_policy(bucket.policy, "bucket.policy") if "policy" in paths else None
+    return labels, policy
+
+
+def bucket_waiting_period(request: bucket_service_pb2.DeleteBucketRequest) -> timedelta | None:
+    if not request.HasField("waiting_period"):
+        return None
+    return _duration(request.waiting_period, "waiting_period")

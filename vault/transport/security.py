@@ -125,11 +125,16 @@ def resource_names(request: Message) -> list[str]:
     if "key_id" in fields and "parent" in fields:
         # CreateKey names the key it creates: grants on keys/{key} apply to it.
         names = [f"{request.parent}/keys/{request.key_id}"]  # type: ignore[attr-defined]
+    if "bucket_id" in fields and "parent" in fields:
+        # CreateBucket names the bucket it creates: grants on buckets/{bucket} apply to it.
+        names = [f"{request.parent}/buckets/{request.bucket_id}"]  # type: ignore[attr-defined]
     if "account_id" in fields:
         # CreateAccount names the account it creates.
         names.append(f"accounts/{request.account_id}")  # type: ignore[attr-defined]
     if "key" in fields and request.DESCRIPTOR.name == "UpdateKeyRequest":
         names.append(request.key.name)  # type: ignore[attr-defined]
+    if "bucket" in fields and request.DESCRIPTOR.name == "UpdateBucketRequest":
+        names.append(request.bucket.name)  # type: ignore[attr-defined]
     if "destination_key_name" in fields and request.destination_key_name:  # type: ignore[attr-defined]
         names.append(request.destination_key_name)  # type: ignore[attr-defined]
     return names

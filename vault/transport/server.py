@@ -25,6 +25,8 @@ from vault.config import Settings
 from vault.gen.vault.v1 import (
     audit_service_pb2,
     audit_service_pb2_grpc,
+    bucket_service_pb2,
+    bucket_service_pb2_grpc,
     crypto_service_pb2,
     crypto_service_pb2_grpc,
     identity_service_pb2,
@@ -34,6 +36,7 @@ from vault.gen.vault.v1 import (
     server_service_pb2,
     server_service_pb2_grpc,
 )
+from vault.transport.bucket_servicer import BucketServicer
 from vault.transport.crypto_servicer import CryptoServicer
 from vault.transport.errors import ErrorInterceptor
 from vault.transport.health import HealthProbe, health_servicer
@@ -53,6 +56,7 @@ IDENTITY_SERVICE: Final = identity_service_pb2.DESCRIPTOR.services_by_name[
 ].full_name
 AUDIT_SERVICE: Final = audit_service_pb2.DESCRIPTOR.services_by_name["AuditService"].full_name
 SERVER_SERVICE: Final = server_service_pb2.DESCRIPTOR.services_by_name["ServerService"].full_name
+BUCKET_SERVICE: Final = bucket_service_pb2.DESCRIPTOR.services_by_name["BucketService"].full_name
 
 
 class ListenAddressError(ValueError):
@@ -225,7 +229,10 @@ def build(
     crypto_service_pb2_grpc.add_CryptoServiceServicer_to_server(
         CryptoServicer(services.crypto), server
     )
-    served = [KEY_SERVICE, CRYPTO_SERVICE]
+    bucket_service_pb2_grpc.add_BucketServiceServicer_to_server(
+        BucketServicer(services.buckets), server
+    )
+    served = [KEY_SERVICE, CRYPTO_SERVICE, BUCKET_SERVICE]
     if security is not None:
         identity_service_pb2_grpc.add_IdentityServiceServicer_to_server(
             IdentityServicer(security.identity), server
