@@ -25,6 +25,7 @@ from vault.service.ports import (
     SharedCounters,
 )
 from vault.service.reconcile import reconcile
+from vault.service.revocations import RevocationFeeds
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +46,9 @@ class Services:
     keystore: KeyStore
     keys: KeyManagement
     crypto: CryptoOperations
+    feeds: RevocationFeeds
+    # Creates the token's revocation feed key where missing; returns the labels created.
+    ensure_feed_key: Callable[[], list[str]]
     security: Security | None = None
     # name -> check the health probe runs; a check that returns False or raises means the
     # vault cannot serve (vault.transport.health).
@@ -60,7 +64,7 @@ def build_services(settings: Settings, counters: SharedCounters | None = None) -
     """The use cases; with settings.auth.enabled also identity and audit, whose limits and
     caches hold across worker processes through counters (authentication needs them)."""
     from vault.hsm.keystore import open_keystore
-    from vault.hsm.system_keys import SystemKeys
+    from vault.hsm.system_keys import RevocationFeedKey, SystemKeys
     from vault.storage import open_stores
 
     assert settings.store.url is not None
@@ -70,6 +74,8 @@ def build_services(settings: Settings, counters: SharedCounters | None = None) -
         store, keystore, settings.keys, version_cache_seconds=settings.hsm.cache_ttl_seconds
     )
     crypto = CryptoOperations(keys, keystore, settings.keys)
+    feed_key = RevocationFeedKey(keystore)
+    feeds = RevocationFeeds(keys, feed_key)
     security = None
     if settings.auth.enabled:
         system_keys = SystemKeys(keystore)
@@ -98,7 +104,7 @@ def build_services(settings: Settings, counters: SharedCounters | None = None) -
         reserve = FileDiskReserve(settings.disk_reserve_file, settings.store.disk_reserve_bytes)
         security = Security(identity, authenticator, audit, system_keys.ensure, reserve)
     checks = {"token": keystore.available, "store": store.check_writable}
-    return Services(store, keystore, keys, crypto, security, checks)
+    return Services(store, keystore, keys, crypto, feeds, feed_key.ensure, security, checks)
 
 
 @contextmanager
@@ -142,6 +148,7 @@ def prepare_and_reconcile(settings: Settings) -> StartupReport:
     try:
         report = reconcile(services.store, services.keystore)
         created: list[str] = []
+        created += services.ensure_feed_key()
         admin = None
         path = settings.auth.admin_credentials_file
         if services.security is not None:
