@@ -58,6 +58,13 @@ class _HandleCache(TTLCache[str, Any]):
             objects.destroy_quietly(value)
         return expired
 
+    def clear(self) -> None:
+        # cachetools' clear() drops entries without popitem(): destroy them here.
+        values = list(super().values())
+        super().clear()
+        for value in values:
+            objects.destroy_quietly(value)
+
 
 class Pkcs11KeyStore:
     def __init__(self, library: TokenLibrary, cache_size: int, cache_ttl_seconds: int) -> None:
@@ -157,7 +164,7 @@ class Pkcs11KeyStore:
             return
         cache: _HandleCache | None = context.extra.get(_CACHE)
         if cache is not None:
-            cache.clear()  # popitem destroys each object
+            cache.clear()  # destroys each object
         for name in [name for name in context.objects if name.startswith(_VERSION_PREFIX)]:
             del context.objects[name]
         context.extra[_EPOCH_SEEN] = epoch

@@ -90,6 +90,7 @@ class KeyManagement:
         )
         self._versions_lock = threading.Lock()
         self._material_epoch = -1
+        self._purge_pending = False
 
     # -- reads ---------------------------------------------------------------------------
 
@@ -448,6 +449,14 @@ class KeyManagement:
             for version in self._store.list_versions(key.name):
                 self._keystore.destroy(version)
             log.info("destroyed key %s", key.name)
+        if destroyed or self._purge_pending:
+            # The blobs are erased in the store's rows; this takes them out of its files too.
+            self._purge_pending = not self._store.purge_erased()
+            if self._purge_pending:
+                log.warning(
+                    "the store's write-ahead log is in use; destroyed keys' erased blobs "
+                    "leave its files at the next try"
+                )
         return destroyed
 
 

@@ -167,6 +167,11 @@ class MetadataStore(Protocol):
         """Key DESTROYED, every version DESTROYED with its wrapped blob erased; atomically."""
         ...
 
+    def purge_erased(self) -> bool:
+        """Make values erased so far (a destroyed version's blob) unrecoverable from the
+        store's files; False when that could not finish now (retry later)."""
+        ...
+
     def pending_versions(self) -> list[KeyVersion]: ...
 
     def discard_pending(self, version: KeyVersion) -> None:

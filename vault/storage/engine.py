@@ -85,6 +85,9 @@ def _install_sqlite_hooks(engine: Engine) -> None:
             _enable_wal(cursor)
             cursor.execute("PRAGMA synchronous = NORMAL")
             cursor.execute("PRAGMA foreign_keys = ON")
+            # Deleted and overwritten content is zeroed in the page instead of left in its
+            # free space: a destroyed key's erased wrapped blob must not stay in the file.
+            cursor.execute("PRAGMA secure_delete = ON")
         finally:
             cursor.close()
 
@@ -118,6 +121,27 @@ def _enable_wal(cursor: Any) -> None:
                 raise
         time.sleep(delay)
         delay = min(delay * 2, 0.1)
+
+
+def checkpoint_and_truncate(engine: Engine) -> bool:
+    """Copy the write-ahead log into the database file and truncate the log to zero bytes,
+    so values overwritten since (a destroyed key's wrapped blob) are in neither file. True
+    when done; False when readers kept part of the log in use past busy_timeout. No-op on
+    other databases."""
+    if not is_sqlite(engine.url) or is_sqlite_memory(engine.url):
+        return True
+    raw = engine.raw_connection()
+    try:
+        # The raw driver connection is in autocommit (isolation_level None): a checkpoint
+        # cannot run inside a transaction.
+        cursor = raw.cursor()
+        try:
+            busy, _, _ = cursor.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        finally:
+            cursor.close()
+    finally:
+        raw.close()
+    return int(busy) == 0
 
 
 def _dispose_in_forked_children(engine: Engine) -> None:

@@ -45,6 +45,7 @@ from vault.domain.models import (
 )
 from vault.domain.names import KeyName, KeyVersionName, check_id
 from vault.storage.engine import (
+    checkpoint_and_truncate,
     is_sqlite,
     is_sqlite_memory,
     is_sqlite_uri,
@@ -442,6 +443,12 @@ class SqlMetadataStore:
             )
             c.execute(_BUMP_EPOCH)
             return _reread_key(c, key.name)
+
+    def purge_erased(self) -> bool:
+        """Make values erased so far unrecoverable from the store's files: on SQLite (which
+        zeroes deleted content, secure_delete), checkpoint the write-ahead log into the
+        database and truncate it. False when that could not finish now."""
+        return checkpoint_and_truncate(self._engine)
 
     # --- start-up reconciliation ------------------------------------------------------------
 
