@@ -50,6 +50,8 @@ KEY_FIELDS = {
     "update_time",
     "destroy_scheduled_time",
     "revocation_reason",
+    "revocation_reason_code",
+    "revoke_time",
 }
 
 # Nothing from the caller's environment may steer the CLI (a CA, another target, settings);
@@ -256,6 +258,9 @@ def test_keys_rotate_and_versions(target: str) -> None:
         "token_resident",
         "create_time",
         "destroy_time",
+        "revoke_time",
+        "revocation_reason_code",
+        "revocation_reason",
     }
 
 

@@ -44,6 +44,8 @@ Examples:
   vaultctl keys rotate accounts/acme/keys/docs
   vaultctl keys public-key accounts/acme/keys/release --out release.pem
   vaultctl keys revoke accounts/acme/keys/release --reason "laptop stolen" --yes
+  vaultctl keys compromise accounts/acme/keys/release --reason "incident 1234"
+  vaultctl keys revocation-feed acme --out acme
   vaultctl keys schedule-destroy accounts/acme/keys/docs --waiting-period 30d
 """
 
