@@ -353,3 +353,22 @@ def test_revocations_of_another_account_are_denied_and_admins_see_all(
     assert {*revoked.signing, revoked.symmetric} <= everything
     feed = client.get_revocation_feed("accounts/-")
     assert {e.key_version for e in read_feed(feed.payload).entries} == everything
+
+
+@pytest.mark.parametrize(
+    "parent", ["", "accounts/", "acme", "accounts/Bad_Name", "accounts/a/keys"]
+)
+def test_revocation_calls_refuse_a_malformed_parent(client: VaultClient, parent: str) -> None:
+    for call in (
+        lambda: client.list_revocations(parent),
+        lambda: client.get_revocation_feed(parent),
+    ):
+        expect_error(INVALID, "MALFORMED_NAME", call)
+
+
+def test_list_revocations_refuses_a_negative_page_size(client: VaultClient) -> None:
+    expect_error(
+        INVALID,
+        "INVALID_ARGUMENT",
+        lambda: client.list_revocations(new_account_name(), page_size=-1),
+    )
