@@ -16,10 +16,11 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
+import grpc
 import pytest
 from pkcs11 import Attribute, GCMParams, KeyType, Mechanism, ObjectClass, exceptions
 
-from tests.api_calls import new_account, new_id
+from tests.api_calls import expect_error, new_account, new_id
 from tests.test_keys_api import wait_destroyed
 from vault.client import VaultClient
 from vault.domain.algorithms import Algorithm
@@ -225,3 +226,26 @@ def test_nothing_left_in_the_data_directory_opens_a_destroyed_versions_ciphertex
         if path.is_file() and bytes(blob) in path.read_bytes()
     ]
     assert holding == []
+
+
+def test_after_destruction_a_ciphertext_fails_in_every_worker_at_once(
+    server: Any, client: VaultClient
+) -> None:
+    """Each new connection lands on a worker the kernel picks (SO_REUSEPORT): with 16 of
+    them, both workers are all but certain to be reached, before and after."""
+    account = new_account()
+    key = client.create_key(account, new_id(), "ENCRYPT_DECRYPT").name
+    ciphertext = client.encrypt(key, b"cached in every worker").ciphertext
+    connections = 16
+    for _ in range(connections):
+        with server.client() as fresh:
+            assert fresh.decrypt(key, ciphertext).plaintext == b"cached in every worker"
+    client.schedule_key_destruction(key, timedelta(0))
+    wait_destroyed(client, key)
+    for _ in range(connections):
+        with server.client() as fresh:
+            expect_error(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                "WRONG_KEY_STATE",
+                lambda c=fresh: c.decrypt(key, ciphertext),
+            )
