@@ -587,7 +587,6 @@ PRODUCING_METHODS = (
     "WrapKey",
     "Sign",
     "GenerateMac",
-    "GenerateBucketKey",
 )
 CANNOT_KNOW = (
     "where callers keep what the version made (ciphertexts, wrapped data keys, signatures, "
