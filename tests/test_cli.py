@@ -52,6 +52,8 @@ KEY_FIELDS = {
     "destroy_scheduled_time",
     "destroy_time",
     "revocation_reason",
+    "revocation_reason_code",
+    "revoke_time",
 }
 
 # Nothing from the caller's environment may steer the CLI (a CA, another target, settings);
@@ -260,6 +262,9 @@ def test_keys_rotate_and_versions(target: str) -> None:
         "token_resident",
         "create_time",
         "destroy_time",
+        "revoke_time",
+        "revocation_reason_code",
+        "revocation_reason",
     }
 
 

@@ -33,6 +33,7 @@ from vault.service.ports import (
     SharedCounters,
 )
 from vault.service.reconcile import reconcile
+from vault.service.revocations import RevocationFeeds
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +55,9 @@ class Services:
     keys: KeyManagement
     crypto: CryptoOperations
     buckets: BucketManagement
+    feeds: RevocationFeeds
+    # Creates the token's revocation feed key where missing; returns the labels created.
+    ensure_feed_key: Callable[[], list[str]]
     security: Security | None = None
     # name -> check the health probe runs; a check that returns False or raises means the
     # vault cannot serve (vault.transport.health).
@@ -69,7 +73,7 @@ def build_services(settings: Settings, counters: SharedCounters | None = None) -
     """The use cases; with settings.auth.enabled also identity and audit, whose limits and
     caches hold across worker processes through counters (authentication needs them)."""
     from vault.hsm.keystore import open_keystore
-    from vault.hsm.system_keys import SystemKeys
+    from vault.hsm.system_keys import RevocationFeedKey, SystemKeys
     from vault.storage import open_stores
 
     assert settings.store.url is not None
@@ -86,6 +90,8 @@ def build_services(settings: Settings, counters: SharedCounters | None = None) -
     )
     crypto = CryptoOperations(keys, keystore, settings.keys)
     buckets = BucketManagement(stores.buckets, store, keystore, keys)
+    feed_key = RevocationFeedKey(keystore)
+    feeds = RevocationFeeds(keys, feed_key)
     security = None
     if settings.auth.enabled:
         system_keys = SystemKeys(keystore)
@@ -115,7 +121,9 @@ def build_services(settings: Settings, counters: SharedCounters | None = None) -
         reserve = FileDiskReserve(settings.disk_reserve_file, settings.store.disk_reserve_bytes)
         security = Security(identity, authenticator, audit, system_keys.ensure, reserve)
     checks = {"token": keystore.available, "store": store.check_writable}
-    return Services(store, keystore, keys, crypto, buckets, security, checks)
+    return Services(
+        store, keystore, keys, crypto, buckets, feeds, feed_key.ensure, security, checks
+    )
 
 
 @contextmanager
@@ -159,6 +167,7 @@ def prepare_and_reconcile(settings: Settings) -> StartupReport:
     try:
         report = reconcile(services.store, services.keystore)
         created: list[str] = []
+        created += services.ensure_feed_key()
         admin = None
         path = settings.auth.admin_credentials_file
         if services.security is not None:

@@ -139,7 +139,12 @@ class HsmSettings(BaseModel):
         None, description="SoftHSM2 config (default: <data_dir>/softhsm2.conf); sets SOFTHSM2_CONF"
     )
     cache_size: int = Field(1024, ge=1, description="unwrapped key handles cached per thread")
-    cache_ttl_seconds: int = Field(300, ge=1, description="how long a cached handle lives")
+    cache_ttl_seconds: int = Field(
+        300,
+        ge=1,
+        description="how long a cached handle lives (dropped on the next request once a "
+        "version is destroyed, revoked or disabled)",
+    )
 
 
 class StoreSettings(BaseModel):

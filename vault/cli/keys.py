@@ -9,7 +9,14 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from vault.cli._context import EXIT_USAGE, CliError, CliState, json_option, pass_state
+from vault.cli._context import (
+    EXIT_USAGE,
+    EXIT_VAULT,
+    CliError,
+    CliState,
+    json_option,
+    pass_state,
+)
 from vault.cli._io import check_out, force_option, write_output
 from vault.cli._output import (
     emit,
@@ -50,6 +57,8 @@ Examples:
   vaultctl keys rotate accounts/acme/keys/docs
   vaultctl keys public-key accounts/acme/keys/release --out release.pem
   vaultctl keys revoke accounts/acme/keys/release --reason "laptop stolen" --yes
+  vaultctl keys compromise accounts/acme/keys/release --reason "incident 1234"
+  vaultctl keys revocation-feed acme --out acme
   vaultctl keys schedule-destroy accounts/acme/keys/docs --waiting-period 30d
 """
 
@@ -103,7 +112,17 @@ def key_record(key: resources_pb2.Key) -> dict[str, Any]:
             _time(key, "update_time") if key.state == resources_pb2.KEY_STATE_DESTROYED else None
         ),
         "revocation_reason": key.revocation_reason,
+        "revocation_reason_code": _reason_code(key.revocation_reason_code),
+        "revoke_time": _time(key, "revoke_time"),
     }
+
+
+def _reason_code(value: int) -> str | None:
+    from vault.gen.vault.v1 import resources_pb2
+
+    if value == resources_pb2.REVOCATION_REASON_UNSPECIFIED:
+        return None
+    return _enum_name(resources_pb2.RevocationReason, value, "REVOCATION_REASON_")
 
 
 def version_record(version: resources_pb2.KeyVersion) -> dict[str, Any]:
@@ -116,6 +135,9 @@ def version_record(version: resources_pb2.KeyVersion) -> dict[str, Any]:
         "token_resident": version.token_resident,
         "create_time": _time(version, "create_time"),
         "destroy_time": _time(version, "destroy_time"),
+        "revoke_time": _time(version, "revoke_time"),
+        "revocation_reason_code": _reason_code(version.revocation_reason_code),
+        "revocation_reason": version.revocation_reason,
     }
 
 
@@ -141,6 +163,9 @@ def _print_key(record: dict[str, Any]) -> None:
         fields.append(("destruction scheduled for", record["destroy_scheduled_time"]))
     if record["destroy_time"]:
         fields.append(("destroyed at", record["destroy_time"]))
+    if record["revoke_time"]:
+        fields.append(("revoked", record["revoke_time"]))
+        fields.append(("revocation reason code", record["revocation_reason_code"] or "-"))
     if record["revocation_reason"]:
         fields.append(("revocation reason", record["revocation_reason"]))
     print_fields(fields)
@@ -451,7 +476,7 @@ def versions(state: CliState, name: str, limit: int | None) -> None:
 
     def human() -> None:
         print_table(
-            ["VERSION", "STATE", "TOKEN RESIDENT", "CREATED", "DESTROYED"],
+            ["VERSION", "STATE", "TOKEN RESIDENT", "CREATED", "DESTROYED", "REVOKED"],
             [
                 [
                     record["number"],
@@ -459,6 +484,12 @@ def versions(state: CliState, name: str, limit: int | None) -> None:
                     record["token_resident"],
                     short_time(record["create_time"]),
                     short_time(record["destroy_time"]),
+                    (
+                        f"{short_time(record['revoke_time'])} "
+                        f"{record['revocation_reason_code'] or ''}".strip()
+                        if record["revoke_time"]
+                        else None
+                    ),
                 ]
                 for record in records
             ],
@@ -534,31 +565,247 @@ def disable(state: CliState, name: str) -> None:
     _show_key(state, key, f"disabled {key.name}")
 
 
+REASON_CODES = ("COMPROMISED", "SUPERSEDED", "CESSATION_OF_OPERATION")
+
+
+def _confirm(yes: bool, question: str, refusal: str) -> None:
+    if yes:
+        return
+    if not sys.stdin.isatty():
+        raise CliError(f"{refusal}: pass --yes to confirm without a terminal", exit_code=EXIT_USAGE)
+    click.confirm(question, abort=True, err=True)
+
+
 @keys_group.command("revoke")
 @click.argument("name")
 @click.option(
     "--reason",
-    required=True,
-    help='Why, for the record (e.g. "compromised", "superseded"); at most 1024 characters.',
+    default="",
+    help='Why, in words, for the record (e.g. "laptop stolen"); at most 1024 characters.',
+)
+@click.option(
+    "--reason-code",
+    type=_choice(REASON_CODES),
+    default=None,
+    help="Why, as a code relying parties act on (listed in the revocation feed).",
 )
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation (for scripts).")
 @json_option
 @pass_state
-def revoke(state: CliState, name: str, reason: str, yes: bool) -> None:
-    """Revoke key NAME: irreversible. It makes nothing new (no encryption, signature, wrap
-    or MAC) but still decrypts, unwraps and verifies what it protected before.
+def revoke(state: CliState, name: str, reason: str, reason_code: str | None, yes: bool) -> None:
+    """Revoke key NAME, or one version of it: irreversible. It makes nothing new (no
+    encryption, signature, wrap or MAC) but still decrypts, unwraps and verifies what it
+    protected before.
 
-    NAME is a key's resource name. Asks for confirmation unless --yes is given.
+    NAME is a key (every version is revoked) or a key version,
+    accounts/{account}/keys/{key}/versions/{n} (only that version; rotate the key if it was
+    the primary). Give --reason, --reason-code or both. Asks for confirmation unless --yes.
     """
-    if not yes:
-        if not sys.stdin.isatty():
-            raise CliError(
-                "revoking is irreversible: pass --yes to confirm without a terminal",
-                exit_code=EXIT_USAGE,
+    if not reason.strip() and reason_code is None:
+        raise click.UsageError("give --reason, --reason-code or both")
+    _confirm(yes, f"Revoke {name}? This cannot be undone", "revoking is irreversible")
+    key = state.client().revoke_key(name, reason, reason_code)
+    _show_key(state, key, f"revoked {name}")
+
+
+# Calls that make something new with the version a request uses: what a compromised version
+# may have produced that callers still hold.
+PRODUCING_METHODS = (
+    "Encrypt",
+    "GenerateDataKey",
+    "ReEncrypt",
+    "WrapKey",
+    "Sign",
+    "GenerateMac",
+)
+CANNOT_KNOW = (
+    "where callers keep what the version made (ciphertexts, wrapped data keys, signatures, "
+    "MACs): the vault stores none of them; re-encrypt (crypto re-encrypt), re-wrap and re-sign "
+    "under the new version",
+    "which calls that named the key rather than a version used this version: they are "
+    "counted by time, between the version's creation and its revocation",
+    "calls in audit segments already archived out of the store (audit archive)",
+    "copies of the data directory or token made before now (backups, replicas, snapshots): "
+    "they still hold the version until it is destroyed there too",
+    "who pinned or cached the version's public key: point relying parties at the "
+    "revocation feed (keys revocation-feed)",
+)
+
+
+@keys_group.command("compromise")
+@click.argument("name")
+@click.option("--reason", default="", help="What happened, for the record (optional).")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation (for scripts).")
+@json_option
+@pass_state
+def compromise(state: CliState, name: str, reason: str, yes: bool) -> None:
+    """Handle the compromise of key NAME's primary version: revoke it (reason COMPROMISED),
+    rotate to a new primary, and report what depends on the old version.
+
+    NAME is a key's resource name, accounts/{account}/keys/{key}. The revoked version makes
+    nothing new from then on, in every worker; it still decrypts and verifies what it
+    protected, so that data can be moved to the new version. The report counts, from the
+    audit log (admin role), the calls that made something with the old version, and lists
+    what the vault cannot know. Asks for confirmation unless --yes.
+    """
+    from vault.client import VaultClientError
+
+    split_key_name(name)
+    client = state.client()
+    key = client.get_key(name)
+    old = key.primary_version
+    _confirm(
+        yes,
+        f"Revoke {old} as COMPROMISED and rotate {name}? This cannot be undone",
+        "revoking is irreversible",
+    )
+    client.revoke_key(old, reason, "COMPROMISED")
+    try:
+        rotated = client.rotate_key(name)
+    except VaultClientError as error:
+        raise CliError(
+            f"{old} is revoked, but rotating {name} failed ({error.reason}): the key makes "
+            "nothing new until `vaultctl keys rotate` succeeds",
+            exit_code=EXIT_VAULT,
+        ) from None
+    versions = {version.name: version for version in client.list_key_versions(name)}
+    revoked = versions[old]
+    record: dict[str, Any] = {
+        "name": name,
+        "revoked_version": old,
+        "revoke_time": _time(revoked, "revoke_time"),
+        "new_primary_version": rotated.primary_version,
+        "calls_with_revoked_version": None,
+        "audit_log": "",
+        "cannot_know": list(CANNOT_KNOW),
+    }
+    try:
+        record["calls_with_revoked_version"] = _producing_calls(
+            client, name, old, list(versions.values())
+        )
+        record["audit_log"] = "read"
+    except VaultClientError as error:
+        record["audit_log"] = f"not readable: {error.reason}"
+
+    def human() -> None:
+        note(f"revoked {old} (COMPROMISED); new primary version {rotated.primary_version}")
+        calls = record["calls_with_revoked_version"]
+        if calls is None:
+            note(f"the audit log was {record['audit_log']} (it needs the admin role)")
+        else:
+            print_table(
+                ["METHOD", "CALLS"],
+                [[method, count] for method, count in calls.items()],
+                title=f"calls that made something with {old} (audit log)",
             )
-        click.confirm(f"Revoke {name}? This cannot be undone", abort=True, err=True)
-    key = state.client().revoke_key(name, reason)
-    _show_key(state, key, f"revoked {key.name}")
+        note("what the vault cannot know:")
+        for item in CANNOT_KNOW:
+            note(f"  - {item}")
+
+    emit(state, record, human)
+
+
+def _producing_calls(
+    client: Any, name: str, old: str, versions: list[resources_pb2.KeyVersion]
+) -> dict[str, int]:
+    """Successful calls per method that made something with version old: those that named
+    it, and those that named the key while old was its newest version."""
+    ordered = sorted(versions, key=lambda version: _version_number(version.name) or 0)
+    index = [version.name for version in ordered].index(old)
+    start = ordered[index].create_time.ToDatetime(tzinfo=UTC)
+    newer = [v.create_time.ToDatetime(tzinfo=UTC) for v in ordered[index + 1 :]]
+    end = min([*newer, ordered[index].revoke_time.ToDatetime(tzinfo=UTC)])
+    counts = dict.fromkeys(PRODUCING_METHODS, 0)
+    for event in client.iter_audit_events(resource=name, outcome="OK", start_time=start):
+        method = event.method.rpartition("/")[2]
+        if method not in counts:
+            continue
+        when = event.time.ToDatetime(tzinfo=UTC)
+        if event.resource == old or (event.resource == name and start <= when <= end):
+            counts[method] += 1
+    return counts
+
+
+@keys_group.command("revocations")
+@click.argument("account")
+@json_option
+@pass_state
+def revocations(state: CliState, account: str) -> None:
+    """List the revoked key versions of ACCOUNT (`acme`, `accounts/acme`, or `-` for every
+    account, admins only), with the SHA-256 of each public key."""
+    from vault.gen.vault.v1 import resources_pb2
+
+    parent = "accounts/-" if account == "-" else account_parent(account)
+    records = [
+        {
+            "key_version": entry.key_version,
+            "algorithm": _enum_name(resources_pb2.Algorithm, entry.algorithm, "ALGORITHM_"),
+            "reason_code": _reason_code(entry.reason_code),
+            "revoke_time": _time(entry, "revoke_time"),
+            "reason": entry.reason,
+            "public_key_sha256": entry.public_key_sha256.hex(),
+        }
+        for entry in state.client().iter_revocations(parent)
+    ]
+
+    def human() -> None:
+        print_table(
+            ["VERSION", "REASON", "REVOKED", "PUBLIC KEY SHA-256"],
+            [
+                [
+                    record["key_version"],
+                    record["reason_code"] or "-",
+                    short_time(record["revoke_time"]),
+                    record["public_key_sha256"] or "-",
+                ]
+                for record in records
+            ],
+            title=f"revocations of {parent}",
+        )
+
+    emit(state, {"revocations": records}, human)
+
+
+@keys_group.command("revocation-feed")
+@click.argument("account")
+@click.option(
+    "--out",
+    "out_prefix",
+    metavar="PREFIX",
+    required=True,
+    help="Write PREFIX.feed (the signed bytes), PREFIX.sig (DER ECDSA signature) and "
+    "PREFIX.pem (the feed key); existing files only with --force.",
+)
+@force_option
+@json_option
+@pass_state
+def revocation_feed(state: CliState, account: str, out_prefix: str, force: bool) -> None:
+    """Fetch the signed revocation feed of ACCOUNT (or `-`: every account, admins only) for
+    relying parties, and print the feed key's SHA-256 to pin (README, Revocation feed)."""
+    from cryptography.hazmat.primitives import serialization
+
+    parent = "accounts/-" if account == "-" else account_parent(account)
+    paths = {suffix: f"{out_prefix}.{suffix}" for suffix in ("feed", "sig", "pem")}
+    for path in paths.values():
+        check_out(state, path, force=force)
+    feed = state.client().get_revocation_feed(parent)
+    pem = serialization.load_der_public_key(feed.public_key_der).public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    write_output(paths["feed"], feed.payload, force=force)
+    write_output(paths["sig"], feed.signature, force=force)
+    write_output(paths["pem"], pem, force=force)
+    record = {
+        "parent": parent,
+        "files": paths,
+        "feed_key_sha256": feed.public_key_sha256.hex(),
+    }
+
+    def human() -> None:
+        note(f"revocation feed of {parent} written to {', '.join(paths.values())}")
+        note(f"feed key SHA-256 (pin it): {record['feed_key_sha256']}")
+
+    emit(state, record, human)
 
 
 @keys_group.command("schedule-destroy")

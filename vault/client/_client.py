@@ -50,6 +50,7 @@ PurposeLike: TypeAlias = "resources_pb2.Purpose.ValueType | str"
 AlgorithmLike: TypeAlias = "resources_pb2.Algorithm.ValueType | str"
 KeyStateLike: TypeAlias = "resources_pb2.KeyState.ValueType | str"
 BucketStateLike: TypeAlias = "resources_pb2.BucketState.ValueType | str"
+RevocationReasonLike: TypeAlias = "resources_pb2.RevocationReason.ValueType | str"
 
 DEFAULT_TIMEOUT_SECONDS: Final = 30.0
 
@@ -342,9 +343,41 @@ class VaultClient:
     def disable_key(self, name: str) -> resources_pb2.Key:
         return self._call(self._keys.DisableKey, key_service_pb2.DisableKeyRequest(name=name))
 
-    def revoke_key(self, name: str, reason: str) -> resources_pb2.Key:
-        request = key_service_pb2.RevokeKeyRequest(name=name, reason=reason)
+    def revoke_key(
+        self, name: str, reason: str = "", reason_code: RevocationReasonLike | None = None
+    ) -> resources_pb2.Key:
+        """name: a key (revokes it and every version) or one key version. reason_code: e.g.
+        "COMPROMISED", "SUPERSEDED", "CESSATION_OF_OPERATION"."""
+        request = key_service_pb2.RevokeKeyRequest(
+            name=name,
+            reason=reason,
+            reason_code=_enum(reason_code, resources_pb2.RevocationReason, "REVOCATION_REASON_"),
+        )
         return self._call(self._keys.RevokeKey, request)
+
+    def list_revocations(
+        self, parent: str, *, page_size: int = 0, page_token: str = ""
+    ) -> key_service_pb2.ListRevocationsResponse:
+        """parent: accounts/{account}, or accounts/- for every account (admins)."""
+        request = key_service_pb2.ListRevocationsRequest(
+            parent=parent, page_size=page_size, page_token=page_token
+        )
+        return self._call(self._keys.ListRevocations, request)
+
+    def iter_revocations(
+        self, parent: str, *, page_size: int = 0
+    ) -> Iterator[resources_pb2.Revocation]:
+        """Every revoked key version under parent, fetching pages as needed."""
+        return _paged(
+            lambda token: self.list_revocations(parent, page_size=page_size, page_token=token),
+            lambda page: page.revocations,
+        )
+
+    def get_revocation_feed(self, parent: str) -> resources_pb2.RevocationFeed:
+        """The signed feed. Check it against a pinned feed key before trusting it
+        (README, Revocation feed)."""
+        request = key_service_pb2.GetRevocationFeedRequest(parent=parent)
+        return self._call(self._keys.GetRevocationFeed, request)
 
     def schedule_key_destruction(
         self, name: str, waiting_period: timedelta | None = None

@@ -69,6 +69,8 @@ REQUIRED_LEVEL: Final[dict[str, AccessLevel]] = {
     "GetKey": AccessLevel.READ,
     "ListKeys": AccessLevel.READ,
     "ListKeyVersions": AccessLevel.READ,
+    "ListRevocations": AccessLevel.READ,
+    "GetRevocationFeed": AccessLevel.READ,
     "GetPublicKey": AccessLevel.READ,
     "Decrypt": AccessLevel.READ,
     "UnwrapKey": AccessLevel.READ,

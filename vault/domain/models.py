@@ -30,6 +30,15 @@ class VersionState(StrEnum):
     DISABLED = "DISABLED"
 
 
+class RevocationReason(StrEnum):
+    """Why a key or version was revoked (RFC 5280's CRLReason names, the ones that apply to
+    a key a vault holds). None stands for unspecified."""
+
+    COMPROMISED = "COMPROMISED"
+    SUPERSEDED = "SUPERSEDED"
+    CESSATION_OF_OPERATION = "CESSATION_OF_OPERATION"
+
+
 class Operation(StrEnum):
     ENCRYPT = "Encrypt"
     DECRYPT = "Decrypt"
@@ -95,6 +104,10 @@ class KeyVersion:
     token_label: str | None
     public_key_der: bytes | None = field(default=None, repr=False)
     destroy_time: datetime | None = None
+    # Set when the version was revoked, on its own or with its key: it makes nothing new.
+    revoke_time: datetime | None = None
+    revocation_reason_code: RevocationReason | None = None
+    revocation_reason: str = ""
 
     @property
     def number(self) -> int:
@@ -103,6 +116,23 @@ class KeyVersion:
     @property
     def token_resident(self) -> bool:
         return self.token_label is not None
+
+    @property
+    def revoked(self) -> bool:
+        return self.revoke_time is not None
+
+    def require(self, operation: Operation) -> None:
+        """Raise unless this version may serve operation: a revoked version only reads and
+        checks what it protected before, like a revoked key."""
+        if self.revoked and operation not in _PROCESSING_OPERATIONS:
+            raise WrongState(
+                f"{operation} is not allowed with a revoked key version",
+                metadata={
+                    "state": "REVOKED",
+                    "operation": str(operation),
+                    "name": str(self.name),
+                },
+            )
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,6 +150,8 @@ class Key:
     destroy_scheduled_time: datetime | None = None
     state_before_destroy_scheduled: KeyState | None = None
     revocation_reason: str = ""
+    revocation_reason_code: RevocationReason | None = None
+    revoke_time: datetime | None = None
     request_id: str = ""
     # Optimistic concurrency: every store update checks and bumps it.
     etag: int = 0
@@ -167,6 +199,18 @@ class Key:
             destroy_scheduled_time=None,
             state_before_destroy_scheduled=None,
         )
+
+
+@dataclass(frozen=True, slots=True)
+class Revocation:
+    """One revoked key version, as ListRevocations and the revocation feed give it."""
+
+    version_name: KeyVersionName
+    algorithm: Algorithm
+    reason_code: RevocationReason | None
+    revoke_time: datetime
+    public_key_der: bytes | None = field(repr=False)
+    reason: str = ""
 
 
 @dataclass(frozen=True, slots=True)

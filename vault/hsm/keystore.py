@@ -41,6 +41,8 @@ T = TypeVar("T")
 
 _ED25519_PARAMS = b"\x06\x03\x2b\x65\x70"  # OID 1.3.101.112
 _CACHE = "handles"
+_EPOCH_SEEN = "material-epoch"
+_VERSION_PREFIX = "accounts/"
 
 
 class _HandleCache(TTLCache[str, Any]):
@@ -58,6 +60,13 @@ class _HandleCache(TTLCache[str, Any]):
             objects.destroy_quietly(value)
         return expired
 
+    def clear(self) -> None:
+        # cachetools' clear() drops entries without popitem(): destroy them here.
+        values = list(super().values())
+        super().clear()
+        for value in values:
+            objects.destroy_quietly(value)
+
 
 class Pkcs11KeyStore:
     def __init__(self, library: TokenLibrary, cache_size: int, cache_ttl_seconds: int) -> None:
@@ -65,6 +74,8 @@ class Pkcs11KeyStore:
         self._cache_size = cache_size
         self._cache_ttl = cache_ttl_seconds
         self._supported = supported_algorithms(library)
+        # The newest material epoch of the store any thread of this process has seen.
+        self._material_epoch = -1
         self._roots = self._find_roots()
         if not self._roots:
             raise TokenUnavailable("the token holds no root key: run `vaultctl token init`")
@@ -141,8 +152,30 @@ class Pkcs11KeyStore:
             context.extra[_CACHE] = cache
         return cache
 
+    def drop_handles_before(self, epoch: int) -> None:
+        # Only ever moves forward; an int store is atomic under the GIL, and a thread that
+        # reads an older value drops its handles one request later.
+        if epoch > self._material_epoch:
+            self._material_epoch = epoch
+
+    def _forget_stale_handles(self, context: ThreadContext) -> None:
+        """Destroy this thread's unwrapped key objects and drop its token-object handles if
+        the store's material epoch moved since they were cached: some version's material
+        stopped being usable (destroyed, revoked, disabled), and a handle must not outlive
+        that in any worker. Dropping them all is cheap (an unwrap is ~0.1 ms) and rare."""
+        epoch = self._material_epoch
+        if context.extra.get(_EPOCH_SEEN) == epoch:
+            return
+        cache: _HandleCache | None = context.extra.get(_CACHE)
+        if cache is not None:
+            cache.clear()  # destroys each object
+        for name in [name for name in context.objects if name.startswith(_VERSION_PREFIX)]:
+            del context.objects[name]
+        context.extra[_EPOCH_SEEN] = epoch
+
     def _key(self, context: ThreadContext, version: KeyVersion, algorithm: Algorithm) -> Any:
         """The usable object of a key version in this thread's session."""
+        self._forget_stale_handles(context)
         cache_key = str(version.name)
         if version.token_label is not None:
             obj = context.objects.get(cache_key)

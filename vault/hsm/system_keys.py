@@ -28,15 +28,18 @@ from vault.domain.algorithms import Algorithm
 from vault.hsm import objects, templates
 from vault.hsm.keystore import Pkcs11KeyStore, generate_pair
 from vault.hsm.library import ThreadContext
+from vault.hsm.public import public_key_der
 
 log = logging.getLogger(__name__)
 
 CREDENTIAL_KEY_LABEL: Final = "vault:system:credential:1"
 AUDIT_KEY_LABEL: Final = "vault:system:audit:1"
 AUDIT_ANCHOR_LABEL: Final = "vault:system:audit-anchor"
+FEED_KEY_LABEL: Final = "vault:system:revocation-feed:1"
 _ANCHOR: Final = struct.Struct(">Q32s")
 _CREDENTIAL_ALGORITHM: Final = Algorithm.HMAC_SHA256
 _AUDIT_ALGORITHM: Final = Algorithm.EC_SIGN_P256_SHA256
+_FEED_ALGORITHM: Final = Algorithm.EC_SIGN_P256_SHA256
 _P256_HALF: Final = 32
 
 
@@ -202,3 +205,78 @@ class SystemKeys:
                 return False
 
         return self._keystore.run(verify, "audit_verify")
+
+
+class RevocationFeedKey:
+    """Implements vault.service.ports.FeedSigner: the token key that signs the revocation feed.
+
+    Its own key, not the audit key: the two sign different things for different readers (the
+    audit key's signatures are checked by the vault itself; the feed key's public half is
+    handed to every relying party and pinned by them), and either can then be replaced
+    without touching the other. ECDSA P-256, private half SIGN only, public half VERIFY only,
+    both private, non-modifiable token objects created once per token."""
+
+    def __init__(self, keystore: Pkcs11KeyStore) -> None:
+        self._keystore = keystore
+        self._lock = threading.Lock()
+        self._public_der: bytes | None = None
+
+    def __repr__(self) -> str:
+        return "RevocationFeedKey()"
+
+    def ensure(self) -> list[str]:
+        """Create the key pair unless the token holds it; returns the labels created."""
+
+        def create(context: ThreadContext) -> bool:
+            try:
+                objects.find_one(context.session, ObjectClass.PRIVATE_KEY, FEED_KEY_LABEL)
+                return False
+            except exceptions.ObjectHandleInvalid:
+                pass
+            public_template = {
+                **templates.public_generation(_FEED_ALGORITHM),
+                Attribute.TOKEN: True,
+                Attribute.PRIVATE: True,
+                Attribute.LABEL: FEED_KEY_LABEL,
+                Attribute.ID: FEED_KEY_LABEL.encode(),
+            }
+            generate_pair(context.session, _FEED_ALGORITHM, FEED_KEY_LABEL, public_template)
+            return True
+
+        with self._lock:
+            created = self._keystore.run(create, "feed_key_ensure")
+        if not created:
+            return []
+        log.info("created system key %s in the token", FEED_KEY_LABEL)
+        return [FEED_KEY_LABEL]
+
+    def _object(self, context: ThreadContext, object_class: ObjectClass) -> Any:
+        cache_key = f"system:{object_class.name}:{FEED_KEY_LABEL}"
+        obj = context.objects.get(cache_key)
+        if obj is None:
+            obj = objects.find_one(context.session, object_class, FEED_KEY_LABEL)
+            context.objects[cache_key] = obj
+        return obj
+
+    def sign_feed(self, payload: bytes) -> bytes:
+        digest = hashlib.sha256(payload).digest()
+        raw = self._keystore.run(
+            lambda context: bytes(
+                self._object(context, ObjectClass.PRIVATE_KEY).sign(
+                    digest, mechanism=Mechanism.ECDSA
+                )
+            ),
+            "feed_sign",
+        )
+        return asym_utils.encode_dss_signature(
+            int.from_bytes(raw[:_P256_HALF], "big"), int.from_bytes(raw[_P256_HALF:], "big")
+        )
+
+    def feed_public_key_der(self) -> bytes:
+        if self._public_der is None:
+            self._public_der = self._keystore.run(
+                lambda context: public_key_der(
+                    _FEED_ALGORITHM, self._object(context, ObjectClass.PUBLIC_KEY)
+                )
+            )
+        return self._public_der

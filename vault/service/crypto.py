@@ -79,7 +79,9 @@ class CryptoOperations:
         key_name, number = parse_key_or_version(name)
         key = self._keys.load(key_name)
         key.require(operation)
-        return key, self._keys.version(key, number), number is not None
+        version = self._keys.version(key, number)
+        version.require(operation)
+        return key, version, number is not None
 
     # -- symmetric ----------------------------------------------------------------------
 

@@ -20,6 +20,7 @@ from vault.domain.errors import (
     InvalidArgument,
     NotFound,
     UnsupportedAlgorithm,
+    WrongState,
 )
 from vault.domain.models import (
     Key,
@@ -28,10 +29,13 @@ from vault.domain.models import (
     KeyVersion,
     Operation,
     Page,
+    Revocation,
+    RevocationReason,
     VersionState,
 )
 from vault.domain.names import (
     TOKEN_KEY_LABEL_PREFIX,
+    AccountName,
     KeyName,
     KeyVersionName,
     check_id,
@@ -49,6 +53,8 @@ MAX_LABEL_VALUE = 63
 # Longer than any retention policy; beyond it the destruction time is not representable.
 MAX_DESTROY_WAITING = timedelta(days=3650)
 VERSION_CACHE_SECONDS = 300
+# ListRevocations' parent for every account's revocations (admins only, by authorisation).
+ALL_ACCOUNTS = "accounts/-"
 
 
 def utc_now() -> datetime:
@@ -86,6 +92,8 @@ class KeyManagement:
             maxsize=4096, ttl=version_cache_seconds
         )
         self._versions_lock = threading.Lock()
+        self._material_epoch = -1
+        self._purge_pending = False
 
     # -- reads ---------------------------------------------------------------------------
 
@@ -137,8 +145,20 @@ class KeyManagement:
         ).decode("ascii")
         return PublicKeyInfo(str(version.name), key.algorithm, pem)
 
+    def _sync_material_epoch(self) -> None:
+        """Drop what this process caches of key versions once the store says some version's
+        material stopped being usable (destroyed, revoked, disabled) since it was cached:
+        every worker, on its next request, instead of when the caches' TTLs end."""
+        epoch = self._store.material_epoch()
+        if epoch != self._material_epoch:
+            with self._versions_lock:
+                self._versions.clear()
+                self._material_epoch = epoch
+        self._keystore.drop_handles_before(epoch)
+
     def version(self, key: Key, number: int | None) -> KeyVersion:
         """The given version of key, or its primary; NotFound unless it holds material."""
+        self._sync_material_epoch()
         wanted = key.name.version(number if number is not None else key.primary_version)
         if key.state is not KeyState.DESTROYED:
             with self._versions_lock:
@@ -319,14 +339,68 @@ class KeyManagement:
     def disable_key(self, name: str) -> Key:
         return self._move(name, KeyState.DISABLED)
 
-    def revoke_key(self, name: str, reason: str) -> Key:
-        if not reason.strip():
-            raise InvalidArgument("a revocation needs a reason")
+    def revoke_key(
+        self, name: str, reason: str, code: RevocationReason | None = None
+    ) -> tuple[Key, KeyVersion | None]:
+        """Revoke a key (every version with material), or one version of it when name names
+        a version: that version makes nothing new, the key and its other versions are
+        unchanged (a compromised version, replaced by a rotation). Returns the key and, for a
+        version, the version as revoked."""
+        if code is None and not reason.strip():
+            raise InvalidArgument("a revocation needs a reason code or a reason")
         if len(reason) > MAX_DESCRIPTION:
             raise InvalidArgument(f"reason is limited to {MAX_DESCRIPTION} characters")
-        key = self.get_key(name)
-        revoked = replace(key.transition(KeyState.REVOKED, self._clock()), revocation_reason=reason)
-        return self._store.update_key(revoked)
+        key_name, number = parse_key_or_version(name)
+        key = self.load(key_name)
+        now = self._clock()
+        if number is None:
+            revoked = replace(
+                key.transition(KeyState.REVOKED, now),
+                revocation_reason=reason,
+                revocation_reason_code=code,
+                revoke_time=now,
+            )
+            return self._store.revoke_key(revoked), None
+        if key.state not in (KeyState.ENABLED, KeyState.DISABLED):
+            raise key.state_forbids("RevokeKey")
+        version = self._store.get_version(key_name.version(number))
+        if version is None or version.state is not VersionState.ENABLED:
+            raise NotFound("key version not found", metadata={"name": name})
+        if version.revoked:
+            raise WrongState(
+                "the key version is revoked already",
+                metadata={"state": "REVOKED", "name": str(version.name)},
+            )
+        stored = self._store.revoke_version(
+            key,
+            replace(
+                version,
+                revoke_time=now,
+                revocation_reason_code=code,
+                revocation_reason=reason,
+            ),
+        )
+        log.info("revoked key version %s (%s)", stored.name, code or "UNSPECIFIED")
+        return self.load(key_name), stored
+
+    def list_revocations(self, parent: str, page_size: int, page_token: str) -> Page[Revocation]:
+        """Revoked versions of accounts/{account}, or of every account for accounts/-."""
+        if page_size < 0:
+            raise InvalidArgument("page_size must not be negative")
+        account = _revocation_scope(parent)
+        return self._store.list_revocations(account, page_size, page_token)
+
+    def all_revocations(self, parent: str) -> list[Revocation]:
+        """Every revoked version under parent, for the signed feed."""
+        account = _revocation_scope(parent)
+        found: list[Revocation] = []
+        token = ""
+        while True:
+            page = self._store.list_revocations(account, 0, token)
+            found.extend(page.items)
+            token = page.next_page_token
+            if not token:
+                return found
 
     def schedule_destruction(self, name: str | KeyName, waiting_period: timedelta | None) -> Key:
         waiting = (
@@ -355,7 +429,9 @@ class KeyManagement:
             destroy_scheduled_time=now + waiting,
             state_before_destroy_scheduled=key.state,
         )
-        return self._store.update_key(scheduled)
+        updated = self._store.update_key(scheduled)
+        self._store.bump_material_epoch()
+        return updated
 
     def cancel_destruction(self, name: str | KeyName) -> Key:
         key = self.get_key(name)
@@ -365,7 +441,11 @@ class KeyManagement:
         key = self.get_key(name)
         if key.state is target:
             return key
-        return self._store.update_key(key.transition(target, self._clock()))
+        moved = self._store.update_key(key.transition(target, self._clock()))
+        if target is KeyState.DISABLED:
+            # Workers drop cached handles of a key that may not be used now.
+            self._store.bump_material_epoch()
+        return moved
 
     # -- destruction job -----------------------------------------------------------------
 
@@ -384,7 +464,22 @@ class KeyManagement:
             for version in self._store.list_versions(key.name):
                 self._keystore.destroy(version)
             log.info("destroyed key %s", key.name)
+        if destroyed or self._purge_pending:
+            # The blobs are erased in the store's rows; this takes them out of its files too.
+            self._purge_pending = not self._store.purge_erased()
+            if self._purge_pending:
+                log.warning(
+                    "the store's write-ahead log is in use; destroyed keys' erased blobs "
+                    "leave its files at the next try"
+                )
         return destroyed
+
+
+def _revocation_scope(parent: str) -> str | None:
+    """The account of parent (accounts/{account}), or None for every account (accounts/-)."""
+    if parent == ALL_ACCOUNTS:
+        return None
+    return AccountName.parse(parent).account
 
 
 def check_labels(labels: dict[str, str]) -> dict[str, str]:

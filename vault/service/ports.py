@@ -14,7 +14,7 @@ from vault.domain.algorithms import Algorithm
 from vault.domain.audit import ArchiveMarker, AuditEvent, AuditRecord, Checkpoint
 from vault.domain.buckets import Bucket, BucketFilter
 from vault.domain.identity import AccessKey, Account, ApiKey, UsageCount
-from vault.domain.models import Key, KeyFilter, KeyVersion, Page, RootGeneration
+from vault.domain.models import Key, KeyFilter, KeyVersion, Page, Revocation, RootGeneration
 from vault.domain.names import BucketName, KeyName, KeyVersionName
 
 
@@ -66,6 +66,11 @@ class KeyStore(Protocol):
         ...
 
     def destroy_label(self, token_label: str) -> bool: ...
+
+    def drop_handles_before(self, epoch: int) -> None:
+        """The store's material epoch is now epoch: each thread drops its cached handles on
+        its next token call if it cached them under an older epoch."""
+        ...
 
     def random(self, size: int) -> bytes: ...
 
@@ -135,10 +140,37 @@ class MetadataStore(Protocol):
 
     def update_version(self, version: KeyVersion) -> None: ...
 
+    def revoke_key(self, key: Key) -> Key:
+        """Write the REVOKED key (etag-checked) and revoke every version holding material
+        with its reason and time; atomically; moves the material epoch."""
+        ...
+
+    def revoke_version(self, key: Key, version: KeyVersion) -> KeyVersion:
+        """Revoke one version (its revoke_time and reason set), checking key's etag;
+        atomically; moves the material epoch."""
+        ...
+
+    def list_revocations(
+        self, account: str | None, page_size: int, page_token: str
+    ) -> Page[Revocation]:
+        """Revoked versions of account (or of every account, None), ordered by name."""
+        ...
+
+    def material_epoch(self) -> int:
+        """A number that moves whenever a version's material stops being usable."""
+        ...
+
+    def bump_material_epoch(self) -> None: ...
+
     def keys_due_for_destruction(self, now: datetime) -> list[Key]: ...
 
     def mark_destroyed(self, key: Key, now: datetime) -> Key:
         """Key DESTROYED, every version DESTROYED with its wrapped blob erased; atomically."""
+        ...
+
+    def purge_erased(self) -> bool:
+        """Make values erased so far (a destroyed version's blob) unrecoverable from the
+        store's files; False when that could not finish now (retry later)."""
         ...
 
     def pending_versions(self) -> list[KeyVersion]: ...
@@ -334,6 +366,18 @@ class SystemCrypto(Protocol):
         ...
 
     def audit_anchor(self) -> tuple[int, bytes] | None: ...
+
+
+class FeedSigner(Protocol):
+    """The token key that signs the revocation feed (vault.hsm.system_keys)."""
+
+    def sign_feed(self, payload: bytes) -> bytes:
+        """A DER ECDSA P-256 signature over SHA-256(payload)."""
+        ...
+
+    def feed_public_key_der(self) -> bytes:
+        """The signing key's SubjectPublicKeyInfo, DER."""
+        ...
 
 
 class SharedCounters(Protocol):

@@ -87,7 +87,7 @@ def _install_sqlite_hooks(engine: Engine) -> None:
             cursor.execute("PRAGMA foreign_keys = ON")
             # Content that is overwritten or deleted is zeroed, not left in free space: a
             # destroyed key version's wrapped blob must not outlive its row (crypto-shredding;
-            # scrub_wal removes the WAL's copies).
+            # checkpoint_and_truncate removes the WAL's copies).
             cursor.execute("PRAGMA secure_delete = ON")
         finally:
             cursor.close()
@@ -124,6 +124,27 @@ def _enable_wal(cursor: Any) -> None:
         delay = min(delay * 2, 0.1)
 
 
+def checkpoint_and_truncate(engine: Engine) -> bool:
+    """Copy the write-ahead log into the database file and truncate the log to zero bytes,
+    so values overwritten since (a destroyed key's wrapped blob) are in neither file. True
+    when done; False when readers kept part of the log in use past busy_timeout. No-op on
+    other databases."""
+    if not is_sqlite(engine.url) or is_sqlite_memory(engine.url):
+        return True
+    raw = engine.raw_connection()
+    try:
+        # The raw driver connection is in autocommit (isolation_level None): a checkpoint
+        # cannot run inside a transaction.
+        cursor = raw.cursor()
+        try:
+            busy, _, _ = cursor.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        finally:
+            cursor.close()
+    finally:
+        raw.close()
+    return int(busy) == 0
+
+
 def _dispose_in_forked_children(engine: Engine) -> None:
     # Pooled connections must not cross fork(): parent and child would share one SQLite file
     # handle or one server socket. The child drops its inherited pool without closing the
@@ -136,26 +157,6 @@ def _dispose_in_forked_children(engine: Engine) -> None:
             forked.dispose(close=False)
 
     os.register_at_fork(after_in_child=_after_fork)
-
-
-def scrub_wal(engine: Engine) -> bool:
-    """Copy the WAL into the database file and truncate it, so no older copy of a page (a
-    destroyed key's wrapped blob, say) stays in the -wal file. Outside any transaction; waits
-    for readers up to busy_timeout. Returns False when a reader kept it from finishing (the
-    next truncating checkpoint removes the copies). True at once for other databases."""
-    if not is_sqlite(engine.url) or is_sqlite_memory(engine.url):
-        return True
-    raw = engine.raw_connection()
-    try:
-        cursor = raw.cursor()
-        try:
-            cursor.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-            row = cursor.fetchone()
-        finally:
-            cursor.close()
-    finally:
-        raw.close()
-    return row is not None and not row[0]
 
 
 @contextmanager

@@ -58,6 +58,11 @@ class UnchangedSinceCache(Generic[K, V]):
             state.version = version
         return state.rows.get(key), version
 
+    def scalar(self, query: str) -> int:
+        """One integer read on this thread's probe connection (a constant query, never
+        built from input), for other single-row counters kept beside the change count."""
+        return int(self._state().connection.execute(query).fetchone()[0])
+
     def put(self, key: K, value: V, version: int) -> None:
         """Keep a row read after get() returned version. If a commit slipped in between,
         the next get() sees a new version and drops it."""

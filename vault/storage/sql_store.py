@@ -23,7 +23,6 @@ from sqlalchemy import (
     select,
     update,
 )
-from sqlalchemy.exc import SQLAlchemyError
 
 from vault.domain.algorithms import Algorithm, Purpose
 from vault.domain.errors import (
@@ -40,15 +39,17 @@ from vault.domain.models import (
     KeyState,
     KeyVersion,
     Page,
+    Revocation,
+    RevocationReason,
     RootGeneration,
     VersionState,
 )
 from vault.domain.names import MASTER_KEY_PREFIX, KeyName, KeyVersionName, check_id
 from vault.storage.engine import (
+    checkpoint_and_truncate,
     is_sqlite,
     is_sqlite_memory,
     is_sqlite_uri,
-    scrub_wal,
 )
 from vault.storage.freshness import UnchangedSinceCache
 from vault.storage.paging import (
@@ -57,7 +58,13 @@ from vault.storage.paging import (
     encode_page_token,
     malformed_page_token,
 )
-from vault.storage.tables import UtcDateTime, key_versions, keys, root_generations
+from vault.storage.tables import (
+    UtcDateTime,
+    key_material_epoch,
+    key_versions,
+    keys,
+    root_generations,
+)
 from vault.storage.transactions import (
     aware,
     aware_or_none,
@@ -77,6 +84,15 @@ _GET_VERSION = select(key_versions).where(
     key_versions.c.account == bindparam("account"),
     key_versions.c.key_id == bindparam("key_id"),
     key_versions.c.version == bindparam("version"),
+)
+
+
+_GET_EPOCH = select(key_material_epoch.c.epoch).where(key_material_epoch.c.id == 1)
+_SQLITE_GET_EPOCH = "SELECT epoch FROM key_material_epoch WHERE id = 1"
+_BUMP_EPOCH = (
+    update(key_material_epoch)
+    .where(key_material_epoch.c.id == 1)
+    .values(epoch=key_material_epoch.c.epoch + 1)
 )
 
 
@@ -290,6 +306,114 @@ class SqlMetadataStore:
             if result.rowcount != 1:
                 raise NotFound("key version not found", metadata={"name": str(version.name)})
 
+    # --- revocation and the material epoch ---------------------------------------------------
+
+    def revoke_key(self, key: Key) -> Key:
+        """Write key (REVOKED, with its reason and time) if its etag is still current, and
+        mark every version that holds material and is not revoked yet with the same reason
+        and time; atomically."""
+        assert key.revoke_time is not None
+        with guarded_transaction(self._engine, self._serial, write=True) as c:
+            _bump_etag(c, key, _mutable_key_values(key))
+            c.execute(
+                update(key_versions)
+                .where(
+                    _versions_of(key.name),
+                    key_versions.c.state != VersionState.DESTROYED.value,
+                    key_versions.c.revoke_time.is_(None),
+                )
+                .values(
+                    revoke_time=aware(key.revoke_time),
+                    revocation_reason_code=_code_or_none(key.revocation_reason_code),
+                    revocation_reason=key.revocation_reason,
+                )
+            )
+            c.execute(_BUMP_EPOCH)
+            return _reread_key(c, key.name)
+
+    def revoke_version(self, key: Key, version: KeyVersion) -> KeyVersion:
+        """Write version's revocation if the key's etag is still current (Conflict otherwise)
+        and the version holds material and is not revoked yet (WrongState's caller checked;
+        a race gives Conflict); atomically. Returns the version as stored."""
+        assert version.revoke_time is not None
+        with guarded_transaction(self._engine, self._serial, write=True) as c:
+            _bump_etag(c, key, {"update_time": aware(version.revoke_time)})
+            result = c.execute(
+                update(key_versions)
+                .where(
+                    _version_pk(version.name),
+                    key_versions.c.state == VersionState.ENABLED.value,
+                    key_versions.c.revoke_time.is_(None),
+                )
+                .values(
+                    revoke_time=aware(version.revoke_time),
+                    revocation_reason_code=_code_or_none(version.revocation_reason_code),
+                    revocation_reason=version.revocation_reason,
+                )
+            )
+            if result.rowcount != 1:
+                raise Conflict(
+                    "the key version changed while it was revoked; read it again",
+                    metadata={"name": str(version.name)},
+                )
+            c.execute(_BUMP_EPOCH)
+            row = c.execute(_GET_VERSION, _version_params(version.name)).mappings().one()
+        return to_version(row)
+
+    def list_revocations(
+        self, account: str | None, page_size: int, page_token: str
+    ) -> Page[Revocation]:
+        """Revoked versions, of one account or (None) of all, ordered by name."""
+        size = clamp_page_size(page_size)
+        query = (
+            select(key_versions, keys.c.algorithm)
+            .join(
+                keys,
+                and_(
+                    keys.c.account == key_versions.c.account,
+                    keys.c.key_id == key_versions.c.key_id,
+                ),
+            )
+            .where(key_versions.c.revoke_time.is_not(None))
+        )
+        if account is not None:
+            query = query.where(key_versions.c.account == account)
+        if page_token:
+            after = _decode_revocation_token(page_token)
+            query = query.where(
+                (key_versions.c.account > after.account)
+                | (
+                    (key_versions.c.account == after.account)
+                    & (
+                        (key_versions.c.key_id > after.key)
+                        | (
+                            (key_versions.c.key_id == after.key)
+                            & (key_versions.c.version > after.version)
+                        )
+                    )
+                )
+            )
+        query = query.order_by(
+            key_versions.c.account, key_versions.c.key_id, key_versions.c.version
+        ).limit(size + 1)
+        with guarded_transaction(self._engine, self._serial, write=False) as c:
+            rows = c.execute(query).mappings().all()
+        items = [_to_revocation(row) for row in rows[:size]]
+        next_token = encode_page_token(str(items[-1].version_name)) if len(rows) > size else ""
+        return Page(items=items, next_page_token=next_token)
+
+    def material_epoch(self) -> int:
+        """A number that moves whenever a version's material stops being usable anywhere."""
+        if self._key_cache is not None:
+            # The cache's probe connection: a primary-key read without the pool.
+            return self._key_cache.scalar(_SQLITE_GET_EPOCH)
+        with guarded_transaction(self._engine, self._serial, write=False) as c:
+            return int(c.execute(_GET_EPOCH).scalar_one())
+
+    def bump_material_epoch(self) -> None:
+        with guarded_transaction(self._engine, self._serial, write=True) as c:
+            c.execute(_BUMP_EPOCH)
+
     # --- destruction ------------------------------------------------------------------------
 
     def keys_due_for_destruction(self, now: datetime) -> list[Key]:
@@ -308,8 +432,8 @@ class SqlMetadataStore:
 
     def mark_destroyed(self, key: Key, now: datetime) -> Key:
         """Key DESTROYED, every version DESTROYED with its wrapped blob erased; atomically.
-        The erased blobs are zeroed in the database file (secure_delete) and its WAL is
-        truncated, so no copy of them stays on disk (crypto-shredding)."""
+        The erased blobs are zeroed in the database file (secure_delete); purge_erased then
+        takes them out of the WAL (crypto-shredding)."""
         now = aware(now)
         with guarded_transaction(self._engine, self._serial, write=True) as c:
             # The etag check stops a key whose destruction was cancelled (restored) after the
@@ -327,14 +451,14 @@ class SqlMetadataStore:
                     ),
                 )
             )
-            destroyed = _reread_key(c, key.name)
-        try:
-            scrubbed = scrub_wal(self._engine)
-        except SQLAlchemyError:
-            scrubbed = False
-        if not scrubbed:
-            log.warning("the WAL may still hold destroyed key material until its next checkpoint")
-        return destroyed
+            c.execute(_BUMP_EPOCH)
+            return _reread_key(c, key.name)
+
+    def purge_erased(self) -> bool:
+        """Make values erased so far unrecoverable from the store's files: on SQLite (which
+        zeroes deleted content, secure_delete), checkpoint the write-ahead log into the
+        database and truncate it. False when that could not finish now."""
+        return checkpoint_and_truncate(self._engine)
 
     # --- start-up reconciliation ------------------------------------------------------------
 
@@ -494,6 +618,8 @@ def _mutable_key_values(key: Key) -> dict[str, Any]:
             else key.state_before_destroy_scheduled.value
         ),
         "revocation_reason": key.revocation_reason,
+        "revocation_reason_code": _code_or_none(key.revocation_reason_code),
+        "revoke_time": aware_or_none(key.revoke_time),
     }
 
 
@@ -523,6 +649,9 @@ def version_row(version: KeyVersion) -> dict[str, Any]:
         "token_label": version.token_label,
         "public_key_der": version.public_key_der,
         "destroy_time": aware_or_none(version.destroy_time),
+        "revoke_time": aware_or_none(version.revoke_time),
+        "revocation_reason_code": _code_or_none(version.revocation_reason_code),
+        "revocation_reason": version.revocation_reason or None,
     }
 
 
@@ -560,6 +689,8 @@ def to_key(row: RowMapping) -> Key:
         destroy_scheduled_time=row["destroy_scheduled_time"],
         state_before_destroy_scheduled=None if before is None else KeyState(before),
         revocation_reason=row["revocation_reason"],
+        revocation_reason_code=_reason_or_none(row["revocation_reason_code"]),
+        revoke_time=row["revoke_time"],
         request_id=row["request_id"] or "",
         etag=int(row["etag"]),
     )
@@ -575,7 +706,36 @@ def to_version(row: RowMapping) -> KeyVersion:
         token_label=row["token_label"],
         public_key_der=_bytes_or_none(row["public_key_der"]),
         destroy_time=row["destroy_time"],
+        revoke_time=row["revoke_time"],
+        revocation_reason_code=_reason_or_none(row["revocation_reason_code"]),
+        revocation_reason=row["revocation_reason"] or "",
     )
+
+
+def _to_revocation(row: RowMapping) -> Revocation:
+    return Revocation(
+        version_name=KeyVersionName(row["account"], row["key_id"], int(row["version"])),
+        algorithm=Algorithm(row["algorithm"]),
+        reason_code=_reason_or_none(row["revocation_reason_code"]),
+        revoke_time=row["revoke_time"],
+        public_key_der=_bytes_or_none(row["public_key_der"]),
+        reason=row["revocation_reason"] or "",
+    )
+
+
+def _code_or_none(code: RevocationReason | None) -> str | None:
+    return None if code is None else code.value
+
+
+def _reason_or_none(value: Any) -> RevocationReason | None:
+    return None if value is None else RevocationReason(value)
+
+
+def _decode_revocation_token(token: str) -> KeyVersionName:
+    try:
+        return KeyVersionName.parse(decode_page_token(token))
+    except (InvalidArgument, MalformedName):
+        raise malformed_page_token() from None
 
 
 def _bytes_or_none(value: Any) -> bytes | None:

@@ -107,6 +107,8 @@ keys = Table(
     Column("destroy_scheduled_time", UtcDateTime, nullable=True),
     Column("state_before_destroy_scheduled", String(STATE_LENGTH), nullable=True),
     Column("revocation_reason", Text, nullable=False),
+    Column("revocation_reason_code", String(STATE_LENGTH), nullable=True),
+    Column("revoke_time", UtcDateTime, nullable=True),
     # NULL when the request carried none: NULLs never collide in a unique constraint on any
     # backend, which a partial index would otherwise be needed for.
     Column("request_id", String(128), nullable=True),
@@ -130,11 +132,16 @@ key_versions = Table(
     Column("token_label", String(128), nullable=True, unique=True),
     Column("public_key_der", LargeBinary, nullable=True),
     Column("destroy_time", UtcDateTime, nullable=True),
+    Column("revocation_reason_code", String(STATE_LENGTH), nullable=True),
+    Column("revocation_reason", Text, nullable=True),
+    Column("revoke_time", UtcDateTime, nullable=True),
     ForeignKeyConstraint(["account", "key_id"], [keys.c.account, keys.c.key_id]),
 )
 
 # Start-up reconciliation scans versions by state (PENDING, not DESTROYED).
 Index(None, key_versions.c.state)
+# ListRevocations reads the revoked versions only.
+Index(None, key_versions.c.revoke_time)
 
 # A bucket's master key is the keys row (account, master_key_id); its state is the bucket's.
 buckets = Table(
@@ -222,6 +229,16 @@ metadata_changes = Table(
     metadata,
     Column("id", Integer, primary_key=True, autoincrement=False),
     Column("changes", BigInteger, nullable=False),
+    CheckConstraint("id = 1", name="single_row"),
+)
+
+# One row whose number moves whenever a version's material stops being usable (migration
+# 0006): workers drop their cached key handles when it moved.
+key_material_epoch = Table(
+    "key_material_epoch",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=False),
+    Column("epoch", BigInteger, nullable=False),
     CheckConstraint("id = 1", name="single_row"),
 )
 

@@ -7,6 +7,7 @@ side only fails the server at start-up instead of on the first request that uses
 
 from __future__ import annotations
 
+import hashlib
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import TYPE_CHECKING, Final, Generic, TypeVar
@@ -18,11 +19,20 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from vault.domain.algorithms import Algorithm, Purpose
 from vault.domain.buckets import BucketFilter, BucketPolicy, BucketState
 from vault.domain.errors import InvalidArgument
-from vault.domain.models import Key, KeyFilter, KeyState, KeyVersion, VersionState
+from vault.domain.models import (
+    Key,
+    KeyFilter,
+    KeyState,
+    KeyVersion,
+    Revocation,
+    RevocationReason,
+    VersionState,
+)
 from vault.domain.names import AccountName
 from vault.gen.vault.v1 import bucket_service_pb2, key_service_pb2, resources_pb2
 from vault.service.buckets import BucketView
 from vault.service.keys import PublicKeyInfo
+from vault.service.revocations import SignedFeed
 from vault.transport.integrity import checksum
 
 if TYPE_CHECKING:
@@ -78,6 +88,15 @@ ALGORITHMS: Final = _EnumMirror(Algorithm, resources_pb2.Algorithm, "ALGORITHM_"
 KEY_STATES: Final = _EnumMirror(KeyState, resources_pb2.KeyState, "KEY_STATE_")
 VERSION_STATES: Final = _EnumMirror(VersionState, resources_pb2.VersionState, "VERSION_STATE_")
 BUCKET_STATES: Final = _EnumMirror(BucketState, resources_pb2.BucketState, "BUCKET_STATE_")
+REVOCATION_REASONS: Final = _EnumMirror(
+    RevocationReason, resources_pb2.RevocationReason, "REVOCATION_REASON_"
+)
+
+
+def _reason_code(code: RevocationReason | None) -> resources_pb2.RevocationReason.ValueType:
+    if code is None:
+        return resources_pb2.REVOCATION_REASON_UNSPECIFIED
+    return REVOCATION_REASONS.to_proto(code)
 
 
 # -- domain -> proto ---------------------------------------------------------------------
@@ -107,6 +126,8 @@ def key_to_proto(key: Key) -> resources_pb2.Key:
         description=key.description,
         destroy_scheduled_time=_optional_timestamp(key.destroy_scheduled_time),
         revocation_reason=key.revocation_reason,
+        revocation_reason_code=_reason_code(key.revocation_reason_code),
+        revoke_time=_optional_timestamp(key.revoke_time),
     )
 
 
@@ -117,6 +138,31 @@ def version_to_proto(version: KeyVersion) -> resources_pb2.KeyVersion:
         create_time=timestamp(version.create_time),
         destroy_time=_optional_timestamp(version.destroy_time),
         token_resident=version.token_resident,
+        revoke_time=_optional_timestamp(version.revoke_time),
+        revocation_reason_code=_reason_code(version.revocation_reason_code),
+        revocation_reason=version.revocation_reason,
+    )
+
+
+def revocation_to_proto(revocation: Revocation) -> resources_pb2.Revocation:
+    public = revocation.public_key_der or b""
+    return resources_pb2.Revocation(
+        key_version=str(revocation.version_name),
+        algorithm=ALGORITHMS.to_proto(revocation.algorithm),
+        public_key_der=public,
+        public_key_sha256=hashlib.sha256(public).digest() if public else b"",
+        reason_code=_reason_code(revocation.reason_code),
+        revoke_time=timestamp(revocation.revoke_time),
+        reason=revocation.reason,
+    )
+
+
+def feed_to_proto(feed: SignedFeed) -> resources_pb2.RevocationFeed:
+    return resources_pb2.RevocationFeed(
+        payload=feed.payload,
+        signature=feed.signature,
+        public_key_der=feed.public_key_der,
+        public_key_sha256=hashlib.sha256(feed.public_key_der).digest(),
     )
 
 

@@ -12,12 +12,14 @@ import grpc
 from vault.domain.errors import InvalidArgument
 from vault.gen.vault.v1 import key_service_pb2, key_service_pb2_grpc, resources_pb2
 from vault.service.keys import KeyManagement
+from vault.service.revocations import RevocationFeeds
 from vault.transport import convert
 
 
 class KeyServicer(key_service_pb2_grpc.KeyServiceServicer):
-    def __init__(self, keys: KeyManagement) -> None:
+    def __init__(self, keys: KeyManagement, feeds: RevocationFeeds) -> None:
         self._keys = keys
+        self._feeds = feeds
 
     def CreateKey(
         self, request: key_service_pb2.CreateKeyRequest, context: grpc.ServicerContext
@@ -97,7 +99,23 @@ class KeyServicer(key_service_pb2_grpc.KeyServiceServicer):
     def RevokeKey(
         self, request: key_service_pb2.RevokeKeyRequest, context: grpc.ServicerContext
     ) -> resources_pb2.Key:
-        return convert.key_to_proto(self._keys.revoke_key(request.name, request.reason))
+        code = convert.REVOCATION_REASONS.from_proto(request.reason_code, "reason_code")
+        key, _ = self._keys.revoke_key(request.name, request.reason, code)
+        return convert.key_to_proto(key)
+
+    def ListRevocations(
+        self, request: key_service_pb2.ListRevocationsRequest, context: grpc.ServicerContext
+    ) -> key_service_pb2.ListRevocationsResponse:
+        page = self._keys.list_revocations(request.parent, request.page_size, request.page_token)
+        return key_service_pb2.ListRevocationsResponse(
+            revocations=[convert.revocation_to_proto(entry) for entry in page.items],
+            next_page_token=page.next_page_token,
+        )
+
+    def GetRevocationFeed(
+        self, request: key_service_pb2.GetRevocationFeedRequest, context: grpc.ServicerContext
+    ) -> resources_pb2.RevocationFeed:
+        return convert.feed_to_proto(self._feeds.feed(request.parent))
 
     def ScheduleKeyDestruction(
         self,

@@ -225,7 +225,9 @@ def build(
             ("grpc.so_reuseport", 1 if reuse_port else 0),
         ],
     )
-    key_service_pb2_grpc.add_KeyServiceServicer_to_server(KeyServicer(services.keys), server)
+    key_service_pb2_grpc.add_KeyServiceServicer_to_server(
+        KeyServicer(services.keys, services.feeds), server
+    )
     crypto_service_pb2_grpc.add_CryptoServiceServicer_to_server(
         CryptoServicer(services.crypto), server
     )
