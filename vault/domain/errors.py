@@ -166,3 +166,17 @@ class AuditUnavailable(VaultError):
     its result withheld): the vault fails closed rather than act unrecorded."""
 
     reason = "AUDIT_UNAVAILABLE"
+
+
+class BackupInvalid(InvalidArgument):
+    """A backup bundle is malformed, incomplete, altered, or signed by another key than the
+    caller expects: nothing of it is used."""
+
+    reason = "BACKUP_INVALID"
+
+
+class RootGenerationMissing(VaultError):
+    """The token lacks the root generation a bundle's keys are wrapped under (it never
+    received it by the clone ceremony): FAILED_PRECONDITION."""
+
+    reason = "ROOT_GENERATION_MISSING"

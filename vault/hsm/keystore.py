@@ -20,6 +20,7 @@ from vault.domain.algorithms import (
     Padding,
     Purpose,
 )
+from vault.domain.backup import TokenIdentity
 from vault.domain.errors import (
     DecryptionFailed,
     InvalidArgument,
@@ -447,6 +448,72 @@ class Pkcs11KeyStore:
                 return False
 
         return self.run(verify, "verify_mac")
+
+    # -- backup ---------------------------------------------------------------------------
+
+    def opens(self, version: KeyVersion, algorithm: Algorithm) -> bool:
+        generation = version.root_generation
+        if version.wrapped_blob is None or generation is None:
+            return False
+
+        def trial(context: ThreadContext) -> bool:
+            # Looked up afresh, not from the start-up cache: roots arrive by a ceremony while
+            # the vault runs.
+            families = objects.root_generations(context.session).get(generation)
+            if not families:
+                return False
+            family = None if None in families else templates.root_family(algorithm)
+            if family not in families:
+                return False
+            root = objects.find_one(
+                context.session, ObjectClass.SECRET_KEY, templates.root_label(generation, family)
+            )
+            shape = templates.shape(algorithm)
+            try:
+                obj = root.unwrap_key(
+                    shape.object_class,
+                    shape.key_type,
+                    version.wrapped_blob,
+                    mechanism=templates.WRAP_MECHANISM,
+                    capabilities=0,
+                    template=templates.unwrapped_for_use(algorithm),
+                )
+            except _TRIAL_FAILURES:
+                return False
+            objects.destroy_quietly(obj)
+            return True
+
+        self._roots = self._find_roots()
+        return self.run(trial, "backup_trial_unwrap")
+
+    def token_identity(self) -> TokenIdentity:
+        token = self._library.token
+        return TokenIdentity(
+            label=str(token.label).strip(),
+            serial=_text(token.serial),
+            manufacturer=str(token.manufacturer_id).strip(),
+            model=_text(token.model),
+        )
+
+
+# How an unwrap under a root that did not wrap the blob (another token's generation of the
+# same number) fails.
+_TRIAL_FAILURES: tuple[type[Exception], ...] = (
+    exceptions.EncryptedDataInvalid,
+    exceptions.DataInvalid,
+    exceptions.WrappedKeyInvalid,
+    exceptions.WrappedKeyLenRange,
+    exceptions.FunctionFailed,
+    exceptions.GeneralError,
+    exceptions.TemplateInconsistent,
+    exceptions.KeyTypeInconsistent,
+)
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, bytes):
+        return value.decode("ascii", errors="replace").strip()
+    return str(value).strip()
 
 
 def generate_pair(

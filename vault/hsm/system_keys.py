@@ -36,6 +36,7 @@ CREDENTIAL_KEY_LABEL: Final = "vault:system:credential:1"
 AUDIT_KEY_LABEL: Final = "vault:system:audit:1"
 AUDIT_ANCHOR_LABEL: Final = "vault:system:audit-anchor"
 FEED_KEY_LABEL: Final = "vault:system:revocation-feed:1"
+BACKUP_KEY_LABEL: Final = "vault:system:backup:1"
 _ANCHOR: Final = struct.Struct(">Q32s")
 _CREDENTIAL_ALGORITHM: Final = Algorithm.HMAC_SHA256
 _AUDIT_ALGORITHM: Final = Algorithm.EC_SIGN_P256_SHA256
@@ -207,29 +208,27 @@ class SystemKeys:
         return self._keystore.run(verify, "audit_verify")
 
 
-class RevocationFeedKey:
-    """Implements vault.service.ports.FeedSigner: the token key that signs the revocation feed.
+class _TokenSigningKey:
+    """An ECDSA P-256 key pair of the vault's own, for one kind of signed document: private
+    half SIGN only, public half VERIFY only, both private, non-modifiable token objects created
+    once per token under label."""
 
-    Its own key, not the audit key: the two sign different things for different readers (the
-    audit key's signatures are checked by the vault itself; the feed key's public half is
-    handed to every relying party and pinned by them), and either can then be replaced
-    without touching the other. ECDSA P-256, private half SIGN only, public half VERIFY only,
-    both private, non-modifiable token objects created once per token."""
-
-    def __init__(self, keystore: Pkcs11KeyStore) -> None:
+    def __init__(self, keystore: Pkcs11KeyStore, label: str) -> None:
         self._keystore = keystore
+        self._label = label
         self._lock = threading.Lock()
         self._public_der: bytes | None = None
 
     def __repr__(self) -> str:
-        return "RevocationFeedKey()"
+        return f"{type(self).__name__}()"
 
     def ensure(self) -> list[str]:
         """Create the key pair unless the token holds it; returns the labels created."""
+        label = self._label
 
         def create(context: ThreadContext) -> bool:
             try:
-                objects.find_one(context.session, ObjectClass.PRIVATE_KEY, FEED_KEY_LABEL)
+                objects.find_one(context.session, ObjectClass.PRIVATE_KEY, label)
                 return False
             except exceptions.ObjectHandleInvalid:
                 pass
@@ -237,28 +236,28 @@ class RevocationFeedKey:
                 **templates.public_generation(_FEED_ALGORITHM),
                 Attribute.TOKEN: True,
                 Attribute.PRIVATE: True,
-                Attribute.LABEL: FEED_KEY_LABEL,
-                Attribute.ID: FEED_KEY_LABEL.encode(),
+                Attribute.LABEL: label,
+                Attribute.ID: label.encode(),
             }
-            generate_pair(context.session, _FEED_ALGORITHM, FEED_KEY_LABEL, public_template)
+            generate_pair(context.session, _FEED_ALGORITHM, label, public_template)
             return True
 
         with self._lock:
-            created = self._keystore.run(create, "feed_key_ensure")
+            created = self._keystore.run(create, "signing_key_ensure")
         if not created:
             return []
-        log.info("created system key %s in the token", FEED_KEY_LABEL)
-        return [FEED_KEY_LABEL]
+        log.info("created system key %s in the token", label)
+        return [label]
 
     def _object(self, context: ThreadContext, object_class: ObjectClass) -> Any:
-        cache_key = f"system:{object_class.name}:{FEED_KEY_LABEL}"
+        cache_key = f"system:{object_class.name}:{self._label}"
         obj = context.objects.get(cache_key)
         if obj is None:
-            obj = objects.find_one(context.session, object_class, FEED_KEY_LABEL)
+            obj = objects.find_one(context.session, object_class, self._label)
             context.objects[cache_key] = obj
         return obj
 
-    def sign_feed(self, payload: bytes) -> bytes:
+    def _sign(self, payload: bytes, name: str) -> bytes:
         digest = hashlib.sha256(payload).digest()
         raw = self._keystore.run(
             lambda context: bytes(
@@ -266,13 +265,13 @@ class RevocationFeedKey:
                     digest, mechanism=Mechanism.ECDSA
                 )
             ),
-            "feed_sign",
+            name,
         )
         return asym_utils.encode_dss_signature(
             int.from_bytes(raw[:_P256_HALF], "big"), int.from_bytes(raw[_P256_HALF:], "big")
         )
 
-    def feed_public_key_der(self) -> bytes:
+    def _public_key_der(self) -> bytes:
         if self._public_der is None:
             self._public_der = self._keystore.run(
                 lambda context: public_key_der(
@@ -280,3 +279,37 @@ class RevocationFeedKey:
                 )
             )
         return self._public_der
+
+
+class RevocationFeedKey(_TokenSigningKey):
+    """Implements vault.service.ports.FeedSigner: the token key that signs the revocation feed.
+
+    Its own key, not the audit key: the two sign different things for different readers (the
+    audit key's signatures are checked by the vault itself; the feed key's public half is
+    handed to every relying party and pinned by them), and either can then be replaced
+    without touching the other."""
+
+    def __init__(self, keystore: Pkcs11KeyStore) -> None:
+        super().__init__(keystore, FEED_KEY_LABEL)
+
+    def sign_feed(self, payload: bytes) -> bytes:
+        return self._sign(payload, "feed_sign")
+
+    def feed_public_key_der(self) -> bytes:
+        return self._public_key_der()
+
+
+class BackupSigningKey(_TokenSigningKey):
+    """Implements vault.service.ports.BackupSigner: the token key that signs backup bundles.
+
+    Its own key again: whoever restores pins it (or checks its fingerprint), and a bundle
+    must never verify under a key that also signs feeds another party hands around."""
+
+    def __init__(self, keystore: Pkcs11KeyStore) -> None:
+        super().__init__(keystore, BACKUP_KEY_LABEL)
+
+    def sign_backup(self, payload: bytes) -> bytes:
+        return self._sign(payload, "backup_sign")
+
+    def backup_public_key_der(self) -> bytes:
+        return self._public_key_der()

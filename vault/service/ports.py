@@ -12,6 +12,7 @@ from typing import Protocol
 
 from vault.domain.algorithms import Algorithm
 from vault.domain.audit import ArchiveMarker, AuditEvent, AuditRecord, Checkpoint
+from vault.domain.backup import Selection, TokenIdentity, Tombstone
 from vault.domain.buckets import Bucket, BucketFilter
 from vault.domain.identity import AccessKey, Account, ApiKey, UsageCount
 from vault.domain.models import Key, KeyFilter, KeyVersion, Page, Revocation, RootGeneration
@@ -101,6 +102,13 @@ class KeyStore(Protocol):
     def verify_mac(
         self, version: KeyVersion, algorithm: Algorithm, data: bytes, mac: bytes
     ) -> bool: ...
+
+    def opens(self, version: KeyVersion, algorithm: Algorithm) -> bool:
+        """Whether the token unwraps version's blob under the root generation it names (a
+        restore's check that the token received that root)."""
+        ...
+
+    def token_identity(self) -> TokenIdentity: ...
 
 
 class MetadataStore(Protocol):
@@ -366,6 +374,58 @@ class SystemCrypto(Protocol):
         ...
 
     def audit_anchor(self) -> tuple[int, bytes] | None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class ExportRecord:
+    """One backup export, as the vault's export log keeps it."""
+
+    export_id: str
+    create_time: datetime
+    selection: Mapping[str, list[str]]
+    entry_count: int
+    signer_fingerprint: str
+
+
+class BackupStore(Protocol):
+    """What backup and restore read and write in the store (vault.storage.backup_store)."""
+
+    def selected_accounts(self, selection: Selection) -> list[str]: ...
+
+    def count_keys(self, accounts: Sequence[str]) -> int: ...
+
+    def keys_of(self, account: str) -> Iterator[tuple[Key, list[KeyVersion]]]:
+        """Every key of account but buckets' master keys, with its versions, in name order."""
+        ...
+
+    def buckets_of(self, account: str) -> Iterator[tuple[Bucket, Key, list[KeyVersion]]]: ...
+
+    def record_export(self, record: ExportRecord, versions: Sequence[KeyVersionName]) -> None: ...
+
+    def exports_holding(self, version: KeyVersionName) -> list[ExportRecord]: ...
+
+    def tombstones(self, name: KeyName) -> list[Tombstone]:
+        """Tombstones of key name and its versions; a key's own has the key's name."""
+        ...
+
+    def add_tombstone(self, name: KeyName, version: int, tombstone: Tombstone) -> bool: ...
+
+    def restore_key(
+        self, key: Key, versions: Sequence[KeyVersion], bucket: Bucket | None = None
+    ) -> None:
+        """Insert key, its versions and its bucket as given, atomically; AlreadyExists if
+        taken."""
+        ...
+
+
+class BackupSigner(Protocol):
+    """The token key that signs backup bundles (vault.hsm.system_keys)."""
+
+    def sign_backup(self, payload: bytes) -> bytes:
+        """A DER ECDSA P-256 signature over SHA-256(payload)."""
+        ...
+
+    def backup_public_key_der(self) -> bytes: ...
 
 
 class FeedSigner(Protocol):

@@ -61,6 +61,7 @@ from vault.storage.paging import (
 from vault.storage.tables import (
     UtcDateTime,
     key_material_epoch,
+    key_tombstones,
     key_versions,
     keys,
     root_generations,
@@ -328,6 +329,15 @@ class SqlMetadataStore:
                     revocation_reason=key.revocation_reason,
                 )
             )
+            add_tombstone(
+                c,
+                key.name,
+                0,
+                KeyState.REVOKED,
+                key.revoke_time,
+                key.revocation_reason_code,
+                key.revocation_reason,
+            )
             c.execute(_BUMP_EPOCH)
             return _reread_key(c, key.name)
 
@@ -356,6 +366,15 @@ class SqlMetadataStore:
                     "the key version changed while it was revoked; read it again",
                     metadata={"name": str(version.name)},
                 )
+            add_tombstone(
+                c,
+                key.name,
+                version.number,
+                KeyState.REVOKED,
+                version.revoke_time,
+                version.revocation_reason_code,
+                version.revocation_reason,
+            )
             c.execute(_BUMP_EPOCH)
             row = c.execute(_GET_VERSION, _version_params(version.name)).mappings().one()
         return to_version(row)
@@ -451,6 +470,7 @@ class SqlMetadataStore:
                     ),
                 )
             )
+            add_tombstone(c, key.name, 0, KeyState.DESTROYED, now, None, "")
             c.execute(_BUMP_EPOCH)
             return _reread_key(c, key.name)
 
@@ -653,6 +673,39 @@ def version_row(version: KeyVersion) -> dict[str, Any]:
         "revocation_reason_code": _code_or_none(version.revocation_reason_code),
         "revocation_reason": version.revocation_reason or None,
     }
+
+
+def add_tombstone(
+    c: Connection,
+    name: KeyName,
+    version: int,
+    state: KeyState,
+    time: datetime,
+    reason_code: RevocationReason | None,
+    reason: str,
+) -> bool:
+    """Record that key name (version 0) or one of its versions was revoked or destroyed, in
+    the caller's transaction; the first record of each stays. Returns whether it is new."""
+    where = and_(
+        key_tombstones.c.account == name.account,
+        key_tombstones.c.key_id == name.key,
+        key_tombstones.c.version == version,
+        key_tombstones.c.state == state.value,
+    )
+    if c.execute(select(key_tombstones.c.version).where(where)).first() is not None:
+        return False
+    c.execute(
+        insert(key_tombstones).values(
+            account=name.account,
+            key_id=name.key,
+            version=version,
+            state=state.value,
+            time=aware(time),
+            reason_code=_code_or_none(reason_code),
+            reason=reason,
+        )
+    )
+    return True
 
 
 def _bump_etag(c: Connection, key: Key, values: dict[str, Any]) -> None:

@@ -299,3 +299,43 @@ audit_archive_markers = Table(
     Column("signature", LargeBinary, nullable=False),
     Column("key_label", String(128), nullable=False),
 )
+
+# Revoked and destroyed keys (version 0), key versions and buckets' master keys, with when:
+# written with the revocation or destruction itself, and by a restore for a bundle's own
+# tombstones. A restore never brings back what is named here, whatever older bundle holds it
+# (migration 0007).
+key_tombstones = Table(
+    "key_tombstones",
+    metadata,
+    Column("account", String(ID_LENGTH), primary_key=True),
+    Column("key_id", String(ID_LENGTH), primary_key=True),
+    Column("version", Integer, primary_key=True),  # 0: the whole key
+    Column("state", String(STATE_LENGTH), primary_key=True),  # REVOKED or DESTROYED
+    Column("time", UtcDateTime, nullable=False),
+    Column("reason_code", String(STATE_LENGTH), nullable=True),
+    Column("reason", Text, nullable=False),
+)
+
+# One row per backup export, and the key versions whose blobs it holds: `vaultctl keys
+# compromise` lists the backups that hold a compromised version (migration 0007).
+backup_exports = Table(
+    "backup_exports",
+    metadata,
+    Column("export_id", String(ID_LENGTH), primary_key=True),
+    Column("create_time", UtcDateTime, nullable=False),
+    Column("selection", JSON, nullable=False),
+    Column("entry_count", BigInteger, nullable=False),
+    Column("signer_fingerprint", String(ID_LENGTH), nullable=False),
+)
+
+backup_export_versions = Table(
+    "backup_export_versions",
+    metadata,
+    Column("export_id", String(ID_LENGTH), primary_key=True),
+    Column("account", String(ID_LENGTH), primary_key=True),
+    Column("key_id", String(ID_LENGTH), primary_key=True),
+    Column("version", Integer, primary_key=True),
+    ForeignKeyConstraint(["export_id"], [backup_exports.c.export_id]),
+)
+
+Index(None, backup_export_versions.c.account, backup_export_versions.c.key_id)

@@ -1,0 +1,447 @@
+"""Backup and restore: a signed bundle of the selected keys' and buckets' metadata and wrapped
+blobs (vault.domain.backup), checked without restoring, and restored into a token that holds
+the same root generations (received by the clone ceremony).
+
+Keys move only as blobs wrapped under a root generation, so a bundle is useful only to a token
+that holds that generation; token-resident keys cannot leave at all and are listed as skipped.
+Revocation sticks: revoked and destroyed keys leave as tombstones, and a restore never brings
+back a key (or version) the destination has a tombstone for, whatever older bundle holds it.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Final
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from vault.domain.backup import (
+    BundleWriter,
+    ParsedBundle,
+    Selection,
+    Skipped,
+    SkipReason,
+    Tombstone,
+    bucket_entry,
+    bucket_from_entry,
+    fingerprint,
+    key_entry,
+    key_from_entry,
+    read_bundle,
+    skipped_entry,
+    tombstone_entry,
+    tombstone_from_entry,
+)
+from vault.domain.buckets import Bucket
+from vault.domain.errors import (
+    AlreadyExists,
+    BackupInvalid,
+    InvalidArgument,
+    NotFound,
+    RootGenerationMissing,
+)
+from vault.domain.models import Key, KeyState, KeyVersion, VersionState
+from vault.domain.names import (
+    BucketName,
+    KeyName,
+    KeyVersionName,
+    check_id,
+    parse_key_or_version,
+)
+from vault.service.keys import Clock, utc_now
+from vault.service.ports import BackupSigner, BackupStore, ExportRecord, KeyStore
+
+log = logging.getLogger(__name__)
+
+MAX_SELECTION_ITEMS: Final = 1000
+# Lines sent per chunk of ExportBackup's stream; a chunk stays far below the message limit.
+CHUNK_BYTES: Final = 256 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class ExportChunk:
+    data: bytes = field(repr=False)
+    entries_done: int
+    # An upper bound known before the first entry (every key and bucket of the selected
+    # accounts): for a progress bar, which the last chunk completes.
+    entries_estimate: int
+    export_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class VerifiedBundle:
+    bundle: ParsedBundle
+    signer_fingerprint: str
+
+    @property
+    def export_id(self) -> str:
+        return self.bundle.export_id
+
+
+@dataclass(frozen=True, slots=True)
+class RestoreReport:
+    export_id: str
+    signer_fingerprint: str
+    restored: list[str]
+    skipped: list[Skipped]
+    tombstones_recorded: int
+
+
+def verify_bundle(lines: Iterable[bytes], expected_fingerprint: str = "") -> VerifiedBundle:
+    """Check a bundle's completeness (vault.domain.backup.read_bundle) and its signature under
+    the public key it carries, and, with expected_fingerprint, that this key is the one
+    expected (the exporting vault's, as `vaultctl backup export` printed it). Works offline:
+    no token or store is needed. BackupInvalid on any failure."""
+    bundle = read_bundle(lines)
+    public_der = bundle.public_key_der
+    signer = fingerprint(public_der)
+    if expected_fingerprint and expected_fingerprint.lower() != signer:
+        raise BackupInvalid(
+            "the bundle is signed by another key than the one expected",
+            metadata={"signer_fingerprint": signer},
+        )
+    try:
+        public = serialization.load_der_public_key(public_der)
+        if not isinstance(public, ec.EllipticCurvePublicKey) or not isinstance(
+            public.curve, ec.SECP256R1
+        ):
+            raise BackupInvalid("the bundle's signing key is not an EC P-256 key")
+        public.verify(bundle.signature, bundle.signed_payload, ec.ECDSA(hashes.SHA256()))
+    except (InvalidSignature, ValueError):
+        raise BackupInvalid("the bundle's signature does not verify") from None
+    return VerifiedBundle(bundle, signer)
+
+
+class BundleFiles:
+    """Bundles on the vault host, in one directory: RestoreBackup and VerifyBackup name a file
+    there (a plain file name), never a path, so no caller reads another file of the host."""
+
+    def __init__(self, directory: Path) -> None:
+        self._directory = directory
+
+    @property
+    def directory(self) -> Path:
+        return self._directory
+
+    def lines(self, file_name: str) -> list[bytes]:
+        if (
+            not file_name
+            or "/" in file_name
+            or "\\" in file_name
+            or file_name.startswith(".")
+            or len(file_name) > 255
+        ):
+            raise InvalidArgument(
+                "file_name must be the name of a file in the vault's backup directory",
+                metadata={"field": "file_name"},
+            )
+        path = self._directory / file_name
+        try:
+            with path.open("rb") as handle:
+                return list(handle)
+        except FileNotFoundError:
+            raise NotFound(
+                "no such bundle in the vault's backup directory", metadata={"name": file_name}
+            ) from None
+        except OSError:
+            raise InvalidArgument(
+                "the bundle cannot be read", metadata={"name": file_name}
+            ) from None
+
+
+class BackupManagement:
+    def __init__(
+        self,
+        store: BackupStore,
+        keystore: KeyStore,
+        signer: BackupSigner,
+        files: BundleFiles,
+        clock: Clock = utc_now,
+    ) -> None:
+        self._store = store
+        self._keystore = keystore
+        self._signer = signer
+        self._files = files
+        self._clock = clock
+
+    # -- export ---------------------------------------------------------------------------
+
+    def export(self, selection: Selection) -> Iterator[ExportChunk]:
+        """The bundle of selection, in chunks of whole lines. The export is logged (export
+        id, time, selection, key versions whose blobs it holds) once its trailer is signed."""
+        _check_selection(selection)
+        created = self._clock()
+        export_id = uuid.uuid4().hex
+        public_der = self._signer.backup_public_key_der()
+        writer = BundleWriter(
+            export_id, created, selection, self._keystore.token_identity(), public_der
+        )
+        accounts = self._store.selected_accounts(selection)
+        estimate = self._store.count_keys(accounts)
+        held: list[KeyVersionName] = []
+        buffer = bytearray(writer.header_line())
+        done = 0
+        for account in accounts:
+            for key, versions in self._store.keys_of(account):
+                if not _selects(selection, str(key.name), account, selection.keys):
+                    continue
+                for entry in _key_entries(key, versions, held):
+                    buffer += writer.entry_line(entry)
+                done += 1
+                if len(buffer) >= CHUNK_BYTES:
+                    yield ExportChunk(bytes(buffer), done, estimate, export_id)
+                    buffer.clear()
+            for bucket, master, versions in self._store.buckets_of(account):
+                if not _selects(selection, str(bucket.name), account, selection.buckets):
+                    continue
+                buffer += writer.entry_line(_bucket_entry(bucket, master, versions, held))
+                done += 1
+                if len(buffer) >= CHUNK_BYTES:
+                    yield ExportChunk(bytes(buffer), done, estimate, export_id)
+                    buffer.clear()
+        payload, summary = writer.signed_payload()
+        signature = self._signer.sign_backup(payload)
+        self._store.record_export(
+            ExportRecord(
+                export_id=export_id,
+                create_time=created,
+                selection=selection.as_json(),
+                entry_count=sum(writer.counts.values()),
+                signer_fingerprint=fingerprint(public_der),
+            ),
+            held,
+        )
+        buffer += writer.trailer_line(summary, signature)
+        log.info("exported backup %s: %s", export_id, writer.counts)
+        yield ExportChunk(bytes(buffer), done, max(done, estimate), export_id)
+
+    def signer_fingerprint(self) -> str:
+        return fingerprint(self._signer.backup_public_key_der())
+
+    def exports_holding(self, name: str) -> list[ExportRecord]:
+        """The logged exports whose bundles hold key version name's blob."""
+        return self._store.exports_holding(KeyVersionName.parse(name))
+
+    # -- verify and restore ---------------------------------------------------------------
+
+    def verify(self, file_name: str, expected_fingerprint: str = "") -> VerifiedBundle:
+        return verify_bundle(self._files.lines(file_name), expected_fingerprint)
+
+    def restore(self, file_name: str, expected_fingerprint: str = "") -> RestoreReport:
+        verified = verify_bundle(self._files.lines(file_name), expected_fingerprint)
+        bundle = verified.bundle
+        parsed: list[tuple[str, Any]] = []
+        for entry in bundle.entries:
+            kind = entry["kind"]
+            if kind == "key":
+                key, versions = key_from_entry(entry)
+                parsed.append((kind, (key, versions, None)))
+            elif kind == "bucket":
+                bucket, key, versions = bucket_from_entry(entry)
+                parsed.append((kind, (key, versions, bucket)))
+            elif kind == "tombstone":
+                parsed.append((kind, tombstone_from_entry(entry)))
+            else:
+                parsed.append((kind, _skipped_from_entry(entry)))
+        self._require_some_root(parsed)
+
+        restored: list[str] = []
+        skipped: list[Skipped] = []
+        recorded = 0
+        supported = self._keystore.supported_algorithms()
+        for kind, item in parsed:
+            if kind == "skipped":
+                skipped.append(item)
+            elif kind == "tombstone":
+                recorded += self._record_tombstone(item)
+            else:
+                key, versions, bucket = item
+                shown = str(bucket.name) if bucket is not None else str(key.name)
+                outcome = self._restore_one(key, versions, bucket, supported)
+                if isinstance(outcome, Skipped):
+                    skipped.append(replace(outcome, name=shown))
+                else:
+                    restored.append(shown)
+                    skipped.extend(outcome)
+        log.info(
+            "restored backup %s: %d restored, %d skipped, %d tombstones recorded",
+            bundle.export_id,
+            len(restored),
+            len(skipped),
+            recorded,
+        )
+        return RestoreReport(
+            bundle.export_id, verified.signer_fingerprint, restored, skipped, recorded
+        )
+
+    def _require_some_root(self, parsed: list[tuple[str, Any]]) -> None:
+        """RootGenerationMissing when the bundle has keys and the token holds none of the
+        root generations they are wrapped under (it never received them)."""
+        samples: dict[int, tuple[KeyVersion, Key]] = {}
+        for kind, item in parsed:
+            if kind not in ("key", "bucket"):
+                continue
+            key, versions, _ = item
+            for version in versions:
+                if version.root_generation is not None and version.wrapped_blob is not None:
+                    samples.setdefault(version.root_generation, (version, key))
+        if not samples:
+            return
+        if any(self._keystore.opens(version, key.algorithm) for version, key in samples.values()):
+            return
+        generations = ", ".join(str(generation) for generation in sorted(samples))
+        raise RootGenerationMissing(
+            f"this token does not hold root generation {generations} the bundle's keys are "
+            "wrapped under: it must receive the roots by the clone ceremony first",
+            metadata={"root_generations": generations},
+        )
+
+    def _record_tombstone(self, tombstone: Tombstone) -> int:
+        name, version = _tombstone_target(tombstone.name)
+        return int(self._store.add_tombstone(name, version, tombstone))
+
+    def _restore_one(
+        self,
+        key: Key,
+        versions: list[KeyVersion],
+        bucket: Bucket | None,
+        supported: frozenset[Any],
+    ) -> Skipped | list[Skipped]:
+        """Restore one key (or bucket): a Skipped for it, or the versions it left out."""
+        name = str(key.name)
+        left_out: list[Skipped] = []
+        dropped: set[int] = set()
+        for tombstone in self._store.tombstones(key.name):
+            if tombstone.name == name:
+                reason = (
+                    SkipReason.DESTROYED_LATER
+                    if tombstone.state is KeyState.DESTROYED
+                    else SkipReason.REVOKED_LATER
+                )
+                return Skipped(name, reason, f"{tombstone.state} at {tombstone.time.isoformat()}")
+            number = KeyVersionName.parse(tombstone.name).version
+            if number not in dropped:
+                dropped.add(number)
+                left_out.append(
+                    Skipped(
+                        tombstone.name,
+                        SkipReason.REVOKED_LATER,
+                        f"{tombstone.state} at {tombstone.time.isoformat()}",
+                    )
+                )
+        if key.algorithm not in supported:
+            return Skipped(name, SkipReason.UNSUPPORTED_ALGORITHM, str(key.algorithm))
+        kept = [version for version in versions if version.number not in dropped]
+        for version in kept:
+            if version.state is VersionState.DESTROYED:
+                continue
+            if not self._keystore.opens(version, key.algorithm):
+                return Skipped(
+                    name,
+                    SkipReason.UNKNOWN_ROOT_GENERATION,
+                    f"root generation {version.root_generation} is not this token's, or "
+                    "missing from it",
+                )
+        try:
+            self._store.restore_key(replace(key, etag=0, request_id=""), kept, bucket)
+        except AlreadyExists:
+            return Skipped(name, SkipReason.EXISTS)
+        return left_out
+
+
+def _check_selection(selection: Selection) -> None:
+    items = (*selection.accounts, *selection.keys, *selection.buckets)
+    if len(items) > MAX_SELECTION_ITEMS:
+        raise InvalidArgument(f"a selection names at most {MAX_SELECTION_ITEMS} items")
+    for account in selection.accounts:
+        check_id("account", account)
+    for name in (*selection.keys, *selection.buckets):
+        if not name.startswith("accounts/") or len(name) > 256:
+            raise InvalidArgument(
+                "selected keys and buckets are names or prefixes of names (accounts/...)",
+                metadata={"field": "selection"},
+            )
+
+
+def _selects(selection: Selection, name: str, account: str, names: tuple[str, ...]) -> bool:
+    if selection.everything or account in selection.accounts:
+        return True
+    return any(name.startswith(prefix) for prefix in names)
+
+
+def _key_entries(
+    key: Key, versions: list[KeyVersion], held: list[KeyVersionName]
+) -> Iterator[dict[str, Any]]:
+    """The entries of one key: skipped (token-resident), a tombstone (revoked or destroyed),
+    or the key with its versions, and a tombstone per revoked version."""
+    name = str(key.name)
+    if key.token_resident:
+        yield skipped_entry(
+            Skipped(name, SkipReason.TOKEN_RESIDENT, "token-resident keys never leave the token")
+        )
+        return
+    if key.state is KeyState.REVOKED:
+        yield tombstone_entry(
+            name,
+            KeyState.REVOKED,
+            key.revoke_time or key.update_time,
+            key.revocation_reason_code,
+            key.revocation_reason,
+        )
+        return
+    if key.state is KeyState.DESTROYED:
+        yield tombstone_entry(name, KeyState.DESTROYED, key.update_time)
+        return
+    exported: list[KeyVersion] = []
+    for version in versions:
+        if version.state is VersionState.PENDING:
+            continue
+        if version.revoked:
+            assert version.revoke_time is not None
+            yield tombstone_entry(
+                str(version.name),
+                KeyState.REVOKED,
+                version.revoke_time,
+                version.revocation_reason_code,
+                version.revocation_reason,
+            )
+            continue
+        exported.append(version)
+        if version.wrapped_blob is not None:
+            held.append(version.name)
+    yield key_entry(key, exported)
+
+
+def _bucket_entry(
+    bucket: Bucket, master: Key, versions: list[KeyVersion], held: list[KeyVersionName]
+) -> dict[str, Any]:
+    if master.state is KeyState.DESTROYED:
+        return tombstone_entry(str(bucket.name), KeyState.DESTROYED, master.update_time)
+    exported = [version for version in versions if version.state is not VersionState.PENDING]
+    held.extend(version.name for version in exported if version.wrapped_blob is not None)
+    return bucket_entry(bucket, master, exported)
+
+
+def _skipped_from_entry(entry: dict[str, Any]) -> Skipped:
+    try:
+        return Skipped(str(entry["name"]), SkipReason(entry["reason"]), str(entry["detail"]))
+    except (KeyError, ValueError):
+        raise BackupInvalid("the bundle holds a malformed skipped entry") from None
+
+
+def _tombstone_target(name: str) -> tuple[KeyName, int]:
+    """The key and version (0: the key itself) a tombstone names; a bucket's is its master
+    key's."""
+    try:
+        if "/buckets/" in name:
+            return BucketName.parse(name).master_key, 0
+        key_name, number = parse_key_or_version(name)
+    except InvalidArgument:
+        raise BackupInvalid("the bundle holds a tombstone with a malformed name") from None
+    return key_name, number or 0
