@@ -21,6 +21,7 @@ from vault.domain.audit import AuditEvent
 from vault.domain.errors import InvalidArgument, NotFound, VaultError
 from vault.service.audit import AuditLog, CheckpointPolicy
 from vault.service.authentication import AuthenticationPolicy, Authenticator
+from vault.service.backup import BackupManagement, BundleFiles
 from vault.service.buckets import BucketManagement
 from vault.service.crypto import CryptoOperations
 from vault.service.identity import IdentityManagement
@@ -59,6 +60,10 @@ class Services:
     # Creates the token's revocation feed key where missing; returns the labels created.
     ensure_feed_key: Callable[[], list[str]]
     security: Security | None = None
+    # Admin-only, so built only with authentication on.
+    backups: BackupManagement | None = None
+    # Creates the token's backup signing key where missing; returns the labels created.
+    ensure_backup_key: Callable[[], list[str]] = list
     # name -> check the health probe runs; a check that returns False or raises means the
     # vault cannot serve (vault.transport.health).
     health_checks: Mapping[str, Callable[[], bool]] = field(default_factory=dict)
@@ -73,7 +78,7 @@ def build_services(settings: Settings, counters: SharedCounters | None = None) -
     """The use cases; with settings.auth.enabled also identity and audit, whose limits and
     caches hold across worker processes through counters (authentication needs them)."""
     from vault.hsm.keystore import open_keystore
-    from vault.hsm.system_keys import RevocationFeedKey, SystemKeys
+    from vault.hsm.system_keys import BackupSigningKey, RevocationFeedKey, SystemKeys
     from vault.storage import open_stores
 
     assert settings.store.url is not None
@@ -93,7 +98,12 @@ def build_services(settings: Settings, counters: SharedCounters | None = None) -
     feed_key = RevocationFeedKey(keystore)
     feeds = RevocationFeeds(keys, feed_key)
     security = None
+    backups = None
+    backup_key = BackupSigningKey(keystore)
     if settings.auth.enabled:
+        backups = BackupManagement(
+            stores.backups, keystore, backup_key, BundleFiles(settings.backup_directory)
+        )
         system_keys = SystemKeys(keystore)
         identity = IdentityManagement(identity_store, system_keys, keystore.random, counters)
         authenticator = None
@@ -122,7 +132,17 @@ def build_services(settings: Settings, counters: SharedCounters | None = None) -
         security = Security(identity, authenticator, audit, system_keys.ensure, reserve)
     checks = {"token": keystore.available, "store": store.check_writable}
     return Services(
-        store, keystore, keys, crypto, buckets, feeds, feed_key.ensure, security, checks
+        store,
+        keystore,
+        keys,
+        crypto,
+        buckets,
+        feeds,
+        feed_key.ensure,
+        security,
+        backups,
+        backup_key.ensure,
+        checks,
     )
 
 
@@ -168,10 +188,11 @@ def prepare_and_reconcile(settings: Settings) -> StartupReport:
         report = reconcile(services.store, services.keystore)
         created: list[str] = []
         created += services.ensure_feed_key()
+        created += services.ensure_backup_key()
         admin = None
         path = settings.auth.admin_credentials_file
         if services.security is not None:
-            created = services.security.ensure_system_keys()
+            created += services.security.ensure_system_keys()
             admin = services.security.identity.bootstrap_admin()
         if admin is None:
             return StartupReport(report, created, None, None, None)

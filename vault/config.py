@@ -271,6 +271,11 @@ class Settings(BaseSettings):
         return self.data_dir / "run" / "metrics"
 
     @property
+    def backup_directory(self) -> Path:
+        """Where RestoreBackup and VerifyBackup find the bundles they are given by name."""
+        return self.data_dir / "backups"
+
+    @property
     def disk_reserve_file(self) -> Path:
         """Space set aside for when the data directory's disk fills up."""
         return self.data_dir / "run" / "disk-reserve"

@@ -74,9 +74,10 @@ class _CallDetails(NamedTuple):
     compression: Any
 
 
-class AuthInterceptor(grpc.UnaryUnaryClientInterceptor):
-    """Adds the `authorization` metadata to every unary call: a signature over the exact
-    request bytes (made afresh for each call, so each has its own nonce), or a bearer token."""
+class AuthInterceptor(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor):
+    """Adds the `authorization` metadata to every call with one request (unary, and
+    server-streaming like ExportBackup): a signature over the exact request bytes (made afresh
+    for each call, so each has its own nonce), or a bearer token."""
 
     def __init__(self, credentials: Credentials, clock: Callable[[], float] = time.time) -> None:
         self._credentials = credentials
@@ -98,6 +99,11 @@ class AuthInterceptor(grpc.UnaryUnaryClientInterceptor):
             body,
         )
         return header.render()
+
+    def intercept_unary_stream(
+        self, continuation: Callable[[Any, Any], Any], client_call_details: Any, request: Any
+    ) -> Any:
+        return self.intercept_unary_unary(continuation, client_call_details, request)
 
     def intercept_unary_unary(
         self, continuation: Callable[[Any, Any], Any], client_call_details: Any, request: Any

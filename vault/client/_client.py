@@ -26,6 +26,8 @@ from vault.domain.algorithms import MAX_SIGNED_MESSAGE_BYTES, Algorithm, KeyFami
 from vault.gen.vault.v1 import (
     audit_service_pb2,
     audit_service_pb2_grpc,
+    backup_service_pb2,
+    backup_service_pb2_grpc,
     bucket_service_pb2,
     bucket_service_pb2_grpc,
     crypto_service_pb2,
@@ -194,6 +196,7 @@ class VaultClient:
         self._audit = audit_service_pb2_grpc.AuditServiceStub(calls)
         self._server = server_service_pb2_grpc.ServerServiceStub(calls)
         self._buckets = bucket_service_pb2_grpc.BucketServiceStub(calls)
+        self._backups = backup_service_pb2_grpc.BackupServiceStub(calls)
         self._algorithms: dict[str, Algorithm] = {}
 
     def __repr__(self) -> str:
@@ -226,6 +229,51 @@ class VaultClient:
                     raise VaultClientError.from_rpc_error(error) from error
             time.sleep(_FIRST_BACKOFF_SECONDS * 2 ** (attempt - 1))
         raise AssertionError("unreachable")
+
+    # -- BackupService (admin) --------------------------------------------------------------
+
+    def export_backup(
+        self,
+        *,
+        accounts: Sequence[str] = (),
+        keys: Sequence[str] = (),
+        buckets: Sequence[str] = (),
+    ) -> Iterator[backup_service_pb2.ExportBackupResponse]:
+        """The bundle of the selection (all empty: everything) as a stream of chunks;
+        concatenated in order they are the bundle. No deadline: a large export takes as long
+        as it takes. Errors (also mid-stream) raise VaultClientError."""
+        request = backup_service_pb2.ExportBackupRequest(
+            selection=backup_service_pb2.BackupSelection(
+                accounts=list(accounts), keys=list(keys), buckets=list(buckets)
+            )
+        )
+        try:
+            yield from self._backups.ExportBackup(request, timeout=None)
+        except grpc.RpcError as error:
+            raise VaultClientError.from_rpc_error(error) from error
+
+    def verify_backup(
+        self, file_name: str, *, expected_signer_fingerprint: str = ""
+    ) -> backup_service_pb2.BackupSummary:
+        """Check a bundle in the vault's backup directory (<data_dir>/backups) by file name."""
+        request = backup_service_pb2.VerifyBackupRequest(
+            file_name=file_name, expected_signer_fingerprint=expected_signer_fingerprint
+        )
+        return self._call(self._backups.VerifyBackup, request)
+
+    def restore_backup(
+        self, file_name: str, *, expected_signer_fingerprint: str = ""
+    ) -> backup_service_pb2.RestoreBackupResponse:
+        """Verify and restore a bundle in the vault's backup directory, by file name."""
+        request = backup_service_pb2.RestoreBackupRequest(
+            file_name=file_name, expected_signer_fingerprint=expected_signer_fingerprint
+        )
+        return self._call(self._backups.RestoreBackup, request)
+
+    def list_backups(self, key_version: str) -> list[backup_service_pb2.BackupRecord]:
+        """The logged exports whose bundles hold key_version's blob, oldest first."""
+        request = backup_service_pb2.ListBackupsRequest(key_version=key_version)
+        return list(self._call(self._backups.ListBackups, request).backups)
 
     # -- KeyService -------------------------------------------------------------------------
 

@@ -124,7 +124,12 @@ BUCKET_METHODS: Final = frozenset(
 )
 # Services only the admin role may call.
 ADMIN_SERVICES: Final = frozenset(
-    {"vault.v1.IdentityService", "vault.v1.AuditService", "vault.v1.ServerService"}
+    {
+        "vault.v1.IdentityService",
+        "vault.v1.AuditService",
+        "vault.v1.ServerService",
+        "vault.v1.BackupService",
+    }
 )
 # Methods that change state: their audit record is committed before they run (fail closed).
 MUTATING_METHODS: Final = frozenset(
@@ -151,6 +156,9 @@ MUTATING_METHODS: Final = frozenset(
         "DeleteAccessKey",
         "CreateApiKey",
         "RevokeApiKey",
+        # An export hands out (wrapped) key material and is logged; a restore adds keys.
+        "ExportBackup",
+        "RestoreBackup",
     }
 )
 

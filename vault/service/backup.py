@@ -86,8 +86,7 @@ class VerifiedBundle:
 
 @dataclass(frozen=True, slots=True)
 class RestoreReport:
-    export_id: str
-    signer_fingerprint: str
+    bundle: VerifiedBundle
     restored: list[str]
     skipped: list[Skipped]
     tombstones_recorded: int
@@ -276,9 +275,7 @@ class BackupManagement:
             len(skipped),
             recorded,
         )
-        return RestoreReport(
-            bundle.export_id, verified.signer_fingerprint, restored, skipped, recorded
-        )
+        return RestoreReport(verified, restored, skipped, recorded)
 
     def _require_some_root(self, parsed: list[tuple[str, Any]]) -> None:
         """RootGenerationMissing when the bundle has keys and the token holds none of the

@@ -12,6 +12,7 @@ from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from vault.storage.audit_store import SqlAuditStore
+from vault.storage.backup_store import SqlBackupStore
 from vault.storage.bucket_store import SqlBucketStore
 from vault.storage.engine import make_engine, write_transaction
 from vault.storage.identity_store import SqlIdentityStore
@@ -20,6 +21,7 @@ from vault.storage.transactions import unavailable
 
 __all__ = [
     "SqlAuditStore",
+    "SqlBackupStore",
     "SqlBucketStore",
     "SqlIdentityStore",
     "SqlMetadataStore",
@@ -39,6 +41,7 @@ class Stores(NamedTuple):
     identity: SqlIdentityStore
     audit: SqlAuditStore
     buckets: SqlBucketStore
+    backups: SqlBackupStore
 
     def close(self) -> None:
         """Close the audit lock file and every pooled connection. No store may be used after."""
@@ -69,6 +72,7 @@ def open_stores(url: str) -> Stores:
         identity=SqlIdentityStore(engine, serial=serial),
         audit=SqlAuditStore(engine, serial=serial),
         buckets=SqlBucketStore(engine, serial=serial),
+        backups=SqlBackupStore(engine, serial=serial),
     )
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import math
 import traceback
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Final, TypeVar, cast
 
 import grpc
@@ -31,6 +31,7 @@ from vault.domain.errors import (
     LimitExceeded,
     NotFound,
     PermissionDenied,
+    RootGenerationMissing,
     StoreUnavailable,
     TokenOperationFailed,
     TokenUnavailable,
@@ -48,6 +49,7 @@ STATUS_CODES: Final[Mapping[type[VaultError], grpc.StatusCode]] = {
     InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
     WrongPurpose: grpc.StatusCode.FAILED_PRECONDITION,
     WrongState: grpc.StatusCode.FAILED_PRECONDITION,
+    RootGenerationMissing: grpc.StatusCode.FAILED_PRECONDITION,
     NotFound: grpc.StatusCode.NOT_FOUND,
     AlreadyExists: grpc.StatusCode.ALREADY_EXISTS,
     # Not FAILED_PRECONDITION: the data given is what is wrong, and one uniform code keeps
@@ -190,6 +192,29 @@ def _guard(
     return guarded
 
 
+def _guard_stream(
+    behavior: Callable[[_Request, grpc.ServicerContext], Iterator[_Response]], method: str
+) -> Callable[[_Request | _Undecodable, grpc.ServicerContext], Iterator[_Response]]:
+    """_guard for a server-streaming method: an error before or between the messages ends
+    the stream with its rich status."""
+
+    def guarded(
+        request: _Request | _Undecodable, context: grpc.ServicerContext
+    ) -> Iterator[_Response]:
+        if isinstance(request, _Undecodable):
+            context.abort_with_status(
+                to_status(MalformedRequest("the request is not a valid message"), method)
+            )
+        try:
+            yield from behavior(request, context)
+        except Exception as error:
+            if _aborted(context):
+                raise
+            context.abort_with_status(to_status(error, method))
+
+    return guarded
+
+
 def _aborted(context: grpc.ServicerContext) -> bool:
     code: Callable[[], Any] | None = getattr(context, "code", None)
     return code is not None and code() is not None
@@ -202,6 +227,17 @@ def is_vault_unary(handler: grpc.RpcMethodHandler[Any, Any], method: str) -> boo
         handler.unary_unary is not None
         and not handler.request_streaming
         and not handler.response_streaming
+        and method.startswith(_GUARDED_METHOD_PREFIX)
+    )
+
+
+def is_vault_server_stream(handler: grpc.RpcMethodHandler[Any, Any], method: str) -> bool:
+    """Whether handler serves a server-streaming method of the vault's own services (one
+    request, a stream of responses: ExportBackup)."""
+    return (
+        handler.unary_stream is not None
+        and not handler.request_streaming
+        and handler.response_streaming
         and method.startswith(_GUARDED_METHOD_PREFIX)
     )
 
@@ -225,15 +261,25 @@ class ErrorInterceptor(grpc.ServerInterceptor):
     ) -> grpc.RpcMethodHandler[_Request, _Response] | None:
         handler = continuation(handler_call_details)
         method = handler_call_details.method
-        if handler is None or not is_vault_unary(handler, method):
-            return handler
-        behavior = handler.unary_unary
-        if behavior is None:
+        if handler is None:
             return handler
         # Asked for on every call; the inner handlers never change, so each is wrapped once.
         cached = self._wrapped.get(method)
         if cached is not None and cached[0] is handler:
             return cast("grpc.RpcMethodHandler[_Request, _Response]", cached[1])
+        if is_vault_server_stream(handler, method) and handler.unary_stream is not None:
+            streamed = grpc.unary_stream_rpc_method_handler(
+                _guard_stream(handler.unary_stream, method),
+                request_deserializer=_tolerant(handler.request_deserializer),
+                response_serializer=handler.response_serializer,
+            )
+            self._wrapped[method] = (handler, streamed)
+            return cast("grpc.RpcMethodHandler[_Request, _Response]", streamed)
+        if not is_vault_unary(handler, method):
+            return handler
+        behavior = handler.unary_unary
+        if behavior is None:
+            return handler
         wrapped = grpc.unary_unary_rpc_method_handler(
             _guard(behavior, method),
             request_deserializer=_tolerant(handler.request_deserializer),

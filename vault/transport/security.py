@@ -28,7 +28,7 @@ import contextlib
 import hashlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Final, TypeVar
@@ -51,7 +51,12 @@ from vault.logs import current_request_id
 from vault.service.audit import AuditLog
 from vault.service.authentication import Authenticator
 from vault.service.ports import DiskReserve
-from vault.transport.errors import MalformedRequest, is_vault_unary, outcome_of
+from vault.transport.errors import (
+    MalformedRequest,
+    is_vault_server_stream,
+    is_vault_unary,
+    outcome_of,
+)
 from vault.transport.observe import request_id_of
 
 log = logging.getLogger(__name__)
@@ -164,10 +169,7 @@ class SecurityInterceptor(grpc.ServerInterceptor):
     ) -> grpc.RpcMethodHandler[Any, Any] | None:
         handler = continuation(handler_call_details)
         method = handler_call_details.method
-        if handler is None or not is_vault_unary(handler, method):
-            return handler
-        parse, behavior = handler.request_deserializer, handler.unary_unary
-        if parse is None or behavior is None:
+        if handler is None:
             return handler
         # gRPC asks for the handler on every call; the servicers' handlers never change, so
         # each is wrapped once.
@@ -175,6 +177,25 @@ class SecurityInterceptor(grpc.ServerInterceptor):
         if cached is not None and cached[0] is handler:
             return cached[1]
         call = _split(method)
+        parse = handler.request_deserializer
+        stream = handler.unary_stream
+        if is_vault_server_stream(handler, method) and parse is not None and stream is not None:
+
+            def secured_stream(raw: bytes, context: grpc.ServicerContext) -> Iterator[Any]:
+                return self._serve_stream(call, raw, context, parse, stream)
+
+            streamed: grpc.RpcMethodHandler[Any, Any] = grpc.unary_stream_rpc_method_handler(
+                secured_stream,
+                request_deserializer=None,  # the bytes as received
+                response_serializer=handler.response_serializer,
+            )
+            self._wrapped[method] = (handler, streamed)
+            return streamed
+        if not is_vault_unary(handler, method):
+            return handler
+        behavior = handler.unary_unary
+        if parse is None or behavior is None:
+            return handler
 
         def secured(raw: bytes, context: grpc.ServicerContext) -> Any:
             return self._serve(call, raw, context, parse, behavior)
@@ -187,6 +208,79 @@ class SecurityInterceptor(grpc.ServerInterceptor):
         self._wrapped[method] = (handler, wrapped)
         return wrapped
 
+    def _admit(
+        self,
+        attempt: _Attempt,
+        raw: bytes,
+        context: grpc.ServicerContext,
+        parse: Callable[[bytes], Any],
+    ) -> Any:
+        """Steps 1 to 4 of the module's docstring for one call; returns its request."""
+        call = attempt.call
+        metadata = _metadata(context)
+        attempt.principal = principal = self._authenticate(
+            call, raw, metadata, attempt.source, context
+        )
+        try:
+            request = parse(raw)
+        except (DecodeError, ValueError, TypeError):
+            raise MalformedRequest("the request is not a valid message") from None
+        attempt.resources = resource_names(request)
+        _authorize(principal, call, attempt.resources)
+        self._authenticator.admit(principal)
+        attempt.admitted = True
+        if call.short in MUTATING_METHODS:
+            if self._reserve is not None and self._reserve.refusing_changes():
+                raise DiskFull()
+            # No second try here: a change must not begin on the reserve's space.
+            self._record(attempt.event("STARTED", ""), None, retry=False)
+        return request
+
+    def _failed(self, attempt: _Attempt, error: Exception) -> None:
+        if isinstance(error, DiskFull) and self._reserve is not None:
+            self._reserve.release()
+        # The call failed already: its error is what the caller needs; an audit failure
+        # now is logged by the audit log and does not replace it.
+        with contextlib.suppress(AuditUnavailable, DiskFull):
+            self._record(
+                attempt.event(*outcome_of(error)),
+                attempt.usage,
+                retry=True,
+                inspection=attempt.inspection,
+            )
+
+    def _new_attempt(self, call: _Call, context: grpc.ServicerContext) -> _Attempt:
+        # The id ObservingInterceptor gave the call: its log lines carry the same.
+        return _Attempt(
+            call, _address(context.peer()), current_request_id() or request_id_of(context)
+        )
+
+    def _serve_stream(
+        self,
+        call: _Call,
+        raw: bytes,
+        context: grpc.ServicerContext,
+        parse: Callable[[bytes], Any],
+        behavior: Callable[[Any, grpc.ServicerContext], Iterator[_Response]],
+    ) -> Iterator[_Response]:
+        """_serve for a server-streaming call: authorised (and, if it changes state, its
+        STARTED record committed) before the first message; its outcome recorded after the
+        last one, or when it fails or the caller goes away."""
+        attempt = self._new_attempt(call, context)
+        try:
+            request = self._admit(attempt, raw, context, parse)
+            yield from behavior(request, context)
+        except GeneratorExit:
+            with contextlib.suppress(AuditUnavailable, DiskFull):
+                self._record(
+                    attempt.event("CANCELLED", ""), attempt.usage, retry=True, inspection=False
+                )
+            raise
+        except Exception as error:
+            self._failed(attempt, error)
+            raise
+        self._record(attempt.event("OK", ""), attempt.usage, retry=True)
+
     def _serve(
         self,
         call: _Call,
@@ -195,41 +289,12 @@ class SecurityInterceptor(grpc.ServerInterceptor):
         parse: Callable[[bytes], Any],
         behavior: Callable[[Any, grpc.ServicerContext], _Response],
     ) -> _Response:
-        metadata = _metadata(context)
-        # The id ObservingInterceptor gave the call: its log lines carry the same.
-        attempt = _Attempt(
-            call, _address(context.peer()), current_request_id() or request_id_of(context)
-        )
+        attempt = self._new_attempt(call, context)
         try:
-            attempt.principal = principal = self._authenticate(
-                call, raw, metadata, attempt.source, context
-            )
-            try:
-                request = parse(raw)
-            except (DecodeError, ValueError, TypeError):
-                raise MalformedRequest("the request is not a valid message") from None
-            attempt.resources = resource_names(request)
-            _authorize(principal, call, attempt.resources)
-            self._authenticator.admit(principal)
-            attempt.admitted = True
-            if call.short in MUTATING_METHODS:
-                if self._reserve is not None and self._reserve.refusing_changes():
-                    raise DiskFull()
-                # No second try here: a change must not begin on the reserve's space.
-                self._record(attempt.event("STARTED", ""), None, retry=False)
+            request = self._admit(attempt, raw, context, parse)
             response = behavior(request, context)
         except Exception as error:
-            if isinstance(error, DiskFull) and self._reserve is not None:
-                self._reserve.release()
-            # The call failed already: its error is what the caller needs; an audit failure
-            # now is logged by the audit log and does not replace it.
-            with contextlib.suppress(AuditUnavailable, DiskFull):
-                self._record(
-                    attempt.event(*outcome_of(error)),
-                    attempt.usage,
-                    retry=True,
-                    inspection=attempt.inspection,
-                )
+            self._failed(attempt, error)
             raise
         try:
             self._record(

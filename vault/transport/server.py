@@ -25,6 +25,8 @@ from vault.config import Settings
 from vault.gen.vault.v1 import (
     audit_service_pb2,
     audit_service_pb2_grpc,
+    backup_service_pb2,
+    backup_service_pb2_grpc,
     bucket_service_pb2,
     bucket_service_pb2_grpc,
     crypto_service_pb2,
@@ -36,6 +38,7 @@ from vault.gen.vault.v1 import (
     server_service_pb2,
     server_service_pb2_grpc,
 )
+from vault.transport.backup_servicer import BackupServicer
 from vault.transport.bucket_servicer import BucketServicer
 from vault.transport.crypto_servicer import CryptoServicer
 from vault.transport.errors import ErrorInterceptor
@@ -57,6 +60,7 @@ IDENTITY_SERVICE: Final = identity_service_pb2.DESCRIPTOR.services_by_name[
 AUDIT_SERVICE: Final = audit_service_pb2.DESCRIPTOR.services_by_name["AuditService"].full_name
 SERVER_SERVICE: Final = server_service_pb2.DESCRIPTOR.services_by_name["ServerService"].full_name
 BUCKET_SERVICE: Final = bucket_service_pb2.DESCRIPTOR.services_by_name["BucketService"].full_name
+BACKUP_SERVICE: Final = backup_service_pb2.DESCRIPTOR.services_by_name["BackupService"].full_name
 
 
 class ListenAddressError(ValueError):
@@ -243,6 +247,12 @@ def build(
             AuditServicer(security.audit), server
         )
         served += [IDENTITY_SERVICE, AUDIT_SERVICE]
+        if services.backups is not None:
+            # Admin-only, so served only where there is an admin role (auth.enabled).
+            backup_service_pb2_grpc.add_BackupServiceServicer_to_server(
+                BackupServicer(services.backups), server
+            )
+            served.append(BACKUP_SERVICE)
     served.append(SERVER_SERVICE)
     health_status, health_registered = health_servicer()
     for service in ("", *served):

@@ -1,0 +1,250 @@
+"""BackupService across two tokens in two data directories and two real servers.
+
+The second token holds the first one's root generations: its token directory starts as a copy
+of the first's (the same roots, as the clone ceremony gives), with a store of its own. A third,
+independently provisioned token never received those roots."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.api_calls import expect_error, new_account
+from tests.harness import ROOT, VaultServer, provision, vault_environment
+from vault.client import VaultClient
+from vault.domain.backup import split_lines
+from vault.service.backup import verify_bundle
+
+ONE_WORKER = {"VAULT_SERVER__WORKERS": "1"}
+
+# A copied token carries the first vault's audit anchor, which the second vault's fresh audit
+# chain does not extend; the clone ceremony copies roots only. Provision the copy and remove
+# the anchor, as a token that received the roots and nothing else would be.
+_PREPARE_COPY = """
+from pkcs11 import Attribute, ObjectClass
+from vault.config import Settings
+from vault.hsm.keystore import open_keystore
+from vault.hsm.provision import provision
+from vault.hsm.system_keys import AUDIT_ANCHOR_LABEL
+from vault.storage import open_store
+settings = Settings()
+store = open_store(settings.store.url)
+provision(settings, store)
+store.close()
+keystore = open_keystore(settings)
+def drop(context):
+    for obj in context.session.get_objects(
+        {Attribute.CLASS: ObjectClass.DATA, Attribute.LABEL: AUDIT_ANCHOR_LABEL}
+    ):
+        obj.destroy()
+keystore.run(drop)
+"""
+
+
+def copy_roots(source: Path, destination: Path) -> None:
+    """destination becomes a data directory whose token holds source's roots (a copy of its
+    token directory and user PIN) and whose store is empty."""
+    destination.mkdir(parents=True, exist_ok=True)
+    shutil.copytree(source / "tokens", destination / "tokens")
+    (destination / "secrets").mkdir(mode=0o700)
+    shutil.copy2(source / "secrets" / "user.pin", destination / "secrets" / "user.pin")
+    subprocess.run(
+        [sys.executable, "-c", _PREPARE_COPY],
+        env=vault_environment(destination),
+        cwd=ROOT,
+        check=True,
+        timeout=120,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+def export(client: VaultClient, **selection: Any) -> bytes:
+    chunks = list(client.export_backup(**selection))
+    assert chunks[-1].entries_done == chunks[-1].entries_estimate
+    assert len({chunk.export_id for chunk in chunks}) == 1
+    return b"".join(chunk.chunk for chunk in chunks)
+
+
+def place(server: VaultServer, name: str, bundle: bytes) -> str:
+    directory = server.data_dir / "backups"
+    directory.mkdir(exist_ok=True)
+    (directory / name).write_bytes(bundle)
+    return name
+
+
+def wait_destroyed(client: VaultClient, name: str) -> None:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if client.get_key(name).state == 5:  # KEY_STATE_DESTROYED
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"{name} was not destroyed")
+
+
+class Source:
+    """What the first vault made before and after the exports."""
+
+    def __init__(self, client: VaultClient) -> None:
+        self.account = new_account(client)
+        account = self.account
+        make = client.create_key
+        self.enc = make(account, "orders", "ENCRYPT_DECRYPT").name
+        self.sign = make(account, "signer", "SIGN_VERIFY", "EC_SIGN_P256_SHA256").name
+        self.resident = make(account, "in-token", "ENCRYPT_DECRYPT", token_resident=True).name
+        self.revoked = make(account, "revoked-later", "SIGN_VERIFY", "EC_SIGN_P256_SHA256").name
+        self.destroyed = make(account, "destroyed-later", "ENCRYPT_DECRYPT").name
+        client.rotate_key(self.enc)
+        self.bucket = client.create_bucket(account, "photos").name
+
+        self.ciphertext = client.encrypt(f"{self.enc}/versions/1", b"order 1", b"ctx").ciphertext
+        data_key = client.generate_data_key(self.enc, include_plaintext=True)
+        self.data_key, self.wrapped_data_key = data_key.plaintext, data_key.ciphertext
+        self.signature = client.sign(self.sign, message=b"invoice").signature
+        self.old_signature = client.sign(self.revoked, message=b"old").signature
+        bucket_key = client.generate_bucket_key(self.bucket)
+        self.bucket_key, self.wrapped_bucket_key = bucket_key.plaintext, bucket_key.wrapped
+
+        self.before = export(client, accounts=[account.removeprefix("accounts/")])
+        client.revoke_key(self.revoked, "key file leaked", "COMPROMISED")
+        client.schedule_key_destruction(self.destroyed, timedelta(0))
+        wait_destroyed(client, self.destroyed)
+        self.after = export(client, accounts=[account.removeprefix("accounts/")])
+
+
+@pytest.fixture(scope="module")
+def source(client: VaultClient) -> Source:
+    return Source(client)
+
+
+@pytest.fixture(scope="module")
+def replica(
+    source: Source, server: VaultServer, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[VaultServer]:
+    destination = tmp_path_factory.mktemp("replica") / "data"
+    copy_roots(server.data_dir, destination)
+    with VaultServer(destination, ONE_WORKER) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def replica_client(replica: VaultServer) -> Iterator[VaultClient]:
+    with replica.client() as replica_client:
+        yield replica_client
+
+
+def test_a_bundle_verifies_offline_and_lists_token_resident_keys_as_skipped(
+    source: Source,
+) -> None:
+    verified = verify_bundle(split_lines(source.before))
+    kinds = {entry["name"]: entry["kind"] for entry in verified.bundle.entries}
+    assert kinds[source.resident] == "skipped"
+    assert kinds[source.enc] == kinds[source.sign] == "key"
+    assert kinds[source.bucket] == "bucket"
+    after = {
+        entry["name"]: entry for entry in verify_bundle(split_lines(source.after)).bundle.entries
+    }
+    assert after[source.revoked]["kind"] == "tombstone"
+    assert after[source.revoked]["state"] == "REVOKED"
+    assert after[source.revoked]["reason_code"] == "COMPROMISED"
+    assert after[source.destroyed] == {**after[source.destroyed], "state": "DESTROYED"}
+    assert b"wrapped_blob" not in source.after.split(source.destroyed.encode())[1].split(b"\n")[0]
+
+
+def test_restore_into_a_token_with_the_roots_opens_what_was_made_before_the_export(
+    source: Source, replica: VaultServer, replica_client: VaultClient, client: VaultClient
+) -> None:
+    import grpc
+
+    vault = replica_client
+    place(replica, "after.bundle", source.after)
+    summary = vault.verify_backup("after.bundle")
+    assert summary.keys == 2 and summary.buckets == 1 and summary.tombstones == 2
+
+    # The later bundle first: it carries the revoked and destroyed keys' tombstones.
+    report = vault.restore_backup(
+        "after.bundle", expected_signer_fingerprint=summary.signer_fingerprint
+    )
+    assert sorted(report.restored) == sorted([source.enc, source.sign, source.bucket])
+    assert report.tombstones_recorded == 2
+    assert [(item.name, item.reason) for item in report.skipped] == [
+        (source.resident, "TOKEN_RESIDENT")
+    ]
+
+    assert vault.decrypt(source.enc, source.ciphertext, b"ctx").plaintext == b"order 1"
+    assert vault.decrypt(source.enc, source.wrapped_data_key).plaintext == source.data_key
+    assert vault.verify(source.sign, source.signature, message=b"invoice")
+    assert vault.decrypt_bucket_key(source.bucket, source.wrapped_bucket_key) == source.bucket_key
+    # New work goes on the restored keys, with their primary versions.
+    assert vault.encrypt(source.enc, b"new").key_version == f"{source.enc}/versions/2"
+
+    # The older bundle, taken before the revocation and the destruction, brings neither back.
+    place(replica, "before.bundle", source.before)
+    older = vault.restore_backup("before.bundle")
+    assert older.restored == []
+    skipped = {item.name: item.reason for item in older.skipped}
+    assert skipped == {
+        source.resident: "TOKEN_RESIDENT",
+        source.revoked: "REVOKED_LATER",
+        source.destroyed: "DESTROYED_LATER",
+        source.enc: "EXISTS",
+        source.sign: "EXISTS",
+        source.bucket: "EXISTS",
+    }
+    expect_error(grpc.StatusCode.NOT_FOUND, "NOT_FOUND", lambda: vault.get_key(source.revoked))
+
+    # The export log names both bundles as holders of the first version.
+    held = [record.export_id for record in client.list_backups(f"{source.enc}/versions/1")]
+    assert held == [
+        verify_bundle(split_lines(source.before)).export_id,
+        verify_bundle(split_lines(source.after)).export_id,
+    ]
+
+
+def test_a_token_that_never_received_the_roots_cannot_use_a_bundle(
+    source: Source, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    import grpc
+
+    other = tmp_path_factory.mktemp("stranger") / "data"
+    provision(other)
+    with VaultServer(other, ONE_WORKER) as stranger, stranger.client() as vault:
+        place(stranger, "before.bundle", source.before)
+        vault.verify_backup("before.bundle")  # the bundle itself is fine
+        error = expect_error(
+            grpc.StatusCode.FAILED_PRECONDITION,
+            "ROOT_GENERATION_MISSING",
+            lambda: vault.restore_backup("before.bundle"),
+        )
+        assert "root generation 1" in str(error)
+        assert "clone ceremony" in str(error)
+        expect_error(grpc.StatusCode.NOT_FOUND, "NOT_FOUND", lambda: vault.get_key(source.enc))
+
+
+def test_an_altered_bundle_and_a_path_outside_the_backup_directory_are_refused(
+    source: Source, replica: VaultServer, replica_client: VaultClient
+) -> None:
+    import grpc
+
+    tampered = source.before.replace(b'"state":"ENABLED"', b'"state":"DISABLED"', 1)
+    place(replica, "tampered.bundle", tampered)
+    expect_error(
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "BACKUP_INVALID",
+        lambda: replica_client.restore_backup("tampered.bundle"),
+    )
+    for name in ("../vault.db", "/etc/passwd", ".hidden"):
+        expect_error(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "INVALID_ARGUMENT",
+            lambda name=name: replica_client.verify_backup(name),
+        )
+    assert os.path.exists(replica.data_dir / "vault.db")
