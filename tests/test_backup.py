@@ -12,7 +12,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -248,3 +248,33 @@ def test_an_altered_bundle_and_a_path_outside_the_backup_directory_are_refused(
             lambda name=name: replica_client.verify_backup(name),
         )
     assert os.path.exists(replica.data_dir / "vault.db")
+
+
+def test_only_the_admin_role_exports_or_restores_and_every_call_is_audited(
+    server: VaultServer, client: VaultClient
+) -> None:
+    from tests.security_helpers import (
+        add_access_key,
+        expect_denied,
+        expect_unauthenticated,
+        fresh_client,
+    )
+    from tests.security_helpers import new_account as new_security_account
+
+    account = new_security_account(client)
+    member = add_access_key(client, account)  # full access to its own account, not admin
+    with fresh_client(server, member.credentials) as caller:
+        expect_denied(lambda: list(caller.export_backup(accounts=[account.split("/")[1]])))
+        expect_denied(lambda: caller.restore_backup("x.bundle"))
+        expect_denied(lambda: caller.verify_backup("x.bundle"))
+        expect_denied(lambda: caller.list_backups(f"{account}/keys/k/versions/1"))
+    with fresh_client(server, None) as anonymous:
+        expect_unauthenticated(lambda: list(anonymous.export_backup()))
+
+    started = datetime.now(UTC)
+    export(client, accounts=[account.split("/")[1]])
+    events = [
+        (event.method.rpartition("/")[2], event.outcome)
+        for event in client.iter_audit_events(start_time=started, method="ExportBackup")
+    ]
+    assert events == [("ExportBackup", "STARTED"), ("ExportBackup", "OK")]

@@ -625,8 +625,9 @@ CANNOT_KNOW = (
     "which calls that named the key rather than a version used this version: they are "
     "counted by time, between the version's creation and its revocation",
     "calls in audit segments already archived out of the store (audit archive)",
-    "copies of the data directory or token made before now (backups, replicas, snapshots): "
-    "they still hold the version until it is destroyed there too",
+    "copies of the data directory or token made other than by `vaultctl backup export` (file "
+    "backups, replicas, snapshots): they still hold the version until it is destroyed there "
+    "too",
     "who pinned or cached the version's public key: point relying parties at the "
     "revocation feed (keys revocation-feed)",
 )
@@ -677,8 +678,19 @@ def compromise(state: CliState, name: str, reason: str, yes: bool) -> None:
         "new_primary_version": rotated.primary_version,
         "calls_with_revoked_version": None,
         "audit_log": "",
+        "backups_holding_revoked_version": None,
         "cannot_know": list(CANNOT_KNOW),
     }
+    try:
+        record["backups_holding_revoked_version"] = [
+            {
+                "export_id": backup.export_id,
+                "create_time": format_time(backup.create_time.ToDatetime(tzinfo=UTC)),
+            }
+            for backup in client.list_backups(old)
+        ]
+    except VaultClientError as error:
+        record["backups_holding_revoked_version"] = f"not readable: {error.reason}"
     try:
         record["calls_with_revoked_version"] = _producing_calls(
             client, name, old, list(versions.values())
@@ -698,6 +710,17 @@ def compromise(state: CliState, name: str, reason: str, yes: bool) -> None:
                 [[method, count] for method, count in calls.items()],
                 title=f"calls that made something with {old} (audit log)",
             )
+        backups = record["backups_holding_revoked_version"]
+        if isinstance(backups, str):
+            note(f"the export log was {backups} (it needs the admin role)")
+        elif backups:
+            print_table(
+                ["EXPORT", "TIME"],
+                [[backup["export_id"], backup["create_time"]] for backup in backups],
+                title=f"backups that hold {old} (restoring them does not bring it back)",
+            )
+        else:
+            note(f"no backup export holds {old}")
         note("what the vault cannot know:")
         for item in CANNOT_KNOW:
             note(f"  - {item}")

@@ -15,6 +15,7 @@ from vault.cli.accounts import accounts_group
 from vault.cli.admin import admin_group
 from vault.cli.api_keys import api_keys_group
 from vault.cli.audit import audit_group
+from vault.cli.backup import backup_group
 from vault.cli.buckets import buckets_group
 from vault.cli.crypto import crypto_group
 from vault.cli.keys import keys_group
@@ -268,6 +269,7 @@ cli.add_command(accounts_group)
 cli.add_command(access_keys_group)
 cli.add_command(api_keys_group)
 cli.add_command(audit_group)
+cli.add_command(backup_group)
 cli.add_command(admin_group)
 
 

@@ -1,0 +1,86 @@
+"""`vaultctl backup export|verify|restore|list` and the backups `keys compromise` lists,
+against the real server, in this process (tests/test_cli.py's runner)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from click.testing import CliRunner
+
+from tests.harness import VaultServer
+from tests.test_cli import (  # noqa: F401 (target is a fixture)
+    _CLEAN_ENV,
+    _CREDENTIALS,
+    ACCOUNT,
+    ACCOUNT_ID,
+    assert_one_line_error,
+    create_key,
+    json_of,
+    target,
+    vaultctl,
+)
+from vault.cli.main import cli
+
+
+def test_export_verifies_offline_and_the_export_log_names_it_on_compromise(
+    target: str,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    name = str(create_key(target, "ENCRYPT_DECRYPT")["name"])
+    bundle = tmp_path / "all.bundle"
+    exported = json_of(
+        vaultctl(target, "backup", "export", "--key", name, "-o", str(bundle), json_output=True)
+    )
+    assert exported["keys"] == 1 and bundle.stat().st_mode & 0o077 == 0
+    fingerprint = exported["signer_fingerprint"]
+
+    # Offline: no target at all.
+    checked = json_of(
+        vaultctl(
+            None, "backup", "verify", str(bundle), "--expect-signer", fingerprint,
+            json_output=True,
+        )
+    )  # fmt: skip
+    assert checked["valid"] and checked["export_id"] == exported["export_id"]
+    assert_one_line_error(
+        vaultctl(None, "backup", "verify", str(bundle), "--expect-signer", "00" * 32),
+        1,
+        "another key",
+    )
+    tampered = tmp_path / "tampered.bundle"
+    tampered.write_bytes(bundle.read_bytes().replace(b'"ENABLED"', b'"DISABLED"', 1))
+    assert_one_line_error(vaultctl(None, "backup", "verify", str(tampered)), 1, "altered")
+    assert_one_line_error(
+        vaultctl(target, "backup", "export", "-o", str(bundle)), 4, "never overwritten"
+    )
+
+    listed = json_of(vaultctl(target, "backup", "list", f"{name}/versions/1", json_output=True))
+    assert [item["export_id"] for item in listed] == [exported["export_id"]]
+
+    record = json_of(vaultctl(target, "keys", "compromise", name, "--yes", json_output=True))
+    assert [item["export_id"] for item in record["backups_holding_revoked_version"]] == [
+        exported["export_id"]
+    ]
+
+
+def test_restore_copies_a_local_bundle_into_the_backup_directory_and_reports(
+    target: str,  # noqa: F811
+    server: VaultServer,
+    tmp_path: Path,
+) -> None:
+    name = str(create_key(target, "SIGN_VERIFY")["name"])
+    bundle = tmp_path / "one.bundle"
+    json_of(
+        vaultctl(target, "backup", "export", "--key", name, "-o", str(bundle), json_output=True)
+    )
+    result = CliRunner().invoke(
+        cli,
+        ["--target", target, "--json", "backup", "restore", str(bundle)],
+        env={**_CLEAN_ENV, **_CREDENTIALS, "VAULT_DATA_DIR": str(server.data_dir)},
+        prog_name="vaultctl",
+    )
+    report = json_of(result)
+    assert (server.data_dir / "backups" / "one.bundle").read_bytes() == bundle.read_bytes()
+    # Restored into the vault that made it: the key is there already.
+    assert report["restored"] == []
+    assert report["skipped"] == [{"name": name, "reason": "EXISTS", "detail": ""}]
