@@ -102,10 +102,12 @@ class Source:
         self.resident = make(account, "in-token", "ENCRYPT_DECRYPT", token_resident=True).name
         self.revoked = make(account, "revoked-later", "SIGN_VERIFY", "EC_SIGN_P256_SHA256").name
         self.destroyed = make(account, "destroyed-later", "ENCRYPT_DECRYPT").name
+        self.compromised = make(account, "compromised-later", "ENCRYPT_DECRYPT").name
         client.rotate_key(self.enc)
         self.bucket = client.create_bucket(account, "photos").name
 
         self.ciphertext = client.encrypt(f"{self.enc}/versions/1", b"order 1", b"ctx").ciphertext
+        self.leaked = client.encrypt(self.compromised, b"before the leak").ciphertext
         data_key = client.generate_data_key(self.enc, include_plaintext=True)
         self.data_key, self.wrapped_data_key = data_key.plaintext, data_key.ciphertext
         self.signature = client.sign(self.sign, message=b"invoice").signature
@@ -117,6 +119,8 @@ class Source:
         client.revoke_key(self.revoked, "key file leaked", "COMPROMISED")
         client.schedule_key_destruction(self.destroyed, timedelta(0))
         wait_destroyed(client, self.destroyed)
+        client.revoke_key(f"{self.compromised}/versions/1", "leaked", "COMPROMISED")
+        client.rotate_key(self.compromised)
         self.after = export(client, accounts=[account.removeprefix("accounts/")])
 
 
@@ -156,6 +160,10 @@ def test_a_bundle_verifies_offline_and_lists_token_resident_keys_as_skipped(
     assert after[source.revoked]["state"] == "REVOKED"
     assert after[source.revoked]["reason_code"] == "COMPROMISED"
     assert after[source.destroyed] == {**after[source.destroyed], "state": "DESTROYED"}
+    # A revoked version leaves as a tombstone; its key, with the other versions, as a key.
+    assert after[f"{source.compromised}/versions/1"]["state"] == "REVOKED"
+    versions = after[source.compromised]["versions"]
+    assert [version["number"] for version in versions] == [2]
     assert b"wrapped_blob" not in source.after.split(source.destroyed.encode())[1].split(b"\n")[0]
 
 
@@ -167,22 +175,32 @@ def test_restore_into_a_token_with_the_roots_opens_what_was_made_before_the_expo
     vault = replica_client
     place(replica, "after.bundle", source.after)
     summary = vault.verify_backup("after.bundle")
-    assert summary.keys == 2 and summary.buckets == 1 and summary.tombstones == 2
+    assert summary.keys == 3 and summary.buckets == 1 and summary.tombstones == 3
 
     # The later bundle first: it carries the revoked and destroyed keys' tombstones.
     report = vault.restore_backup(
         "after.bundle", expected_signer_fingerprint=summary.signer_fingerprint
     )
-    assert sorted(report.restored) == sorted([source.enc, source.sign, source.bucket])
-    assert report.tombstones_recorded == 2
-    assert [(item.name, item.reason) for item in report.skipped] == [
-        (source.resident, "TOKEN_RESIDENT")
+    assert sorted(report.restored) == sorted(
+        [source.enc, source.sign, source.bucket, source.compromised]
+    )
+    assert report.tombstones_recorded == 3
+    assert sorted((item.name, item.reason) for item in report.skipped) == [
+        (f"{source.compromised}/versions/1", "REVOKED_LATER"),
+        (source.resident, "TOKEN_RESIDENT"),
     ]
 
     assert vault.decrypt(source.enc, source.ciphertext, b"ctx").plaintext == b"order 1"
     assert vault.decrypt(source.enc, source.wrapped_data_key).plaintext == source.data_key
     assert vault.verify(source.sign, source.signature, message=b"invoice")
     assert vault.decrypt_bucket_key(source.bucket, source.wrapped_bucket_key) == source.bucket_key
+    # The compromised version did not come back; its key's newer version did.
+    expect_error(
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "DECRYPTION_FAILED",
+        lambda: vault.decrypt(source.compromised, source.leaked),
+    )
+    assert vault.encrypt(source.compromised, b"x").key_version == f"{source.compromised}/versions/2"
     # New work goes on the restored keys, with their primary versions.
     assert vault.encrypt(source.enc, b"new").key_version == f"{source.enc}/versions/2"
 
@@ -198,6 +216,7 @@ def test_restore_into_a_token_with_the_roots_opens_what_was_made_before_the_expo
         source.enc: "EXISTS",
         source.sign: "EXISTS",
         source.bucket: "EXISTS",
+        source.compromised: "EXISTS",
     }
     expect_error(grpc.StatusCode.NOT_FOUND, "NOT_FOUND", lambda: vault.get_key(source.revoked))
 

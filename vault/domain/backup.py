@@ -92,6 +92,17 @@ class TokenIdentity:
 
 
 @dataclass(frozen=True, slots=True)
+class ExportRecord:
+    """One backup export, as the vault's export log keeps it."""
+
+    export_id: str
+    create_time: datetime
+    selection: Mapping[str, list[str]]
+    entry_count: int
+    signer_fingerprint: str
+
+
+@dataclass(frozen=True, slots=True)
 class Skipped:
     name: str
     reason: SkipReason

@@ -23,6 +23,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from vault.domain.backup import (
     BundleWriter,
+    ExportRecord,
     ParsedBundle,
     Selection,
     Skipped,
@@ -55,7 +56,7 @@ from vault.domain.names import (
     parse_key_or_version,
 )
 from vault.service.keys import Clock, utc_now
-from vault.service.ports import BackupSigner, BackupStore, ExportRecord, KeyStore
+from vault.service.ports import BackupSigner, BackupStore, KeyStore
 
 log = logging.getLogger(__name__)
 

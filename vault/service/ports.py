@@ -12,7 +12,7 @@ from typing import Protocol
 
 from vault.domain.algorithms import Algorithm
 from vault.domain.audit import ArchiveMarker, AuditEvent, AuditRecord, Checkpoint
-from vault.domain.backup import Selection, TokenIdentity, Tombstone
+from vault.domain.backup import ExportRecord, Selection, TokenIdentity, Tombstone
 from vault.domain.buckets import Bucket, BucketFilter
 from vault.domain.identity import AccessKey, Account, ApiKey, UsageCount
 from vault.domain.models import Key, KeyFilter, KeyVersion, Page, Revocation, RootGeneration
@@ -374,17 +374,6 @@ class SystemCrypto(Protocol):
         ...
 
     def audit_anchor(self) -> tuple[int, bytes] | None: ...
-
-
-@dataclass(frozen=True, slots=True)
-class ExportRecord:
-    """One backup export, as the vault's export log keeps it."""
-
-    export_id: str
-    create_time: datetime
-    selection: Mapping[str, list[str]]
-    entry_count: int
-    signer_fingerprint: str
 
 
 class BackupStore(Protocol):

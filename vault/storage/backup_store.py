@@ -10,12 +10,11 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Engine, and_, func, insert, select
 
-from vault.domain.backup import Selection, Tombstone
+from vault.domain.backup import ExportRecord, Selection, Tombstone
 from vault.domain.buckets import Bucket
 from vault.domain.errors import AlreadyExists
 from vault.domain.models import Key, KeyState, KeyVersion, RevocationReason
 from vault.domain.names import MASTER_KEY_PREFIX, KeyName, KeyVersionName
-from vault.service.ports import ExportRecord
 from vault.storage.bucket_store import _JOINED, _bucket_row, _to_pair
 from vault.storage.sql_store import add_tombstone, key_row, to_key, to_version, version_row
 from vault.storage.tables import (

@@ -9,11 +9,10 @@ from collections.abc import Iterator
 
 import grpc
 
-from vault.domain.backup import Selection
+from vault.domain.backup import ExportRecord, Selection
 from vault.gen.vault.v1 import backup_service_pb2 as pb
 from vault.gen.vault.v1 import backup_service_pb2_grpc
 from vault.service.backup import BackupManagement, VerifiedBundle
-from vault.service.ports import ExportRecord
 from vault.transport import convert
 
 
