@@ -44,10 +44,14 @@ def vaultctl(
     )
 
 
-def run_python(data_dir: Path, script: str, given: Any = None) -> Any:
+def run_python(
+    data_dir: Path, script: str, given: Any = None, settings: dict[str, str] | None = None
+) -> Any:
+    """script in a fresh interpreter on data_dir's token and store, given as JSON on stdin;
+    its stdout as JSON."""
     done = subprocess.run(
         [sys.executable, "-c", textwrap.dedent(script)],
-        env=vault_environment(data_dir, settings=SETTINGS),
+        env=vault_environment(data_dir, settings={**SETTINGS, **(settings or {})}),
         cwd=ROOT,
         input=json.dumps(given),
         capture_output=True,
@@ -545,3 +549,41 @@ def test_receiving_again_changes_nothing(tokens: Tokens, cloned: dict[str, Any])
     )
     assert again["received"] == []
     assert sorted(again["already_present"]) == sorted(cloned["sent"]["roots"])
+
+
+def test_the_fingerprint_can_be_typed_in(tokens: Tokens, cloned: dict[str, Any]) -> None:
+    created = _transport_key(tokens, tokens.three, "typed")
+    trust = write(
+        tokens.work / "trust-typed.toml",
+        """\
+        ceremony = "transport-key-trust"
+        record = "records/trust-typed.json"
+        name = "typed"
+        public_key = "typed.pem"
+        """,
+    )
+    spoken = " ".join(created["fingerprint"][i : i + 4].upper() for i in range(0, 64, 4))
+    done = subprocess.run(
+        [str(VAULTCTL), "ceremony", "transport-key", "trust", trust.name, "--json"],
+        env=vault_environment(tokens.one, settings=SETTINGS),
+        cwd=tokens.work,
+        input=spoken + "\n",
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert created["fingerprint"][:4] in done.stderr  # shown before it is asked for
+    label = "vault:trusted:typed"
+    trusted = run_python(tokens.one, _ATTRIBUTES, [[label, "PUBLIC_KEY"]])
+    assert trusted[f"PUBLIC_KEY:{label}"]["TRUSTED"] is True
+    record = json.loads((tokens.work / "records/trust-typed.json").read_text())["body"]
+    assert record["result"] == {"confirmed_fingerprint": created["fingerprint"]}
+    assert record["objects"] == [
+        {
+            "kind": "trusted-public-key",
+            "label": label,
+            "sha256_fingerprint": created["fingerprint"],
+        }
+    ]

@@ -494,3 +494,184 @@ def _table(rows: list[dict[str, Any]]) -> None:
         ],
         title="Root generations",
     )
+
+
+@ceremony_group.command("new-root-generation")
+@ceremony_file
+@json_option
+@pass_state
+def new_root_generation(state: CliState, ceremony_file: Path) -> None:
+    """Create a new generation of roots (one per family). New key versions go under it
+    once the vault restarts; older versions keep working under theirs."""
+    from vault.service.ceremonies import root_objects
+
+    loaded = _load(ceremony_file, NewRootGeneration)
+    spec: NewRootGeneration = loaded.model
+    record_path = loaded.resolve(spec.record)
+    _refuse_existing(record_path)
+    with _site(state) as site:
+        generation, roots = site.ceremonies.new_root_generation()
+        record = site.ceremonies.record(
+            spec.ceremony, loaded.config(), root_objects(roots), {"generation": generation}
+        )
+        _write_json(record_path, record)
+    data = {"generation": generation, "roots": [r.label for r in roots], "record": str(record_path)}
+    emit(
+        state,
+        data,
+        lambda: print_fields(
+            [
+                ("root generation created", generation),
+                ("roots", len(roots)),
+                ("record", data["record"]),
+                ("next", "restart the vault: new key versions then go under this generation"),
+            ]
+        ),
+    )
+
+
+@ceremony_group.command("root-generations")
+@json_option
+@pass_state
+def root_generations(state: CliState) -> None:
+    """List root generations: in the token or not, which one new versions go under, and how
+    many key versions (not destroyed) each still wraps."""
+    with _site(state) as site:
+        usage = site.ceremonies.root_generations()
+    rows = [
+        {
+            "generation": u.generation,
+            "in_token": u.in_token,
+            "legacy": u.legacy,
+            "current": u.current,
+            "retired": u.retired,
+            "versions": u.versions,
+        }
+        for u in usage
+    ]
+    emit(state, {"root_generations": rows}, lambda: _table(rows))
+
+
+@ceremony_group.command("retire-root-generation")
+@click.argument("generation", type=click.IntRange(min=1))
+@ceremony_file
+@json_option
+@pass_state
+def retire_root_generation(state: CliState, generation: int, ceremony_file: Path) -> None:
+    """Destroy the roots of GENERATION. Refused while any key version (not destroyed) is
+    wrapped under it, saying how many, and for the generation new versions go under."""
+    loaded = _load(ceremony_file, RetireRootGeneration)
+    spec: RetireRootGeneration = loaded.model
+    _same_generation(spec.generation, generation, ceremony_file)
+    record_path = loaded.resolve(spec.record)
+    _refuse_existing(record_path)
+    with _site(state) as site:
+        destroyed = site.ceremonies.retire_root_generation(generation)
+        record = site.ceremonies.record(
+            spec.ceremony,
+            loaded.config(),
+            [{"kind": "root", "label": label, "destroyed": True} for label in destroyed],
+            {"generation": generation},
+        )
+        _write_json(record_path, record)
+    data = {"generation": generation, "destroyed": destroyed, "record": str(record_path)}
+    emit(
+        state,
+        data,
+        lambda: print_fields(
+            [
+                ("root generation retired", generation),
+                ("roots destroyed", len(destroyed)),
+                ("record", data["record"]),
+            ]
+        ),
+    )
+
+
+def _same_generation(configured: int, given: int, ceremony_file: Path) -> None:
+    if configured != given:
+        raise CliError(
+            f"{ceremony_file} describes generation {configured}, not {given}",
+            exit_code=EXIT_LOCAL,
+        )
+
+
+@ceremony_group.command("rewrap")
+@click.option("--generation", type=click.IntRange(min=1), required=True, help="The old one.")
+@ceremony_file
+@json_option
+@pass_state
+def rewrap(state: CliState, generation: int, ceremony_file: Path) -> None:
+    """Move keys off an old root generation: rotate every ENABLED key whose primary version
+    is under it (the new version goes under the newest generation), and report the old
+    versions left under it and what data still needs them.
+
+    SoftHSM cannot wrap an existing blob again (what a root unwraps is non-extractable), so
+    old versions stay under the old generation until their keys are destroyed; only then can
+    `retire-root-generation` destroy its roots (README "Ceremonies")."""
+    loaded = _load(ceremony_file, Rewrap)
+    spec: Rewrap = loaded.model
+    _same_generation(spec.generation, generation, ceremony_file)
+    record_path = loaded.resolve(spec.record)
+    _refuse_existing(record_path)
+    with _site(state) as site:
+        total = site.ceremonies.keys_under(generation)
+        current = site.keystore.current_root_generation()
+        # The bar goes to stderr, so --json output stays parseable.
+        with click.progressbar(
+            length=total, label=f"keys under generation {generation}", file=sys.stderr
+        ) as bar:
+            done = [0]
+
+            def advance(count: int) -> None:
+                bar.update(count - done[0])
+                done[0] = count
+
+            report = site.ceremonies.rewrap(generation, site.keys, current, advance)
+        entries = [
+            {
+                "key": e.key,
+                "purpose": e.purpose,
+                "state": e.state,
+                "new_version": e.new_version,
+                "left_under_generation": e.left_under_generation,
+                "note": e.note,
+            }
+            for e in report.entries
+        ]
+        record = site.ceremonies.record(
+            spec.ceremony,
+            loaded.config(),
+            [{"kind": "key", "name": e["key"], "new_version": e["new_version"]} for e in entries],
+            {
+                "generation": generation,
+                "target_generation": report.target_generation,
+                "keys": entries,
+                "versions_left_under_generation": report.versions_left,
+            },
+        )
+        _write_json(record_path, record)
+    data = {
+        "generation": generation,
+        "target_generation": report.target_generation,
+        "keys": entries,
+        "rotated": sum(1 for e in entries if e["new_version"] is not None),
+        "versions_left_under_generation": report.versions_left,
+        "record": str(record_path),
+    }
+
+    def human() -> None:
+        print_table(
+            ["key", "new version", f"versions left under {generation}", "note"],
+            [
+                [e["key"], e["new_version"] or "", e["left_under_generation"], e["note"]]
+                for e in entries
+            ],
+            title=f"Rewrap of root generation {generation} to {report.target_generation}",
+        )
+        note(
+            f"{data['rotated']} keys rotated; {report.versions_left} versions still under "
+            f"generation {generation}; record {record_path}"
+        )
+
+    emit(state, data, human)

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from vault.domain.algorithms import Purpose
 from vault.domain.ceremony import (
     RECORD_FORMAT,
     TRANSFER_FORMAT,
@@ -30,7 +31,9 @@ from vault.domain.ceremony import (
     verify_document,
 )
 from vault.domain.errors import AlreadyExists
-from vault.domain.models import RootGeneration
+from vault.domain.models import KeyState, RootGeneration
+from vault.domain.names import KeyName
+from vault.service.keys import KeyManagement
 from vault.service.ports import CeremonyToken, MetadataStore
 
 log = logging.getLogger(__name__)
@@ -253,6 +256,62 @@ class Ceremonies:
         self._record_generations({generation})
         return generation, roots
 
+    def rewrap(
+        self,
+        generation: int,
+        keys: KeyManagement,
+        current_generation: int,
+        progress: Callable[[int], None] = lambda _done: None,
+    ) -> RewrapReport:
+        """Move the keys with versions under generation to the current generation, the only
+        way SoftHSM allows: a blob cannot be wrapped again (what a root unwraps is
+        non-extractable), so each ENABLED key whose primary version is under generation is
+        rotated, and its new primary version is made under the current generation. Its old
+        versions keep their blobs and keep decrypting and verifying; the report says which
+        and what data still needs them. Keys not ENABLED are not rotated (a revoked or
+        disabled key must not get a new version). progress(n) after each key."""
+        if current_generation <= generation:
+            raise CeremonyRefused(
+                f"new key versions still go under root generation {generation}: create a newer "
+                "one first (`vaultctl ceremony new-root-generation`)"
+            )
+        if self._store is None:
+            raise CeremonyRefused("a rewrap needs the metadata store")
+        by_key: dict[KeyName, list[int]] = {}
+        for version in self._store.versions_under_root_generation(generation):
+            by_key.setdefault(version.name.key_name, []).append(version.name.version)
+        entries = []
+        for index, (name, numbers) in enumerate(sorted(by_key.items(), key=lambda i: str(i[0]))):
+            key = keys.load(name)
+            new_version, note = None, ""
+            if key.state is not KeyState.ENABLED:
+                note = f"not rotated: the key is {key.state}"
+            elif key.primary_version not in numbers:
+                note = "already rotated: its primary version is under a newer generation"
+            else:
+                rotated = keys.rotate_key(name)
+                new_version = rotated.primary_version
+                note = "rotated"
+            entries.append(
+                RewrapEntry(
+                    key=str(name),
+                    purpose=str(key.purpose),
+                    state=str(key.state),
+                    new_version=new_version,
+                    left_under_generation=numbers,
+                    note=f"{note}; still needed for {STILL_NEEDED[key.purpose]}",
+                )
+            )
+            progress(index + 1)
+        return RewrapReport(generation, current_generation, entries)
+
+    def keys_under(self, generation: int) -> int:
+        """How many keys have versions under generation (for a progress bar's length)."""
+        if self._store is None:
+            return 0
+        versions = self._store.versions_under_root_generation(generation)
+        return len({(v.name.account, v.name.key) for v in versions})
+
     def retire_root_generation(self, generation: int) -> list[str]:
         """Destroy the roots of generation; refused while any version (not DESTROYED) is
         wrapped under it, or when it is the generation new versions go under."""
@@ -278,6 +337,44 @@ class Ceremonies:
         if self._store is not None:
             self._store.retire_root_generation(generation)
         return labels
+
+
+# What still needs the versions a rewrap leaves under the old generation, by purpose: the
+# vault cannot move this data, only its owners can (README, Ceremonies).
+STILL_NEEDED = {
+    Purpose.ENCRYPT_DECRYPT: "ciphertexts and data keys made by these versions: ReEncrypt them",
+    Purpose.BUCKET_MASTER: "bucket keys made by these versions: ask for new bucket keys and "
+    "re-encrypt the objects under them",
+    Purpose.WRAP_UNWRAP: "keys wrapped by these versions: unwrap and wrap them again",
+    Purpose.ASYMMETRIC_DECRYPT: "ciphertexts made to these versions' public keys: decrypt and "
+    "encrypt them to the new version's",
+    Purpose.SIGN_VERIFY: "signatures by these versions verify with their public keys, which "
+    "need no root: keep the public keys, re-sign what must be checked by the vault",
+    Purpose.MAC: "MACs made by these versions: compute them again",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class RewrapEntry:
+    key: str
+    purpose: str
+    state: str
+    # The version new operations use from now on, under the newer generation; None when the
+    # key was not rotated (see note).
+    new_version: int | None
+    left_under_generation: list[int]
+    note: str
+
+
+@dataclass(frozen=True, slots=True)
+class RewrapReport:
+    generation: int
+    target_generation: int
+    entries: list[RewrapEntry]
+
+    @property
+    def versions_left(self) -> int:
+        return sum(len(entry.left_under_generation) for entry in self.entries)
 
 
 def _current_generation(in_token: Mapping[int, frozenset[str | None]]) -> int | None:
