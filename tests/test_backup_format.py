@@ -16,7 +16,6 @@ from vault.domain.backup import (
     Selection,
     Skipped,
     SkipReason,
-    TokenIdentity,
     fingerprint,
     key_entry,
     key_from_entry,
@@ -24,6 +23,7 @@ from vault.domain.backup import (
     split_lines,
     tombstone_entry,
 )
+from vault.domain.ceremony import TokenIdentity
 from vault.domain.errors import BackupInvalid
 from vault.domain.models import Key, KeyState, KeyVersion, RevocationReason, VersionState
 from vault.domain.names import KeyName

@@ -17,6 +17,7 @@ from vault.cli.api_keys import api_keys_group
 from vault.cli.audit import audit_group
 from vault.cli.backup import backup_group
 from vault.cli.buckets import buckets_group
+from vault.cli.ceremony import ceremony_group
 from vault.cli.crypto import crypto_group
 from vault.cli.keys import keys_group
 from vault.cli.objects import object_group
@@ -261,6 +262,7 @@ def cli(
 cli.add_command(serve_command)
 cli.add_command(status_command)
 cli.add_command(token_group)
+cli.add_command(ceremony_group)
 cli.add_command(keys_group)
 cli.add_command(crypto_group)
 cli.add_command(buckets_group)

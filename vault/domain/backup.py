@@ -34,6 +34,7 @@ from typing import Any, Final
 
 from vault.domain.algorithms import Algorithm, Purpose
 from vault.domain.buckets import Bucket, BucketPolicy
+from vault.domain.ceremony import TokenIdentity
 from vault.domain.errors import BackupInvalid, InvalidArgument
 from vault.domain.models import Key, KeyState, KeyVersion, RevocationReason, VersionState
 from vault.domain.names import BucketName, KeyName
@@ -81,14 +82,6 @@ class Selection:
             "keys": list(self.keys),
             "buckets": list(self.buckets),
         }
-
-
-@dataclass(frozen=True, slots=True)
-class TokenIdentity:
-    label: str
-    serial: str
-    manufacturer: str
-    model: str
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,7 +20,7 @@ from vault.domain.algorithms import (
     Padding,
     Purpose,
 )
-from vault.domain.backup import TokenIdentity
+from vault.domain.ceremony import TokenIdentity
 from vault.domain.errors import (
     DecryptionFailed,
     InvalidArgument,
