@@ -1,15 +1,15 @@
 """BackupService across two tokens in two data directories and two real servers.
 
-The second token holds the first one's root generations: its token directory starts as a copy
-of the first's (the same roots, as the clone ceremony gives), with a store of its own. A third,
-independently provisioned token never received those roots."""
+The second token is provisioned on its own and receives the first one's roots by the clone
+ceremony (`vaultctl ceremony`); it has a store of its own. A third, independently provisioned
+token never received those roots."""
 
 from __future__ import annotations
 
+import json
 import os
-import shutil
 import subprocess
-import sys
+import textwrap
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -19,52 +19,82 @@ from typing import Any
 import pytest
 
 from tests.api_calls import expect_error, new_account
-from tests.harness import ROOT, VaultServer, provision, vault_environment
+from tests.harness import ROOT, TEST_SETTINGS, VaultServer, provision, vault_environment
 from vault.client import VaultClient
 from vault.domain.backup import split_lines
 from vault.service.backup import verify_bundle
 
 ONE_WORKER = {"VAULT_SERVER__WORKERS": "1"}
-
-# A copied token carries the first vault's audit anchor, which the second vault's fresh audit
-# chain does not extend; the clone ceremony copies roots only. Provision the copy and remove
-# the anchor, as a token that received the roots and nothing else would be.
-_PREPARE_COPY = """
-from pkcs11 import Attribute, ObjectClass
-from vault.config import Settings
-from vault.hsm.keystore import open_keystore
-from vault.hsm.provision import provision
-from vault.hsm.system_keys import AUDIT_ANCHOR_LABEL
-from vault.storage import open_store
-settings = Settings()
-store = open_store(settings.store.url)
-provision(settings, store)
-store.close()
-keystore = open_keystore(settings)
-def drop(context):
-    for obj in context.session.get_objects(
-        {Attribute.CLASS: ObjectClass.DATA, Attribute.LABEL: AUDIT_ANCHOR_LABEL}
-    ):
-        obj.destroy()
-keystore.run(drop)
-"""
+VAULTCTL = ROOT / ".venv" / "bin" / "vaultctl"
+CEREMONY_SETTINGS = {**TEST_SETTINGS, "VAULT_SERVER__DEV_TLS": "false"}
 
 
-def copy_roots(source: Path, destination: Path) -> None:
-    """destination becomes a data directory whose token holds source's roots (a copy of its
-    token directory and user PIN) and whose store is empty."""
-    destination.mkdir(parents=True, exist_ok=True)
-    shutil.copytree(source / "tokens", destination / "tokens")
-    (destination / "secrets").mkdir(mode=0o700)
-    shutil.copy2(source / "secrets" / "user.pin", destination / "secrets" / "user.pin")
-    subprocess.run(
-        [sys.executable, "-c", _PREPARE_COPY],
-        env=vault_environment(destination),
-        cwd=ROOT,
-        check=True,
-        timeout=120,
+def ceremony(data_dir: Path, work: Path, *args: str) -> dict[str, Any]:
+    """`vaultctl ceremony ...` on data_dir's token, in the ceremony files' directory."""
+    done = subprocess.run(
+        [str(VAULTCTL), "ceremony", *args, "--json"],
+        env=vault_environment(data_dir, settings=CEREMONY_SETTINGS),
+        cwd=work,
         stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
     )
+    assert done.returncode == 0, done.stderr
+    result: dict[str, Any] = json.loads(done.stdout)
+    return result
+
+
+def clone_roots(source: Path, destination: Path, work: Path) -> None:
+    """destination becomes an independently provisioned token that received source's roots
+    by the clone ceremony: a transport key made there, trusted by source's SO after the
+    fingerprint check, the roots wrapped under it and unwrapped there."""
+    provision(destination)
+    work.mkdir()
+    files = {
+        "create.toml": """
+            ceremony = "transport-key-create"
+            record = "records/create.json"
+            name = "backup-replica"
+            bits = 3072
+            public_key_out = "replica.pem"
+            operators = ["alice", "bob"]
+            """,
+        "trust.toml": """
+            ceremony = "transport-key-trust"
+            record = "records/trust.json"
+            name = "backup-replica"
+            public_key = "replica.pem"
+            """,
+        "clone.toml": """
+            ceremony = "clone-roots"
+            record = "records/clone.json"
+            trusted_key = "backup-replica"
+            transfer_out = "roots.json"
+            """,
+    }
+    for name, text in files.items():
+        (work / name).write_text(textwrap.dedent(text), encoding="utf-8")
+    created = ceremony(destination, work, "transport-key", "create", "create.toml")
+    ceremony(
+        source, work, "transport-key", "trust", "trust.toml", "--fingerprint",
+        created["fingerprint"],
+    )  # fmt: skip
+    sent = ceremony(source, work, "clone-roots", "clone.toml")
+    (work / "receive.toml").write_text(
+        textwrap.dedent(
+            f"""
+            ceremony = "receive-roots"
+            record = "records/receive.json"
+            transport_key = "backup-replica"
+            transfer = "roots.json"
+            source_signer_fingerprint = "{sent["signer_fingerprint"]}"
+            """
+        ),
+        encoding="utf-8",
+    )
+    ceremony(destination, work, "receive-roots", "receive.toml")
 
 
 def export(client: VaultClient, **selection: Any) -> bytes:
@@ -133,8 +163,9 @@ def source(client: VaultClient) -> Source:
 def replica(
     source: Source, server: VaultServer, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[VaultServer]:
-    destination = tmp_path_factory.mktemp("replica") / "data"
-    copy_roots(server.data_dir, destination)
+    base = tmp_path_factory.mktemp("replica")
+    destination = base / "data"
+    clone_roots(server.data_dir, destination, base / "ceremony")
     with VaultServer(destination, ONE_WORKER) as running:
         yield running
 
