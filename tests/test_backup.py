@@ -251,6 +251,12 @@ def test_restore_into_a_token_with_the_roots_opens_what_was_made_before_the_expo
     }
     expect_error(grpc.StatusCode.NOT_FOUND, "NOT_FOUND", lambda: vault.get_key(source.revoked))
 
+    # A revocation made here leaves its own tombstone: the older bundle does not count the
+    # key as merely existing, and still does not bring it back.
+    vault.revoke_key(source.sign, "retired", "CESSATION_OF_OPERATION")
+    again = {item.name: item.reason for item in vault.restore_backup("before.bundle").skipped}
+    assert again[source.sign] == "REVOKED_LATER"
+
     # The export log names both bundles as holders of the first version.
     held = [record.export_id for record in client.list_backups(f"{source.enc}/versions/1")]
     assert held == [

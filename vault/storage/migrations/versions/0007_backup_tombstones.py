@@ -78,10 +78,15 @@ def upgrade() -> None:
         " revocation_reason_code, revocation_reason FROM keys"
         " WHERE state IN ('REVOKED', 'DESTROYED')"
     )
+    # Versions revoked on their own; those revoked with their key (same time) are covered by
+    # the key's tombstone, as RevokeKey records them.
     op.execute(
         "INSERT INTO key_tombstones (account, key_id, version, state, time, reason_code, reason)"
-        " SELECT account, key_id, version, 'REVOKED', revoke_time, revocation_reason_code,"
-        " COALESCE(revocation_reason, '') FROM key_versions WHERE revoke_time IS NOT NULL"
+        " SELECT v.account, v.key_id, v.version, 'REVOKED', v.revoke_time,"
+        " v.revocation_reason_code, COALESCE(v.revocation_reason, '') FROM key_versions v"
+        " JOIN keys k ON k.account = v.account AND k.key_id = v.key_id"
+        " WHERE v.revoke_time IS NOT NULL"
+        " AND (k.revoke_time IS NULL OR v.revoke_time != k.revoke_time)"
     )
 
 

@@ -1,0 +1,106 @@
+"""The store's side of backup: tombstones written with each revocation and destruction (and
+by migration 0007 for those made before it), and the export log."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import timedelta
+from pathlib import Path
+
+from alembic import command
+
+from tests.test_storage import T0, create, db_url, make_key, make_version
+from vault.domain.backup import ExportRecord
+from vault.domain.models import KeyState, RevocationReason
+from vault.storage import Stores, alembic_config, open_stores
+from vault.storage.engine import make_engine, write_transaction
+
+
+def _states(stores: Stores, key_id: str) -> list[tuple[str, str]]:
+    key = make_key(key_id).name
+    return [(tombstone.name, str(tombstone.state)) for tombstone in stores.backups.tombstones(key)]
+
+
+def _revoke_and_destroy(stores: Stores) -> None:
+    store = stores.metadata
+    revoked = create(store, make_key("revoked"))
+    later = T0 + timedelta(hours=1)
+    store.revoke_key(
+        replace(
+            revoked.transition(KeyState.REVOKED, later),
+            revoke_time=later,
+            revocation_reason_code=RevocationReason.COMPROMISED,
+            revocation_reason="leaked",
+        )
+    )
+    rotated = create(store, make_key("rotated"))
+    rotated = store.add_version(rotated, make_version(rotated, 2))
+    store.revoke_version(
+        rotated,
+        replace(make_version(rotated, 1), revoke_time=later, revocation_reason="superseded"),
+    )
+    destroyed = create(store, make_key("destroyed"))
+    scheduled = store.update_key(
+        replace(
+            destroyed.transition(KeyState.DESTROY_SCHEDULED, later),
+            destroy_scheduled_time=later,
+            state_before_destroy_scheduled=KeyState.ENABLED,
+        )
+    )
+    store.mark_destroyed(scheduled, later)
+
+
+def test_revocations_and_destructions_leave_tombstones(tmp_path: Path) -> None:
+    stores = open_stores(db_url(tmp_path / "vault.db"))
+    try:
+        _revoke_and_destroy(stores)
+        assert _states(stores, "revoked") == [("accounts/acme/keys/revoked", "REVOKED")]
+        assert _states(stores, "rotated") == [("accounts/acme/keys/rotated/versions/1", "REVOKED")]
+        assert _states(stores, "destroyed") == [("accounts/acme/keys/destroyed", "DESTROYED")]
+        (revoked,) = stores.backups.tombstones(make_key("revoked").name)
+        assert revoked.reason_code is RevocationReason.COMPROMISED
+        assert revoked.reason == "leaked"
+    finally:
+        stores.close()
+
+
+def test_migration_0007_records_what_was_revoked_or_destroyed_before_it(tmp_path: Path) -> None:
+    path = tmp_path / "vault.db"
+    stores = open_stores(db_url(path))
+    try:
+        _revoke_and_destroy(stores)
+    finally:
+        stores.close()
+    engine = make_engine(db_url(path))
+    config = alembic_config()
+    try:
+        with write_transaction(engine) as conn:
+            config.attributes["connection"] = conn
+            command.downgrade(config, "0006")
+            command.upgrade(config, "0007")
+    finally:
+        engine.dispose()
+    stores = open_stores(db_url(path))
+    try:
+        assert _states(stores, "revoked") == [("accounts/acme/keys/revoked", "REVOKED")]
+        assert _states(stores, "rotated") == [("accounts/acme/keys/rotated/versions/1", "REVOKED")]
+        assert _states(stores, "destroyed") == [("accounts/acme/keys/destroyed", "DESTROYED")]
+    finally:
+        stores.close()
+
+
+def test_the_export_log_finds_the_exports_holding_a_version(tmp_path: Path) -> None:
+    stores = open_stores(db_url(tmp_path / "vault.db"))
+    try:
+        key = make_key("k").name
+        for number, held in enumerate(([key.version(1)], [key.version(1), key.version(2)], [])):
+            stores.backups.record_export(
+                ExportRecord(
+                    f"e{number}", T0 + timedelta(minutes=number), {"accounts": []}, 3, "f"
+                ),
+                held,
+            )
+        assert [r.export_id for r in stores.backups.exports_holding(key.version(1))] == ["e0", "e1"]
+        assert [r.export_id for r in stores.backups.exports_holding(key.version(2))] == ["e1"]
+    finally:
+        stores.close()
