@@ -132,6 +132,7 @@ def test_reflection_lists_and_describes_the_services(server: VaultServer) -> Non
             "vault.v1.IdentityService",
             "vault.v1.AuditService",
             "vault.v1.ServerService",
+            "vault.v1.BackupService",
             "grpc.health.v1.Health",
             "grpc.reflection.v1alpha.ServerReflection",
         }

@@ -231,6 +231,10 @@ def is_vault_unary(handler: grpc.RpcMethodHandler[Any, Any], method: str) -> boo
     )
 
 
+def is_vault_method(method: str) -> bool:
+    return method.startswith(_GUARDED_METHOD_PREFIX)
+
+
 def is_vault_server_stream(handler: grpc.RpcMethodHandler[Any, Any], method: str) -> bool:
     """Whether handler serves a server-streaming method of the vault's own services (one
     request, a stream of responses: ExportBackup)."""

@@ -53,6 +53,7 @@ from vault.service.authentication import Authenticator
 from vault.service.ports import DiskReserve
 from vault.transport.errors import (
     MalformedRequest,
+    is_vault_method,
     is_vault_server_stream,
     is_vault_unary,
     outcome_of,
@@ -192,7 +193,9 @@ class SecurityInterceptor(grpc.ServerInterceptor):
             self._wrapped[method] = (handler, streamed)
             return streamed
         if not is_vault_unary(handler, method):
-            return handler
+            # A vault method of a shape this interceptor cannot authorise (client or
+            # bidirectional streaming) is not served at all (UNIMPLEMENTED), never unguarded.
+            return None if is_vault_method(method) else handler
         behavior = handler.unary_unary
         if parse is None or behavior is None:
             return handler
