@@ -334,3 +334,20 @@ def test_only_the_admin_role_exports_or_restores_and_every_call_is_audited(
         for event in client.iter_audit_events(start_time=started, method="ExportBackup")
     ]
     assert events == [("ExportBackup", "STARTED"), ("ExportBackup", "OK")]
+
+
+def test_a_selection_by_name_prefix_exports_only_the_matching_keys_and_buckets(
+    source: Source, client: VaultClient
+) -> None:
+    bundle = export(client, keys=[f"{source.account}/keys/o"], buckets=[source.bucket])
+    entries = verify_bundle(split_lines(bundle)).bundle.entries
+    assert [(entry["kind"], entry["name"]) for entry in entries] == [
+        ("key", source.enc),
+        ("bucket", source.bucket),
+    ]
+    header = verify_bundle(split_lines(bundle)).bundle.header
+    assert header["selection"] == {
+        "accounts": [],
+        "keys": [f"{source.account}/keys/o"],
+        "buckets": [source.bucket],
+    }

@@ -70,7 +70,7 @@ class ExportChunk:
     data: bytes = field(repr=False)
     entries_done: int
     # An upper bound known before the first entry (every key and bucket of the selected
-    # accounts): for a progress bar, which the last chunk completes.
+    # accounts), for a progress bar; the last chunk's is entries_done.
     entries_estimate: int
     export_id: str
 
@@ -219,7 +219,7 @@ class BackupManagement:
         )
         buffer += writer.trailer_line(summary, signature)
         log.info("exported backup %s: %s", export_id, writer.counts)
-        yield ExportChunk(bytes(buffer), done, max(done, estimate), export_id)
+        yield ExportChunk(bytes(buffer), done, done, export_id)
 
     def signer_fingerprint(self) -> str:
         return fingerprint(self._signer.backup_public_key_der())
