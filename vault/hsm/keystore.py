@@ -456,18 +456,17 @@ class Pkcs11KeyStore:
         if version.wrapped_blob is None or generation is None:
             return False
 
+        # From the roots found when the token was last searched (root_generations_present,
+        # which a restore calls first: roots arrive by a ceremony while the vault runs).
+        families = self._roots.get(generation)
+        if not families:
+            return False
+        family = None if None in families else templates.root_family(algorithm)
+        if family not in families:
+            return False
+
         def trial(context: ThreadContext) -> bool:
-            # Looked up afresh, not from the start-up cache: roots arrive by a ceremony while
-            # the vault runs.
-            families = objects.root_generations(context.session).get(generation)
-            if not families:
-                return False
-            family = None if None in families else templates.root_family(algorithm)
-            if family not in families:
-                return False
-            root = objects.find_one(
-                context.session, ObjectClass.SECRET_KEY, templates.root_label(generation, family)
-            )
+            root = self._root(context, generation, algorithm)
             shape = templates.shape(algorithm)
             try:
                 obj = root.unwrap_key(
@@ -483,7 +482,6 @@ class Pkcs11KeyStore:
             objects.destroy_quietly(obj)
             return True
 
-        self._roots = self._find_roots()
         return self.run(trial, "backup_trial_unwrap")
 
     def token_identity(self) -> TokenIdentity:

@@ -291,6 +291,8 @@ class BackupManagement:
                     samples.setdefault(version.root_generation, (version, key))
         if not samples:
             return
+        # Searches the token afresh: the roots may have arrived since the vault started.
+        self._keystore.root_generations_present()
         if any(self._keystore.opens(version, key.algorithm) for version, key in samples.values()):
             return
         generations = ", ".join(str(generation) for generation in sorted(samples))

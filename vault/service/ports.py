@@ -106,7 +106,8 @@ class KeyStore(Protocol):
 
     def opens(self, version: KeyVersion, algorithm: Algorithm) -> bool:
         """Whether the token unwraps version's blob under the root generation it names (a
-        restore's check that the token received that root)."""
+        restore's check that the token received that root), among the roots found by the
+        last root_generations_present()."""
         ...
 
     def token_identity(self) -> TokenIdentity: ...
