@@ -13,6 +13,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from tests.api_calls import expect_error, new_account
 from tests.clone import clone_roots
@@ -60,11 +62,25 @@ class Source:
         self.revoked = make(account, "revoked-later", "SIGN_VERIFY", "EC_SIGN_P256_SHA256").name
         self.destroyed = make(account, "destroyed-later", "ENCRYPT_DECRYPT").name
         self.compromised = make(account, "compromised-later", "ENCRYPT_DECRYPT").name
+        # One key of each other root family, so each family's root is shown to have moved.
+        self.mac = make(account, "mac", "MAC", "HMAC_SHA256").name
+        self.wrapping = make(account, "wrapping", "WRAP_UNWRAP").name
+        self.rsa = make(account, "rsa", "ASYMMETRIC_DECRYPT", "RSA_DECRYPT_OAEP_2048_SHA1").name
+        self.pss = make(account, "pss", "SIGN_VERIFY", "RSA_SIGN_PSS_2048_SHA256").name
         client.rotate_key(self.enc)
         self.bucket = client.create_bucket(account, "photos").name
 
         self.ciphertext = client.encrypt(f"{self.enc}/versions/1", b"order 1", b"ctx").ciphertext
         self.leaked = client.encrypt(self.compromised, b"before the leak").ciphertext
+        self.tag = client.generate_mac(self.mac, b"tagged").mac
+        self.wrapped_material = client.wrap_key(self.wrapping, b"\x07" * 32).wrapped_key
+        rsa_public = serialization.load_pem_public_key(client.get_public_key(self.rsa).pem.encode())
+        assert isinstance(rsa_public, rsa.RSAPublicKey)
+        self.rsa_ciphertext = rsa_public.encrypt(
+            b"sealed",
+            padding.OAEP(mgf=padding.MGF1(hashes.SHA1()), algorithm=hashes.SHA1(), label=None),
+        )
+        self.pss_signature = client.sign(self.pss, message=b"release").signature
         data_key = client.generate_data_key(self.enc, include_plaintext=True)
         self.data_key, self.wrapped_data_key = data_key.plaintext, data_key.ciphertext
         self.signature = client.sign(self.sign, message=b"invoice").signature
@@ -133,14 +149,23 @@ def test_restore_into_a_token_with_the_roots_opens_what_was_made_before_the_expo
     vault = replica_client
     place(replica, "after.bundle", source.after)
     summary = vault.verify_backup("after.bundle")
-    assert summary.keys == 3 and summary.buckets == 1 and summary.tombstones == 3
+    assert summary.keys == 7 and summary.buckets == 1 and summary.tombstones == 3
 
     # The later bundle first: it carries the revoked and destroyed keys' tombstones.
     report = vault.restore_backup(
         "after.bundle", expected_signer_fingerprint=summary.signer_fingerprint
     )
     assert sorted(report.restored) == sorted(
-        [source.enc, source.sign, source.bucket, source.compromised]
+        [
+            source.enc,
+            source.sign,
+            source.bucket,
+            source.compromised,
+            source.mac,
+            source.wrapping,
+            source.rsa,
+            source.pss,
+        ]
     )
     assert report.tombstones_recorded == 3
     assert sorted((item.name, item.reason) for item in report.skipped) == [
@@ -152,6 +177,10 @@ def test_restore_into_a_token_with_the_roots_opens_what_was_made_before_the_expo
     assert vault.decrypt(source.enc, source.wrapped_data_key).plaintext == source.data_key
     assert vault.verify(source.sign, source.signature, message=b"invoice")
     assert vault.decrypt_bucket_key(source.bucket, source.wrapped_bucket_key) == source.bucket_key
+    assert vault.verify_mac(source.mac, b"tagged", source.tag)
+    assert vault.unwrap_key(source.wrapping, source.wrapped_material).key_material == b"\x07" * 32
+    assert vault.asymmetric_decrypt(source.rsa, source.rsa_ciphertext).plaintext == b"sealed"
+    assert vault.verify(source.pss, source.pss_signature, message=b"release")
     # The compromised version did not come back; its key's newer version did.
     expect_error(
         grpc.StatusCode.INVALID_ARGUMENT,
@@ -175,6 +204,10 @@ def test_restore_into_a_token_with_the_roots_opens_what_was_made_before_the_expo
         source.sign: "EXISTS",
         source.bucket: "EXISTS",
         source.compromised: "EXISTS",
+        source.mac: "EXISTS",
+        source.wrapping: "EXISTS",
+        source.rsa: "EXISTS",
+        source.pss: "EXISTS",
     }
     expect_error(grpc.StatusCode.NOT_FOUND, "NOT_FOUND", lambda: vault.get_key(source.revoked))
 
