@@ -311,3 +311,25 @@ def test_a_selection_by_name_prefix_exports_only_the_matching_keys_and_buckets(
         "keys": [f"{source.account}/keys/o"],
         "buckets": [source.bucket],
     }
+
+
+def test_an_export_is_audited_under_the_request_id_the_caller_gave(
+    server: VaultServer, client: VaultClient
+) -> None:
+    from vault.gen.vault.v1 import backup_service_pb2, backup_service_pb2_grpc
+
+    request_id = f"backup-{time.time_ns()}"
+    account = new_account(client).removeprefix("accounts/")
+    started = datetime.now(UTC)
+    with server.channel() as channel:
+        stub = backup_service_pb2_grpc.BackupServiceStub(channel)
+        request = backup_service_pb2.ExportBackupRequest(
+            selection=backup_service_pb2.BackupSelection(accounts=[account])
+        )
+        chunks = list(stub.ExportBackup(request, metadata=(("x-request-id", request_id),)))
+    assert chunks
+    events = list(client.iter_audit_events(start_time=started, method="ExportBackup"))
+    assert [(event.request_id, event.outcome) for event in events] == [
+        (request_id, "STARTED"),
+        (request_id, "OK"),
+    ]

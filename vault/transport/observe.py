@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, Final
 
 import grpc
 
 from vault import metrics
 from vault.logs import request_context
-from vault.transport.errors import is_vault_unary
+from vault.transport.errors import is_vault_server_stream, is_vault_unary
 
 REQUEST_ID_HEADER: Final = "x-request-id"
 _MAX_REQUEST_ID: Final = 128
@@ -64,6 +64,31 @@ def _observed(
     return observed
 
 
+def _observed_stream(
+    behavior: Callable[[Any, grpc.ServicerContext], Iterator[Any]], method: str
+) -> Callable[[Any, grpc.ServicerContext], Iterator[Any]]:
+    """_observed for a server-streaming call: gRPC runs the whole stream in one thread, so
+    the request id set around it holds for every message; the latency is the whole stream's."""
+    service, _, short = method[1:].partition("/")
+
+    def observed(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+        started = time.perf_counter()
+        code = "CANCELLED"
+        with request_context(request_id_of(context)):
+            try:
+                yield from behavior(request, context)
+                set_code = context.code()  # type: ignore[attr-defined]
+                code = "OK" if set_code is None else set_code.name
+            except Exception:
+                set_code = context.code()  # type: ignore[attr-defined]
+                code = "UNKNOWN" if set_code is None else set_code.name
+                raise
+            finally:
+                metrics.request_done(service, short, code, time.perf_counter() - started)
+
+    return observed
+
+
 class ObservingInterceptor(grpc.ServerInterceptor):
     """Install it first (outermost), so it sees the status ErrorInterceptor gave."""
 
@@ -77,15 +102,25 @@ class ObservingInterceptor(grpc.ServerInterceptor):
     ) -> grpc.RpcMethodHandler[Any, Any] | None:
         handler = continuation(handler_call_details)
         method = handler_call_details.method
-        if handler is None or not is_vault_unary(handler, method):
-            return handler
-        behavior = handler.unary_unary
-        if behavior is None:
+        if handler is None:
             return handler
         # Asked for on every call; the inner handlers never change, so each is wrapped once.
         cached = self._wrapped.get(method)
         if cached is not None and cached[0] is handler:
             return cached[1]  # type: ignore[no-any-return]
+        if is_vault_server_stream(handler, method) and handler.unary_stream is not None:
+            streamed: grpc.RpcMethodHandler[Any, Any] = grpc.unary_stream_rpc_method_handler(
+                _observed_stream(handler.unary_stream, method),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+            self._wrapped[method] = (handler, streamed)
+            return streamed
+        if not is_vault_unary(handler, method):
+            return handler
+        behavior = handler.unary_unary
+        if behavior is None:
+            return handler
         wrapped: grpc.RpcMethodHandler[Any, Any] = grpc.unary_unary_rpc_method_handler(
             _observed(behavior, method),
             request_deserializer=handler.request_deserializer,
