@@ -43,6 +43,7 @@ def main(keys: int) -> None:
         replica = base / "replica"
         clone_roots(source, replica, base / "ceremony")
         with VaultServer(replica, ONE_WORKER) as restored, restored.client() as other:
+            other.create_account("bench")
             (replica / "backups").mkdir(exist_ok=True)
             (replica / "backups" / "bench.bundle").write_bytes(bundle)
             started = time.perf_counter()

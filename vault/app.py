@@ -103,7 +103,11 @@ def build_services(settings: Settings, counters: SharedCounters | None = None) -
     backup_key = BackupSigningKey(keystore)
     if settings.auth.enabled:
         backups = BackupManagement(
-            stores.backups, keystore, backup_key, BundleFiles(settings.backup_directory)
+            stores.backups,
+            keystore,
+            backup_key,
+            BundleFiles(settings.backup_directory),
+            identity_store,
         )
         system_keys = SystemKeys(keystore)
         identity = IdentityManagement(identity_store, system_keys, keystore.random, counters)

@@ -59,6 +59,8 @@ class SkipReason(StrEnum):
     DESTROYED_LATER = "DESTROYED_LATER"
     UNKNOWN_ROOT_GENERATION = "UNKNOWN_ROOT_GENERATION"
     UNSUPPORTED_ALGORITHM = "UNSUPPORTED_ALGORITHM"
+    # The key's account does not exist here: accounts and credentials are not in bundles.
+    UNKNOWN_ACCOUNT = "UNKNOWN_ACCOUNT"
     # A tombstone of the bundle: nothing to restore, it is recorded instead.
     TOMBSTONE = "TOMBSTONE"
 

@@ -56,7 +56,7 @@ from vault.domain.names import (
     parse_key_or_version,
 )
 from vault.service.keys import Clock, utc_now
-from vault.service.ports import BackupSigner, BackupStore, KeyStore
+from vault.service.ports import AccountDirectory, BackupSigner, BackupStore, KeyStore
 
 log = logging.getLogger(__name__)
 
@@ -162,8 +162,10 @@ class BackupManagement:
         keystore: KeyStore,
         signer: BackupSigner,
         files: BundleFiles,
+        accounts: AccountDirectory,
         clock: Clock = utc_now,
     ) -> None:
+        self._accounts = accounts
         self._store = store
         self._keystore = keystore
         self._signer = signer
@@ -337,6 +339,12 @@ class BackupManagement:
                 )
         if key.algorithm not in supported:
             return Skipped(name, SkipReason.UNSUPPORTED_ALGORITHM, str(key.algorithm))
+        if self._accounts.get_account(key.name.account) is None:
+            return Skipped(
+                name,
+                SkipReason.UNKNOWN_ACCOUNT,
+                f"create accounts/{key.name.account} here first (vaultctl accounts create)",
+            )
         kept = [version for version in versions if version.number not in dropped]
         for version in kept:
             if version.state is VersionState.DESTROYED:
