@@ -223,9 +223,6 @@ class BackupManagement:
         log.info("exported backup %s: %s", export_id, writer.counts)
         yield ExportChunk(bytes(buffer), done, done, export_id)
 
-    def signer_fingerprint(self) -> str:
-        return fingerprint(self._signer.backup_public_key_der())
-
     def exports_holding(self, name: str) -> list[ExportRecord]:
         """The logged exports whose bundles hold key version name's blob."""
         return self._store.exports_holding(KeyVersionName.parse(name))
