@@ -121,3 +121,25 @@ def test_a_bundle_re_signed_by_another_key_verifies_only_without_a_pin() -> None
     with pytest.raises(BackupInvalid):
         verify_bundle(split_lines(swapped))
     assert other != signer
+
+
+def test_every_backup_method_needs_the_admin_role_and_changes_are_audited_first() -> None:
+    from vault.domain.identity import (
+        MUTATING_METHODS,
+        CredentialKind,
+        Principal,
+        ResourceRef,
+        authorize,
+    )
+    from vault.gen.vault.v1 import backup_service_pb2
+
+    service = backup_service_pb2.DESCRIPTOR.services_by_name["BackupService"]
+    methods = {method.name for method in service.methods}
+    assert methods == {"ExportBackup", "VerifyBackup", "RestoreBackup", "ListBackups"}
+    owner = Principal(CredentialKind.ACCESS_KEY, "VK" + "A" * 18, "acme")  # full access to acme
+    admin = Principal(CredentialKind.ACCESS_KEY, "VK" + "B" * 18, "ops", admin=True)
+    for method in methods:
+        assert not authorize(owner, service.full_name, method, [ResourceRef("acme", "")])
+        assert not authorize(owner, service.full_name, method, [])
+        assert authorize(admin, service.full_name, method, [])
+    assert {m for m in methods if m in MUTATING_METHODS} == {"ExportBackup", "RestoreBackup"}
