@@ -84,3 +84,22 @@ def test_restore_copies_a_local_bundle_into_the_backup_directory_and_reports(
     # Restored into the vault that made it: the key is there already.
     assert report["restored"] == []
     assert report["skipped"] == [{"name": name, "reason": "EXISTS", "detail": ""}]
+
+
+def test_restore_refuses_to_replace_another_bundle_of_the_same_name(
+    target: str,  # noqa: F811
+    server: VaultServer,
+    tmp_path: Path,
+) -> None:
+    (server.data_dir / "backups").mkdir(exist_ok=True)
+    (server.data_dir / "backups" / "same.bundle").write_bytes(b"the earlier bundle\n")
+    local = tmp_path / "same.bundle"
+    local.write_bytes(b"another bundle\n")
+    result = CliRunner().invoke(
+        cli,
+        ["--target", target, "backup", "restore", str(local)],
+        env={**_CLEAN_ENV, **_CREDENTIALS, "VAULT_DATA_DIR": str(server.data_dir)},
+        prog_name="vaultctl",
+    )
+    assert_one_line_error(result, 4, "other content")
+    assert (server.data_dir / "backups" / "same.bundle").read_bytes() == b"the earlier bundle\n"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import filecmp
 import os
 import shutil
 from datetime import UTC
@@ -182,8 +183,8 @@ def restore_command(state: CliState, file: str, expect_signer: str) -> None:
     revoked or destroyed here since, and only if this token holds their root generations.
 
     The server reads bundles from its backup directory (<data_dir>/backups). FILE is a local
-    file, copied there first (run this next to the vault), or the name of a file already
-    there."""
+    file, copied there first unless the same file is there already (run this next to the
+    vault), or the name of a file already there."""
     name = file
     local = Path(file)
     if local.is_file():
@@ -192,13 +193,13 @@ def restore_command(state: CliState, file: str, expect_signer: str) -> None:
         name = local.name
         target = directory / name
         if local.resolve() != target.resolve():
-            if target.exists():
+            if not target.exists():
+                shutil.copyfile(local, target)
+                target.chmod(0o600)
+            elif not filecmp.cmp(local, target, shallow=False):
                 raise CliError(
-                    f"{target} exists: give its name to restore it, or rename {file}",
-                    exit_code=EXIT_LOCAL,
+                    f"{target} exists with other content: rename {file}", exit_code=EXIT_LOCAL
                 )
-            shutil.copyfile(local, target)
-            target.chmod(0o600)
     report = state.client().restore_backup(name, expected_signer_fingerprint=expect_signer)
     record: dict[str, Any] = {
         "export_id": report.bundle.export_id,
