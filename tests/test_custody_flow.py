@@ -2,7 +2,8 @@
 process, as an operator runs it): provision token 1 and serve it, create keys and a bucket,
 encrypt and sign; provision token 2; exchange and trust the transport key and clone the roots;
 export and verify a bundle; restore it on token 2 and use the keys there; revoke a key there and
-restore an older bundle (the key stays revoked)."""
+restore an older bundle (the key stays revoked); create a new root generation there, and use
+the old version and a new one, made under it, side by side."""
 
 from __future__ import annotations
 
@@ -103,3 +104,30 @@ def test_backup_and_restore_into_a_second_token_through_the_cli(tmp_path: Path) 
         assert skipped["accounts/acme/keys/docs"] == "EXISTS"
         key = ok(against(second, work, "--json", "keys", "get", "accounts/acme/keys/release"))
         assert key["state"] == "REVOKED"
+
+    # A new root generation on token 2 (the server picks it up when it starts again): new
+    # versions go under it, and the restored version under generation 1 keeps working.
+    (work / "new.toml").write_text(
+        'ceremony = "new-root-generation"\nrecord = "records/new.json"\n'
+        'operators = ["carol", "dave"]\n',
+        encoding="utf-8",
+    )
+    created = ok(run(two, work, "ceremony", "new-root-generation", "new.toml", "--json"))
+    assert created["generation"] == 2
+    with VaultServer(two, ONE_WORKER) as restarted:
+        ok(against(restarted, work, "keys", "rotate", "accounts/acme/keys/docs"))
+        (work / "memo.txt").write_bytes(b"after the rotation")
+        ok(against(restarted, work, "crypto", "encrypt", "accounts/acme/keys/docs",
+                   "--in", "memo.txt", "--out", "memo.enc"))  # fmt: skip
+        for sealed, plain in (
+            ("report.enc", b"quarterly report"),
+            ("memo.enc", b"after the rotation"),
+        ):
+            opened = f"opened-{sealed}.txt"
+            ok(against(restarted, work, "crypto", "decrypt", "accounts/acme/keys/docs",
+                       "--in", sealed, "--out", opened))  # fmt: skip
+            assert (work / opened).read_bytes() == plain
+    listed = ok(run(two, work, "ceremony", "root-generations", "--json"))
+    rows = {row["generation"]: row for row in listed["root_generations"]}
+    assert rows[2]["current"] and rows[2]["versions"] == 1  # the rotated docs version
+    assert rows[1]["versions"] >= 2  # what the restore brought, under the cloned roots
