@@ -96,6 +96,37 @@ def test_python_m_bench_buckets_runs_alone_and_writes_the_row(tmp_path: Path) ->
     assert "reduction = 0.9500, target >= 0.999: MISS" in done.stdout
 
 
+def test_make_bench_writes_the_bucket_row_in_the_same_run(tmp_path: Path) -> None:
+    """`python -m bench` at its smallest (one cheap operation, one short measurement, no
+    floor): the bucket workload runs after it, and its row joins the others."""
+    out = tmp_path / "results.json"
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bench",
+            *("--ops", "generate_random_32", "--workers", "1", "--no-floor"),
+            *("--paths", "unauthenticated", "--seconds", "0.3", "--warmup", "0"),
+            *("--client-procs", "1", "--clients", "1"),
+            *("--bucket-objects", "30", "--bucket-count", "2", "--out", str(out)),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        stdin=subprocess.DEVNULL,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    rows = json.loads(out.read_text())
+    assert [row["op"] for row in rows] == ["generate_random_32", OP]
+    bucket_row = rows[-1]
+    assert (bucket_row["objects"], bucket_row["buckets"], bucket_row["workers"]) == (30, 2, 1)
+    assert bucket_row["vault_calls"] == bucket_row["audited_vault_calls"] == 2
+    assert bucket_row["data_key_calls"] == bucket_row["audited_data_key_calls"] == 30
+    assert "bucket object encrypt: reduction = 0.9333" in done.stdout
+
+
 def test_make_bench_runs_the_bucket_workload_at_the_size_given() -> None:
     assert parse_args([]).buckets == Workload()
     assert Workload() == Workload(objects=100_000, buckets=10, object_size=4096)
