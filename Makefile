@@ -39,6 +39,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT_GET := $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get
 
 PYTEST_ARGS ?=
+BENCH_ARGS ?=
 
 .PHONY: help setup softhsm check-python venv proto run token-init test bench lint clean distclean
 
@@ -123,8 +124,8 @@ $(LOCAL_CONFIG):
 test: setup ## Run the test suite (pass options with PYTEST_ARGS='-k sign -x')
 	$(VENV_PY) -m pytest $(PYTEST_ARGS)
 
-bench: setup ## Run the benchmark; writes bench/results.json
-	$(VENV_PY) -m bench
+bench: setup ## Run the benchmark; writes bench/results.json (options: BENCH_ARGS='--bucket-objects 1000')
+	$(VENV_PY) -m bench $(BENCH_ARGS)
 
 lint: venv proto ## ruff check, ruff format --check and mypy (all three run; any failure fails)
 	@status=0; \
