@@ -216,6 +216,21 @@ print(json.dumps("imported"))
 """
 
 
+_COUNT = """
+import json, sys
+import pkcs11
+from pkcs11 import Attribute
+from vault.config import Settings
+from vault.hsm.environment import use_softhsm_config
+settings = Settings()
+use_softhsm_config(settings)
+token = pkcs11.lib(str(settings.hsm.module)).get_token(token_label=settings.hsm.token_label)
+session = token.open(user_pin=settings.user_pin())
+(label,) = json.load(sys.stdin)
+print(json.dumps(len(list(session.get_objects({Attribute.LABEL: label})))))
+"""
+
+
 @dataclass
 class Tokens:
     one: Path
@@ -301,6 +316,7 @@ def cloned(tokens: Tokens) -> dict[str, Any]:
         transport_key = "replica"
         transfer = "roots-for-replica.json"
         source_signer_fingerprint = "{sent["signer_fingerprint"]}"
+        keep_transport_key = true
         """,
     )
     received = ok(
@@ -549,6 +565,10 @@ def test_receiving_again_changes_nothing(tokens: Tokens, cloned: dict[str, Any])
     )
     assert again["received"] == []
     assert sorted(again["already_present"]) == sorted(cloned["sent"]["roots"])
+    # By default the transport key pair goes once the roots are in.
+    assert cloned["received"]["transport_key_destroyed"] is False
+    assert again["transport_key_destroyed"] is True
+    assert run_python(tokens.two, _COUNT, ["vault:transport:replica"]) == 0
 
 
 def test_the_fingerprint_can_be_typed_in(tokens: Tokens, cloned: dict[str, Any]) -> None:

@@ -436,18 +436,55 @@ class CeremonyToken:
 
         self._run(destroy, "destroy_root")
 
-    def create_root_generation(self, generation: int) -> list[RootInfo]:
-        """A root of every family under generation."""
+    def new_root_generation(self, above: int) -> int:
+        """Create the roots of a new generation, numbered above every generation the token
+        holds and above `above`; returns its number. If the token's newest generation is
+        missing some families' roots (a run interrupted midway), those are created instead,
+        as `token init` does."""
         from vault.hsm.provision import create_root_keys
 
-        def create(context: ThreadContext) -> None:
+        def create(context: ThreadContext) -> int:
             existing = objects.root_generations(context.session)
-            if generation in existing:
-                raise CeremonyRefused(f"root generation {generation} exists already")
-            create_root_keys(context.session, generation, set(templates.ROOT_FAMILIES))
+            newest = max(existing, default=0)
+            families = existing.get(newest, frozenset())
+            missing = set(templates.ROOT_FAMILIES) - set(families)
+            if newest and None not in families and missing and newest > above:
+                generation = newest
+            else:
+                generation = max(newest, above) + 1
+                missing = set(templates.ROOT_FAMILIES)
+            create_root_keys(context.session, generation, missing)
+            return generation
 
-        self._run(create, "create_root_generation")
-        return [root for root in self.roots() if root.generation == generation]
+        generation: int = self._run(create, "new_root_generation")
+        return generation
+
+    def current_generation(self) -> int | None:
+        """The generation new key versions go under (Pkcs11KeyStore's rule): the newest
+        one with a root of every family."""
+
+        def current(context: ThreadContext) -> int | None:
+            generations = objects.root_generations(context.session)
+            split = [
+                g for g in objects.complete_generations(generations) if None not in generations[g]
+            ]
+            return max(split, default=None)
+
+        result: int | None = self._run(current, "current_generation")
+        return result
+
+    def destroy_transport_key(self, name: str) -> None:
+        """Both halves of this token's transport key name."""
+        label = transport_label(name)
+
+        def destroy(context: ThreadContext) -> None:
+            for object_class in (ObjectClass.PRIVATE_KEY, ObjectClass.PUBLIC_KEY):
+                for obj in context.session.get_objects(
+                    {Attribute.CLASS: object_class, Attribute.LABEL: label}
+                ):
+                    obj.destroy()
+
+        self._run(destroy, "destroy_transport_key")
 
     def root_generations(self) -> dict[int, frozenset[str | None]]:
         result: dict[int, frozenset[str | None]] = self._run(
