@@ -448,7 +448,7 @@ class CeremonyToken:
             newest = max(existing, default=0)
             families = existing.get(newest, frozenset())
             missing = set(templates.ROOT_FAMILIES) - set(families)
-            if newest and None not in families and missing and newest > above:
+            if newest and None not in families and missing and newest >= above:
                 generation = newest
             else:
                 generation = max(newest, above) + 1
