@@ -319,8 +319,8 @@ use_softhsm_config(settings)
 token = pkcs11.lib(str(settings.hsm.module)).get_token(token_label=settings.hsm.token_label)
 session = token.open(rw=True, user_pin=settings.user_pin())
 (label,) = json.load(sys.stdin)
-(root,) = list(session.get_objects({Attribute.CLASS: ObjectClass.SECRET_KEY, Attribute.LABEL: label}))
-root.destroy()
+for root in session.get_objects({Attribute.CLASS: ObjectClass.SECRET_KEY, Attribute.LABEL: label}):
+    root.destroy()
 print(json.dumps("destroyed"))
 """
 
