@@ -607,3 +607,16 @@ def test_the_fingerprint_can_be_typed_in(tokens: Tokens, cloned: dict[str, Any])
             "sha256_fingerprint": created["fingerprint"],
         }
     ]
+
+
+def test_verifying_on_a_token_that_signed_nothing_creates_no_key(
+    tokens: Tokens, cloned: dict[str, Any]
+) -> None:
+    """Token 3 only made transport keys (their records made its ceremony key), so a fresh
+    data directory stands in: verify-record there must not create a ceremony key."""
+    fresh = tokens.work.parent / "token4"
+    ok(vaultctl(fresh, tokens.work, "token", "init"))
+    refused = vaultctl(fresh, tokens.work, "ceremony", "verify-record", "records/clone.json")
+    assert refused.returncode == 4
+    assert "has no ceremony key" in refused.stderr
+    assert run_python(fresh, _COUNT, ["vault:system:ceremony:1"]) == 0

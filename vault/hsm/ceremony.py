@@ -195,15 +195,20 @@ class CeremonyToken:
             model=token.model,
         )
 
-    def ceremony_public_key(self) -> bytes:
-        """DER SubjectPublicKeyInfo of the ceremony signing key, created at first use: ECDSA
-        P-256, private half SIGN only, public half VERIFY only, both private token objects."""
+    def ceremony_public_key(self, *, create: bool = True) -> bytes:
+        """DER SubjectPublicKeyInfo of the ceremony signing key, created at first use (unless
+        not create: NotFound then): ECDSA P-256, private half SIGN only, public half VERIFY
+        only, both private token objects."""
 
         def ensure(context: ThreadContext) -> bytes:
             session = context.session
             try:
                 public = objects.find_one(session, ObjectClass.PUBLIC_KEY, CEREMONY_KEY_LABEL)
             except exceptions.ObjectHandleInvalid:
+                if not create:
+                    raise NotFound(
+                        "this token has no ceremony key, so it signed no ceremony record"
+                    ) from None
                 public_template = {
                     **templates.public_generation(_CEREMONY_ALGORITHM),
                     Attribute.TOKEN: True,

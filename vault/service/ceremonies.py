@@ -24,6 +24,7 @@ from vault.domain.ceremony import (
     DocumentInvalid,
     RootInfo,
     TransportKey,
+    public_key_fingerprint,
     roots_of_transfer,
     signed_document,
     signed_payload,
@@ -129,9 +130,9 @@ class Ceremonies:
         return signed_document(document_format, body, signature, signer)
 
     def signer_fingerprint(self) -> str:
-        from vault.domain.ceremony import public_key_fingerprint
-
-        return public_key_fingerprint(self._token.ceremony_public_key())
+        """The fingerprint of this token's ceremony key; NotFound if it has none (a
+        verification never creates one)."""
+        return public_key_fingerprint(self._token.ceremony_public_key(create=False))
 
     # -- transport keys -------------------------------------------------------------------------
 

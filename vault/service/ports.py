@@ -110,8 +110,9 @@ class CeremonyToken(Protocol):
 
     def identity(self) -> TokenIdentity: ...
 
-    def ceremony_public_key(self) -> bytes:
-        """DER public key of the token's ceremony signing key (created at first use)."""
+    def ceremony_public_key(self, *, create: bool = True) -> bytes:
+        """DER public key of the token's ceremony signing key (created at first use unless
+        not create; NotFound then)."""
         ...
 
     def sign(self, payload: bytes) -> bytes:
