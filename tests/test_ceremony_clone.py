@@ -620,3 +620,70 @@ def test_verifying_on_a_token_that_signed_nothing_creates_no_key(
     assert refused.returncode == 4
     assert "has no ceremony key" in refused.stderr
     assert run_python(fresh, _COUNT, ["vault:system:ceremony:1"]) == 0
+
+
+def test_a_token_whose_own_roots_wrap_versions_keeps_them(
+    tokens: Tokens, cloned: dict[str, Any]
+) -> None:
+    """Token 3 has key versions of its own under its generation 1: receiving token 1's
+    generation 1 would orphan them, so nothing is changed."""
+    created = _transport_key(tokens, tokens.three, "busy")
+    trust = write(
+        tokens.work / "trust-busy.toml",
+        """\
+        ceremony = "transport-key-trust"
+        record = "records/trust-busy.json"
+        name = "busy"
+        public_key = "busy.pem"
+        """,
+    )
+    ok(
+        vaultctl(
+            tokens.one,
+            tokens.work,
+            "ceremony",
+            "transport-key",
+            "trust",
+            trust.name,
+            "--fingerprint",
+            created["fingerprint"],
+        )
+    )
+    clone = write(
+        tokens.work / "clone-busy.toml",
+        """\
+        ceremony = "clone-roots"
+        record = "records/clone-busy.json"
+        trusted_key = "busy"
+        transfer_out = "roots-for-busy.json"
+        """,
+    )
+    sent = ok(vaultctl(tokens.one, tokens.work, "ceremony", "clone-roots", clone.name, "--json"))
+    own = run_python(tokens.three, _MAKE_VERSIONS)
+    receive = write(
+        tokens.work / "receive-busy.toml",
+        f"""\
+        ceremony = "receive-roots"
+        record = "records/receive-busy.json"
+        transport_key = "busy"
+        transfer = "roots-for-busy.json"
+        source_signer_fingerprint = "{sent["signer_fingerprint"]}"
+        """,
+    )
+    refused = vaultctl(tokens.three, tokens.work, "ceremony", "receive-roots", receive.name)
+    assert refused.returncode == 4
+    assert "CEREMONY_REFUSED" in refused.stderr
+    assert "5 key versions here are wrapped under root generation 1" in refused.stderr
+    assert not (tokens.work / "records/receive-busy.json").exists()
+    # Token 3's own versions still open with its own roots; its transport key is still there.
+    oaep_public = serialization.load_der_public_key(bytes.fromhex(own["oaep"]["public"]))
+    assert isinstance(oaep_public, rsa.RSAPublicKey)
+    ciphertext = oaep_public.encrypt(
+        b"still mine",
+        padding.OAEP(mgf=padding.MGF1(hashes.SHA1()), algorithm=hashes.SHA1(), label=None),
+    )
+    used = run_python(
+        tokens.three, _USE_VERSIONS, {"versions": own, "oaep_ciphertext": ciphertext.hex()}
+    )
+    assert used["gcm"] == "secret" and used["oaep"] == "still mine"
+    assert run_python(tokens.three, _COUNT, ["vault:transport:busy"]) == 2
