@@ -180,8 +180,8 @@ class CeremonyToken:
     def __repr__(self) -> str:
         return "CeremonyToken()"
 
-    def _run(self, operation: Callable[[ThreadContext], Any], name: str) -> Any:
-        del name
+    def _run(self, operation: Callable[[ThreadContext], Any]) -> Any:
+        """operation on this thread's session, with the token layer's recovery and errors."""
         return self._library.run(operation)
 
     # -- identity and signing -----------------------------------------------------------------
@@ -221,7 +221,7 @@ class CeremonyToken:
                 )
             return public_key_der(_CEREMONY_ALGORITHM, public)
 
-        der: bytes = self._run(ensure, "ceremony_key")
+        der: bytes = self._run(ensure)
         return der
 
     def sign(self, payload: bytes) -> bytes:
@@ -233,7 +233,7 @@ class CeremonyToken:
             key = objects.find_one(context.session, ObjectClass.PRIVATE_KEY, CEREMONY_KEY_LABEL)
             return bytes(key.sign(digest, mechanism=Mechanism.ECDSA))
 
-        raw: bytes = self._run(sign, "ceremony_sign")
+        raw: bytes = self._run(sign)
         return asym_utils.encode_dss_signature(
             int.from_bytes(raw[:_P256_HALF], "big"), int.from_bytes(raw[_P256_HALF:], "big")
         )
@@ -294,7 +294,7 @@ class CeremonyToken:
             )
             return _rsa_public_der(public)
 
-        der: bytes = self._run(create, "transport_key_create")
+        der: bytes = self._run(create)
         return TransportKey(label, der)
 
     def transport_key(self, name: str) -> TransportKey:
@@ -303,8 +303,7 @@ class CeremonyToken:
         der: bytes = self._run(
             lambda context: _rsa_public_der(
                 _find(context.session, ObjectClass.PUBLIC_KEY, label, "transport key")
-            ),
-            "transport_key",
+            )
         )
         return TransportKey(label, der)
 
@@ -313,8 +312,7 @@ class CeremonyToken:
         der: bytes = self._run(
             lambda context: _rsa_public_der(
                 _find(context.session, ObjectClass.PUBLIC_KEY, label, "trusted key")
-            ),
-            "trusted_key",
+            )
         )
         return TransportKey(label, der)
 
@@ -334,7 +332,7 @@ class CeremonyToken:
                 found.append(RootInfo(label, generation, family, _check_value(context, root)))
             return found
 
-        result: list[RootInfo] = self._run(read, "roots")
+        result: list[RootInfo] = self._run(read)
         return result
 
     def wrap_roots(self, trusted_name: str) -> list[WrappedRoot]:
@@ -374,7 +372,7 @@ class CeremonyToken:
                 )
             return wrapped
 
-        result: list[WrappedRoot] = self._run(wrap, "wrap_roots")
+        result: list[WrappedRoot] = self._run(wrap)
         return result
 
     def unwrap_root(self, transport_name: str, root: WrappedRoot) -> RootInfo:
@@ -429,7 +427,7 @@ class CeremonyToken:
                 )
             return received
 
-        info: RootInfo = self._run(unwrap, "unwrap_root")
+        info: RootInfo = self._run(unwrap)
         return info
 
     def destroy_root(self, label: str) -> None:
@@ -439,7 +437,7 @@ class CeremonyToken:
             ):
                 obj.destroy()
 
-        self._run(destroy, "destroy_root")
+        self._run(destroy)
 
     def new_root_generation(self, above: int) -> int:
         """Create the roots of a new generation, numbered above every generation the token
@@ -461,7 +459,7 @@ class CeremonyToken:
             create_root_keys(context.session, generation, missing)
             return generation
 
-        generation: int = self._run(create, "new_root_generation")
+        generation: int = self._run(create)
         return generation
 
     def current_generation(self) -> int | None:
@@ -475,7 +473,7 @@ class CeremonyToken:
             ]
             return max(split, default=None)
 
-        result: int | None = self._run(current, "current_generation")
+        result: int | None = self._run(current)
         return result
 
     def destroy_transport_key(self, name: str) -> None:
@@ -489,11 +487,11 @@ class CeremonyToken:
                 ):
                     obj.destroy()
 
-        self._run(destroy, "destroy_transport_key")
+        self._run(destroy)
 
     def root_generations(self) -> dict[int, frozenset[str | None]]:
         result: dict[int, frozenset[str | None]] = self._run(
-            lambda context: objects.root_generations(context.session), "root_generations"
+            lambda context: objects.root_generations(context.session)
         )
         return result
 
