@@ -22,6 +22,7 @@ from vault.domain.errors import InvalidArgument, NotFound, VaultError
 from vault.service.audit import AuditLog, CheckpointPolicy
 from vault.service.authentication import AuthenticationPolicy, Authenticator
 from vault.service.buckets import BucketManagement
+from vault.service.ceremonies import Ceremonies
 from vault.service.crypto import CryptoOperations
 from vault.service.identity import IdentityManagement
 from vault.service.keys import KeyManagement
@@ -253,3 +254,38 @@ def write_credentials_file(path: Path, access_key_id: str, secret_key: str) -> N
         file.flush()
         os.fsync(file.fileno())
     os.replace(temporary, path)
+
+
+@dataclass(frozen=True, slots=True)
+class CeremonySite:
+    """What a key ceremony works with on this machine: the token (logged in as user), the
+    store, and, for `ceremony rewrap`, key management on that same token."""
+
+    ceremonies: Ceremonies
+    keys: KeyManagement
+    keystore: KeyStore
+    store: MetadataStore
+
+
+@contextmanager
+def ceremony_site(settings: Settings) -> Iterator[CeremonySite]:
+    """The ceremony use cases on this machine's token and store. One PKCS#11 module start
+    serves both the ceremony steps and the key store (a second start would end the first's
+    sessions)."""
+    from vault.hsm.ceremony import open_ceremony_token
+    from vault.hsm.keystore import Pkcs11KeyStore
+    from vault.storage import open_store
+
+    assert settings.store.url is not None
+    store = open_store(settings.store.url)
+    try:
+        token = open_ceremony_token(settings)
+        keystore = Pkcs11KeyStore(
+            token.library, settings.hsm.cache_size, settings.hsm.cache_ttl_seconds
+        )
+        keys = KeyManagement(
+            store, keystore, settings.keys, version_cache_seconds=settings.hsm.cache_ttl_seconds
+        )
+        yield CeremonySite(Ceremonies(token, store), keys, keystore, store)
+    finally:
+        store.close()

@@ -13,6 +13,7 @@ from typing import Protocol
 from vault.domain.algorithms import Algorithm
 from vault.domain.audit import ArchiveMarker, AuditEvent, AuditRecord, Checkpoint
 from vault.domain.buckets import Bucket, BucketFilter
+from vault.domain.ceremony import RootInfo, TokenIdentity, TransportKey, WrappedRoot
 from vault.domain.identity import AccessKey, Account, ApiKey, UsageCount
 from vault.domain.models import Key, KeyFilter, KeyVersion, Page, Revocation, RootGeneration
 from vault.domain.names import BucketName, KeyName, KeyVersionName
@@ -103,6 +104,51 @@ class KeyStore(Protocol):
     ) -> bool: ...
 
 
+class CeremonyToken(Protocol):
+    """The token as a key ceremony uses it, logged in as user (vault.hsm.ceremony). The SO's
+    one step, trusting a transport key, happens before and apart from this."""
+
+    def identity(self) -> TokenIdentity: ...
+
+    def ceremony_public_key(self, *, create: bool = True) -> bytes:
+        """DER public key of the token's ceremony signing key (created at first use unless
+        not create; NotFound then)."""
+        ...
+
+    def sign(self, payload: bytes) -> bytes:
+        """DER ECDSA-P256-SHA256 signature by the ceremony signing key."""
+        ...
+
+    def create_transport_key(self, name: str, bits: int) -> TransportKey: ...
+
+    def transport_key(self, name: str) -> TransportKey: ...
+
+    def trusted_key(self, name: str) -> TransportKey: ...
+
+    def roots(self) -> list[RootInfo]: ...
+
+    def wrap_roots(self, trusted_name: str) -> list[WrappedRoot]:
+        """Every root under the trusted key; KeyNotWrappable unless the SO trusted it."""
+        ...
+
+    def unwrap_root(self, transport_name: str, root: WrappedRoot) -> RootInfo: ...
+
+    def destroy_root(self, label: str) -> None: ...
+
+    def new_root_generation(self, above: int) -> int:
+        """Create a generation of roots numbered above `above` and every one in the token
+        (or complete the newest, if an interrupted run left it without some families)."""
+        ...
+
+    def current_generation(self) -> int | None:
+        """The generation new key versions go under."""
+        ...
+
+    def destroy_transport_key(self, name: str) -> None: ...
+
+    def root_generations(self) -> dict[int, frozenset[str | None]]: ...
+
+
 class MetadataStore(Protocol):
     """Accounts' keys, versions and states. Updates are optimistic: they name the etag they
     read and raise Conflict if another writer got there first."""
@@ -186,6 +232,16 @@ class MetadataStore(Protocol):
     def add_root_generation(self, root: RootGeneration) -> None: ...
 
     def list_root_generations(self) -> list[RootGeneration]: ...
+
+    def versions_per_root_generation(self) -> dict[int, int]:
+        """Versions holding material (not DESTROYED) per root generation that wraps them."""
+        ...
+
+    def versions_under_root_generation(self, generation: int) -> list[KeyVersion]: ...
+
+    def retire_root_generation(self, generation: int) -> None:
+        """Mark a generation retired (its roots are gone from the token)."""
+        ...
 
 
 class BucketStore(Protocol):
