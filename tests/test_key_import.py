@@ -269,8 +269,12 @@ def test_an_imported_rsa_decryption_key_opens_what_its_public_key_sealed(
     assert client.asymmetric_decrypt(key, sealed).plaintext == b"for the vault"
 
 
+_JOBS: dict[str, str] = {}
+
+
 def _failed_import(client: VaultClient, key: str, material: ImportMaterial) -> None:
-    job = client.create_import_job(key).name
+    # One job per key: making its RSA key pair is the slow part.
+    job = _JOBS.get(key) or _JOBS.setdefault(key, client.create_import_job(key).name)
     error = expect_error(INVALID, "IMPORT_FAILED", lambda: _import_raw(client, key, job, material))
     assert len(client.list_key_versions(key)) == 1
     # One message for every cause; it names nothing of the material.
@@ -285,6 +289,9 @@ def test_material_of_the_wrong_size_or_type_is_refused_uniformly(
     _failed_import(client, aes, ImportMaterial(os.urandom(33)))
     hmac_key = _key(client, account, "MAC", "HMAC_SHA512")
     _failed_import(client, hmac_key, ImportMaterial(os.urandom(32)))  # shorter than SHA-512
+    # Longer than a SHA-256 block: the SDK would import its hash instead (same MACs).
+    hmac_256 = _key(client, account, "MAC", "HMAC_SHA256")
+    _failed_import(client, hmac_256, ImportMaterial(os.urandom(72)))
     rsa_sign = _key(client, account, "SIGN_VERIFY", "RSA_SIGN_PSS_2048_SHA256")
     ec_material = import_material(
         Algorithm.EC_SIGN_P256_SHA256, ec.generate_private_key(ec.SECP256R1())

@@ -15,11 +15,16 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.keywrap import aes_key_wrap_with_padding
 
-from vault.domain.algorithms import Algorithm, KeyFamily
+from vault.domain.algorithms import Algorithm, HashName, KeyFamily
 
 EPHEMERAL_KEY_BYTES = 32
 
 PrivateKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
+_HMAC_HASHES: dict[HashName, type[hashes.SHA256 | hashes.SHA384 | hashes.SHA512]] = {
+    HashName.SHA256: hashes.SHA256,
+    HashName.SHA384: hashes.SHA384,
+    HashName.SHA512: hashes.SHA512,
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +43,14 @@ def import_material(algorithm: Algorithm, key: bytes | PrivateKey) -> ImportMate
     if family in (KeyFamily.AES, KeyFamily.HMAC):
         if not isinstance(key, bytes):
             raise TypeError(f"{algorithm} takes the raw key as bytes")
+        if family is KeyFamily.HMAC:
+            hash_algorithm = _HMAC_HASHES[algorithm.spec.hash]()
+            if len(key) > hash_algorithm.block_size:
+                # HMAC itself replaces a key longer than a block by its hash (RFC 2104):
+                # the same MACs, and a key the vault can store exactly.
+                digest = hashes.Hash(hash_algorithm)
+                digest.update(key)
+                key = digest.finalize()
         return ImportMaterial(key)
     if family not in (KeyFamily.RSA, KeyFamily.EC):
         raise ValueError(f"{algorithm} keys cannot be imported")

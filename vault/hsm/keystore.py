@@ -17,6 +17,7 @@ from vault.config import Settings
 from vault.domain.algorithms import (
     DIGEST_SIZES,
     Algorithm,
+    HashName,
     KeyFamily,
     Padding,
     Purpose,
@@ -564,7 +565,7 @@ def _check_imported(
                 )
             return None
         if spec.family is KeyFamily.HMAC:
-            if not DIGEST_SIZES[spec.hash] <= padded <= MAX_HMAC_KEY_BYTES:
+            if not DIGEST_SIZES[spec.hash] <= padded <= HMAC_BLOCK_SIZES[spec.hash]:
                 raise ImportFailed(_IMPORT_FAILED)
             material.sign(b"", mechanism=templates.HMAC_MECHANISMS[spec.hash])
             return None
@@ -673,9 +674,11 @@ _IMPORT_ERRORS: tuple[type[Exception], ...] = (
 _IMPORT_FAILED = (
     "the wrapped key material does not unwrap under this import job as a key of its algorithm"
 )
-# HMAC keys longer than a hash block are hashed first; far longer ones are no key anyone
-# means to import.
-MAX_HMAC_KEY_BYTES = 1024
+# The longest HMAC key that can be imported: a hash block. HMAC hashes a longer key first,
+# so HMAC(K) = HMAC(H(K)) and the SDK imports H(K) instead; the vault cannot take the longer
+# key itself, since SoftHSM zero-pads what its root wraps to whole 8-byte blocks, which
+# changes a key that is hashed but not one that is padded to a block anyway.
+HMAC_BLOCK_SIZES = {HashName.SHA256: 64, HashName.SHA384: 128, HashName.SHA512: 128}
 
 
 def open_keystore(settings: Settings) -> Pkcs11KeyStore:
