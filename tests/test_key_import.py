@@ -3,6 +3,7 @@ real server and token; the job's key read back from the token as a PIN holder wo
 
 from __future__ import annotations
 
+import base64
 import os
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -523,3 +524,48 @@ def test_material_and_jobs_keep_key_bytes_out_of_their_repr() -> None:
         blob,
     )
     assert repr(blob) not in repr(job)
+
+
+def test_import_calls_are_classified_and_audited_before_they_run(
+    server: VaultServer, client: VaultClient, account: str
+) -> None:
+    """CreateImportJob and ImportKeyVersion are changes that need FULL on the key (their
+    audit record is committed first); reading jobs needs READ. The audit record names the
+    key, and neither it nor the server's log carries anything of the wrapped material."""
+    from vault.domain.identity import MUTATING_METHODS, REQUIRED_LEVEL, AccessLevel
+    from vault.gen.vault.v1 import key_service_pb2
+
+    methods = {
+        method.name for method in key_service_pb2.DESCRIPTOR.services_by_name["KeyService"].methods
+    }
+    assert methods <= set(REQUIRED_LEVEL)
+    assert REQUIRED_LEVEL["CreateImportJob"] is AccessLevel.FULL
+    assert REQUIRED_LEVEL["ImportKeyVersion"] is AccessLevel.FULL
+    assert REQUIRED_LEVEL["GetImportJob"] is AccessLevel.READ
+    assert REQUIRED_LEVEL["ListImportJobs"] is AccessLevel.READ
+    assert {"CreateImportJob", "ImportKeyVersion"} <= MUTATING_METHODS
+    assert not {"GetImportJob", "ListImportJobs"} & MUTATING_METHODS
+
+    key = _key(client, account, "ENCRYPT_DECRYPT")
+    job = client.create_import_job(key).name
+    wrapped = _wrapped(client, job, os.urandom(32))
+    request = key_service_pb2.ImportKeyVersionRequest(
+        parent=key, import_job=job, wrapped_key=wrapped
+    )
+    client._call(client._keys.ImportKeyVersion, request)
+    events = [
+        event
+        for event in client.iter_audit_events(resource=key)
+        if event.method.endswith(("/CreateImportJob", "/ImportKeyVersion"))
+    ]
+    assert [(e.method.rsplit("/", 1)[1], e.outcome) for e in events] == [
+        ("CreateImportJob", "STARTED"),
+        ("CreateImportJob", "OK"),
+        ("ImportKeyVersion", "STARTED"),
+        ("ImportKeyVersion", "OK"),
+    ]
+    assert {event.resource for event in events} == {key}
+    log = server.log()
+    for piece in (wrapped[-24:], wrapped[:24]):
+        assert piece.hex() not in log
+        assert base64.b64encode(piece).decode() not in log
