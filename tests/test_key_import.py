@@ -288,6 +288,11 @@ def test_material_of_the_wrong_size_or_type_is_refused_uniformly(
     aes = _key(client, account, "ENCRYPT_DECRYPT")
     _failed_import(client, aes, ImportMaterial(os.urandom(16)))
     _failed_import(client, aes, ImportMaterial(os.urandom(33)))
+    # 31 bytes wrap to the length 32 do: the token's refusal to use such a key tells.
+    _failed_import(client, aes, ImportMaterial(os.urandom(31)))
+    kwp = _key(client, account, "WRAP_UNWRAP")
+    _failed_import(client, kwp, ImportMaterial(os.urandom(25)))
+    _failed_import(client, kwp, ImportMaterial(os.urandom(24)))
     hmac_key = _key(client, account, "MAC", "HMAC_SHA512")
     _failed_import(client, hmac_key, ImportMaterial(os.urandom(32)))  # shorter than SHA-512
     # Longer than a SHA-256 block: the SDK would import its hash instead (same MACs).
@@ -325,6 +330,42 @@ def test_a_public_key_that_is_not_the_private_keys_is_refused(
         Algorithm.RSA_SIGN_PKCS1_2048_SHA256, rsa.generate_private_key(65537, 2048)
     )
     _failed_import(client, rsa_sign, ImportMaterial(known.encoded, stranger.public_key_der))
+
+
+def _inconsistent_rsa_pkcs8(bits: int) -> bytes:
+    """A PKCS#8 RSA key whose modulus and public exponent are right but whose private
+    exponents are not (d too: OpenSSL checks a CRT result and recomputes it with d): every
+    private operation with it gives a wrong answer."""
+    numbers = rsa.generate_private_key(65537, bits).private_numbers()
+    broken = rsa.RSAPrivateNumbers(
+        numbers.p,
+        numbers.q,
+        numbers.d ^ 2,
+        numbers.dmp1 ^ 2,
+        numbers.dmq1,
+        numbers.iqmp,
+        numbers.public_numbers,
+    ).private_key(unsafe_skip_rsa_key_validation=True)
+    return broken.private_bytes(
+        serialization.Encoding.DER,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+
+
+@pytest.mark.parametrize(
+    ("purpose", "algorithm"),
+    [
+        ("SIGN_VERIFY", "RSA_SIGN_PSS_2048_SHA256"),
+        ("SIGN_VERIFY", "RSA_SIGN_PKCS1_2048_SHA256"),
+        ("ASYMMETRIC_DECRYPT", "RSA_DECRYPT_OAEP_2048_SHA1"),
+    ],
+)
+def test_an_rsa_key_whose_private_part_does_not_work_is_refused(
+    client: VaultClient, account: str, purpose: str, algorithm: str
+) -> None:
+    key = _key(client, account, purpose, algorithm)
+    _failed_import(client, key, ImportMaterial(_inconsistent_rsa_pkcs8(2048)))
 
 
 def test_tampered_or_misdirected_wrapping_is_refused_uniformly(

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import hmac
 import logging
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 from cachetools import TTLCache
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.hazmat.primitives.asymmetric import utils as asym_utils
 from pkcs11 import Attribute, GCMParams, KeyType, Mechanism, ObjectClass, exceptions
 from pkcs11.util.ec import encode_named_curve_parameters
@@ -38,7 +40,7 @@ from vault.hsm.capabilities import supported_algorithms
 from vault.hsm.library import ThreadContext, TokenLibrary
 from vault.hsm.public import public_key_der, rsa_public_key_der
 from vault.service.ports import GeneratedMaterial
-from vault.service.public_keys import digest, verify_signature
+from vault.service.public_keys import digest, hash_algorithm, verify_signature
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -576,6 +578,12 @@ def _check_imported(
             derived = rsa_public_key_der(material)
             if public_key_der is not None and public_key_der != derived:
                 raise ImportFailed(_IMPORT_FAILED)
+            # The modulus says nothing of the private exponent: one operation proves the
+            # pair works (a PKCS#8 key with a wrong d or CRT value would fail every use).
+            if spec.purpose is Purpose.ASYMMETRIC_DECRYPT:
+                _prove_decryption(session, material, algorithm, derived)
+            else:
+                _prove_signature(session, material, algorithm, derived)
             return derived
         if spec.family is KeyFamily.EC:
             if bytes(material[Attribute.EC_PARAMS]) != encode_named_curve_parameters(spec.curve):
@@ -584,22 +592,65 @@ def _check_imported(
                 raise ImportFailed(_IMPORT_FAILED)
             # PKCS#8 need not carry the public point and the token does not compute it: a
             # signature made here with the imported key proves the given public key is its.
-            challenge = bytes(session.generate_random(DIGEST_SIZES[spec.hash] * 8))
-            raw = bytes(material.sign(challenge, mechanism=Mechanism.ECDSA))
-            half = len(raw) // 2
-            signature = asym_utils.encode_dss_signature(
-                int.from_bytes(raw[:half], "big"), int.from_bytes(raw[half:], "big")
-            )
-            if not verify_signature(algorithm, public_key_der, challenge, True, signature):
-                raise ImportFailed(_IMPORT_FAILED)
+            _prove_signature(session, material, algorithm, public_key_der)
             # Stored as the vault writes public keys itself, whatever DER the caller sent.
             canonical: bytes = serialization.load_der_public_key(public_key_der).public_bytes(
                 serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
             )
             return canonical
-    except _IMPORT_ERRORS:
+    except _CHECK_ERRORS:
         raise ImportFailed(_IMPORT_FAILED) from None
     raise ImportFailed(_IMPORT_FAILED)
+
+
+def _prove_signature(session: Any, key: Any, algorithm: Algorithm, public_der: bytes) -> None:
+    """ImportFailed unless key signs a random digest in the token, with its algorithm's
+    mechanism, so that public_der verifies it."""
+    spec = algorithm.spec
+    challenge = bytes(session.generate_random(DIGEST_SIZES[spec.hash] * 8))
+    if spec.family is KeyFamily.EC:
+        raw = bytes(key.sign(challenge, mechanism=Mechanism.ECDSA))
+        half = len(raw) // 2
+        signature = asym_utils.encode_dss_signature(
+            int.from_bytes(raw[:half], "big"), int.from_bytes(raw[half:], "big")
+        )
+        prehashed = True
+    elif spec.padding is Padding.PSS:
+        hash_mechanism, mgf = templates.HASH_MECHANISMS[spec.hash]
+        signature = bytes(
+            key.sign(
+                challenge,
+                mechanism=Mechanism.RSA_PKCS_PSS,
+                mechanism_param=(hash_mechanism, mgf, DIGEST_SIZES[spec.hash]),
+            )
+        )
+        prehashed = True
+    else:
+        # PKCS#1 v1.5 keys may use only the hash-and-sign mechanism: sign a random message.
+        signature = bytes(key.sign(challenge, mechanism=Mechanism.SHA256_RSA_PKCS))
+        prehashed = False
+    if not verify_signature(algorithm, public_der, challenge, prehashed, signature):
+        raise ImportFailed(_IMPORT_FAILED)
+
+
+def _prove_decryption(session: Any, key: Any, algorithm: Algorithm, public_der: bytes) -> None:
+    """ImportFailed unless key decrypts, in the token, what public_der encrypted."""
+    public = serialization.load_der_public_key(public_der)
+    if not isinstance(public, rsa.RSAPublicKey):
+        raise ImportFailed(_IMPORT_FAILED)
+    hash_mechanism, mgf = templates.HASH_MECHANISMS[algorithm.spec.hash]
+    chosen = hash_algorithm(algorithm.spec.hash)
+    secret = bytes(session.generate_random(256))
+    sealed = public.encrypt(
+        secret, padding.OAEP(mgf=padding.MGF1(chosen), algorithm=chosen, label=None)
+    )
+    opened = bytes(
+        key.decrypt(
+            sealed, mechanism=Mechanism.RSA_PKCS_OAEP, mechanism_param=(hash_mechanism, mgf, None)
+        )
+    )
+    if not hmac.compare_digest(opened, secret):
+        raise ImportFailed(_IMPORT_FAILED)
 
 
 def generate_pair(
@@ -671,6 +722,9 @@ _IMPORT_ERRORS: tuple[type[Exception], ...] = (
     exceptions.KeyTypeInconsistent,
     exceptions.TemplateIncomplete,
 )
+# SoftHSM picks the AES cipher by key length and answers MechanismInvalid for a key of any
+# other length.
+_CHECK_ERRORS: tuple[type[Exception], ...] = (*_IMPORT_ERRORS, exceptions.MechanismInvalid)
 _IMPORT_FAILED = (
     "the wrapped key material does not unwrap under this import job as a key of its algorithm"
 )
