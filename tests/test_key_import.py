@@ -610,3 +610,43 @@ def test_import_calls_are_classified_and_audited_before_they_run(
     for piece in (wrapped[-24:], wrapped[:24]):
         assert piece.hex() not in log
         assert base64.b64encode(piece).decode() not in log
+
+
+def test_start_up_destroys_import_keys_no_job_names(
+    server: VaultServer, client: VaultClient, account: str, keystore: Any
+) -> None:
+    """A key pair made for a job whose row never got committed (a crash in between) is
+    destroyed at start-up; the keys of recorded jobs stay. Run in a process of its own
+    against the session server's store and token, as `vaultctl serve` does before its
+    workers start."""
+    import json
+    import subprocess
+    import sys
+
+    from tests.harness import vault_environment
+    from vault.domain.imports import ImportMethod
+
+    orphan = f"{IMPORT_PREFIX}orphan{os.urandom(8).hex()}"
+    keystore.create_import_key(ImportMethod.RSA_OAEP_3072_SHA1_AES_256, orphan)
+    key = _key(client, account, "MAC")
+    job = client.create_import_job(key).name
+    script = (
+        "import json\n"
+        "from vault.app import build_services\n"
+        "from vault.config import Settings\n"
+        "services = build_services(Settings())\n"
+        "print(json.dumps(services.imports.remove_orphaned_import_keys()))\n"
+        "services.close()\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        env=vault_environment(server.data_dir),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    assert json.loads(done.stdout.splitlines()[-1]) == [orphan]
+    assert orphan not in {obj[_label()] for obj in _import_objects(keystore)}
+    # The recorded job's key is still in the token: the job still imports.
+    assert client.import_key(key, job, os.urandom(32)).name == f"{key}/versions/2"

@@ -178,6 +178,7 @@ def prepare_and_reconcile(settings: Settings) -> StartupReport:
     services = build_services(settings)
     try:
         report = reconcile(services.store, services.keystore)
+        services.imports.remove_orphaned_import_keys()
         created: list[str] = []
         created += services.ensure_feed_key()
         admin = None

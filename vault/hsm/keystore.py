@@ -32,7 +32,7 @@ from vault.domain.errors import (
     TokenUnavailable,
     VaultError,
 )
-from vault.domain.imports import ImportMethod
+from vault.domain.imports import IMPORT_KEY_LABEL_PREFIX, ImportMethod
 from vault.domain.models import KeyVersion
 from vault.domain.names import TOKEN_KEY_LABEL_PREFIX
 from vault.hsm import objects, templates
@@ -130,6 +130,16 @@ class Pkcs11KeyStore:
             }
 
         return self.run(labels, "token_labels")
+
+    def import_key_labels(self) -> set[str]:
+        def labels(context: ThreadContext) -> set[str]:
+            return {
+                label
+                for label in objects.token_labels(context.session, ObjectClass.PRIVATE_KEY)
+                if label.startswith(IMPORT_KEY_LABEL_PREFIX)
+            }
+
+        return self.run(labels, "import_key_labels")
 
     def available(self) -> bool:
         """Whether the token answers now; a failure starts its recovery (health probe)."""

@@ -141,6 +141,17 @@ class KeyImports:
             self._expire(job)
         return expired
 
+    def remove_orphaned_import_keys(self) -> list[str]:
+        """Destroy import-job private keys that no live job names: a crash between making
+        the key pair and recording the job, or between destroying an expired job's key and
+        recording that, leaves one. Run at start-up, before any worker
+        serves (a job being created at that moment would look orphaned too)."""
+        orphans = sorted(self._keystore.import_key_labels() - self._store.import_job_labels())
+        for label in orphans:
+            self._keystore.destroy_label(label)
+            log.warning("destroyed import key %s, which no import job names", label)
+        return orphans
+
     def _expire(self, job: ImportJob) -> None:
         if job.destroy_time is not None:
             return

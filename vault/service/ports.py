@@ -103,6 +103,10 @@ class KeyStore(Protocol):
         self, version: KeyVersion, algorithm: Algorithm, data: bytes, mac: bytes
     ) -> bool: ...
 
+    def import_key_labels(self) -> set[str]:
+        """Labels of the import jobs' private keys in the token."""
+        ...
+
     def create_import_key(self, method: ImportMethod, token_label: str) -> bytes:
         """Make an import job's key pair: the private half a token object under token_label
         (UNWRAP only, not extractable), the public half returned as DER SubjectPublicKeyInfo
@@ -140,6 +144,10 @@ class ImportJobStore(Protocol):
         ...
 
     def mark_import_job_destroyed(self, name: ImportJobName, now: datetime) -> None: ...
+
+    def import_job_labels(self) -> set[str]:
+        """Token labels of the jobs whose private key has not been destroyed."""
+        ...
 
 
 class MetadataStore(Protocol):

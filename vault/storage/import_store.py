@@ -81,6 +81,11 @@ class SqlImportJobStore:
             if c.execute(statement).rowcount == 0 and self._missing(c, name):
                 raise NotFound("import job not found", metadata={"name": str(name)})
 
+    def import_job_labels(self) -> set[str]:
+        with guarded_transaction(self._engine, self._serial, write=False) as c:
+            query = select(import_jobs.c.token_label).where(import_jobs.c.destroy_time.is_(None))
+            return set(c.execute(query).scalars())
+
     @staticmethod
     def _missing(c: Any, name: ImportJobName) -> bool:
         query = select(import_jobs.c.job_id).where(
