@@ -650,3 +650,29 @@ def test_start_up_destroys_import_keys_no_job_names(
     assert orphan not in {obj[_label()] for obj in _import_objects(keystore)}
     # The recorded job's key is still in the token: the job still imports.
     assert client.import_key(key, job, os.urandom(32)).name == f"{key}/versions/2"
+
+
+def test_a_destroyed_keys_jobs_lose_their_private_keys_at_once(
+    keystore: Any,
+) -> None:
+    from vault.config import KeyPolicySettings
+    from vault.domain.algorithms import Purpose
+    from vault.service.imports import KeyImports
+    from vault.service.keys import KeyManagement
+    from vault.storage import open_stores
+
+    stores = open_stores("sqlite://")
+    clock = _Clock()
+    try:
+        policy = KeyPolicySettings(min_destroy_waiting_seconds=0)
+        keys = KeyManagement(stores.metadata, keystore, policy, clock=clock)
+        imports = KeyImports(keys, stores.imports, keystore, timedelta(hours=24), clock=clock)
+        key = keys.create_key("destroyed", "k1", Purpose.ENCRYPT_DECRYPT)
+        job = imports.create_import_job(str(key.name), None)
+        assert imports.destroy_expired_jobs() == []
+        keys.schedule_destruction(key.name, timedelta(0))
+        assert [destroyed.name for destroyed in keys.destroy_due_keys()] == [key.name]
+        assert [expired.name for expired in imports.destroy_expired_jobs()] == [job.name]
+        assert job.token_label not in {obj[_label()] for obj in _import_objects(keystore)}
+    finally:
+        stores.close()

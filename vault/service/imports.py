@@ -135,7 +135,8 @@ class KeyImports:
         return version
 
     def destroy_expired_jobs(self) -> list[ImportJob]:
-        """Destroy the private key of every job past its expiry (the periodic job)."""
+        """Destroy the private key of every job past its expiry or of a destroyed key (the
+        periodic job)."""
         expired = self._store.import_jobs_due(self._clock())
         for job in expired:
             self._expire(job)

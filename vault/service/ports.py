@@ -140,7 +140,8 @@ class ImportJobStore(Protocol):
         ...
 
     def import_jobs_due(self, now: datetime) -> list[ImportJob]:
-        """Jobs past their expiry whose private key has not been destroyed yet."""
+        """Jobs whose private key is still in the token though the job expired or its key
+        was destroyed."""
         ...
 
     def mark_import_job_destroyed(self, name: ImportJobName, now: datetime) -> None: ...

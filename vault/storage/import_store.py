@@ -7,12 +7,13 @@ import threading
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Engine, RowMapping, insert, select, update
+from sqlalchemy import Engine, RowMapping, and_, insert, or_, select, update
 
 from vault.domain.errors import AlreadyExists, NotFound
 from vault.domain.imports import ImportJob, ImportJobName, ImportMethod
+from vault.domain.models import KeyState
 from vault.domain.names import KeyName
-from vault.storage.tables import import_jobs
+from vault.storage.tables import import_jobs, keys
 from vault.storage.transactions import aware, aware_or_none, guarded_transaction, new_serial_lock
 
 
@@ -58,9 +59,19 @@ class SqlImportJobStore:
         return [_to_job(row) for row in rows]
 
     def import_jobs_due(self, now: datetime) -> list[ImportJob]:
-        """Jobs past their expiry whose private key has not been destroyed yet."""
-        query = select(import_jobs).where(
-            import_jobs.c.destroy_time.is_(None), import_jobs.c.expire_time <= now
+        """Jobs whose private key is still in the token though the job expired or its key
+        was destroyed."""
+        joined = import_jobs.join(
+            keys,
+            and_(keys.c.account == import_jobs.c.account, keys.c.key_id == import_jobs.c.key_id),
+        )
+        query = (
+            select(import_jobs)
+            .select_from(joined)
+            .where(
+                import_jobs.c.destroy_time.is_(None),
+                or_(import_jobs.c.expire_time <= now, keys.c.state == KeyState.DESTROYED.value),
+            )
         )
         with guarded_transaction(self._engine, self._serial, write=False) as c:
             rows = c.execute(query).mappings().all()
