@@ -26,8 +26,6 @@ _MAX_NAME = 256
 # Token objects of import jobs' private keys: this prefix plus the job's random id. Not the
 # prefix of key versions' objects, so reconciliation of key versions leaves them alone.
 IMPORT_KEY_LABEL_PREFIX = "vault:import:"
-# The ephemeral key, wrapped with RSA-OAEP, comes first: as long as the job's modulus.
-EPHEMERAL_KEY_BYTES = 32
 
 
 class ImportMethod(StrEnum):
