@@ -25,6 +25,7 @@ from vault.service.buckets import BucketManagement
 from vault.service.ceremonies import Ceremonies
 from vault.service.crypto import CryptoOperations
 from vault.service.identity import IdentityManagement
+from vault.service.imports import KeyImports
 from vault.service.keys import KeyManagement
 from vault.service.ports import (
     DiskReserve,
@@ -57,6 +58,7 @@ class Services:
     crypto: CryptoOperations
     buckets: BucketManagement
     feeds: RevocationFeeds
+    imports: KeyImports
     # Creates the token's revocation feed key where missing; returns the labels created.
     ensure_feed_key: Callable[[], list[str]]
     security: Security | None = None
@@ -90,6 +92,7 @@ def build_services(settings: Settings, counters: SharedCounters | None = None) -
         accounts=identity_store if settings.auth.enabled else None,
     )
     crypto = CryptoOperations(keys, keystore, settings.keys)
+    imports = KeyImports(keys, stores.imports, keystore, settings.keys.import_job_lifetime)
     buckets = BucketManagement(stores.buckets, store, keystore, keys)
     feed_key = RevocationFeedKey(keystore)
     feeds = RevocationFeeds(keys, feed_key)
@@ -123,7 +126,16 @@ def build_services(settings: Settings, counters: SharedCounters | None = None) -
         security = Security(identity, authenticator, audit, system_keys.ensure, reserve)
     checks = {"token": keystore.available, "store": store.check_writable}
     return Services(
-        store, keystore, keys, crypto, buckets, feeds, feed_key.ensure, security, checks
+        store,
+        keystore,
+        keys,
+        crypto,
+        buckets,
+        feeds,
+        imports,
+        feed_key.ensure,
+        security,
+        checks,
     )
 
 
@@ -167,6 +179,7 @@ def prepare_and_reconcile(settings: Settings) -> StartupReport:
     services = build_services(settings)
     try:
         report = reconcile(services.store, services.keystore)
+        services.imports.remove_orphaned_import_keys()
         created: list[str] = []
         created += services.ensure_feed_key()
         admin = None
