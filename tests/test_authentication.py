@@ -57,12 +57,12 @@ from vault.config import Settings
 from vault.coordination.limits import SharedLimits
 from vault.domain.errors import Unauthenticated
 from vault.domain.identity import ApiScope, make_api_token
+from vault.domain.ports import ReconcileReport
 from vault.domain.signing import sign_request
 from vault.gen.vault.v1 import key_service_pb2, resources_pb2
 from vault.hsm.system_keys import SystemKeys
 from vault.service.authentication import AuthenticationPolicy, Authenticator
 from vault.service.identity import IdentityManagement
-from vault.service.ports import ReconcileReport
 from vault.storage import open_stores
 from vault.transport.supervisor import SHARED_NONCE_SLOTS
 

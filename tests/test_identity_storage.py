@@ -39,7 +39,7 @@ from vault.domain.identity import (
     RateLimit,
     UsageCount,
 )
-from vault.service.ports import AuditFilter, AuditStore, IdentityStore
+from vault.domain.ports import AuditFilter, AuditStore, IdentityStore
 from vault.storage import (
     SqlAuditStore,
     SqlIdentityStore,

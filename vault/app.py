@@ -19,19 +19,19 @@ from vault.config import Settings
 from vault.coordination.disk import DiskReserve as FileDiskReserve
 from vault.domain.audit import AuditEvent
 from vault.domain.errors import InvalidArgument, NotFound, VaultError
-from vault.service.audit import AuditLog, CheckpointPolicy
-from vault.service.authentication import AuthenticationPolicy, Authenticator
-from vault.service.buckets import BucketManagement
-from vault.service.crypto import CryptoOperations
-from vault.service.identity import IdentityManagement
-from vault.service.keys import KeyManagement
-from vault.service.ports import (
+from vault.domain.ports import (
     DiskReserve,
     KeyStore,
     MetadataStore,
     ReconcileReport,
     SharedCounters,
 )
+from vault.service.audit import AuditLog, CheckpointPolicy
+from vault.service.authentication import AuthenticationPolicy, Authenticator
+from vault.service.buckets import BucketManagement
+from vault.service.crypto import CryptoOperations
+from vault.service.identity import IdentityManagement
+from vault.service.keys import KeyManagement
 from vault.service.reconcile import reconcile
 from vault.service.revocations import RevocationFeeds
 

@@ -19,6 +19,7 @@ from vault.domain.algorithms import (
     KeyFamily,
     Padding,
     Purpose,
+    digest,
 )
 from vault.domain.errors import (
     DecryptionFailed,
@@ -29,12 +30,11 @@ from vault.domain.errors import (
 )
 from vault.domain.models import KeyVersion
 from vault.domain.names import TOKEN_KEY_LABEL_PREFIX
+from vault.domain.ports import GeneratedMaterial
 from vault.hsm import objects, templates
 from vault.hsm.capabilities import supported_algorithms
 from vault.hsm.library import ThreadContext, TokenLibrary
 from vault.hsm.public import public_key_der
-from vault.service.ports import GeneratedMaterial
-from vault.service.public_keys import digest
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

@@ -23,11 +23,11 @@ from vault import so_pin
 from vault.config import Settings
 from vault.domain.errors import PinIncorrect, TokenUnavailable
 from vault.domain.models import RootGeneration
+from vault.domain.ports import MetadataStore
 from vault.hsm import native, templates
 from vault.hsm.environment import render_softhsm_config, token_directory, use_softhsm_config
 from vault.hsm.library import attribute_mapper
 from vault.hsm.objects import root_generations
-from vault.service.ports import MetadataStore
 from vault.so_pin import SoPin
 
 

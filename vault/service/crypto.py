@@ -19,8 +19,8 @@ from vault.domain.errors import (
 )
 from vault.domain.models import Key, KeyVersion, Operation
 from vault.domain.names import KeyName, parse_key_or_version
+from vault.domain.ports import KeyStore
 from vault.service.keys import KeyManagement
-from vault.service.ports import KeyStore
 from vault.service.public_keys import verify_signature
 
 MAX_AAD_BYTES = 65_536

@@ -41,7 +41,7 @@ from vault.domain.names import (
     check_id,
     parse_key_or_version,
 )
-from vault.service.ports import AccountDirectory, KeyStore, MetadataStore
+from vault.domain.ports import AccountDirectory, KeyStore, MetadataStore
 
 log = logging.getLogger(__name__)
 

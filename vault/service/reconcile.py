@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 
 from vault.domain.errors import Conflict
-from vault.service.ports import KeyStore, MetadataStore, ReconcileReport
+from vault.domain.ports import KeyStore, MetadataStore, ReconcileReport
 
 log = logging.getLogger(__name__)
 

@@ -57,7 +57,7 @@ from vault.domain.audit import (
 from vault.domain.errors import AuditUnavailable, DiskFull, InvalidArgument
 from vault.domain.identity import is_access_key_id
 from vault.domain.models import Page
-from vault.service.ports import AuditFilter, AuditHead
+from vault.domain.ports import AuditFilter, AuditHead
 from vault.storage.engine import (
     SQLITE_BUSY_TIMEOUT_MS,
     is_sqlite,
@@ -755,7 +755,7 @@ def _decode_seq_token(token: str) -> int:
 
 
 if TYPE_CHECKING:
-    from vault.service.ports import AuditStore
+    from vault.domain.ports import AuditStore
 
     # Makes mypy prove that the class satisfies the port it implements.
     _PORT_CHECK: type[AuditStore] = SqlAuditStore

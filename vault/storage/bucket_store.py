@@ -217,6 +217,6 @@ def _decode_page_token(token: str) -> str:
 
 
 if TYPE_CHECKING:
-    from vault.service.ports import BucketStore
+    from vault.domain.ports import BucketStore
 
     _PORT_CHECK: type[BucketStore] = SqlBucketStore

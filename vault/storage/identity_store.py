@@ -372,7 +372,7 @@ def _to_api_key(row: RowMapping) -> ApiKey:
 
 
 if TYPE_CHECKING:
-    from vault.service.ports import IdentityStore
+    from vault.domain.ports import IdentityStore
 
     # Makes mypy prove that the class satisfies the port it implements.
     _PORT_CHECK: type[IdentityStore] = SqlIdentityStore
