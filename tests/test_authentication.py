@@ -45,7 +45,6 @@ from tests.security_helpers import (
     raw_call,
     signed_metadata,
 )
-from vault.app import StartupReport
 from vault.client import (
     AccessKeyCredentials,
     ApiKeyCredentials,
@@ -63,6 +62,7 @@ from vault.gen.vault.v1 import key_service_pb2, resources_pb2
 from vault.hsm.system_keys import SystemKeys
 from vault.service.authentication import AuthenticationPolicy, Authenticator
 from vault.service.identity import IdentityManagement
+from vault.service.reconcile import StartupReport
 from vault.storage import open_stores
 from vault.transport.supervisor import SHARED_NONCE_SLOTS
 

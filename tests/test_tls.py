@@ -48,7 +48,7 @@ from vault.transport.tls import TlsConfigError, load_server_tls
 UNAVAILABLE = grpc.StatusCode.UNAVAILABLE
 # A fresh connection per client: gRPC could otherwise share one between channels.
 LOCAL_POOL = [("grpc.use_local_subchannel_pool", 1)]
-SERVE = "from vault.config import Settings\nfrom vault.transport.supervisor import serve\n"
+SERVE = "from vault.config import Settings\nfrom vault.app import serve\n"
 SERVE += "serve(Settings())\n"
 
 

@@ -12,7 +12,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from vault import metrics
 from vault.config import Settings
@@ -23,17 +23,22 @@ from vault.domain.ports import (
     DiskReserve,
     KeyStore,
     MetadataStore,
-    ReconcileReport,
     SharedCounters,
 )
+from vault.domain.token import TokenStatus
 from vault.service.audit import AuditLog, CheckpointPolicy
 from vault.service.authentication import AuthenticationPolicy, Authenticator
 from vault.service.buckets import BucketManagement
 from vault.service.crypto import CryptoOperations
 from vault.service.identity import IdentityManagement
 from vault.service.keys import KeyManagement
-from vault.service.reconcile import reconcile
+from vault.service.provisioning import Provisioning
+from vault.service.reconcile import StartupReport, reconcile
 from vault.service.revocations import RevocationFeeds
+
+if TYPE_CHECKING:
+    from vault.data_lock import DataDirectoryLock
+    from vault.so_pin import SoPin
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,15 +155,6 @@ def local_audit_log(settings: Settings) -> Iterator[AuditLog]:
         stores.audit.close()
 
 
-@dataclass(frozen=True, slots=True)
-class StartupReport:
-    reconcile: ReconcileReport
-    system_keys_created: list[str]
-    admin_access_key_id: str | None
-    admin_credentials_file: Path | None
-    admin_secret_key: str | None = field(repr=False)
-
-
 def prepare_and_reconcile(settings: Settings) -> StartupReport:
     """Start-up work done once, in one process, before workers start: reconcile store and
     token; with authentication on, create the token's system keys if missing and, on a store
@@ -239,6 +235,43 @@ def recover_admin(settings: Settings, credentials_file: Path, account_id: str = 
         return key.access_key_id
     finally:
         services.close()
+
+
+def provision_token(
+    settings: Settings, so_pin_source: Callable[[], SoPin] | None = None
+) -> TokenStatus:
+    """Make the token ready to serve (vault.hsm.provision.provision, whose so_pin_source this
+    is) and record its root generations in the store. Runs in a process that will not serve
+    afterwards: PKCS#11 stays initialised in it."""
+    from vault.hsm.provision import provision
+    from vault.storage import open_store
+
+    assert settings.store.url is not None  # filled from data_dir by Settings
+    store = open_store(settings.store.url)
+    try:
+        status = provision(settings, so_pin_source)
+        Provisioning(store).record_root_generations(status.root_labels)
+    finally:
+        store.close()
+    return status
+
+
+def token_status(settings: Settings) -> TokenStatus:
+    """The token's identity, root key generations and object counts (logs in as user)."""
+    from vault.hsm.provision import token_status as read_token_status
+
+    return read_token_status(settings)
+
+
+def serve(settings: Settings, data_lock: DataDirectoryLock | None = None) -> None:
+    """Serve the vault of settings until SIGTERM or SIGINT (vault.transport.supervisor.serve,
+    which raises what it documents): start-up work and each worker's services are built here.
+    """
+    from vault.transport.supervisor import serve as serve_with_workers
+
+    serve_with_workers(
+        settings, data_lock, prepare=prepare_and_reconcile, build_services=build_services
+    )
 
 
 def write_credentials_file(path: Path, access_key_id: str, secret_key: str) -> None:
