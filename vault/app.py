@@ -19,6 +19,7 @@ from vault.config import Settings
 from vault.coordination.disk import DiskReserve as FileDiskReserve
 from vault.domain.audit import AuditEvent
 from vault.domain.errors import InvalidArgument, NotFound, VaultError
+from vault.domain.policy import KeyPolicy
 from vault.domain.ports import (
     DiskReserve,
     KeyStore,
@@ -74,6 +75,16 @@ class Services:
             close()
 
 
+def key_policy(settings: Settings) -> KeyPolicy:
+    """The key limits of settings.keys, as the use cases take them."""
+    keys = settings.keys
+    return KeyPolicy(
+        min_destroy_waiting_seconds=keys.min_destroy_waiting_seconds,
+        default_destroy_waiting_seconds=keys.default_destroy_waiting_seconds,
+        max_plaintext_bytes=keys.max_plaintext_bytes,
+    )
+
+
 def build_services(settings: Settings, counters: SharedCounters | None = None) -> Services:
     """The use cases; with settings.auth.enabled also identity and audit, whose limits and
     caches hold across worker processes through counters (authentication needs them)."""
@@ -85,15 +96,16 @@ def build_services(settings: Settings, counters: SharedCounters | None = None) -
     stores = open_stores(settings.store.url)
     store, identity_store, audit_store = stores.metadata, stores.identity, stores.audit
     keystore = open_keystore(settings)
+    policy = key_policy(settings)
     keys = KeyManagement(
         store,
         keystore,
-        settings.keys,
+        policy,
         version_cache_seconds=settings.hsm.cache_ttl_seconds,
         # Accounts are managed (IdentityService) only with authentication on.
         accounts=identity_store if settings.auth.enabled else None,
     )
-    crypto = CryptoOperations(keys, keystore, settings.keys)
+    crypto = CryptoOperations(keys, keystore, policy)
     buckets = BucketManagement(stores.buckets, store, keystore, keys)
     feed_key = RevocationFeedKey(keystore)
     feeds = RevocationFeeds(keys, feed_key)
