@@ -15,7 +15,7 @@ from vault.storage.audit_store import SqlAuditStore
 from vault.storage.bucket_store import SqlBucketStore
 from vault.storage.engine import make_engine, write_transaction
 from vault.storage.identity_store import SqlIdentityStore
-from vault.storage.sql_store import SqlMetadataStore
+from vault.storage.metadata_store import SqlMetadataStore
 from vault.storage.transactions import unavailable
 
 __all__ = [

@@ -1,5 +1,5 @@
 """IdentityStore over SQLAlchemy Core: accounts, access keys, API keys and usage counters, in
-the same database as the key metadata. Portable SQL only, like sql_store.py."""
+the same database as the key metadata. Portable SQL only, like metadata_store.py."""
 
 from __future__ import annotations
 
