@@ -46,7 +46,7 @@ from vault.cli.main import cli as vaultctl
 from vault.client import AccessKeyCredentials, AuditLogVerification, VaultClient
 from vault.domain.audit import AuditEvent, chain
 from vault.gen.vault.v1 import audit_service_pb2, key_service_pb2, resources_pb2
-from vault.storage.audit_store import LOCK_SUFFIX
+from vault.storage.audit_locks import LOCK_SUFFIX
 
 Kind = audit_service_pb2.AuditFindingKind
 CHECKPOINT_EVERY: Final = 5

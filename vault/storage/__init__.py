@@ -11,7 +11,7 @@ from alembic.config import Config
 from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from vault.storage.audit_store import SqlAuditStore
+from vault.storage.audit import SqlAuditStore
 from vault.storage.bucket_store import SqlBucketStore
 from vault.storage.engine import make_engine, write_transaction
 from vault.storage.identity_store import SqlIdentityStore
