@@ -1,6 +1,6 @@
 """The vault server as the benchmark starts it: `python -m bench.serve`.
 
-Exactly `vault.app.serve(Settings())`, as `make run` and tests/harness.py start it,
+Exactly `vault.app.serve(Settings())`, as `make run` and tests/support/harness.py start it,
 plus two things for the benchmark only:
 - the supervisor asks the kernel for SIGTERM when the benchmark process dies, even by SIGKILL,
   so no server outlives the run (its workers already follow the supervisor);

@@ -28,9 +28,9 @@ import grpc
 import pytest
 from click.testing import CliRunner, Result
 
-from tests.api_calls import expect_error
-from tests.harness import VaultServer, provision
-from tests.security_helpers import (
+from tests.support.api_calls import expect_error
+from tests.support.harness import VaultServer, provision
+from tests.support.security_helpers import (
     SPREAD,
     AccessKey,
     ApiKey,

@@ -25,9 +25,9 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from tests.api_calls import expect_error
-from tests.harness import VaultServer, provision
-from tests.security_helpers import (
+from tests.support.api_calls import expect_error
+from tests.support.harness import VaultServer, provision
+from tests.support.security_helpers import (
     FRESH_CONNECTION,
     NO_THROTTLING,
     RESOURCE_EXHAUSTED,

@@ -21,7 +21,7 @@ import grpc
 import pytest
 from pkcs11 import Attribute, GCMParams, KeyType, Mechanism, ObjectClass, exceptions
 
-from tests.api_calls import expect_error, new_account, new_id
+from tests.support.api_calls import expect_error, new_account, new_id
 from tests.test_keys_api import wait_destroyed
 from vault.client import VaultClient
 from vault.domain.algorithms import Algorithm

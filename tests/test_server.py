@@ -24,8 +24,8 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
     ProtoReflectionDescriptorDatabase,
 )
 
-from tests.api_calls import ensure_account
-from tests.harness import ROOT, VaultServer, free_port, provision, vault_environment
+from tests.support.api_calls import ensure_account
+from tests.support.harness import ROOT, VaultServer, free_port, provision, vault_environment
 from vault.client import VaultClient, VaultClientError
 from vault.gen.vault.v1 import resources_pb2 as res
 

@@ -18,7 +18,7 @@ from typing import Any, Final
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 # The settings every test vault runs with (the benchmark passes its own): destruction without
 # the waiting period, checked often, and two worker processes.
