@@ -1,5 +1,8 @@
-"""Composition root: builds the use cases from settings. Call inside each server process,
-after fork: PKCS#11 must be initialised in the process that uses it."""
+"""The composition root: the one place that builds the adapters (token, stores) and the use
+cases from settings, and hands them to the transport (serve) or runs them for the command
+line (provision_token, token_status, recover_admin, local_audit_log). A server builds its
+services inside each worker process, after fork: PKCS#11 must be initialised in the process
+that uses it."""
 
 from __future__ import annotations
 
