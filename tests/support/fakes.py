@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import itertools
 import secrets
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -904,14 +903,6 @@ class StepClock:
     def advance(self, **delta: float) -> datetime:
         self.now += timedelta(**delta)
         return self.now
-
-
-_SEQUENCE = itertools.count(1)
-
-
-def unique(prefix: str) -> str:
-    """A fresh id for a resource of one test."""
-    return f"{prefix}{next(_SEQUENCE)}"
 
 
 if TYPE_CHECKING:

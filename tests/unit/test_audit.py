@@ -10,7 +10,7 @@ from datetime import timedelta
 import pytest
 
 from tests.support.fakes import FakeAuditStore, FakeIdentityStore, FakeSystemCrypto, StepClock
-from tests.unit.conftest import T0
+from tests.unit.world import T0
 from vault.domain.audit import GENESIS_HASH, AuditEvent, AuditRecord
 from vault.domain.audit_archive import ArchiveHeader
 from vault.domain.errors import AuditUnavailable, DiskFull, StoreUnavailable

@@ -7,7 +7,7 @@ from datetime import timedelta
 
 import pytest
 
-from tests.unit.conftest import ACCOUNT, World
+from tests.unit.world import ACCOUNT, World
 from vault.domain.algorithms import Algorithm
 from vault.domain.buckets import (
     BucketFilter,

@@ -9,7 +9,7 @@ import pytest
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 
-from tests.unit.conftest import ACCOUNT, World
+from tests.unit.world import ACCOUNT, World
 from vault.domain.algorithms import Algorithm, Purpose
 from vault.domain.errors import (
     DecryptionFailed,

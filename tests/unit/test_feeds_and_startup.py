@@ -11,7 +11,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from tests.support.fakes import FakeMetadataStore, StepClock
-from tests.unit.conftest import ACCOUNT, T0, World
+from tests.unit.world import ACCOUNT, T0, World
 from vault.domain.algorithms import Algorithm, Purpose
 from vault.domain.models import RevocationReason, RootGeneration, VersionState
 from vault.domain.revocation_feed import micros, parse

@@ -11,7 +11,7 @@ from datetime import timedelta
 import pytest
 
 from tests.support.fakes import FakeCounters, FakeIdentityStore, FakeSystemCrypto, StepClock
-from tests.unit.conftest import ACCOUNT, T0
+from tests.unit.world import ACCOUNT, T0
 from vault.domain.errors import (
     AuthenticationThrottled,
     InvalidArgument,

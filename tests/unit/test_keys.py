@@ -8,7 +8,7 @@ from datetime import timedelta
 
 import pytest
 
-from tests.unit.conftest import ACCOUNT, DAY, POLICY, World
+from tests.unit.world import ACCOUNT, DAY, POLICY, World
 from vault.domain.algorithms import Algorithm, Purpose
 from vault.domain.errors import (
     AlreadyExists,
