@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness import VaultServer, provision, vault_environment
+from tests.support.harness import VaultServer, provision, vault_environment
 
 
 @pytest.fixture(scope="session", autouse=True)

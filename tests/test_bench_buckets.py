@@ -20,7 +20,7 @@ import pytest
 from bench.buckets import OP, BucketRow, Workload, run_workload
 from bench.cli import parse_args
 from bench.report import write_results
-from tests.harness import ROOT, VaultServer
+from tests.support.harness import ROOT, VaultServer
 from vault.client import VaultClient
 
 OBJECTS, BUCKETS, PER_KEY = 120, 3, 10

@@ -27,7 +27,7 @@ import grpc
 import pytest
 from pkcs11 import Attribute, GCMParams, KeyType, Mechanism, ObjectClass, exceptions
 
-from tests.api_calls import new_account, new_id
+from tests.support.api_calls import new_account, new_id
 from tests.test_buckets_api import files_containing, policy, wait_deleted
 from tests.test_destruction_custody import store_blobs
 from tests.test_object_cipher import (

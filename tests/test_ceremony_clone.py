@@ -23,7 +23,7 @@ import pytest
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 
-from tests.harness import ROOT, vault_environment
+from tests.support.harness import ROOT, vault_environment
 
 VAULTCTL = ROOT / ".venv" / "bin" / "vaultctl"
 SETTINGS = {"VAULT_SERVER__WORKERS": "1", "VAULT_SERVER__DEV_TLS": "false"}
@@ -113,7 +113,7 @@ print(json.dumps(made))
 # On token 2: use each version of token 1 by its blob alone.
 _USE_VERSIONS = """
 import json, sys
-from tests.tokens import version_for
+from tests.support.tokens import version_for
 from vault.config import Settings
 from vault.domain.algorithms import Algorithm
 from vault.hsm.keystore import open_keystore

@@ -16,7 +16,7 @@ import pytest
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from tests.harness import development_so_pin
+from tests.support.harness import development_so_pin
 from tests.test_ceremony_clone import ok, run_python, vaultctl, write
 
 # Key versions as the vault makes them; what they produced; each key's versions afterwards.

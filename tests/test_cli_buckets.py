@@ -10,8 +10,8 @@ import shlex
 from pathlib import Path
 from typing import Any
 
-from tests.api_calls import new_account, new_id
-from tests.harness import ROOT
+from tests.support.api_calls import new_account, new_id
+from tests.support.harness import ROOT
 from tests.test_cli import assert_one_line_error, json_of, mode, ok, vaultctl, write
 from tests.test_cli import target as target  # fixture: the server, credentials for vaultctl
 

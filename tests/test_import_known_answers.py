@@ -36,8 +36,8 @@ import pytest
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa, utils
 
-from tests.api_calls import new_id
-from tests.security_helpers import new_account
+from tests.support.api_calls import new_id
+from tests.support.security_helpers import new_account
 from vault.client import VaultClient, VaultClientError
 
 # -- vector files (parsers as in tests/test_known_answers.py) --------------------------------

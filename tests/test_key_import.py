@@ -14,9 +14,9 @@ import pytest
 from cryptography.hazmat.primitives import hashes, hmac, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 
-from tests.api_calls import expect_error, new_id
-from tests.harness import VaultServer
-from tests.security_helpers import add_access_key, new_account
+from tests.support.api_calls import expect_error, new_id
+from tests.support.harness import VaultServer
+from tests.support.security_helpers import add_access_key, new_account
 from vault.client import VaultClient
 from vault.client.key_import import ImportMaterial, import_material, wrap_for_import
 from vault.domain.algorithms import Algorithm
@@ -547,7 +547,7 @@ def _label() -> Any:
 
 def test_material_and_jobs_keep_key_bytes_out_of_their_repr() -> None:
     from vault.domain.imports import ImportJob, ImportJobName, ImportMethod
-    from vault.service.ports import GeneratedMaterial
+    from vault.domain.ports import GeneratedMaterial
 
     secret = os.urandom(32)
     assert secret.hex() not in repr(ImportMaterial(secret)) and repr(secret) not in repr(
@@ -623,7 +623,7 @@ def test_start_up_destroys_import_keys_no_job_names(
     import subprocess
     import sys
 
-    from tests.harness import vault_environment
+    from tests.support.harness import vault_environment
     from vault.domain.imports import ImportMethod
 
     orphan = f"{IMPORT_PREFIX}orphan{os.urandom(8).hex()}"

@@ -19,9 +19,9 @@ import grpc
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.api_calls import ensure_account
-from tests.harness import ROOT, VaultServer, free_port, provision, vault_environment
-from tests.security_helpers import add_access_key, add_api_key, expect_denied, new_account
+from tests.support.api_calls import ensure_account
+from tests.support.harness import ROOT, VaultServer, free_port, provision, vault_environment
+from tests.support.security_helpers import add_access_key, add_api_key, expect_denied, new_account
 from vault.client import VaultClient, VaultClientError
 
 Samples = dict[str, list[tuple[dict[str, str], float]]]

@@ -24,7 +24,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from tests.harness import ROOT, VaultServer, provision
+from tests.support.harness import ROOT, VaultServer, provision
 from vault.config import DevTlsPaths
 from vault.tls_dev import ensure_dev_tls
 

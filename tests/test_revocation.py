@@ -20,10 +20,10 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from tests.api_calls import expect_error, new_id
-from tests.api_calls import new_account as new_account_name
-from tests.harness import VaultServer
-from tests.security_helpers import add_access_key, new_account
+from tests.support.api_calls import expect_error, new_id
+from tests.support.api_calls import new_account as new_account_name
+from tests.support.harness import VaultServer
+from tests.support.security_helpers import add_access_key, new_account
 from vault.client import VaultClient
 from vault.gen.vault.v1 import resources_pb2
 

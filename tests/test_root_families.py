@@ -18,8 +18,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from pkcs11 import KDF, Attribute, KeyType, Mechanism, ObjectClass, exceptions
 from pkcs11.constants import DEFAULT
 
-from tests.api_calls import ensure_account
-from tests.tokens import generated_version, session_of
+from tests.support.api_calls import ensure_account
+from tests.support.tokens import generated_version, session_of
 from vault.domain.algorithms import Algorithm, KeyFamily, Purpose
 from vault.domain.models import KeyVersion
 from vault.hsm import templates

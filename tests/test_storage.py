@@ -33,7 +33,7 @@ from vault.domain.models import (
     VersionState,
 )
 from vault.domain.names import KeyName
-from vault.service.ports import MetadataStore
+from vault.domain.ports import MetadataStore
 from vault.storage import SqlMetadataStore, open_store
 
 T0 = datetime(2025, 3, 1, 12, 0, 0, 123456, tzinfo=UTC)

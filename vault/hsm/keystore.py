@@ -23,6 +23,7 @@ from vault.domain.algorithms import (
     KeyFamily,
     Padding,
     Purpose,
+    digest,
 )
 from vault.domain.errors import (
     DecryptionFailed,
@@ -35,12 +36,12 @@ from vault.domain.errors import (
 from vault.domain.imports import IMPORT_KEY_LABEL_PREFIX, ImportMethod
 from vault.domain.models import KeyVersion
 from vault.domain.names import TOKEN_KEY_LABEL_PREFIX
+from vault.domain.ports import GeneratedMaterial
+from vault.domain.public_keys import hash_algorithm, verify_signature
 from vault.hsm import objects, templates
 from vault.hsm.capabilities import supported_algorithms
 from vault.hsm.library import ThreadContext, TokenLibrary
 from vault.hsm.public import public_key_der, rsa_public_key_der
-from vault.service.ports import GeneratedMaterial
-from vault.service.public_keys import digest, hash_algorithm, verify_signature
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

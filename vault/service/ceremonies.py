@@ -34,8 +34,8 @@ from vault.domain.ceremony import (
 from vault.domain.errors import AlreadyExists
 from vault.domain.models import KeyState, RootGeneration
 from vault.domain.names import KeyName
+from vault.domain.ports import CeremonyToken, MetadataStore
 from vault.service.keys import KeyManagement
-from vault.service.ports import CeremonyToken, MetadataStore
 
 log = logging.getLogger(__name__)
 

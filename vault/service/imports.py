@@ -21,8 +21,8 @@ from vault.domain.imports import (
 )
 from vault.domain.models import Key, KeyState, KeyVersion
 from vault.domain.names import KeyName
+from vault.domain.ports import ImportJobStore, KeyStore
 from vault.service.keys import KeyManagement, utc_now
-from vault.service.ports import ImportJobStore, KeyStore
 
 log = logging.getLogger(__name__)
 

@@ -12,7 +12,6 @@ from datetime import UTC, datetime, timedelta
 from cachetools import TTLCache
 from cryptography.hazmat.primitives import serialization
 
-from vault.config import KeyPolicySettings
 from vault.domain.algorithms import DEFAULT_ALGORITHM, Algorithm, Purpose
 from vault.domain.errors import (
     AlreadyExists,
@@ -41,7 +40,8 @@ from vault.domain.names import (
     check_id,
     parse_key_or_version,
 )
-from vault.service.ports import AccountDirectory, GeneratedMaterial, KeyStore, MetadataStore
+from vault.domain.policy import KeyPolicy
+from vault.domain.ports import AccountDirectory, GeneratedMaterial, KeyStore, MetadataStore
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +73,7 @@ class KeyManagement:
         self,
         store: MetadataStore,
         keystore: KeyStore,
-        policy: KeyPolicySettings,
+        policy: KeyPolicy,
         clock: Clock = utc_now,
         version_cache_seconds: float = VERSION_CACHE_SECONDS,
         accounts: AccountDirectory | None = None,

@@ -11,12 +11,12 @@ from alembic.config import Config
 from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from vault.storage.audit_store import SqlAuditStore
+from vault.storage.audit import SqlAuditStore
 from vault.storage.bucket_store import SqlBucketStore
 from vault.storage.engine import make_engine, write_transaction
 from vault.storage.identity_store import SqlIdentityStore
 from vault.storage.import_store import SqlImportJobStore
-from vault.storage.sql_store import SqlMetadataStore
+from vault.storage.metadata_store import SqlMetadataStore
 from vault.storage.transactions import unavailable
 
 __all__ = [

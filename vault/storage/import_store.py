@@ -134,7 +134,7 @@ def _to_job(row: RowMapping) -> ImportJob:
 
 
 if TYPE_CHECKING:
-    from vault.service.ports import ImportJobStore
+    from vault.domain.ports import ImportJobStore
 
     # Makes mypy prove that the class satisfies the port it implements.
     _port: type[ImportJobStore] = SqlImportJobStore

@@ -46,11 +46,11 @@ from vault.domain.identity import (
     required_access,
     resource_ref,
 )
+from vault.domain.ports import DiskReserve
 from vault.domain.signing import AUTHORIZATION_HEADER, BEARER_PREFIX, SCHEME
 from vault.logs import current_request_id
 from vault.service.audit import AuditLog
 from vault.service.authentication import Authenticator
-from vault.service.ports import DiskReserve
 from vault.transport.errors import MalformedRequest, is_vault_unary, outcome_of
 from vault.transport.observe import request_id_of
 

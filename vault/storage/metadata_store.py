@@ -809,7 +809,7 @@ def _decode_page_token(token: str) -> str:
 
 
 if TYPE_CHECKING:
-    from vault.service.ports import MetadataStore
+    from vault.domain.ports import MetadataStore
 
     # Makes mypy prove that the class satisfies the port it implements.
     _PORT_CHECK: type[MetadataStore] = SqlMetadataStore
