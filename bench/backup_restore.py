@@ -13,8 +13,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from tests.clone import clone_roots
-from tests.harness import VaultServer, provision
+from tests.support.clone import clone_roots
+from tests.support.harness import VaultServer, provision
 from vault.domain.backup import split_lines
 from vault.service.backup import verify_bundle
 

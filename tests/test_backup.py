@@ -16,9 +16,9 @@ import pytest
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
-from tests.api_calls import expect_error, new_account
-from tests.clone import clone_roots
-from tests.harness import VaultServer, provision
+from tests.support.api_calls import expect_error, new_account
+from tests.support.clone import clone_roots
+from tests.support.harness import VaultServer, provision
 from vault.client import VaultClient
 from vault.domain.backup import split_lines
 from vault.service.backup import verify_bundle
@@ -277,13 +277,13 @@ def test_an_altered_bundle_and_a_path_outside_the_backup_directory_are_refused(
 def test_only_the_admin_role_exports_or_restores_and_every_call_is_audited(
     server: VaultServer, client: VaultClient
 ) -> None:
-    from tests.security_helpers import (
+    from tests.support.security_helpers import (
         add_access_key,
         expect_denied,
         expect_unauthenticated,
         fresh_client,
     )
-    from tests.security_helpers import new_account as new_security_account
+    from tests.support.security_helpers import new_account as new_security_account
 
     account = new_security_account(client)
     member = add_access_key(client, account)  # full access to its own account, not admin

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from tests.security_helpers import add_access_key, expect_denied, new_account
+from tests.support.security_helpers import add_access_key, expect_denied, new_account
 from tests.test_observability import (  # noqa: F401 (fixtures)
     ObservedVault,
     admin,

@@ -1,5 +1,5 @@
 """The store's side of backup: tombstones written with each revocation and destruction (and
-by migration 0007 for those made before it), and the export log."""
+by migration 0008 for those made before it), and the export log."""
 
 from __future__ import annotations
 
@@ -64,7 +64,7 @@ def test_revocations_and_destructions_leave_tombstones(tmp_path: Path) -> None:
         stores.close()
 
 
-def test_migration_0007_records_what_was_revoked_or_destroyed_before_it(tmp_path: Path) -> None:
+def test_migration_0008_records_what_was_revoked_or_destroyed_before_it(tmp_path: Path) -> None:
     path = tmp_path / "vault.db"
     stores = open_stores(db_url(path))
     try:
@@ -76,8 +76,8 @@ def test_migration_0007_records_what_was_revoked_or_destroyed_before_it(tmp_path
     try:
         with write_transaction(engine) as conn:
             config.attributes["connection"] = conn
-            command.downgrade(config, "0006")
-            command.upgrade(config, "0007")
+            command.downgrade(config, "0007")
+            command.upgrade(config, "0008")
     finally:
         engine.dispose()
     stores = open_stores(db_url(path))

@@ -23,7 +23,7 @@ import pytest
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 
-from tests.harness import ROOT, vault_environment
+from tests.support.harness import ROOT, vault_environment
 
 VAULTCTL = ROOT / ".venv" / "bin" / "vaultctl"
 SETTINGS = {"VAULT_SERVER__WORKERS": "1", "VAULT_SERVER__DEV_TLS": "false"}
@@ -113,7 +113,7 @@ print(json.dumps(made))
 # On token 2: use each version of token 1 by its blob alone.
 _USE_VERSIONS = """
 import json, sys
-from tests.tokens import version_for
+from tests.support.tokens import version_for
 from vault.config import Settings
 from vault.domain.algorithms import Algorithm
 from vault.hsm.keystore import open_keystore
@@ -216,6 +216,21 @@ print(json.dumps("imported"))
 """
 
 
+_COUNT = """
+import json, sys
+import pkcs11
+from pkcs11 import Attribute
+from vault.config import Settings
+from vault.hsm.environment import use_softhsm_config
+settings = Settings()
+use_softhsm_config(settings)
+token = pkcs11.lib(str(settings.hsm.module)).get_token(token_label=settings.hsm.token_label)
+session = token.open(user_pin=settings.user_pin())
+(label,) = json.load(sys.stdin)
+print(json.dumps(len(list(session.get_objects({Attribute.LABEL: label})))))
+"""
+
+
 @dataclass
 class Tokens:
     one: Path
@@ -301,6 +316,7 @@ def cloned(tokens: Tokens) -> dict[str, Any]:
         transport_key = "replica"
         transfer = "roots-for-replica.json"
         source_signer_fingerprint = "{sent["signer_fingerprint"]}"
+        keep_transport_key = true
         """,
     )
     received = ok(
@@ -549,6 +565,10 @@ def test_receiving_again_changes_nothing(tokens: Tokens, cloned: dict[str, Any])
     )
     assert again["received"] == []
     assert sorted(again["already_present"]) == sorted(cloned["sent"]["roots"])
+    # By default the transport key pair goes once the roots are in.
+    assert cloned["received"]["transport_key_destroyed"] is False
+    assert again["transport_key_destroyed"] is True
+    assert run_python(tokens.two, _COUNT, ["vault:transport:replica"]) == 0
 
 
 def test_the_fingerprint_can_be_typed_in(tokens: Tokens, cloned: dict[str, Any]) -> None:
@@ -587,3 +607,83 @@ def test_the_fingerprint_can_be_typed_in(tokens: Tokens, cloned: dict[str, Any])
             "sha256_fingerprint": created["fingerprint"],
         }
     ]
+
+
+def test_verifying_on_a_token_that_signed_nothing_creates_no_key(
+    tokens: Tokens, cloned: dict[str, Any]
+) -> None:
+    """Token 3 only made transport keys (their records made its ceremony key), so a fresh
+    data directory stands in: verify-record there must not create a ceremony key."""
+    fresh = tokens.work.parent / "token4"
+    ok(vaultctl(fresh, tokens.work, "token", "init"))
+    refused = vaultctl(fresh, tokens.work, "ceremony", "verify-record", "records/clone.json")
+    assert refused.returncode == 4
+    assert "has no ceremony key" in refused.stderr
+    assert run_python(fresh, _COUNT, ["vault:system:ceremony:1"]) == 0
+
+
+def test_a_token_whose_own_roots_wrap_versions_keeps_them(
+    tokens: Tokens, cloned: dict[str, Any]
+) -> None:
+    """Token 3 has key versions of its own under its generation 1: receiving token 1's
+    generation 1 would orphan them, so nothing is changed."""
+    created = _transport_key(tokens, tokens.three, "busy")
+    trust = write(
+        tokens.work / "trust-busy.toml",
+        """\
+        ceremony = "transport-key-trust"
+        record = "records/trust-busy.json"
+        name = "busy"
+        public_key = "busy.pem"
+        """,
+    )
+    ok(
+        vaultctl(
+            tokens.one,
+            tokens.work,
+            "ceremony",
+            "transport-key",
+            "trust",
+            trust.name,
+            "--fingerprint",
+            created["fingerprint"],
+        )
+    )
+    clone = write(
+        tokens.work / "clone-busy.toml",
+        """\
+        ceremony = "clone-roots"
+        record = "records/clone-busy.json"
+        trusted_key = "busy"
+        transfer_out = "roots-for-busy.json"
+        """,
+    )
+    sent = ok(vaultctl(tokens.one, tokens.work, "ceremony", "clone-roots", clone.name, "--json"))
+    own = run_python(tokens.three, _MAKE_VERSIONS)
+    receive = write(
+        tokens.work / "receive-busy.toml",
+        f"""\
+        ceremony = "receive-roots"
+        record = "records/receive-busy.json"
+        transport_key = "busy"
+        transfer = "roots-for-busy.json"
+        source_signer_fingerprint = "{sent["signer_fingerprint"]}"
+        """,
+    )
+    refused = vaultctl(tokens.three, tokens.work, "ceremony", "receive-roots", receive.name)
+    assert refused.returncode == 4
+    assert "CEREMONY_REFUSED" in refused.stderr
+    assert "5 key versions here are wrapped under root generation 1" in refused.stderr
+    assert not (tokens.work / "records/receive-busy.json").exists()
+    # Token 3's own versions still open with its own roots; its transport key is still there.
+    oaep_public = serialization.load_der_public_key(bytes.fromhex(own["oaep"]["public"]))
+    assert isinstance(oaep_public, rsa.RSAPublicKey)
+    ciphertext = oaep_public.encrypt(
+        b"still mine",
+        padding.OAEP(mgf=padding.MGF1(hashes.SHA1()), algorithm=hashes.SHA1(), label=None),
+    )
+    used = run_python(
+        tokens.three, _USE_VERSIONS, {"versions": own, "oaep_ciphertext": ciphertext.hex()}
+    )
+    assert used["gcm"] == "secret" and used["oaep"] == "still mine"
+    assert run_python(tokens.three, _COUNT, ["vault:transport:busy"]) == 2

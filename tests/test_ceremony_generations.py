@@ -16,7 +16,7 @@ import pytest
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from tests.harness import development_so_pin
+from tests.support.harness import development_so_pin
 from tests.test_ceremony_clone import ok, run_python, vaultctl, write
 
 # Key versions as the vault makes them; what they produced; each key's versions afterwards.
@@ -306,3 +306,37 @@ def test_a_ceremony_file_with_an_unknown_setting_is_refused(vault: tuple[Path, P
     refused = vaultctl(data_dir, work, "ceremony", "new-root-generation", name)
     assert refused.returncode == 4
     assert "generaton: Extra inputs are not permitted" in refused.stderr
+
+
+_DESTROY_ROOT = """
+import json, sys
+import pkcs11
+from pkcs11 import Attribute, ObjectClass
+from vault.config import Settings
+from vault.hsm.environment import use_softhsm_config
+settings = Settings()
+use_softhsm_config(settings)
+token = pkcs11.lib(str(settings.hsm.module)).get_token(token_label=settings.hsm.token_label)
+session = token.open(rw=True, user_pin=settings.user_pin())
+(label,) = json.load(sys.stdin)
+for root in session.get_objects({Attribute.CLASS: ObjectClass.SECRET_KEY, Attribute.LABEL: label}):
+    root.destroy()
+print(json.dumps("destroyed"))
+"""
+
+
+def test_a_generation_left_half_made_is_completed(vault: tuple[Path, Path]) -> None:
+    """As if new-root-generation had been interrupted after all but one root."""
+    data_dir, work = vault
+    name = ceremony_file(work, "half-1.toml", "new-root-generation")
+    made = ok(vaultctl(data_dir, work, "ceremony", "new-root-generation", name, "--json"))
+    generation = made["generation"]
+    run_python(data_dir, _DESTROY_ROOT, [f"vault:root:{generation}:aes-wrap"])
+    assert generations(data_dir, work)[generation]["current"] is False
+
+    name = ceremony_file(work, "half-2.toml", "new-root-generation")
+    completed = ok(vaultctl(data_dir, work, "ceremony", "new-root-generation", name, "--json"))
+    assert completed["generation"] == generation
+    assert f"vault:root:{generation}:aes-wrap" in completed["roots"]
+    assert len(completed["roots"]) == 9
+    assert generations(data_dir, work)[generation]["current"] is True

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from click.testing import CliRunner
 
-from tests.harness import VaultServer
+from tests.support.harness import VaultServer
 from tests.test_cli import (  # noqa: F401 (target is a fixture)
     _CLEAN_ENV,
     _CREDENTIALS,

@@ -13,8 +13,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from tests.clone import CEREMONY_SETTINGS, VAULTCTL, clone_roots
-from tests.harness import VaultServer, vault_environment
+from tests.support.clone import CEREMONY_SETTINGS, VAULTCTL, clone_roots
+from tests.support.harness import VaultServer, vault_environment
 
 ONE_WORKER = {"VAULT_SERVER__WORKERS": "1"}
 

@@ -71,6 +71,9 @@ class ReceiveRoots(_Ceremony):
     transport_key: str = Field(pattern=_NAME)
     transfer: Path
     source_signer_fingerprint: str
+    # Keep the transport key pair for another transfer (by default it is destroyed once the
+    # roots are in: README "Ceremonies").
+    keep_transport_key: bool = False
 
 
 class NewRootGeneration(_Ceremony):
@@ -249,9 +252,9 @@ def transport_key_trust(state: CliState, ceremony_file: Path, fingerprint: str |
     from cryptography.hazmat.primitives import serialization
 
     from vault import so_pin
+    from vault.app import trust_transport_key
     from vault.domain.ceremony import grouped, normalise_fingerprint, public_key_fingerprint
     from vault.domain.errors import InvalidArgument
-    from vault.hsm.ceremony import trust_transport_key
     from vault.service.ceremonies import public_object
 
     loaded = _load(ceremony_file, TransportKeyTrust)
@@ -386,7 +389,10 @@ def receive_roots(state: CliState, ceremony_file: Path) -> None:
         raise CliError(f"{transfer_path}: not a JSON file", exit_code=EXIT_LOCAL) from None
     with _site(state) as site:
         report = site.ceremonies.receive_roots(
-            transfer, spec.source_signer_fingerprint, spec.transport_key
+            transfer,
+            spec.source_signer_fingerprint,
+            spec.transport_key,
+            keep_transport_key=spec.keep_transport_key,
         )
         record = site.ceremonies.record(
             spec.ceremony,
@@ -400,6 +406,7 @@ def receive_roots(state: CliState, ceremony_file: Path) -> None:
                 "received": [root.label for root in report.received],
                 "already_present": [root.label for root in report.already_present],
                 "replaced_unused_roots": report.replaced,
+                "transport_key_destroyed": report.transport_key_destroyed,
             },
         )
         _write_json(record_path, record)
@@ -407,6 +414,7 @@ def receive_roots(state: CliState, ceremony_file: Path) -> None:
         "received": [root.label for root in report.received],
         "already_present": [root.label for root in report.already_present],
         "replaced_unused_roots": report.replaced,
+        "transport_key_destroyed": report.transport_key_destroyed,
         "record": str(record_path),
     }
     emit(
@@ -417,6 +425,7 @@ def receive_roots(state: CliState, ceremony_file: Path) -> None:
                 ("roots received", len(report.received)),
                 ("already present", len(report.already_present)),
                 ("unused roots replaced", len(report.replaced)),
+                ("transport key destroyed", report.transport_key_destroyed),
                 ("record", data["record"]),
             ]
         ),

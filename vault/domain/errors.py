@@ -180,3 +180,11 @@ class RootGenerationMissing(VaultError):
     received it by the clone ceremony): FAILED_PRECONDITION."""
 
     reason = "ROOT_GENERATION_MISSING"
+
+
+class ImportFailed(InvalidArgument):
+    """Wrapped key material that does not unwrap under an import job as a key of the target
+    algorithm. One answer for every cause (bad RSA-OAEP block, bad AES-KWP integrity check,
+    material of another type or size): saying which would make the job an oracle."""
+
+    reason = "IMPORT_FAILED"

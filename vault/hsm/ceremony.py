@@ -180,8 +180,8 @@ class CeremonyToken:
     def __repr__(self) -> str:
         return "CeremonyToken()"
 
-    def _run(self, operation: Callable[[ThreadContext], Any], name: str) -> Any:
-        del name
+    def _run(self, operation: Callable[[ThreadContext], Any]) -> Any:
+        """operation on this thread's session, with the token layer's recovery and errors."""
         return self._library.run(operation)
 
     # -- identity and signing -----------------------------------------------------------------
@@ -195,15 +195,20 @@ class CeremonyToken:
             model=token.model,
         )
 
-    def ceremony_public_key(self) -> bytes:
-        """DER SubjectPublicKeyInfo of the ceremony signing key, created at first use: ECDSA
-        P-256, private half SIGN only, public half VERIFY only, both private token objects."""
+    def ceremony_public_key(self, *, create: bool = True) -> bytes:
+        """DER SubjectPublicKeyInfo of the ceremony signing key, created at first use (unless
+        not create: NotFound then): ECDSA P-256, private half SIGN only, public half VERIFY
+        only, both private token objects."""
 
         def ensure(context: ThreadContext) -> bytes:
             session = context.session
             try:
                 public = objects.find_one(session, ObjectClass.PUBLIC_KEY, CEREMONY_KEY_LABEL)
             except exceptions.ObjectHandleInvalid:
+                if not create:
+                    raise NotFound(
+                        "this token has no ceremony key, so it signed no ceremony record"
+                    ) from None
                 public_template = {
                     **templates.public_generation(_CEREMONY_ALGORITHM),
                     Attribute.TOKEN: True,
@@ -216,7 +221,7 @@ class CeremonyToken:
                 )
             return public_key_der(_CEREMONY_ALGORITHM, public)
 
-        der: bytes = self._run(ensure, "ceremony_key")
+        der: bytes = self._run(ensure)
         return der
 
     def sign(self, payload: bytes) -> bytes:
@@ -228,7 +233,7 @@ class CeremonyToken:
             key = objects.find_one(context.session, ObjectClass.PRIVATE_KEY, CEREMONY_KEY_LABEL)
             return bytes(key.sign(digest, mechanism=Mechanism.ECDSA))
 
-        raw: bytes = self._run(sign, "ceremony_sign")
+        raw: bytes = self._run(sign)
         return asym_utils.encode_dss_signature(
             int.from_bytes(raw[:_P256_HALF], "big"), int.from_bytes(raw[_P256_HALF:], "big")
         )
@@ -289,7 +294,7 @@ class CeremonyToken:
             )
             return _rsa_public_der(public)
 
-        der: bytes = self._run(create, "transport_key_create")
+        der: bytes = self._run(create)
         return TransportKey(label, der)
 
     def transport_key(self, name: str) -> TransportKey:
@@ -298,8 +303,7 @@ class CeremonyToken:
         der: bytes = self._run(
             lambda context: _rsa_public_der(
                 _find(context.session, ObjectClass.PUBLIC_KEY, label, "transport key")
-            ),
-            "transport_key",
+            )
         )
         return TransportKey(label, der)
 
@@ -308,8 +312,7 @@ class CeremonyToken:
         der: bytes = self._run(
             lambda context: _rsa_public_der(
                 _find(context.session, ObjectClass.PUBLIC_KEY, label, "trusted key")
-            ),
-            "trusted_key",
+            )
         )
         return TransportKey(label, der)
 
@@ -329,7 +332,7 @@ class CeremonyToken:
                 found.append(RootInfo(label, generation, family, _check_value(context, root)))
             return found
 
-        result: list[RootInfo] = self._run(read, "roots")
+        result: list[RootInfo] = self._run(read)
         return result
 
     def wrap_roots(self, trusted_name: str) -> list[WrappedRoot]:
@@ -369,7 +372,7 @@ class CeremonyToken:
                 )
             return wrapped
 
-        result: list[WrappedRoot] = self._run(wrap, "wrap_roots")
+        result: list[WrappedRoot] = self._run(wrap)
         return result
 
     def unwrap_root(self, transport_name: str, root: WrappedRoot) -> RootInfo:
@@ -424,7 +427,7 @@ class CeremonyToken:
                 )
             return received
 
-        info: RootInfo = self._run(unwrap, "unwrap_root")
+        info: RootInfo = self._run(unwrap)
         return info
 
     def destroy_root(self, label: str) -> None:
@@ -434,24 +437,61 @@ class CeremonyToken:
             ):
                 obj.destroy()
 
-        self._run(destroy, "destroy_root")
+        self._run(destroy)
 
-    def create_root_generation(self, generation: int) -> list[RootInfo]:
-        """A root of every family under generation."""
+    def new_root_generation(self, above: int) -> int:
+        """Create the roots of a new generation, numbered above every generation the token
+        holds and above `above`; returns its number. If the token's newest generation is
+        missing some families' roots (a run interrupted midway), those are created instead,
+        as `token init` does."""
         from vault.hsm.provision import create_root_keys
 
-        def create(context: ThreadContext) -> None:
+        def create(context: ThreadContext) -> int:
             existing = objects.root_generations(context.session)
-            if generation in existing:
-                raise CeremonyRefused(f"root generation {generation} exists already")
-            create_root_keys(context.session, generation, set(templates.ROOT_FAMILIES))
+            newest = max(existing, default=0)
+            families = existing.get(newest, frozenset())
+            missing = set(templates.ROOT_FAMILIES) - set(families)
+            if newest and None not in families and missing and newest >= above:
+                generation = newest
+            else:
+                generation = max(newest, above) + 1
+                missing = set(templates.ROOT_FAMILIES)
+            create_root_keys(context.session, generation, missing)
+            return generation
 
-        self._run(create, "create_root_generation")
-        return [root for root in self.roots() if root.generation == generation]
+        generation: int = self._run(create)
+        return generation
+
+    def current_generation(self) -> int | None:
+        """The generation new key versions go under (Pkcs11KeyStore's rule): the newest
+        one with a root of every family."""
+
+        def current(context: ThreadContext) -> int | None:
+            generations = objects.root_generations(context.session)
+            split = [
+                g for g in objects.complete_generations(generations) if None not in generations[g]
+            ]
+            return max(split, default=None)
+
+        result: int | None = self._run(current)
+        return result
+
+    def destroy_transport_key(self, name: str) -> None:
+        """Both halves of this token's transport key name."""
+        label = transport_label(name)
+
+        def destroy(context: ThreadContext) -> None:
+            for object_class in (ObjectClass.PRIVATE_KEY, ObjectClass.PUBLIC_KEY):
+                for obj in context.session.get_objects(
+                    {Attribute.CLASS: object_class, Attribute.LABEL: label}
+                ):
+                    obj.destroy()
+
+        self._run(destroy)
 
     def root_generations(self) -> dict[int, frozenset[str | None]]:
         result: dict[int, frozenset[str | None]] = self._run(
-            lambda context: objects.root_generations(context.session), "root_generations"
+            lambda context: objects.root_generations(context.session)
         )
         return result
 

@@ -45,7 +45,7 @@ _P256_HALF: Final = 32
 
 
 class SystemKeys:
-    """Implements vault.service.ports.SystemCrypto on the vault's token."""
+    """Implements vault.domain.ports.SystemCrypto on the vault's token."""
 
     def __init__(self, keystore: Pkcs11KeyStore) -> None:
         self._keystore = keystore
@@ -282,7 +282,7 @@ class _TokenSigningKey:
 
 
 class RevocationFeedKey(_TokenSigningKey):
-    """Implements vault.service.ports.FeedSigner: the token key that signs the revocation feed.
+    """Implements vault.domain.ports.FeedSigner: the token key that signs the revocation feed.
 
     Its own key, not the audit key: the two sign different things for different readers (the
     audit key's signatures are checked by the vault itself; the feed key's public half is
@@ -300,7 +300,7 @@ class RevocationFeedKey(_TokenSigningKey):
 
 
 class BackupSigningKey(_TokenSigningKey):
-    """Implements vault.service.ports.BackupSigner: the token key that signs backup bundles.
+    """Implements vault.domain.ports.BackupSigner: the token key that signs backup bundles.
 
     Its own key again: whoever restores pins it (or checks its fingerprint), and a bundle
     must never verify under a key that also signs feeds another party hands around."""

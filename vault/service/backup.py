@@ -55,8 +55,8 @@ from vault.domain.names import (
     check_id,
     parse_key_or_version,
 )
+from vault.domain.ports import AccountDirectory, BackupSigner, BackupStore, KeyStore
 from vault.service.keys import Clock, utc_now
-from vault.service.ports import AccountDirectory, BackupSigner, BackupStore, KeyStore
 
 log = logging.getLogger(__name__)
 

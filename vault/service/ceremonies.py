@@ -24,6 +24,7 @@ from vault.domain.ceremony import (
     DocumentInvalid,
     RootInfo,
     TransportKey,
+    public_key_fingerprint,
     roots_of_transfer,
     signed_document,
     signed_payload,
@@ -33,8 +34,8 @@ from vault.domain.ceremony import (
 from vault.domain.errors import AlreadyExists
 from vault.domain.models import KeyState, RootGeneration
 from vault.domain.names import KeyName
+from vault.domain.ports import CeremonyToken, MetadataStore
 from vault.service.keys import KeyManagement
-from vault.service.ports import CeremonyToken, MetadataStore
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +64,7 @@ class ReceivedRoots:
     replaced: list[str]
     source: dict[str, Any] = field(default_factory=dict)
     source_signer: str = ""
+    transport_key_destroyed: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,9 +130,9 @@ class Ceremonies:
         return signed_document(document_format, body, signature, signer)
 
     def signer_fingerprint(self) -> str:
-        from vault.domain.ceremony import public_key_fingerprint
-
-        return public_key_fingerprint(self._token.ceremony_public_key())
+        """The fingerprint of this token's ceremony key; NotFound if it has none (a
+        verification never creates one)."""
+        return public_key_fingerprint(self._token.ceremony_public_key(create=False))
 
     # -- transport keys -------------------------------------------------------------------------
 
@@ -155,14 +157,23 @@ class Ceremonies:
         return self._signed(TRANSFER_FORMAT, body), roots
 
     def receive_roots(
-        self, transfer: Any, source_signer: str, transport_name: str
+        self,
+        transfer: Any,
+        source_signer: str,
+        transport_name: str,
+        *,
+        keep_transport_key: bool = False,
     ) -> ReceivedRoots:
         """Unwrap the roots of a root-transfer document made for this token's transport key
         transport_name and signed by the source token's ceremony key (fingerprint
         source_signer). A root already here with the same check value is kept. A root of the
         same label but another value is replaced only if no blob in this vault's store refers
         to its generation (a freshly provisioned token's own roots); otherwise nothing is
-        changed. A root that fails to unwrap stops the ceremony; running it again resumes."""
+        changed. A root that fails to unwrap stops the ceremony; running it again resumes.
+
+        Afterwards the transport key pair is destroyed unless keep_transport_key: its public
+        half is no secret, so while its private half exists a PIN holder could unwrap a key
+        of known value into a root-shaped object of this token."""
         verified = verify_document(transfer, TRANSFER_FORMAT, source_signer)
         body = verified.body
         transport = self._token.transport_key(transport_name)
@@ -198,12 +209,15 @@ class Ceremonies:
                 self._token.destroy_root(root.label)
             received.append(self._token.unwrap_root(transport_name, root))
         self._record_generations({root.generation for root in incoming})
+        if not keep_transport_key:
+            self._token.destroy_transport_key(transport_name)
         return ReceivedRoots(
             received,
             kept,
             to_replace,
             source=dict(body.get("source_token") or {}),
             source_signer=verified.signer_fingerprint,
+            transport_key_destroyed=not keep_transport_key,
         )
 
     def _record_generations(self, generations: set[int]) -> None:
@@ -227,7 +241,7 @@ class Ceremonies:
         recorded = (
             {r.generation: r for r in self._store.list_root_generations()} if self._store else {}
         )
-        current = _current_generation(in_token)
+        current = self._token.current_generation()
         usage = []
         for generation in sorted(set(in_token) | set(counts) | set(recorded)):
             families = in_token.get(generation, frozenset())
@@ -248,13 +262,14 @@ class Ceremonies:
         """A new generation of roots, one per family, above every generation the token or the
         store knows. New versions go under it once the vault restarts (each process picks
         the newest generation when it opens the token)."""
-        known = set(self._token.root_generations())
-        if self._store is not None:
-            known |= {root.generation for root in self._store.list_root_generations()}
-        generation = max(known, default=0) + 1
-        roots = self._token.create_root_generation(generation)
+        recorded = (
+            {root.generation for root in self._store.list_root_generations()}
+            if self._store is not None
+            else set()
+        )
+        generation = self._token.new_root_generation(max(recorded, default=0))
         self._record_generations({generation})
-        return generation, roots
+        return generation, [root for root in self._token.roots() if root.generation == generation]
 
     def rewrap(
         self,
@@ -318,7 +333,7 @@ class Ceremonies:
         in_token = self._token.root_generations()
         if generation not in in_token:
             raise CeremonyRefused(f"the token holds no roots of generation {generation}")
-        if generation == _current_generation(in_token):
+        if generation == self._token.current_generation():
             raise CeremonyRefused(
                 f"root generation {generation} is the one new key versions go under; create "
                 "a newer one first (`vaultctl ceremony new-root-generation`)"
@@ -375,11 +390,6 @@ class RewrapReport:
     @property
     def versions_left(self) -> int:
         return sum(len(entry.left_under_generation) for entry in self.entries)
-
-
-def _current_generation(in_token: Mapping[int, frozenset[str | None]]) -> int | None:
-    split = [g for g, families in in_token.items() if families and None not in families]
-    return max(split, default=None)
 
 
 def _store_label(generation: int) -> str:

@@ -11,12 +11,13 @@ from alembic.config import Config
 from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from vault.storage.audit_store import SqlAuditStore
+from vault.storage.audit import SqlAuditStore
 from vault.storage.backup_store import SqlBackupStore
 from vault.storage.bucket_store import SqlBucketStore
 from vault.storage.engine import make_engine, write_transaction
 from vault.storage.identity_store import SqlIdentityStore
-from vault.storage.sql_store import SqlMetadataStore
+from vault.storage.import_store import SqlImportJobStore
+from vault.storage.metadata_store import SqlMetadataStore
 from vault.storage.transactions import unavailable
 
 __all__ = [
@@ -24,6 +25,7 @@ __all__ = [
     "SqlBackupStore",
     "SqlBucketStore",
     "SqlIdentityStore",
+    "SqlImportJobStore",
     "SqlMetadataStore",
     "Stores",
     "migrate",
@@ -42,6 +44,7 @@ class Stores(NamedTuple):
     audit: SqlAuditStore
     buckets: SqlBucketStore
     backups: SqlBackupStore
+    imports: SqlImportJobStore
 
     def close(self) -> None:
         """Close the audit lock file and every pooled connection. No store may be used after."""
@@ -61,8 +64,8 @@ def open_store(url: str) -> SqlMetadataStore:
 
 
 def open_stores(url: str) -> Stores:
-    """As open_store (one migration run), returning the metadata, identity, audit and bucket
-    stores of the database, which share its engine."""
+    """As open_store (one migration run), returning the metadata, identity, audit, bucket
+    and import-job stores of the database, which share its engine."""
     engine = _open_engine(url)
     metadata = SqlMetadataStore(engine)
     # An in-memory database is one connection: every store must take turns on the same lock.
@@ -73,6 +76,7 @@ def open_stores(url: str) -> Stores:
         audit=SqlAuditStore(engine, serial=serial),
         buckets=SqlBucketStore(engine, serial=serial),
         backups=SqlBackupStore(engine, serial=serial),
+        imports=SqlImportJobStore(engine, serial=serial),
     )
 
 

@@ -1,6 +1,6 @@
 """BackupStore over SQLAlchemy Core: reads a selection of keys and buckets page by page for an
 export, writes restored keys and buckets as they were, and keeps the tombstones and the log of
-exports. Portable SQL only, like sql_store.py."""
+exports. Portable SQL only, like metadata_store.py."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from vault.domain.errors import AlreadyExists
 from vault.domain.models import Key, KeyState, KeyVersion, RevocationReason
 from vault.domain.names import MASTER_KEY_PREFIX, KeyName, KeyVersionName
 from vault.storage.bucket_store import _JOINED, _bucket_row, _to_pair
-from vault.storage.sql_store import add_tombstone, key_row, to_key, to_version, version_row
+from vault.storage.metadata_store import add_tombstone, key_row, to_key, to_version, version_row
 from vault.storage.tables import (
     backup_export_versions,
     backup_exports,
@@ -230,6 +230,6 @@ def _versions(c: Any, account: str, key_ids: Sequence[str]) -> dict[str, list[Ke
 
 
 if TYPE_CHECKING:
-    from vault.service.ports import BackupStore
+    from vault.domain.ports import BackupStore
 
     _PORT_CHECK: type[BackupStore] = SqlBackupStore

@@ -164,6 +164,26 @@ buckets = Table(
     UniqueConstraint("account", "request_id"),
 )
 
+# Import jobs (migration 0007): a key's wrapping key pairs; the private half is a token object
+# under token_label until destroy_time.
+import_jobs = Table(
+    "import_jobs",
+    metadata,
+    Column("account", String(ID_LENGTH), primary_key=True),
+    Column("key_id", String(ID_LENGTH), primary_key=True),
+    Column("job_id", String(ID_LENGTH), primary_key=True),
+    Column("method", String(64), nullable=False),
+    Column("token_label", String(128), nullable=False, unique=True),
+    Column("public_key_der", LargeBinary, nullable=False),
+    Column("create_time", UtcDateTime, nullable=False),
+    Column("expire_time", UtcDateTime, nullable=False),
+    Column("destroy_time", UtcDateTime, nullable=True),
+    ForeignKeyConstraint(["account", "key_id"], [keys.c.account, keys.c.key_id]),
+)
+
+# The expiry job looks for jobs past expire_time whose private key is still in the token.
+Index(None, import_jobs.c.destroy_time, import_jobs.c.expire_time)
+
 root_generations = Table(
     "root_generations",
     metadata,
@@ -303,7 +323,7 @@ audit_archive_markers = Table(
 # Revoked and destroyed keys (version 0), key versions and buckets' master keys, with when:
 # written with the revocation or destruction itself, and by a restore for a bundle's own
 # tombstones. A restore never brings back what is named here, whatever older bundle holds it
-# (migration 0007).
+# (migration 0008).
 key_tombstones = Table(
     "key_tombstones",
     metadata,
@@ -317,7 +337,7 @@ key_tombstones = Table(
 )
 
 # One row per backup export, and the key versions whose blobs it holds: `vaultctl keys
-# compromise` lists the backups that hold a compromised version (migration 0007).
+# compromise` lists the backups that hold a compromised version (migration 0008).
 backup_exports = Table(
     "backup_exports",
     metadata,

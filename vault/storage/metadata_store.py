@@ -209,16 +209,17 @@ class SqlMetadataStore:
             _bump_etag(c, key, values)
             return _reread_key(c, key.name)
 
-    def add_version(self, key: Key, version: KeyVersion) -> Key:
+    def add_version(self, key: Key, version: KeyVersion, *, make_primary: bool = True) -> Key:
         """Append a version and bump the key's etag, atomically; an ENABLED version becomes
-        primary at once, a PENDING one when activate_version enables it."""
+        primary at once (unless make_primary is False), a PENDING one when activate_version
+        enables it."""
         _require_same_key(key, version)
         version_values = version_row(version)
         # Adding a version changes the key, so its update time moves to the version's
         # creation unless the caller already gave a later one.
         update_time = max(aware(key.update_time), aware(version.create_time))
         values: dict[str, Any] = {"update_time": update_time}
-        if version.state is VersionState.ENABLED:
+        if version.state is VersionState.ENABLED and make_primary:
             values["primary_version"] = version.number
         with guarded_transaction(
             self._engine,
@@ -861,7 +862,7 @@ def _decode_page_token(token: str) -> str:
 
 
 if TYPE_CHECKING:
-    from vault.service.ports import MetadataStore
+    from vault.domain.ports import MetadataStore
 
     # Makes mypy prove that the class satisfies the port it implements.
     _PORT_CHECK: type[MetadataStore] = SqlMetadataStore

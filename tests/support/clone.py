@@ -9,7 +9,7 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
-from tests.harness import ROOT, TEST_SETTINGS, provision, vault_environment
+from tests.support.harness import ROOT, TEST_SETTINGS, provision, vault_environment
 
 VAULTCTL = ROOT / ".venv" / "bin" / "vaultctl"
 CEREMONY_SETTINGS = {**TEST_SETTINGS, "VAULT_SERVER__DEV_TLS": "false"}
