@@ -21,6 +21,7 @@ from vault import metrics
 from vault.config import Settings
 from vault.coordination.disk import DiskReserve as FileDiskReserve
 from vault.domain.audit import AuditEvent
+from vault.domain.ceremony import TransportKey
 from vault.domain.errors import InvalidArgument, NotFound, VaultError
 from vault.domain.policy import KeyPolicy
 from vault.domain.ports import (
@@ -326,6 +327,16 @@ class CeremonySite:
     keys: KeyManagement
     keystore: KeyStore
     store: MetadataStore
+
+
+def trust_transport_key(
+    settings: Settings, so_pin: Callable[[], str], name: str, public_der: bytes
+) -> TransportKey:
+    """The SO's step of the trust ceremony (vault.hsm.ceremony.trust_transport_key); before
+    any ceremony_site is opened in this process."""
+    from vault.hsm.ceremony import trust_transport_key as trust
+
+    return trust(settings, so_pin, name, public_der)
 
 
 @contextmanager

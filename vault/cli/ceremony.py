@@ -252,9 +252,9 @@ def transport_key_trust(state: CliState, ceremony_file: Path, fingerprint: str |
     from cryptography.hazmat.primitives import serialization
 
     from vault import so_pin
+    from vault.app import trust_transport_key
     from vault.domain.ceremony import grouped, normalise_fingerprint, public_key_fingerprint
     from vault.domain.errors import InvalidArgument
-    from vault.hsm.ceremony import trust_transport_key
     from vault.service.ceremonies import public_object
 
     loaded = _load(ceremony_file, TransportKeyTrust)
