@@ -154,13 +154,27 @@ class AuditLog:
         """Append event and return once it is committed; AuditUnavailable if it cannot be, or
         if the chain no longer extends the token's anchor. inspection: an admin's read of the
         audit log itself, still served (and recorded) then, so the damage can be looked at."""
+        self.record_all([(event, usage_method)], inspection=inspection)
+
+    def record_all(
+        self,
+        entries: Sequence[tuple[AuditEvent, str | None]],
+        *,
+        inspection: bool = False,
+    ) -> None:
+        """record() for several events (with the method each counts against its credential,
+        or None) that commit together, in this order, in one transaction: a batch call's
+        records, one per item."""
         if self._broken is not None and not inspection:
             self._refuse()
-        item = _Pending(event, usage_method)
+        if not entries:
+            return
+        items = [_Pending(event, usage_method) for event, usage_method in entries]
+        item = items[-1]  # all of them join the same group: one is done when all are
         if self._on_waiting is not None:
-            self._on_waiting(1)
+            self._on_waiting(len(items))
         with self._cond:
-            self._pending.append(item)
+            self._pending.extend(items)
             while self._committing and not item.done:
                 self._cond.wait()
             if item.done:

@@ -12,6 +12,7 @@ are never logged and never part of a repr.
 from __future__ import annotations
 
 import secrets
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import timedelta
 
@@ -33,10 +34,11 @@ from vault.domain.errors import (
     InvalidArgument,
     NotFound,
     UnsupportedAlgorithm,
+    VaultError,
     WrongState,
 )
 from vault.domain.models import Key, KeyState, KeyVersion, Page, VersionState
-from vault.domain.names import BucketName, MasterKeyVersionName, check_id
+from vault.domain.names import BucketName, KeyVersionName, MasterKeyVersionName, check_id
 from vault.service.keys import (
     MAX_LABEL_VALUE,
     MAX_REQUEST_ID,
@@ -299,15 +301,32 @@ class BucketManagement:
             bucket.policy,
         )
 
-    def decrypt_bucket_key(self, name: str, wrapped: bytes) -> BucketKey:
+    def decrypt_bucket_key_batch(
+        self, items: Sequence[tuple[str, bytes]]
+    ) -> list[BucketKey | VaultError]:
+        """decrypt_bucket_key(name, wrapped) for each item; its result or its error, in
+        order. Each bucket and master-key version is read from the store once per call."""
+        memo = _BatchReads(self)
+        results: list[BucketKey | VaultError] = []
+        for name, wrapped in items:
+            try:
+                results.append(self.decrypt_bucket_key(name, wrapped, memo))
+            except VaultError as error:
+                results.append(error)
+        return results
+
+    def decrypt_bucket_key(
+        self, name: str, wrapped: bytes, reads: _BatchReads | None = None
+    ) -> BucketKey:
         bucket_name = BucketName.parse(name)
         if len(wrapped) > MAX_WRAPPED_KEY_BYTES:
             raise DecryptionFailed()
-        bucket, key = self._load(bucket_name)
+        bucket, key = reads.bucket(bucket_name) if reads is not None else self._load(bucket_name)
         if key.state is not KeyState.ENABLED:
             raise _state_forbids(key, "DecryptBucketKey")
         envelope = WrappedBucketKey.parse(wrapped)
-        version = self._store.get_version(key.name.version(envelope.master_key_version))
+        wanted = key.name.version(envelope.master_key_version)
+        version = reads.version(wanted) if reads is not None else self._store.get_version(wanted)
         usable = (VersionState.ENABLED, VersionState.DISABLED)
         if version is None or version.state not in usable:
             raise DecryptionFailed()
@@ -340,3 +359,30 @@ def _state_forbids(key: Key, operation: str) -> WrongState:
         f"{operation} is not allowed while the bucket is {state}",
         metadata={"state": str(state), "operation": operation},
     )
+
+
+class _BatchReads:
+    """What a batch call reads from the store, read once per call: its buckets (with their
+    master keys) and their master-key versions."""
+
+    def __init__(self, buckets: BucketManagement) -> None:
+        self._owner = buckets
+        self._buckets: dict[BucketName, tuple[Bucket, Key] | VaultError] = {}
+        self._versions: dict[KeyVersionName, KeyVersion | None] = {}
+
+    def bucket(self, name: BucketName) -> tuple[Bucket, Key]:
+        found = self._buckets.get(name)
+        if found is None:
+            try:
+                found = self._owner._load(name)
+            except VaultError as error:
+                found = error
+            self._buckets[name] = found
+        if isinstance(found, VaultError):
+            raise found.with_traceback(None)
+        return found
+
+    def version(self, name: KeyVersionName) -> KeyVersion | None:
+        if name not in self._versions:
+            self._versions[name] = self._owner._store.get_version(name)
+        return self._versions[name]

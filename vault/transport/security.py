@@ -15,6 +15,12 @@ signature covers exactly those bytes (vault.domain.signing). In order, for every
    leaves; if that fails the caller gets AUDIT_UNAVAILABLE instead of the answer, unless the
    call changed state (then its STARTED record stands, and the answer goes out).
 
+A batch method (vault.domain.batches) is authenticated once, and then each item is what a
+call of its unary method would be: authorised on the key it names (a refusal fills its slot
+with PERMISSION_DENIED), admitted (a limit fills it with RESOURCE_EXHAUSTED), and recorded in
+the audit log, one record per item, all committed together before the answer leaves. Only
+the items admitted reach the servicer.
+
 The first audit commit that fails because the disk is full frees the disk reserve
 (vault.coordination.disk), and a read's record is then committed on that space, so reads go on
 while changes are refused.
@@ -34,10 +40,19 @@ from datetime import UTC, datetime
 from typing import Any, Final, TypeVar
 
 import grpc
+from google.protobuf import message_factory
 from google.protobuf.message import DecodeError, Message
 
 from vault.domain.audit import AuditEvent
-from vault.domain.errors import AuditUnavailable, DiskFull, PermissionDenied, Unauthenticated
+from vault.domain.batches import BATCH_METHODS, DEFAULT_MAX_BATCH_ITEMS, check_batch_size
+from vault.domain.errors import (
+    AuditUnavailable,
+    DiskFull,
+    LimitExceeded,
+    PermissionDenied,
+    Unauthenticated,
+    VaultError,
+)
 from vault.domain.identity import (
     MUTATING_METHODS,
     Principal,
@@ -51,7 +66,13 @@ from vault.logs import current_request_id
 from vault.service.audit import AuditLog
 from vault.service.authentication import Authenticator
 from vault.service.ports import DiskReserve
-from vault.transport.errors import MalformedRequest, is_vault_unary, outcome_of
+from vault.transport.errors import (
+    MalformedRequest,
+    is_vault_unary,
+    outcome_of,
+    status_message,
+    status_outcome,
+)
 from vault.transport.observe import request_id_of
 
 log = logging.getLogger(__name__)
@@ -92,15 +113,18 @@ class _Attempt:
         """The method to count against the credential: only calls it was allowed to make."""
         return self.call.short if self.admitted else None
 
-    def event(self, outcome: str, reason: str) -> AuditEvent:
+    def event(self, outcome: str, reason: str, resource: str | None = None) -> AuditEvent:
+        """The call's record; resource: a batch item's, instead of the call's first."""
         principal = self.principal
+        if resource is None:
+            resource = self.resources[0] if self.resources else ""
         return AuditEvent(
             occurred_at=datetime.now(UTC),
             request_id=self.request_id,
             credential_id=principal.credential_id if principal is not None else "",
             account=principal.account_id if principal is not None else "",
             method=self.call.method,
-            resource=self.resources[0][:256] if self.resources else "",
+            resource=resource[:256],
             outcome=outcome,
             reason=reason,
             latency_us=int((time.perf_counter() - self.started) * 1_000_000),
@@ -148,8 +172,10 @@ class SecurityInterceptor(grpc.ServerInterceptor):
         *,
         certificate_accounts: bool,
         disk_reserve: DiskReserve | None = None,
+        max_batch_items: int = DEFAULT_MAX_BATCH_ITEMS,
     ) -> None:
         self._authenticator = authenticator
+        self._max_batch_items = max_batch_items
         self._audit = audit
         self._reserve = disk_reserve
         self._certificate_accounts = certificate_accounts
@@ -208,16 +234,23 @@ class SecurityInterceptor(grpc.ServerInterceptor):
                 request = parse(raw)
             except (DecodeError, ValueError, TypeError):
                 raise MalformedRequest("the request is not a valid message") from None
-            attempt.resources = resource_names(request)
-            _authorize(principal, call, attempt.resources)
-            self._authenticator.admit(principal)
-            attempt.admitted = True
-            if call.short in MUTATING_METHODS:
-                if self._reserve is not None and self._reserve.refusing_changes():
-                    raise DiskFull()
-                # No second try here: a change must not begin on the reserve's space.
-                self._record(attempt.event("STARTED", ""), None, retry=False)
-            response = behavior(request, context)
+            unary = BATCH_METHODS.get(call.short)
+            if unary is not None:
+                # From here on each item is recorded on its own (_Batch.run).
+                check_batch_size(len(request.requests), self._max_batch_items)
+                batch = _Batch(attempt, request, unary)
+                batch.gate(principal, self._authenticator)
+            else:
+                attempt.resources = resource_names(request)
+                _authorize(principal, call, attempt.resources)
+                self._authenticator.admit(principal)
+                attempt.admitted = True
+                if call.short in MUTATING_METHODS:
+                    if self._reserve is not None and self._reserve.refusing_changes():
+                        raise DiskFull()
+                    # No second try here: a change must not begin on the reserve's space.
+                    self._record(attempt.event("STARTED", ""), None, retry=False)
+                response = behavior(request, context)
         except Exception as error:
             if isinstance(error, DiskFull) and self._reserve is not None:
                 self._reserve.release()
@@ -231,6 +264,8 @@ class SecurityInterceptor(grpc.ServerInterceptor):
                     inspection=attempt.inspection,
                 )
             raise
+        if unary is not None:
+            return batch.run(behavior, context, self._record_all)  # type: ignore[no-any-return]
         try:
             self._record(
                 attempt.event("OK", ""), attempt.usage, retry=True, inspection=attempt.inspection
@@ -253,15 +288,25 @@ class SecurityInterceptor(grpc.ServerInterceptor):
     ) -> None:
         """Commit event; if the disk is full, free the disk reserve and, with retry, try
         once more on the space it gave back. inspection: see AuditLog.record."""
+        self._record_all([(event, usage_method)], retry=retry, inspection=inspection)
+
+    def _record_all(
+        self,
+        entries: list[tuple[AuditEvent, str | None]],
+        *,
+        retry: bool = True,
+        inspection: bool = False,
+    ) -> None:
+        """_record for several events, committed together (AuditLog.record_all)."""
         try:
-            self._audit.record(event, usage_method=usage_method, inspection=inspection)
+            self._audit.record_all(entries, inspection=inspection)
         except DiskFull:
             if self._reserve is None:
                 raise
             self._reserve.release()  # whichever process finds the disk full first
             if not retry:
                 raise
-            self._audit.record(event, usage_method=usage_method, inspection=inspection)
+            self._audit.record_all(entries, inspection=inspection)
 
     def _authenticate(
         self,
@@ -282,6 +327,102 @@ class SecurityInterceptor(grpc.ServerInterceptor):
                 account_id, fingerprint = certificate
                 return self._authenticator.authenticate_certificate(account_id, fingerprint, source)
         raise Unauthenticated()
+
+
+class _Batch:
+    """One call of a batch method after authentication: which items may run, and the audit
+    records of all of them."""
+
+    def __init__(self, attempt: _Attempt, request: Any, unary: str) -> None:
+        self._attempt = attempt
+        self._request = request
+        self._items: list[Message] = list(request.requests)
+        self._unary = _Call(attempt.call.method, attempt.call.service, unary)
+        # The name each item gives (its audit record's resource), and the refusal of each
+        # item the caller may not use now, by index.
+        self._names = [""] * len(self._items)
+        self._refused: dict[int, VaultError] = {}
+
+    def gate(self, principal: Principal, authenticator: Authenticator) -> None:
+        """Authorise each item as a call of the unary method would be, then take its share
+        of the API key's rate limit and quota; an item failing either is refused alone."""
+        for index, item in enumerate(self._items):
+            names = resource_names(item)
+            self._names[index] = names[0] if names else ""
+            try:
+                _authorize(principal, self._unary, names)
+                authenticator.admit(principal)
+            except (PermissionDenied, LimitExceeded) as error:
+                self._refused[index] = error
+
+    def run(
+        self,
+        behavior: Callable[[Any, grpc.ServicerContext], Any],
+        context: grpc.ServicerContext,
+        record: Callable[[list[tuple[AuditEvent, str | None]]], None],
+    ) -> Any:
+        """The response, each item's audit record committed first (AuditUnavailable, and no
+        answer, if they cannot be: nothing a batch does changes state)."""
+        try:
+            response = self._respond(behavior, context)
+        except Exception as error:
+            whole = outcome_of(error)
+            # The call failed already: its error is what the caller needs.
+            with contextlib.suppress(AuditUnavailable, DiskFull):
+                record(
+                    [
+                        self._entry(index, *self._refused_outcome(index, whole))
+                        for index in range(len(self._items))
+                    ]
+                )
+            raise
+        entries = []
+        for index, slot in enumerate(response.results):
+            if slot.WhichOneof("result") == "response":
+                entries.append(self._entry(index, "OK", ""))
+            else:
+                entries.append(self._entry(index, *status_outcome(slot.error)))
+        try:
+            record(entries)
+        except DiskFull:
+            raise AuditUnavailable("the audit log cannot be written") from None
+        return response
+
+    def _refused_outcome(self, index: int, otherwise: tuple[str, str]) -> tuple[str, str]:
+        refused = self._refused.get(index)
+        return outcome_of(refused) if refused is not None else otherwise
+
+    def _entry(self, index: int, outcome: str, reason: str) -> tuple[AuditEvent, str | None]:
+        # Usage counts what the caller was let do: one operation per admitted item, under
+        # the unary method's name, as quotas count them.
+        usage = None if index in self._refused else self._unary.short
+        return self._attempt.event(outcome, reason, self._names[index]), usage
+
+    def _respond(
+        self, behavior: Callable[[Any, grpc.ServicerContext], Any], context: grpc.ServicerContext
+    ) -> Any:
+        if not self._refused:
+            return behavior(self._request, context)
+        admitted = [item for i, item in enumerate(self._items) if i not in self._refused]
+        answered: Any = None
+        if admitted:
+            subset = type(self._request)()
+            subset.requests.extend(admitted)
+            answered = behavior(subset, context)
+        descriptor = self._request.DESCRIPTOR
+        response_type = descriptor.file.message_types_by_name[
+            descriptor.name.removesuffix("Request") + "Response"
+        ]
+        response: Any = message_factory.GetMessageClass(response_type)()
+        answers = iter(answered.results if answered is not None else ())
+        for index in range(len(self._items)):
+            refused = self._refused.get(index)
+            slot = response.results.add()
+            if refused is not None:
+                slot.error.CopyFrom(status_message(refused, self._attempt.call.method))
+            else:
+                slot.CopyFrom(next(answers))
+        return response
 
 
 def _authorize(principal: Principal, call: _Call, names: list[str]) -> None:
