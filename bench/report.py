@@ -27,7 +27,7 @@ def _optional(value: float, spec: str, width: int) -> str:
 
 def _table(rows: list[Row]) -> str:
     header = (
-        f"{'op':<22} {'workers':>7} {'clients':>7} {'path':<15} {'vault ops/s':>11} "
+        f"{'op':<30} {'workers':>7} {'clients':>7} {'path':<15} {'vault ops/s':>11} "
         f"{'raw ops/s':>10} {'ratio':>6} {'vs unauth':>9} {'p50 ms':>7} {'p99 ms':>7} "
         f"{'raw p50 ms':>10}"
     )
@@ -35,7 +35,7 @@ def _table(rows: list[Row]) -> str:
     for row in rows:
         versus = row.ratio_vs_unauthenticated
         lines.append(
-            f"{row.op:<22} {row.workers:>7} {row.clients:>7} {row.path:<15} "
+            f"{row.op:<30} {row.workers:>7} {row.clients:>7} {row.path:<15} "
             f"{row.vault_ops_per_s:>11.0f} {_optional(row.raw_ops_per_s, '.0f', 10)} "
             f"{_optional(row.ratio, '.2f', 6)} "
             f"{_optional(versus, '.2f', 9)} {row.p50_ms:>7.2f} {row.p99_ms:>7.2f} "
@@ -46,7 +46,7 @@ def _table(rows: list[Row]) -> str:
 
 def _details(rows: list[Row]) -> str:
     header = (
-        f"{'op':<22} {'workers':>7} {'path':<15} {'server CPU us/req':>17} "
+        f"{'op':<30} {'workers':>7} {'path':<15} {'server CPU us/req':>17} "
         f"{'client CPU us/req':>17} {'raw CPU us/op':>13} {'raw spread':>10} "
         f"{'other load':>10} {'conns/worker':>12}"
     )
@@ -54,7 +54,7 @@ def _details(rows: list[Row]) -> str:
     for row in rows:
         conns = "/".join(str(count) for count in row.connections)
         lines.append(
-            f"{row.op:<22} {row.workers:>7} {row.path:<15} {row.server_cpu_us:>17.0f} "
+            f"{row.op:<30} {row.workers:>7} {row.path:<15} {row.server_cpu_us:>17.0f} "
             f"{row.client_cpu_us:>17.0f} {_optional(row.raw_cpu_us, '.0f', 13)} "
             f"{_optional(row.raw_spread, '.0%', 10)} "
             f"{row.other_cores:>6.2f} cpu {conns:>12}"
@@ -73,13 +73,13 @@ def _security_cost(rows: list[Row]) -> str:
     if not pairs:
         return ""
     header = (
-        f"{'op':<22} {'workers':>7} {'server CPU us/req':>17} {'client CPU us/req':>17} "
+        f"{'op':<30} {'workers':>7} {'server CPU us/req':>17} {'client CPU us/req':>17} "
         f"{'p50 ms':>7} {'ops/s vs unauth':>15}"
     )
     lines = [header, "-" * len(header)]
     for row, other in pairs:
         lines.append(
-            f"{row.op:<22} {row.workers:>7} "
+            f"{row.op:<30} {row.workers:>7} "
             f"{row.server_cpu_us - other.server_cpu_us:>+17.0f} "
             f"{row.client_cpu_us - other.client_cpu_us:>+17.0f} "
             f"{row.p50_ms - other.p50_ms:>+7.2f} {row.ratio_vs_unauthenticated:>15.2f}"

@@ -237,11 +237,11 @@ def test_one_item_on_a_key_not_granted_is_denied_and_the_others_proceed(
         signature = admin.sign(tenant.p256, message=b"one").signature
         assert client.batch_verify([(tenant.p256, b"one", signature)])[0]
 
+    # One record per (key version or name, outcome, reason), counting its items.
     records = events_of(admin, BATCH_SIGN, signer.key_id)
-    assert [(r.resource, r.outcome) for r in records] == [  # type: ignore[attr-defined]
-        (tenant.p256, "OK"),
-        (tenant.rsa, "PERMISSION_DENIED"),
-        (tenant.p256, "OK"),
+    assert [(r.resource, r.outcome, r.reason) for r in records] == [  # type: ignore[attr-defined]
+        (f"{tenant.p256}/versions/1", "OK", "items=2"),
+        (tenant.rsa, "PERMISSION_DENIED", "PERMISSION_DENIED items=1"),
     ]
 
 
@@ -266,25 +266,36 @@ def test_the_rate_limit_is_taken_per_item(tenant: Tenant, admin: VaultClient) ->
     assert usage.get("Sign") == burst
 
 
-def test_every_item_has_its_audit_record_and_the_chain_verifies(
+def test_the_audit_log_accounts_for_every_item_and_the_chain_verifies(
     tenant: Tenant, admin: VaultClient
 ) -> None:
     account = new_account(admin, "c")
     aes = admin.create_key(account, "aes", "ENCRYPT_DECRYPT").name
+    other = admin.create_key(account, "other", "ENCRYPT_DECRYPT").name
+    admin.rotate_key(other)
     caller = add_access_key(admin, account)
-    items = [(aes, f"item {i}".encode()) for i in range(MAX_ITEMS)]
+    items = [(aes if i % 4 else other, f"item {i}".encode()) for i in range(MAX_ITEMS)]
     items[7] = (aes, b"x" * (65_536 + 1))  # over max_plaintext_bytes
+    items[9] = (f"{account}/keys/missing", b"y")
     with fresh_client(tenant.server, caller.credentials) as client:
         answers = client.batch_encrypt(items)
-    assert reasons(answers).count("OK") == MAX_ITEMS - 1
+    assert reasons(answers).count("OK") == MAX_ITEMS - 2
     assert reasons(answers)[7] == "INVALID_ARGUMENT INPUT_TOO_LARGE"
+    assert reasons(answers)[9] == "NOT_FOUND NOT_FOUND"
 
     records = events_of(admin, BATCH_ENCRYPT, caller.key_id)
-    assert len(records) == MAX_ITEMS
     outcomes = [(r.resource, r.outcome, r.reason) for r in records]  # type: ignore[attr-defined]
-    assert outcomes[7] == (aes, "INVALID_ARGUMENT", "INPUT_TOO_LARGE")
-    assert outcomes.count((aes, "OK", "")) == MAX_ITEMS - 1
+    # In the order of each group's first item; the key versions that served, by number.
+    assert outcomes == [
+        (f"{other}/versions/2", "OK", f"items={MAX_ITEMS // 4}"),
+        (f"{aes}/versions/1", "OK", f"items={MAX_ITEMS - MAX_ITEMS // 4 - 2}"),
+        (aes, "INVALID_ARGUMENT", "INPUT_TOO_LARGE items=1"),
+        (f"{account}/keys/missing", "NOT_FOUND", "NOT_FOUND items=1"),
+    ]
+    assert sum(int(r.reason.rsplit("=", 1)[1]) for r in records) == MAX_ITEMS  # type: ignore[attr-defined]
     assert len({r.request_id for r in records}) == 1  # type: ignore[attr-defined]
+    # Filtering by a key finds the records of its versions.
+    assert len(list(admin.iter_audit_events(resource=other, credential_id=caller.key_id))) == 1
     usage = {u.method: u.count for u in admin.get_usage(caller.name)}
     assert usage.get("Encrypt") == MAX_ITEMS
     verification = admin.verify_audit_log()

@@ -109,10 +109,21 @@ class CheckpointPolicy:
     every_seconds: float = 60.0
 
 
+@dataclass(frozen=True, slots=True)
+class AuditEntry:
+    """A record to append, and what it counts against its credential: usage_count uses of
+    usage_method (none when None). A batch call's record may stand for several items."""
+
+    event: AuditEvent
+    usage_method: str | None = None
+    usage_count: int = 1
+
+
 @dataclass(slots=True)
 class _Pending:
     event: AuditEvent
     usage_method: str | None  # the method to count against the credential, if any
+    usage_count: int = 1
     done: bool = False
     error: BaseException | None = field(default=None, repr=False)
 
@@ -154,22 +165,16 @@ class AuditLog:
         """Append event and return once it is committed; AuditUnavailable if it cannot be, or
         if the chain no longer extends the token's anchor. inspection: an admin's read of the
         audit log itself, still served (and recorded) then, so the damage can be looked at."""
-        self.record_all([(event, usage_method)], inspection=inspection)
+        self.record_all([AuditEntry(event, usage_method)], inspection=inspection)
 
-    def record_all(
-        self,
-        entries: Sequence[tuple[AuditEvent, str | None]],
-        *,
-        inspection: bool = False,
-    ) -> None:
-        """record() for several events (with the method each counts against its credential,
-        or None) that commit together, in this order, in one transaction: a batch call's
-        records, one per item."""
+    def record_all(self, entries: Sequence[AuditEntry], *, inspection: bool = False) -> None:
+        """record() for several entries that commit together, in this order, in one
+        transaction: a batch call's records."""
         if self._broken is not None and not inspection:
             self._refuse()
         if not entries:
             return
-        items = [_Pending(event, usage_method) for event, usage_method in entries]
+        items = [_Pending(e.event, e.usage_method, e.usage_count) for e in entries]
         item = items[-1]  # all of them join the same group: one is done when all are
         if self._on_waiting is not None:
             self._on_waiting(len(items))
@@ -233,7 +238,7 @@ class AuditLog:
             event = pending.event
             if pending.usage_method is not None and event.credential_id:
                 day = event.occurred_at.date().isoformat()
-                usage[(event.credential_id, day, pending.usage_method)] += 1
+                usage[(event.credential_id, day, pending.usage_method)] += pending.usage_count
                 last_used[event.credential_id] = max(
                     event.occurred_at, last_used.get(event.credential_id, event.occurred_at)
                 )

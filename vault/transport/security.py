@@ -17,9 +17,11 @@ signature covers exactly those bytes (vault.domain.signing). In order, for every
 
 A batch method (vault.domain.batches) is authenticated once, and then each item is what a
 call of its unary method would be: authorised on the key it names (a refusal fills its slot
-with PERMISSION_DENIED), admitted (a limit fills it with RESOURCE_EXHAUSTED), and recorded in
-the audit log, one record per item, all committed together before the answer leaves. Only
-the items admitted reach the servicer.
+with PERMISSION_DENIED) and admitted (a limit fills it with RESOURCE_EXHAUSTED); only the
+items admitted reach the servicer. The audit log accounts for every item with one record per
+distinct (key version or name, outcome, reason) of the call, whose reason ends in items=N;
+they are committed together before the answer leaves. A call of many items on a few keys so
+costs a few records, not one per item, and the chain and its verification are unchanged.
 
 The first audit commit that fails because the disk is full frees the disk reserve
 (vault.coordination.disk), and a read's record is then committed on that space, so reads go on
@@ -63,7 +65,7 @@ from vault.domain.identity import (
 )
 from vault.domain.signing import AUTHORIZATION_HEADER, BEARER_PREFIX, SCHEME
 from vault.logs import current_request_id
-from vault.service.audit import AuditLog
+from vault.service.audit import AuditEntry, AuditLog
 from vault.service.authentication import Authenticator
 from vault.service.ports import DiskReserve
 from vault.transport.errors import (
@@ -288,11 +290,11 @@ class SecurityInterceptor(grpc.ServerInterceptor):
     ) -> None:
         """Commit event; if the disk is full, free the disk reserve and, with retry, try
         once more on the space it gave back. inspection: see AuditLog.record."""
-        self._record_all([(event, usage_method)], retry=retry, inspection=inspection)
+        self._record_all([AuditEntry(event, usage_method)], retry=retry, inspection=inspection)
 
     def _record_all(
         self,
-        entries: list[tuple[AuditEvent, str | None]],
+        entries: list[AuditEntry],
         *,
         retry: bool = True,
         inspection: bool = False,
@@ -359,31 +361,32 @@ class _Batch:
         self,
         behavior: Callable[[Any, grpc.ServicerContext], Any],
         context: grpc.ServicerContext,
-        record: Callable[[list[tuple[AuditEvent, str | None]]], None],
+        record: Callable[[list[AuditEntry]], None],
     ) -> Any:
-        """The response, each item's audit record committed first (AuditUnavailable, and no
+        """The response, the call's audit records committed first (AuditUnavailable, and no
         answer, if they cannot be: nothing a batch does changes state)."""
         try:
             response = self._respond(behavior, context)
         except Exception as error:
             whole = outcome_of(error)
+            outcomes = [
+                (self._names[index], *self._refused_outcome(index, whole))
+                for index in range(len(self._items))
+            ]
             # The call failed already: its error is what the caller needs.
             with contextlib.suppress(AuditUnavailable, DiskFull):
-                record(
-                    [
-                        self._entry(index, *self._refused_outcome(index, whole))
-                        for index in range(len(self._items))
-                    ]
-                )
+                record(self._entries(outcomes))
             raise
-        entries = []
+        outcomes = []
+        version_field = _version_field(response)
         for index, slot in enumerate(response.results):
             if slot.WhichOneof("result") == "response":
-                entries.append(self._entry(index, "OK", ""))
+                used = getattr(slot.response, version_field) if version_field else ""
+                outcomes.append((used or self._names[index], "OK", ""))
             else:
-                entries.append(self._entry(index, *status_outcome(slot.error)))
+                outcomes.append((self._names[index], *status_outcome(slot.error)))
         try:
-            record(entries)
+            record(self._entries(outcomes))
         except DiskFull:
             raise AuditUnavailable("the audit log cannot be written") from None
         return response
@@ -392,11 +395,27 @@ class _Batch:
         refused = self._refused.get(index)
         return outcome_of(refused) if refused is not None else otherwise
 
-    def _entry(self, index: int, outcome: str, reason: str) -> tuple[AuditEvent, str | None]:
-        # Usage counts what the caller was let do: one operation per admitted item, under
-        # the unary method's name, as quotas count them.
-        usage = None if index in self._refused else self._unary.short
-        return self._attempt.event(outcome, reason, self._names[index]), usage
+    def _entries(self, outcomes: list[tuple[str, str, str]]) -> list[AuditEntry]:
+        """One record per distinct (resource, outcome, reason) of the items, in the order of
+        their first item, its reason ending in "items=N": N items had that outcome on that
+        resource (the key version that served them, or the name an item gave). Usage counts
+        what the caller was let do: one use of the unary method per admitted item, as quotas
+        count them."""
+        groups: dict[tuple[str, str, str, bool], int] = {}
+        for index, (resource, outcome, reason) in enumerate(outcomes):
+            group = (resource, outcome, reason, index not in self._refused)
+            groups[group] = groups.get(group, 0) + 1
+        entries = []
+        for (resource, outcome, reason, admitted), count in groups.items():
+            summary = f"{reason} items={count}" if reason else f"items={count}"
+            entries.append(
+                AuditEntry(
+                    self._attempt.event(outcome, summary, resource),
+                    self._unary.short if admitted else None,
+                    count,
+                )
+            )
+        return entries
 
     def _respond(
         self, behavior: Callable[[Any, grpc.ServicerContext], Any], context: grpc.ServicerContext
@@ -423,6 +442,17 @@ class _Batch:
             else:
                 slot.CopyFrom(next(answers))
         return response
+
+
+def _version_field(response: Message) -> str:
+    """The field of a batch's item response that names the key version used, or ""."""
+    results: Any = response.DESCRIPTOR.fields_by_name["results"].message_type
+    item: Any = results.fields_by_name["response"].message_type
+    fields = item.fields_by_name
+    for name in ("key_version", "master_key_version"):
+        if name in fields:
+            return name
+    return ""
 
 
 def _authorize(principal: Principal, call: _Call, names: list[str]) -> None:
