@@ -6,14 +6,18 @@ would be; one audit record per item, and the chain still verifies.
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import json
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Final
 
 import grpc
 import pytest
+from click.testing import CliRunner
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding
 from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
@@ -31,6 +35,7 @@ from tests.security_helpers import (
     new_account,
     own_server,
 )
+from vault.cli.main import cli
 from vault.client import VaultClient, VaultClientError, Verification
 from vault.gen.vault.v1 import crypto_service_pb2
 
@@ -324,3 +329,55 @@ def test_a_batch_over_the_limit_or_empty_is_refused_whole(
     # The SDK splits a long list into calls the server takes.
     answers = admin.batch_sign(too_many)
     assert reasons(answers) == ["OK"] * (MAX_ITEMS + 1)
+
+
+# -- vaultctl crypto batch ------------------------------------------------------------------
+
+
+def test_vaultctl_batch_signs_and_verifies_json_lines(
+    tenant: Tenant, admin: VaultClient, tmp_path: Path
+) -> None:
+    env = {
+        "VAULT_CONFIG": None,
+        "VAULT_TARGET": tenant.server.target,
+        "VAULT_CREDENTIALS_FILE": str(tenant.server.data_dir / "admin-credentials.json"),
+    }
+    messages = [b"first", b"second"]
+    requests = tmp_path / "sign.jsonl"
+    lines = [{"key": tenant.p256, "message": base64.b64encode(m).decode()} for m in messages]
+    lines.insert(1, {"key": tenant.aes, "message": base64.b64encode(b"x").decode()})
+    requests.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    out = tmp_path / "signatures.jsonl"
+    result = CliRunner().invoke(
+        cli, ["crypto", "batch", "sign", "--in", str(requests), "--out", str(out)], env=env
+    )
+    # One item failed alone: all lines written, and the exit status says so.
+    assert result.exit_code == 3, (result.stdout, result.stderr)
+    answers = [json.loads(line) for line in out.read_text().splitlines()]
+    assert answers[1]["error"]["reason"] == "WRONG_KEY_PURPOSE"
+    public = public_key(admin, tenant.p256)
+    assert isinstance(public, ec.EllipticCurvePublicKey)
+    signed = [answers[0], answers[2]]
+    for message, answer in zip(messages, signed, strict=True):
+        assert answer["key_version"] == f"{tenant.p256}/versions/1"
+        public.verify(base64.b64decode(answer["signature"]), message, ec.ECDSA(hashes.SHA256()))
+
+    checks = tmp_path / "verify.jsonl"
+    checks.write_text(
+        "".join(
+            json.dumps(
+                {
+                    "key": tenant.p256,
+                    "message": base64.b64encode(message).decode(),
+                    "signature": answer["signature"],
+                }
+            )
+            + "\n"
+            for message, answer in zip(messages + messages[::-1], signed + signed, strict=True)
+        )
+    )
+    result = CliRunner().invoke(cli, ["crypto", "batch", "verify", "--in", str(checks)], env=env)
+    assert result.exit_code == 0, (result.stdout, result.stderr)
+    verdicts = [json.loads(line)["valid"] for line in result.stdout.splitlines()]
+    # Then each signature against the other message.
+    assert verdicts == [True, True, False, False]
