@@ -39,6 +39,7 @@ from vault.domain.errors import (
 )
 from vault.domain.models import Key, KeyState, KeyVersion, Page, VersionState
 from vault.domain.names import BucketName, KeyVersionName, MasterKeyVersionName, check_id
+from vault.service.crypto import through_token
 from vault.service.keys import (
     MAX_LABEL_VALUE,
     MAX_REQUEST_ID,
@@ -47,7 +48,7 @@ from vault.service.keys import (
     check_labels,
     utc_now,
 )
-from vault.service.ports import BucketStore, KeyStore, MetadataStore
+from vault.service.ports import BucketStore, KeyStore, MetadataStore, TokenGcm
 
 MASTER_ALGORITHM = Algorithm.BUCKET_AES_256
 # A wrapped bucket key is 65 bytes; anything much larger is refused before it is parsed.
@@ -305,19 +306,30 @@ class BucketManagement:
         self, items: Sequence[tuple[str, bytes]]
     ) -> list[BucketKey | VaultError]:
         """decrypt_bucket_key(name, wrapped) for each item; its result or its error, in
-        order. Each bucket and master-key version is read from the store once per call."""
-        memo = _BatchReads(self)
-        results: list[BucketKey | VaultError] = []
-        for name, wrapped in items:
-            try:
-                results.append(self.decrypt_bucket_key(name, wrapped, memo))
-            except VaultError as error:
-                results.append(error)
-        return results
+        order. Each bucket and master-key version is read from the store once per call, and
+        the token opens every key in one call."""
+        reads = _BatchReads(self)
 
-    def decrypt_bucket_key(
-        self, name: str, wrapped: bytes, reads: _BatchReads | None = None
-    ) -> BucketKey:
+        def prepare(item: tuple[str, bytes]) -> tuple[TokenGcm, tuple[BucketName, Bucket, bytes]]:
+            name, wrapped = item
+            bucket_name, bucket, key, version, envelope = self._opening(name, wrapped, reads)
+            aad = bucket_key_aad(envelope.header(), bucket_name)
+            request = TokenGcm(version, key.algorithm, envelope.nonce, envelope.sealed, aad)
+            return request, (bucket_name, bucket, wrapped)
+
+        def finish(
+            plaintext: bytes, request: TokenGcm, found: tuple[BucketName, Bucket, bytes]
+        ) -> BucketKey:
+            bucket_name, bucket, wrapped = found
+            return self._opened(plaintext, request.version, bucket_name, bucket, wrapped)
+
+        return through_token(items, prepare, self._keystore.decrypt_gcm_many, finish)
+
+    def _opening(
+        self, name: str, wrapped: bytes, reads: _BatchReads | None
+    ) -> tuple[BucketName, Bucket, Key, KeyVersion, WrappedBucketKey]:
+        """What decrypting wrapped needs: the bucket, its master-key version named in the
+        envelope, and the envelope; the uniform DECRYPTION_FAILED for anything else."""
         bucket_name = BucketName.parse(name)
         if len(wrapped) > MAX_WRAPPED_KEY_BYTES:
             raise DecryptionFailed()
@@ -330,6 +342,10 @@ class BucketManagement:
         usable = (VersionState.ENABLED, VersionState.DISABLED)
         if version is None or version.state not in usable:
             raise DecryptionFailed()
+        return bucket_name, bucket, key, version, envelope
+
+    def decrypt_bucket_key(self, name: str, wrapped: bytes) -> BucketKey:
+        bucket_name, bucket, key, version, envelope = self._opening(name, wrapped, None)
         # A disabled version still tells a genuine wrapped key from any other (whose answer
         # stays the uniform DECRYPTION_FAILED, wherever it came from), but never opens it.
         plaintext = self._keystore.decrypt_gcm(
@@ -339,6 +355,16 @@ class BucketManagement:
             envelope.sealed,
             bucket_key_aad(envelope.header(), bucket_name),
         )
+        return self._opened(plaintext, version, bucket_name, bucket, wrapped)
+
+    def _opened(
+        self,
+        plaintext: bytes,
+        version: KeyVersion,
+        bucket_name: BucketName,
+        bucket: Bucket,
+        wrapped: bytes,
+    ) -> BucketKey:
         if len(plaintext) != BUCKET_KEY_SIZE:
             raise DecryptionFailed()
         if version.state is VersionState.DISABLED:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import secrets
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import TypeVar, cast
 
 from vault.config import KeyPolicySettings
 from vault.domain.algorithms import DIGEST_SIZES, MAX_SIGNED_MESSAGE_BYTES
@@ -22,7 +22,7 @@ from vault.domain.errors import (
 from vault.domain.models import Key, KeyVersion, Operation
 from vault.domain.names import KeyName, parse_key_or_version
 from vault.service.keys import KeyManagement
-from vault.service.ports import KeyStore
+from vault.service.ports import KeyStore, TokenGcm, TokenSign
 from vault.service.public_keys import verify_signature
 
 MAX_AAD_BYTES = 65_536
@@ -34,6 +34,8 @@ MAX_WRAPPED_MATERIAL = 4096
 DATA_KEY_SIZES = frozenset({16, 24, 32, 64})
 _Item = TypeVar("_Item")
 _Result = TypeVar("_Result")
+_Request = TypeVar("_Request")
+_Context = TypeVar("_Context")
 _ENVELOPE_ADVICE = (
     "encrypt larger data locally under a data key from GenerateDataKey (envelope "
     "encryption), and store the encrypted data key beside it"
@@ -175,6 +177,42 @@ def _each(
     return results
 
 
+def through_token(
+    items: Sequence[_Item],
+    prepare: Callable[[_Item], tuple[_Request, _Context]],
+    token: Callable[[list[_Request]], list[bytes | VaultError]],
+    finish: Callable[[bytes, _Request, _Context], _Result],
+) -> list[_Result | VaultError]:
+    """For each item: prepare(item) checks it and says what to ask of the token; the token
+    does every prepared request in one call; finish makes the item's result of its answer.
+    An item whose preparation, token answer or finish raises a VaultError gets that error;
+    a token call that fails as a whole gives its error to every item it carried."""
+    results: list[_Result | VaultError | None] = []
+    prepared: list[tuple[int, _Request, _Context]] = []
+    for item in items:
+        try:
+            request, context = prepare(item)
+        except VaultError as error:
+            results.append(error)
+            continue
+        prepared.append((len(results), request, context))
+        results.append(None)
+    answers: list[bytes | VaultError]
+    try:
+        answers = token([request for _, request, _ in prepared]) if prepared else []
+    except VaultError as error:
+        answers = [error] * len(prepared)
+    for (index, request, context), answer in zip(prepared, answers, strict=True):
+        if isinstance(answer, VaultError):
+            results[index] = answer
+            continue
+        try:
+            results[index] = finish(answer, request, context)
+        except VaultError as error:
+            results[index] = error
+    return cast(list[_Result | VaultError], results)
+
+
 class CryptoOperations:
     def __init__(self, keys: KeyManagement, keystore: KeyStore, policy: KeyPolicySettings) -> None:
         self._keys = keys
@@ -204,22 +242,56 @@ class CryptoOperations:
 
     def encrypt_batch(self, items: Sequence[EncryptItem]) -> list[Sealed | VaultError]:
         """encrypt() for each item; its result or its error, in order. Likewise the other
-        *_batch methods: the checks, the answers and the errors are the unary method's."""
+        *_batch methods: the checks, the answers and the errors are the unary method's, and
+        the token does all items in one call (KeyStore's *_many)."""
         keys = _BatchKeys(self._keys)
-        return _each(items, lambda item: self.encrypt(item.name, item.plaintext, item.aad, keys))
+
+        def prepare(item: EncryptItem) -> tuple[TokenGcm, KeyVersion]:
+            _limit("plaintext", item.plaintext, self._policy.max_plaintext_bytes, _ENVELOPE_ADVICE)
+            _limit("additional_authenticated_data", item.aad, MAX_AAD_BYTES)
+            key, version = self._usable(item.name, Operation.ENCRYPT, keys)
+            return self._gcm_request(key, version, item.plaintext, item.aad), version
+
+        def finish(sealed: bytes, request: TokenGcm, version: KeyVersion) -> Sealed:
+            envelope = GcmEnvelope(version.number, request.nonce, sealed)
+            return Sealed(envelope.to_bytes(), str(version.name))
+
+        return through_token(items, prepare, self._keystore.encrypt_gcm_many, finish)
 
     def decrypt_batch(self, items: Sequence[DecryptItem]) -> list[Sealed | VaultError]:
         keys = _BatchKeys(self._keys)
-        return _each(items, lambda item: self.decrypt(item.name, item.ciphertext, item.aad, keys))
+
+        def prepare(item: DecryptItem) -> tuple[TokenGcm, KeyVersion]:
+            _limit("ciphertext", item.ciphertext, self._policy.max_plaintext_bytes + 64)
+            _limit("additional_authenticated_data", item.aad, MAX_AAD_BYTES)
+            key = keys.load(KeyName.parse(item.name))
+            key.require(Operation.DECRYPT)
+            envelope, version = self._envelope_version(key, item.ciphertext, keys)
+            full_aad = gcm_aad(envelope.header(), str(key.name), item.aad)
+            request = TokenGcm(version, key.algorithm, envelope.nonce, envelope.sealed, full_aad)
+            return request, version
+
+        def finish(plaintext: bytes, request: TokenGcm, version: KeyVersion) -> Sealed:
+            return Sealed(plaintext, str(version.name))
+
+        return through_token(items, prepare, self._keystore.decrypt_gcm_many, finish)
 
     def sign_batch(self, items: Sequence[SignItem]) -> list[Sealed | VaultError]:
         keys = _BatchKeys(self._keys)
-        return _each(
-            items,
-            lambda item: self.sign(item.name, message=item.message, digest=item.digest, keys=keys),
-        )
+
+        def prepare(item: SignItem) -> tuple[TokenSign, KeyVersion]:
+            data, prehashed = _message_or_digest(item.message, item.digest)
+            key, version = self._usable(item.name, Operation.SIGN, keys)
+            _check_signing_input(key, data, prehashed)
+            return TokenSign(version, key.algorithm, data, prehashed), version
+
+        def finish(signature: bytes, request: TokenSign, version: KeyVersion) -> Sealed:
+            return Sealed(signature, str(version.name))
+
+        return through_token(items, prepare, self._keystore.sign_many, finish)
 
     def verify_batch(self, items: Sequence[VerifyItem]) -> list[tuple[bool, str] | VaultError]:
+        # Verification is done here with the public key, not by the token.
         keys = _BatchKeys(self._keys)
         return _each(
             items,
@@ -234,12 +306,44 @@ class CryptoOperations:
 
     def generate_data_key_batch(self, items: Sequence[DataKeyItem]) -> list[DataKey | VaultError]:
         keys = _BatchKeys(self._keys)
-        return _each(
-            items,
-            lambda item: self.generate_data_key(
-                item.name, item.size, item.aad, item.include_plaintext, keys
-            ),
-        )
+
+        def prepare(item: DataKeyItem) -> tuple[TokenGcm, tuple[KeyVersion, bytes, bool]]:
+            size = item.size or 32
+            if size not in DATA_KEY_SIZES:
+                raise InvalidArgument(
+                    "data key size must be 16, 24, 32 or 64 bytes", metadata={"size": str(size)}
+                )
+            _limit("additional_authenticated_data", item.aad, MAX_AAD_BYTES)
+            key, version = self._usable(item.name, Operation.GENERATE_DATA_KEY, keys)
+            material = self._keystore.random(size)
+            request = self._gcm_request(key, version, material, item.aad)
+            return request, (version, material, item.include_plaintext)
+
+        def finish(
+            sealed: bytes, request: TokenGcm, made: tuple[KeyVersion, bytes, bool]
+        ) -> DataKey:
+            version, material, include_plaintext = made
+            envelope = GcmEnvelope(version.number, request.nonce, sealed)
+            plaintext = material if include_plaintext else None
+            return DataKey(envelope.to_bytes(), plaintext, str(version.name))
+
+        return through_token(items, prepare, self._keystore.encrypt_gcm_many, finish)
+
+    def _gcm_request(self, key: Key, version: KeyVersion, plaintext: bytes, aad: bytes) -> TokenGcm:
+        """What _seal asks of the token: a fresh nonce, and the AAD that binds the envelope's
+        header and the key's name."""
+        envelope = GcmEnvelope(version.number, secrets.token_bytes(NONCE_SIZE), b"")
+        full_aad = gcm_aad(envelope.header(), str(key.name), aad)
+        return TokenGcm(version, key.algorithm, envelope.nonce, plaintext, full_aad)
+
+    def _envelope_version(
+        self, key: Key, ciphertext: bytes, keys: _Keys
+    ) -> tuple[GcmEnvelope, KeyVersion]:
+        envelope = GcmEnvelope.parse(ciphertext)
+        try:
+            return envelope, keys.version(key, envelope.key_version)
+        except NotFound:
+            raise DecryptionFailed() from None
 
     # -- symmetric ----------------------------------------------------------------------
 
@@ -252,12 +356,11 @@ class CryptoOperations:
     def _seal(self, key: Key, version: KeyVersion, plaintext: bytes, aad: bytes) -> Sealed:
         # 96-bit random nonces: collision risk stays below 2^-32 up to 2^32 messages per key
         # version, and rotation starts a new version.
-        envelope = GcmEnvelope(version.number, secrets.token_bytes(NONCE_SIZE), b"")
-        full_aad = gcm_aad(envelope.header(), str(key.name), aad)
+        request = self._gcm_request(key, version, plaintext, aad)
         sealed = self._keystore.encrypt_gcm(
-            version, key.algorithm, envelope.nonce, plaintext, full_aad
+            version, key.algorithm, request.nonce, plaintext, request.aad
         )
-        result = GcmEnvelope(version.number, envelope.nonce, sealed)
+        result = GcmEnvelope(version.number, request.nonce, sealed)
         return Sealed(result.to_bytes(), str(version.name))
 
     def decrypt(
@@ -272,11 +375,7 @@ class CryptoOperations:
         return self._open(key, ciphertext, aad, keys)
 
     def _open(self, key: Key, ciphertext: bytes, aad: bytes, keys: _Keys | None = None) -> Sealed:
-        envelope = GcmEnvelope.parse(ciphertext)
-        try:
-            version = (keys or self._direct).version(key, envelope.key_version)
-        except NotFound:
-            raise DecryptionFailed() from None
+        envelope, version = self._envelope_version(key, ciphertext, keys or self._direct)
         full_aad = gcm_aad(envelope.header(), str(key.name), aad)
         plaintext = self._keystore.decrypt_gcm(
             version, key.algorithm, envelope.nonce, envelope.sealed, full_aad
