@@ -113,6 +113,9 @@ class DataKeyItem:
     include_plaintext: bool
 
 
+_Check = Callable[[str, Operation, "_Keys"], tuple[Key, KeyVersion, bool]]
+
+
 class _Keys:
     """Where a call finds its keys and versions: the store (through KeyManagement's caches)
     for a unary call."""
@@ -126,6 +129,12 @@ class _Keys:
     def version(self, key: Key, number: int | None) -> KeyVersion:
         return self._keys.version(key, number)
 
+    def usable(
+        self, name: str, operation: Operation, check: _Check
+    ) -> tuple[Key, KeyVersion, bool]:
+        """check(name, operation, self): what name may be used for, or its error."""
+        return check(name, operation, self)
+
 
 class _BatchKeys(_Keys):
     """A batch call's keys: each key read from the store once per call, however many items
@@ -137,6 +146,22 @@ class _BatchKeys(_Keys):
         super().__init__(keys)
         self._loaded: dict[KeyName, Key | VaultError] = {}
         self._versions: dict[tuple[KeyName, int | None], KeyVersion | VaultError] = {}
+        # Items naming the same key for the same operation are checked once per call.
+        self._usable: dict[tuple[str, Operation], tuple[Key, KeyVersion, bool] | VaultError] = {}
+
+    def usable(
+        self, name: str, operation: Operation, check: _Check
+    ) -> tuple[Key, KeyVersion, bool]:
+        found = self._usable.get((name, operation))
+        if found is None:
+            try:
+                found = check(name, operation, self)
+            except VaultError as error:
+                found = error
+            self._usable[(name, operation)] = found
+        if isinstance(found, VaultError):
+            raise found.with_traceback(None)
+        return found
 
     def load(self, name: KeyName) -> Key:
         found = self._loaded.get(name)
@@ -231,6 +256,11 @@ class CryptoOperations:
     ) -> tuple[Key, KeyVersion, bool]:
         """(key, the version name names or the primary, whether name named a version)."""
         keys = keys or self._direct
+        return keys.usable(name, operation, self._check_usable)
+
+    def _check_usable(
+        self, name: str, operation: Operation, keys: _Keys
+    ) -> tuple[Key, KeyVersion, bool]:
         key_name, number = parse_key_or_version(name)
         key = keys.load(key_name)
         key.require(operation)

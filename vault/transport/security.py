@@ -348,14 +348,26 @@ class _Batch:
     def gate(self, principal: Principal, authenticator: Authenticator) -> None:
         """Authorise each item as a call of the unary method would be, then take its share
         of the API key's rate limit and quota; an item failing either is refused alone."""
+        # Whether the credential may use a name does not change within the call: each name
+        # is authorised once.
+        decided: dict[str, PermissionDenied | None] = {}
         for index, item in enumerate(self._items):
-            names = resource_names(item)
-            self._names[index] = names[0] if names else ""
-            try:
-                _authorize(principal, self._unary, names)
-                authenticator.admit(principal)
-            except (PermissionDenied, LimitExceeded) as error:
-                self._refused[index] = error
+            name: str = item.name  # type: ignore[attr-defined]  # every batch item has one
+            self._names[index] = name
+            if name not in decided:
+                try:
+                    _authorize(principal, self._unary, resource_names(item))
+                    decided[name] = None
+                except PermissionDenied as denied:
+                    decided[name] = denied
+            refusal: VaultError | None = decided[name]
+            if refusal is None:
+                try:
+                    authenticator.admit(principal)
+                except LimitExceeded as error:
+                    refusal = error
+            if refusal is not None:
+                self._refused[index] = refusal
 
     def run(
         self,
