@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
+import google_crc32c
 import grpc
 import pytest
 from click.testing import CliRunner
@@ -22,6 +23,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding
 from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from google.protobuf.wrappers_pb2 import Int64Value
 
 from tests.api_calls import expect_error
 from tests.harness import VaultServer
@@ -37,7 +39,7 @@ from tests.security_helpers import (
 )
 from vault.cli.main import cli
 from vault.client import VaultClient, VaultClientError, Verification
-from vault.gen.vault.v1 import crypto_service_pb2
+from vault.gen.vault.v1 import crypto_service_pb2, crypto_service_pb2_grpc
 
 MAX_ITEMS: Final = 40
 INVALID: Final = grpc.StatusCode.INVALID_ARGUMENT
@@ -211,6 +213,27 @@ def test_data_keys_and_bucket_keys_open_per_item(tenant: Tenant, admin: VaultCli
     assert reasons(opened) == ["OK", "INVALID_ARGUMENT DECRYPTION_FAILED", "OK", "OK"]
     plaintexts = [o.plaintext for o in opened if not isinstance(o, VaultClientError)]
     assert plaintexts == [m.plaintext for m in made]
+
+
+def test_an_item_whose_checksum_does_not_match_fails_alone(tenant: Tenant) -> None:
+    def item(plaintext: bytes, crc: int) -> crypto_service_pb2.EncryptRequest:
+        return crypto_service_pb2.EncryptRequest(
+            name=tenant.aes, plaintext=plaintext, plaintext_crc32c=Int64Value(value=crc)
+        )
+
+    good = int(google_crc32c.value(b"intact"))
+    request = crypto_service_pb2.BatchEncryptRequest(
+        requests=[item(b"intact", good), item(b"corrupted", good), item(b"intact", good)]
+    )
+    with tenant.server.channel() as channel:
+        stub = crypto_service_pb2_grpc.CryptoServiceStub(channel)
+        response = stub.BatchEncrypt(request, timeout=30)
+    kinds = [result.WhichOneof("result") for result in response.results]
+    assert kinds == ["response", "error", "response"]
+    failed = VaultClientError.from_status(response.results[1].error)
+    assert (failed.code, failed.reason) == (INVALID, "CHECKSUM_MISMATCH")
+    assert failed.metadata == {"field": "plaintext"}
+    assert all(r.response.verified_plaintext_crc32c for r in response.results[::2])
 
 
 # -- authorisation, limits, audit -----------------------------------------------------------
