@@ -16,6 +16,14 @@ from tests.harness import VaultServer, provision, vault_environment
 
 
 @pytest.fixture(scope="session", autouse=True)
+def piped_output_width() -> None:
+    """vaultctl prints tables at their full width when stdout is not a terminal, unless
+    COLUMNS says otherwise; pytest-xdist's workers inherit COLUMNS=80, which would cut
+    resource names in the tables the CLI tests read."""
+    os.environ.pop("COLUMNS", None)
+
+
+@pytest.fixture(scope="session", autouse=True)
 def own_user_config(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     """A user settings directory of the test run's own: `vaultctl` reads (and `vaultctl
     serve` may write) $XDG_CONFIG_HOME/vault/config.toml, and the developer's must neither

@@ -56,7 +56,7 @@ def in_thread(executor: ThreadPoolExecutor, call: Callable[[], T]) -> T:
 def test_every_worker_thread_drops_a_destroyed_versions_handle_on_its_next_request(
     client: VaultClient, worker: Any, keystore: Any
 ) -> None:
-    account = new_account()
+    account = new_account(client)
     doomed = client.create_key(account, new_id(), "ENCRYPT_DECRYPT").name
     other = client.create_key(account, new_id(), "ENCRYPT_DECRYPT").name
     ciphertext = client.encrypt(doomed, b"gone with the key").ciphertext
@@ -103,7 +103,7 @@ def test_every_worker_thread_drops_a_destroyed_versions_handle_on_its_next_reque
 def test_a_disabled_keys_handles_are_dropped_too(
     client: VaultClient, worker: Any, keystore: Any
 ) -> None:
-    account = new_account()
+    account = new_account(client)
     key = client.create_key(account, new_id(), "ENCRYPT_DECRYPT").name
     other = client.create_key(account, new_id(), "ENCRYPT_DECRYPT").name
     with ThreadPoolExecutor(max_workers=1) as thread:
@@ -198,7 +198,7 @@ def attempts_that_open(
 def test_nothing_left_in_the_data_directory_opens_a_destroyed_versions_ciphertext(
     client: VaultClient, data_dir: Path, keystore: Any
 ) -> None:
-    account = new_account()
+    account = new_account(client)
     key = client.create_key(account, new_id(), "ENCRYPT_DECRYPT").name
     ciphertext = client.encrypt(key, b"must not outlive its key").ciphertext
     # The search works: before destruction the store's blob, unwrapped under its root, opens
@@ -242,7 +242,7 @@ def test_after_destruction_a_ciphertext_fails_in_every_worker_at_once(
 ) -> None:
     """Each new connection lands on a worker the kernel picks (SO_REUSEPORT): with 16 of
     them, both workers are all but certain to be reached, before and after."""
-    account = new_account()
+    account = new_account(client)
     key = client.create_key(account, new_id(), "ENCRYPT_DECRYPT").name
     ciphertext = client.encrypt(key, b"cached in every worker").ciphertext
     connections = 16

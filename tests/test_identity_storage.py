@@ -191,7 +191,7 @@ def test_migration_0002_creates_exactly_the_tables_module(stores: Stores, db_pat
             "SELECT sql FROM sqlite_master WHERE name = 'audit_events'"
         ).fetchone()[0]
     conn.close()
-    assert versions == [("0006",)]
+    assert versions == [("0007",)]
     # INTEGER (not BIGINT) makes seq the rowid: the head of the chain is found at once.
     assert "seq INTEGER NOT NULL" in audit_sql
 

@@ -22,8 +22,10 @@ from vault.domain.errors import InvalidArgument, NotFound, VaultError
 from vault.service.audit import AuditLog, CheckpointPolicy
 from vault.service.authentication import AuthenticationPolicy, Authenticator
 from vault.service.buckets import BucketManagement
+from vault.service.ceremonies import Ceremonies
 from vault.service.crypto import CryptoOperations
 from vault.service.identity import IdentityManagement
+from vault.service.imports import KeyImports
 from vault.service.keys import KeyManagement
 from vault.service.ports import (
     DiskReserve,
@@ -56,6 +58,7 @@ class Services:
     crypto: CryptoOperations
     buckets: BucketManagement
     feeds: RevocationFeeds
+    imports: KeyImports
     # Creates the token's revocation feed key where missing; returns the labels created.
     ensure_feed_key: Callable[[], list[str]]
     security: Security | None = None
@@ -89,6 +92,7 @@ def build_services(settings: Settings, counters: SharedCounters | None = None) -
         accounts=identity_store if settings.auth.enabled else None,
     )
     crypto = CryptoOperations(keys, keystore, settings.keys)
+    imports = KeyImports(keys, stores.imports, keystore, settings.keys.import_job_lifetime)
     buckets = BucketManagement(stores.buckets, store, keystore, keys)
     feed_key = RevocationFeedKey(keystore)
     feeds = RevocationFeeds(keys, feed_key)
@@ -122,7 +126,16 @@ def build_services(settings: Settings, counters: SharedCounters | None = None) -
         security = Security(identity, authenticator, audit, system_keys.ensure, reserve)
     checks = {"token": keystore.available, "store": store.check_writable}
     return Services(
-        store, keystore, keys, crypto, buckets, feeds, feed_key.ensure, security, checks
+        store,
+        keystore,
+        keys,
+        crypto,
+        buckets,
+        feeds,
+        imports,
+        feed_key.ensure,
+        security,
+        checks,
     )
 
 
@@ -166,6 +179,7 @@ def prepare_and_reconcile(settings: Settings) -> StartupReport:
     services = build_services(settings)
     try:
         report = reconcile(services.store, services.keystore)
+        services.imports.remove_orphaned_import_keys()
         created: list[str] = []
         created += services.ensure_feed_key()
         admin = None
@@ -253,3 +267,38 @@ def write_credentials_file(path: Path, access_key_id: str, secret_key: str) -> N
         file.flush()
         os.fsync(file.fileno())
     os.replace(temporary, path)
+
+
+@dataclass(frozen=True, slots=True)
+class CeremonySite:
+    """What a key ceremony works with on this machine: the token (logged in as user), the
+    store, and, for `ceremony rewrap`, key management on that same token."""
+
+    ceremonies: Ceremonies
+    keys: KeyManagement
+    keystore: KeyStore
+    store: MetadataStore
+
+
+@contextmanager
+def ceremony_site(settings: Settings) -> Iterator[CeremonySite]:
+    """The ceremony use cases on this machine's token and store. One PKCS#11 module start
+    serves both the ceremony steps and the key store (a second start would end the first's
+    sessions)."""
+    from vault.hsm.ceremony import open_ceremony_token
+    from vault.hsm.keystore import Pkcs11KeyStore
+    from vault.storage import open_store
+
+    assert settings.store.url is not None
+    store = open_store(settings.store.url)
+    try:
+        token = open_ceremony_token(settings)
+        keystore = Pkcs11KeyStore(
+            token.library, settings.hsm.cache_size, settings.hsm.cache_ttl_seconds
+        )
+        keys = KeyManagement(
+            store, keystore, settings.keys, version_cache_seconds=settings.hsm.cache_ttl_seconds
+        )
+        yield CeremonySite(Ceremonies(token, store), keys, keystore, store)
+    finally:
+        store.close()

@@ -41,7 +41,7 @@ from vault.domain.names import (
     check_id,
     parse_key_or_version,
 )
-from vault.service.ports import AccountDirectory, KeyStore, MetadataStore
+from vault.service.ports import AccountDirectory, GeneratedMaterial, KeyStore, MetadataStore
 
 log = logging.getLogger(__name__)
 
@@ -330,6 +330,26 @@ class KeyManagement:
         return (
             self._store.create_key(key, version) if first else self._store.add_version(key, version)
         )
+
+    def add_imported_version(
+        self, key: Key, material: GeneratedMaterial, *, make_primary: bool
+    ) -> KeyVersion:
+        """A version of key holding material that came from outside (ImportKeyVersion),
+        numbered after every existing version."""
+        if key.state is not KeyState.ENABLED:
+            raise key.state_forbids("ImportKeyVersion")
+        latest = max(version.number for version in self._store.list_versions(key.name))
+        version = KeyVersion(
+            name=key.name.version(latest + 1),
+            state=VersionState.ENABLED,
+            create_time=self._clock(),
+            root_generation=material.root_generation,
+            wrapped_blob=material.wrapped_blob,
+            token_label=None,
+            public_key_der=material.public_key_der,
+        )
+        self._store.add_version(key, version, make_primary=make_primary)
+        return version
 
     # -- state changes -------------------------------------------------------------------
 

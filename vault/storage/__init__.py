@@ -15,6 +15,7 @@ from vault.storage.audit_store import SqlAuditStore
 from vault.storage.bucket_store import SqlBucketStore
 from vault.storage.engine import make_engine, write_transaction
 from vault.storage.identity_store import SqlIdentityStore
+from vault.storage.import_store import SqlImportJobStore
 from vault.storage.sql_store import SqlMetadataStore
 from vault.storage.transactions import unavailable
 
@@ -22,6 +23,7 @@ __all__ = [
     "SqlAuditStore",
     "SqlBucketStore",
     "SqlIdentityStore",
+    "SqlImportJobStore",
     "SqlMetadataStore",
     "Stores",
     "migrate",
@@ -39,6 +41,7 @@ class Stores(NamedTuple):
     identity: SqlIdentityStore
     audit: SqlAuditStore
     buckets: SqlBucketStore
+    imports: SqlImportJobStore
 
     def close(self) -> None:
         """Close the audit lock file and every pooled connection. No store may be used after."""
@@ -58,8 +61,8 @@ def open_store(url: str) -> SqlMetadataStore:
 
 
 def open_stores(url: str) -> Stores:
-    """As open_store (one migration run), returning the metadata, identity, audit and bucket
-    stores of the database, which share its engine."""
+    """As open_store (one migration run), returning the metadata, identity, audit, bucket
+    and import-job stores of the database, which share its engine."""
     engine = _open_engine(url)
     metadata = SqlMetadataStore(engine)
     # An in-memory database is one connection: every store must take turns on the same lock.
@@ -69,6 +72,7 @@ def open_stores(url: str) -> Stores:
         identity=SqlIdentityStore(engine, serial=serial),
         audit=SqlAuditStore(engine, serial=serial),
         buckets=SqlBucketStore(engine, serial=serial),
+        imports=SqlImportJobStore(engine, serial=serial),
     )
 
 

@@ -161,6 +161,9 @@ def resource_names(request: Message) -> list[str]:
         names.append(request.key.name)  # type: ignore[attr-defined]
     if "bucket" in fields and request.DESCRIPTOR.name == "UpdateBucketRequest":
         names.append(request.bucket.name)  # type: ignore[attr-defined]
+    if "import_job" in fields:
+        # ImportKeyVersion names its key (parent) and the job it unwraps with.
+        names.append(request.import_job)  # type: ignore[attr-defined]
     if "destination_key_name" in fields and request.destination_key_name:  # type: ignore[attr-defined]
         names.append(request.destination_key_name)  # type: ignore[attr-defined]
     return names

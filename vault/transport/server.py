@@ -229,7 +229,7 @@ def build(
         ],
     )
     key_service_pb2_grpc.add_KeyServiceServicer_to_server(
-        KeyServicer(services.keys, services.feeds), server
+        KeyServicer(services.keys, services.feeds, services.imports), server
     )
     crypto_service_pb2_grpc.add_CryptoServiceServicer_to_server(
         CryptoServicer(services.crypto, batch_limits), server

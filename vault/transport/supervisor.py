@@ -37,6 +37,7 @@ from vault.metrics_exporter import (
     mark_worker_dead,
     prepare_directory,
 )
+from vault.service.imports import KeyImports
 from vault.service.keys import KeyManagement
 from vault.so_pin import refuse_to_serve_beside
 from vault.transport.errors import log_unexpected
@@ -584,7 +585,13 @@ def _worker_main(
             reserve = DiskReserve(settings.disk_reserve_file, settings.store.disk_reserve_bytes)
             threading.Thread(
                 target=_destroy_due_keys_forever,
-                args=(services.keys, settings.keys.destroy_check_seconds, stop, reserve),
+                args=(
+                    services.keys,
+                    settings.keys.destroy_check_seconds,
+                    stop,
+                    reserve,
+                    services.imports,
+                ),
                 name="vault-destroy-due-keys",
                 daemon=True,
             ).start()
@@ -610,10 +617,15 @@ def drain(built: BuiltServer, grace: float) -> None:
 
 
 def _destroy_due_keys_forever(
-    keys: KeyManagement, interval: float, stop: threading.Event, reserve: DiskReserve
+    keys: KeyManagement,
+    interval: float,
+    stop: threading.Event,
+    reserve: DiskReserve,
+    imports: KeyImports | None = None,
 ) -> None:
-    """Destroy keys whose waiting period ended, until stop; one worker does this. Not while
-    the disk is full: destroying is a change like any other."""
+    """Destroy keys whose waiting period ended, and the private keys of expired import jobs,
+    until stop; one worker does this. Not while the disk is full: destroying is a change
+    like any other."""
     while True:
         # The next round retries; a failing store or token must not end the loop.
         try:
@@ -621,6 +633,8 @@ def _destroy_due_keys_forever(
                 destroyed = keys.destroy_due_keys()
                 if destroyed:
                     log.info("destroyed %d keys whose waiting period ended", len(destroyed))
+                if imports is not None:
+                    imports.destroy_expired_jobs()
         except DiskFull:
             reserve.release()
         except VaultError as error:
