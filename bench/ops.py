@@ -6,8 +6,9 @@ bench/raw.py; both sides use the inputs defined here.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Final
+from typing import Any, Final
 
 import google_crc32c
 from cryptography.hazmat.primitives import hashes, serialization
@@ -24,6 +25,7 @@ PLAINTEXT_1K: Final = bytes(i % 251 for i in range(1024))
 DATA_KEY_BYTES: Final = 32
 RANDOM_BYTES: Final = 32
 _SERVICE: Final = "/vault.v1.CryptoService/"
+BATCH_SIZES: Final = (1, 10, 100)
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,10 +35,20 @@ class Op:
     purpose: str
     algorithm: str
     rpc: str  # the CryptoService method
+    # A batch: this many items per call of the batch method of rpc, each one rpc request.
+    # Its rows count items per second, which is what the raw side's loop counts.
+    items: int = 0
+    # The operation whose PKCS#11 call the raw side makes for each item (a batch op's unary
+    # one), when not this op itself.
+    raw_op: str = ""
 
     @property
     def method(self) -> str:
-        return _SERVICE + self.rpc
+        return _SERVICE + ("Batch" + self.rpc if self.items else self.rpc)
+
+    @property
+    def items_per_call(self) -> int:
+        return self.items or 1
 
     def key_name(self) -> str:
         return f"accounts/{ACCOUNT}/keys/{self.key_id}"
@@ -52,6 +64,22 @@ OPS: Final = {
         # Not run by default: no key and no store read, so it shows the per-request floor of
         # the server (gRPC, interceptor, servicer) next to C_GenerateRandom alone.
         Op("generate_random_32", "", "", "", "GenerateRandom"),
+        # Batches of the two cheapest token operations, where a call's fixed cost weighs
+        # most: one item per call shows that cost, 100 how far batching takes it away.
+        *(
+            Op(f"{base}_batch{items}", key_id, purpose, algorithm, rpc, items, base)
+            for base, key_id, purpose, algorithm, rpc in (
+                ("p256_ecdsa_sign", "p256-ecdsa", "SIGN_VERIFY", "EC_SIGN_P256_SHA256", "Sign"),
+                (
+                    "aes256_gcm_encrypt_1k",
+                    "aes256-gcm",
+                    "ENCRYPT_DECRYPT",
+                    "AES_256_GCM",
+                    "Encrypt",
+                ),
+            )
+            for items in BATCH_SIZES
+        ),
     )
 }
 DEFAULT_OPS: Final = [name for name in OPS if name != "generate_random_32"]
@@ -87,7 +115,36 @@ def vault_request(op: Op) -> bytes:
         message = pb.GenerateRandomRequest(size_bytes=RANDOM_BYTES)
     else:
         raise ValueError(op.rpc)
+    if op.items:
+        batch = _BATCH_REQUESTS[op.rpc]()
+        batch.requests.extend([message] * op.items)
+        message = batch
     return message.SerializeToString()
+
+
+_BATCH_REQUESTS: Final = {
+    "Sign": pb.BatchSignRequest,
+    "Encrypt": pb.BatchEncryptRequest,
+    "GenerateDataKey": pb.BatchGenerateDataKeyRequest,
+}
+_BATCH_RESPONSES: Final[dict[str, Callable[[bytes], Any]]] = {
+    "Sign": pb.BatchSignResponse.FromString,
+    "Encrypt": pb.BatchEncryptResponse.FromString,
+    "GenerateDataKey": pb.BatchGenerateDataKeyResponse.FromString,
+}
+
+
+def _item_answers(op: Op, response_bytes: bytes) -> list[bytes]:
+    """The answer to each item of a batch, as the unary method's response bytes."""
+    results = _BATCH_RESPONSES[op.rpc](response_bytes).results
+    if len(results) != op.items:
+        raise AssertionError(f"{len(results)} results for {op.items} items")
+    answers = []
+    for result in results:
+        if result.WhichOneof("result") != "response":
+            raise AssertionError(f"a batch item failed: {result.error.message}")
+        answers.append(result.response.SerializeToString())
+    return answers
 
 
 def create_key(client: VaultClient, op: Op) -> None:
@@ -106,7 +163,13 @@ def create_key(client: VaultClient, op: Op) -> None:
 
 def check_vault_answer(client: VaultClient, op: Op, response_bytes: bytes) -> None:
     """Check one answer to vault_request(op) independently of the vault where possible:
-    signatures with `cryptography` and GetPublicKey's PEM, ciphertexts by decrypting them."""
+    signatures with `cryptography` and GetPublicKey's PEM, ciphertexts by decrypting them.
+    A batch's answer: every item's, as the unary method's would be."""
+    if op.items:
+        unary = OPS[op.raw_op]
+        for answer in _item_answers(op, response_bytes):
+            check_vault_answer(client, unary, answer)
+        return
     name = op.key_name()
     if op.rpc == "Sign":
         signature = pb.SignResponse.FromString(response_bytes).signature

@@ -175,7 +175,8 @@ def raw_main(conn: Connection, data_dir: str, op_names: list[str]) -> None:
             if algorithm:
                 root = root_key(session, algorithm)
                 key = unwrapped_key(root, algorithm, wrapped_key(session, root, algorithm))
-            calls[name] = raw_call(name, session, key)
+            # A batch's items are each one call of its unary operation.
+            calls[name] = raw_call(OPS[name].raw_op or name, session, key)
             calls[name]()  # fails here, not while measuring, if something is wrong
     except Exception as error:
         conn.send(("error", f"{type(error).__name__}: {error}"))

@@ -50,10 +50,16 @@ def generate(out_dir: Path = OUT_DIR, proto_dir: Path = PROTO_DIR) -> list[Path]
         shutil.rmtree(out_dir)
     out_dir.mkdir(parents=True)
     well_known = resources.files("grpc_tools") / "_proto"
+    # google/rpc/status.proto (per-item errors of the batch methods) ships with
+    # googleapis-common-protos, a dependency of the package and of its build.
+    import google.rpc.status_pb2 as status_pb2
+
+    common_protos = Path(status_pb2.__file__).resolve().parents[2]
     args = [
         "grpc_tools.protoc",
         f"-I{proto_dir}",
         f"-I{well_known}",
+        f"-I{common_protos}",
         f"--plugin=protoc-gen-mypy={_plugin('protoc-gen-mypy')}",
         f"--plugin=protoc-gen-mypy_grpc={_plugin('protoc-gen-mypy_grpc')}",
         f"--python_out={out_dir}",

@@ -7,6 +7,7 @@ from datetime import timedelta
 
 import pytest
 
+from vault.domain.batches import BATCH_METHODS
 from vault.domain.buckets import (
     WRAPPED_BUCKET_KEY_SIZE,
     BucketPolicy,
@@ -110,6 +111,10 @@ def test_every_bucket_service_method_has_a_level_and_changes_are_audited_first()
         method.name
         for method in bucket_service_pb2.DESCRIPTOR.services_by_name["BucketService"].methods
     }
+    # A batch method has no level of its own: each item is its unary method's call.
+    batches = {m for m in methods if m in BATCH_METHODS}
+    assert {BATCH_METHODS[m] for m in batches} <= set(BUCKET_METHODS)
+    methods -= batches
     assert methods == set(BUCKET_METHODS)
     assert methods <= set(REQUIRED_LEVEL)
     reads = {"GetBucket", "ListBuckets", "GenerateBucketKey", "DecryptBucketKey"}

@@ -480,14 +480,19 @@ class _Clock:
 @pytest.fixture
 def local_imports(keystore: Any) -> Iterator[tuple[Any, Any, _Clock]]:
     """KeyImports on the real token and a store of its own, with a clock the test moves."""
-    from vault.config import KeyPolicySettings
+    from vault.domain.policy import KeyPolicy
     from vault.service.imports import KeyImports
     from vault.service.keys import KeyManagement
     from vault.storage import open_stores
 
     stores = open_stores("sqlite://")
     clock = _Clock()
-    keys = KeyManagement(stores.metadata, keystore, KeyPolicySettings(), clock=clock)
+    policy = KeyPolicy(
+        min_destroy_waiting_seconds=86_400,
+        default_destroy_waiting_seconds=30 * 86_400,
+        max_plaintext_bytes=65_536,
+    )
+    keys = KeyManagement(stores.metadata, keystore, policy, clock=clock)
     imports = KeyImports(keys, stores.imports, keystore, timedelta(hours=24), clock=clock)
     yield keys, imports, clock
     stores.close()
@@ -655,8 +660,8 @@ def test_start_up_destroys_import_keys_no_job_names(
 def test_a_destroyed_keys_jobs_lose_their_private_keys_at_once(
     keystore: Any,
 ) -> None:
-    from vault.config import KeyPolicySettings
     from vault.domain.algorithms import Purpose
+    from vault.domain.policy import KeyPolicy
     from vault.service.imports import KeyImports
     from vault.service.keys import KeyManagement
     from vault.storage import open_stores
@@ -664,7 +669,11 @@ def test_a_destroyed_keys_jobs_lose_their_private_keys_at_once(
     stores = open_stores("sqlite://")
     clock = _Clock()
     try:
-        policy = KeyPolicySettings(min_destroy_waiting_seconds=0)
+        policy = KeyPolicy(
+            min_destroy_waiting_seconds=0,
+            default_destroy_waiting_seconds=0,
+            max_plaintext_bytes=65_536,
+        )
         keys = KeyManagement(stores.metadata, keystore, policy, clock=clock)
         imports = KeyImports(keys, stores.imports, keystore, timedelta(hours=24), clock=clock)
         key = keys.create_key("destroyed", "k1", Purpose.ENCRYPT_DECRYPT)

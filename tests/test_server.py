@@ -38,11 +38,13 @@ KEY_METHODS = {
 CRYPTO_METHODS = {
     "Encrypt", "Decrypt", "GenerateDataKey", "ReEncrypt", "WrapKey", "UnwrapKey", "Sign",
     "Verify", "AsymmetricDecrypt", "GenerateMac", "VerifyMac", "GenerateRandom",
+    "BatchEncrypt", "BatchDecrypt", "BatchSign", "BatchVerify", "BatchGenerateDataKey",
 }  # fmt: skip
 BUCKET_METHODS = {
     "CreateBucket", "GetBucket", "ListBuckets", "UpdateBucket", "DeleteBucket",
     "CancelBucketDeletion", "RotateBucketMasterKey", "DisableBucketMasterKeyVersion",
     "EnableBucketMasterKeyVersion", "GenerateBucketKey", "DecryptBucketKey",
+    "BatchDecryptBucketKey",
 }  # fmt: skip
 
 

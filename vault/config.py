@@ -46,6 +46,13 @@ class ServerSettings(BaseModel):
     max_message_bytes: int = Field(
         1 << 20, ge=65536, description="largest gRPC message accepted, in bytes"
     )
+    max_batch_items: int = Field(
+        1000,
+        ge=1,
+        le=100_000,
+        description="most items in one call of a batch method (BatchSign, BatchEncrypt, ...); "
+        "a batch is also bounded by max_message_bytes, both ways",
+    )
     tls_cert_file: Path | None = Field(
         None, description="PEM server certificate (leaf first, then intermediates)"
     )

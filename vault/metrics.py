@@ -132,10 +132,10 @@ def request_done(service: str, method: str, code: str, seconds: float) -> None:
     m.child(m.latency, service, method).observe(seconds)
 
 
-def token_operation(operation: str) -> None:
+def token_operation(operation: str, count: int = 1) -> None:
     m = _metrics
     if m is not None:
-        m.child(m.token_operations, operation).inc()
+        m.child(m.token_operations, operation).inc(count)
 
 
 def token_error(operation: str, reason: str) -> None:

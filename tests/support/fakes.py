@@ -47,6 +47,7 @@ from vault.domain.errors import (
     InvalidArgument,
     NotFound,
     TokenOperationFailed,
+    VaultError,
 )
 from vault.domain.identity import AccessKey, Account, ApiKey, UsageCount
 from vault.domain.imports import ImportMethod
@@ -61,9 +62,10 @@ from vault.domain.models import (
     VersionState,
 )
 from vault.domain.names import MASTER_KEY_PREFIX, BucketName, KeyName, KeyVersionName
-from vault.domain.ports import AuditFilter, AuditHead, GeneratedMaterial
+from vault.domain.ports import AuditFilter, AuditHead, GeneratedMaterial, TokenGcm, TokenSign
 
 T = TypeVar("T")
+_Request = TypeVar("_Request")
 DEFAULT_PAGE_SIZE: Final = 100
 MAX_PAGE_SIZE: Final = 1000
 
@@ -607,6 +609,19 @@ class FakeKeyStore:
             return private.sign(data, padding.PKCS1v15(), chosen)
         raise TokenOperationFailed("not a signing key")
 
+    def sign_many(self, requests: Sequence[TokenSign]) -> list[bytes | VaultError]:
+        return _each(requests, lambda r: self.sign(r.version, r.algorithm, r.data, r.prehashed))
+
+    def encrypt_gcm_many(self, requests: Sequence[TokenGcm]) -> list[bytes | VaultError]:
+        return _each(
+            requests, lambda r: self.encrypt_gcm(r.version, r.algorithm, r.nonce, r.data, r.aad)
+        )
+
+    def decrypt_gcm_many(self, requests: Sequence[TokenGcm]) -> list[bytes | VaultError]:
+        return _each(
+            requests, lambda r: self.decrypt_gcm(r.version, r.algorithm, r.nonce, r.data, r.aad)
+        )
+
     def asymmetric_decrypt(
         self, version: KeyVersion, algorithm: Algorithm, ciphertext: bytes
     ) -> bytes:
@@ -656,6 +671,19 @@ class FakeKeyStore:
             return aes_key_unwrap_with_padding(self.root, version.wrapped_blob)
         except InvalidUnwrap:
             raise DecryptionFailed() from None
+
+
+def _each(
+    requests: Sequence[_Request], operation: Callable[[_Request], bytes]
+) -> list[bytes | VaultError]:
+    """Each request's answer, or the VaultError it raised (as the token's batch calls do)."""
+    answers: list[bytes | VaultError] = []
+    for request in requests:
+        try:
+            answers.append(operation(request))
+        except VaultError as error:
+            answers.append(error)
+    return answers
 
 
 def _new_material(algorithm: Algorithm) -> tuple[bytes, bytes | None]:

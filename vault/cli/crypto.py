@@ -618,3 +618,207 @@ def random(state: CliState, size: int, out_path: str | None, force: bool) -> Non
         force=force,
         done=f"{len(response.data)} random bytes",
     )
+
+
+# -- batches ----------------------------------------------------------------------------------
+
+BATCH_HELP = """Run OPERATION for every line of a JSON Lines file, in batch calls.
+
+Each input line is one JSON object; byte fields are base64. Items may name different keys:
+
+\b
+  encrypt      {"key": KEY, "plaintext": B64, "aad": B64 (optional)}
+  decrypt      {"key": KEY, "ciphertext": B64, "aad": B64 (optional)}
+  sign         {"key": KEY, "message": B64} or {"key": KEY, "digest": B64}
+  verify       {"key": KEY, "message": B64 or "digest": B64, "signature": B64}
+  data-key     {"key": KEY}  (with --size and --include-plaintext for every line)
+  bucket-key   {"bucket": BUCKET, "wrapped_key": B64}  (DecryptBucketKey)
+
+Each output line answers the input line of the same number: the result's fields (bytes
+base64, e.g. {"key_version": ..., "ciphertext": ...}; verify adds "valid"), or {"error":
+{"code", "reason", "message", "metadata"}} for an item that failed alone (denied,
+rate-limited, undecryptable...). The lines go to --out FILE (mode 0600: results may hold
+plaintext) or to standard output. Exit status 3 if any item failed, after every line is
+written; 0 otherwise (an invalid signature is a result, "valid": false).
+
+\b
+Example:
+  vaultctl crypto batch sign --in requests.jsonl --out signatures.jsonl
+"""
+
+_BATCH_OPERATIONS = ("encrypt", "decrypt", "sign", "verify", "data-key", "bucket-key")
+# Per-item result fields whose values are bytes (base64 in the output).
+_BYTE_FIELDS = ("ciphertext", "plaintext", "signature")
+
+
+@crypto_group.command("batch", help=BATCH_HELP)
+@click.argument("operation", type=click.Choice(_BATCH_OPERATIONS))
+@in_option("JSON Lines requests, one item per line")
+@click.option(
+    "--size",
+    type=click.IntRange(0),
+    default=32,
+    show_default=True,
+    help="data-key: bytes per data key (16, 24, 32 or 64).",
+)
+@click.option(
+    "--include-plaintext",
+    is_flag=True,
+    help="data-key: also return each data key in plaintext.",
+)
+@click.option(
+    "--batch-size",
+    type=click.IntRange(1),
+    default=None,
+    help="Items per call (default: the server's limit, 1,000 unless configured lower).",
+)
+@out_option("JSON Lines results")
+@force_option
+@pass_state
+def batch(
+    state: CliState,
+    operation: str,
+    in_path: str,
+    size: int,
+    include_plaintext: bool,
+    batch_size: int | None,
+    out_path: str | None,
+    force: bool,
+) -> None:
+    import json
+
+    from vault.client import VaultClientError, Verification
+
+    if out_path is not None:
+        check_out(state, out_path, force=force)
+    lines = [line for line in read_input(in_path, what="requests").splitlines() if line.strip()]
+    items = [_batch_item(number, line) for number, line in enumerate(lines, start=1)]
+    client = state.client()
+    chunk = batch_size or 0
+    answers: list[Any]
+    if operation == "encrypt":
+        answers = client.batch_encrypt(
+            [(_text(i, "key"), _b64(i, "plaintext"), _b64(i, "aad", b"")) for i in items], chunk
+        )
+    elif operation == "decrypt":
+        answers = client.batch_decrypt(
+            [(_text(i, "key"), _b64(i, "ciphertext"), _b64(i, "aad", b"")) for i in items], chunk
+        )
+    elif operation in ("sign", "verify"):
+        prehashed = _all_digests(items)
+        field = "digest" if prehashed else "message"
+        if operation == "sign":
+            answers = client.batch_sign(
+                [(_text(i, "key"), _b64(i, field)) for i in items],
+                prehashed=prehashed,
+                batch_size=chunk,
+            )
+        else:
+            answers = client.batch_verify(
+                [(_text(i, "key"), _b64(i, field), _b64(i, "signature")) for i in items],
+                prehashed=prehashed,
+                batch_size=chunk,
+            )
+    elif operation == "data-key":
+        answers = client.batch_generate_data_key(
+            [_text(i, "key") for i in items],
+            size,
+            include_plaintext=include_plaintext,
+            batch_size=chunk,
+        )
+    else:
+        answers = client.batch_decrypt_bucket_key(
+            [(_text(i, "bucket"), _b64(i, "wrapped_key")) for i in items], chunk
+        )
+    failed = 0
+    out_lines = []
+    for answer in answers:
+        record: dict[str, Any]
+        if isinstance(answer, VaultClientError):
+            failed += 1
+            record = {
+                "error": {
+                    "code": answer.code.name,
+                    "reason": answer.reason,
+                    "message": answer.message,
+                    "metadata": answer.metadata,
+                }
+            }
+        elif isinstance(answer, Verification):
+            record = {"valid": answer.valid, "key_version": answer.key_version}
+        else:
+            record = _batch_fields(answer)
+        out_lines.append(json.dumps(record, sort_keys=True))
+    text = "".join(line + "\n" for line in out_lines)
+    if out_path is None or out_path == STDIO:
+        click.echo(text, nl=False)
+    else:
+        write_output(out_path, text.encode("utf-8"), force=force)
+    note(f"{len(answers) - failed} of {len(answers)} items done, {failed} failed")
+    if failed:
+        raise CliError(f"{failed} of {len(answers)} items failed", exit_code=EXIT_VAULT)
+
+
+def _batch_item(number: int, line: bytes) -> dict[str, Any]:
+    import json
+
+    try:
+        item = json.loads(line)
+    except ValueError:
+        raise click.BadParameter(f"line {number} is not JSON", param_hint="--in") from None
+    if not isinstance(item, dict):
+        raise click.BadParameter(f"line {number} is not a JSON object", param_hint="--in")
+    item["#"] = number
+    return item
+
+
+def _text(item: dict[str, Any], field: str) -> str:
+    value = item.get(field)
+    if not isinstance(value, str):
+        raise click.BadParameter(f"line {item['#']}: {field} must be a string", param_hint="--in")
+    return value
+
+
+def _b64(item: dict[str, Any], field: str, default: bytes | None = None) -> bytes:
+    import base64
+    import binascii
+
+    value = item.get(field)
+    if value is None and default is not None:
+        return default
+    if not isinstance(value, str):
+        raise click.BadParameter(
+            f"line {item['#']}: {field} must be base64 text", param_hint="--in"
+        )
+    try:
+        return base64.b64decode(value, validate=True)
+    except binascii.Error:
+        raise click.BadParameter(
+            f"line {item['#']}: {field} is not valid base64", param_hint="--in"
+        ) from None
+
+
+def _all_digests(items: list[dict[str, Any]]) -> bool:
+    """Whether the lines give digests (True) or messages (False): all alike."""
+    digests = {"digest" in item for item in items}
+    if len(digests) > 1:
+        raise click.BadParameter(
+            "give a message on every line or a digest on every line, not both", param_hint="--in"
+        )
+    return digests == {True}
+
+
+def _batch_fields(response: Any) -> dict[str, Any]:
+    """A result message's fields for its output line: bytes base64, no CRC32C fields."""
+    import base64
+
+    record: dict[str, Any] = {}
+    for descriptor, value in response.ListFields():
+        name = descriptor.name
+        if name.endswith("_crc32c") or name.startswith("verified_"):
+            continue
+        if name in _BYTE_FIELDS:
+            record[name] = base64.b64encode(value).decode("ascii")
+        else:
+            record[name] = value
+    return record

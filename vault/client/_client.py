@@ -57,6 +57,8 @@ RevocationReasonLike: TypeAlias = "resources_pb2.RevocationReason.ValueType | st
 ImportMethodLike: TypeAlias = "resources_pb2.ImportMethod.ValueType | str"
 
 DEFAULT_TIMEOUT_SECONDS: Final = 30.0
+# Items per call of a batch method: the server's default limit (server.max_batch_items).
+DEFAULT_BATCH_ITEMS: Final = 1000
 
 # UNAVAILABLE means the call did not reach a working server (a worker restarting under
 # SO_REUSEPORT resets the connections queued on it, say) or the server could not record it
@@ -125,6 +127,12 @@ def _paged(
         token = page.next_page_token  # type: ignore[attr-defined]
         if not token:
             return
+
+
+def _batch_limit(error: VaultClientError) -> int | None:
+    """The server's items per call, from its TOO_MANY_ITEMS refusal; None for another error."""
+    limit = error.metadata.get("limit", "") if error.reason == "TOO_MANY_ITEMS" else ""
+    return int(limit) if limit.isdigit() else None
 
 
 def _enum(value: int | str | None, wrapper: Any, prefix: str) -> Any:
@@ -719,6 +727,195 @@ class VaultClient:
         response = self._call(self._crypto.GenerateRandom, request)
         _check(response, "data")
         return response
+
+    # -- batches ----------------------------------------------------------------------------
+    #
+    # Each takes many items (which may name different keys) and returns one entry per item,
+    # in order: the unary method's response, or the VaultClientError that item failed with
+    # (a refused, rate-limited or undecryptable item fails alone). Items go batch_size to a
+    # call (default: 1,000, or fewer if the server says it takes fewer); the server takes
+    # server.max_batch_items (1,000 by default) and server.max_message_bytes per call. Sign
+    # and Verify items are whole messages of at most MAX_MESSAGE_BYTES, or digests with
+    # prehashed=True.
+
+    def batch_encrypt(
+        self, items: Iterable[tuple[str, bytes] | tuple[str, bytes, bytes]], batch_size: int = 0
+    ) -> list[crypto_service_pb2.EncryptResponse | VaultClientError]:
+        """items: (key name, plaintext) or (key name, plaintext, aad)."""
+        requests = []
+        for name, plaintext, *rest in items:
+            aad = rest[0] if rest else b""
+            requests.append(
+                crypto_service_pb2.EncryptRequest(
+                    name=name,
+                    plaintext=plaintext,
+                    additional_authenticated_data=aad,
+                    plaintext_crc32c=_crc32c(plaintext),
+                    additional_authenticated_data_crc32c=_crc32c(aad),
+                )
+            )
+        return self._batch(
+            self._crypto.BatchEncrypt,
+            crypto_service_pb2.BatchEncryptRequest,
+            requests,
+            ("ciphertext",),
+            batch_size,
+        )
+
+    def batch_decrypt(
+        self, items: Iterable[tuple[str, bytes] | tuple[str, bytes, bytes]], batch_size: int = 0
+    ) -> list[crypto_service_pb2.DecryptResponse | VaultClientError]:
+        """items: (key name, ciphertext) or (key name, ciphertext, aad)."""
+        requests = []
+        for name, ciphertext, *rest in items:
+            aad = rest[0] if rest else b""
+            requests.append(
+                crypto_service_pb2.DecryptRequest(
+                    name=name,
+                    ciphertext=ciphertext,
+                    additional_authenticated_data=aad,
+                    ciphertext_crc32c=_crc32c(ciphertext),
+                    additional_authenticated_data_crc32c=_crc32c(aad),
+                )
+            )
+        return self._batch(
+            self._crypto.BatchDecrypt,
+            crypto_service_pb2.BatchDecryptRequest,
+            requests,
+            ("plaintext",),
+            batch_size,
+        )
+
+    def batch_generate_data_key(
+        self,
+        names: Iterable[str],
+        key_size_bytes: int = 32,
+        aad: bytes = b"",
+        *,
+        include_plaintext: bool = False,
+        batch_size: int = 0,
+    ) -> list[crypto_service_pb2.GenerateDataKeyResponse | VaultClientError]:
+        """One data key per name (a name may repeat), all of key_size_bytes and bound to aad."""
+        requests = [
+            crypto_service_pb2.GenerateDataKeyRequest(
+                name=name,
+                key_size_bytes=key_size_bytes,
+                additional_authenticated_data=aad,
+                additional_authenticated_data_crc32c=_crc32c(aad),
+                include_plaintext=include_plaintext,
+            )
+            for name in names
+        ]
+        return self._batch(
+            self._crypto.BatchGenerateDataKey,
+            crypto_service_pb2.BatchGenerateDataKeyRequest,
+            requests,
+            ("ciphertext", "plaintext"),
+            batch_size,
+        )
+
+    def batch_sign(
+        self, items: Iterable[tuple[str, bytes]], *, prehashed: bool = False, batch_size: int = 0
+    ) -> list[crypto_service_pb2.SignResponse | VaultClientError]:
+        """items: (key name, message), or (key name, digest) with prehashed."""
+        requests = []
+        for name, data in items:
+            request = crypto_service_pb2.SignRequest(name=name)
+            _set_signed_input(request, None if prehashed else data, data if prehashed else None)
+            requests.append(request)
+        return self._batch(
+            self._crypto.BatchSign,
+            crypto_service_pb2.BatchSignRequest,
+            requests,
+            ("signature",),
+            batch_size,
+        )
+
+    def batch_verify(
+        self,
+        items: Iterable[tuple[str, bytes, bytes]],
+        *,
+        prehashed: bool = False,
+        batch_size: int = 0,
+    ) -> list[Verification | VaultClientError]:
+        """items: (key name, message or, with prehashed, digest, signature). An entry is a
+        Verification, true only for a valid signature, or the item's error."""
+        requests = []
+        for name, data, signature in items:
+            request = crypto_service_pb2.VerifyRequest(
+                name=name, signature=signature, signature_crc32c=_crc32c(signature)
+            )
+            _set_signed_input(request, None if prehashed else data, data if prehashed else None)
+            requests.append(request)
+        answers = self._batch(
+            self._crypto.BatchVerify,
+            crypto_service_pb2.BatchVerifyRequest,
+            requests,
+            (),
+            batch_size,
+        )
+        return [
+            answer
+            if isinstance(answer, VaultClientError)
+            else Verification(bool(answer.valid), answer.key_version, answer)
+            for answer in answers
+        ]
+
+    def batch_decrypt_bucket_key(
+        self, items: Iterable[tuple[str, bytes]], batch_size: int = 0
+    ) -> list[bucket_service_pb2.DecryptBucketKeyResponse | VaultClientError]:
+        """items: (bucket name, wrapped key)."""
+        requests = [
+            bucket_service_pb2.DecryptBucketKeyRequest(
+                name=bucket, wrapped_key=wrapped, wrapped_key_crc32c=_crc32c(wrapped)
+            )
+            for bucket, wrapped in items
+        ]
+        return self._batch(
+            self._buckets.BatchDecryptBucketKey,
+            bucket_service_pb2.BatchDecryptBucketKeyRequest,
+            requests,
+            ("plaintext",),
+            batch_size,
+        )
+
+    def _batch(
+        self,
+        method: grpc.UnaryUnaryMultiCallable[Any, Any],
+        request_type: Callable[..., Any],
+        requests: Sequence[Message],
+        checked: Sequence[str],
+        batch_size: int,
+    ) -> list[Any]:
+        """Send requests batch_size (default DEFAULT_BATCH_ITEMS) at a time; each item's
+        response, its byte fields checked against their CRC32C, or its error. A server that
+        takes fewer items per call says how many (TOO_MANY_ITEMS): then that many at a time."""
+        size = batch_size or DEFAULT_BATCH_ITEMS
+        answers: list[Any] = []
+        start = 0
+        while start < len(requests):
+            chunk = requests[start : start + size]
+            try:
+                response = self._call(method, request_type(requests=chunk))
+            except VaultClientError as error:
+                limit = _batch_limit(error)
+                if batch_size or limit is None or not 0 < limit < len(chunk):
+                    raise
+                size = limit
+                continue
+            start += len(chunk)
+            for slot in response.results:
+                if slot.WhichOneof("result") != "response":
+                    answers.append(VaultClientError.from_status(slot.error))
+                    continue
+                try:
+                    for field in checked:
+                        _check(slot.response, field)
+                except ChecksumError as error:
+                    answers.append(error)
+                    continue
+                answers.append(slot.response)
+        return answers
 
     # -- IdentityService (admin role) --------------------------------------------------------
 

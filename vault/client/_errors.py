@@ -7,9 +7,10 @@ from typing import Final
 
 import grpc
 from google.protobuf.duration_pb2 import Duration
-from google.rpc import error_details_pb2
+from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
+_CODES: Final = {code.value[0]: code for code in grpc.StatusCode}
 # The protobuf Duration range.
 _MAX_DURATION_SECONDS: Final = 315_576_000_000
 
@@ -50,6 +51,18 @@ class VaultClientError(Exception):
             # The trailer disagrees with the status line (a proxy rewrote one of them):
             # trust the status line, which every hop must carry.
             status = None
+        return cls._from_details(code, message, status)
+
+    @classmethod
+    def from_status(cls, status: status_pb2.Status) -> VaultClientError:
+        """The error of one item of a batch call, from the google.rpc.Status in its slot."""
+        code = _CODES.get(status.code, grpc.StatusCode.UNKNOWN)
+        return cls._from_details(code, status.message, status)
+
+    @classmethod
+    def _from_details(
+        cls, code: grpc.StatusCode, message: str, status: status_pb2.Status | None
+    ) -> VaultClientError:
         info: error_details_pb2.ErrorInfo | None = None
         retry_after: float | None = None
         for detail in status.details if status is not None else ():

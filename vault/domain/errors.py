@@ -34,6 +34,18 @@ class InputTooLarge(InvalidArgument):
     reason = "INPUT_TOO_LARGE"
 
 
+class TooManyItems(InvalidArgument):
+    """A batch request holds more items than the server takes in one call."""
+
+    reason = "TOO_MANY_ITEMS"
+
+
+class NoItems(InvalidArgument):
+    """A batch request holds no item: there would be nothing to do or to audit."""
+
+    reason = "NO_ITEMS"
+
+
 class UnsupportedAlgorithm(InvalidArgument):
     reason = "UNSUPPORTED_ALGORITHM"
 

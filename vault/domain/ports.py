@@ -15,6 +15,7 @@ from vault.domain.audit import ArchiveMarker, AuditEvent, AuditRecord, Checkpoin
 from vault.domain.backup import ExportRecord, Selection, Tombstone
 from vault.domain.buckets import Bucket, BucketFilter
 from vault.domain.ceremony import RootInfo, TokenIdentity, TransportKey, WrappedRoot
+from vault.domain.errors import VaultError
 from vault.domain.identity import AccessKey, Account, ApiKey, UsageCount
 from vault.domain.imports import ImportJob, ImportJobName, ImportMethod
 from vault.domain.models import Key, KeyFilter, KeyVersion, Page, Revocation, RootGeneration
@@ -30,6 +31,28 @@ class GeneratedMaterial:
     wrapped_blob: bytes | None = field(repr=False)
     token_label: str | None
     public_key_der: bytes | None = field(repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class TokenSign:
+    """One signature of a batch (KeyStore.sign_many): the arguments of KeyStore.sign."""
+
+    version: KeyVersion
+    algorithm: Algorithm
+    data: bytes
+    prehashed: bool
+
+
+@dataclass(frozen=True, slots=True)
+class TokenGcm:
+    """One AES-GCM operation of a batch (KeyStore.encrypt_gcm_many, decrypt_gcm_many): the
+    arguments of encrypt_gcm or decrypt_gcm; data is the plaintext or the sealed bytes."""
+
+    version: KeyVersion
+    algorithm: Algorithm
+    nonce: bytes
+    data: bytes = field(repr=False)
+    aad: bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +116,18 @@ class KeyStore(Protocol):
         self, version: KeyVersion, algorithm: Algorithm, data: bytes, prehashed: bool
     ) -> bytes:
         """Sign a message, or a digest when prehashed. ECDSA signatures are DER-encoded."""
+        ...
+
+    # Batches: each request's result or the VaultError it alone failed with, in order, from
+    # one token call that looks each key version's handle up once; an error of the token
+    # itself fails the whole call (raised).
+
+    def sign_many(self, requests: Sequence[TokenSign]) -> list[bytes | VaultError]: ...
+
+    def encrypt_gcm_many(self, requests: Sequence[TokenGcm]) -> list[bytes | VaultError]: ...
+
+    def decrypt_gcm_many(self, requests: Sequence[TokenGcm]) -> list[bytes | VaultError]:
+        """DecryptionFailed for each request that does not open."""
         ...
 
     def asymmetric_decrypt(

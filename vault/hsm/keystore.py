@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hmac
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 from cachetools import TTLCache
@@ -37,7 +37,7 @@ from vault.domain.errors import (
 from vault.domain.imports import IMPORT_KEY_LABEL_PREFIX, ImportMethod
 from vault.domain.models import KeyVersion
 from vault.domain.names import TOKEN_KEY_LABEL_PREFIX
-from vault.domain.ports import GeneratedMaterial
+from vault.domain.ports import GeneratedMaterial, TokenGcm, TokenSign
 from vault.domain.public_keys import hash_algorithm, verify_signature
 from vault.hsm import objects, templates
 from vault.hsm.capabilities import supported_algorithms
@@ -46,6 +46,7 @@ from vault.hsm.public import public_key_der, rsa_public_key_der
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+_Request = TypeVar("_Request", TokenSign, TokenGcm)
 
 _ED25519_PARAMS = b"\x06\x03\x2b\x65\x70"  # OID 1.3.101.112
 _CACHE = "handles"
@@ -221,11 +222,12 @@ class Pkcs11KeyStore:
             cache[cache_key] = obj
         return obj
 
-    def run(self, operation: Callable[[ThreadContext], T], name: str = "") -> T:
+    def run(self, operation: Callable[[ThreadContext], T], name: str = "", count: int = 1) -> T:
         """Run operation with this thread's session, with the token layer's recovery; counted
-        (vault.metrics) under name, by default the operation function's own name."""
+        (vault.metrics) under name, by default the operation function's own name, as count
+        operations (a batch's)."""
         label = name or getattr(operation, "__name__", "other")
-        metrics.token_operation(label)
+        metrics.token_operation(label, count)
         try:
             return self._library.run(operation)
         except VaultError as error:
@@ -322,14 +324,7 @@ class Pkcs11KeyStore:
         aad: bytes,
     ) -> bytes:
         def encrypt(context: ThreadContext) -> bytes:
-            key = self._key(context, version, algorithm)
-            return bytes(
-                key.encrypt(
-                    plaintext,
-                    mechanism=Mechanism.AES_GCM,
-                    mechanism_param=GCMParams(nonce, aad, 128),
-                )
-            )
+            return _gcm_encrypt(self._key(context, version, algorithm), nonce, plaintext, aad)
 
         return self.run(encrypt)
 
@@ -337,19 +332,51 @@ class Pkcs11KeyStore:
         self, version: KeyVersion, algorithm: Algorithm, nonce: bytes, sealed: bytes, aad: bytes
     ) -> bytes:
         def decrypt(context: ThreadContext) -> bytes:
-            key = self._key(context, version, algorithm)
-            try:
-                return bytes(
-                    key.decrypt(
-                        sealed,
-                        mechanism=Mechanism.AES_GCM,
-                        mechanism_param=GCMParams(nonce, aad, 128),
-                    )
-                )
-            except _DATA_ERRORS:
-                raise DecryptionFailed() from None
+            return _gcm_decrypt(self._key(context, version, algorithm), nonce, sealed, aad)
 
         return self.run(decrypt)
+
+    def encrypt_gcm_many(self, requests: Sequence[TokenGcm]) -> list[bytes | VaultError]:
+        return self._many(
+            requests,
+            lambda key, request: _gcm_encrypt(key, request.nonce, request.data, request.aad),
+            "encrypt",
+        )
+
+    def decrypt_gcm_many(self, requests: Sequence[TokenGcm]) -> list[bytes | VaultError]:
+        return self._many(
+            requests,
+            lambda key, request: _gcm_decrypt(key, request.nonce, request.data, request.aad),
+            "decrypt",
+        )
+
+    def _many(
+        self,
+        requests: Sequence[_Request],
+        operation: Callable[[Any, _Request], bytes],
+        name: str,
+    ) -> list[bytes | VaultError]:
+        """operation(handle, request) for each request in one token call (one session, the
+        token layer's gate taken once), each key version's handle looked up once; a
+        VaultError of one request is its result, anything else fails the call (and a stale
+        handle retries it whole, as run() does for one operation)."""
+
+        def each(context: ThreadContext) -> list[bytes | VaultError]:
+            handles: dict[str, Any] = {}
+            results: list[bytes | VaultError] = []
+            for request in requests:
+                version = request.version
+                try:
+                    key = handles.get(str(version.name))
+                    if key is None:
+                        key = self._key(context, version, request.algorithm)
+                        handles[str(version.name)] = key
+                    results.append(operation(key, request))
+                except VaultError as error:
+                    results.append(error)
+            return results
+
+        return self.run(each, name, len(requests))
 
     def wrap_secret(self, version: KeyVersion, algorithm: Algorithm, material: bytes) -> bytes:
         def wrap(context: ThreadContext) -> bytes:
@@ -388,36 +415,18 @@ class Pkcs11KeyStore:
     def sign(
         self, version: KeyVersion, algorithm: Algorithm, data: bytes, prehashed: bool
     ) -> bytes:
-        spec = algorithm.spec
-        if spec.family is KeyFamily.EC:
-            hashed = data if prehashed else digest(spec.hash, data)
-
-            def sign_ec(context: ThreadContext) -> bytes:
-                raw = bytes(
-                    self._key(context, version, algorithm).sign(hashed, mechanism=Mechanism.ECDSA)
-                )
-                half = len(raw) // 2
-                return asym_utils.encode_dss_signature(
-                    int.from_bytes(raw[:half], "big"), int.from_bytes(raw[half:], "big")
-                )
-
-            return self.run(sign_ec, "sign")
-        if spec.family is KeyFamily.ED25519:
-            mechanism, param = Mechanism.EDDSA, None
-        elif spec.padding is Padding.PSS:
-            hash_mechanism, mgf = templates.HASH_MECHANISMS[spec.hash]
-            mechanism = Mechanism.RSA_PKCS_PSS if prehashed else Mechanism.SHA256_RSA_PKCS_PSS
-            param = (hash_mechanism, mgf, DIGEST_SIZES[spec.hash])
-        elif spec.padding is Padding.PKCS1 and not prehashed:
-            mechanism, param = Mechanism.SHA256_RSA_PKCS, None
-        else:
-            raise InvalidArgument(f"{algorithm} cannot sign this input")
+        signer = _signer(algorithm, data, prehashed)
 
         def sign(context: ThreadContext) -> bytes:
-            key = self._key(context, version, algorithm)
-            return bytes(key.sign(data, mechanism=mechanism, mechanism_param=param))
+            return signer(self._key(context, version, algorithm))
 
-        return self.run(sign)
+        return self.run(sign, "sign")
+
+    def sign_many(self, requests: Sequence[TokenSign]) -> list[bytes | VaultError]:
+        def sign(key: Any, request: TokenSign) -> bytes:
+            return _signer(request.algorithm, request.data, request.prehashed)(key)
+
+        return self._many(requests, sign, "sign")
 
     def asymmetric_decrypt(
         self, version: KeyVersion, algorithm: Algorithm, ciphertext: bytes
@@ -727,6 +736,57 @@ def _prove_decryption(session: Any, key: Any, algorithm: Algorithm, public_der: 
     )
     if not hmac.compare_digest(opened, secret):
         raise ImportFailed(_IMPORT_FAILED)
+
+
+def _gcm_encrypt(key: Any, nonce: bytes, plaintext: bytes, aad: bytes) -> bytes:
+    return bytes(
+        key.encrypt(
+            plaintext, mechanism=Mechanism.AES_GCM, mechanism_param=GCMParams(nonce, aad, 128)
+        )
+    )
+
+
+def _gcm_decrypt(key: Any, nonce: bytes, sealed: bytes, aad: bytes) -> bytes:
+    try:
+        return bytes(
+            key.decrypt(
+                sealed, mechanism=Mechanism.AES_GCM, mechanism_param=GCMParams(nonce, aad, 128)
+            )
+        )
+    except _DATA_ERRORS:
+        raise DecryptionFailed() from None
+
+
+def _signer(algorithm: Algorithm, data: bytes, prehashed: bool) -> Callable[[Any], bytes]:
+    """What signs data (a digest when prehashed) with a handle of algorithm's private key;
+    InvalidArgument for an input algorithm cannot sign."""
+    spec = algorithm.spec
+    if spec.family is KeyFamily.EC:
+        hashed = data if prehashed else digest(spec.hash, data)
+
+        def sign_ec(key: Any) -> bytes:
+            raw = bytes(key.sign(hashed, mechanism=Mechanism.ECDSA))
+            half = len(raw) // 2
+            return asym_utils.encode_dss_signature(
+                int.from_bytes(raw[:half], "big"), int.from_bytes(raw[half:], "big")
+            )
+
+        return sign_ec
+    if spec.family is KeyFamily.ED25519:
+        mechanism, param = Mechanism.EDDSA, None
+    elif spec.padding is Padding.PSS:
+        hash_mechanism, mgf = templates.HASH_MECHANISMS[spec.hash]
+        mechanism = Mechanism.RSA_PKCS_PSS if prehashed else Mechanism.SHA256_RSA_PKCS_PSS
+        param = (hash_mechanism, mgf, DIGEST_SIZES[spec.hash])
+    elif spec.padding is Padding.PKCS1 and not prehashed:
+        mechanism, param = Mechanism.SHA256_RSA_PKCS, None
+    else:
+        raise InvalidArgument(f"{algorithm} cannot sign this input")
+
+    def sign(key: Any) -> bytes:
+        return bytes(key.sign(data, mechanism=mechanism, mechanism_param=param))
+
+    return sign
 
 
 def generate_pair(

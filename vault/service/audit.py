@@ -109,10 +109,21 @@ class CheckpointPolicy:
     every_seconds: float = 60.0
 
 
+@dataclass(frozen=True, slots=True)
+class AuditEntry:
+    """A record to append, and what it counts against its credential: usage_count uses of
+    usage_method (none when None). A batch call's record may stand for several items."""
+
+    event: AuditEvent
+    usage_method: str | None = None
+    usage_count: int = 1
+
+
 @dataclass(slots=True)
 class _Pending:
     event: AuditEvent
     usage_method: str | None  # the method to count against the credential, if any
+    usage_count: int = 1
     done: bool = False
     error: BaseException | None = field(default=None, repr=False)
 
@@ -154,13 +165,21 @@ class AuditLog:
         """Append event and return once it is committed; AuditUnavailable if it cannot be, or
         if the chain no longer extends the token's anchor. inspection: an admin's read of the
         audit log itself, still served (and recorded) then, so the damage can be looked at."""
+        self.record_all([AuditEntry(event, usage_method)], inspection=inspection)
+
+    def record_all(self, entries: Sequence[AuditEntry], *, inspection: bool = False) -> None:
+        """record() for several entries that commit together, in this order, in one
+        transaction: a batch call's records."""
         if self._broken is not None and not inspection:
             self._refuse()
-        item = _Pending(event, usage_method)
+        if not entries:
+            return
+        items = [_Pending(e.event, e.usage_method, e.usage_count) for e in entries]
+        item = items[-1]  # all of them join the same group: one is done when all are
         if self._on_waiting is not None:
-            self._on_waiting(1)
+            self._on_waiting(len(items))
         with self._cond:
-            self._pending.append(item)
+            self._pending.extend(items)
             while self._committing and not item.done:
                 self._cond.wait()
             if item.done:
@@ -219,7 +238,7 @@ class AuditLog:
             event = pending.event
             if pending.usage_method is not None and event.credential_id:
                 day = event.occurred_at.date().isoformat()
-                usage[(event.credential_id, day, pending.usage_method)] += 1
+                usage[(event.credential_id, day, pending.usage_method)] += pending.usage_count
                 last_used[event.credential_id] = max(
                     event.occurred_at, last_used.get(event.credential_id, event.occurred_at)
                 )

@@ -12,6 +12,7 @@ are never logged and never part of a repr.
 from __future__ import annotations
 
 import secrets
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import timedelta
 
@@ -33,11 +34,13 @@ from vault.domain.errors import (
     InvalidArgument,
     NotFound,
     UnsupportedAlgorithm,
+    VaultError,
     WrongState,
 )
 from vault.domain.models import Key, KeyState, KeyVersion, Page, VersionState
-from vault.domain.names import BucketName, MasterKeyVersionName, check_id
-from vault.domain.ports import BucketStore, KeyStore, MetadataStore
+from vault.domain.names import BucketName, KeyVersionName, MasterKeyVersionName, check_id
+from vault.domain.ports import BucketStore, KeyStore, MetadataStore, TokenGcm
+from vault.service.crypto import through_token
 from vault.service.keys import (
     MAX_LABEL_VALUE,
     MAX_REQUEST_ID,
@@ -299,18 +302,50 @@ class BucketManagement:
             bucket.policy,
         )
 
-    def decrypt_bucket_key(self, name: str, wrapped: bytes) -> BucketKey:
+    def decrypt_bucket_key_batch(
+        self, items: Sequence[tuple[str, bytes]]
+    ) -> list[BucketKey | VaultError]:
+        """decrypt_bucket_key(name, wrapped) for each item; its result or its error, in
+        order. Each bucket and master-key version is read from the store once per call, and
+        the token opens every key in one call."""
+        reads = _BatchReads(self)
+
+        def prepare(item: tuple[str, bytes]) -> tuple[TokenGcm, tuple[BucketName, Bucket, bytes]]:
+            name, wrapped = item
+            bucket_name, bucket, key, version, envelope = self._opening(name, wrapped, reads)
+            aad = bucket_key_aad(envelope.header(), bucket_name)
+            request = TokenGcm(version, key.algorithm, envelope.nonce, envelope.sealed, aad)
+            return request, (bucket_name, bucket, wrapped)
+
+        def finish(
+            plaintext: bytes, request: TokenGcm, found: tuple[BucketName, Bucket, bytes]
+        ) -> BucketKey:
+            bucket_name, bucket, wrapped = found
+            return self._opened(plaintext, request.version, bucket_name, bucket, wrapped)
+
+        return through_token(items, prepare, self._keystore.decrypt_gcm_many, finish)
+
+    def _opening(
+        self, name: str, wrapped: bytes, reads: _BatchReads | None
+    ) -> tuple[BucketName, Bucket, Key, KeyVersion, WrappedBucketKey]:
+        """What decrypting wrapped needs: the bucket, its master-key version named in the
+        envelope, and the envelope; the uniform DECRYPTION_FAILED for anything else."""
         bucket_name = BucketName.parse(name)
         if len(wrapped) > MAX_WRAPPED_KEY_BYTES:
             raise DecryptionFailed()
-        bucket, key = self._load(bucket_name)
+        bucket, key = reads.bucket(bucket_name) if reads is not None else self._load(bucket_name)
         if key.state is not KeyState.ENABLED:
             raise _state_forbids(key, "DecryptBucketKey")
         envelope = WrappedBucketKey.parse(wrapped)
-        version = self._store.get_version(key.name.version(envelope.master_key_version))
+        wanted = key.name.version(envelope.master_key_version)
+        version = reads.version(wanted) if reads is not None else self._store.get_version(wanted)
         usable = (VersionState.ENABLED, VersionState.DISABLED)
         if version is None or version.state not in usable:
             raise DecryptionFailed()
+        return bucket_name, bucket, key, version, envelope
+
+    def decrypt_bucket_key(self, name: str, wrapped: bytes) -> BucketKey:
+        bucket_name, bucket, key, version, envelope = self._opening(name, wrapped, None)
         # A disabled version still tells a genuine wrapped key from any other (whose answer
         # stays the uniform DECRYPTION_FAILED, wherever it came from), but never opens it.
         plaintext = self._keystore.decrypt_gcm(
@@ -320,6 +355,16 @@ class BucketManagement:
             envelope.sealed,
             bucket_key_aad(envelope.header(), bucket_name),
         )
+        return self._opened(plaintext, version, bucket_name, bucket, wrapped)
+
+    def _opened(
+        self,
+        plaintext: bytes,
+        version: KeyVersion,
+        bucket_name: BucketName,
+        bucket: Bucket,
+        wrapped: bytes,
+    ) -> BucketKey:
         if len(plaintext) != BUCKET_KEY_SIZE:
             raise DecryptionFailed()
         if version.state is VersionState.DISABLED:
@@ -340,3 +385,30 @@ def _state_forbids(key: Key, operation: str) -> WrongState:
         f"{operation} is not allowed while the bucket is {state}",
         metadata={"state": str(state), "operation": operation},
     )
+
+
+class _BatchReads:
+    """What a batch call reads from the store, read once per call: its buckets (with their
+    master keys) and their master-key versions."""
+
+    def __init__(self, buckets: BucketManagement) -> None:
+        self._owner = buckets
+        self._buckets: dict[BucketName, tuple[Bucket, Key] | VaultError] = {}
+        self._versions: dict[KeyVersionName, KeyVersion | None] = {}
+
+    def bucket(self, name: BucketName) -> tuple[Bucket, Key]:
+        found = self._buckets.get(name)
+        if found is None:
+            try:
+                found = self._owner._load(name)
+            except VaultError as error:
+                found = error
+            self._buckets[name] = found
+        if isinstance(found, VaultError):
+            raise found.with_traceback(None)
+        return found
+
+    def version(self, name: KeyVersionName) -> KeyVersion | None:
+        if name not in self._versions:
+            self._versions[name] = self._owner._store.get_version(name)
+        return self._versions[name]

@@ -4,8 +4,9 @@ then asks the token; nothing here touches key material except data keys the call
 from __future__ import annotations
 
 import secrets
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import TypeVar, cast
 
 from vault.domain.algorithms import DIGEST_SIZES, MAX_SIGNED_MESSAGE_BYTES
 from vault.domain.envelope import NONCE_SIZE, GcmEnvelope, WrappedEnvelope, gcm_aad
@@ -15,11 +16,12 @@ from vault.domain.errors import (
     InvalidArgument,
     NotFound,
     UnsupportedAlgorithm,
+    VaultError,
 )
 from vault.domain.models import Key, KeyVersion, Operation
 from vault.domain.names import KeyName, parse_key_or_version
 from vault.domain.policy import KeyPolicy
-from vault.domain.ports import KeyStore
+from vault.domain.ports import KeyStore, TokenGcm, TokenSign
 from vault.domain.public_keys import verify_signature
 from vault.service.keys import KeyManagement
 
@@ -30,6 +32,10 @@ MAX_SIGNATURE_BYTES = 1024  # RSA-4096 signatures are 512 bytes
 MIN_WRAPPED_MATERIAL = 16
 MAX_WRAPPED_MATERIAL = 4096
 DATA_KEY_SIZES = frozenset({16, 24, 32, 64})
+_Item = TypeVar("_Item")
+_Result = TypeVar("_Result")
+_Request = TypeVar("_Request")
+_Context = TypeVar("_Context")
 _ENVELOPE_ADVICE = (
     "encrypt larger data locally under a data key from GenerateDataKey (envelope "
     "encryption), and store the encrypted data key beside it"
@@ -64,58 +70,342 @@ class ReEncrypted:
     source_key_version_name: str
 
 
+# One item of a batch call each: the arguments of the unary method.
+
+
+@dataclass(frozen=True, slots=True)
+class EncryptItem:
+    name: str
+    plaintext: bytes
+    aad: bytes
+
+    def __repr__(self) -> str:
+        return f"EncryptItem(name={self.name!r}, plaintext=<{len(self.plaintext)} bytes>)"
+
+
+@dataclass(frozen=True, slots=True)
+class DecryptItem:
+    name: str
+    ciphertext: bytes
+    aad: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class SignItem:
+    name: str
+    message: bytes | None
+    digest: bytes | None
+
+
+@dataclass(frozen=True, slots=True)
+class VerifyItem:
+    name: str
+    message: bytes | None
+    digest: bytes | None
+    signature: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class DataKeyItem:
+    name: str
+    size: int
+    aad: bytes
+    include_plaintext: bool
+
+
+_Check = Callable[[str, Operation, "_Keys"], tuple[Key, KeyVersion, bool]]
+
+
+class _Keys:
+    """Where a call finds its keys and versions: the store (through KeyManagement's caches)
+    for a unary call."""
+
+    def __init__(self, keys: KeyManagement) -> None:
+        self._keys = keys
+
+    def load(self, name: KeyName) -> Key:
+        return self._keys.load(name)
+
+    def version(self, key: Key, number: int | None) -> KeyVersion:
+        return self._keys.version(key, number)
+
+    def usable(
+        self, name: str, operation: Operation, check: _Check
+    ) -> tuple[Key, KeyVersion, bool]:
+        """check(name, operation, self): what name may be used for, or its error."""
+        return check(name, operation, self)
+
+
+class _BatchKeys(_Keys):
+    """A batch call's keys: each key read from the store once per call, however many items
+    name it, so an item costs its token operation and not another store read. A snapshot
+    taken as the call runs, as a unary call's is; errors are remembered as well, so an item
+    naming a missing key costs no more than one naming a present one."""
+
+    def __init__(self, keys: KeyManagement) -> None:
+        super().__init__(keys)
+        self._loaded: dict[KeyName, Key | VaultError] = {}
+        self._versions: dict[tuple[KeyName, int | None], KeyVersion | VaultError] = {}
+        # Items naming the same key for the same operation are checked once per call.
+        self._usable: dict[tuple[str, Operation], tuple[Key, KeyVersion, bool] | VaultError] = {}
+
+    def usable(
+        self, name: str, operation: Operation, check: _Check
+    ) -> tuple[Key, KeyVersion, bool]:
+        found = self._usable.get((name, operation))
+        if found is None:
+            try:
+                found = check(name, operation, self)
+            except VaultError as error:
+                found = error
+            self._usable[(name, operation)] = found
+        if isinstance(found, VaultError):
+            raise found.with_traceback(None)
+        return found
+
+    def load(self, name: KeyName) -> Key:
+        found = self._loaded.get(name)
+        if found is None:
+            try:
+                found = self._keys.load(name)
+            except VaultError as error:
+                found = error
+            self._loaded[name] = found
+        if isinstance(found, VaultError):
+            raise found.with_traceback(None)
+        return found
+
+    def version(self, key: Key, number: int | None) -> KeyVersion:
+        wanted = (key.name, number)
+        found = self._versions.get(wanted)
+        if found is None:
+            try:
+                found = self._keys.version(key, number)
+            except VaultError as error:
+                found = error
+            self._versions[wanted] = found
+        if isinstance(found, VaultError):
+            raise found.with_traceback(None)
+        return found
+
+
+def _each(
+    items: Sequence[_Item], operation: Callable[[_Item], _Result]
+) -> list[_Result | VaultError]:
+    """operation's result for each item, or the VaultError it raised; in order."""
+    results: list[_Result | VaultError] = []
+    for item in items:
+        try:
+            results.append(operation(item))
+        except VaultError as error:
+            results.append(error)
+    return results
+
+
+def through_token(
+    items: Sequence[_Item],
+    prepare: Callable[[_Item], tuple[_Request, _Context]],
+    token: Callable[[list[_Request]], list[bytes | VaultError]],
+    finish: Callable[[bytes, _Request, _Context], _Result],
+) -> list[_Result | VaultError]:
+    """For each item: prepare(item) checks it and says what to ask of the token; the token
+    does every prepared request in one call; finish makes the item's result of its answer.
+    An item whose preparation, token answer or finish raises a VaultError gets that error;
+    a token call that fails as a whole gives its error to every item it carried."""
+    results: list[_Result | VaultError | None] = []
+    prepared: list[tuple[int, _Request, _Context]] = []
+    for item in items:
+        try:
+            request, context = prepare(item)
+        except VaultError as error:
+            results.append(error)
+            continue
+        prepared.append((len(results), request, context))
+        results.append(None)
+    answers: list[bytes | VaultError]
+    try:
+        answers = token([request for _, request, _ in prepared]) if prepared else []
+    except VaultError as error:
+        answers = [error] * len(prepared)
+    for (index, request, context), answer in zip(prepared, answers, strict=True):
+        if isinstance(answer, VaultError):
+            results[index] = answer
+            continue
+        try:
+            results[index] = finish(answer, request, context)
+        except VaultError as error:
+            results[index] = error
+    return cast(list[_Result | VaultError], results)
+
+
 class CryptoOperations:
     def __init__(self, keys: KeyManagement, keystore: KeyStore, policy: KeyPolicy) -> None:
         self._keys = keys
         self._keystore = keystore
         self._policy = policy
+        self._direct = _Keys(keys)
 
-    def _usable(self, name: str, operation: Operation) -> tuple[Key, KeyVersion]:
-        key, version, _ = self._usable_named(name, operation)
+    def _usable(
+        self, name: str, operation: Operation, keys: _Keys | None = None
+    ) -> tuple[Key, KeyVersion]:
+        key, version, _ = self._usable_named(name, operation, keys)
         return key, version
 
-    def _usable_named(self, name: str, operation: Operation) -> tuple[Key, KeyVersion, bool]:
+    def _usable_named(
+        self, name: str, operation: Operation, keys: _Keys | None = None
+    ) -> tuple[Key, KeyVersion, bool]:
         """(key, the version name names or the primary, whether name named a version)."""
+        keys = keys or self._direct
+        return keys.usable(name, operation, self._check_usable)
+
+    def _check_usable(
+        self, name: str, operation: Operation, keys: _Keys
+    ) -> tuple[Key, KeyVersion, bool]:
         key_name, number = parse_key_or_version(name)
-        key = self._keys.load(key_name)
+        key = keys.load(key_name)
         key.require(operation)
-        version = self._keys.version(key, number)
+        version = keys.version(key, number)
         version.require(operation)
         return key, version, number is not None
 
+    # -- batches --------------------------------------------------------------------------
+
+    def encrypt_batch(self, items: Sequence[EncryptItem]) -> list[Sealed | VaultError]:
+        """encrypt() for each item; its result or its error, in order. Likewise the other
+        *_batch methods: the checks, the answers and the errors are the unary method's, and
+        the token does all items in one call (KeyStore's *_many)."""
+        keys = _BatchKeys(self._keys)
+
+        def prepare(item: EncryptItem) -> tuple[TokenGcm, KeyVersion]:
+            _limit("plaintext", item.plaintext, self._policy.max_plaintext_bytes, _ENVELOPE_ADVICE)
+            _limit("additional_authenticated_data", item.aad, MAX_AAD_BYTES)
+            key, version = self._usable(item.name, Operation.ENCRYPT, keys)
+            return self._gcm_request(key, version, item.plaintext, item.aad), version
+
+        def finish(sealed: bytes, request: TokenGcm, version: KeyVersion) -> Sealed:
+            envelope = GcmEnvelope(version.number, request.nonce, sealed)
+            return Sealed(envelope.to_bytes(), str(version.name))
+
+        return through_token(items, prepare, self._keystore.encrypt_gcm_many, finish)
+
+    def decrypt_batch(self, items: Sequence[DecryptItem]) -> list[Sealed | VaultError]:
+        keys = _BatchKeys(self._keys)
+
+        def prepare(item: DecryptItem) -> tuple[TokenGcm, KeyVersion]:
+            _limit("ciphertext", item.ciphertext, self._policy.max_plaintext_bytes + 64)
+            _limit("additional_authenticated_data", item.aad, MAX_AAD_BYTES)
+            key = keys.load(KeyName.parse(item.name))
+            key.require(Operation.DECRYPT)
+            envelope, version = self._envelope_version(key, item.ciphertext, keys)
+            full_aad = gcm_aad(envelope.header(), str(key.name), item.aad)
+            request = TokenGcm(version, key.algorithm, envelope.nonce, envelope.sealed, full_aad)
+            return request, version
+
+        def finish(plaintext: bytes, request: TokenGcm, version: KeyVersion) -> Sealed:
+            return Sealed(plaintext, str(version.name))
+
+        return through_token(items, prepare, self._keystore.decrypt_gcm_many, finish)
+
+    def sign_batch(self, items: Sequence[SignItem]) -> list[Sealed | VaultError]:
+        keys = _BatchKeys(self._keys)
+
+        def prepare(item: SignItem) -> tuple[TokenSign, KeyVersion]:
+            data, prehashed = _message_or_digest(item.message, item.digest)
+            key, version = self._usable(item.name, Operation.SIGN, keys)
+            _check_signing_input(key, data, prehashed)
+            return TokenSign(version, key.algorithm, data, prehashed), version
+
+        def finish(signature: bytes, request: TokenSign, version: KeyVersion) -> Sealed:
+            return Sealed(signature, str(version.name))
+
+        return through_token(items, prepare, self._keystore.sign_many, finish)
+
+    def verify_batch(self, items: Sequence[VerifyItem]) -> list[tuple[bool, str] | VaultError]:
+        # Verification is done here with the public key, not by the token.
+        keys = _BatchKeys(self._keys)
+        return _each(
+            items,
+            lambda item: self.verify(
+                item.name,
+                message=item.message,
+                digest=item.digest,
+                signature=item.signature,
+                keys=keys,
+            ),
+        )
+
+    def generate_data_key_batch(self, items: Sequence[DataKeyItem]) -> list[DataKey | VaultError]:
+        keys = _BatchKeys(self._keys)
+
+        def prepare(item: DataKeyItem) -> tuple[TokenGcm, tuple[KeyVersion, bytes, bool]]:
+            size = item.size or 32
+            if size not in DATA_KEY_SIZES:
+                raise InvalidArgument(
+                    "data key size must be 16, 24, 32 or 64 bytes", metadata={"size": str(size)}
+                )
+            _limit("additional_authenticated_data", item.aad, MAX_AAD_BYTES)
+            key, version = self._usable(item.name, Operation.GENERATE_DATA_KEY, keys)
+            material = self._keystore.random(size)
+            request = self._gcm_request(key, version, material, item.aad)
+            return request, (version, material, item.include_plaintext)
+
+        def finish(
+            sealed: bytes, request: TokenGcm, made: tuple[KeyVersion, bytes, bool]
+        ) -> DataKey:
+            version, material, include_plaintext = made
+            envelope = GcmEnvelope(version.number, request.nonce, sealed)
+            plaintext = material if include_plaintext else None
+            return DataKey(envelope.to_bytes(), plaintext, str(version.name))
+
+        return through_token(items, prepare, self._keystore.encrypt_gcm_many, finish)
+
+    def _gcm_request(self, key: Key, version: KeyVersion, plaintext: bytes, aad: bytes) -> TokenGcm:
+        """What _seal asks of the token: a fresh nonce, and the AAD that binds the envelope's
+        header and the key's name."""
+        envelope = GcmEnvelope(version.number, secrets.token_bytes(NONCE_SIZE), b"")
+        full_aad = gcm_aad(envelope.header(), str(key.name), aad)
+        return TokenGcm(version, key.algorithm, envelope.nonce, plaintext, full_aad)
+
+    def _envelope_version(
+        self, key: Key, ciphertext: bytes, keys: _Keys
+    ) -> tuple[GcmEnvelope, KeyVersion]:
+        envelope = GcmEnvelope.parse(ciphertext)
+        try:
+            return envelope, keys.version(key, envelope.key_version)
+        except NotFound:
+            raise DecryptionFailed() from None
+
     # -- symmetric ----------------------------------------------------------------------
 
-    def encrypt(self, name: str, plaintext: bytes, aad: bytes) -> Sealed:
+    def encrypt(self, name: str, plaintext: bytes, aad: bytes, keys: _Keys | None = None) -> Sealed:
         _limit("plaintext", plaintext, self._policy.max_plaintext_bytes, _ENVELOPE_ADVICE)
         _limit("additional_authenticated_data", aad, MAX_AAD_BYTES)
-        key, version = self._usable(name, Operation.ENCRYPT)
+        key, version = self._usable(name, Operation.ENCRYPT, keys)
         return self._seal(key, version, plaintext, aad)
 
     def _seal(self, key: Key, version: KeyVersion, plaintext: bytes, aad: bytes) -> Sealed:
         # 96-bit random nonces: collision risk stays below 2^-32 up to 2^32 messages per key
         # version, and rotation starts a new version.
-        envelope = GcmEnvelope(version.number, secrets.token_bytes(NONCE_SIZE), b"")
-        full_aad = gcm_aad(envelope.header(), str(key.name), aad)
+        request = self._gcm_request(key, version, plaintext, aad)
         sealed = self._keystore.encrypt_gcm(
-            version, key.algorithm, envelope.nonce, plaintext, full_aad
+            version, key.algorithm, request.nonce, plaintext, request.aad
         )
-        result = GcmEnvelope(version.number, envelope.nonce, sealed)
+        result = GcmEnvelope(version.number, request.nonce, sealed)
         return Sealed(result.to_bytes(), str(version.name))
 
-    def decrypt(self, name: str, ciphertext: bytes, aad: bytes) -> Sealed:
+    def decrypt(
+        self, name: str, ciphertext: bytes, aad: bytes, keys: _Keys | None = None
+    ) -> Sealed:
         _limit("ciphertext", ciphertext, self._policy.max_plaintext_bytes + 64)
         _limit("additional_authenticated_data", aad, MAX_AAD_BYTES)
+        keys = keys or self._direct
         key_name = KeyName.parse(name)
-        key = self._keys.load(key_name)
+        key = keys.load(key_name)
         key.require(Operation.DECRYPT)
-        return self._open(key, ciphertext, aad)
+        return self._open(key, ciphertext, aad, keys)
 
-    def _open(self, key: Key, ciphertext: bytes, aad: bytes) -> Sealed:
-        envelope = GcmEnvelope.parse(ciphertext)
-        try:
-            version = self._keys.version(key, envelope.key_version)
-        except NotFound:
-            raise DecryptionFailed() from None
+    def _open(self, key: Key, ciphertext: bytes, aad: bytes, keys: _Keys | None = None) -> Sealed:
+        envelope, version = self._envelope_version(key, ciphertext, keys or self._direct)
         full_aad = gcm_aad(envelope.header(), str(key.name), aad)
         plaintext = self._keystore.decrypt_gcm(
             version, key.algorithm, envelope.nonce, envelope.sealed, full_aad
@@ -123,7 +413,12 @@ class CryptoOperations:
         return Sealed(plaintext, str(version.name))
 
     def generate_data_key(
-        self, name: str, size: int, aad: bytes, include_plaintext: bool
+        self,
+        name: str,
+        size: int,
+        aad: bytes,
+        include_plaintext: bool,
+        keys: _Keys | None = None,
     ) -> DataKey:
         size = size or 32
         if size not in DATA_KEY_SIZES:
@@ -131,7 +426,7 @@ class CryptoOperations:
                 "data key size must be 16, 24, 32 or 64 bytes", metadata={"size": str(size)}
             )
         _limit("additional_authenticated_data", aad, MAX_AAD_BYTES)
-        key, version = self._usable(name, Operation.GENERATE_DATA_KEY)
+        key, version = self._usable(name, Operation.GENERATE_DATA_KEY, keys)
         material = self._keystore.random(size)
         sealed = self._seal(key, version, material, aad)
         return DataKey(
@@ -187,15 +482,28 @@ class CryptoOperations:
 
     # -- asymmetric -----------------------------------------------------------------------
 
-    def sign(self, name: str, *, message: bytes | None, digest: bytes | None) -> Sealed:
+    def sign(
+        self,
+        name: str,
+        *,
+        message: bytes | None,
+        digest: bytes | None,
+        keys: _Keys | None = None,
+    ) -> Sealed:
         data, prehashed = _message_or_digest(message, digest)
-        key, version = self._usable(name, Operation.SIGN)
+        key, version = self._usable(name, Operation.SIGN, keys)
         _check_signing_input(key, data, prehashed)
         signature = self._keystore.sign(version, key.algorithm, data, prehashed)
         return Sealed(signature, str(version.name))
 
     def verify(
-        self, name: str, *, message: bytes | None, digest: bytes | None, signature: bytes
+        self,
+        name: str,
+        *,
+        message: bytes | None,
+        digest: bytes | None,
+        signature: bytes,
+        keys: _Keys | None = None,
     ) -> tuple[bool, str]:
         """(valid, key version). valid=False for any signature that does not verify,
         malformed or oversized included; errors only for what Sign would also refuse.
@@ -205,7 +513,7 @@ class CryptoOperations:
         before a rotation is still recognised; the version that matched is returned, and a
         signature that matches none gets the same answer as always: invalid, primary."""
         data, prehashed = _message_or_digest(message, digest)
-        key, primary, explicit = self._usable_named(name, Operation.VERIFY)
+        key, primary, explicit = self._usable_named(name, Operation.VERIFY, keys)
         _check_signing_input(key, data, prehashed)
         if len(signature) > MAX_SIGNATURE_BYTES:
             return False, str(primary.name)

@@ -14,6 +14,7 @@ from vault.gen.vault.v1 import bucket_service_pb2 as pb
 from vault.gen.vault.v1 import bucket_service_pb2_grpc, resources_pb2
 from vault.service.buckets import BucketKey, BucketManagement
 from vault.transport import convert
+from vault.transport.batches import BatchLimits, run_batch
 from vault.transport.integrity import checksum, verify_checksum
 
 
@@ -30,9 +31,35 @@ def _generated(key: BucketKey) -> pb.GenerateBucketKeyResponse:
     )
 
 
+def _bucket_key_item(request: pb.DecryptBucketKeyRequest) -> tuple[tuple[str, bytes], bool]:
+    return (request.name, request.wrapped_key), verify_checksum(request, "wrapped_key")
+
+
+def _opened(key: BucketKey, verified: bool, out: pb.DecryptBucketKeyResponse) -> None:
+    out.plaintext = key.plaintext
+    out.plaintext_crc32c.CopyFrom(checksum(key.plaintext))
+    out.master_key_version = key.master_key_version
+    out.verified_wrapped_key_crc32c = verified
+
+
 class BucketServicer(bucket_service_pb2_grpc.BucketServiceServicer):
-    def __init__(self, buckets: BucketManagement) -> None:
+    def __init__(self, buckets: BucketManagement, limits: BatchLimits | None = None) -> None:
         self._buckets = buckets
+        self._limits = limits or BatchLimits()
+
+    def BatchDecryptBucketKey(
+        self, request: pb.BatchDecryptBucketKeyRequest, context: grpc.ServicerContext
+    ) -> pb.BatchDecryptBucketKeyResponse:
+        """DecryptBucketKey per item (vault.transport.batches)."""
+        return run_batch(  # type: ignore[no-any-return]
+            "/vault.v1.BucketService/BatchDecryptBucketKey",
+            self._limits,
+            pb.BatchDecryptBucketKeyResponse(),
+            request.requests,
+            _bucket_key_item,
+            self._buckets.decrypt_bucket_key_batch,
+            _opened,
+        )
 
     def CreateBucket(
         self, request: pb.CreateBucketRequest, context: grpc.ServicerContext
@@ -109,11 +136,7 @@ class BucketServicer(bucket_service_pb2_grpc.BucketServiceServicer):
     def DecryptBucketKey(
         self, request: pb.DecryptBucketKeyRequest, context: grpc.ServicerContext
     ) -> pb.DecryptBucketKeyResponse:
-        verified = verify_checksum(request, "wrapped_key")
-        key = self._buckets.decrypt_bucket_key(request.name, request.wrapped_key)
-        return pb.DecryptBucketKeyResponse(
-            plaintext=key.plaintext,
-            plaintext_crc32c=checksum(key.plaintext),
-            master_key_version=key.master_key_version,
-            verified_wrapped_key_crc32c=verified,
-        )
+        (name, wrapped), verified = _bucket_key_item(request)
+        response = pb.DecryptBucketKeyResponse()
+        _opened(self._buckets.decrypt_bucket_key(name, wrapped), verified, response)
+        return response

@@ -7,12 +7,26 @@ bytes ever reach an error message.
 
 from __future__ import annotations
 
+from typing import Final
+
 import grpc
 
 from vault.gen.vault.v1 import crypto_service_pb2 as pb
 from vault.gen.vault.v1 import crypto_service_pb2_grpc
-from vault.service.crypto import CryptoOperations
+from vault.service.crypto import (
+    CryptoOperations,
+    DataKey,
+    DataKeyItem,
+    DecryptItem,
+    EncryptItem,
+    Sealed,
+    SignItem,
+    VerifyItem,
+)
+from vault.transport.batches import BatchLimits, run_batch
 from vault.transport.integrity import checksum, verify_checksum
+
+_SERVICE: Final = "/vault.v1.CryptoService/"
 
 
 def _signed_input(
@@ -27,61 +41,196 @@ def _signed_input(
     )
 
 
+# What each method checks of its request before the service sees it (the CRC32C fields), and
+# how a result becomes its response: shared by the unary and the batch methods.
+
+
+def _encrypt_item(request: pb.EncryptRequest) -> tuple[EncryptItem, tuple[bool, bool]]:
+    verified = (
+        verify_checksum(request, "plaintext"),
+        verify_checksum(request, "additional_authenticated_data"),
+    )
+    item = EncryptItem(request.name, request.plaintext, request.additional_authenticated_data)
+    return item, verified
+
+
+def _encrypted(sealed: Sealed, verified: tuple[bool, bool], out: pb.EncryptResponse) -> None:
+    out.key_version = sealed.key_version_name
+    out.ciphertext = sealed.data
+    out.ciphertext_crc32c.CopyFrom(checksum(sealed.data))
+    out.verified_plaintext_crc32c, out.verified_additional_authenticated_data_crc32c = verified
+
+
+def _decrypt_item(request: pb.DecryptRequest) -> tuple[DecryptItem, tuple[bool, bool]]:
+    verified = (
+        verify_checksum(request, "ciphertext"),
+        verify_checksum(request, "additional_authenticated_data"),
+    )
+    item = DecryptItem(request.name, request.ciphertext, request.additional_authenticated_data)
+    return item, verified
+
+
+def _decrypted(opened: Sealed, verified: tuple[bool, bool], out: pb.DecryptResponse) -> None:
+    out.plaintext = opened.data
+    out.plaintext_crc32c.CopyFrom(checksum(opened.data))
+    out.key_version = opened.key_version_name
+    out.verified_ciphertext_crc32c, out.verified_additional_authenticated_data_crc32c = verified
+
+
+def _data_key_item(request: pb.GenerateDataKeyRequest) -> tuple[DataKeyItem, bool]:
+    verified = verify_checksum(request, "additional_authenticated_data")
+    item = DataKeyItem(
+        request.name,
+        request.key_size_bytes,
+        request.additional_authenticated_data,
+        request.include_plaintext,
+    )
+    return item, verified
+
+
+def _data_key(data_key: DataKey, verified: bool, out: pb.GenerateDataKeyResponse) -> None:
+    out.ciphertext = data_key.ciphertext
+    out.ciphertext_crc32c.CopyFrom(checksum(data_key.ciphertext))
+    out.key_version = data_key.key_version_name
+    out.verified_additional_authenticated_data_crc32c = verified
+    if data_key.plaintext is not None:
+        out.plaintext = data_key.plaintext
+        out.plaintext_crc32c.CopyFrom(checksum(data_key.plaintext))
+
+
+def _sign_item(request: pb.SignRequest) -> tuple[SignItem, tuple[bool, bool]]:
+    verified = (verify_checksum(request, "message"), verify_checksum(request, "digest"))
+    message, digest = _signed_input(request)
+    return SignItem(request.name, message, digest), verified
+
+
+def _signed(signed: Sealed, verified: tuple[bool, bool], out: pb.SignResponse) -> None:
+    out.signature = signed.data
+    out.signature_crc32c.CopyFrom(checksum(signed.data))
+    out.key_version = signed.key_version_name
+    out.verified_message_crc32c, out.verified_digest_crc32c = verified
+
+
+def _verify_item(request: pb.VerifyRequest) -> tuple[VerifyItem, tuple[bool, bool, bool]]:
+    verified = (
+        verify_checksum(request, "message"),
+        verify_checksum(request, "digest"),
+        verify_checksum(request, "signature"),
+    )
+    message, digest = _signed_input(request)
+    return VerifyItem(request.name, message, digest, request.signature), verified
+
+
+def _verified(
+    outcome: tuple[bool, str], verified: tuple[bool, bool, bool], out: pb.VerifyResponse
+) -> None:
+    out.valid, out.key_version = outcome
+    (
+        out.verified_message_crc32c,
+        out.verified_digest_crc32c,
+        out.verified_signature_crc32c,
+    ) = verified
+
+
 class CryptoServicer(crypto_service_pb2_grpc.CryptoServiceServicer):
-    def __init__(self, crypto: CryptoOperations) -> None:
+    def __init__(self, crypto: CryptoOperations, limits: BatchLimits | None = None) -> None:
         self._crypto = crypto
+        self._limits = limits or BatchLimits()
+
+    # -- batches (vault.transport.batches) ------------------------------------------------
+
+    def BatchEncrypt(
+        self, request: pb.BatchEncryptRequest, context: grpc.ServicerContext
+    ) -> pb.BatchEncryptResponse:
+        return run_batch(  # type: ignore[no-any-return]
+            _SERVICE + "BatchEncrypt",
+            self._limits,
+            pb.BatchEncryptResponse(),
+            request.requests,
+            _encrypt_item,
+            self._crypto.encrypt_batch,
+            _encrypted,
+        )
+
+    def BatchDecrypt(
+        self, request: pb.BatchDecryptRequest, context: grpc.ServicerContext
+    ) -> pb.BatchDecryptResponse:
+        return run_batch(  # type: ignore[no-any-return]
+            _SERVICE + "BatchDecrypt",
+            self._limits,
+            pb.BatchDecryptResponse(),
+            request.requests,
+            _decrypt_item,
+            self._crypto.decrypt_batch,
+            _decrypted,
+        )
+
+    def BatchGenerateDataKey(
+        self, request: pb.BatchGenerateDataKeyRequest, context: grpc.ServicerContext
+    ) -> pb.BatchGenerateDataKeyResponse:
+        return run_batch(  # type: ignore[no-any-return]
+            _SERVICE + "BatchGenerateDataKey",
+            self._limits,
+            pb.BatchGenerateDataKeyResponse(),
+            request.requests,
+            _data_key_item,
+            self._crypto.generate_data_key_batch,
+            _data_key,
+        )
+
+    def BatchSign(
+        self, request: pb.BatchSignRequest, context: grpc.ServicerContext
+    ) -> pb.BatchSignResponse:
+        return run_batch(  # type: ignore[no-any-return]
+            _SERVICE + "BatchSign",
+            self._limits,
+            pb.BatchSignResponse(),
+            request.requests,
+            _sign_item,
+            self._crypto.sign_batch,
+            _signed,
+        )
+
+    def BatchVerify(
+        self, request: pb.BatchVerifyRequest, context: grpc.ServicerContext
+    ) -> pb.BatchVerifyResponse:
+        return run_batch(  # type: ignore[no-any-return]
+            _SERVICE + "BatchVerify",
+            self._limits,
+            pb.BatchVerifyResponse(),
+            request.requests,
+            _verify_item,
+            self._crypto.verify_batch,
+            _verified,
+        )
+
+    # -- unary ----------------------------------------------------------------------------
 
     def Encrypt(
         self, request: pb.EncryptRequest, context: grpc.ServicerContext
     ) -> pb.EncryptResponse:
-        verified_plaintext = verify_checksum(request, "plaintext")
-        verified_aad = verify_checksum(request, "additional_authenticated_data")
-        sealed = self._crypto.encrypt(
-            request.name, request.plaintext, request.additional_authenticated_data
-        )
-        return pb.EncryptResponse(
-            key_version=sealed.key_version_name,
-            ciphertext=sealed.data,
-            ciphertext_crc32c=checksum(sealed.data),
-            verified_plaintext_crc32c=verified_plaintext,
-            verified_additional_authenticated_data_crc32c=verified_aad,
-        )
+        item, verified = _encrypt_item(request)
+        response = pb.EncryptResponse()
+        _encrypted(self._crypto.encrypt(item.name, item.plaintext, item.aad), verified, response)
+        return response
 
     def Decrypt(
         self, request: pb.DecryptRequest, context: grpc.ServicerContext
     ) -> pb.DecryptResponse:
-        verified_ciphertext = verify_checksum(request, "ciphertext")
-        verified_aad = verify_checksum(request, "additional_authenticated_data")
-        opened = self._crypto.decrypt(
-            request.name, request.ciphertext, request.additional_authenticated_data
-        )
-        return pb.DecryptResponse(
-            plaintext=opened.data,
-            plaintext_crc32c=checksum(opened.data),
-            key_version=opened.key_version_name,
-            verified_ciphertext_crc32c=verified_ciphertext,
-            verified_additional_authenticated_data_crc32c=verified_aad,
-        )
+        item, verified = _decrypt_item(request)
+        response = pb.DecryptResponse()
+        _decrypted(self._crypto.decrypt(item.name, item.ciphertext, item.aad), verified, response)
+        return response
 
     def GenerateDataKey(
         self, request: pb.GenerateDataKeyRequest, context: grpc.ServicerContext
     ) -> pb.GenerateDataKeyResponse:
-        verified_aad = verify_checksum(request, "additional_authenticated_data")
+        item, verified = _data_key_item(request)
         data_key = self._crypto.generate_data_key(
-            request.name,
-            request.key_size_bytes,
-            request.additional_authenticated_data,
-            request.include_plaintext,
+            item.name, item.size, item.aad, item.include_plaintext
         )
-        response = pb.GenerateDataKeyResponse(
-            ciphertext=data_key.ciphertext,
-            ciphertext_crc32c=checksum(data_key.ciphertext),
-            key_version=data_key.key_version_name,
-            verified_additional_authenticated_data_crc32c=verified_aad,
-        )
-        if data_key.plaintext is not None:
-            response.plaintext = data_key.plaintext
-            response.plaintext_crc32c.CopyFrom(checksum(data_key.plaintext))
+        response = pb.GenerateDataKeyResponse()
+        _data_key(data_key, verified, response)
         return response
 
     def ReEncrypt(
@@ -134,33 +283,20 @@ class CryptoServicer(crypto_service_pb2_grpc.CryptoServiceServicer):
         )
 
     def Sign(self, request: pb.SignRequest, context: grpc.ServicerContext) -> pb.SignResponse:
-        verified_message = verify_checksum(request, "message")
-        verified_digest = verify_checksum(request, "digest")
-        message, digest = _signed_input(request)
-        signed = self._crypto.sign(request.name, message=message, digest=digest)
-        return pb.SignResponse(
-            signature=signed.data,
-            signature_crc32c=checksum(signed.data),
-            key_version=signed.key_version_name,
-            verified_message_crc32c=verified_message,
-            verified_digest_crc32c=verified_digest,
-        )
+        item, verified = _sign_item(request)
+        response = pb.SignResponse()
+        signed = self._crypto.sign(item.name, message=item.message, digest=item.digest)
+        _signed(signed, verified, response)
+        return response
 
     def Verify(self, request: pb.VerifyRequest, context: grpc.ServicerContext) -> pb.VerifyResponse:
-        verified_message = verify_checksum(request, "message")
-        verified_digest = verify_checksum(request, "digest")
-        verified_signature = verify_checksum(request, "signature")
-        message, digest = _signed_input(request)
-        valid, version_name = self._crypto.verify(
-            request.name, message=message, digest=digest, signature=request.signature
+        item, verified = _verify_item(request)
+        outcome = self._crypto.verify(
+            item.name, message=item.message, digest=item.digest, signature=item.signature
         )
-        return pb.VerifyResponse(
-            valid=valid,
-            key_version=version_name,
-            verified_message_crc32c=verified_message,
-            verified_digest_crc32c=verified_digest,
-            verified_signature_crc32c=verified_signature,
-        )
+        response = pb.VerifyResponse()
+        _verified(outcome, verified, response)
+        return response
 
     def AsymmetricDecrypt(
         self, request: pb.AsymmetricDecryptRequest, context: grpc.ServicerContext

@@ -94,6 +94,11 @@ def status_code(error: VaultError) -> grpc.StatusCode | None:
 
 def to_status(error: BaseException, method: str = "") -> grpc.Status:
     """The status a caller receives for error; logs the errors that are bugs."""
+    return cast(grpc.Status, rpc_status.to_status(status_message(error, method)))
+
+
+def status_message(error: BaseException, method: str = "") -> status_pb2.Status:
+    """to_status as a google.rpc.Status message: what a batch item's slot carries."""
     if isinstance(error, VaultError):
         code = status_code(error)
         if code is not None:
@@ -105,6 +110,19 @@ def to_status(error: BaseException, method: str = "") -> grpc.Status:
             return _rich_status(code, error.message, error.reason, error.metadata, retry_after)
     log_unexpected(error, method)
     return _rich_status(grpc.StatusCode.INTERNAL, INTERNAL_MESSAGE, INTERNAL_REASON, {})
+
+
+_CODE_NAMES: Final = {code.value[0]: code.name for code in grpc.StatusCode}
+
+
+def status_outcome(status: status_pb2.Status) -> tuple[str, str]:
+    """(status code name, ErrorInfo reason) of a google.rpc.Status, for the audit log."""
+    for detail in status.details:
+        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            info = error_details_pb2.ErrorInfo()
+            detail.Unpack(info)
+            return _CODE_NAMES.get(status.code, "UNKNOWN"), info.reason
+    return _CODE_NAMES.get(status.code, "UNKNOWN"), ""
 
 
 def log_unexpected(error: BaseException, where: str) -> None:
@@ -130,7 +148,7 @@ def _rich_status(
     reason: str,
     metadata: Mapping[str, str],
     retry_after: float | None = None,
-) -> grpc.Status:
+) -> status_pb2.Status:
     info = error_details_pb2.ErrorInfo(reason=reason, domain=ERROR_DOMAIN, metadata=metadata)
     detail = any_pb2.Any()
     detail.Pack(info)
@@ -141,8 +159,7 @@ def _rich_status(
         retry_detail = any_pb2.Any()
         retry_detail.Pack(retry)
         details.append(retry_detail)
-    status = status_pb2.Status(code=code.value[0], message=message, details=details)
-    return cast(grpc.Status, rpc_status.to_status(status))
+    return status_pb2.Status(code=code.value[0], message=message, details=details)
 
 
 class _Undecodable:

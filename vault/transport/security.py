@@ -15,6 +15,14 @@ signature covers exactly those bytes (vault.domain.signing). In order, for every
    leaves; if that fails the caller gets AUDIT_UNAVAILABLE instead of the answer, unless the
    call changed state (then its STARTED record stands, and the answer goes out).
 
+A batch method (vault.domain.batches) is authenticated once, and then each item is what a
+call of its unary method would be: authorised on the key it names (a refusal fills its slot
+with PERMISSION_DENIED) and admitted (a limit fills it with RESOURCE_EXHAUSTED); only the
+items admitted reach the servicer. The audit log accounts for every item with one record per
+distinct (key version or name, outcome, reason) of the call, whose reason ends in items=N;
+they are committed together before the answer leaves. A call of many items on a few keys so
+costs a few records, not one per item, and the chain and its verification are unchanged.
+
 The first audit commit that fails because the disk is full frees the disk reserve
 (vault.coordination.disk), and a read's record is then committed on that space, so reads go on
 while changes are refused.
@@ -34,10 +42,19 @@ from datetime import UTC, datetime
 from typing import Any, Final, TypeVar
 
 import grpc
+from google.protobuf import message_factory
 from google.protobuf.message import DecodeError, Message
 
 from vault.domain.audit import AuditEvent
-from vault.domain.errors import AuditUnavailable, DiskFull, PermissionDenied, Unauthenticated
+from vault.domain.batches import BATCH_METHODS, DEFAULT_MAX_BATCH_ITEMS, check_batch_size
+from vault.domain.errors import (
+    AuditUnavailable,
+    DiskFull,
+    LimitExceeded,
+    PermissionDenied,
+    Unauthenticated,
+    VaultError,
+)
 from vault.domain.identity import (
     MUTATING_METHODS,
     Principal,
@@ -49,7 +66,7 @@ from vault.domain.identity import (
 from vault.domain.ports import DiskReserve
 from vault.domain.signing import AUTHORIZATION_HEADER, BEARER_PREFIX, SCHEME
 from vault.logs import current_request_id
-from vault.service.audit import AuditLog
+from vault.service.audit import AuditEntry, AuditLog
 from vault.service.authentication import Authenticator
 from vault.transport.errors import (
     MalformedRequest,
@@ -57,6 +74,8 @@ from vault.transport.errors import (
     is_vault_server_stream,
     is_vault_unary,
     outcome_of,
+    status_message,
+    status_outcome,
 )
 from vault.transport.observe import request_id_of
 
@@ -98,15 +117,18 @@ class _Attempt:
         """The method to count against the credential: only calls it was allowed to make."""
         return self.call.short if self.admitted else None
 
-    def event(self, outcome: str, reason: str) -> AuditEvent:
+    def event(self, outcome: str, reason: str, resource: str | None = None) -> AuditEvent:
+        """The call's record; resource: a batch item's, instead of the call's first."""
         principal = self.principal
+        if resource is None:
+            resource = self.resources[0] if self.resources else ""
         return AuditEvent(
             occurred_at=datetime.now(UTC),
             request_id=self.request_id,
             credential_id=principal.credential_id if principal is not None else "",
             account=principal.account_id if principal is not None else "",
             method=self.call.method,
-            resource=self.resources[0][:256] if self.resources else "",
+            resource=resource[:256],
             outcome=outcome,
             reason=reason,
             latency_us=int((time.perf_counter() - self.started) * 1_000_000),
@@ -157,8 +179,10 @@ class SecurityInterceptor(grpc.ServerInterceptor):
         *,
         certificate_accounts: bool,
         disk_reserve: DiskReserve | None = None,
+        max_batch_items: int = DEFAULT_MAX_BATCH_ITEMS,
     ) -> None:
         self._authenticator = authenticator
+        self._max_batch_items = max_batch_items
         self._audit = audit
         self._reserve = disk_reserve
         self._certificate_accounts = certificate_accounts
@@ -223,14 +247,9 @@ class SecurityInterceptor(grpc.ServerInterceptor):
     ) -> Any:
         """Steps 1 to 4 of the module's docstring for one call; returns its request."""
         call = attempt.call
-        metadata = _metadata(context)
-        attempt.principal = principal = self._authenticate(
-            call, raw, metadata, attempt.source, context
-        )
-        try:
-            request = parse(raw)
-        except (DecodeError, ValueError, TypeError):
-            raise MalformedRequest("the request is not a valid message") from None
+        request = self._authenticated_request(attempt, raw, context, parse)
+        principal = attempt.principal
+        assert principal is not None
         attempt.resources = resource_names(request)
         _authorize(principal, call, attempt.resources)
         self._authenticator.admit(principal)
@@ -241,6 +260,22 @@ class SecurityInterceptor(grpc.ServerInterceptor):
             # No second try here: a change must not begin on the reserve's space.
             self._record(attempt.event("STARTED", ""), None, retry=False)
         return request
+
+    def _authenticated_request(
+        self,
+        attempt: _Attempt,
+        raw: bytes,
+        context: grpc.ServicerContext,
+        parse: Callable[[bytes], Any],
+    ) -> Any:
+        """Steps 1 and 2: who calls (on attempt.principal), and the request they sent."""
+        attempt.principal = self._authenticate(
+            attempt.call, raw, _metadata(context), attempt.source, context
+        )
+        try:
+            return parse(raw)
+        except (DecodeError, ValueError, TypeError):
+            raise MalformedRequest("the request is not a valid message") from None
 
     def _failed(self, attempt: _Attempt, error: Exception) -> None:
         if isinstance(error, DiskFull) and self._reserve is not None:
@@ -296,12 +331,23 @@ class SecurityInterceptor(grpc.ServerInterceptor):
         behavior: Callable[[Any, grpc.ServicerContext], _Response],
     ) -> _Response:
         attempt = self._new_attempt(call, context)
+        unary = BATCH_METHODS.get(call.short)
         try:
-            request = self._admit(attempt, raw, context, parse)
-            response = behavior(request, context)
+            if unary is not None:
+                request = self._authenticated_request(attempt, raw, context, parse)
+                # From here on each item is recorded on its own (_Batch.run).
+                check_batch_size(len(request.requests), self._max_batch_items)
+                batch = _Batch(attempt, request, unary)
+                assert attempt.principal is not None
+                batch.gate(attempt.principal, self._authenticator)
+            else:
+                request = self._admit(attempt, raw, context, parse)
+                response = behavior(request, context)
         except Exception as error:
             self._failed(attempt, error)
             raise
+        if unary is not None:
+            return batch.run(behavior, context, self._record_all)  # type: ignore[no-any-return]
         try:
             self._record(
                 attempt.event("OK", ""), attempt.usage, retry=True, inspection=attempt.inspection
@@ -324,15 +370,25 @@ class SecurityInterceptor(grpc.ServerInterceptor):
     ) -> None:
         """Commit event; if the disk is full, free the disk reserve and, with retry, try
         once more on the space it gave back. inspection: see AuditLog.record."""
+        self._record_all([AuditEntry(event, usage_method)], retry=retry, inspection=inspection)
+
+    def _record_all(
+        self,
+        entries: list[AuditEntry],
+        *,
+        retry: bool = True,
+        inspection: bool = False,
+    ) -> None:
+        """_record for several events, committed together (AuditLog.record_all)."""
         try:
-            self._audit.record(event, usage_method=usage_method, inspection=inspection)
+            self._audit.record_all(entries, inspection=inspection)
         except DiskFull:
             if self._reserve is None:
                 raise
             self._reserve.release()  # whichever process finds the disk full first
             if not retry:
                 raise
-            self._audit.record(event, usage_method=usage_method, inspection=inspection)
+            self._audit.record_all(entries, inspection=inspection)
 
     def _authenticate(
         self,
@@ -353,6 +409,142 @@ class SecurityInterceptor(grpc.ServerInterceptor):
                 account_id, fingerprint = certificate
                 return self._authenticator.authenticate_certificate(account_id, fingerprint, source)
         raise Unauthenticated()
+
+
+class _Batch:
+    """One call of a batch method after authentication: which items may run, and the audit
+    records of all of them."""
+
+    def __init__(self, attempt: _Attempt, request: Any, unary: str) -> None:
+        self._attempt = attempt
+        self._request = request
+        self._items: list[Message] = list(request.requests)
+        self._unary = _Call(attempt.call.method, attempt.call.service, unary)
+        # The name each item gives (its audit record's resource), and the refusal of each
+        # item the caller may not use now, by index.
+        self._names = [""] * len(self._items)
+        self._refused: dict[int, VaultError] = {}
+
+    def gate(self, principal: Principal, authenticator: Authenticator) -> None:
+        """Authorise each item as a call of the unary method would be, then take its share
+        of the API key's rate limit and quota; an item failing either is refused alone."""
+        # Whether the credential may use a name does not change within the call: each name
+        # is authorised once.
+        decided: dict[str, PermissionDenied | None] = {}
+        for index, item in enumerate(self._items):
+            name: str = item.name  # type: ignore[attr-defined]  # every batch item has one
+            self._names[index] = name
+            if name not in decided:
+                try:
+                    _authorize(principal, self._unary, resource_names(item))
+                    decided[name] = None
+                except PermissionDenied as denied:
+                    decided[name] = denied
+            refusal: VaultError | None = decided[name]
+            if refusal is None:
+                try:
+                    authenticator.admit(principal)
+                except LimitExceeded as error:
+                    refusal = error
+            if refusal is not None:
+                self._refused[index] = refusal
+
+    def run(
+        self,
+        behavior: Callable[[Any, grpc.ServicerContext], Any],
+        context: grpc.ServicerContext,
+        record: Callable[[list[AuditEntry]], None],
+    ) -> Any:
+        """The response, the call's audit records committed first (AuditUnavailable, and no
+        answer, if they cannot be: nothing a batch does changes state)."""
+        try:
+            response = self._respond(behavior, context)
+        except Exception as error:
+            whole = outcome_of(error)
+            outcomes = [
+                (self._names[index], *self._refused_outcome(index, whole))
+                for index in range(len(self._items))
+            ]
+            # The call failed already: its error is what the caller needs.
+            with contextlib.suppress(AuditUnavailable, DiskFull):
+                record(self._entries(outcomes))
+            raise
+        outcomes = []
+        version_field = _version_field(response)
+        for index, slot in enumerate(response.results):
+            if slot.WhichOneof("result") == "response":
+                used = getattr(slot.response, version_field) if version_field else ""
+                outcomes.append((used or self._names[index], "OK", ""))
+            else:
+                outcomes.append((self._names[index], *status_outcome(slot.error)))
+        try:
+            record(self._entries(outcomes))
+        except DiskFull:
+            raise AuditUnavailable("the audit log cannot be written") from None
+        return response
+
+    def _refused_outcome(self, index: int, otherwise: tuple[str, str]) -> tuple[str, str]:
+        refused = self._refused.get(index)
+        return outcome_of(refused) if refused is not None else otherwise
+
+    def _entries(self, outcomes: list[tuple[str, str, str]]) -> list[AuditEntry]:
+        """One record per distinct (resource, outcome, reason) of the items, in the order of
+        their first item, its reason ending in "items=N": N items had that outcome on that
+        resource (the key version that served them, or the name an item gave). Usage counts
+        what the caller was let do: one use of the unary method per admitted item, as quotas
+        count them."""
+        groups: dict[tuple[str, str, str, bool], int] = {}
+        for index, (resource, outcome, reason) in enumerate(outcomes):
+            group = (resource, outcome, reason, index not in self._refused)
+            groups[group] = groups.get(group, 0) + 1
+        entries = []
+        for (resource, outcome, reason, admitted), count in groups.items():
+            summary = f"{reason} items={count}" if reason else f"items={count}"
+            entries.append(
+                AuditEntry(
+                    self._attempt.event(outcome, summary, resource),
+                    self._unary.short if admitted else None,
+                    count,
+                )
+            )
+        return entries
+
+    def _respond(
+        self, behavior: Callable[[Any, grpc.ServicerContext], Any], context: grpc.ServicerContext
+    ) -> Any:
+        if not self._refused:
+            return behavior(self._request, context)
+        admitted = [item for i, item in enumerate(self._items) if i not in self._refused]
+        answered: Any = None
+        if admitted:
+            subset = type(self._request)()
+            subset.requests.extend(admitted)
+            answered = behavior(subset, context)
+        descriptor = self._request.DESCRIPTOR
+        response_type = descriptor.file.message_types_by_name[
+            descriptor.name.removesuffix("Request") + "Response"
+        ]
+        response: Any = message_factory.GetMessageClass(response_type)()
+        answers = iter(answered.results if answered is not None else ())
+        for index in range(len(self._items)):
+            refused = self._refused.get(index)
+            slot = response.results.add()
+            if refused is not None:
+                slot.error.CopyFrom(status_message(refused, self._attempt.call.method))
+            else:
+                slot.CopyFrom(next(answers))
+        return response
+
+
+def _version_field(response: Message) -> str:
+    """The field of a batch's item response that names the key version used, or ""."""
+    results: Any = response.DESCRIPTOR.fields_by_name["results"].message_type
+    item: Any = results.fields_by_name["response"].message_type
+    fields = item.fields_by_name
+    for name in ("key_version", "master_key_version"):
+        if name in fields:
+            return name
+    return ""
 
 
 def _authorize(principal: Principal, call: _Call, names: list[str]) -> None:

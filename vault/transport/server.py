@@ -38,6 +38,7 @@ from vault.gen.vault.v1 import (
     server_service_pb2_grpc,
 )
 from vault.transport.backup_servicer import BackupServicer
+from vault.transport.batches import BatchLimits
 from vault.transport.bucket_servicer import BucketServicer
 from vault.transport.crypto_servicer import CryptoServicer
 from vault.transport.errors import ErrorInterceptor
@@ -213,9 +214,11 @@ def build(
                 security.audit,
                 certificate_accounts=settings.auth.client_certificate_accounts,
                 disk_reserve=security.disk_reserve,
+                max_batch_items=settings.server.max_batch_items,
             )
         )
     max_bytes = settings.server.max_message_bytes
+    batch_limits = BatchLimits(settings.server.max_batch_items, max_bytes)
     server = grpc.server(
         futures.ThreadPoolExecutor(
             max_workers=settings.server.threads, thread_name_prefix="vault-rpc"
@@ -233,10 +236,10 @@ def build(
         KeyServicer(services.keys, services.feeds, services.imports), server
     )
     crypto_service_pb2_grpc.add_CryptoServiceServicer_to_server(
-        CryptoServicer(services.crypto), server
+        CryptoServicer(services.crypto, batch_limits), server
     )
     bucket_service_pb2_grpc.add_BucketServiceServicer_to_server(
-        BucketServicer(services.buckets), server
+        BucketServicer(services.buckets, batch_limits), server
     )
     served = [KEY_SERVICE, CRYPTO_SERVICE, BUCKET_SERVICE]
     if security is not None:
