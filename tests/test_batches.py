@@ -24,9 +24,10 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding
 from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from google.protobuf.wrappers_pb2 import Int64Value
-from tests.api_calls import expect_error
-from tests.harness import VaultServer
-from tests.security_helpers import (
+
+from tests.support.api_calls import expect_error
+from tests.support.harness import VaultServer
+from tests.support.security_helpers import (
     NO_THROTTLING,
     PERMISSION_DENIED,
     RESOURCE_EXHAUSTED,
@@ -36,7 +37,6 @@ from tests.security_helpers import (
     new_account,
     own_server,
 )
-
 from vault.cli.main import cli
 from vault.client import VaultClient, VaultClientError, Verification
 from vault.gen.vault.v1 import crypto_service_pb2, crypto_service_pb2_grpc

@@ -1,5 +1,5 @@
 """ImportJobStore over SQLAlchemy Core, in the same database as the keys. Portable SQL only,
-like sql_store.py."""
+like metadata_store.py."""
 
 from __future__ import annotations
 
