@@ -40,9 +40,22 @@ def is_sqlite_uri(url: URL) -> bool:
     return str(url.query.get("uri", "")).lower() in ("true", "1", "yes", "on")
 
 
+def is_postgresql(url: URL) -> bool:
+    return url.get_backend_name() == "postgresql"
+
+
+def store_url(url: str | URL) -> URL:
+    """url parsed; a PostgreSQL URL without a driver gets psycopg 3, the one the vault ships
+    with (SQLAlchemy's default would be psycopg2)."""
+    parsed = make_url(url)
+    if parsed.drivername == "postgresql":
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    return parsed
+
+
 def make_engine(url: str | URL) -> Engine:
     """An engine for the store: one per process, shared by all its threads."""
-    parsed = make_url(url)
+    parsed = store_url(url)
     # hide_parameters keeps bound values (wrapped blobs, labels, request ids) out of the
     # messages of every SQLAlchemy error, and so out of chained tracebacks and logs.
     options: dict[str, Any] = {"hide_parameters": True}
