@@ -146,8 +146,14 @@ def _touch(table: Table, id_column: Column[str]) -> Update:
 
 _TOUCH_ACCESS_KEY = _touch(access_keys, access_keys.c.access_key_id)
 _TOUCH_API_KEY = _touch(api_keys, api_keys.c.api_key_id)
-# A server database has no file to lock; this orders appenders (readers still run beside it).
-_LOCK_AUDIT_TABLE = text("LOCK TABLE audit_events IN EXCLUSIVE MODE")
+# A server database has no file to lock, and its appenders may be on several hosts: a
+# transaction-level advisory lock orders them, held until commit or rollback (so also released
+# when a host dies mid-append). Unlike LOCK TABLE it conflicts with nothing else (readers,
+# autovacuum, archiving). The number is arbitrary but fixed: every vault host uses the same.
+AUDIT_APPEND_LOCK_ID = 0x7661756C74_01  # "vault", 1
+_LOCK_AUDIT_HEAD = text("SELECT pg_advisory_xact_lock(:lock_id)").bindparams(
+    lock_id=AUDIT_APPEND_LOCK_ID
+)
 
 
 class SqlAuditStore:
@@ -159,7 +165,7 @@ class SqlAuditStore:
         self._serial = serial if serial is not None else new_serial_lock(engine)
         self._append_lock = AppendLock(lock_path(engine))
         self._checkpoint_lock = AppendLock(lock_path(engine, CHECKPOINT_LOCK_SUFFIX))
-        self._lock_table = engine.dialect.name == "postgresql"
+        self._lock_head = engine.dialect.name == "postgresql"
         path = lock_path(engine)
         self._sqlite_file = (
             _SqliteFileAppender(engine.url.database)
@@ -225,8 +231,8 @@ class SqlAuditStore:
         usage: Mapping[tuple[str, str, str], int],
         last_used: Mapping[str, datetime],
     ) -> AuditHead:
-        if self._lock_table:
-            c.execute(_LOCK_AUDIT_TABLE)
+        if self._lock_head:
+            c.execute(_LOCK_AUDIT_HEAD)
         # The head is read inside the transaction that extends it, under the append lock:
         # no other appender can chain onto the same head.
         row = c.execute(_HEAD).first() or c.execute(_MARKER_HEAD).first()

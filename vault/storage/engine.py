@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Connection, Engine, create_engine, event
-from sqlalchemy.engine import URL, make_url
+from sqlalchemy.engine import URL, ExceptionContext, make_url
 from sqlalchemy.pool import ConnectionPoolEntry, StaticPool
 
 # Execution option read by the SQLite "begin" hook: this transaction is going to write.
@@ -73,6 +73,8 @@ def make_engine(url: str | URL) -> Engine:
     engine = create_engine(parsed, **options)
     if is_sqlite(parsed):
         _install_sqlite_hooks(engine)
+    elif is_postgresql(parsed):
+        _install_postgresql_hooks(engine)
     _dispose_in_forked_children(engine)
     return engine
 
@@ -115,6 +117,30 @@ def _install_sqlite_hooks(engine: Engine) -> None:
             conn.exec_driver_sql("BEGIN IMMEDIATE")
         else:
             conn.exec_driver_sql("BEGIN")
+
+
+def _install_postgresql_hooks(engine: Engine) -> None:
+    @event.listens_for(engine, "handle_error")
+    def _without_values(context: ExceptionContext) -> None:
+        # The server's message comes with a DETAIL (a unique or check violation quotes the
+        # whole row: wrapped blobs, request ids) and a CONTEXT; the error's text, and so every
+        # chained traceback and log line, keeps the primary message only. A data exception's
+        # primary message quotes the offending value, so of those only the code is kept.
+        original = context.original_exception
+        diag = getattr(original, "diag", None)
+        sqlstate = getattr(diag, "sqlstate", None)
+        if not sqlstate:
+            return
+        primary = getattr(diag, "message_primary", None) or ""
+        if sqlstate.startswith("22") or not primary:
+            primary = "data exception" if sqlstate.startswith("22") else "database error"
+        text = f"{primary} (SQLSTATE {sqlstate})"
+        original.args = (text,)
+        # SQLAlchemy's error copied the driver's text when it was made, before this hook.
+        wrapped = context.sqlalchemy_exception
+        if wrapped is not None:
+            kind = type(original)
+            wrapped.args = (f"({kind.__module__}.{kind.__name__}) {text}", *wrapped.args[1:])
 
 
 def _enable_wal(cursor: Any) -> None:
