@@ -228,7 +228,7 @@ def test_migrations_create_exactly_the_tables_module(
         context = MigrationContext.configure(conn, opts={"compare_type": True})
         assert compare_metadata(context, metadata) == []
         versions = conn.exec_driver_sql("SELECT version_num FROM alembic_version").all()
-    assert [tuple(row) for row in versions] == [("0006",)]
+    assert [tuple(row) for row in versions] == [("0007",)]
     if backend == "sqlite":
         with sqlite3.connect(db_path) as sqlite:
             audit_sql = sqlite.execute(

@@ -165,7 +165,7 @@ def test_migrations_are_idempotent_and_keep_data(url: str) -> None:
             tables = set(inspect(conn).get_table_names())
     finally:
         engine.dispose()
-    assert [tuple(row) for row in versions] == [("0006",)]
+    assert [tuple(row) for row in versions] == [("0007",)]
     assert {"keys", "key_versions", "root_generations"} <= tables
 
 

@@ -71,7 +71,8 @@ class Services:
 
 def build_services(settings: Settings, counters: SharedCounters | None = None) -> Services:
     """The use cases; with settings.auth.enabled also identity and audit, whose limits and
-    caches hold across worker processes through counters (authentication needs them)."""
+    caches hold across worker processes through counters (authentication needs them). On a
+    PostgreSQL store the store's own counters are used, which hold across hosts too."""
     from vault.hsm.keystore import open_keystore
     from vault.hsm.system_keys import RevocationFeedKey, SystemKeys
     from vault.storage import open_stores
@@ -79,6 +80,10 @@ def build_services(settings: Settings, counters: SharedCounters | None = None) -
     assert settings.store.url is not None
     stores = open_stores(settings.store.url)
     store, identity_store, audit_store = stores.metadata, stores.identity, stores.audit
+    if stores.counters is not None:
+        # A PostgreSQL store keeps the limits for every host using it, whatever the caller
+        # has: a limit or a credential change must hold across hosts, not only workers.
+        counters = stores.counters
     keystore = open_keystore(settings)
     keys = KeyManagement(
         store,
@@ -124,6 +129,30 @@ def build_services(settings: Settings, counters: SharedCounters | None = None) -
     return Services(
         store, keystore, keys, crypto, buckets, feeds, feed_key.ensure, security, checks
     )
+
+
+def store_shares_limits(settings: Settings) -> bool:
+    """Whether the store keeps the rate limits, quotas, nonces and credential epoch of every
+    host using it (PostgreSQL), instead of each host's workers sharing a mapped file."""
+    from vault.storage import shares_limits
+
+    assert settings.store.url is not None
+    return shares_limits(settings.store.url)
+
+
+def prepare_store_limits(settings: Settings) -> float:
+    """The replay horizon of a PostgreSQL store's nonce table (moved to now if a crash of the
+    database emptied it), read on connections of its own that are closed before returning,
+    so none crosses a later fork."""
+    from vault.storage import open_stores
+
+    assert settings.store.url is not None
+    stores = open_stores(settings.store.url)
+    try:
+        assert stores.counters is not None
+        return stores.counters.prepare()
+    finally:
+        stores.close()
 
 
 @contextmanager

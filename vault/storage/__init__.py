@@ -13,8 +13,9 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from vault.storage.audit_store import SqlAuditStore
 from vault.storage.bucket_store import SqlBucketStore
-from vault.storage.engine import make_engine, write_transaction
+from vault.storage.engine import is_postgresql, make_engine, store_url, write_transaction
 from vault.storage.identity_store import SqlIdentityStore
+from vault.storage.limits_store import SqlSharedCounters
 from vault.storage.sql_store import SqlMetadataStore
 from vault.storage.transactions import unavailable
 
@@ -23,10 +24,12 @@ __all__ = [
     "SqlBucketStore",
     "SqlIdentityStore",
     "SqlMetadataStore",
+    "SqlSharedCounters",
     "Stores",
     "migrate",
     "open_store",
     "open_stores",
+    "shares_limits",
 ]
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
@@ -39,6 +42,9 @@ class Stores(NamedTuple):
     identity: SqlIdentityStore
     audit: SqlAuditStore
     buckets: SqlBucketStore
+    # PostgreSQL only: limits, replay protection and the credential epoch of every host using
+    # the database. None on SQLite, where one host's workers share a mapped file instead.
+    counters: SqlSharedCounters | None = None
 
     def close(self) -> None:
         """Close the audit lock file and every pooled connection. No store may be used after."""
@@ -69,7 +75,14 @@ def open_stores(url: str) -> Stores:
         identity=SqlIdentityStore(engine, serial=serial),
         audit=SqlAuditStore(engine, serial=serial),
         buckets=SqlBucketStore(engine, serial=serial),
+        counters=SqlSharedCounters(engine) if is_postgresql(engine.url) else None,
     )
+
+
+def shares_limits(url: str) -> bool:
+    """Whether the store at url keeps the limits, nonces and credential epoch itself
+    (Stores.counters), for every host using it: PostgreSQL does, SQLite does not."""
+    return is_postgresql(store_url(url))
 
 
 def _open_engine(url: str) -> Engine:

@@ -24,7 +24,13 @@ from types import FrameType
 from typing import Final
 
 from vault import metrics
-from vault.app import StartupReport, build_services, prepare_and_reconcile
+from vault.app import (
+    StartupReport,
+    build_services,
+    prepare_and_reconcile,
+    prepare_store_limits,
+    store_shares_limits,
+)
 from vault.config import Settings
 from vault.coordination.disk import DiskReserve, free_bytes
 from vault.coordination.limits import LimitsFileSpaceError, SharedLimits
@@ -184,24 +190,29 @@ def _prepare_shared_limits(settings: Settings) -> None:
     hold over 4,000 signed requests/s, beyond what one host serves.
     """
     started = time.time()
-    try:
-        limits = SharedLimits.prepare(settings.shared_state_file, nonce_slots=SHARED_NONCE_SLOTS)
-    except LimitsFileSpaceError as error:
-        raise RuntimeError(error.strerror) from None
-    try:
-        horizon = limits.replay_horizon()
-        if horizon < started:
-            log.info("kept the replay table of the previous start: %s", limits.path)
-        else:
-            log.info(
-                "new replay table %s: signed requests stamped before %s are refused",
-                limits.path,
-                datetime.fromtimestamp(horizon, UTC).isoformat(timespec="seconds"),
+    if store_shares_limits(settings):
+        horizon, where = prepare_store_limits(settings), "the store"
+    else:
+        try:
+            limits = SharedLimits.prepare(
+                settings.shared_state_file, nonce_slots=SHARED_NONCE_SLOTS
             )
-            # Serve from the horizon on, so that no request signed after the start is refused.
-            time.sleep(max(0.0, horizon - time.time()))
-    finally:
-        limits.close()
+        except LimitsFileSpaceError as error:
+            raise RuntimeError(error.strerror) from None
+        try:
+            horizon, where = limits.replay_horizon(), str(limits.path)
+        finally:
+            limits.close()
+    if horizon < started:
+        log.info("kept the replay table of the previous start: %s", where)
+    else:
+        log.info(
+            "new replay table in %s: signed requests stamped before %s are refused",
+            where,
+            datetime.fromtimestamp(horizon, UTC).isoformat(timespec="seconds"),
+        )
+        # Serve from the horizon on, so that no request signed after the start is refused.
+        time.sleep(max(0.0, horizon - time.time()))
 
 
 def load_tls(settings: Settings) -> ServerTls | None:
@@ -557,8 +568,11 @@ def _worker_main(
     if settings.server.metrics_listen:
         metrics.enable()
     try:
+        # A PostgreSQL store has the hosts' shared counters in it (build_services uses them).
         counters = (
-            SharedLimits.attach(settings.shared_state_file) if settings.auth.enabled else None
+            SharedLimits.attach(settings.shared_state_file)
+            if settings.auth.enabled and not store_shares_limits(settings)
+            else None
         )
         services = build_services(settings, counters)
     except Exception:

@@ -1,0 +1,253 @@
+"""Rate limits, daily quotas, replay protection, failed-authentication counts and the credential
+epoch in a PostgreSQL store, shared by every vault host using it (migration 0007).
+
+The same operations as vault.coordination.limits.SharedLimits, which one host's workers share
+through a mapped file; here every operation is one statement, atomic on the server, so hosts
+need no lock of their own:
+
+- a nonce is an INSERT ... ON CONFLICT that only overwrites an expired row; RETURNING says
+  whether it was taken (a replay returns no row);
+- a token bucket, a failure window and a quota are each an upsert whose new values are
+  computed from the old ones inside the statement, RETURNING what the caller needs.
+
+shared_nonces and shared_counters are UNLOGGED (a crash empties them). A sentinel nonce row
+that never expires tells: when it is missing, the table lost its rows, and replay_horizon()
+moves to now, so that a request whose nonce was forgotten cannot be replayed.
+
+Expired nonces, and counters idle long enough to be back at their starting value, are
+deleted every PURGE_SECONDS by whichever process notices first.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import threading
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Final
+
+from sqlalchemy import Engine, text
+
+from vault.storage.transactions import guarded_transaction
+
+__all__ = ["PURGE_SECONDS", "SqlSharedCounters"]
+
+PURGE_SECONDS: Final = 30.0
+# A token bucket or failure window untouched this long is deleted: a bucket refilled at any
+# configured rate of at least one request a day is full again by then, which is what a new
+# one starts with; no failure window is configured this long.
+IDLE_SECONDS: Final = 86_400.0
+_MAX_COUNT: Final = 1 << 62
+_SECONDS_PER_DAY: Final = 86_400
+# No nonce digest is all zeros (BLAKE2b output); this row marks a table that kept its rows.
+_SENTINEL: Final = bytes(16)
+
+
+_STATE = text(
+    "SELECT replay_horizon, credential_epoch, "
+    "EXISTS (SELECT 1 FROM shared_nonces WHERE digest = :sentinel) "
+    "FROM shared_limits_state WHERE id = 1"
+).bindparams(sentinel=_SENTINEL)
+_EPOCH = text("SELECT credential_epoch FROM shared_limits_state WHERE id = 1")
+_BUMP_EPOCH = text(
+    "UPDATE shared_limits_state SET credential_epoch = credential_epoch + 1 WHERE id = 1"
+)
+_MOVE_HORIZON = text(
+    "UPDATE shared_limits_state SET replay_horizon = greatest(replay_horizon, :horizon) "
+    "WHERE id = 1 RETURNING replay_horizon"
+)
+_PLANT_SENTINEL = text(
+    "INSERT INTO shared_nonces (digest, expires_at) VALUES (:sentinel, 'Infinity') "
+    "ON CONFLICT (digest) DO NOTHING"
+).bindparams(sentinel=_SENTINEL)
+# A row comes back when the nonce was new or its old row had expired; none for a replay.
+_REMEMBER_NONCE = text(
+    "INSERT INTO shared_nonces AS old (digest, expires_at) VALUES (:digest, :expires_at) "
+    "ON CONFLICT (digest) DO UPDATE SET expires_at = excluded.expires_at "
+    "WHERE old.expires_at <= :now "
+    "RETURNING 1"
+)
+# n is 1 when a token was taken, 0 when the bucket had less than one.
+_TAKE_TOKEN = text(
+    "INSERT INTO shared_counters AS old (kind, key, x, y, n) "
+    "VALUES ('token', :key, :burst - 1.0, :now, 1) "
+    "ON CONFLICT (kind, key) DO UPDATE SET "
+    "x = CASE WHEN least(:burst, old.x + greatest(:now - old.y, 0.0) * :rate) >= 1.0 "
+    "THEN least(:burst, old.x + greatest(:now - old.y, 0.0) * :rate) - 1.0 "
+    "ELSE least(:burst, old.x + greatest(:now - old.y, 0.0) * :rate) END, "
+    # Never refill backwards, nor twice for one interval (another host's clock may lag).
+    "y = greatest(old.y, :now), "
+    "n = CASE WHEN least(:burst, old.x + greatest(:now - old.y, 0.0) * :rate) >= 1.0 "
+    "THEN 1 ELSE 0 END "
+    "RETURNING x, n"
+)
+_RECORD_FAILURE = text(
+    "INSERT INTO shared_counters AS old (kind, key, x, y, n) "
+    "VALUES ('failure', :key, :now, 0.0, 1) "
+    "ON CONFLICT (kind, key) DO UPDATE SET "
+    "x = CASE WHEN :now < old.x + :window THEN old.x ELSE :now END, "
+    "n = CASE WHEN :now < old.x + :window THEN least(old.n + 1, :max_count) ELSE 1 END "
+    "RETURNING n"
+)
+_FAILURES = text("SELECT x, n FROM shared_counters WHERE kind = 'failure' AND key = :key")
+_CONSUME_QUOTA = text(
+    "UPDATE shared_counters SET n = n + 1 "
+    "WHERE kind = 'quota' AND key = :key AND x = :day AND n < :limit RETURNING n"
+)
+_QUOTA_DAY = text("SELECT x FROM shared_counters WHERE kind = 'quota' AND key = :key")
+# A counter another process started for the same day meanwhile wins over this seed.
+_SEED_QUOTA = text(
+    "INSERT INTO shared_counters AS old (kind, key, x, y, n) "
+    "VALUES ('quota', :key, :day, 0.0, :seed) "
+    "ON CONFLICT (kind, key) DO UPDATE SET x = excluded.x, n = excluded.n "
+    "WHERE old.x <> excluded.x"
+)
+_PURGE_NONCES = text("DELETE FROM shared_nonces WHERE expires_at <= :now")
+_PURGE_COUNTERS = text(
+    "DELETE FROM shared_counters WHERE "
+    "(kind = 'quota' AND x < :day) OR "
+    "(kind = 'token' AND y < :idle) OR "
+    "(kind = 'failure' AND x < :idle)"
+)
+
+
+def _nonce_digest(nonce: bytes) -> bytes:
+    # Fixed-size keys; no salt is needed, as nothing is probed by hash here.
+    return hashlib.blake2b(nonce, digest_size=16, person=b"vault-nonce").digest()
+
+
+class SqlSharedCounters:
+    """The SharedCounters of a PostgreSQL store: one instance per process, thread-safe."""
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+        self._purge_lock = threading.Lock()
+        self._next_purge = 0.0
+
+    def __repr__(self) -> str:
+        return "SqlSharedCounters()"
+
+    # -- replay protection ---------------------------------------------------------------
+
+    def prepare(self, now: float | None = None) -> float:
+        """replay_horizon(), called by a starting server: it serves from the horizon on."""
+        return self.replay_horizon() if now is None else self._horizon(now)
+
+    def replay_horizon(self) -> float:
+        """Requests stamped before it may have been accepted with a nonce this store no longer
+        holds (stored before its nonce table was made or emptied by a crash)."""
+        return self._horizon(time.time())
+
+    def _horizon(self, now: float) -> float:
+        with guarded_transaction(self._engine, None, write=False) as c:
+            horizon, _, intact = c.execute(_STATE).one()
+        if intact:
+            return float(horizon)
+        # Signed timestamps are whole seconds: from the next one on, as for a new file.
+        with guarded_transaction(self._engine, None, write=True) as c:
+            moved = c.execute(_MOVE_HORIZON, {"horizon": float(math.ceil(now))}).scalar_one()
+            c.execute(_PLANT_SENTINEL)
+        return float(moved)
+
+    def remember_nonce(self, nonce: bytes, *, expires_at: float, now: float) -> bool:
+        """True if nonce was not seen (and is now remembered until expires_at); False if it
+        was seen, on any host, and has not expired (a replay)."""
+        if not (math.isfinite(expires_at) and math.isfinite(now)):
+            raise ValueError("expires_at and now must be finite")
+        self._purge_when_due(now)
+        if expires_at <= now:
+            return True  # already expired: remembering it would change nothing
+        params = {"digest": _nonce_digest(nonce), "expires_at": expires_at, "now": now}
+        with guarded_transaction(self._engine, None, write=True) as c:
+            return c.execute(_REMEMBER_NONCE, params).first() is not None
+
+    # -- counters ------------------------------------------------------------------------
+
+    def take_token(self, key: str, *, rate_per_second: float, burst: int, now: float) -> float:
+        """Token bucket for key: 0.0 when a token was taken, else the seconds until one will
+        be available (nothing taken). A new key starts with a full bucket."""
+        if not (0.0 < rate_per_second < math.inf and burst >= 1 and math.isfinite(now)):
+            raise ValueError("rate_per_second must be positive, burst >= 1 and now finite")
+        params = {"key": key, "burst": float(burst), "rate": rate_per_second, "now": now}
+        with guarded_transaction(self._engine, None, write=True) as c:
+            tokens, taken = c.execute(_TAKE_TOKEN, params).one()
+        if taken:
+            return 0.0
+        return max((1.0 - float(tokens)) / rate_per_second, 1e-9)
+
+    def record_failure(self, key: str, *, window_seconds: float, now: float) -> int:
+        """Count one failed authentication for key; the failures in its current fixed window,
+        this one included."""
+        if not (0.0 < window_seconds < math.inf and math.isfinite(now)):
+            raise ValueError("window_seconds must be positive and now finite")
+        params = {"key": key, "now": now, "window": window_seconds, "max_count": _MAX_COUNT}
+        with guarded_transaction(self._engine, None, write=True) as c:
+            return int(c.execute(_RECORD_FAILURE, params).scalar_one())
+
+    def failures(self, key: str, *, window_seconds: float, now: float) -> int:
+        with guarded_transaction(self._engine, None, write=False) as c:
+            row = c.execute(_FAILURES, {"key": key}).first()
+        if row is None or not now < float(row[0]) + window_seconds:
+            return 0
+        return int(row[1])
+
+    def consume_quota(self, key: str, *, day: int, limit: int, seed: Callable[[], int]) -> bool:
+        """Daily quota (day: days since the epoch, UTC). A key's counter for a new day starts
+        from seed(), the count recorded in usage_counters for that day; then one is counted
+        if fewer than limit were."""
+        params = {"key": key, "day": float(day), "limit": limit}
+        with guarded_transaction(self._engine, None, write=True) as c:
+            if c.execute(_CONSUME_QUOTA, params).first() is not None:
+                return True
+            current = c.execute(_QUOTA_DAY, params).first()
+        if current is not None and float(current[0]) == float(day):
+            return False  # today's counter exists and is at the limit
+        # seed() queries the store: outside any transaction of ours.
+        seeded = min(max(int(seed()), 0), _MAX_COUNT)
+        with guarded_transaction(self._engine, None, write=True) as c:
+            c.execute(_SEED_QUOTA, {**params, "seed": seeded})
+            return c.execute(_CONSUME_QUOTA, params).first() is not None
+
+    # -- credential epoch ----------------------------------------------------------------
+
+    def credential_epoch(self) -> int:
+        """Moves whenever any credential changes, through any host: read on every request,
+        so a revocation on one host is seen by the others on their next request."""
+        with guarded_transaction(self._engine, None, write=False) as c:
+            return int(c.execute(_EPOCH).scalar_one())
+
+    def bump_credential_epoch(self) -> None:
+        with guarded_transaction(self._engine, None, write=True) as c:
+            c.execute(_BUMP_EPOCH)
+
+    # -- housekeeping --------------------------------------------------------------------
+
+    def _purge_when_due(self, now: float) -> None:
+        if now < self._next_purge or not self._purge_lock.acquire(blocking=False):
+            return
+        try:
+            if now < self._next_purge:
+                return
+            self._next_purge = now + PURGE_SECONDS
+            self.purge(now)
+        finally:
+            self._purge_lock.release()
+
+    def purge(self, now: float) -> None:
+        """Delete expired nonces (never the sentinel: it does not expire) and idle counters."""
+        params = {
+            "now": now,
+            "day": float(int(now // _SECONDS_PER_DAY)),
+            "idle": now - IDLE_SECONDS,
+        }
+        with guarded_transaction(self._engine, None, write=True) as c:
+            c.execute(_PURGE_NONCES, params)
+            c.execute(_PURGE_COUNTERS, params)
+
+
+if TYPE_CHECKING:
+    from vault.service.ports import SharedCounters
+
+    # Makes mypy prove that the class satisfies the port it implements.
+    _PORT_CHECK: type[SharedCounters] = SqlSharedCounters
