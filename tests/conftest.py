@@ -13,10 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.harness import VaultServer, provision, vault_environment
-from tests.postgres import PostgresCluster
-
-# The store backends the store suites and a representative API suite run on (`backend`).
-BACKENDS = ("sqlite", "postgresql")
+from tests.postgres import BACKENDS, PostgresCluster
 
 
 @pytest.fixture(scope="session", autouse=True)

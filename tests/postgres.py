@@ -18,6 +18,9 @@ import tempfile
 from pathlib import Path
 from typing import Final
 
+# The store backends the store suites and the API suites that take `backend` run on.
+BACKENDS: Final = ("sqlite", "postgresql")
+
 _DEBIAN_BINARIES: Final = Path("/usr/lib/postgresql")
 _UNPRIVILEGED_USER: Final = "nobody"
 # The role the vault connects as; initdb makes it the superuser, so it may create databases.
