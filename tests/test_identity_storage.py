@@ -639,6 +639,38 @@ def test_list_audit_events_pages(audit: SqlAuditStore) -> None:
             audit.list_audit_events(AuditFilter(), 10, bad)
 
 
+def test_checkpointers_of_separate_stores_take_turns(url: str) -> None:
+    """Two stores on one database, as two hosts (or two processes of one) have: while one
+    holds the checkpoint lock, the other's attempt fails at once and a waiting one waits."""
+    first, second = open_stores(url), open_stores(url)
+    acquired = threading.Event()
+    try:
+        with first.audit.checkpoint_lock(wait=False) as held:
+            assert held
+            with second.audit.checkpoint_lock(wait=False) as other:
+                assert not other
+
+            def wait_for_it() -> None:
+                with second.audit.checkpoint_lock(wait=True) as waited:
+                    assert waited
+                    acquired.set()
+
+            waiter = threading.Thread(target=wait_for_it)
+            waiter.start()
+            assert not acquired.wait(0.5)
+        waiter.join(timeout=30)
+        assert acquired.is_set()
+        # Released again: both may take it in turn, and appends go on meanwhile.
+        with second.audit.checkpoint_lock(wait=False) as held:
+            assert held
+            assert first.audit.append_audit([audit_event(0)], {}, {}).seq == 1
+        with first.audit.checkpoint_lock(wait=False) as held:
+            assert held
+    finally:
+        first.close()
+        second.close()
+
+
 # --- failures ----------------------------------------------------------------------------------
 
 

@@ -154,6 +154,11 @@ AUDIT_APPEND_LOCK_ID = 0x7661756C74_01  # "vault", 1
 _LOCK_AUDIT_HEAD = text("SELECT pg_advisory_xact_lock(:lock_id)").bindparams(
     lock_id=AUDIT_APPEND_LOCK_ID
 )
+# Checkpointers of every host take turns on another one (see CHECKPOINT_LOCK_SUFFIX).
+CHECKPOINT_LOCK_ID = 0x7661756C74_02  # "vault", 2
+_ADVISORY_LOCK = text("SELECT true FROM (SELECT pg_advisory_lock(:lock_id)) AS waited")
+_TRY_ADVISORY_LOCK = text("SELECT pg_try_advisory_lock(:lock_id)")
+_ADVISORY_UNLOCK = text("SELECT pg_advisory_unlock(:lock_id)")
 
 
 class SqlAuditStore:
@@ -272,12 +277,44 @@ class SqlAuditStore:
 
     @contextmanager
     def checkpoint_lock(self, *, wait: bool = True) -> Iterator[bool]:
-        """Threads of this process, then processes sharing a SQLite file, take turns; yields
-        whether the lock is held (always, if wait). A server database shared by several hosts
-        has no file to lock: there the turns are per host, and the token's anchor only ever
-        moves forward."""
+        """Threads of this process, then processes sharing a SQLite file, or every process of
+        every host using a PostgreSQL database, take turns; yields whether the lock is held
+        (always, if wait)."""
         with self._checkpoint_lock.attempt(wait=wait) as held:
-            yield held
+            if not held or not self._lock_head:
+                yield held
+                return
+            with self._advisory_lock(CHECKPOINT_LOCK_ID, wait=wait) as locked:
+                yield locked
+
+    @contextmanager
+    def _advisory_lock(self, lock_id: int, *, wait: bool) -> Iterator[bool]:
+        """A PostgreSQL session-level advisory lock, held on a pooled connection of its own
+        for as long as the block runs (the server drops it if this process dies)."""
+        try:
+            conn = self._engine.connect()
+        except SQLAlchemyError as exc:
+            raise unavailable(exc) from exc
+        with conn:
+            try:
+                statement = _ADVISORY_LOCK if wait else _TRY_ADVISORY_LOCK
+                locked = bool(conn.execute(statement, {"lock_id": lock_id}).scalar_one())
+                # Session-level: the lock outlives this transaction, which must not stay open.
+                conn.commit()
+            except SQLAlchemyError as exc:
+                raise unavailable(exc) from exc
+            if not locked:
+                yield False
+                return
+            try:
+                yield True
+            finally:
+                try:
+                    conn.execute(_ADVISORY_UNLOCK, {"lock_id": lock_id})
+                    conn.commit()
+                except SQLAlchemyError:
+                    # Never hand a connection that may still hold the lock back to the pool.
+                    conn.invalidate()
 
     def add_checkpoint(self, checkpoint: Checkpoint) -> None:
         """Record a signed checkpoint; a second one for the same head is ignored."""
