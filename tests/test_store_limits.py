@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from sqlalchemy import text
 
+from vault.domain.errors import StoreUnavailable
 from vault.storage import Stores, open_stores, shares_limits
 from vault.storage.limits_store import IDLE_SECONDS, SqlSharedCounters
 
@@ -250,3 +251,18 @@ def test_credential_epoch_moves_for_every_host(host_a: Stores, host_b: Stores) -
     assert b.credential_epoch() == before + 1
     b.bump_credential_epoch()
     assert a.credential_epoch() == before + 2
+
+
+def test_a_lost_connection_fails_one_call_and_is_replaced(host_a: Stores, host_b: Stores) -> None:
+    limits = counters(host_a)
+    before = limits.credential_epoch()
+    # What a restart or failover of the database does to every open session.
+    run_sql(
+        host_b,
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+        "WHERE pid <> pg_backend_pid() AND datname = current_database()",
+    )
+    with pytest.raises(StoreUnavailable) as caught:
+        limits.credential_epoch()
+    assert caught.value.metadata == {"error": "AdminShutdown"}  # the class, no message
+    assert limits.credential_epoch() == before

@@ -51,6 +51,8 @@ class Stores(NamedTuple):
         self.audit.close()
         self.identity.close()
         self.metadata.close()
+        if self.counters is not None:
+            self.counters.close()
 
 
 def open_store(url: str) -> SqlMetadataStore:
