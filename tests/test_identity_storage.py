@@ -713,6 +713,28 @@ def test_failed_usage_write_drops_the_records_too(
     assert_chain(list(audit.audit_records()), 2)
 
 
+def test_a_lost_postgresql_connection_fails_one_append_and_the_chain_goes_on(
+    postgres: Any,
+) -> None:
+    url = postgres.new_url()
+    opened = open_stores(url)
+    try:
+        audit = opened.audit
+        audit.append_audit([audit_event(0)], {}, {})
+        # What a restart or failover of the database does to every open session.
+        execute(
+            url,
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE pid <> pg_backend_pid() AND datname = current_database()",
+        )
+        with pytest.raises(AuditUnavailable):
+            audit.append_audit([audit_event(1)], {}, {})
+        assert audit.append_audit([audit_event(2)], {}, {}).seq == 2
+        assert_chain(list(audit.audit_records()), 2)
+    finally:
+        opened.close()
+
+
 def test_naive_time_is_refused_before_anything_is_written(audit: SqlAuditStore) -> None:
     naive = replace(audit_event(0), occurred_at=datetime(2025, 3, 1, 12, 0))
     with pytest.raises(AuditUnavailable):

@@ -127,20 +127,28 @@ def _install_postgresql_hooks(engine: Engine) -> None:
         # chained traceback and log line, keeps the primary message only. A data exception's
         # primary message quotes the offending value, so of those only the code is kept.
         original = context.original_exception
-        diag = getattr(original, "diag", None)
-        sqlstate = getattr(diag, "sqlstate", None)
-        if not sqlstate:
-            return
-        primary = getattr(diag, "message_primary", None) or ""
-        if sqlstate.startswith("22") or not primary:
-            primary = "data exception" if sqlstate.startswith("22") else "database error"
-        text = f"{primary} (SQLSTATE {sqlstate})"
-        original.args = (text,)
+        text = scrub_server_message(original)
         # SQLAlchemy's error copied the driver's text when it was made, before this hook.
         wrapped = context.sqlalchemy_exception
-        if wrapped is not None:
+        if text is not None and wrapped is not None:
             kind = type(original)
             wrapped.args = (f"({kind.__module__}.{kind.__name__}) {text}", *wrapped.args[1:])
+
+
+def scrub_server_message(error: BaseException) -> str | None:
+    """Cut a PostgreSQL error's text (in place) down to its primary message and SQLSTATE,
+    without the DETAIL and CONTEXT that quote values; the new text, or None for an error that
+    did not come from the server."""
+    diag = getattr(error, "diag", None)
+    sqlstate = getattr(diag, "sqlstate", None)
+    if not sqlstate:
+        return None
+    primary = getattr(diag, "message_primary", None) or ""
+    if sqlstate.startswith("22") or not primary:
+        primary = "data exception" if sqlstate.startswith("22") else "database error"
+    text = f"{primary} (SQLSTATE {sqlstate})"
+    error.args = (text,)
+    return text
 
 
 def _enable_wal(cursor: Any) -> None:
