@@ -184,7 +184,8 @@ def _reserve_disk_space(reserve: DiskReserve) -> None:
 
 
 def _prepare_shared_limits(settings: Settings) -> None:
-    """Keep or make the workers' shared table before they start, so they all attach to one.
+    """Keep or make the workers' shared table before they start, so they all attach to one;
+    on a PostgreSQL store, whose tables every host shares, check that its nonces survived.
 
     A signed request's nonce is kept for the timestamp window (300 s by default): 2^21 slots
     hold over 4,000 signed requests/s, beyond what one host serves.
