@@ -1,8 +1,9 @@
 """Two vault hosts on one PostgreSQL store: two servers, each with its own port, data directory
-and token holding the same roots and system keys. A key made through one is usable through
-the other; a disable, a revocation, a credential reset or revocation made on one is refused by
-the other within one second (the delays are measured and printed); replay protection, rate
-limits and quotas hold across both; the one audit chain both write stays verifiable.
+and token holding the same roots and system keys. A key or bucket made through one is usable
+through the other; a disable, a revocation, a credential reset or revocation made on one is
+refused by the other within one second (the delays are measured and printed); replay
+protection, rate limits and quotas hold across both; the one audit chain both write stays
+verifiable.
 
 Until a clone ceremony exists to give a second token the same roots, the second host's token
 directory is a copy of the first's, taken after the first start made the system keys (the
@@ -138,6 +139,22 @@ def test_a_key_made_through_one_host_is_used_through_the_other(hosts: Hosts) -> 
     assert rotated.key_version.endswith("/versions/2")
     assert hosts.admin_b.decrypt(aes, rotated.ciphertext).plaintext == b"new version"
     assert hosts.admin_a.decrypt(aes, sealed.ciphertext, aad=b"ctx").plaintext == b"across hosts"
+
+
+def test_a_bucket_made_through_one_host_is_used_through_the_other(hosts: Hosts) -> None:
+    bucket = hosts.admin_a.create_bucket(hosts.account, "shared-bucket").name
+    first = hosts.admin_a.generate_bucket_key(bucket)
+    assert hosts.admin_b.decrypt_bucket_key(bucket, first.wrapped) == first.plaintext
+    hosts.admin_b.rotate_bucket_master_key(bucket)
+    second = hosts.admin_a.generate_bucket_key(bucket)
+    assert second.master_key_version != first.master_key_version
+    assert hosts.admin_b.decrypt_bucket_key(bucket, second.wrapped) == second.plaintext
+    assert hosts.admin_a.decrypt_bucket_key(bucket, first.wrapped) == first.plaintext
+    # A master-key version disabled on one host: the other no longer unwraps its keys.
+    hosts.admin_a.disable_bucket_master_key_version(first.master_key_version)
+    with pytest.raises(VaultClientError):
+        hosts.admin_b.decrypt_bucket_key(bucket, first.wrapped)
+    assert hosts.admin_b.decrypt_bucket_key(bucket, second.wrapped) == second.plaintext
 
 
 def test_a_disable_on_one_host_is_refused_by_the_other_within_a_second(hosts: Hosts) -> None:
