@@ -40,6 +40,11 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT_GET := $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get
 
 PYTEST_ARGS ?=
+# Test processes (pytest-xdist): most of a test's time is spent waiting for servers and the
+# token, not computing, so more processes than cores shortens the run. Each process has its own
+# token and session server; a test file stays in one process (its module fixtures are built once).
+TEST_WORKERS ?= 4
+BENCH_ARGS ?=
 
 .PHONY: help setup softhsm postgresql check-python venv proto run token-init test bench lint clean \
 	distclean
@@ -58,7 +63,7 @@ softhsm: ## Install SoftHSM2 from Debian's packages unless softhsm2-util is pres
 		$(APT_GET) install -y --no-install-recommends softhsm2; \
 	fi
 
-# Only the tests need it: they start a throwaway cluster of their own (tests/postgres.py). Debian
+# Only the tests need it: they start a throwaway cluster of their own (tests/support/postgres.py). Debian
 # puts the server programs in /usr/lib/postgresql/<major>/bin, off PATH; the cluster the package
 # may create and start is not used.
 postgresql: ## Install PostgreSQL from Debian's packages unless its server programs are present
@@ -135,10 +140,10 @@ $(LOCAL_CONFIG):
 	@echo "created $@ (data_dir and server.listen of this checkout's vault)"
 
 test: setup postgresql ## Run the test suite (pass options with PYTEST_ARGS='-k sign -x')
-	$(VENV_PY) -m pytest $(PYTEST_ARGS)
+	$(VENV_PY) -m pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
-bench: setup ## Run the benchmark; writes bench/results.json
-	$(VENV_PY) -m bench
+bench: setup ## Run the benchmark; writes bench/results.json (options: BENCH_ARGS='--bucket-objects 1000')
+	$(VENV_PY) -m bench $(BENCH_ARGS)
 
 lint: venv proto ## ruff check, ruff format --check and mypy (all three run; any failure fails)
 	@status=0; \

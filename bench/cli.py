@@ -13,6 +13,7 @@ from pathlib import Path
 from types import FrameType
 
 from bench import ops as bench_ops
+from bench.buckets import BUCKET_PREFIX, add_arguments, workload_from
 from bench.report import print_report, write_results
 from bench.run import Config, run
 from bench.server import PATHS, ROOT
@@ -125,6 +126,15 @@ def parse_args(argv: Sequence[str] | None) -> Config:
         "ceiling table (default: on; about 40 s per worker count)",
     )
     parser.add_argument(
+        "--buckets",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="after the operations, run the bucket workload (bench/buckets.py): objects "
+        "encrypted through the SDK under bucket keys against one GenerateDataKey per object, "
+        "on an authenticated server with the largest of --workers (default: on)",
+    )
+    add_arguments(parser, BUCKET_PREFIX)
+    parser.add_argument(
         "--out", type=Path, default=ROOT / "bench" / "results.json", help="bench/results.json"
     )
     parser.add_argument(
@@ -146,6 +156,10 @@ def parse_args(argv: Sequence[str] | None) -> Config:
         parser.error("--seconds, --rounds, --client-procs and --server-threads must be positive")
     if args.warmup < 0 or args.clients < 0:
         parser.error("--warmup and --clients must not be negative")
+    try:
+        buckets = workload_from(args, BUCKET_PREFIX) if args.buckets else None
+    except ValueError as error:
+        parser.error(f"--{BUCKET_PREFIX}*: {error}")
     return Config(
         seconds=args.seconds,
         rounds=args.rounds,
@@ -160,6 +174,7 @@ def parse_args(argv: Sequence[str] | None) -> Config:
         out=args.out,
         vault_root=args.vault_root.resolve(),
         profile=args.profile,
+        buckets=buckets,
     )
 
 
@@ -175,7 +190,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGINT, signal.default_int_handler)
     stack = ExitStack()
     try:
-        rows = run(config, stack)
+        results = run(config, stack)
     except KeyboardInterrupt:
         print("\ninterrupted: stopping the servers and removing the temporary token", flush=True)
         return 130
@@ -189,8 +204,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             signal.signal(signal.SIGINT, previous_int)
             signal.signal(signal.SIGTERM, previous_term)
 
-    print_report(rows)
-    write_results(rows, config.out)
+    rows = results.rows
+    print_report(rows, results.buckets)
+    write_results(rows, config.out, results.buckets)
     print(f"\nwrote {config.out} ({time.monotonic() - started:.0f} s)")
     errors = sum(row.errors for row in rows)
     if errors:

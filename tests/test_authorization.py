@@ -18,9 +18,15 @@ import pytest
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from tests.api_calls import expect_error
-from tests.harness import VaultServer
-from tests.security_helpers import AccessKey, add_access_key, expect_denied, new_account
+from tests.support.api_calls import expect_error
+from tests.support.harness import VaultServer
+from tests.support.security_helpers import (
+    AccessKey,
+    add_access_key,
+    assert_identical,
+    expect_denied,
+    new_account,
+)
 from vault.client import AccessKeyCredentials, VaultClient, VaultClientError
 from vault.gen.vault.v1 import resources_pb2
 
@@ -78,21 +84,6 @@ def verify_with_public_key(pem: str, signature: bytes, message: bytes) -> None:
     public_key = serialization.load_pem_public_key(pem.encode("ascii"))
     assert isinstance(public_key, ec.EllipticCurvePublicKey)
     public_key.verify(signature, message, ec.ECDSA(hashes.SHA256()))  # raises if forged
-
-
-def assert_identical(errors: list[VaultClientError]) -> None:
-    """The same answer apart from the resource named and the access it needs, which follow
-    from the name the caller gave and the method alone."""
-
-    def answer(error: VaultClientError) -> tuple[object, ...]:
-        message = error.message
-        for varying in ("resource", "required"):
-            message = message.replace(error.metadata.get(varying, "") or "\0", varying)
-        metadata = {**error.metadata, "resource": "", "required": ""}
-        return (error.code, error.reason, message, tuple(sorted(metadata.items())))
-
-    answers = {answer(e) for e in errors}
-    assert len(answers) == 1, answers
 
 
 # -- across accounts ------------------------------------------------------------------------

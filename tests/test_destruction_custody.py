@@ -21,7 +21,7 @@ import grpc
 import pytest
 from pkcs11 import Attribute, GCMParams, KeyType, Mechanism, ObjectClass, exceptions
 
-from tests.api_calls import expect_error, new_account, new_id
+from tests.support.api_calls import expect_error, new_account, new_id
 from tests.test_keys_api import wait_destroyed
 from vault.client import VaultClient
 from vault.domain.algorithms import Algorithm
@@ -37,15 +37,17 @@ PURGE_TIMEOUT_SECONDS = 5.0
 @pytest.fixture(scope="module")
 def worker(settings: Any, keystore: Any) -> Any:
     """The use cases as a server worker builds them, in this process."""
+    from vault.app import key_policy
     from vault.service.crypto import CryptoOperations
     from vault.service.keys import KeyManagement
     from vault.storage import open_store
 
     store = open_store(settings.store.url)
+    policy = key_policy(settings)
     keys = KeyManagement(
-        store, keystore, settings.keys, version_cache_seconds=settings.hsm.cache_ttl_seconds
+        store, keystore, policy, version_cache_seconds=settings.hsm.cache_ttl_seconds
     )
-    yield CryptoOperations(keys, keystore, settings.keys)
+    yield CryptoOperations(keys, keystore, policy)
     store.close()
 
 
@@ -56,7 +58,7 @@ def in_thread(executor: ThreadPoolExecutor, call: Callable[[], T]) -> T:
 def test_every_worker_thread_drops_a_destroyed_versions_handle_on_its_next_request(
     client: VaultClient, worker: Any, keystore: Any
 ) -> None:
-    account = new_account()
+    account = new_account(client)
     doomed = client.create_key(account, new_id(), "ENCRYPT_DECRYPT").name
     other = client.create_key(account, new_id(), "ENCRYPT_DECRYPT").name
     ciphertext = client.encrypt(doomed, b"gone with the key").ciphertext
@@ -103,7 +105,7 @@ def test_every_worker_thread_drops_a_destroyed_versions_handle_on_its_next_reque
 def test_a_disabled_keys_handles_are_dropped_too(
     client: VaultClient, worker: Any, keystore: Any
 ) -> None:
-    account = new_account()
+    account = new_account(client)
     key = client.create_key(account, new_id(), "ENCRYPT_DECRYPT").name
     other = client.create_key(account, new_id(), "ENCRYPT_DECRYPT").name
     with ThreadPoolExecutor(max_workers=1) as thread:
@@ -198,7 +200,7 @@ def attempts_that_open(
 def test_nothing_left_in_the_data_directory_opens_a_destroyed_versions_ciphertext(
     client: VaultClient, data_dir: Path, keystore: Any
 ) -> None:
-    account = new_account()
+    account = new_account(client)
     key = client.create_key(account, new_id(), "ENCRYPT_DECRYPT").name
     ciphertext = client.encrypt(key, b"must not outlive its key").ciphertext
     # The search works: before destruction the store's blob, unwrapped under its root, opens
@@ -242,7 +244,7 @@ def test_after_destruction_a_ciphertext_fails_in_every_worker_at_once(
 ) -> None:
     """Each new connection lands on a worker the kernel picks (SO_REUSEPORT): with 16 of
     them, both workers are all but certain to be reached, before and after."""
-    account = new_account()
+    account = new_account(client)
     key = client.create_key(account, new_id(), "ENCRYPT_DECRYPT").name
     ciphertext = client.encrypt(key, b"cached in every worker").ciphertext
     connections = 16

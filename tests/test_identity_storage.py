@@ -24,7 +24,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import event, inspect, text
 
-import vault.storage.audit_store as audit_store_module
+import vault.storage.audit_chain as audit_chain_module
 from vault.domain.audit import GENESIS_HASH, AuditEvent, Checkpoint
 from vault.domain.audit_verification import verify_audit_log
 from vault.domain.errors import AlreadyExists, AuditUnavailable, InvalidArgument, NotFound
@@ -39,7 +39,7 @@ from vault.domain.identity import (
     RateLimit,
     UsageCount,
 )
-from vault.service.ports import AuditFilter, AuditStore, IdentityStore
+from vault.domain.ports import AuditFilter, AuditStore, IdentityStore
 from vault.storage import (
     SqlAuditStore,
     SqlIdentityStore,
@@ -48,7 +48,7 @@ from vault.storage import (
     open_store,
     open_stores,
 )
-from vault.storage.audit_store import LOCK_SUFFIX
+from vault.storage.audit_locks import LOCK_SUFFIX
 from vault.storage.engine import make_engine, write_transaction
 from vault.storage.tables import metadata
 
@@ -228,7 +228,7 @@ def test_migrations_create_exactly_the_tables_module(
         context = MigrationContext.configure(conn, opts={"compare_type": True})
         assert compare_metadata(context, metadata) == []
         versions = conn.exec_driver_sql("SELECT version_num FROM alembic_version").all()
-    assert [tuple(row) for row in versions] == [("0007",)]
+    assert [tuple(row) for row in versions] == [("0008",)]
     if backend == "sqlite":
         with sqlite3.connect(db_path) as sqlite:
             audit_sql = sqlite.execute(
@@ -564,7 +564,7 @@ def test_checkpoints(audit: SqlAuditStore) -> None:
 def test_audit_records_are_streamed_in_batches(
     audit: SqlAuditStore, stores: Stores, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(audit_store_module, "READ_BATCH", 7)
+    monkeypatch.setattr(audit_chain_module, "READ_BATCH", 7)
     audit.append_audit([audit_event(n) for n in range(30)], {}, {})
     reads: list[str] = []
 
@@ -716,7 +716,8 @@ def test_failed_usage_write_drops_the_records_too(
 def test_a_lost_postgresql_connection_fails_one_append_and_the_chain_goes_on(
     postgres: Any,
 ) -> None:
-    url = postgres.new_url()
+    # A database of its own: ending every other session of it leaves other tests' alone.
+    url = postgres.new_database_url()
     opened = open_stores(url)
     try:
         audit = opened.audit
@@ -833,7 +834,7 @@ def test_forked_processes_append_to_one_chain(url: str, backend: str, db_path: P
 
 
 def _wait_for_inherited_lock(store: SqlAuditStore, acquired: Any) -> None:
-    with store._append_lock.held():
+    with store._chain._append_lock.held():
         acquired.put(os.getpid())
 
 
@@ -849,7 +850,7 @@ def test_a_forked_child_does_not_share_the_parents_append_lock(
     acquired = ctx.Queue()
     child = None
     try:
-        with audit._append_lock.held():
+        with audit._chain._append_lock.held():
             child = ctx.Process(target=_wait_for_inherited_lock, args=(audit, acquired))
             child.start()
             with pytest.raises(queue.Empty):

@@ -34,7 +34,7 @@ from vault.domain.models import (
     VersionState,
 )
 from vault.domain.names import KeyName
-from vault.service.ports import MetadataStore
+from vault.domain.ports import MetadataStore
 from vault.storage import SqlMetadataStore, open_store
 
 T0 = datetime(2025, 3, 1, 12, 0, 0, 123456, tzinfo=UTC)
@@ -165,7 +165,7 @@ def test_migrations_are_idempotent_and_keep_data(url: str) -> None:
             tables = set(inspect(conn).get_table_names())
     finally:
         engine.dispose()
-    assert [tuple(row) for row in versions] == [("0007",)]
+    assert [tuple(row) for row in versions] == [("0008",)]
     assert {"keys", "key_versions", "root_generations"} <= tables
 
 

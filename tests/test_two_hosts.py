@@ -22,9 +22,9 @@ from typing import Any, Final
 
 import pytest
 
-from tests.harness import TEST_SETTINGS, VaultServer, provision
-from tests.postgres import PostgresCluster
-from tests.security_helpers import (
+from tests.support.harness import TEST_SETTINGS, VaultServer, provision
+from tests.support.postgres import PostgresCluster
+from tests.support.security_helpers import (
     NO_THROTTLING,
     RESOURCE_EXHAUSTED,
     SPREAD,

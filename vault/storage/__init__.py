@@ -11,18 +11,20 @@ from alembic.config import Config
 from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from vault.storage.audit_store import SqlAuditStore
+from vault.storage.audit import SqlAuditStore
 from vault.storage.bucket_store import SqlBucketStore
 from vault.storage.engine import is_postgresql, make_engine, store_url, write_transaction
 from vault.storage.identity_store import SqlIdentityStore
+from vault.storage.import_store import SqlImportJobStore
 from vault.storage.limits_store import SqlSharedCounters
-from vault.storage.sql_store import SqlMetadataStore
+from vault.storage.metadata_store import SqlMetadataStore
 from vault.storage.transactions import unavailable
 
 __all__ = [
     "SqlAuditStore",
     "SqlBucketStore",
     "SqlIdentityStore",
+    "SqlImportJobStore",
     "SqlMetadataStore",
     "SqlSharedCounters",
     "Stores",
@@ -42,6 +44,7 @@ class Stores(NamedTuple):
     identity: SqlIdentityStore
     audit: SqlAuditStore
     buckets: SqlBucketStore
+    imports: SqlImportJobStore
     # PostgreSQL only: limits, replay protection and the credential epoch of every host using
     # the database. None on SQLite, where one host's workers share a mapped file instead.
     counters: SqlSharedCounters | None = None
@@ -66,8 +69,8 @@ def open_store(url: str) -> SqlMetadataStore:
 
 
 def open_stores(url: str) -> Stores:
-    """As open_store (one migration run), returning the metadata, identity, audit and bucket
-    stores of the database, which share its engine."""
+    """As open_store (one migration run), returning the metadata, identity, audit, bucket
+    and import-job stores of the database, which share its engine."""
     engine = _open_engine(url)
     metadata = SqlMetadataStore(engine)
     # An in-memory database is one connection: every store must take turns on the same lock.
@@ -77,6 +80,7 @@ def open_stores(url: str) -> Stores:
         identity=SqlIdentityStore(engine, serial=serial),
         audit=SqlAuditStore(engine, serial=serial),
         buckets=SqlBucketStore(engine, serial=serial),
+        imports=SqlImportJobStore(engine, serial=serial),
         counters=SqlSharedCounters(engine) if is_postgresql(engine.url) else None,
     )
 

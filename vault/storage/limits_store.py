@@ -332,7 +332,7 @@ _INHERITED: list[Any] = []
 
 
 if TYPE_CHECKING:
-    from vault.service.ports import SharedCounters
+    from vault.domain.ports import SharedCounters
 
     # Makes mypy prove that the class satisfies the port it implements.
     _PORT_CHECK: type[SharedCounters] = SqlSharedCounters

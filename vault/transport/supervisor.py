@@ -4,7 +4,8 @@ The GIL starves PKCS#11 calls, so the vault serves from several worker processes
 the same port with SO_REUSEPORT and let the kernel spread connections (gRPC Python's
 multiprocessing example). PKCS#11 must be initialised in the process that uses it, after
 fork, so the supervising parent never opens the token or the store itself: start-up
-reconciliation runs in a child, and each worker builds its own services.
+reconciliation runs in a child, and each worker has the composition root (vault.app) build its
+own services.
 """
 
 from __future__ import annotations
@@ -24,13 +25,6 @@ from types import FrameType
 from typing import Final
 
 from vault import metrics
-from vault.app import (
-    StartupReport,
-    build_services,
-    prepare_and_reconcile,
-    prepare_store_limits,
-    store_shares_limits,
-)
 from vault.config import Settings
 from vault.coordination.disk import DiskReserve, free_bytes
 from vault.coordination.limits import LimitsFileSpaceError, SharedLimits
@@ -43,9 +37,12 @@ from vault.metrics_exporter import (
     mark_worker_dead,
     prepare_directory,
 )
+from vault.service.imports import KeyImports
 from vault.service.keys import KeyManagement
+from vault.service.reconcile import StartupReport
 from vault.so_pin import refuse_to_serve_beside
 from vault.transport.errors import log_unexpected
+from vault.transport.served import BuildServices, PrepareStartup, PrepareStoreLimits
 from vault.transport.server import (
     TLS_HINT,
     BuiltServer,
@@ -78,8 +75,19 @@ SHARED_NONCE_SLOTS: Final = 1 << 21
 # -- multi-process serving ------------------------------------------------------------------
 
 
-def serve(settings: Settings, data_lock: DataDirectoryLock | None = None) -> None:
+def serve(
+    settings: Settings,
+    data_lock: DataDirectoryLock | None = None,
+    *,
+    prepare: PrepareStartup,
+    build_services: BuildServices,
+    prepare_store_limits: PrepareStoreLimits,
+) -> None:
     """Reconcile, then serve with settings.server.workers processes until SIGTERM or SIGINT.
+
+    prepare runs once, in a child, before the workers start; build_services runs in each
+    worker after fork; prepare_store_limits runs here, before the workers start (vault.app
+    provides all three).
 
     Prints "vault serving on ADDRESS (N workers, TLS)" once every worker serves, and returns
     after a signal once they have stopped. Raises TlsConfigError for TLS settings or files
@@ -92,13 +100,19 @@ def serve(settings: Settings, data_lock: DataDirectoryLock | None = None) -> Non
     it is released when serving ends either way.
     """
     try:
-        _check_and_serve(settings, data_lock)
+        _check_and_serve(settings, data_lock, prepare, build_services, prepare_store_limits)
     finally:
         if data_lock is not None:
             data_lock.release()
 
 
-def _check_and_serve(settings: Settings, data_lock: DataDirectoryLock | None) -> None:
+def _check_and_serve(
+    settings: Settings,
+    data_lock: DataDirectoryLock | None,
+    prepare: PrepareStartup,
+    build_services: BuildServices,
+    prepare_store_limits: PrepareStoreLimits,
+) -> None:
     refuse_to_serve_beside(settings)  # the SO PIN: never beside a serving token
     tls = load_tls(settings)
     address = ListenAddress.parse(settings.server.listen, tls=tls is not None)
@@ -127,7 +141,7 @@ def _check_and_serve(settings: Settings, data_lock: DataDirectoryLock | None) ->
     lock = data_lock or lock_for(settings)
     try:
         ensure_port_free(address)
-        _serve_locked(settings, address, tls)
+        _serve_locked(settings, address, tls, prepare, build_services, prepare_store_limits)
     finally:
         lock.release()  # releasing twice is harmless
 
@@ -139,18 +153,26 @@ def lock_for(settings: Settings) -> DataDirectoryLock:
     )
 
 
-def _serve_locked(settings: Settings, address: ListenAddress, tls: ServerTls | None) -> None:
+def _serve_locked(
+    settings: Settings,
+    address: ListenAddress,
+    tls: ServerTls | None,
+    prepare: PrepareStartup,
+    build_services: BuildServices,
+    prepare_store_limits: PrepareStoreLimits,
+) -> None:
     context = multiprocessing.get_context("fork")
-    _reconcile_in_child(context, settings)
+    _reconcile_in_child(context, settings, prepare)
+    store_limits = False
     if settings.auth.enabled:
-        _prepare_shared_limits(settings)
+        store_limits = _prepare_shared_limits(settings, prepare_store_limits)
     else:
         log.warning(
             "auth.enabled = false: calls are neither authenticated nor audited (loopback only)"
         )
     reserve = DiskReserve(settings.disk_reserve_file, settings.store.disk_reserve_bytes)
     _reserve_disk_space(reserve)
-    _Supervisor(context, settings, address, tls, reserve).run()
+    _Supervisor(context, settings, address, tls, reserve, build_services, store_limits).run()
 
 
 def _start_exporter(settings: Settings, supervisor: _Supervisor) -> MetricsExporter | None:
@@ -183,16 +205,18 @@ def _reserve_disk_space(reserve: DiskReserve) -> None:
         )
 
 
-def _prepare_shared_limits(settings: Settings) -> None:
+def _prepare_shared_limits(settings: Settings, prepare_store_limits: PrepareStoreLimits) -> bool:
     """Keep or make the workers' shared table before they start, so they all attach to one;
     on a PostgreSQL store, whose tables every host shares, check that its nonces survived.
+    Returns whether the store keeps the limits (then the workers attach to no table).
 
     A signed request's nonce is kept for the timestamp window (300 s by default): 2^21 slots
     hold over 4,000 signed requests/s, beyond what one host serves.
     """
     started = time.time()
-    if store_shares_limits(settings):
-        horizon, where = prepare_store_limits(settings), "the store"
+    store_horizon = prepare_store_limits(settings)
+    if store_horizon is not None:
+        horizon, where = store_horizon, "the store"
     else:
         try:
             limits = SharedLimits.prepare(
@@ -214,6 +238,7 @@ def _prepare_shared_limits(settings: Settings) -> None:
         )
         # Serve from the horizon on, so that no request signed after the start is refused.
         time.sleep(max(0.0, horizon - time.time()))
+    return store_horizon is not None
 
 
 def load_tls(settings: Settings) -> ServerTls | None:
@@ -226,10 +251,13 @@ def load_tls(settings: Settings) -> ServerTls | None:
     return load_server_tls(files)
 
 
-def _reconcile_in_child(context: ForkContext, settings: Settings) -> None:
+def _reconcile_in_child(context: ForkContext, settings: Settings, prepare: PrepareStartup) -> None:
     receive, send = context.Pipe(duplex=False)
     child = context.Process(
-        target=_reconcile_main, args=(settings, send), name="vault-reconcile", daemon=True
+        target=_reconcile_main,
+        args=(settings, prepare, send),
+        name="vault-reconcile",
+        daemon=True,
     )
     child.start()
     send.close()
@@ -248,10 +276,14 @@ def _reconcile_in_child(context: ForkContext, settings: Settings) -> None:
         )
 
 
-def _reconcile_main(settings: Settings, report_to: multiprocessing.connection.Connection) -> None:
+def _reconcile_main(
+    settings: Settings,
+    prepare: PrepareStartup,
+    report_to: multiprocessing.connection.Connection,
+) -> None:
     _reset_signals()
     try:
-        startup = prepare_and_reconcile(settings)
+        startup = prepare(settings)
     except VaultError as error:
         # Expected (a wrong PIN, no token, the store unreachable): the message says what to
         # fix, and a traceback would only bury it.
@@ -313,8 +345,12 @@ class _Supervisor:
         address: ListenAddress,
         tls: ServerTls | None,
         reserve: DiskReserve,
+        build_services: BuildServices,
+        store_limits: bool,
     ) -> None:
         self._context = context
+        self._build_services = build_services
+        self._store_limits = store_limits
         self._settings = settings
         self._address = address
         self._tls = tls
@@ -397,6 +433,8 @@ class _Supervisor:
                 sender,
                 os.getpid(),
                 self._started_at,
+                self._build_services,
+                self._store_limits,
             ),
             name=f"vault-worker-{slot.index}",
         )
@@ -561,6 +599,8 @@ def _worker_main(
     ready: multiprocessing.connection.Connection,
     parent_pid: int,
     started_at: float,
+    build_services: BuildServices,
+    store_limits: bool,
 ) -> None:
     _reset_signals()
     stop = threading.Event()
@@ -572,7 +612,7 @@ def _worker_main(
         # A PostgreSQL store has the hosts' shared counters in it (build_services uses them).
         counters = (
             SharedLimits.attach(settings.shared_state_file)
-            if settings.auth.enabled and not store_shares_limits(settings)
+            if settings.auth.enabled and not store_limits
             else None
         )
         services = build_services(settings, counters)
@@ -599,7 +639,13 @@ def _worker_main(
             reserve = DiskReserve(settings.disk_reserve_file, settings.store.disk_reserve_bytes)
             threading.Thread(
                 target=_destroy_due_keys_forever,
-                args=(services.keys, settings.keys.destroy_check_seconds, stop, reserve),
+                args=(
+                    services.keys,
+                    settings.keys.destroy_check_seconds,
+                    stop,
+                    reserve,
+                    services.imports,
+                ),
                 name="vault-destroy-due-keys",
                 daemon=True,
             ).start()
@@ -625,10 +671,15 @@ def drain(built: BuiltServer, grace: float) -> None:
 
 
 def _destroy_due_keys_forever(
-    keys: KeyManagement, interval: float, stop: threading.Event, reserve: DiskReserve
+    keys: KeyManagement,
+    interval: float,
+    stop: threading.Event,
+    reserve: DiskReserve,
+    imports: KeyImports | None = None,
 ) -> None:
-    """Destroy keys whose waiting period ended, until stop; one worker does this. Not while
-    the disk is full: destroying is a change like any other."""
+    """Destroy keys whose waiting period ended, and the private keys of expired import jobs,
+    until stop; one worker does this. Not while the disk is full: destroying is a change
+    like any other."""
     while True:
         # The next round retries; a failing store or token must not end the loop.
         try:
@@ -636,6 +687,8 @@ def _destroy_due_keys_forever(
                 destroyed = keys.destroy_due_keys()
                 if destroyed:
                     log.info("destroyed %d keys whose waiting period ended", len(destroyed))
+                if imports is not None:
+                    imports.destroy_expired_jobs()
         except DiskFull:
             reserve.release()
         except VaultError as error:

@@ -19,8 +19,8 @@ from uuid import uuid4
 import grpc
 import pytest
 
-from tests.api_calls import expect_error
-from tests.harness import TEST_SETTINGS, VaultServer, provision
+from tests.support.api_calls import expect_error
+from tests.support.harness import TEST_SETTINGS, VaultServer, provision
 from vault.client import AccessKeyCredentials, ApiKeyCredentials, VaultClient, VaultClientError
 from vault.domain.signing import AUTHORIZATION_HEADER, sign_request
 
@@ -190,3 +190,18 @@ def expect_denied(call: Callable[[], object]) -> VaultClientError:
     assert set(error.metadata) <= {"method", "resource", "required"}, error.metadata
     assert {"method", "required"} <= set(error.metadata), error.metadata
     return error
+
+
+def assert_identical(errors: list[VaultClientError]) -> None:
+    """The same answer apart from the resource named and the access it needs, which follow
+    from the name the caller gave and the method alone."""
+
+    def answer(error: VaultClientError) -> tuple[object, ...]:
+        message = error.message
+        for varying in ("resource", "required"):
+            message = message.replace(error.metadata.get(varying, "") or "\0", varying)
+        metadata = {**error.metadata, "resource": "", "required": ""}
+        return (error.code, error.reason, message, tuple(sorted(metadata.items())))
+
+    answers = {answer(e) for e in errors}
+    assert len(answers) == 1, answers
