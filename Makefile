@@ -63,9 +63,9 @@ softhsm: ## Install SoftHSM2 from Debian's packages unless softhsm2-util is pres
 		$(APT_GET) install -y --no-install-recommends softhsm2; \
 	fi
 
-# Only the tests need it: they start a throwaway cluster of their own (tests/support/postgres.py). Debian
-# puts the server programs in /usr/lib/postgresql/<major>/bin, off PATH; the cluster the package
-# may create and start is not used.
+# Only the tests need it: each test process starts a throwaway cluster of its own
+# (tests/support/postgres.py). Debian puts the server programs in /usr/lib/postgresql/<major>/bin,
+# off PATH; the cluster the package may create and start is not used.
 postgresql: ## Install PostgreSQL from Debian's packages unless its server programs are present
 	@if ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null 2>&1; then \
 		echo "postgresql: $$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | tail -n 1)"; \
