@@ -2,6 +2,7 @@
 #
 #   make run    install what is missing, provision the token, serve on 127.0.0.1:50051
 #   make test   install what is missing, run the test suite against a real SoftHSM2 token
+#               (the store suites run on SQLite and on a throwaway PostgreSQL cluster)
 #
 # Every target installs its own prerequisites (SoftHSM2 from Debian's packages, a virtual
 # environment in .venv, the generated gRPC code in vault/gen), so both work on a fresh machine.
@@ -45,7 +46,8 @@ PYTEST_ARGS ?=
 TEST_WORKERS ?= 4
 BENCH_ARGS ?=
 
-.PHONY: help setup softhsm check-python venv proto run token-init test bench lint clean distclean
+.PHONY: help setup softhsm postgresql check-python venv proto run token-init test bench lint clean \
+	distclean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/^([a-z-]+):.*## /  make \1\t/' | expand -t 20
@@ -59,6 +61,18 @@ softhsm: ## Install SoftHSM2 from Debian's packages unless softhsm2-util is pres
 		echo "softhsm2-util not found: installing Debian's softhsm2"; \
 		$(APT_GET) update; \
 		$(APT_GET) install -y --no-install-recommends softhsm2; \
+	fi
+
+# Only the tests need it: each test process starts a throwaway cluster of its own
+# (tests/support/postgres.py). Debian puts the server programs in /usr/lib/postgresql/<major>/bin,
+# off PATH; the cluster the package may create and start is not used.
+postgresql: ## Install PostgreSQL from Debian's packages unless its server programs are present
+	@if ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null 2>&1; then \
+		echo "postgresql: $$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | tail -n 1)"; \
+	else \
+		echo "PostgreSQL's initdb not found: installing Debian's postgresql"; \
+		$(APT_GET) update; \
+		$(APT_GET) install -y --no-install-recommends postgresql; \
 	fi
 
 check-python: ## Check that a supported Python (3.11 to 3.13) is available
@@ -125,7 +139,7 @@ $(LOCAL_CONFIG):
 		'listen = "127.0.0.1:50051"' > $@
 	@echo "created $@ (data_dir and server.listen of this checkout's vault)"
 
-test: setup ## Run the test suite (pass options with PYTEST_ARGS='-k sign -x')
+test: setup postgresql ## Run the test suite (pass options with PYTEST_ARGS='-k sign -x')
 	$(VENV_PY) -m pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 bench: setup ## Run the benchmark; writes bench/results.json (options: BENCH_ARGS='--bucket-objects 1000')

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.harness import VaultServer, provision, vault_environment
+from tests.support.postgres import BACKENDS, PostgresCluster
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -75,3 +76,26 @@ def keystore(settings: object) -> object:
 
     assert isinstance(settings, Settings)
     return open_keystore(settings)
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresCluster]:
+    """A throwaway PostgreSQL cluster for the whole run, started on first use."""
+    with PostgresCluster() as cluster:
+        yield cluster
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    """The store backend a parametrised test runs on."""
+    return str(request.param)
+
+
+@pytest.fixture
+def backend_url(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> str:
+    """A new, empty store on the test's backend: a SQLite file, or a PostgreSQL database."""
+    if backend == "sqlite":
+        return f"sqlite:///{tmp_path / 'vault.db'}"
+    cluster = request.getfixturevalue("postgres")
+    assert isinstance(cluster, PostgresCluster)
+    return cluster.new_url()

@@ -1,6 +1,6 @@
-"""SqlIdentityStore and SqlAuditStore against real SQLite files: every port method, the schema
-of migration 0002, the audit chain under concurrent appenders in several processes, and
-all-or-nothing appends."""
+"""SqlIdentityStore and SqlAuditStore against real SQLite files and a real PostgreSQL database:
+every port method, the schema of migration 0002, the audit chain under concurrent appenders in
+several processes, and all-or-nothing appends."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import event
+from sqlalchemy import event, inspect, text
 
 import vault.storage.audit_chain as audit_chain_module
 from vault.domain.audit import GENESIS_HASH, AuditEvent, Checkpoint
@@ -73,12 +73,52 @@ def db_path(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def stores(db_path: Path) -> Iterator[Stores]:
-    opened = open_stores(db_url(db_path))
+def url(backend_url: str) -> str:
+    """Tests that take url (or stores, identity, audit) run on SQLite and on PostgreSQL."""
+    return backend_url
+
+
+@pytest.fixture
+def stores(url: str) -> Iterator[Stores]:
+    opened = open_stores(url)
     try:
         yield opened
     finally:
         opened.close()
+
+
+@pytest.fixture
+def sqlite_audit(db_path: Path) -> Iterator[SqlAuditStore]:
+    """The audit store of a SQLite file, for what only SQLite has (its lock file, its lax
+    column types)."""
+    opened = open_stores(db_url(db_path))
+    try:
+        yield opened.audit
+    finally:
+        opened.close()
+
+
+def execute(url: str, statement: str, **params: Any) -> None:
+    """Run one statement behind the stores' backs, as someone with access to the database."""
+    engine = make_engine(url)
+    try:
+        with write_transaction(engine) as conn:
+            conn.execute(text(statement), params)
+    finally:
+        engine.dispose()
+
+
+def refuse_inserts(url: str, table: str) -> None:
+    """Make every later insert into table fail (table is a constant of the test)."""
+    if url.startswith("sqlite"):
+        execute(
+            url,
+            f"CREATE TRIGGER refuse BEFORE INSERT ON {table} "
+            "BEGIN SELECT RAISE(ABORT, 'refused'); END",
+        )
+    else:
+        # NOT VALID: the rows already there are not checked, every new one fails.
+        execute(url, f"ALTER TABLE {table} ADD CONSTRAINT refuse CHECK (false) NOT VALID")
 
 
 @pytest.fixture
@@ -181,30 +221,33 @@ def test_stores_satisfy_the_ports(stores: Stores) -> None:
     assert list(audit_port.audit_records()) == []
 
 
-def test_migration_0002_creates_exactly_the_tables_module(stores: Stores, db_path: Path) -> None:
+def test_migrations_create_exactly_the_tables_module(
+    stores: Stores, backend: str, db_path: Path
+) -> None:
     with stores.metadata._engine.connect() as conn:
         context = MigrationContext.configure(conn, opts={"compare_type": True})
         assert compare_metadata(context, metadata) == []
-    with sqlite3.connect(db_path) as conn:
-        versions = conn.execute("SELECT version_num FROM alembic_version").fetchall()
-        audit_sql = conn.execute(
-            "SELECT sql FROM sqlite_master WHERE name = 'audit_events'"
-        ).fetchone()[0]
-    conn.close()
-    assert versions == [("0008",)]
-    # INTEGER (not BIGINT) makes seq the rowid: the head of the chain is found at once.
-    assert "seq INTEGER NOT NULL" in audit_sql
+        versions = conn.exec_driver_sql("SELECT version_num FROM alembic_version").all()
+    assert [tuple(row) for row in versions] == [("0009",)]
+    if backend == "sqlite":
+        with sqlite3.connect(db_path) as sqlite:
+            audit_sql = sqlite.execute(
+                "SELECT sql FROM sqlite_master WHERE name = 'audit_events'"
+            ).fetchone()[0]
+        sqlite.close()
+        # INTEGER (not BIGINT) makes seq the rowid: the head of the chain is found at once.
+        assert "seq INTEGER NOT NULL" in audit_sql
 
 
-def test_upgrade_from_0001_keeps_data_and_downgrade_drops_only_0002(db_path: Path) -> None:
-    engine = make_engine(db_url(db_path))
+def test_upgrade_from_0001_keeps_data_and_downgrade_drops_only_0002(url: str) -> None:
+    engine = make_engine(url)
     config = alembic_config()
     try:
         with write_transaction(engine) as conn:
             config.attributes["connection"] = conn
             command.upgrade(config, "0001")
-            conn.exec_driver_sql("INSERT INTO root_generations VALUES (1, 'root-1', 0, 0)")
-        opened = open_stores(db_url(db_path))
+            conn.exec_driver_sql("INSERT INTO root_generations VALUES (1, 'root-1', 0, false)")
+        opened = open_stores(url)
         try:
             assert [g.token_label for g in opened.metadata.list_root_generations()] == ["root-1"]
             opened.identity.create_account(account())
@@ -213,12 +256,7 @@ def test_upgrade_from_0001_keeps_data_and_downgrade_drops_only_0002(db_path: Pat
         with write_transaction(engine) as conn:
             config.attributes["connection"] = conn
             command.downgrade(config, "0001")
-            tables = {
-                row[0]
-                for row in conn.exec_driver_sql(
-                    "SELECT name FROM sqlite_master WHERE type = 'table'"
-                )
-            }
+            tables = set(inspect(conn).get_table_names())
             generations = conn.exec_driver_sql("SELECT count(*) FROM root_generations").scalar()
     finally:
         engine.dispose()
@@ -226,17 +264,17 @@ def test_upgrade_from_0001_keeps_data_and_downgrade_drops_only_0002(db_path: Pat
     assert generations == 1
 
 
-def test_open_stores_share_one_engine_and_open_store_still_works(db_path: Path) -> None:
-    opened = open_stores(db_url(db_path))
+def test_open_stores_share_one_engine_and_open_store_still_works(url: str) -> None:
+    opened = open_stores(url)
     try:
         engine = opened.metadata._engine
         assert opened.identity._engine is engine and opened.audit._engine is engine
         opened.identity.create_account(account())
     finally:
         opened.close()
-    alone = open_store(db_url(db_path))
+    alone = open_store(url)
     alone.close()
-    again = open_stores(db_url(db_path))
+    again = open_stores(url)
     try:
         assert again.identity.get_account("acme") == account()
     finally:
@@ -601,21 +639,48 @@ def test_list_audit_events_pages(audit: SqlAuditStore) -> None:
             audit.list_audit_events(AuditFilter(), 10, bad)
 
 
+def test_checkpointers_of_separate_stores_take_turns(url: str) -> None:
+    """Two stores on one database, as two hosts (or two processes of one) have: while one
+    holds the checkpoint lock, the other's attempt fails at once and a waiting one waits."""
+    first, second = open_stores(url), open_stores(url)
+    acquired = threading.Event()
+    try:
+        with first.audit.checkpoint_lock(wait=False) as held:
+            assert held
+            with second.audit.checkpoint_lock(wait=False) as other:
+                assert not other
+
+            def wait_for_it() -> None:
+                with second.audit.checkpoint_lock(wait=True) as waited:
+                    assert waited
+                    acquired.set()
+
+            waiter = threading.Thread(target=wait_for_it)
+            waiter.start()
+            assert not acquired.wait(0.5)
+        waiter.join(timeout=30)
+        assert acquired.is_set()
+        # Released again: both may take it in turn, and appends go on meanwhile.
+        with second.audit.checkpoint_lock(wait=False) as held:
+            assert held
+            assert first.audit.append_audit([audit_event(0)], {}, {}).seq == 1
+        with first.audit.checkpoint_lock(wait=False) as held:
+            assert held
+    finally:
+        first.close()
+        second.close()
+
+
 # --- failures ----------------------------------------------------------------------------------
 
 
 def test_failed_append_commits_nothing(
-    identity: SqlIdentityStore, audit: SqlAuditStore, db_path: Path
+    identity: SqlIdentityStore, audit: SqlAuditStore, url: str
 ) -> None:
     identity.create_account(account())
     identity.create_access_key(access_key())
     before = audit.append_audit([audit_event(0)], {(ACCESS_KEY, DAY, "Encrypt"): 1}, {})
-    with sqlite3.connect(db_path) as conn:
-        conn.execute(
-            "CREATE TRIGGER refuse BEFORE INSERT ON audit_events "
-            "BEGIN SELECT RAISE(ABORT, 'refused'); END"
-        )
-    conn.close()
+    refuse_inserts(url, "audit_events")
     secret = replace(audit_event(1), request_id="REQUEST-ID-NOT-TO-LEAK")
     with pytest.raises(AuditUnavailable) as caught:
         audit.append_audit(
@@ -635,15 +700,10 @@ def test_failed_append_commits_nothing(
 
 
 def test_failed_usage_write_drops_the_records_too(
-    identity: SqlIdentityStore, audit: SqlAuditStore, db_path: Path
+    identity: SqlIdentityStore, audit: SqlAuditStore, url: str
 ) -> None:
     audit.append_audit([audit_event(0)], {}, {})
-    with sqlite3.connect(db_path) as conn:
-        conn.execute(
-            "CREATE TRIGGER refuse BEFORE INSERT ON usage_counters "
-            "BEGIN SELECT RAISE(ABORT, 'refused'); END"
-        )
-    conn.close()
+    refuse_inserts(url, "usage_counters")
     with pytest.raises(AuditUnavailable):
         audit.append_audit([audit_event(1), audit_event(2)], {(API_KEY, DAY, "Sign"): 1}, {})
     assert [record.seq for record in audit.audit_records()] == [1]
@@ -653,6 +713,29 @@ def test_failed_usage_write_drops_the_records_too(
     assert_chain(list(audit.audit_records()), 2)
 
 
+def test_a_lost_postgresql_connection_fails_one_append_and_the_chain_goes_on(
+    postgres: Any,
+) -> None:
+    # A database of its own: ending every other session of it leaves other tests' alone.
+    url = postgres.new_database_url()
+    opened = open_stores(url)
+    try:
+        audit = opened.audit
+        audit.append_audit([audit_event(0)], {}, {})
+        # What a restart or failover of the database does to every open session.
+        execute(
+            url,
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE pid <> pg_backend_pid() AND datname = current_database()",
+        )
+        with pytest.raises(AuditUnavailable):
+            audit.append_audit([audit_event(1)], {}, {})
+        assert audit.append_audit([audit_event(2)], {}, {}).seq == 2
+        assert_chain(list(audit.audit_records()), 2)
+    finally:
+        opened.close()
+
+
 def test_naive_time_is_refused_before_anything_is_written(audit: SqlAuditStore) -> None:
     naive = replace(audit_event(0), occurred_at=datetime(2025, 3, 1, 12, 0))
     with pytest.raises(AuditUnavailable):
@@ -660,7 +743,9 @@ def test_naive_time_is_refused_before_anything_is_written(audit: SqlAuditStore) 
     assert list(audit.audit_records()) == []
 
 
-def test_tampered_rows_are_read_and_reported(audit: SqlAuditStore, db_path: Path) -> None:
+def test_tampered_rows_are_read_and_reported(sqlite_audit: SqlAuditStore, db_path: Path) -> None:
+    # Values of the wrong type fit only SQLite's columns; PostgreSQL refuses to store them.
+    audit = sqlite_audit
     audit.append_audit([audit_event(n) for n in range(5)], {}, {})
     with sqlite3.connect(db_path) as conn:
         conn.execute("UPDATE audit_events SET occurred_at = 'yesterday' WHERE seq = 2")
@@ -672,11 +757,9 @@ def test_tampered_rows_are_read_and_reported(audit: SqlAuditStore, db_path: Path
     assert [(f.kind.value, f.seq) for f in result.findings] == [("MODIFIED", 2), ("MODIFIED", 4)]
 
 
-def test_damaged_head_stops_appends(audit: SqlAuditStore, db_path: Path) -> None:
+def test_damaged_head_stops_appends(audit: SqlAuditStore, url: str) -> None:
     audit.append_audit([audit_event(0)], {}, {})
-    with sqlite3.connect(db_path) as conn:
-        conn.execute("UPDATE audit_events SET hash = x'00' WHERE seq = 1")
-    conn.close()
+    execute(url, "UPDATE audit_events SET hash = :damaged WHERE seq = 1", damaged=b"\x00")
     with pytest.raises(AuditUnavailable):
         audit.append_audit([audit_event(1)], {}, {})
 
@@ -710,8 +793,7 @@ def _append_in_forked_child(url: str, worker: int, start: Any, results: Any) -> 
         results.put((worker, f"{type(exc).__name__}: {exc}"))
 
 
-def test_forked_processes_append_to_one_chain(db_path: Path) -> None:
-    url = db_url(db_path)
+def test_forked_processes_append_to_one_chain(url: str, backend: str, db_path: Path) -> None:
     parent = open_stores(url)
     try:
         parent.identity.create_account(account())
@@ -744,8 +826,9 @@ def test_forked_processes_append_to_one_chain(db_path: Path) -> None:
         assert usage == [UsageCount(DAY, f"m{worker}", 200) for worker in range(4)]
         key = parent.identity.get_access_key(ACCESS_KEY)
         assert key is not None and key.last_used_time == T0 + timedelta(seconds=3000 + 199)
-        lock_file = Path(str(db_path) + LOCK_SUFFIX)
-        assert stat.S_IMODE(lock_file.stat().st_mode) == 0o600
+        if backend == "sqlite":
+            lock_file = Path(str(db_path) + LOCK_SUFFIX)
+            assert stat.S_IMODE(lock_file.stat().st_mode) == 0o600
     finally:
         parent.close()
 
@@ -755,10 +838,13 @@ def _wait_for_inherited_lock(store: SqlAuditStore, acquired: Any) -> None:
         acquired.put(os.getpid())
 
 
-def test_a_forked_child_does_not_share_the_parents_append_lock(audit: SqlAuditStore) -> None:
+def test_a_forked_child_does_not_share_the_parents_append_lock(
+    sqlite_audit: SqlAuditStore,
+) -> None:
     """A child that inherits the store must still be excluded while the parent appends: an
     inherited descriptor would share the parent's flock (and a parent thread may have held the
     thread lock at the moment of the fork)."""
+    audit = sqlite_audit
     audit.append_audit([audit_event(0)], {}, {})  # the parent has its lock file open
     ctx = multiprocessing.get_context("fork")
     acquired = ctx.Queue()

@@ -41,6 +41,7 @@ SERVER_ONLY = {
     "grpcio-health-checking": "grpc_health",
     "grpcio-reflection": "grpc_reflection",
     "grpcio-tools": "grpc_tools",
+    "psycopg": "psycopg",
 }
 GENERATED = [
     f"vault/gen/vault/v1/{proto}{suffix}"

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import create_engine, inspect
 
 import vault.storage.engine as storage_engine
 from vault.domain.algorithms import Algorithm, Purpose
@@ -45,8 +46,9 @@ def db_url(path: Path) -> str:
 
 
 @pytest.fixture
-def url(tmp_path: Path) -> str:
-    return db_url(tmp_path / "vault.db")
+def url(backend_url: str) -> str:
+    """Tests that take url (or store) run on SQLite and on PostgreSQL."""
+    return backend_url
 
 
 @pytest.fixture
@@ -145,7 +147,7 @@ def test_open_store_creates_directory_and_configures_sqlite(tmp_path: Path) -> N
         opened.close()
 
 
-def test_migrations_are_idempotent_and_keep_data(url: str, tmp_path: Path) -> None:
+def test_migrations_are_idempotent_and_keep_data(url: str) -> None:
     first = open_store(url)
     try:
         create(first, make_key("kept"))
@@ -156,13 +158,14 @@ def test_migrations_are_idempotent_and_keep_data(url: str, tmp_path: Path) -> No
         assert second.get_key(KeyName("acme", "kept")) is not None
     finally:
         second.close()
-    with sqlite3.connect(tmp_path / "vault.db") as conn:
-        versions = conn.execute("SELECT version_num FROM alembic_version").fetchall()
-        tables = {
-            row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
-        }
-    conn.close()
-    assert versions == [("0008",)]
+    engine = create_engine(url)
+    try:
+        with engine.connect() as conn:
+            versions = conn.exec_driver_sql("SELECT version_num FROM alembic_version").all()
+            tables = set(inspect(conn).get_table_names())
+    finally:
+        engine.dispose()
+    assert [tuple(row) for row in versions] == [("0009",)]
     assert {"keys", "key_versions", "root_generations"} <= tables
 
 

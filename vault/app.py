@@ -99,7 +99,8 @@ def key_policy(settings: Settings) -> KeyPolicy:
 
 def build_services(settings: Settings, counters: SharedCounters | None = None) -> Services:
     """The use cases; with settings.auth.enabled also identity and audit, whose limits and
-    caches hold across worker processes through counters (authentication needs them)."""
+    caches hold across worker processes through counters (authentication needs them). On a
+    PostgreSQL store the store's own counters are used, which hold across hosts too."""
     from vault.hsm.keystore import open_keystore
     from vault.hsm.system_keys import BackupSigningKey, RevocationFeedKey, SystemKeys
     from vault.storage import open_stores
@@ -107,6 +108,10 @@ def build_services(settings: Settings, counters: SharedCounters | None = None) -
     assert settings.store.url is not None
     stores = open_stores(settings.store.url)
     store, identity_store, audit_store = stores.metadata, stores.identity, stores.audit
+    if stores.counters is not None:
+        # A PostgreSQL store keeps the limits for every host using it, whatever the caller
+        # has: a limit or a credential change must hold across hosts, not only workers.
+        counters = stores.counters
     keystore = open_keystore(settings)
     policy = key_policy(settings)
     keys = KeyManagement(
@@ -174,6 +179,25 @@ def build_services(settings: Settings, counters: SharedCounters | None = None) -
         backup_key.ensure,
         checks,
     )
+
+
+def prepare_store_limits(settings: Settings) -> float | None:
+    """None if each host's workers share the rate limits, quotas, nonces and credential epoch
+    in a mapped file (SQLite); else the store keeps them for every host using it (PostgreSQL),
+    and this is the replay horizon of its nonce table (moved to now if a crash of the database
+    emptied it), read on connections of its own that are closed before returning, so none
+    crosses a later fork."""
+    from vault.storage import open_stores, shares_limits
+
+    assert settings.store.url is not None
+    if not shares_limits(settings.store.url):
+        return None
+    stores = open_stores(settings.store.url)
+    try:
+        assert stores.counters is not None
+        return stores.counters.prepare()
+    finally:
+        stores.close()
 
 
 @contextmanager
@@ -317,7 +341,11 @@ def serve(settings: Settings, data_lock: DataDirectoryLock | None = None) -> Non
     from vault.transport.supervisor import serve as serve_with_workers
 
     serve_with_workers(
-        settings, data_lock, prepare=prepare_and_reconcile, build_services=build_services
+        settings,
+        data_lock,
+        prepare=prepare_and_reconcile,
+        build_services=build_services,
+        prepare_store_limits=prepare_store_limits,
     )
 
 

@@ -157,7 +157,10 @@ class HsmSettings(BaseModel):
 class StoreSettings(BaseModel):
     # Out of repr: a PostgreSQL URL may carry the database password.
     url: str | None = Field(
-        None, repr=False, description="SQLAlchemy URL (default: sqlite:///<data_dir>/vault.db)"
+        None,
+        repr=False,
+        description="SQLAlchemy URL (default: sqlite:///<data_dir>/vault.db); a "
+        "postgresql:// URL (psycopg 3) may be shared by several vault hosts",
     )
     disk_reserve_bytes: int = Field(
         64 << 20,

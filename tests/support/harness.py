@@ -147,6 +147,8 @@ class VaultServer:
         serve_args: Sequence[str] = ("-c", _SERVE),
     ) -> None:
         self.data_dir = data_dir
+        # The store's URL when it is not the data directory's SQLite file.
+        self.store_url = (extra_env or {}).get("VAULT_STORE__URL")
         self.port = free_port()
         self.target = f"127.0.0.1:{self.port}"
         self._env = vault_environment(

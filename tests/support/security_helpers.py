@@ -20,7 +20,7 @@ import grpc
 import pytest
 
 from tests.support.api_calls import expect_error
-from tests.support.harness import VaultServer, provision
+from tests.support.harness import TEST_SETTINGS, VaultServer, provision
 from vault.client import AccessKeyCredentials, ApiKeyCredentials, VaultClient, VaultClientError
 from vault.domain.signing import AUTHORIZATION_HEADER, sign_request
 
@@ -47,7 +47,8 @@ def own_server(
     """A freshly provisioned vault with its own data directory and settings, for a module
     whose failures (throttling, tampering) must not reach the session's server."""
     data_dir = factory.mktemp(name)
-    provision(data_dir)
+    # Provisioning records the token's roots in the store: the server's store, wherever it is.
+    provision(data_dir, settings={**TEST_SETTINGS, **(extra_env or {})})
     with VaultServer(data_dir, extra_env=extra_env) as server:
         yield server
 

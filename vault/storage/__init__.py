@@ -14,9 +14,10 @@ from sqlalchemy.exc import SQLAlchemyError
 from vault.storage.audit import SqlAuditStore
 from vault.storage.backup_store import SqlBackupStore
 from vault.storage.bucket_store import SqlBucketStore
-from vault.storage.engine import make_engine, write_transaction
+from vault.storage.engine import is_postgresql, make_engine, store_url, write_transaction
 from vault.storage.identity_store import SqlIdentityStore
 from vault.storage.import_store import SqlImportJobStore
+from vault.storage.limits_store import SqlSharedCounters
 from vault.storage.metadata_store import SqlMetadataStore
 from vault.storage.transactions import unavailable
 
@@ -27,10 +28,12 @@ __all__ = [
     "SqlIdentityStore",
     "SqlImportJobStore",
     "SqlMetadataStore",
+    "SqlSharedCounters",
     "Stores",
     "migrate",
     "open_store",
     "open_stores",
+    "shares_limits",
 ]
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
@@ -45,12 +48,17 @@ class Stores(NamedTuple):
     buckets: SqlBucketStore
     backups: SqlBackupStore
     imports: SqlImportJobStore
+    # PostgreSQL only: limits, replay protection and the credential epoch of every host using
+    # the database. None on SQLite, where one host's workers share a mapped file instead.
+    counters: SqlSharedCounters | None = None
 
     def close(self) -> None:
         """Close the audit lock file and every pooled connection. No store may be used after."""
         self.audit.close()
         self.identity.close()
         self.metadata.close()
+        if self.counters is not None:
+            self.counters.close()
 
 
 def open_store(url: str) -> SqlMetadataStore:
@@ -77,7 +85,14 @@ def open_stores(url: str) -> Stores:
         buckets=SqlBucketStore(engine, serial=serial),
         backups=SqlBackupStore(engine, serial=serial),
         imports=SqlImportJobStore(engine, serial=serial),
+        counters=SqlSharedCounters(engine) if is_postgresql(engine.url) else None,
     )
+
+
+def shares_limits(url: str) -> bool:
+    """Whether the store at url keeps the limits, nonces and credential epoch itself
+    (Stores.counters), for every host using it: PostgreSQL does, SQLite does not."""
+    return is_postgresql(store_url(url))
 
 
 def _open_engine(url: str) -> Engine:

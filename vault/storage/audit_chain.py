@@ -22,6 +22,7 @@ from contextlib import suppress
 from datetime import datetime
 from typing import Any
 
+import psycopg
 from sqlalchemy import (
     BigInteger,
     Column,
@@ -48,7 +49,7 @@ from vault.domain.identity import is_access_key_id
 from vault.domain.models import Page
 from vault.domain.ports import AuditFilter, AuditHead
 from vault.storage.audit_locks import AppendLock, lock_path
-from vault.storage.engine import SQLITE_BUSY_TIMEOUT_MS, write_transaction
+from vault.storage.engine import SQLITE_BUSY_TIMEOUT_MS, scrub_server_message, write_transaction
 from vault.storage.paging import clamp_page_size, decode_page_token, encode_page_token
 from vault.storage.tables import (
     UtcDateTime,
@@ -119,8 +120,14 @@ def _touch(table: Table, id_column: Column[str]) -> Update:
 
 _TOUCH_ACCESS_KEY = _touch(access_keys, access_keys.c.access_key_id)
 _TOUCH_API_KEY = _touch(api_keys, api_keys.c.api_key_id)
-# A server database has no file to lock; this orders appenders (readers still run beside it).
-_LOCK_AUDIT_TABLE = text("LOCK TABLE audit_events IN EXCLUSIVE MODE")
+# A server database has no file to lock, and its appenders may be on several hosts: a
+# transaction-level advisory lock orders them, held until commit or rollback (so also released
+# when a host dies mid-append). Unlike LOCK TABLE it conflicts with nothing else (readers,
+# autovacuum, archiving). The number is arbitrary but fixed: every vault host uses the same.
+AUDIT_APPEND_LOCK_ID = 0x7661756C74_01  # "vault", 1
+_LOCK_AUDIT_HEAD = text("SELECT pg_advisory_xact_lock(:lock_id)").bindparams(
+    lock_id=AUDIT_APPEND_LOCK_ID
+)
 
 
 class AuditChain:
@@ -130,18 +137,21 @@ class AuditChain:
         self._engine = engine
         self._serial = serial
         self._append_lock = AppendLock(lock_path(engine))
-        self._lock_table = engine.dialect.name == "postgresql"
+        self._lock_head = engine.dialect.name == "postgresql"
         path = lock_path(engine)
         self._sqlite_file = (
             _SqliteFileAppender(engine.url.database)
             if path is not None and engine.url.database
             else None
         )
+        self._postgres = _PostgresAppender(engine) if self._lock_head else None
 
     def close(self) -> None:
         self._append_lock.close()
         if self._sqlite_file is not None:
             self._sqlite_file.close()
+        if self._postgres is not None:
+            self._postgres.close()
 
     # --- appending --------------------------------------------------------------------------
 
@@ -160,6 +170,10 @@ class AuditChain:
             if self._sqlite_file is not None:
                 with self._append_lock.held():
                     head = self._sqlite_file.append(events, usage, last_used)
+            elif self._postgres is not None:
+                # The thread lock: this process's appender has one connection.
+                with self._append_lock.held():
+                    head = self._postgres.append(events, usage, last_used)
             else:
                 with (
                     self._append_lock.held(),
@@ -189,8 +203,8 @@ class AuditChain:
         usage: Mapping[tuple[str, str, str], int],
         last_used: Mapping[str, datetime],
     ) -> AuditHead:
-        if self._lock_table:
-            c.execute(_LOCK_AUDIT_TABLE)
+        if self._lock_head:
+            c.execute(_LOCK_AUDIT_HEAD)
         # The head is read inside the transaction that extends it, under the append lock:
         # no other appender can chain onto the same head.
         row = c.execute(_HEAD).first() or c.execute(_MARKER_HEAD).first()
@@ -395,8 +409,149 @@ class _SqliteFileAppender:
         self._connection = None
 
 
+class _PostgresAppender:
+    """Appends to a PostgreSQL database through psycopg directly, in two round trips.
+
+    Through SQLAlchemy each statement of an append was a round trip of its own (BEGIN, the
+    lock, the head, the marker head, the records, each usage count, each last-used time, the
+    newest checkpoint, COMMIT), and on a busy machine each round trip waits for the server
+    process to be scheduled. Here a pipeline sends BEGIN, the advisory lock and the two
+    reads at once; the records, counts, times and COMMIT go in a second batch once the head
+    is known. Callers hold the append lock, so one connection per process is used by one
+    thread at a time.
+    """
+
+    _LOCK_SQL = "SELECT pg_advisory_xact_lock(%s)"
+    _HEAD_SQL = (
+        "SELECT seq, hash FROM ("
+        "(SELECT seq, hash, 0 AS source FROM audit_events ORDER BY seq DESC LIMIT 1) "
+        "UNION ALL "
+        "(SELECT through_seq, through_hash, 1 FROM audit_archive_markers "
+        "ORDER BY through_seq DESC LIMIT 1)"
+        ") AS heads ORDER BY source LIMIT 1"
+    )
+    _INSERT_SQL = (
+        "INSERT INTO audit_events (seq, occurred_at, request_id, credential_id, account, "
+        "method, resource, outcome, reason, latency_us, source, prev_hash, hash) "
+        "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+    )
+    # Appends take turns, so no two of these race for one row.
+    _USAGE_SQL = (
+        "INSERT INTO usage_counters AS old (credential_id, day, method, count) "
+        "VALUES (%s, %s, %s, %s) ON CONFLICT (credential_id, day, method) "
+        "DO UPDATE SET count = old.count + excluded.count"
+    )
+    _TOUCH_ACCESS_KEY_SQL = (
+        "UPDATE access_keys SET last_used_time = %(t)s WHERE access_key_id = %(id)s "
+        "AND (last_used_time IS NULL OR last_used_time < %(t)s)"
+    )
+    _TOUCH_API_KEY_SQL = (
+        "UPDATE api_keys SET last_used_time = %(t)s WHERE api_key_id = %(id)s "
+        "AND (last_used_time IS NULL OR last_used_time < %(t)s)"
+    )
+    _CHECKPOINT_SQL = _SqliteFileAppender._CHECKPOINT_SQL
+    _TOUCH_INTERVAL_US = _SqliteFileAppender._TOUCH_INTERVAL_US
+
+    def __init__(self, engine: Engine) -> None:
+        args, kwargs = engine.dialect.create_connect_args(engine.url)
+        kwargs.pop("context", None)  # SQLAlchemy's type adapters; these statements need none
+        self._args, self._kwargs = list(args), dict(kwargs)
+        self._connection: psycopg.Connection[Any] | None = None
+        self._pid = 0
+        self._touched: dict[str, int] = {}
+
+    def _open(self) -> psycopg.Connection[Any]:
+        if self._connection is not None and self._pid == os.getpid():
+            if not self._connection.closed:
+                return self._connection
+        elif self._connection is not None:
+            # Inherited across fork: closing it here would end the parent's session.
+            _ABANDONED.append(self._connection)
+        # Autocommit, so that BEGIN is sent in the pipeline rather than on its own.
+        self._connection = psycopg.connect(*self._args, **self._kwargs, autocommit=True)
+        self._pid, self._touched = os.getpid(), {}
+        return self._connection
+
+    def append(
+        self,
+        events: Sequence[AuditEvent],
+        usage: Mapping[tuple[str, str, str], int],
+        last_used: Mapping[str, datetime],
+    ) -> AuditHead:
+        connection = self._open()
+        touched = dict(self._touched)
+        try:
+            head = self._write(connection, events, usage, last_used, touched)
+        except BaseException as exc:
+            if isinstance(exc, psycopg.Error):
+                scrub_server_message(exc)
+            if isinstance(exc, psycopg.OperationalError) or connection.closed:
+                with suppress(psycopg.Error):
+                    connection.close()
+            else:
+                with suppress(psycopg.Error):
+                    connection.execute("ROLLBACK")
+            raise
+        self._touched = touched
+        return head
+
+    def _write(
+        self,
+        connection: psycopg.Connection[Any],
+        events: Sequence[AuditEvent],
+        usage: Mapping[tuple[str, str, str], int],
+        last_used: Mapping[str, datetime],
+        touched: dict[str, int],
+    ) -> AuditHead:
+        with connection.pipeline() as pipeline:
+            connection.execute("BEGIN")
+            connection.execute(self._LOCK_SQL, (AUDIT_APPEND_LOCK_ID,))
+            # Read under the lock, in the transaction that extends it: no other appender of
+            # any host can chain onto the same head.
+            head_cursor = connection.execute(self._HEAD_SQL)
+            checkpoint_cursor = connection.execute(self._CHECKPOINT_SQL)
+            pipeline.sync()
+            row = head_cursor.fetchone()
+            checkpoint = checkpoint_cursor.fetchone()
+            seq, head_hash = (0, GENESIS_HASH) if row is None else (int(row[0]), _head_hash(row[1]))
+            records = chain(head_hash, seq + 1, events)
+            cursor = connection.cursor()
+            if records:
+                cursor.executemany(self._INSERT_SQL, [_record_values(r) for r in records])
+                seq, head_hash = records[-1].seq, records[-1].hash
+            if usage:
+                cursor.executemany(
+                    self._USAGE_SQL,
+                    [(cred, day, method, count) for (cred, day, method), count in usage.items()],
+                )
+            for credential_id, used in last_used.items():
+                micros = to_micros(aware(used))
+                if micros - touched.get(credential_id, 0) < self._TOUCH_INTERVAL_US:
+                    continue
+                touch = (
+                    self._TOUCH_ACCESS_KEY_SQL
+                    if is_access_key_id(credential_id)
+                    else self._TOUCH_API_KEY_SQL
+                )
+                cursor.execute(touch, {"t": micros, "id": credential_id})
+                touched[credential_id] = micros
+            connection.execute("COMMIT")
+        return AuditHead(
+            seq=seq,
+            hash=head_hash,
+            checkpoint_seq=0 if checkpoint is None else int(checkpoint[0]),
+            checkpoint_time=None if checkpoint is None else from_micros(int(checkpoint[1])),
+        )
+
+    def close(self) -> None:
+        if self._connection is not None and self._pid == os.getpid():
+            with suppress(psycopg.Error):
+                self._connection.close()
+        self._connection = None
+
+
 # Connections a forked child inherited: kept referenced so they are never closed there.
-_ABANDONED: list[sqlite3.Connection] = []
+_ABANDONED: list[Any] = []
 
 
 def _record_values(record: AuditRecord) -> tuple[Any, ...]:

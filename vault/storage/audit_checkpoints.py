@@ -8,7 +8,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from sqlalchemy import Engine, insert, select
+from sqlalchemy import Engine, insert, select, text
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from vault.domain.audit import Checkpoint
@@ -17,24 +17,66 @@ from vault.storage.engine import write_transaction
 from vault.storage.tables import audit_checkpoints
 from vault.storage.transactions import aware, guarded_transaction, serialised, unavailable
 
+# A server database shared by several hosts has no file to lock: there the checkpointers of
+# every host take turns on a session-level advisory lock (see CHECKPOINT_LOCK_SUFFIX). The
+# number is arbitrary but fixed, and differs from the append lock's
+# (vault.storage.audit_chain.AUDIT_APPEND_LOCK_ID).
+CHECKPOINT_LOCK_ID = 0x7661756C74_02  # "vault", 2
+_ADVISORY_LOCK = text("SELECT true FROM (SELECT pg_advisory_lock(:lock_id)) AS waited")
+_TRY_ADVISORY_LOCK = text("SELECT pg_try_advisory_lock(:lock_id)")
+_ADVISORY_UNLOCK = text("SELECT pg_advisory_unlock(:lock_id)")
+
 
 class AuditCheckpoints:
     def __init__(self, engine: Engine, serial: threading.Lock | None) -> None:
         self._engine = engine
         self._serial = serial
         self._checkpoint_lock = AppendLock(lock_path(engine, CHECKPOINT_LOCK_SUFFIX))
+        self._advisory = engine.dialect.name == "postgresql"
 
     def close(self) -> None:
         self._checkpoint_lock.close()
 
     @contextmanager
     def checkpoint_lock(self, *, wait: bool = True) -> Iterator[bool]:
-        """Threads of this process, then processes sharing a SQLite file, take turns; yields
-        whether the lock is held (always, if wait). A server database shared by several hosts
-        has no file to lock: there the turns are per host, and the token's anchor only ever
-        moves forward."""
+        """Threads of this process, then processes sharing a SQLite file, or every process of
+        every host using a PostgreSQL database, take turns; yields whether the lock is held
+        (always, if wait)."""
         with self._checkpoint_lock.attempt(wait=wait) as held:
-            yield held
+            if not held or not self._advisory:
+                yield held
+                return
+            with self._advisory_lock(CHECKPOINT_LOCK_ID, wait=wait) as locked:
+                yield locked
+
+    @contextmanager
+    def _advisory_lock(self, lock_id: int, *, wait: bool) -> Iterator[bool]:
+        """A PostgreSQL session-level advisory lock, held on a pooled connection of its own
+        for as long as the block runs (the server drops it if this process dies)."""
+        try:
+            conn = self._engine.connect()
+        except SQLAlchemyError as exc:
+            raise unavailable(exc) from exc
+        with conn:
+            try:
+                statement = _ADVISORY_LOCK if wait else _TRY_ADVISORY_LOCK
+                locked = bool(conn.execute(statement, {"lock_id": lock_id}).scalar_one())
+                # Session-level: the lock outlives this transaction, which must not stay open.
+                conn.commit()
+            except SQLAlchemyError as exc:
+                raise unavailable(exc) from exc
+            if not locked:
+                yield False
+                return
+            try:
+                yield True
+            finally:
+                try:
+                    conn.execute(_ADVISORY_UNLOCK, {"lock_id": lock_id})
+                    conn.commit()
+                except SQLAlchemyError:
+                    # Never hand a connection that may still hold the lock back to the pool.
+                    conn.invalidate()
 
     def add_checkpoint(self, checkpoint: Checkpoint) -> None:
         """Record a signed checkpoint; a second one for the same head is ignored."""

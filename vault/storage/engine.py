@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Connection, Engine, create_engine, event
-from sqlalchemy.engine import URL, make_url
+from sqlalchemy.engine import URL, ExceptionContext, make_url
 from sqlalchemy.pool import ConnectionPoolEntry, StaticPool
 
 # Execution option read by the SQLite "begin" hook: this transaction is going to write.
@@ -40,9 +40,22 @@ def is_sqlite_uri(url: URL) -> bool:
     return str(url.query.get("uri", "")).lower() in ("true", "1", "yes", "on")
 
 
+def is_postgresql(url: URL) -> bool:
+    return url.get_backend_name() == "postgresql"
+
+
+def store_url(url: str | URL) -> URL:
+    """url parsed; a PostgreSQL URL without a driver gets psycopg 3, the one the vault ships
+    with (SQLAlchemy's default would be psycopg2)."""
+    parsed = make_url(url)
+    if parsed.drivername == "postgresql":
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    return parsed
+
+
 def make_engine(url: str | URL) -> Engine:
     """An engine for the store: one per process, shared by all its threads."""
-    parsed = make_url(url)
+    parsed = store_url(url)
     # hide_parameters keeps bound values (wrapped blobs, labels, request ids) out of the
     # messages of every SQLAlchemy error, and so out of chained tracebacks and logs.
     options: dict[str, Any] = {"hide_parameters": True}
@@ -60,6 +73,8 @@ def make_engine(url: str | URL) -> Engine:
     engine = create_engine(parsed, **options)
     if is_sqlite(parsed):
         _install_sqlite_hooks(engine)
+    elif is_postgresql(parsed):
+        _install_postgresql_hooks(engine)
     _dispose_in_forked_children(engine)
     return engine
 
@@ -102,6 +117,38 @@ def _install_sqlite_hooks(engine: Engine) -> None:
             conn.exec_driver_sql("BEGIN IMMEDIATE")
         else:
             conn.exec_driver_sql("BEGIN")
+
+
+def _install_postgresql_hooks(engine: Engine) -> None:
+    @event.listens_for(engine, "handle_error")
+    def _without_values(context: ExceptionContext) -> None:
+        # The server's message comes with a DETAIL (a unique or check violation quotes the
+        # whole row: wrapped blobs, request ids) and a CONTEXT; the error's text, and so every
+        # chained traceback and log line, keeps the primary message only. A data exception's
+        # primary message quotes the offending value, so of those only the code is kept.
+        original = context.original_exception
+        text = scrub_server_message(original)
+        # SQLAlchemy's error copied the driver's text when it was made, before this hook.
+        wrapped = context.sqlalchemy_exception
+        if text is not None and wrapped is not None:
+            kind = type(original)
+            wrapped.args = (f"({kind.__module__}.{kind.__name__}) {text}", *wrapped.args[1:])
+
+
+def scrub_server_message(error: BaseException) -> str | None:
+    """Cut a PostgreSQL error's text (in place) down to its primary message and SQLSTATE,
+    without the DETAIL and CONTEXT that quote values; the new text, or None for an error that
+    did not come from the server."""
+    diag = getattr(error, "diag", None)
+    sqlstate = getattr(diag, "sqlstate", None)
+    if not sqlstate:
+        return None
+    primary = getattr(diag, "message_primary", None) or ""
+    if sqlstate.startswith("22") or not primary:
+        primary = "data exception" if sqlstate.startswith("22") else "database error"
+    text = f"{primary} (SQLSTATE {sqlstate})"
+    error.args = (text,)
+    return text
 
 
 def _enable_wal(cursor: Any) -> None:

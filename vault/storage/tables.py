@@ -359,3 +359,37 @@ backup_export_versions = Table(
 )
 
 Index(None, backup_export_versions.c.account, backup_export_versions.c.key_id)
+
+# Limits, replay protection and the credential epoch shared by every host of a PostgreSQL
+# store (migration 0009, vault/storage/limits_store.py); unused on SQLite, where one host's
+# workers share a mapped file instead. The two tables written per request are UNLOGGED there
+# (the migration says so; queries need not know).
+shared_limits_state = Table(
+    "shared_limits_state",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=False),
+    Column("credential_epoch", BigInteger, nullable=False),
+    Column("replay_horizon", Float, nullable=False),
+    CheckConstraint("id = 1", name="single_row"),
+)
+
+shared_nonces = Table(
+    "shared_nonces",
+    metadata,
+    Column("digest", LargeBinary, primary_key=True),
+    Column("expires_at", Float, nullable=False),
+)
+
+Index(None, shared_nonces.c.expires_at)
+
+# token buckets: x = tokens, y = last refill; failures: x = window start, n = count;
+# quotas: x = day, n = count.
+shared_counters = Table(
+    "shared_counters",
+    metadata,
+    Column("kind", String(16), primary_key=True),
+    Column("key", Text, primary_key=True),
+    Column("x", Float, nullable=False),
+    Column("y", Float, nullable=False),
+    Column("n", BigInteger, nullable=False),
+)

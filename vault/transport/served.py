@@ -81,3 +81,8 @@ class ServedServices(Protocol):
 BuildServices = Callable[[Settings, SharedCounters | None], ServedServices]
 # Start-up work done once, in one child process, before any worker starts.
 PrepareStartup = Callable[[Settings], StartupReport]
+# Run by the supervisor itself before any worker starts (with auth.enabled): None if the store
+# does not keep the rate limits, quotas, nonces and credential epoch (SQLite: the workers share
+# a mapped file instead); else the replay horizon of the store's nonce table (PostgreSQL, whose
+# tables every host shares), opened on connections closed again before returning.
+PrepareStoreLimits = Callable[[Settings], float | None]

@@ -42,7 +42,7 @@ from vault.service.keys import KeyManagement
 from vault.service.reconcile import StartupReport
 from vault.so_pin import refuse_to_serve_beside
 from vault.transport.errors import log_unexpected
-from vault.transport.served import BuildServices, PrepareStartup
+from vault.transport.served import BuildServices, PrepareStartup, PrepareStoreLimits
 from vault.transport.server import (
     TLS_HINT,
     BuiltServer,
@@ -81,11 +81,13 @@ def serve(
     *,
     prepare: PrepareStartup,
     build_services: BuildServices,
+    prepare_store_limits: PrepareStoreLimits,
 ) -> None:
     """Reconcile, then serve with settings.server.workers processes until SIGTERM or SIGINT.
 
     prepare runs once, in a child, before the workers start; build_services runs in each
-    worker after fork (vault.app provides both).
+    worker after fork; prepare_store_limits runs here, before the workers start (vault.app
+    provides all three).
 
     Prints "vault serving on ADDRESS (N workers, TLS)" once every worker serves, and returns
     after a signal once they have stopped. Raises TlsConfigError for TLS settings or files
@@ -98,7 +100,7 @@ def serve(
     it is released when serving ends either way.
     """
     try:
-        _check_and_serve(settings, data_lock, prepare, build_services)
+        _check_and_serve(settings, data_lock, prepare, build_services, prepare_store_limits)
     finally:
         if data_lock is not None:
             data_lock.release()
@@ -109,6 +111,7 @@ def _check_and_serve(
     data_lock: DataDirectoryLock | None,
     prepare: PrepareStartup,
     build_services: BuildServices,
+    prepare_store_limits: PrepareStoreLimits,
 ) -> None:
     refuse_to_serve_beside(settings)  # the SO PIN: never beside a serving token
     tls = load_tls(settings)
@@ -138,7 +141,7 @@ def _check_and_serve(
     lock = data_lock or lock_for(settings)
     try:
         ensure_port_free(address)
-        _serve_locked(settings, address, tls, prepare, build_services)
+        _serve_locked(settings, address, tls, prepare, build_services, prepare_store_limits)
     finally:
         lock.release()  # releasing twice is harmless
 
@@ -156,18 +159,20 @@ def _serve_locked(
     tls: ServerTls | None,
     prepare: PrepareStartup,
     build_services: BuildServices,
+    prepare_store_limits: PrepareStoreLimits,
 ) -> None:
     context = multiprocessing.get_context("fork")
     _reconcile_in_child(context, settings, prepare)
+    store_limits = False
     if settings.auth.enabled:
-        _prepare_shared_limits(settings)
+        store_limits = _prepare_shared_limits(settings, prepare_store_limits)
     else:
         log.warning(
             "auth.enabled = false: calls are neither authenticated nor audited (loopback only)"
         )
     reserve = DiskReserve(settings.disk_reserve_file, settings.store.disk_reserve_bytes)
     _reserve_disk_space(reserve)
-    _Supervisor(context, settings, address, tls, reserve, build_services).run()
+    _Supervisor(context, settings, address, tls, reserve, build_services, store_limits).run()
 
 
 def _start_exporter(settings: Settings, supervisor: _Supervisor) -> MetricsExporter | None:
@@ -200,31 +205,40 @@ def _reserve_disk_space(reserve: DiskReserve) -> None:
         )
 
 
-def _prepare_shared_limits(settings: Settings) -> None:
-    """Keep or make the workers' shared table before they start, so they all attach to one.
+def _prepare_shared_limits(settings: Settings, prepare_store_limits: PrepareStoreLimits) -> bool:
+    """Keep or make the workers' shared table before they start, so they all attach to one;
+    on a PostgreSQL store, whose tables every host shares, check that its nonces survived.
+    Returns whether the store keeps the limits (then the workers attach to no table).
 
     A signed request's nonce is kept for the timestamp window (300 s by default): 2^21 slots
     hold over 4,000 signed requests/s, beyond what one host serves.
     """
     started = time.time()
-    try:
-        limits = SharedLimits.prepare(settings.shared_state_file, nonce_slots=SHARED_NONCE_SLOTS)
-    except LimitsFileSpaceError as error:
-        raise RuntimeError(error.strerror) from None
-    try:
-        horizon = limits.replay_horizon()
-        if horizon < started:
-            log.info("kept the replay table of the previous start: %s", limits.path)
-        else:
-            log.info(
-                "new replay table %s: signed requests stamped before %s are refused",
-                limits.path,
-                datetime.fromtimestamp(horizon, UTC).isoformat(timespec="seconds"),
+    store_horizon = prepare_store_limits(settings)
+    if store_horizon is not None:
+        horizon, where = store_horizon, "the store"
+    else:
+        try:
+            limits = SharedLimits.prepare(
+                settings.shared_state_file, nonce_slots=SHARED_NONCE_SLOTS
             )
-            # Serve from the horizon on, so that no request signed after the start is refused.
-            time.sleep(max(0.0, horizon - time.time()))
-    finally:
-        limits.close()
+        except LimitsFileSpaceError as error:
+            raise RuntimeError(error.strerror) from None
+        try:
+            horizon, where = limits.replay_horizon(), str(limits.path)
+        finally:
+            limits.close()
+    if horizon < started:
+        log.info("kept the replay table of the previous start: %s", where)
+    else:
+        log.info(
+            "new replay table in %s: signed requests stamped before %s are refused",
+            where,
+            datetime.fromtimestamp(horizon, UTC).isoformat(timespec="seconds"),
+        )
+        # Serve from the horizon on, so that no request signed after the start is refused.
+        time.sleep(max(0.0, horizon - time.time()))
+    return store_horizon is not None
 
 
 def load_tls(settings: Settings) -> ServerTls | None:
@@ -332,9 +346,11 @@ class _Supervisor:
         tls: ServerTls | None,
         reserve: DiskReserve,
         build_services: BuildServices,
+        store_limits: bool,
     ) -> None:
         self._context = context
         self._build_services = build_services
+        self._store_limits = store_limits
         self._settings = settings
         self._address = address
         self._tls = tls
@@ -418,6 +434,7 @@ class _Supervisor:
                 os.getpid(),
                 self._started_at,
                 self._build_services,
+                self._store_limits,
             ),
             name=f"vault-worker-{slot.index}",
         )
@@ -583,6 +600,7 @@ def _worker_main(
     parent_pid: int,
     started_at: float,
     build_services: BuildServices,
+    store_limits: bool,
 ) -> None:
     _reset_signals()
     stop = threading.Event()
@@ -591,8 +609,11 @@ def _worker_main(
     if settings.server.metrics_listen:
         metrics.enable()
     try:
+        # A PostgreSQL store has the hosts' shared counters in it (build_services uses them).
         counters = (
-            SharedLimits.attach(settings.shared_state_file) if settings.auth.enabled else None
+            SharedLimits.attach(settings.shared_state_file)
+            if settings.auth.enabled and not store_limits
+            else None
         )
         services = build_services(settings, counters)
     except Exception:
