@@ -28,7 +28,7 @@ from cryptography.hazmat.primitives.keywrap import (
     aes_key_wrap_with_padding,
 )
 
-from vault.domain.algorithms import Algorithm, HashName, KeyFamily, Padding
+from vault.domain.algorithms import DIGEST_SIZES, Algorithm, HashName, KeyFamily, Padding
 from vault.domain.audit import (
     GENESIS_HASH,
     ArchiveMarker,
@@ -38,7 +38,15 @@ from vault.domain.audit import (
     chain,
 )
 from vault.domain.buckets import MASTER_KEY_STATES, Bucket, BucketFilter
-from vault.domain.ceremony import TokenIdentity
+from vault.domain.ceremony import (
+    CeremonyRefused,
+    DocumentInvalid,
+    KeyNotWrappable,
+    RootInfo,
+    TokenIdentity,
+    TransportKey,
+    WrappedRoot,
+)
 from vault.domain.errors import (
     AlreadyExists,
     Conflict,
@@ -50,7 +58,7 @@ from vault.domain.errors import (
     VaultError,
 )
 from vault.domain.identity import AccessKey, Account, ApiKey, UsageCount
-from vault.domain.imports import ImportMethod
+from vault.domain.imports import ImportJob, ImportJobName, ImportMethod
 from vault.domain.models import (
     Key,
     KeyFilter,
@@ -483,6 +491,11 @@ class FakeKeyStore:
     dropped_before: list[int] = field(default_factory=list)
     generated: int = 0
     import_keys: dict[str, rsa.RSAPrivateKey] = field(default_factory=dict, repr=False)
+    # Makes an import job's key pair (bits): a test may hand out keys made once, since
+    # generating RSA-3072 takes far longer than the use case under test.
+    import_key_source: Callable[[int], rsa.RSAPrivateKey] = field(
+        default=lambda bits: rsa.generate_private_key(65537, bits), repr=False
+    )
 
     def supported_algorithms(self) -> frozenset[Algorithm]:
         return self.algorithms
@@ -510,7 +523,7 @@ class FakeKeyStore:
         return set(self.import_keys)
 
     def create_import_key(self, method: ImportMethod, token_label: str) -> bytes:
-        private = rsa.generate_private_key(65537, method.rsa_bits)
+        private = self.import_key_source(method.rsa_bits)
         self.import_keys[token_label] = private
         return private.public_key().public_bytes(
             serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
@@ -532,19 +545,12 @@ class FakeKeyStore:
         try:
             if private is None:
                 raise ValueError("no import key under this label")
+            if len(wrapped) <= split:
+                raise ValueError("no material after the wrapped ephemeral key")
             ephemeral = private.decrypt(wrapped[:split], oaep)
             material = aes_key_unwrap_with_padding(ephemeral, wrapped[split:])
-            public = None
-            if algorithm.spec.family not in (KeyFamily.AES, KeyFamily.HMAC):
-                public = (
-                    serialization.load_der_private_key(material, None)
-                    .public_key()
-                    .public_bytes(
-                        serialization.Encoding.DER,
-                        serialization.PublicFormat.SubjectPublicKeyInfo,
-                    )
-                )
-        except (ValueError, InvalidUnwrap):
+            public = _check_imported(material, algorithm, public_key_der)
+        except (ValueError, TypeError, InvalidUnwrap, InvalidSignature):
             raise ImportFailed("the wrapped key material does not import") from None
         return GeneratedMaterial(
             self.root_generation, aes_key_wrap_with_padding(self.root, material), None, public
@@ -557,7 +563,8 @@ class FakeKeyStore:
 
     def destroy_label(self, token_label: str) -> bool:
         self.destroyed_labels.append(token_label)
-        return self.resident.pop(token_label, None) is not None
+        resident = self.resident.pop(token_label, None) is not None
+        return self.import_keys.pop(token_label, None) is not None or resident
 
     def drop_handles_before(self, epoch: int) -> None:
         self.dropped_before.append(epoch)
@@ -684,6 +691,51 @@ def _each(
         except VaultError as error:
             answers.append(error)
     return answers
+
+
+_HMAC_BLOCK_SIZES: Final = {HashName.SHA256: 64, HashName.SHA384: 128, HashName.SHA512: 128}
+
+
+def _check_imported(
+    material: bytes, algorithm: Algorithm, public_key_der: bytes | None
+) -> bytes | None:
+    """The public key of unwrapped material once it is a key of algorithm (the checks
+    vault.hsm.keystore makes in the token); ValueError, TypeError or InvalidSignature
+    otherwise."""
+    spec = algorithm.spec
+    if spec.family is KeyFamily.AES:
+        if len(material) != spec.bits // 8:
+            raise ValueError("not an AES key of the algorithm's length")
+        return None
+    if spec.family is KeyFamily.HMAC:
+        if not DIGEST_SIZES[spec.hash] <= len(material) <= _HMAC_BLOCK_SIZES[spec.hash]:
+            raise ValueError("not an HMAC key of a usable length")
+        return None
+    private = serialization.load_der_private_key(material, None)
+    derived = private.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    if spec.family is KeyFamily.RSA:
+        if not isinstance(private, rsa.RSAPrivateKey) or private.key_size != spec.bits:
+            raise ValueError("not an RSA key of the algorithm's size")
+        if public_key_der is not None and public_key_der != derived:
+            raise ValueError("the public key is not the imported key's")
+        return derived
+    if spec.family is KeyFamily.EC:
+        if not isinstance(private, ec.EllipticCurvePrivateKey) or private.curve.name != spec.curve:
+            raise ValueError("not an EC key on the algorithm's curve")
+        if public_key_der is None:
+            raise ValueError("an EC key is imported with its public key")
+        # As the token does: a signature by the imported key proves the public key is its.
+        given = serialization.load_der_public_key(public_key_der)
+        if not isinstance(given, ec.EllipticCurvePublicKey):
+            raise ValueError("the public key is not an EC key")
+        challenge = secrets.token_bytes(32)
+        given.verify(
+            private.sign(challenge, ec.ECDSA(hashes.SHA256())), challenge, ec.ECDSA(hashes.SHA256())
+        )
+        return derived
+    raise ValueError("keys of this algorithm cannot be imported")
 
 
 def _new_material(algorithm: Algorithm) -> tuple[bytes, bytes | None]:
@@ -1000,6 +1052,278 @@ class FakeCounters:
         self.epoch += 1
 
 
+# -- import jobs and ceremonies ----------------------------------------------------------------
+
+
+class FakeImportJobStore:
+    """ImportJobStore in memory, over the FakeMetadataStore whose keys the jobs belong to (a
+    job of a destroyed key is due, as the store's join makes it). failing makes
+    create_import_job raise it, as a store that cannot commit does."""
+
+    def __init__(self, metadata: FakeMetadataStore) -> None:
+        self.metadata = metadata
+        self.jobs: dict[ImportJobName, ImportJob] = {}
+        self.failing: Exception | None = None
+
+    def create_import_job(self, job: ImportJob) -> ImportJob:
+        if self.failing is not None:
+            raise self.failing
+        if job.name in self.jobs or job.token_label in self._labels():
+            raise AlreadyExists("import job already exists", metadata={"name": str(job.name)})
+        self.jobs[job.name] = job
+        return job
+
+    def get_import_job(self, name: ImportJobName) -> ImportJob | None:
+        return self.jobs.get(name)
+
+    def list_import_jobs(self, key: KeyName) -> list[ImportJob]:
+        mine = sorted(
+            (job for job in self.jobs.values() if job.name.key_name == key),
+            key=lambda job: job.name.job,
+        )
+        return sorted(mine, key=lambda job: job.create_time, reverse=True)
+
+    def import_jobs_due(self, now: datetime) -> list[ImportJob]:
+        due = []
+        for job in self.jobs.values():
+            key = self.metadata.keys.get(job.name.key_name)
+            destroyed = key is not None and key.state is KeyState.DESTROYED
+            if job.destroy_time is None and (job.expire_time <= now or destroyed):
+                due.append(job)
+        return due
+
+    def mark_import_job_destroyed(self, name: ImportJobName, now: datetime) -> None:
+        job = self.jobs.get(name)
+        if job is None:
+            raise NotFound("import job not found", metadata={"name": str(name)})
+        if job.destroy_time is None:
+            self.jobs[name] = replace(job, destroy_time=now)
+
+    def import_job_labels(self) -> set[str]:
+        return {job.token_label for job in self.jobs.values() if job.destroy_time is None}
+
+    def _labels(self) -> set[str]:
+        return {job.token_label for job in self.jobs.values()}
+
+
+FAKE_ROOT_FAMILIES: Final = ("aes-encrypt", "aes-wrap", "ec-sign", "hmac-sha256", "rsa-decrypt")
+_ROOT_PREFIX: Final = "vault:root:"
+_TRANSPORT_BITS: Final = (3072, 4096)
+_OAEP_SHA1: Final = padding.OAEP(padding.MGF1(hashes.SHA1()), hashes.SHA1(), None)
+
+
+def fake_root_label(generation: int, family: str | None) -> str:
+    """A root's label as vault.hsm.templates.root_label makes it."""
+    return (
+        f"{_ROOT_PREFIX}{generation}" if family is None else f"{_ROOT_PREFIX}{generation}:{family}"
+    )
+
+
+@dataclass(frozen=True)
+class _FakeRoot:
+    generation: int
+    family: str | None
+    value: bytes = field(repr=False)
+
+    @property
+    def check_value(self) -> str:
+        # As vault.hsm.ceremony computes it: the root's AES-KWP of an all-zero AES-256 key,
+        # hashed; equal on two tokens exactly when the roots are.
+        wrapped = aes_key_wrap_with_padding(self.value, bytes(32))
+        return hashlib.sha256(wrapped).hexdigest()[:16]
+
+
+class FakeCeremonyToken:
+    """CeremonyToken in memory with the token's rules (vault.hsm.ceremony): roots are random
+    AES-256 values under root labels, moved with real RSA-OAEP (SHA-1) under transport keys;
+    the roots wrap only under a key the SO trusted (KeyNotWrappable otherwise, even for a
+    copy of a trusted key), unwrap only with the transport key they were made for, and keep
+    their check value. The SO's trust step is trust() here (vault.hsm.ceremony
+    .trust_transport_key on a token); import_untrusted() stores a public key as a user can.
+    rsa_keys makes transport key pairs (bits), so a test can hand out keys made once."""
+
+    def __init__(
+        self,
+        label: str = "fake-token",
+        *,
+        generations: int = 1,
+        rsa_keys: Callable[[int], rsa.RSAPrivateKey] | None = None,
+        families: Sequence[str] = FAKE_ROOT_FAMILIES,
+    ) -> None:
+        self.label = label
+        self.serial = secrets.token_hex(8)
+        self.families = tuple(families)
+        self.rsa_keys = rsa_keys or (lambda bits: rsa.generate_private_key(65537, bits))
+        self.root_values: dict[str, _FakeRoot] = {}
+        self.transport: dict[str, rsa.RSAPrivateKey] = {}
+        # name -> (DER public key, trusted by the SO)
+        self.public_keys: dict[str, tuple[bytes, bool]] = {}
+        self.ceremony_key: ec.EllipticCurvePrivateKey | None = None
+        self.signatures = 0
+        for generation in range(1, generations + 1):
+            self.add_roots(generation, self.families)
+
+    # -- test set-up: what other ceremonies or the SO did to the token
+
+    def add_roots(self, generation: int, families: Sequence[str | None]) -> None:
+        for family in families:
+            label = fake_root_label(generation, family)
+            self.root_values[label] = _FakeRoot(generation, family, secrets.token_bytes(32))
+
+    def trust(self, name: str, public_der: bytes) -> TransportKey:
+        """The SO's step: a transport public key marked TRUSTED, under trusted_name name."""
+        return self._store_public(name, public_der, trusted=True)
+
+    def import_untrusted(self, name: str, public_der: bytes) -> TransportKey:
+        """The same public key as a user could store it: never TRUSTED."""
+        return self._store_public(name, public_der, trusted=False)
+
+    def _store_public(self, name: str, public_der: bytes, *, trusted: bool) -> TransportKey:
+        key = serialization.load_der_public_key(public_der)
+        if not isinstance(key, rsa.RSAPublicKey) or key.key_size not in _TRANSPORT_BITS:
+            raise CeremonyRefused("a transport public key must be RSA-3072 or RSA-4096")
+        if name in self.public_keys:
+            raise CeremonyRefused(f"the token already holds a key labelled vault:trusted:{name}")
+        self.public_keys[name] = (public_der, trusted)
+        return TransportKey(f"vault:trusted:{name}", public_der)
+
+    # -- the port
+
+    def identity(self) -> TokenIdentity:
+        return TokenIdentity(self.label, self.serial, "Fake", "in-memory")
+
+    def ceremony_public_key(self, *, create: bool = True) -> bytes:
+        if self.ceremony_key is None:
+            if not create:
+                raise NotFound("this token has no ceremony key, so it signed no ceremony record")
+            self.ceremony_key = ec.generate_private_key(ec.SECP256R1())
+        return self.ceremony_key.public_key().public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+
+    def sign(self, payload: bytes) -> bytes:
+        self.ceremony_public_key()
+        assert self.ceremony_key is not None
+        self.signatures += 1
+        return self.ceremony_key.sign(payload, ec.ECDSA(hashes.SHA256()))
+
+    def create_transport_key(self, name: str, bits: int) -> TransportKey:
+        if bits not in _TRANSPORT_BITS:
+            raise CeremonyRefused("a transport key is RSA-3072 or RSA-4096")
+        if name in self.transport:
+            raise CeremonyRefused(f"the token already holds a key labelled vault:transport:{name}")
+        self.transport[name] = self.rsa_keys(bits)
+        return self.transport_key(name)
+
+    def transport_key(self, name: str) -> TransportKey:
+        private = self.transport.get(name)
+        if private is None:
+            raise NotFound(f"the token holds no transport key labelled vault:transport:{name}")
+        der = private.public_key().public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+        return TransportKey(f"vault:transport:{name}", der)
+
+    def trusted_key(self, name: str) -> TransportKey:
+        stored = self.public_keys.get(name)
+        if stored is None:
+            raise NotFound(f"the token holds no trusted key labelled vault:trusted:{name}")
+        return TransportKey(f"vault:trusted:{name}", stored[0])
+
+    def roots(self) -> list[RootInfo]:
+        return [
+            RootInfo(label, root.generation, root.family, root.check_value)
+            for label, root in sorted(self.root_values.items())
+        ]
+
+    def wrap_roots(self, trusted_name: str) -> list[WrappedRoot]:
+        roots = self.roots()
+        if not roots:
+            raise CeremonyRefused("the token holds no roots")
+        legacy = [root.label for root in roots if root.family is None]
+        if legacy:
+            raise CeremonyRefused(f"root {legacy[0]} was made before roots were split by family")
+        der, trusted = self.public_keys.get(trusted_name) or (b"", False)
+        if not der:
+            raise NotFound(f"the token holds no trusted key labelled vault:trusted:{trusted_name}")
+        if not trusted:
+            raise KeyNotWrappable(
+                f"the token refuses to wrap its roots under vault:trusted:{trusted_name}: that "
+                "key is not trusted by this token's SO"
+            )
+        public = serialization.load_der_public_key(der)
+        assert isinstance(public, rsa.RSAPublicKey)
+        return [
+            WrappedRoot(
+                root.label,
+                root.generation,
+                root.family or "",
+                root.check_value,
+                public.encrypt(self.root_values[root.label].value, _OAEP_SHA1),
+            )
+            for root in roots
+        ]
+
+    def unwrap_root(self, transport_name: str, root: WrappedRoot) -> RootInfo:
+        if (
+            root.family not in self.families
+            or fake_root_label(root.generation, root.family) != root.label
+        ):
+            raise DocumentInvalid(f"the transfer names an unknown root {root.label!r}")
+        private = self.transport.get(transport_name)
+        if private is None:
+            raise NotFound(
+                f"the token holds no transport key labelled vault:transport:{transport_name}"
+            )
+        try:
+            value = private.decrypt(root.wrapped, _OAEP_SHA1)
+        except ValueError:
+            raise CeremonyRefused(
+                f"root {root.label} does not unwrap with vault:transport:{transport_name}"
+            ) from None
+        received = _FakeRoot(root.generation, root.family, value)
+        if len(value) != 32 or received.check_value != root.check_value:
+            raise CeremonyRefused(
+                f"root {root.label} unwrapped to a key whose check value differs from the "
+                "source's; it was removed"
+            )
+        self.root_values[root.label] = received
+        return RootInfo(root.label, root.generation, root.family, received.check_value)
+
+    def destroy_root(self, label: str) -> None:
+        self.root_values.pop(label, None)
+
+    def new_root_generation(self, above: int) -> int:
+        existing = self.root_generations()
+        newest = max(existing, default=0)
+        families = existing.get(newest, frozenset())
+        missing = set(self.families) - set(families)
+        if newest and None not in families and missing and newest >= above:
+            generation = newest
+        else:
+            generation = max(newest, above) + 1
+            missing = set(self.families)
+        self.add_roots(generation, sorted(missing))
+        return generation
+
+    def current_generation(self) -> int | None:
+        complete = [
+            generation
+            for generation, families in self.root_generations().items()
+            if None not in families and families >= set(self.families)
+        ]
+        return max(complete, default=None)
+
+    def destroy_transport_key(self, name: str) -> None:
+        self.transport.pop(name, None)
+
+    def root_generations(self) -> dict[int, frozenset[str | None]]:
+        found: dict[int, set[str | None]] = {}
+        for root in self.root_values.values():
+            found.setdefault(root.generation, set()).add(root.family)
+        return {generation: frozenset(families) for generation, families in found.items()}
+
+
 class StepClock:
     """A clock that stands still until moved: now() is the same until advance()."""
 
@@ -1019,8 +1343,10 @@ if TYPE_CHECKING:
         AccountDirectory,
         AuditStore,
         BucketStore,
+        CeremonyToken,
         FeedSigner,
         IdentityStore,
+        ImportJobStore,
         KeyStore,
         MetadataStore,
         SharedCounters,
@@ -1037,3 +1363,5 @@ if TYPE_CHECKING:
     _SYSTEM: type[SystemCrypto] = FakeSystemCrypto
     _FEED: type[FeedSigner] = FakeSystemCrypto
     _COUNTERS: type[SharedCounters] = FakeCounters
+    _IMPORT_JOBS: type[ImportJobStore] = FakeImportJobStore
+    _CEREMONY_TOKEN: type[CeremonyToken] = FakeCeremonyToken
