@@ -85,6 +85,7 @@ def build_services(settings: Settings, counters: SharedCounters | None = None) -
         keystore,
         settings.keys,
         version_cache_seconds=settings.hsm.cache_ttl_seconds,
+        version_cache_size=settings.hsm.version_cache_size,
         # Accounts are managed (IdentityService) only with authentication on.
         accounts=identity_store if settings.auth.enabled else None,
     )

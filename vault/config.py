@@ -138,7 +138,18 @@ class HsmSettings(BaseModel):
     softhsm_conf: Path | None = Field(
         None, description="SoftHSM2 config (default: <data_dir>/softhsm2.conf); sets SOFTHSM2_CONF"
     )
-    cache_size: int = Field(1024, ge=1, description="unwrapped key handles cached per thread")
+    cache_size: int = Field(
+        16_384,
+        ge=1,
+        description="unwrapped key objects each worker process keeps in the token, shared by "
+        "its threads",
+    )
+    version_cache_size: int = Field(
+        16_384,
+        ge=1,
+        description="enabled key versions (metadata and wrapped blob) each worker process "
+        "keeps in memory, so a request on a cached key reads no version row",
+    )
     cache_ttl_seconds: int = Field(
         300,
         ge=1,
