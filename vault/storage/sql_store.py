@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 from sqlalchemy import (
     ColumnElement,
@@ -673,13 +673,20 @@ def _reread_key(c: Connection, name: KeyName) -> Key:
     return to_key(c.execute(select(keys).where(_key_pk(name))).mappings().one())
 
 
+# Enum members by stored value: a dict lookup instead of an Enum call per column of every
+# listed key.
+_PURPOSES: Final = {member.value: member for member in Purpose}
+_ALGORITHMS: Final = {member.value: member for member in Algorithm}
+_KEY_STATES: Final = {member.value: member for member in KeyState}
+
+
 def to_key(row: RowMapping) -> Key:
     before = row["state_before_destroy_scheduled"]
     return Key(
         name=KeyName(row["account"], row["key_id"]),
-        purpose=Purpose(row["purpose"]),
-        algorithm=Algorithm(row["algorithm"]),
-        state=KeyState(row["state"]),
+        purpose=_PURPOSES[row["purpose"]],
+        algorithm=_ALGORITHMS[row["algorithm"]],
+        state=_KEY_STATES[row["state"]],
         primary_version=int(row["primary_version"]),
         create_time=row["create_time"],
         update_time=row["update_time"],
@@ -687,7 +694,7 @@ def to_key(row: RowMapping) -> Key:
         labels={str(k): str(v) for k, v in (row["labels"] or {}).items()},
         description=row["description"],
         destroy_scheduled_time=row["destroy_scheduled_time"],
-        state_before_destroy_scheduled=None if before is None else KeyState(before),
+        state_before_destroy_scheduled=None if before is None else _KEY_STATES[before],
         revocation_reason=row["revocation_reason"],
         revocation_reason_code=_reason_or_none(row["revocation_reason_code"]),
         revoke_time=row["revoke_time"],
