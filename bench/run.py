@@ -206,6 +206,7 @@ class Config:
     out: Path
     vault_root: Path
     profile: Path | None
+    scale_sizes: list[int] = field(default_factory=list)  # bench/scale.py; empty: not run
 
 
 def _clients(config: Config, workers: int) -> int:
