@@ -77,7 +77,7 @@ def build_services(settings: Settings, counters: SharedCounters | None = None) -
     from vault.storage import open_stores
 
     assert settings.store.url is not None
-    stores = open_stores(settings.store.url)
+    stores = open_stores(settings.store.url, settings.store.key_cache_size)
     store, identity_store, audit_store = stores.metadata, stores.identity, stores.audit
     keystore = open_keystore(settings)
     keys = KeyManagement(

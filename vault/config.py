@@ -169,6 +169,12 @@ class StoreSettings(BaseModel):
         description="space set aside in <data_dir>/run/disk-reserve; when the disk fills up it "
         "is freed for the audit records of reads while changes are refused (0: off)",
     )
+    key_cache_size: int = Field(
+        16_384,
+        ge=1,
+        description="keys each worker process keeps in memory while no key or version has "
+        "changed anywhere, shared by its threads (SQLite store)",
+    )
 
 
 class KeyPolicySettings(BaseModel):

@@ -15,7 +15,7 @@ from vault.storage.audit_store import SqlAuditStore
 from vault.storage.bucket_store import SqlBucketStore
 from vault.storage.engine import make_engine, write_transaction
 from vault.storage.identity_store import SqlIdentityStore
-from vault.storage.sql_store import SqlMetadataStore
+from vault.storage.sql_store import KEY_CACHE_SIZE, SqlMetadataStore
 from vault.storage.transactions import unavailable
 
 __all__ = [
@@ -47,21 +47,21 @@ class Stores(NamedTuple):
         self.metadata.close()
 
 
-def open_store(url: str) -> SqlMetadataStore:
+def open_store(url: str, key_cache_size: int = KEY_CACHE_SIZE) -> SqlMetadataStore:
     """Connect to the store at url, bring its schema to the newest migration, and return it.
 
     Safe to call from several processes at once on one SQLite file: the upgrade runs in one
     write transaction, so the first caller migrates and the others then find nothing to do.
     StoreUnavailable if the database cannot be reached.
     """
-    return SqlMetadataStore(_open_engine(url))
+    return SqlMetadataStore(_open_engine(url), key_cache_size)
 
 
-def open_stores(url: str) -> Stores:
+def open_stores(url: str, key_cache_size: int = KEY_CACHE_SIZE) -> Stores:
     """As open_store (one migration run), returning the metadata, identity, audit and bucket
     stores of the database, which share its engine."""
     engine = _open_engine(url)
-    metadata = SqlMetadataStore(engine)
+    metadata = SqlMetadataStore(engine, key_cache_size)
     # An in-memory database is one connection: every store must take turns on the same lock.
     serial = metadata._serial
     return Stores(

@@ -74,7 +74,7 @@ from vault.storage.transactions import (
 
 log = logging.getLogger(__name__)
 
-_KEY_CACHE_SIZE = 4096  # per request thread
+KEY_CACHE_SIZE = 16_384  # keys kept per process (store.key_cache_size)
 
 # The two reads on every request, built once: composing a statement costs more than running it.
 _GET_KEY = select(keys).where(
@@ -104,22 +104,22 @@ def _version_params(name: KeyVersionName) -> dict[str, str | int]:
     return {"account": name.account, "key_id": name.key, "version": name.version}
 
 
-def _key_cache(engine: Engine) -> UnchangedSinceCache[KeyName, Key] | None:
+def _key_cache(engine: Engine, size: int) -> UnchangedSinceCache[KeyName, Key] | None:
     url = engine.url
     if not is_sqlite(url) or is_sqlite_memory(url) or not url.database or is_sqlite_uri(url):
         return None
-    return UnchangedSinceCache(Path(url.database), _KEY_CACHE_SIZE)
+    return UnchangedSinceCache(Path(url.database), size)
 
 
 class SqlMetadataStore:
     """The vault's MetadataStore. One instance per process, shared by all request threads:
     each call checks a connection out of the engine's pool for one transaction."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, key_cache_size: int = KEY_CACHE_SIZE) -> None:
         self._engine = engine
         # Keys are read on every request; while nothing has been committed anywhere since
         # they were read, they are still current (see freshness.py).
-        self._key_cache = _key_cache(engine)
+        self._key_cache = _key_cache(engine, key_cache_size)
         # An in-memory SQLite database is one connection shared by every thread (StaticPool);
         # interleaved transactions on it would mix, so calls take turns. File and server
         # databases give each call its own pooled connection and need no lock.
