@@ -39,6 +39,11 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT_GET := $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get
 
 PYTEST_ARGS ?=
+# Test processes (pytest-xdist): most of a test's time is spent waiting for servers and the
+# token, not computing, so more processes than cores shortens the run. Each process has its own
+# token and session server; a test file stays in one process (its module fixtures are built once).
+TEST_WORKERS ?= 4
+BENCH_ARGS ?=
 
 .PHONY: help setup softhsm check-python venv proto run token-init test bench lint clean distclean
 
@@ -121,10 +126,10 @@ $(LOCAL_CONFIG):
 	@echo "created $@ (data_dir and server.listen of this checkout's vault)"
 
 test: setup ## Run the test suite (pass options with PYTEST_ARGS='-k sign -x')
-	$(VENV_PY) -m pytest $(PYTEST_ARGS)
+	$(VENV_PY) -m pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
-bench: setup ## Run the benchmark; writes bench/results.json
-	$(VENV_PY) -m bench
+bench: setup ## Run the benchmark; writes bench/results.json (options: BENCH_ARGS='--bucket-objects 1000')
+	$(VENV_PY) -m bench $(BENCH_ARGS)
 
 lint: venv proto ## ruff check, ruff format --check and mypy (all three run; any failure fails)
 	@status=0; \

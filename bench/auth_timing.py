@@ -29,7 +29,7 @@ from typing import Final
 
 import grpc
 
-from tests.harness import ROOT, VaultServer, provision
+from tests.support.harness import ROOT, VaultServer, provision
 from vault.client import AccessKeyCredentials
 from vault.domain.identity import make_api_token
 from vault.domain.signing import AUTHORIZATION_HEADER, sign_request

@@ -14,6 +14,7 @@ from types import FrameType
 
 from bench import ops as bench_ops
 from bench import scale
+from bench.buckets import BUCKET_PREFIX, add_arguments, workload_from
 from bench.report import print_report, write_results
 from bench.run import Config, run
 from bench.server import PATHS, ROOT
@@ -126,6 +127,15 @@ def parse_args(argv: Sequence[str] | None) -> Config:
         "ceiling table (default: on; about 40 s per worker count)",
     )
     parser.add_argument(
+        "--buckets",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="after the operations, run the bucket workload (bench/buckets.py): objects "
+        "encrypted through the SDK under bucket keys against one GenerateDataKey per object, "
+        "on an authenticated server with the largest of --workers (default: on)",
+    )
+    add_arguments(parser, BUCKET_PREFIX)
+    parser.add_argument(
         "--out", type=Path, default=ROOT / "bench" / "results.json", help="bench/results.json"
     )
     parser.add_argument(
@@ -155,6 +165,10 @@ def parse_args(argv: Sequence[str] | None) -> Config:
         parser.error("--seconds, --rounds, --client-procs and --server-threads must be positive")
     if args.warmup < 0 or args.clients < 0:
         parser.error("--warmup and --clients must not be negative")
+    try:
+        buckets = workload_from(args, BUCKET_PREFIX) if args.buckets else None
+    except ValueError as error:
+        parser.error(f"--{BUCKET_PREFIX}*: {error}")
     return Config(
         seconds=args.seconds,
         rounds=args.rounds,
@@ -169,6 +183,7 @@ def parse_args(argv: Sequence[str] | None) -> Config:
         out=args.out,
         vault_root=args.vault_root.resolve(),
         profile=args.profile,
+        buckets=buckets,
         scale_sizes=(
             args.scale_sizes if args.scale_sizes is not None else scale.sizes_from_environment()
         ),
@@ -187,7 +202,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGINT, signal.default_int_handler)
     stack = ExitStack()
     try:
-        rows = run(config, stack)
+        results = run(config, stack)
         scale_rows = scale.measure(config.scale_sizes, vault_root=config.vault_root)
     except KeyboardInterrupt:
         print("\ninterrupted: stopping the servers and removing the temporary token", flush=True)
@@ -202,13 +217,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             signal.signal(signal.SIGINT, previous_int)
             signal.signal(signal.SIGTERM, previous_term)
 
-    print_report(rows)
+    rows = results.rows
+    print_report(rows, results.buckets)
     if scale_rows:
         print(
             "\nmillions of keys (bench/scale.py): uniform random access, p50 against the smallest"
         )
         scale.print_rows(scale_rows)
-    write_results(rows, config.out)
+    write_results(rows, config.out, results.buckets)
     scale.merge_into(config.out, scale_rows)
     print(f"\nwrote {config.out} ({time.monotonic() - started:.0f} s)")
     errors = sum(row.errors for row in rows)

@@ -32,7 +32,7 @@ RAW_AAD = b"\x01\x00\x00\x00\x01" + b"\x00\x1f" + b"accounts/bench/keys/aes256-g
 
 
 def _environment(data_dir: str) -> None:
-    """The same settings the server's processes get (tests.harness.vault_environment)."""
+    """The same settings the server's processes get (tests.support.harness.vault_environment)."""
     for name in [name for name in os.environ if name.startswith("VAULT_")]:
         del os.environ[name]
     os.environ.pop("SOFTHSM2_CONF", None)

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Final
 
 from bench import ops as bench_ops
+from bench.buckets import BucketRow
 from bench.floor import ECHO_OP, ECHO_PATHS, TOKEN_PATHS
 from bench.run import Row
 from bench.server import AUTHENTICATED, PATHS, UNAUTHENTICATED
@@ -168,7 +169,7 @@ def _above(margin: float) -> str:
     return f"does not lie above the ceiling ({-margin:.2f} below it)"
 
 
-def print_report(rows: list[Row]) -> None:
+def print_report(rows: list[Row], buckets: BucketRow | None = None) -> None:
     print(
         f"\n{_table(rows)}\n(ratio: vault/raw, raw measured just before and after the path's "
         "vault measurements; vs unauth: authenticated/unauthenticated vault ops/s; on grpc-* "
@@ -185,11 +186,22 @@ def print_report(rows: list[Row]) -> None:
             "does nothing else\n(ratios to raw ops/s from this run; echo: gRPC's own server "
             "CPU per call)\n" + "\n".join(ceiling)
         )
+    if buckets is not None:
+        print(
+            "\nbucket keys: objects encrypted through the SDK (ObjectCipher, bucket keys "
+            "cached) against one GenerateDataKey per object\n" + "\n".join(buckets.figures())
+        )
     print()
     for line in _verdicts(rows):
         print(line)
+    if buckets is not None:
+        for line in buckets.verdicts():
+            print(line)
 
 
-def write_results(rows: list[Row], out: Path) -> None:
+def write_results(rows: list[Row], out: Path, buckets: BucketRow | None = None) -> None:
+    results = [row.result() for row in rows]
+    if buckets is not None:
+        results.append(buckets.result())
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps([row.result() for row in rows], indent=2) + "\n")
+    out.write_text(json.dumps(results, indent=2) + "\n")

@@ -20,6 +20,7 @@ from typing import Any, Final
 import grpc
 
 from bench import ops as bench_ops
+from bench.buckets import BucketRow, Workload, run_workload
 from bench.floor import (
     ECHO_OP,
     ECHO_PATHS,
@@ -206,7 +207,14 @@ class Config:
     out: Path
     vault_root: Path
     profile: Path | None
+    buckets: Workload | None = None  # the bucket workload (bench/buckets.py), if run
     scale_sizes: list[int] = field(default_factory=list)  # bench/scale.py; empty: not run
+
+
+@dataclass(slots=True)
+class Results:
+    rows: list[Row]
+    buckets: BucketRow | None = None
 
 
 def _clients(config: Config, workers: int) -> int:
@@ -598,7 +606,21 @@ def _per_op(cpu: float, operations: float) -> float:
     return cpu / operations * 1e6 if operations > 0 else math.nan
 
 
-def run(config: Config, stack: ExitStack) -> list[Row]:
+def _run_buckets(config: Config, data_dir: Path, stack: ExitStack) -> BucketRow:
+    """The bucket workload against an authenticated server with the run's largest worker
+    count, started once the measurements above are done (it would disturb them)."""
+    assert config.buckets is not None
+    workers = max(config.workers)
+    print(f"\n== bucket workload: {workers} worker process(es)", flush=True)
+    server = _start_server(config, workers, AUTHENTICATED, data_dir, stack)
+    assert server.credentials_file is not None
+    try:
+        return run_workload(server.target, server.credentials_file, config.buckets, workers)
+    finally:
+        server.stop()
+
+
+def run(config: Config, stack: ExitStack) -> Results:
     scratch = Path(tempfile.mkdtemp(prefix="vault-bench-"))
     stack.callback(shutil.rmtree, scratch, ignore_errors=True)
     data_dir = scratch / "data"
@@ -608,4 +630,5 @@ def run(config: Config, stack: ExitStack) -> list[Row]:
     rows: list[Row] = []
     for workers in config.workers:
         rows.extend(_run_workers(config, workers, data_dir, stack, keys_made))
-    return rows
+    buckets = None if config.buckets is None else _run_buckets(config, data_dir, stack)
+    return Results(rows, buckets)

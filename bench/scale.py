@@ -261,7 +261,7 @@ def _seed(data_dir: Path, vault_root: Path) -> None:
 
 def _populate(data_dir: Path, vault_root: Path, size: int) -> dict[str, float]:
     from bench.server import BENCH_SETTINGS
-    from tests.harness import vault_environment
+    from tests.support.harness import vault_environment
 
     done = subprocess.run(
         [sys.executable, "-c", _POPULATE, str(size)],

@@ -1,6 +1,6 @@
 """The vault server as the benchmark starts it: `python -m bench.serve`.
 
-Exactly `vault.transport.supervisor.serve(Settings())`, as `make run` and tests/harness.py start it,
+Exactly `vault.app.serve(Settings())`, as `make run` and tests/support/harness.py start it,
 plus two things for the benchmark only:
 - the supervisor asks the kernel for SIGTERM when the benchmark process dies, even by SIGKILL,
   so no server outlives the run (its workers already follow the supervisor);
@@ -87,6 +87,7 @@ def _profiled(worker_main: Callable[..., None], directory: Path) -> Callable[...
 
 def main() -> None:
     _die_with_parent()
+    from vault.app import serve
     from vault.config import Settings
     from vault.transport import supervisor
 
@@ -95,7 +96,7 @@ def main() -> None:
         directory = Path(profile_dir)
         directory.mkdir(parents=True, exist_ok=True)
         supervisor._worker_main = _profiled(supervisor._worker_main, directory)
-    supervisor.serve(Settings())  # type: ignore[call-arg]  # from the environment
+    serve(Settings())  # type: ignore[call-arg]  # from the environment
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""The vault as the benchmark runs it: tests/harness.py's provisioned token and server (as
+"""The vault as the benchmark runs it: tests/support/harness.py's provisioned token and server (as
 `make run` starts them), with the benchmark's settings, the vault code of --vault-root and
 `python -m bench.serve`; plus what the benchmark reads from /proc: the worker processes, their
 CPU time, and which worker each connection landed on.
@@ -15,9 +15,9 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Final
 
-from tests import harness
-from tests.harness import ROOT as ROOT  # the checkout: bench.cli's defaults
-from tests.harness import free_port as free_port
+from tests.support import harness
+from tests.support.harness import ROOT as ROOT  # the checkout: bench.cli's defaults
+from tests.support.harness import free_port as free_port
 
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 # No test settings (destruction waits, two workers): the defaults, quieter.

@@ -12,7 +12,15 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness import VaultServer, provision, vault_environment
+from tests.support.harness import VaultServer, provision, vault_environment
+
+
+@pytest.fixture(scope="session", autouse=True)
+def piped_output_width() -> None:
+    """vaultctl prints tables at their full width when stdout is not a terminal, unless
+    COLUMNS says otherwise; pytest-xdist's workers inherit COLUMNS=80, which would cut
+    resource names in the tables the CLI tests read."""
+    os.environ.pop("COLUMNS", None)
 
 
 @pytest.fixture(scope="session", autouse=True)

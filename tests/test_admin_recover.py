@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness import ROOT, VaultServer, provision, vault_environment
+from tests.support.harness import ROOT, VaultServer, provision, vault_environment
 from vault.client import VaultClient, load_credentials_file
 
 VAULTCTL = ROOT / ".venv" / "bin" / "vaultctl"

@@ -23,9 +23,9 @@ import pytest
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from tests.api_calls import expect_error
-from tests.harness import VaultServer
-from tests.security_helpers import (
+from tests.support.api_calls import expect_error
+from tests.support.harness import VaultServer
+from tests.support.security_helpers import (
     FRESH_CONNECTION,
     NO_THROTTLING,
     RESOURCE_EXHAUSTED,

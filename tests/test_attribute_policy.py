@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 from pkcs11 import Attribute, ObjectClass, exceptions
 
-from tests.tokens import generated_version, key_objects, session_of, usable_object
+from tests.support.tokens import generated_version, key_objects, session_of, usable_object
 from vault.domain.algorithms import Algorithm
 
 USAGE = (Attribute.ENCRYPT, Attribute.DECRYPT, Attribute.SIGN, Attribute.WRAP, Attribute.UNWRAP)

@@ -25,9 +25,9 @@ from typing import Any
 import grpc
 import pytest
 
-from tests.api_calls import expect_error
-from tests.harness import ROOT, vault_environment
-from tests.security_helpers import new_account
+from tests.support.api_calls import expect_error
+from tests.support.harness import ROOT, vault_environment
+from tests.support.security_helpers import new_account
 from tests.test_audit_log import (
     TAMPER_ENV,
     Fresh,

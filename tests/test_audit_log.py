@@ -28,9 +28,9 @@ import grpc
 import pytest
 from click.testing import CliRunner, Result
 
-from tests.api_calls import expect_error
-from tests.harness import VaultServer, provision
-from tests.security_helpers import (
+from tests.support.api_calls import expect_error
+from tests.support.harness import VaultServer, provision
+from tests.support.security_helpers import (
     SPREAD,
     AccessKey,
     ApiKey,
@@ -46,7 +46,7 @@ from vault.cli.main import cli as vaultctl
 from vault.client import AccessKeyCredentials, AuditLogVerification, VaultClient
 from vault.domain.audit import AuditEvent, chain
 from vault.gen.vault.v1 import audit_service_pb2, key_service_pb2, resources_pb2
-from vault.storage.audit_store import LOCK_SUFFIX
+from vault.storage.audit_locks import LOCK_SUFFIX
 
 Kind = audit_service_pb2.AuditFindingKind
 CHECKPOINT_EVERY: Final = 5

@@ -25,9 +25,9 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from tests.api_calls import expect_error
-from tests.harness import VaultServer, provision
-from tests.security_helpers import (
+from tests.support.api_calls import expect_error
+from tests.support.harness import VaultServer, provision
+from tests.support.security_helpers import (
     FRESH_CONNECTION,
     NO_THROTTLING,
     RESOURCE_EXHAUSTED,
@@ -45,7 +45,6 @@ from tests.security_helpers import (
     raw_call,
     signed_metadata,
 )
-from vault.app import StartupReport
 from vault.client import (
     AccessKeyCredentials,
     ApiKeyCredentials,
@@ -57,12 +56,13 @@ from vault.config import Settings
 from vault.coordination.limits import SharedLimits
 from vault.domain.errors import Unauthenticated
 from vault.domain.identity import ApiScope, make_api_token
+from vault.domain.ports import ReconcileReport
 from vault.domain.signing import sign_request
 from vault.gen.vault.v1 import key_service_pb2, resources_pb2
 from vault.hsm.system_keys import SystemKeys
 from vault.service.authentication import AuthenticationPolicy, Authenticator
 from vault.service.identity import IdentityManagement
-from vault.service.ports import ReconcileReport
+from vault.service.reconcile import StartupReport
 from vault.storage import open_stores
 from vault.transport.supervisor import SHARED_NONCE_SLOTS
 

@@ -33,8 +33,8 @@ from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_status import rpc_status
 
-from tests.api_calls import ensure_account
-from tests.harness import VaultServer, provision
+from tests.support.api_calls import ensure_account
+from tests.support.harness import VaultServer, provision
 from vault.client import VaultClient
 from vault.gen.vault.v1 import crypto_service_pb2 as cpb
 from vault.gen.vault.v1 import crypto_service_pb2_grpc, key_service_pb2_grpc

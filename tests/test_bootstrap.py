@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness import VaultServer, provision
+from tests.support.harness import VaultServer, provision
 
 
 def test_first_start_bootstraps_one_admin_key_and_restarts_keep_it(

@@ -13,9 +13,9 @@ from typing import Any, Final
 import grpc
 import pytest
 
-from tests.api_calls import expect_error
-from tests.harness import VaultServer
-from tests.security_helpers import (
+from tests.support.api_calls import expect_error
+from tests.support.harness import VaultServer
+from tests.support.security_helpers import (
     AccessKey,
     add_access_key,
     add_api_key,

@@ -23,7 +23,7 @@ import grpc
 import pytest
 from google.protobuf.duration_pb2 import Duration
 
-from tests.api_calls import expect_error, new_account, new_id
+from tests.support.api_calls import expect_error, new_account, new_id
 from vault.client import (
     BucketKeyRejected,
     ObjectCipher,

@@ -24,8 +24,8 @@ from click.testing import CliRunner, Result
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from tests.api_calls import ensure_account, new_id
-from tests.harness import ROOT, VaultServer, free_port, provision, vault_environment
+from tests.support.api_calls import ensure_account, new_id
+from tests.support.harness import ROOT, VaultServer, free_port, provision, vault_environment
 from vault.cli.main import cli
 from vault.tls_dev import create_ca, write_certificate
 

@@ -10,8 +10,8 @@ import shlex
 from pathlib import Path
 from typing import Any
 
-from tests.api_calls import new_account, new_id
-from tests.harness import ROOT
+from tests.support.api_calls import new_account, new_id
+from tests.support.harness import ROOT
 from tests.test_cli import assert_one_line_error, json_of, mode, ok, vaultctl, write
 from tests.test_cli import target as target  # fixture: the server, credentials for vaultctl
 
@@ -238,3 +238,33 @@ def test_help_examples_run(target: str, tmp_path: Path, monkeypatch: Any) -> Non
     assert ran == 10
     assert (tmp_path / "cat.jpg").read_bytes() == original
     assert len((tmp_path / "key.bin").read_bytes()) == 32
+
+
+def test_object_decrypt_in_another_bucket_or_under_a_disabled_master_key(
+    target: str, tmp_path: Path
+) -> None:
+    """The wrong bucket is the object's fault (OBJECT_INTEGRITY); a disabled master key is
+    not (WRONG_KEY_STATE, and the object opens again once the version is enabled). Neither
+    leaves an output behind."""
+    name, other = str(new_bucket(target)["name"]), str(new_bucket(target)["name"])
+    data = os.urandom(70_000)
+    plain, sealed, out = write(tmp_path / "in", data), tmp_path / "sealed", tmp_path / "out"
+
+    def run(command: str, bucket: str, source: str, output: Path) -> Any:
+        return vaultctl(
+            target, "object", command, "--bucket", bucket, "--object-key", "k",
+            "--in", source, "--out", str(output),
+        )  # fmt: skip
+
+    ok(run("encrypt", name, plain, sealed))
+    assert_one_line_error(run("decrypt", other, str(sealed), out), 4, "OBJECT_INTEGRITY")
+    assert not out.exists()
+    version = f"{name}/masterKeyVersions/1"
+    ok(vaultctl(target, "buckets", "disable-version", version))
+    assert_one_line_error(run("decrypt", name, str(sealed), out), 3, "WRONG_KEY_STATE")
+    assert_one_line_error(run("encrypt", name, plain, out), 3, "WRONG_KEY_STATE")
+    assert not out.exists()
+    ok(vaultctl(target, "buckets", "enable-version", version))
+    ok(run("decrypt", name, str(sealed), out))
+    assert out.read_bytes() == data
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []

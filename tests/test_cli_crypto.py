@@ -9,7 +9,7 @@ from pathlib import Path
 
 import grpc
 
-from tests.api_calls import expect_error, new_account, new_id
+from tests.support.api_calls import expect_error, new_account, new_id
 from tests.test_cli import assert_one_line_error, create_key, json_of, mode, ok, vaultctl, write
 from tests.test_cli import target as target  # fixture: the server, credentials for vaultctl
 from vault.client import VaultClient

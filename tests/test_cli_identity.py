@@ -18,8 +18,8 @@ from uuid import uuid4
 import pytest
 from click.testing import CliRunner, Result
 
-from tests.api_calls import new_id
-from tests.harness import VaultServer, provision
+from tests.support.api_calls import new_id
+from tests.support.harness import VaultServer, provision
 from tests.test_cli import assert_one_line_error, json_of, mode, ok
 from vault.cli.main import cli
 

@@ -10,7 +10,7 @@ from typing import Any
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from tests.api_calls import expect_error
+from tests.support.api_calls import expect_error
 from tests.test_cli import (  # noqa: F401 (target is a fixture)
     ACCOUNT,
     assert_one_line_error,

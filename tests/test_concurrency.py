@@ -31,8 +31,8 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, utils
 
-from tests.api_calls import ensure_account
-from tests.harness import ROOT, VaultServer, inventory, provision, vault_environment
+from tests.support.api_calls import ensure_account
+from tests.support.harness import ROOT, VaultServer, inventory, provision, vault_environment
 from vault.client import VaultClient, VaultClientError
 from vault.gen.vault.v1 import resources_pb2 as res
 

@@ -24,8 +24,8 @@ import grpc
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 
-from tests.api_calls import ensure_account
-from tests.harness import VaultServer, inventory, provision
+from tests.support.api_calls import ensure_account
+from tests.support.harness import VaultServer, inventory, provision
 from vault.client import VaultClient, VaultClientError
 from vault.gen.vault.v1 import resources_pb2 as res
 

@@ -11,7 +11,7 @@ import base64
 import sqlite3
 from pathlib import Path
 
-from tests.harness import VaultServer
+from tests.support.harness import VaultServer
 from vault.client import AccessKeyCredentials, ApiKeyCredentials
 
 

@@ -25,7 +25,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa,
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from google.protobuf.wrappers_pb2 import Int64Value
 
-from tests.api_calls import ensure_account, expect_error, new_id
+from tests.support.api_calls import ensure_account, expect_error, new_id
 from vault.client import VaultClient, VaultClientError
 from vault.gen.vault.v1 import crypto_service_pb2, crypto_service_pb2_grpc
 

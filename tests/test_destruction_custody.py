@@ -21,7 +21,7 @@ import grpc
 import pytest
 from pkcs11 import Attribute, GCMParams, KeyType, Mechanism, ObjectClass, exceptions
 
-from tests.api_calls import expect_error, new_account, new_id
+from tests.support.api_calls import expect_error, new_account, new_id
 from tests.test_keys_api import wait_destroyed
 from vault.client import VaultClient
 from vault.domain.algorithms import Algorithm
@@ -37,15 +37,17 @@ PURGE_TIMEOUT_SECONDS = 5.0
 @pytest.fixture(scope="module")
 def worker(settings: Any, keystore: Any) -> Any:
     """The use cases as a server worker builds them, in this process."""
+    from vault.app import key_policy
     from vault.service.crypto import CryptoOperations
     from vault.service.keys import KeyManagement
     from vault.storage import open_store
 
     store = open_store(settings.store.url)
+    policy = key_policy(settings)
     keys = KeyManagement(
-        store, keystore, settings.keys, version_cache_seconds=settings.hsm.cache_ttl_seconds
+        store, keystore, policy, version_cache_seconds=settings.hsm.cache_ttl_seconds
     )
-    yield CryptoOperations(keys, keystore, settings.keys)
+    yield CryptoOperations(keys, keystore, policy)
     store.close()
 
 

@@ -21,9 +21,9 @@ from typing import Final
 import grpc
 import pytest
 
-from tests.api_calls import expect_error
-from tests.harness import VaultServer, provision
-from tests.security_helpers import codes, new_account, on_fresh_connections
+from tests.support.api_calls import expect_error
+from tests.support.harness import VaultServer, provision
+from tests.support.security_helpers import codes, new_account, on_fresh_connections
 from vault.client import VaultClientError
 from vault.coordination.disk import DiskReserve
 from vault.coordination.limits import LimitsFileSpaceError, SharedLimits

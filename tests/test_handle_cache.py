@@ -14,7 +14,7 @@ from typing import Any
 
 from pkcs11 import Attribute, exceptions
 
-from tests.tokens import generated_version, usable_object
+from tests.support.tokens import generated_version, usable_object
 from vault.domain.algorithms import Algorithm
 from vault.hsm.keystore import Pkcs11KeyStore
 

@@ -75,3 +75,34 @@ def test_nothing_is_published_after_stop() -> None:
         servicer.set(service, NOT_SERVING)  # as shutdown does
     assert not probe.probe_once()
     assert statuses(servicer) == {NOT_SERVING}
+
+
+def test_a_round_cut_short_by_stop_ends_quietly() -> None:
+    """stop() cancels checks still queued; the round in progress must not raise on them (it
+    did, as 'Exception in thread vault-health-probe' in the log of a draining server). The
+    check's worker is kept busy so that the check is still queued when stop() comes."""
+    probe = HealthProbe(health.HealthServicer(), SERVICES, {"token": lambda: True}, timeout=1)
+    busy, release = threading.Event(), threading.Event()
+
+    def occupy() -> None:
+        busy.set()
+        release.wait(10)
+
+    probe._pools["token"].submit(occupy)
+    busy.wait(10)
+    outcome: list[object] = []
+
+    def round_in_progress() -> None:
+        try:
+            outcome.append(probe.probe_once())
+        except BaseException as error:  # any escape is the failure
+            outcome.append(error)
+
+    thread = threading.Thread(target=round_in_progress)
+    thread.start()
+    while not probe._pending:  # the round has queued its check
+        threading.Event().wait(0.01)
+    probe.stop()
+    release.set()
+    thread.join(10)
+    assert outcome == [False]

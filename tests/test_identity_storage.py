@@ -24,7 +24,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import event
 
-import vault.storage.audit_store as audit_store_module
+import vault.storage.audit_chain as audit_chain_module
 from vault.domain.audit import GENESIS_HASH, AuditEvent, Checkpoint
 from vault.domain.audit_verification import verify_audit_log
 from vault.domain.errors import AlreadyExists, AuditUnavailable, InvalidArgument, NotFound
@@ -39,7 +39,7 @@ from vault.domain.identity import (
     RateLimit,
     UsageCount,
 )
-from vault.service.ports import AuditFilter, AuditStore, IdentityStore
+from vault.domain.ports import AuditFilter, AuditStore, IdentityStore
 from vault.storage import (
     SqlAuditStore,
     SqlIdentityStore,
@@ -48,7 +48,7 @@ from vault.storage import (
     open_store,
     open_stores,
 )
-from vault.storage.audit_store import LOCK_SUFFIX
+from vault.storage.audit_locks import LOCK_SUFFIX
 from vault.storage.engine import make_engine, write_transaction
 from vault.storage.tables import metadata
 
@@ -191,7 +191,7 @@ def test_migration_0002_creates_exactly_the_tables_module(stores: Stores, db_pat
             "SELECT sql FROM sqlite_master WHERE name = 'audit_events'"
         ).fetchone()[0]
     conn.close()
-    assert versions == [("0006",)]
+    assert versions == [("0007",)]
     # INTEGER (not BIGINT) makes seq the rowid: the head of the chain is found at once.
     assert "seq INTEGER NOT NULL" in audit_sql
 
@@ -526,7 +526,7 @@ def test_checkpoints(audit: SqlAuditStore) -> None:
 def test_audit_records_are_streamed_in_batches(
     audit: SqlAuditStore, stores: Stores, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(audit_store_module, "READ_BATCH", 7)
+    monkeypatch.setattr(audit_chain_module, "READ_BATCH", 7)
     audit.append_audit([audit_event(n) for n in range(30)], {}, {})
     reads: list[str] = []
 
@@ -751,7 +751,7 @@ def test_forked_processes_append_to_one_chain(db_path: Path) -> None:
 
 
 def _wait_for_inherited_lock(store: SqlAuditStore, acquired: Any) -> None:
-    with store._append_lock.held():
+    with store._chain._append_lock.held():
         acquired.put(os.getpid())
 
 
@@ -764,7 +764,7 @@ def test_a_forked_child_does_not_share_the_parents_append_lock(audit: SqlAuditSt
     acquired = ctx.Queue()
     child = None
     try:
-        with audit._append_lock.held():
+        with audit._chain._append_lock.held():
             child = ctx.Process(target=_wait_for_inherited_lock, args=(audit, acquired))
             child.start()
             with pytest.raises(queue.Empty):

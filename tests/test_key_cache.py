@@ -9,7 +9,7 @@ from pathlib import Path
 from tests.test_storage import create, db_url, make_key
 from vault.domain.names import KeyName
 from vault.storage import open_store
-from vault.storage.sql_store import SqlMetadataStore
+from vault.storage.metadata_store import SqlMetadataStore
 
 
 def cached(store: SqlMetadataStore, name: KeyName) -> object:

@@ -25,7 +25,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 from google.protobuf.field_mask_pb2 import FieldMask
 
-from tests.api_calls import ensure_account, expect_error, new_account, new_id
+from tests.support.api_calls import ensure_account, expect_error, new_account, new_id
 from vault.client import VaultClient, VaultClientError
 from vault.gen.vault.v1 import key_service_pb2, key_service_pb2_grpc, resources_pb2
 

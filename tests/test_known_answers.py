@@ -38,8 +38,8 @@ from vault.domain.algorithms import Algorithm
 from vault.domain.errors import DecryptionFailed, InvalidArgument, TokenOperationFailed
 from vault.domain.models import KeyVersion, VersionState
 from vault.domain.names import KeyName
+from vault.domain.public_keys import verify_signature
 from vault.hsm import templates
-from vault.service.public_keys import verify_signature
 
 KAT_LABEL_PREFIX = "vault:key:kat-"
 ED25519_PARAMS = b"\x06\x03\x2b\x65\x70"  # OID 1.3.101.112

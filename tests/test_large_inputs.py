@@ -17,9 +17,9 @@ import pytest
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 
-from tests.api_calls import expect_error, new_account, new_id
-from tests.harness import VaultServer
-from tests.security_helpers import new_account as account_through_identity
+from tests.support.api_calls import expect_error, new_account, new_id
+from tests.support.harness import VaultServer
+from tests.support.security_helpers import new_account as account_through_identity
 from tests.test_cli import assert_one_line_error, create_key, ok, vaultctl, write
 from tests.test_cli import target as target  # fixture: the server, credentials for vaultctl
 from vault.client import ApiKeyCredentials, VaultClient

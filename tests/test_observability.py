@@ -19,8 +19,9 @@ import grpc
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.harness import ROOT, VaultServer, free_port, provision, vault_environment
-from tests.security_helpers import add_access_key, add_api_key, expect_denied, new_account
+from tests.support.api_calls import ensure_account
+from tests.support.harness import ROOT, VaultServer, free_port, provision, vault_environment
+from tests.support.security_helpers import add_access_key, add_api_key, expect_denied, new_account
 from vault.client import VaultClient, VaultClientError
 
 Samples = dict[str, list[tuple[dict[str, str], float]]]
@@ -31,6 +32,7 @@ _PRINTED = (
     "vault serving on ",
     "bootstrapped admin access key ",
     "  stored for vaultctl in ",
+    "settings: ",  # the user settings file it recorded this server in, once
 )
 
 
@@ -396,6 +398,8 @@ def test_sigterm_during_a_stream_of_calls_lets_those_in_flight_finish(tmp_path: 
     provision(tmp_path)
     vault = ObservedVault(tmp_path, VAULT_SERVER__DRAIN_SECONDS="120")
     server = vault.server.start()
+    with server.client() as admin:
+        ensure_account(admin, "drain")
     outcomes: list[tuple[str, object]] = []
     finished_at: dict[str, float] = {}
     stop = threading.Event()

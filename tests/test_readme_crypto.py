@@ -17,7 +17,7 @@ import pytest
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
-from tests.harness import ROOT, VaultServer, vault_environment
+from tests.support.harness import ROOT, VaultServer, vault_environment
 from vault.cli.main import cli
 from vault.client import VaultClient
 

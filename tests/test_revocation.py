@@ -20,10 +20,10 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from tests.api_calls import expect_error, new_id
-from tests.api_calls import new_account as new_account_name
-from tests.harness import VaultServer
-from tests.security_helpers import add_access_key, new_account
+from tests.support.api_calls import expect_error, new_id
+from tests.support.api_calls import new_account as new_account_name
+from tests.support.harness import VaultServer
+from tests.support.security_helpers import add_access_key, new_account
 from vault.client import VaultClient
 from vault.gen.vault.v1 import resources_pb2
 
@@ -120,7 +120,7 @@ def pinned_feed_key(keystore: Any) -> bytes:
 def test_revoke_records_reason_code_and_time_on_the_key_and_every_version(
     client: VaultClient,
 ) -> None:
-    account = new_account_name()
+    account = new_account_name(client)
     key = client.create_key(account, new_id(), "SIGN_VERIFY")
     client.rotate_key(key.name)
     before = datetime.now(UTC)
@@ -142,7 +142,7 @@ def test_revoke_records_reason_code_and_time_on_the_key_and_every_version(
 def test_a_reason_code_alone_is_enough_and_one_of_the_two_is_required(
     client: VaultClient,
 ) -> None:
-    account = new_account_name()
+    account = new_account_name(client)
     key = client.create_key(account, new_id(), "MAC")
     expect_error(INVALID, "INVALID_ARGUMENT", lambda: client.revoke_key(key.name, "  "))
     expect_error(INVALID, "INVALID_ARGUMENT", lambda: client.revoke_key(key.name, "x", 99))
@@ -153,7 +153,7 @@ def test_a_reason_code_alone_is_enough_and_one_of_the_two_is_required(
 
 
 def test_a_revoked_version_makes_nothing_new_until_the_key_rotates(client: VaultClient) -> None:
-    account = new_account_name()
+    account = new_account_name(client)
     sig = client.create_key(account, new_id(), "SIGN_VERIFY").name
     enc = client.create_key(account, new_id(), "ENCRYPT_DECRYPT").name
     signed = client.sign(sig, message=b"before")
@@ -211,7 +211,7 @@ class Revoked:
 
 @pytest.fixture(scope="module")
 def revoked(client: VaultClient) -> Revoked:
-    account = new_account_name()
+    account = new_account_name(client)
     ec_key = client.create_key(account, new_id(), "SIGN_VERIFY").name
     client.rotate_key(ec_key)
     rsa_key = client.create_key(account, new_id(), "ASYMMETRIC_DECRYPT").name
@@ -370,5 +370,5 @@ def test_list_revocations_refuses_a_negative_page_size(client: VaultClient) -> N
     expect_error(
         INVALID,
         "INVALID_ARGUMENT",
-        lambda: client.list_revocations(new_account_name(), page_size=-1),
+        lambda: client.list_revocations(new_account_name(client), page_size=-1),
     )

@@ -18,8 +18,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from pkcs11 import KDF, Attribute, KeyType, Mechanism, ObjectClass, exceptions
 from pkcs11.constants import DEFAULT
 
-from tests.api_calls import ensure_account
-from tests.tokens import generated_version, session_of
+from tests.support.api_calls import ensure_account
+from tests.support.tokens import generated_version, session_of
 from vault.domain.algorithms import Algorithm, KeyFamily, Purpose
 from vault.domain.models import KeyVersion
 from vault.hsm import templates
@@ -204,6 +204,51 @@ def stored_blobs(keystore: Any, settings: Any, client: Any) -> list[tuple[Algori
         store.close()
 
 
+def _known_material(algorithm: Algorithm) -> Any:
+    """Key material of algorithm made here, as a caller imports it."""
+    import os
+
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    spec = algorithm.spec
+    if spec.family is KeyFamily.RSA:
+        return rsa.generate_private_key(65537, spec.bits)
+    if spec.family is KeyFamily.EC:
+        curve = ec.SECP256R1() if spec.curve == "secp256r1" else ec.SECP384R1()
+        return ec.generate_private_key(curve)
+    return os.urandom(spec.bits // 8)
+
+
+@pytest.fixture(scope="module")
+def imported_blobs(keystore: Any, settings: Any, client: Any) -> list[tuple[Algorithm, KeyVersion]]:
+    """One version of every family the running server imported (ImportKeyVersion), read
+    back from its store: imported material must end up exactly like generated material.
+    Bucket master keys take no imports."""
+    from vault.domain.names import KeyName
+    from vault.storage import open_store
+
+    supported = keystore.supported_algorithms()
+    names = {}
+    ensure_account(client, "accounts/families")
+    for algorithm in FAMILIES:
+        if algorithm in supported and algorithm.purpose is not Purpose.BUCKET_MASTER:
+            key_id = f"i{uuid.uuid4().hex[:12]}"
+            key = client.create_key(
+                "accounts/families", key_id, algorithm.purpose.name, algorithm.name
+            ).name
+            job = client.create_import_job(key).name
+            client.import_key(key, job, _known_material(algorithm))
+            names[algorithm] = KeyName("families", key_id)
+    store = open_store(settings.store.url)
+    try:
+        return [(algorithm, store.list_versions(name)[1]) for algorithm, name in names.items()]
+    finally:
+        store.close()
+
+
+_SOURCES = {"generated": "blobs", "stored": "stored_blobs", "imported": "imported_blobs"}
+
+
 def test_family_members_share_one_shape() -> None:
     """A root pins one shape, so every algorithm of a family must unwrap with the same pins;
     and every wrappable algorithm has a family."""
@@ -227,11 +272,11 @@ def test_every_family_has_its_own_root(keystore: Any) -> None:
     assert {f"vault:root:{generation}:{family}" for family in FAMILIES.values()} <= set(roots)
 
 
-@pytest.mark.parametrize("source", ["generated", "stored"])
+@pytest.mark.parametrize("source", list(_SOURCES))
 def test_a_blob_unwraps_with_its_exact_template_and_nothing_more(
     keystore: Any, source: str, request: pytest.FixtureRequest
 ) -> None:
-    blobs = request.getfixturevalue("blobs" if source == "generated" else "stored_blobs")
+    blobs = request.getfixturevalue(_SOURCES[source])
     roots = _roots(session_of(keystore))
     granted = []
     for algorithm, version in blobs:
@@ -257,11 +302,11 @@ def test_a_blob_unwraps_with_its_exact_template_and_nothing_more(
     assert granted == []
 
 
-@pytest.mark.parametrize("source", ["generated", "stored"])
+@pytest.mark.parametrize("source", list(_SOURCES))
 def test_a_blob_unwraps_under_no_other_root_and_as_no_other_purpose(
     keystore: Any, source: str, request: pytest.FixtureRequest
 ) -> None:
-    blobs = request.getfixturevalue("blobs" if source == "generated" else "stored_blobs")
+    blobs = request.getfixturevalue(_SOURCES[source])
     roots = _roots(session_of(keystore))
     granted = []
     for algorithm, version in blobs:

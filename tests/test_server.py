@@ -24,15 +24,16 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
     ProtoReflectionDescriptorDatabase,
 )
 
-from tests.api_calls import ensure_account
-from tests.harness import ROOT, VaultServer, free_port, provision, vault_environment
+from tests.support.api_calls import ensure_account
+from tests.support.harness import ROOT, VaultServer, free_port, provision, vault_environment
 from vault.client import VaultClient, VaultClientError
 from vault.gen.vault.v1 import resources_pb2 as res
 
 KEY_METHODS = {
     "CreateKey", "GetKey", "ListKeys", "UpdateKey", "RotateKey", "ListKeyVersions",
     "GetPublicKey", "EnableKey", "DisableKey", "RevokeKey", "ScheduleKeyDestruction",
-    "CancelKeyDestruction", "ListRevocations", "GetRevocationFeed",
+    "CancelKeyDestruction", "ListRevocations", "GetRevocationFeed", "CreateImportJob",
+    "GetImportJob", "ListImportJobs", "ImportKeyVersion",
 }  # fmt: skip
 CRYPTO_METHODS = {
     "Encrypt", "Decrypt", "GenerateDataKey", "ReEncrypt", "WrapKey", "UnwrapKey", "Sign",
@@ -342,7 +343,7 @@ LISTEN_PROBE = """
 import json, sys
 from vault.config import Settings
 from vault.transport.server import ListenAddressError
-from vault.transport.supervisor import serve
+from vault.app import serve
 results = {}
 for address in json.load(sys.stdin):
     try:
@@ -400,7 +401,7 @@ def test_serve_process_exits_with_an_error_on_a_public_address(tmp_path: Path) -
     env = vault_environment(tmp_path, VAULT_SERVER__LISTEN=f"0.0.0.0:{port}")
     done = subprocess.run(
         [sys.executable, "-c", "from vault.config import Settings\n"
-         "from vault.transport.supervisor import serve\nserve(Settings())\n"],
+         "from vault.app import serve\nserve(Settings())\n"],
         env=env, cwd=ROOT, capture_output=True, text=True, timeout=60,
         start_new_session=True,
     )  # fmt: skip

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness import ROOT, free_port
+from tests.support.harness import ROOT, free_port
 from vault.config import find_config_file, load_settings, record_local_server, user_config_file
 
 VAULTCTL = ROOT / ".venv" / "bin" / "vaultctl"

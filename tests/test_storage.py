@@ -33,7 +33,7 @@ from vault.domain.models import (
     VersionState,
 )
 from vault.domain.names import KeyName
-from vault.service.ports import MetadataStore
+from vault.domain.ports import MetadataStore
 from vault.storage import SqlMetadataStore, open_store
 
 T0 = datetime(2025, 3, 1, 12, 0, 0, 123456, tzinfo=UTC)
@@ -162,7 +162,7 @@ def test_migrations_are_idempotent_and_keep_data(url: str, tmp_path: Path) -> No
             row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
         }
     conn.close()
-    assert versions == [("0006",)]
+    assert versions == [("0007",)]
     assert {"keys", "key_versions", "root_generations"} <= tables
 
 

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 from pkcs11 import Attribute, KeyType, Mechanism, ObjectClass, exceptions
 
-from tests.tokens import (
+from tests.support.tokens import (
     attacker_wrapping_key,
     generated_version,
     key_objects,

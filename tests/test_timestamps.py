@@ -23,9 +23,9 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
-from tests.api_calls import expect_error
-from tests.harness import VaultServer
-from tests.security_helpers import new_account, raw_call
+from tests.support.api_calls import expect_error
+from tests.support.harness import VaultServer
+from tests.support.security_helpers import new_account, raw_call
 from vault.client import VaultClientError
 from vault.gen.vault.v1 import (
     audit_service_pb2,

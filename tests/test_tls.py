@@ -24,8 +24,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from tests.api_calls import ensure_account
-from tests.harness import ROOT, VaultServer, free_port, provision, vault_environment
+from tests.support.api_calls import ensure_account
+from tests.support.harness import ROOT, VaultServer, free_port, provision, vault_environment
 from vault.cli._context import same_local_server
 from vault.client import (
     AccessKeyCredentials,
@@ -48,7 +48,7 @@ from vault.transport.tls import TlsConfigError, load_server_tls
 UNAVAILABLE = grpc.StatusCode.UNAVAILABLE
 # A fresh connection per client: gRPC could otherwise share one between channels.
 LOCAL_POOL = [("grpc.use_local_subchannel_pool", 1)]
-SERVE = "from vault.config import Settings\nfrom vault.transport.supervisor import serve\n"
+SERVE = "from vault.config import Settings\nfrom vault.app import serve\n"
 SERVE += "serve(Settings())\n"
 
 
@@ -338,7 +338,7 @@ class Mtls:
 
 
 class TlsVaultServer(VaultServer):
-    """tests.harness.VaultServer whose readiness check speaks TLS."""
+    """tests.support.harness.VaultServer whose readiness check speaks TLS."""
 
     def __init__(
         self, data_dir: Path, extra_env: Mapping[str, str], ca: Path, client: Pair

@@ -29,8 +29,8 @@ from typing import Any
 
 import pytest
 
-from tests.api_calls import ensure_account
-from tests.harness import (
+from tests.support.api_calls import ensure_account
+from tests.support.harness import (
     ROOT,
     VaultServer,
     development_so_pin,
@@ -316,7 +316,7 @@ _USE_BOTH_GENERATIONS = """
 import json, sys
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from tests.tokens import generated_version, version_for
+from tests.support.tokens import generated_version, version_for
 from vault.config import Settings
 from vault.domain.algorithms import Algorithm
 from vault.hsm.keystore import open_keystore

@@ -15,8 +15,8 @@ from typing import Final
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from tests.api_calls import ensure_account
-from tests.harness import ROOT, VaultServer, provision, vault_environment
+from tests.support.api_calls import ensure_account
+from tests.support.harness import ROOT, VaultServer, provision, vault_environment
 from tests.test_server import children
 from vault.client import VaultClientError
 
@@ -29,7 +29,7 @@ _SCRIPT = textwrap.dedent(
     from vault.config import Settings
     from vault.domain.algorithms import Algorithm
     from vault.hsm.keystore import open_keystore
-    from tests.tokens import generated_version
+    from tests.support.tokens import generated_version
 
     logging.basicConfig(level=logging.WARNING, stream=sys.stdout, format="%(message)s")
     settings = Settings()

@@ -9,7 +9,7 @@ import os
 
 import pytest
 
-from tests.api_calls import new_account, new_id
+from tests.support.api_calls import new_account, new_id
 from vault.client import AuditLogVerification, VaultClient, Verification
 
 MESSAGE = b"invoice 1042: pay 10 to account 7"

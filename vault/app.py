@@ -1,5 +1,8 @@
-"""Composition root: builds the use cases from settings. Call inside each server process,
-after fork: PKCS#11 must be initialised in the process that uses it."""
+"""The composition root: the one place that builds the adapters (token, stores) and the use
+cases from settings, and hands them to the transport (serve) or runs them for the command
+line (provision_token, token_status, recover_admin, local_audit_log). A server builds its
+services inside each worker process, after fork: PKCS#11 must be initialised in the process
+that uses it."""
 
 from __future__ import annotations
 
@@ -12,28 +15,37 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from vault import metrics
 from vault.config import Settings
 from vault.coordination.disk import DiskReserve as FileDiskReserve
 from vault.domain.audit import AuditEvent
+from vault.domain.ceremony import TransportKey
 from vault.domain.errors import InvalidArgument, NotFound, VaultError
-from vault.service.audit import AuditLog, CheckpointPolicy
-from vault.service.authentication import AuthenticationPolicy, Authenticator
-from vault.service.buckets import BucketManagement
-from vault.service.crypto import CryptoOperations
-from vault.service.identity import IdentityManagement
-from vault.service.keys import KeyManagement
-from vault.service.ports import (
+from vault.domain.policy import KeyPolicy
+from vault.domain.ports import (
     DiskReserve,
     KeyStore,
     MetadataStore,
-    ReconcileReport,
     SharedCounters,
 )
-from vault.service.reconcile import reconcile
+from vault.domain.token import TokenStatus
+from vault.service.audit import AuditLog, CheckpointPolicy
+from vault.service.authentication import AuthenticationPolicy, Authenticator
+from vault.service.buckets import BucketManagement
+from vault.service.ceremonies import Ceremonies
+from vault.service.crypto import CryptoOperations
+from vault.service.identity import IdentityManagement
+from vault.service.imports import KeyImports
+from vault.service.keys import KeyManagement
+from vault.service.provisioning import Provisioning
+from vault.service.reconcile import StartupReport, reconcile
 from vault.service.revocations import RevocationFeeds
+
+if TYPE_CHECKING:
+    from vault.data_lock import DataDirectoryLock
+    from vault.so_pin import SoPin
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +68,7 @@ class Services:
     crypto: CryptoOperations
     buckets: BucketManagement
     feeds: RevocationFeeds
+    imports: KeyImports
     # Creates the token's revocation feed key where missing; returns the labels created.
     ensure_feed_key: Callable[[], list[str]]
     security: Security | None = None
@@ -69,6 +82,16 @@ class Services:
             close()
 
 
+def key_policy(settings: Settings) -> KeyPolicy:
+    """The key limits of settings.keys, as the use cases take them."""
+    keys = settings.keys
+    return KeyPolicy(
+        min_destroy_waiting_seconds=keys.min_destroy_waiting_seconds,
+        default_destroy_waiting_seconds=keys.default_destroy_waiting_seconds,
+        max_plaintext_bytes=keys.max_plaintext_bytes,
+    )
+
+
 def build_services(settings: Settings, counters: SharedCounters | None = None) -> Services:
     """The use cases; with settings.auth.enabled also identity and audit, whose limits and
     caches hold across worker processes through counters (authentication needs them)."""
@@ -80,16 +103,18 @@ def build_services(settings: Settings, counters: SharedCounters | None = None) -
     stores = open_stores(settings.store.url, settings.store.key_cache_size)
     store, identity_store, audit_store = stores.metadata, stores.identity, stores.audit
     keystore = open_keystore(settings)
+    policy = key_policy(settings)
     keys = KeyManagement(
         store,
         keystore,
-        settings.keys,
+        policy,
         version_cache_seconds=settings.hsm.cache_ttl_seconds,
         version_cache_size=settings.hsm.version_cache_size,
         # Accounts are managed (IdentityService) only with authentication on.
         accounts=identity_store if settings.auth.enabled else None,
     )
-    crypto = CryptoOperations(keys, keystore, settings.keys)
+    crypto = CryptoOperations(keys, keystore, policy)
+    imports = KeyImports(keys, stores.imports, keystore, settings.keys.import_job_lifetime)
     buckets = BucketManagement(stores.buckets, store, keystore, keys)
     feed_key = RevocationFeedKey(keystore)
     feeds = RevocationFeeds(keys, feed_key)
@@ -123,7 +148,16 @@ def build_services(settings: Settings, counters: SharedCounters | None = None) -
         security = Security(identity, authenticator, audit, system_keys.ensure, reserve)
     checks = {"token": keystore.available, "store": store.check_writable}
     return Services(
-        store, keystore, keys, crypto, buckets, feeds, feed_key.ensure, security, checks
+        store,
+        keystore,
+        keys,
+        crypto,
+        buckets,
+        feeds,
+        imports,
+        feed_key.ensure,
+        security,
+        checks,
     )
 
 
@@ -151,15 +185,6 @@ def local_audit_log(settings: Settings) -> Iterator[AuditLog]:
         stores.audit.close()
 
 
-@dataclass(frozen=True, slots=True)
-class StartupReport:
-    reconcile: ReconcileReport
-    system_keys_created: list[str]
-    admin_access_key_id: str | None
-    admin_credentials_file: Path | None
-    admin_secret_key: str | None = field(repr=False)
-
-
 def prepare_and_reconcile(settings: Settings) -> StartupReport:
     """Start-up work done once, in one process, before workers start: reconcile store and
     token; with authentication on, create the token's system keys if missing and, on a store
@@ -167,6 +192,7 @@ def prepare_and_reconcile(settings: Settings) -> StartupReport:
     services = build_services(settings)
     try:
         report = reconcile(services.store, services.keystore)
+        services.imports.remove_orphaned_import_keys()
         created: list[str] = []
         created += services.ensure_feed_key()
         admin = None
@@ -242,6 +268,43 @@ def recover_admin(settings: Settings, credentials_file: Path, account_id: str = 
         services.close()
 
 
+def provision_token(
+    settings: Settings, so_pin_source: Callable[[], SoPin] | None = None
+) -> TokenStatus:
+    """Make the token ready to serve (vault.hsm.provision.provision, whose so_pin_source this
+    is) and record its root generations in the store. Runs in a process that will not serve
+    afterwards: PKCS#11 stays initialised in it."""
+    from vault.hsm.provision import provision
+    from vault.storage import open_store
+
+    assert settings.store.url is not None  # filled from data_dir by Settings
+    store = open_store(settings.store.url)
+    try:
+        status = provision(settings, so_pin_source)
+        Provisioning(store).record_root_generations(status.root_labels)
+    finally:
+        store.close()
+    return status
+
+
+def token_status(settings: Settings) -> TokenStatus:
+    """The token's identity, root key generations and object counts (logs in as user)."""
+    from vault.hsm.provision import token_status as read_token_status
+
+    return read_token_status(settings)
+
+
+def serve(settings: Settings, data_lock: DataDirectoryLock | None = None) -> None:
+    """Serve the vault of settings until SIGTERM or SIGINT (vault.transport.supervisor.serve,
+    which raises what it documents): start-up work and each worker's services are built here.
+    """
+    from vault.transport.supervisor import serve as serve_with_workers
+
+    serve_with_workers(
+        settings, data_lock, prepare=prepare_and_reconcile, build_services=build_services
+    )
+
+
 def write_credentials_file(path: Path, access_key_id: str, secret_key: str) -> None:
     """Write an access key for the CLI, readable by its owner only; an existing file (a
     previous bootstrap's, on a store since wiped) is replaced atomically."""
@@ -254,3 +317,51 @@ def write_credentials_file(path: Path, access_key_id: str, secret_key: str) -> N
         file.flush()
         os.fsync(file.fileno())
     os.replace(temporary, path)
+
+
+@dataclass(frozen=True, slots=True)
+class CeremonySite:
+    """What a key ceremony works with on this machine: the token (logged in as user), the
+    store, and, for `ceremony rewrap`, key management on that same token."""
+
+    ceremonies: Ceremonies
+    keys: KeyManagement
+    keystore: KeyStore
+    store: MetadataStore
+
+
+def trust_transport_key(
+    settings: Settings, so_pin: Callable[[], str], name: str, public_der: bytes
+) -> TransportKey:
+    """The SO's step of the trust ceremony (vault.hsm.ceremony.trust_transport_key); before
+    any ceremony_site is opened in this process."""
+    from vault.hsm.ceremony import trust_transport_key as trust
+
+    return trust(settings, so_pin, name, public_der)
+
+
+@contextmanager
+def ceremony_site(settings: Settings) -> Iterator[CeremonySite]:
+    """The ceremony use cases on this machine's token and store. One PKCS#11 module start
+    serves both the ceremony steps and the key store (a second start would end the first's
+    sessions)."""
+    from vault.hsm.ceremony import open_ceremony_token
+    from vault.hsm.keystore import Pkcs11KeyStore
+    from vault.storage import open_store
+
+    assert settings.store.url is not None
+    store = open_store(settings.store.url)
+    try:
+        token = open_ceremony_token(settings)
+        keystore = Pkcs11KeyStore(
+            token.library, settings.hsm.cache_size, settings.hsm.cache_ttl_seconds
+        )
+        keys = KeyManagement(
+            store,
+            keystore,
+            key_policy(settings),
+            version_cache_seconds=settings.hsm.cache_ttl_seconds,
+        )
+        yield CeremonySite(Ceremonies(token, store), keys, keystore, store)
+    finally:
+        store.close()

@@ -188,6 +188,16 @@ class KeyPolicySettings(BaseModel):
         30.0, gt=0, description="how often keys whose waiting period ended are destroyed"
     )
     max_plaintext_bytes: int = Field(65_536, ge=1, description="largest Encrypt plaintext")
+    import_job_lifetime_seconds: int = Field(
+        86_400,
+        ge=1,
+        le=30 * 86_400,
+        description="how long an import job accepts material before its private key is destroyed",
+    )
+
+    @property
+    def import_job_lifetime(self) -> timedelta:
+        return timedelta(seconds=self.import_job_lifetime_seconds)
 
     @property
     def min_destroy_waiting(self) -> timedelta:

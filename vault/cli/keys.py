@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from vault.cli._context import (
+    EXIT_LOCAL,
     EXIT_USAGE,
     EXIT_VAULT,
     CliError,
@@ -17,7 +18,7 @@ from vault.cli._context import (
     json_option,
     pass_state,
 )
-from vault.cli._io import check_out, force_option, write_output
+from vault.cli._io import check_out, force_option, in_option, read_input, write_output
 from vault.cli._output import (
     emit,
     first,
@@ -60,6 +61,8 @@ Examples:
   vaultctl keys compromise accounts/acme/keys/release --reason "incident 1234"
   vaultctl keys revocation-feed acme --out acme
   vaultctl keys schedule-destroy accounts/acme/keys/docs --waiting-period 30d
+  vaultctl keys import-job create accounts/acme/keys/docs
+  vaultctl keys import accounts/acme/keys/docs --job JOB --in key.bin
 """
 
 
@@ -846,3 +849,151 @@ def cancel_destroy(state: CliState, name: str) -> None:
     """
     key = state.client().cancel_key_destruction(name)
     _show_key(state, key, f"destruction of {key.name} cancelled")
+
+
+# -- import ------------------------------------------------------------------------------
+
+
+def _import_job_record(job: resources_pb2.ImportJob) -> dict[str, Any]:
+    from vault.gen.vault.v1 import resources_pb2
+
+    return {
+        "name": job.name,
+        "import_method": _enum_name(
+            resources_pb2.ImportMethod, job.import_method, "IMPORT_METHOD_"
+        ),
+        "state": _enum_name(resources_pb2.ImportJobState, job.state, "IMPORT_JOB_STATE_"),
+        "create_time": _time(job, "create_time"),
+        "expire_time": _time(job, "expire_time"),
+        "public_key_pem": job.public_key_pem,
+    }
+
+
+def _show_import_job(state: CliState, job: resources_pb2.ImportJob, done: str = "") -> None:
+    record = _import_job_record(job)
+
+    def human() -> None:
+        print_fields(
+            [(name, value) for name, value in record.items() if name != "public_key_pem"],
+            title=job.name,
+        )
+        sys.stdout.write(record["public_key_pem"])
+        if done:
+            note(done)
+
+    emit(state, record, human)
+
+
+IMPORT_JOB_HELP = """Import jobs: a wrapping public key for one key, whose private half stays
+in the vault's token (it only unwraps) until the job expires (keys.import_job_lifetime_seconds,
+24 hours by default). `vaultctl keys import` wraps key material under it on this machine.
+
+\b
+Examples:
+  vaultctl keys import-job create accounts/acme/keys/docs
+  vaultctl keys import-job get accounts/acme/keys/docs/importJobs/j0123456789abcdef
+  vaultctl keys import-job list accounts/acme/keys/docs --json
+"""
+
+
+@keys_group.group("import-job", help=IMPORT_JOB_HELP)
+def import_job_group() -> None:
+    pass
+
+
+@import_job_group.command("create")
+@click.argument("key")
+@click.option(
+    "--method",
+    type=_choice(["RSA_OAEP_3072_SHA1_AES_256", "RSA_OAEP_4096_SHA1_AES_256"]),
+    default="RSA_OAEP_3072_SHA1_AES_256",
+    show_default=True,
+    help="The job's RSA key size; the wrapping is RSA-OAEP(SHA-1) of an AES-256 key, then "
+    "AES-KWP of the material.",
+)
+@json_option
+@pass_state
+def import_job_create(state: CliState, key: str, method: str) -> None:
+    """Create an import job for KEY (accounts/{account}/keys/{key}) and print it with its
+    public key (PEM)."""
+    job = state.client().create_import_job(key, method)
+    _show_import_job(state, job, f"created {job.name}")
+
+
+@import_job_group.command("get")
+@click.argument("name")
+@json_option
+@pass_state
+def import_job_get(state: CliState, name: str) -> None:
+    """Print import job NAME (accounts/{account}/keys/{key}/importJobs/{job})."""
+    _show_import_job(state, state.client().get_import_job(name))
+
+
+@import_job_group.command("list")
+@click.argument("key")
+@json_option
+@pass_state
+def import_job_list(state: CliState, key: str) -> None:
+    """List the import jobs of KEY, newest first."""
+    records = [_import_job_record(job) for job in state.client().list_import_jobs(key)]
+
+    def human() -> None:
+        print_table(
+            ["JOB", "METHOD", "STATE", "CREATED", "EXPIRES"],
+            [
+                [
+                    record["name"],
+                    record["import_method"],
+                    record["state"],
+                    short_time(record["create_time"]),
+                    short_time(record["expire_time"]),
+                ]
+                for record in records
+            ],
+            title=f"import jobs of {key}",
+        )
+
+    emit(state, {"import_jobs": records}, human)
+
+
+@keys_group.command("import")
+@click.argument("name")
+@click.option(
+    "--job",
+    "job",
+    required=True,
+    metavar="JOB",
+    help="An ACTIVE import job of NAME (`keys import-job create`).",
+)
+@in_option(
+    "key material: the raw key for AES and HMAC keys, a PEM or DER private key for RSA and EC"
+)
+@click.option("--keep-primary", is_flag=True, help="Add the version without making it the primary.")
+@json_option
+@pass_state
+def import_key(state: CliState, name: str, job: str, in_path: str, keep_primary: bool) -> None:
+    """Import key material from a file as a new version of key NAME.
+
+    The material is wrapped here, under the job's public key, and unwrapped only inside the
+    vault's token; it never travels or rests in plaintext. An HMAC key longer than the
+    hash's block is imported as its hash, which gives the same MACs.
+
+    \b
+    Examples:
+      vaultctl keys import accounts/acme/keys/docs --job JOB --in key.bin
+      vaultctl keys import accounts/acme/keys/release --job JOB --in release-key.pem
+    """
+    material = read_input(in_path, what="key material")
+    try:
+        version = state.client().import_key(name, job, material, keep_primary=keep_primary)
+    except (ValueError, TypeError) as error:
+        raise CliError(f"cannot import {in_path}: {error}", exit_code=EXIT_LOCAL) from None
+    record = version_record(version)
+
+    def human() -> None:
+        note(
+            f"imported {version.name}"
+            + (" (the primary is unchanged)" if keep_primary else " (now primary)")
+        )
+
+    emit(state, record, human)

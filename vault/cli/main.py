@@ -16,6 +16,7 @@ from vault.cli.admin import admin_group
 from vault.cli.api_keys import api_keys_group
 from vault.cli.audit import audit_group
 from vault.cli.buckets import buckets_group
+from vault.cli.ceremony import ceremony_group
 from vault.cli.crypto import crypto_group
 from vault.cli.keys import keys_group
 from vault.cli.objects import object_group
@@ -260,6 +261,7 @@ def cli(
 cli.add_command(serve_command)
 cli.add_command(status_command)
 cli.add_command(token_group)
+cli.add_command(ceremony_group)
 cli.add_command(keys_group)
 cli.add_command(crypto_group)
 cli.add_command(buckets_group)

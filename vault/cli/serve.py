@@ -91,9 +91,10 @@ def serve_command(state: CliState, listen: str | None, workers: int | None) -> N
     _configure_logging(settings)
     private_files()
     # Imported here: grpc and the generated code load only in the command that serves.
+    from vault.app import serve
     from vault.data_lock import DataDirectoryInUse
     from vault.transport.server import ListenAddress, ListenAddressError, ensure_port_free
-    from vault.transport.supervisor import load_tls, lock_for, serve
+    from vault.transport.supervisor import load_tls, lock_for
     from vault.transport.tls import TlsConfigError
 
     try:

@@ -24,7 +24,7 @@ from vault.config import Settings
 from vault.so_pin import describe_source
 
 if TYPE_CHECKING:
-    from vault.hsm.provision import TokenStatus
+    from vault.domain.token import TokenStatus
 
 
 @click.group("token")
@@ -63,13 +63,11 @@ def token_init(state: CliState) -> None:
     a server runs on the same data directory (it holds <data_dir>/vault.lock).
     """
     # Imported here: loading the PKCS#11 and database layers is slow and needless for --help.
+    from vault.app import provision_token
     from vault.data_lock import DataDirectoryInUse, DataDirectoryLock
-    from vault.hsm.provision import provision
     from vault.so_pin import SoPinCustodyError, obtain
-    from vault.storage import open_store
 
     settings = state.settings()
-    assert settings.store.url is not None  # filled from data_dir by Settings
     private_files()
     # Created here, before the store: SQLite would otherwise create the directory's database
     # first and leave the directory itself with the umask's default mode.
@@ -83,13 +81,10 @@ def token_init(state: CliState) -> None:
         raise CliError(str(error), exit_code=EXIT_LOCAL) from None
     prompt = _prompt_so_pin if sys.stdin.isatty() else None
     with data_lock:
-        store = open_store(settings.store.url)
         try:
-            status = provision(settings, store, lambda: obtain(settings, prompt))
+            status = provision_token(settings, lambda: obtain(settings, prompt))
         except SoPinCustodyError as error:
             raise CliError(str(error), exit_code=EXIT_LOCAL) from None
-        finally:
-            store.close()
     if status.so_pin_moved is not None:
         moved_from, moved_to = status.so_pin_moved
         note(f"moved the SO PIN out of the data directory: {moved_from} -> {moved_to}")
@@ -121,7 +116,7 @@ def token_init(state: CliState) -> None:
 @pass_state
 def token_status_command(state: CliState) -> None:
     """Show the token's identity, root key generations and object counts (logs in as user)."""
-    from vault.hsm.provision import token_status
+    from vault.app import token_status
 
     settings = state.settings()
     status = token_status(settings)

@@ -22,6 +22,7 @@ from vault.client._auth import Credentials, authenticated_channel
 from vault.client._errors import ChecksumError, VaultClientError
 from vault.client._results import AuditLogVerification, Verification
 from vault.client.bucket_keys import BucketKeyRejected, GeneratedBucketKey
+from vault.client.key_import import PrivateKey, import_material, wrap_for_import
 from vault.domain.algorithms import MAX_SIGNED_MESSAGE_BYTES, Algorithm, KeyFamily
 from vault.gen.vault.v1 import (
     audit_service_pb2,
@@ -51,6 +52,7 @@ AlgorithmLike: TypeAlias = "resources_pb2.Algorithm.ValueType | str"
 KeyStateLike: TypeAlias = "resources_pb2.KeyState.ValueType | str"
 BucketStateLike: TypeAlias = "resources_pb2.BucketState.ValueType | str"
 RevocationReasonLike: TypeAlias = "resources_pb2.RevocationReason.ValueType | str"
+ImportMethodLike: TypeAlias = "resources_pb2.ImportMethod.ValueType | str"
 
 DEFAULT_TIMEOUT_SECONDS: Final = 30.0
 
@@ -336,6 +338,58 @@ class VaultClient:
         response = self._call(self._keys.GetPublicKey, request)
         _check(response, "pem")
         return response
+
+    def create_import_job(
+        self, parent: str, import_method: ImportMethodLike | None = None
+    ) -> resources_pb2.ImportJob:
+        """An import job for the key parent: its public key wraps material for import_key."""
+        request = key_service_pb2.CreateImportJobRequest(
+            parent=parent,
+            import_method=_enum(import_method, resources_pb2.ImportMethod, "IMPORT_METHOD_"),
+        )
+        return self._call(self._keys.CreateImportJob, request)
+
+    def get_import_job(self, name: str) -> resources_pb2.ImportJob:
+        return self._call(self._keys.GetImportJob, key_service_pb2.GetImportJobRequest(name=name))
+
+    def list_import_jobs(self, parent: str) -> list[resources_pb2.ImportJob]:
+        return list(
+            _paged(
+                lambda token: self._call(
+                    self._keys.ListImportJobs,
+                    key_service_pb2.ListImportJobsRequest(parent=parent, page_token=token),
+                ),
+                lambda page: page.import_jobs,
+            )
+        )
+
+    def import_key(
+        self,
+        name: str,
+        import_job: str,
+        key: bytes | PrivateKey,
+        *,
+        keep_primary: bool = False,
+    ) -> resources_pb2.KeyVersion:
+        """Import key material as a new version of the key name, wrapped here for import_job
+        (vault.client.key_import): for AES and HMAC keys the raw key bytes, for RSA and EC
+        keys a private key object or its PEM or DER. The plaintext key never leaves this
+        process; the vault unwraps it inside its token. The new version becomes primary
+        unless keep_primary."""
+        algorithm = Algorithm(
+            resources_pb2.Algorithm.Name(self.get_key(name).algorithm).removeprefix("ALGORITHM_")
+        )
+        material = import_material(algorithm, key)
+        job = self.get_import_job(import_job)
+        request = key_service_pb2.ImportKeyVersionRequest(
+            parent=name,
+            import_job=import_job,
+            algorithm=resources_pb2.Algorithm.Value(f"ALGORITHM_{algorithm}"),
+            wrapped_key=wrap_for_import(job.public_key_der, material.encoded),
+            public_key_der=material.public_key_der or b"",
+            keep_primary=keep_primary,
+        )
+        return self._call(self._keys.ImportKeyVersion, request)
 
     def enable_key(self, name: str) -> resources_pb2.Key:
         return self._call(self._keys.EnableKey, key_service_pb2.EnableKeyRequest(name=name))

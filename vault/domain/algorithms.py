@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -42,6 +43,11 @@ class HashName(StrEnum):
 MAX_SIGNED_MESSAGE_BYTES = 65_536
 
 DIGEST_SIZES = {HashName.SHA1: 20, HashName.SHA256: 32, HashName.SHA384: 48, HashName.SHA512: 64}
+
+
+def digest(name: HashName, data: bytes) -> bytes:
+    """The digest of data under name. The token's ECDSA takes a digest made outside it."""
+    return hashlib.new(name.value.lower(), data).digest()
 
 
 @dataclass(frozen=True, slots=True)

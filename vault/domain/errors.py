@@ -166,3 +166,11 @@ class AuditUnavailable(VaultError):
     its result withheld): the vault fails closed rather than act unrecorded."""
 
     reason = "AUDIT_UNAVAILABLE"
+
+
+class ImportFailed(InvalidArgument):
+    """Wrapped key material that does not unwrap under an import job as a key of the target
+    algorithm. One answer for every cause (bad RSA-OAEP block, bad AES-KWP integrity check,
+    material of another type or size): saying which would make the job an oracle."""
+
+    reason = "IMPORT_FAILED"

@@ -72,6 +72,8 @@ REQUIRED_LEVEL: Final[dict[str, AccessLevel]] = {
     "ListRevocations": AccessLevel.READ,
     "GetRevocationFeed": AccessLevel.READ,
     "GetPublicKey": AccessLevel.READ,
+    "GetImportJob": AccessLevel.READ,
+    "ListImportJobs": AccessLevel.READ,
     "Decrypt": AccessLevel.READ,
     "UnwrapKey": AccessLevel.READ,
     "AsymmetricDecrypt": AccessLevel.READ,
@@ -92,6 +94,9 @@ REQUIRED_LEVEL: Final[dict[str, AccessLevel]] = {
     "RevokeKey": AccessLevel.FULL,
     "ScheduleKeyDestruction": AccessLevel.FULL,
     "CancelKeyDestruction": AccessLevel.FULL,
+    # Import puts material of the caller's choosing under the key: as strong as creating it.
+    "CreateImportJob": AccessLevel.FULL,
+    "ImportKeyVersion": AccessLevel.FULL,
     # BucketService, on buckets/{bucket}.
     "GetBucket": AccessLevel.READ,
     "ListBuckets": AccessLevel.READ,
@@ -137,6 +142,8 @@ MUTATING_METHODS: Final = frozenset(
         "RevokeKey",
         "ScheduleKeyDestruction",
         "CancelKeyDestruction",
+        "CreateImportJob",
+        "ImportKeyVersion",
         "CreateBucket",
         "UpdateBucket",
         "DeleteBucket",

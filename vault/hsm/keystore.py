@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import hmac
 import logging
 import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 from cachetools import TTLCache
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.hazmat.primitives.asymmetric import utils as asym_utils
 from pkcs11 import Attribute, GCMParams, KeyType, Mechanism, ObjectClass, exceptions
 from pkcs11.util.ec import encode_named_curve_parameters
@@ -17,31 +20,34 @@ from vault.config import Settings
 from vault.domain.algorithms import (
     DIGEST_SIZES,
     Algorithm,
+    HashName,
     KeyFamily,
     Padding,
     Purpose,
+    digest,
 )
 from vault.domain.errors import (
     DecryptionFailed,
+    ImportFailed,
     InvalidArgument,
     TokenOperationFailed,
     TokenUnavailable,
     VaultError,
 )
+from vault.domain.imports import IMPORT_KEY_LABEL_PREFIX, ImportMethod
 from vault.domain.models import KeyVersion
 from vault.domain.names import TOKEN_KEY_LABEL_PREFIX
+from vault.domain.ports import GeneratedMaterial
+from vault.domain.public_keys import hash_algorithm, verify_signature
 from vault.hsm import objects, templates
 from vault.hsm.capabilities import supported_algorithms
 from vault.hsm.library import ThreadContext, TokenLibrary
-from vault.hsm.public import public_key_der
-from vault.service.ports import GeneratedMaterial
-from vault.service.public_keys import digest
+from vault.hsm.public import public_key_der, rsa_public_key_der
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 _ED25519_PARAMS = b"\x06\x03\x2b\x65\x70"  # OID 1.3.101.112
-_CACHE = "handles"
 _EPOCH_SEEN = "material-epoch"
 _VERSION_PREFIX = "accounts/"
 
@@ -233,6 +239,16 @@ class Pkcs11KeyStore:
             }
 
         return self.run(labels, "token_labels")
+
+    def import_key_labels(self) -> set[str]:
+        def labels(context: ThreadContext) -> set[str]:
+            return {
+                label
+                for label in objects.token_labels(context.session, ObjectClass.PRIVATE_KEY)
+                if label.startswith(IMPORT_KEY_LABEL_PREFIX)
+            }
+
+        return self.run(labels, "import_key_labels")
 
     def available(self) -> bool:
         """Whether the token answers now; a failure starts its recovery (health probe)."""
@@ -553,6 +569,204 @@ class Pkcs11KeyStore:
 
         return self.run(verify, "verify_mac")
 
+    # -- import ---------------------------------------------------------------------------
+
+    def create_import_key(self, method: ImportMethod, token_label: str) -> bytes:
+        def create(context: ThreadContext) -> bytes:
+            public_template, private_template, nested = templates.import_key_pair(token_label)
+            public, _private = context.session.generate_keypair(
+                KeyType.RSA,
+                method.rsa_bits,
+                capabilities=0,
+                public_template=public_template,
+                private_template=private_template,
+            )
+            del nested  # referenced by private_template until generate_keypair returned
+            try:
+                return rsa_public_key_der(public)
+            finally:
+                objects.destroy_quietly(public)
+
+        return self.run(create, "create_import_key")
+
+    def import_material(
+        self,
+        token_label: str,
+        method: ImportMethod,
+        algorithm: Algorithm,
+        wrapped: bytes,
+        public_key_der: bytes | None,
+    ) -> GeneratedMaterial:
+        split = method.wrapped_ephemeral_bytes
+        if len(wrapped) <= split:
+            raise ImportFailed(_IMPORT_FAILED)
+
+        def unwrap(context: ThreadContext) -> GeneratedMaterial:
+            job_key = objects.find_one(context.session, ObjectClass.PRIVATE_KEY, token_label)
+            try:
+                ephemeral = job_key.unwrap_key(
+                    ObjectClass.SECRET_KEY,
+                    KeyType.AES,
+                    wrapped[:split],
+                    mechanism=templates.IMPORT_MECHANISM,
+                    mechanism_param=templates.IMPORT_OAEP_PARAMS,
+                    capabilities=0,
+                    template=templates.ephemeral_unwrap(),
+                )
+            except _IMPORT_ERRORS:
+                raise ImportFailed(_IMPORT_FAILED) from None
+            try:
+                shape = templates.shape(algorithm)
+                try:
+                    material = ephemeral.unwrap_key(
+                        shape.object_class,
+                        shape.key_type,
+                        wrapped[split:],
+                        mechanism=templates.WRAP_MECHANISM,
+                        capabilities=0,
+                        template=templates.imported_material(algorithm),
+                    )
+                except _IMPORT_ERRORS:
+                    raise ImportFailed(_IMPORT_FAILED) from None
+            finally:
+                objects.destroy_quietly(ephemeral)
+            try:
+                public_der = _check_imported(
+                    context, material, algorithm, len(wrapped) - split, public_key_der
+                )
+                generation = self.current_root_generation()
+                blob = self._root(context, generation, algorithm).wrap_key(
+                    material, mechanism=templates.WRAP_MECHANISM
+                )
+            finally:
+                objects.destroy_quietly(material)
+            return GeneratedMaterial(generation, bytes(blob), None, public_der)
+
+        return self.run(unwrap, "import_material")
+
+
+def _check_imported(
+    context: ThreadContext,
+    material: Any,
+    algorithm: Algorithm,
+    wrapped_material_bytes: int,
+    public_key_der: bytes | None,
+) -> bytes | None:
+    """The public key of unwrapped material, once it is known to be a key of algorithm;
+    ImportFailed otherwise (one answer for every mismatch).
+
+    SoftHSM keeps no CKA_VALUE_LEN for an unwrapped secret key and takes an AES key of any
+    length, so the length is pinned from outside: AES-KWP output is 8 bytes more than the
+    material padded to whole 8-byte blocks, and one operation in the token with the key
+    then refuses every length the mechanism cannot use (an AES key of 25 to 31 bytes, an
+    HMAC key shorter than its digest)."""
+    spec = algorithm.spec
+    padded = wrapped_material_bytes - 8
+    session = context.session
+    try:
+        if spec.family is KeyFamily.AES:
+            if padded != spec.bits // 8:
+                raise ImportFailed(_IMPORT_FAILED)
+            if spec.purpose is Purpose.WRAP_UNWRAP:
+                probe = session.create_object(templates.transient_secret(bytes(16)))
+                try:
+                    material.wrap_key(probe, mechanism=templates.WRAP_MECHANISM)
+                finally:
+                    objects.destroy_quietly(probe)
+            else:
+                nonce = bytes(session.generate_random(96))
+                material.encrypt(
+                    bytes(16),
+                    mechanism=Mechanism.AES_GCM,
+                    mechanism_param=GCMParams(nonce, b"", 128),
+                )
+            return None
+        if spec.family is KeyFamily.HMAC:
+            if not DIGEST_SIZES[spec.hash] <= padded <= HMAC_BLOCK_SIZES[spec.hash]:
+                raise ImportFailed(_IMPORT_FAILED)
+            material.sign(b"", mechanism=templates.HMAC_MECHANISMS[spec.hash])
+            return None
+        if spec.family is KeyFamily.RSA:
+            modulus = bytes(material[Attribute.MODULUS])
+            if int.from_bytes(modulus, "big").bit_length() != spec.bits:
+                raise ImportFailed(_IMPORT_FAILED)
+            derived = rsa_public_key_der(material)
+            if public_key_der is not None and public_key_der != derived:
+                raise ImportFailed(_IMPORT_FAILED)
+            # The modulus says nothing of the private exponent: one operation proves the
+            # pair works (a PKCS#8 key with a wrong d or CRT value would fail every use).
+            if spec.purpose is Purpose.ASYMMETRIC_DECRYPT:
+                _prove_decryption(session, material, algorithm, derived)
+            else:
+                _prove_signature(session, material, algorithm, derived)
+            return derived
+        if spec.family is KeyFamily.EC:
+            if bytes(material[Attribute.EC_PARAMS]) != encode_named_curve_parameters(spec.curve):
+                raise ImportFailed(_IMPORT_FAILED)
+            if public_key_der is None:
+                raise ImportFailed(_IMPORT_FAILED)
+            # PKCS#8 need not carry the public point and the token does not compute it: a
+            # signature made here with the imported key proves the given public key is its.
+            _prove_signature(session, material, algorithm, public_key_der)
+            # Stored as the vault writes public keys itself, whatever DER the caller sent.
+            canonical: bytes = serialization.load_der_public_key(public_key_der).public_bytes(
+                serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+            )
+            return canonical
+    except _CHECK_ERRORS:
+        raise ImportFailed(_IMPORT_FAILED) from None
+    raise ImportFailed(_IMPORT_FAILED)
+
+
+def _prove_signature(session: Any, key: Any, algorithm: Algorithm, public_der: bytes) -> None:
+    """ImportFailed unless key signs a random digest in the token, with its algorithm's
+    mechanism, so that public_der verifies it."""
+    spec = algorithm.spec
+    challenge = bytes(session.generate_random(DIGEST_SIZES[spec.hash] * 8))
+    if spec.family is KeyFamily.EC:
+        raw = bytes(key.sign(challenge, mechanism=Mechanism.ECDSA))
+        half = len(raw) // 2
+        signature = asym_utils.encode_dss_signature(
+            int.from_bytes(raw[:half], "big"), int.from_bytes(raw[half:], "big")
+        )
+        prehashed = True
+    elif spec.padding is Padding.PSS:
+        hash_mechanism, mgf = templates.HASH_MECHANISMS[spec.hash]
+        signature = bytes(
+            key.sign(
+                challenge,
+                mechanism=Mechanism.RSA_PKCS_PSS,
+                mechanism_param=(hash_mechanism, mgf, DIGEST_SIZES[spec.hash]),
+            )
+        )
+        prehashed = True
+    else:
+        # PKCS#1 v1.5 keys may use only the hash-and-sign mechanism: sign a random message.
+        signature = bytes(key.sign(challenge, mechanism=Mechanism.SHA256_RSA_PKCS))
+        prehashed = False
+    if not verify_signature(algorithm, public_der, challenge, prehashed, signature):
+        raise ImportFailed(_IMPORT_FAILED)
+
+
+def _prove_decryption(session: Any, key: Any, algorithm: Algorithm, public_der: bytes) -> None:
+    """ImportFailed unless key decrypts, in the token, what public_der encrypted."""
+    public = serialization.load_der_public_key(public_der)
+    if not isinstance(public, rsa.RSAPublicKey):
+        raise ImportFailed(_IMPORT_FAILED)
+    hash_mechanism, mgf = templates.HASH_MECHANISMS[algorithm.spec.hash]
+    chosen = hash_algorithm(algorithm.spec.hash)
+    secret = bytes(session.generate_random(256))
+    sealed = public.encrypt(
+        secret, padding.OAEP(mgf=padding.MGF1(chosen), algorithm=chosen, label=None)
+    )
+    opened = bytes(
+        key.decrypt(
+            sealed, mechanism=Mechanism.RSA_PKCS_OAEP, mechanism_param=(hash_mechanism, mgf, None)
+        )
+    )
+    if not hmac.compare_digest(opened, secret):
+        raise ImportFailed(_IMPORT_FAILED)
+
 
 def generate_pair(
     session: Any,
@@ -612,6 +826,28 @@ _DATA_ERRORS: tuple[type[Exception], ...] = (
     exceptions.ArgumentsBad,
     exceptions.TemplateInconsistent,
 )
+
+
+_IMPORT_ERRORS: tuple[type[Exception], ...] = (
+    *_DATA_ERRORS,
+    exceptions.AttributeValueInvalid,
+    exceptions.AttributeTypeInvalid,
+    exceptions.DomainParamsInvalid,
+    exceptions.KeySizeRange,
+    exceptions.KeyTypeInconsistent,
+    exceptions.TemplateIncomplete,
+)
+# SoftHSM picks the AES cipher by key length and answers MechanismInvalid for a key of any
+# other length.
+_CHECK_ERRORS: tuple[type[Exception], ...] = (*_IMPORT_ERRORS, exceptions.MechanismInvalid)
+_IMPORT_FAILED = (
+    "the wrapped key material does not unwrap under this import job as a key of its algorithm"
+)
+# The longest HMAC key that can be imported: a hash block. HMAC hashes a longer key first,
+# so HMAC(K) = HMAC(H(K)) and the SDK imports H(K) instead; the vault cannot take the longer
+# key itself, since SoftHSM zero-pads what its root wraps to whole 8-byte blocks, which
+# changes a key that is hashed but not one that is padded to a block anyway.
+HMAC_BLOCK_SIZES = {HashName.SHA256: 64, HashName.SHA384: 128, HashName.SHA512: 128}
 
 
 def open_keystore(settings: Settings) -> Pkcs11KeyStore:

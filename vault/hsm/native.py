@@ -121,3 +121,29 @@ def pack_mechanism_list(mechanisms: Iterable[int]) -> bytes:
 def unpack_mechanism_list(value: bytes) -> list[int]:
     size = struct.calcsize("L")
     return [struct.unpack_from("L", value, offset)[0] for offset in range(0, len(value), size)]
+
+
+def read_attribute_array(
+    module_path: str, session_handle: int, object_handle: int, attribute_type: int
+) -> dict[int, bytes]:
+    """An array attribute's contents (UNWRAP_TEMPLATE, WRAP_TEMPLATE) as {type: value bytes},
+    in the token's order. python-pkcs11 reads only the outer array, whose entries point into
+    buffers it never supplied; this does the three-step read PKCS#11 prescribes."""
+    module = ctypes.CDLL(module_path)
+    get = module.C_GetAttributeValue
+    session, obj = CK_ULONG(session_handle), CK_ULONG(object_handle)
+    outer = _Attribute(attribute_type, None, 0)
+    _check("C_GetAttributeValue", get(session, obj, ctypes.byref(outer), CK_ULONG(1)))
+    count = outer.value_len // ctypes.sizeof(_Attribute)
+    if count == 0:
+        return {}
+    inner = (_Attribute * count)()
+    outer.value = ctypes.cast(inner, ctypes.c_void_p)
+    _check("C_GetAttributeValue", get(session, obj, ctypes.byref(outer), CK_ULONG(1)))
+    buffers = []
+    for entry in inner:
+        buffer = ctypes.create_string_buffer(entry.value_len)
+        buffers.append(buffer)
+        entry.value = ctypes.addressof(buffer)
+    _check("C_GetAttributeValue", get(session, obj, ctypes.byref(outer), CK_ULONG(1)))
+    return {int(entry.type): buffer.raw for entry, buffer in zip(inner, buffers, strict=True)}

@@ -10,8 +10,7 @@ from __future__ import annotations
 import os
 import secrets
 from collections.abc import Callable
-from dataclasses import dataclass, replace
-from datetime import UTC, datetime
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -22,33 +21,12 @@ from pkcs11 import Attribute, KeyType, ObjectClass, TokenFlag, exceptions
 from vault import so_pin
 from vault.config import Settings
 from vault.domain.errors import PinIncorrect, TokenUnavailable
-from vault.domain.models import RootGeneration
+from vault.domain.token import TokenStatus
 from vault.hsm import native, templates
 from vault.hsm.environment import render_softhsm_config, token_directory, use_softhsm_config
 from vault.hsm.library import attribute_mapper
 from vault.hsm.objects import root_generations
-from vault.service.ports import MetadataStore
 from vault.so_pin import SoPin
-
-
-@dataclass(frozen=True, slots=True)
-class TokenStatus:
-    label: str
-    serial: str
-    manufacturer: str
-    model: str
-    root_generations: list[int]
-    # Generations with a single root for every purpose (tokens provisioned before roots were
-    # split); versions wrapped under them keep its weaker unwrap template.
-    legacy_root_generations: list[int]
-    key_objects: int
-    mechanisms: int
-    initialised_now: bool = False
-    root_created_now: bool = False
-    # The development SO PIN file written by this run, and an SO PIN file moved out of the
-    # data directory (from, to): both said once, to the operator.
-    so_pin_created: Path | None = None
-    so_pin_moved: tuple[Path, Path] | None = None
 
 
 def _private_directory(path: Path) -> None:
@@ -163,10 +141,11 @@ def _count_key_objects(session: Any) -> int:
 
 def provision(
     settings: Settings,
-    store: MetadataStore | None,
     so_pin_source: Callable[[], SoPin] | None = None,
 ) -> TokenStatus:
     """Make the token ready to serve. Runs in a process that will not serve afterwards.
+    The store learns of the token's root generations from status.root_labels
+    (vault.service.provisioning, through vault.app.provision_token).
 
     so_pin_source: called only when a token is initialised; by default vault.so_pin.obtain
     without a prompt (the development PIN outside the data directory)."""
@@ -189,14 +168,6 @@ def provision(
         token = _initialise_token(lib, settings, remembered)
     session = _user_session(token, settings)
     root_created_now = _ensure_split_generation(session)
-    generations = sorted(root_generations(session))
-    if store is not None:
-        recorded = {root.generation for root in store.list_root_generations()}
-        for generation in generations:
-            if generation not in recorded:
-                store.add_root_generation(
-                    RootGeneration(generation, _store_label(session, generation), datetime.now(UTC))
-                )
     status = _status(token, session, lib)
     return replace(
         status,
@@ -207,10 +178,10 @@ def provision(
     )
 
 
-def _store_label(session: Any, generation: int) -> str:
+def _store_label(generation: int, families: frozenset[str | None]) -> str:
     """The store's name for a generation: its single root's label, or the family roots'
     common prefix."""
-    if None in root_generations(session)[generation]:
+    if None in families:
         return templates.root_label(generation, None)
     return templates.root_label(generation, "*")
 
@@ -228,6 +199,7 @@ def _status(token: Any, session: Any, lib: Any) -> TokenStatus:
         ),
         key_objects=_count_key_objects(session),
         mechanisms=len(token.slot.get_mechanisms()),
+        root_labels={g: _store_label(g, families) for g, families in sorted(generations.items())},
     )
 
 

@@ -44,3 +44,15 @@ def public_key_der(algorithm: Algorithm, public: Any) -> bytes:
     return key.public_bytes(
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
     )
+
+
+def rsa_public_key_der(key: Any) -> bytes:
+    """The public key of an RSA key object (public or private: both carry the modulus and the
+    public exponent), DER SubjectPublicKeyInfo."""
+    public = rsa.RSAPublicNumbers(
+        int.from_bytes(key[Attribute.PUBLIC_EXPONENT], "big"),
+        int.from_bytes(key[Attribute.MODULUS], "big"),
+    ).public_key()
+    return public.public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )

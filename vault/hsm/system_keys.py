@@ -44,7 +44,7 @@ _P256_HALF: Final = 32
 
 
 class SystemKeys:
-    """Implements vault.service.ports.SystemCrypto on the vault's token."""
+    """Implements vault.domain.ports.SystemCrypto on the vault's token."""
 
     def __init__(self, keystore: Pkcs11KeyStore) -> None:
         self._keystore = keystore
@@ -208,7 +208,7 @@ class SystemKeys:
 
 
 class RevocationFeedKey:
-    """Implements vault.service.ports.FeedSigner: the token key that signs the revocation feed.
+    """Implements vault.domain.ports.FeedSigner: the token key that signs the revocation feed.
 
     Its own key, not the audit key: the two sign different things for different readers (the
     audit key's signatures are checked by the vault itself; the feed key's public half is

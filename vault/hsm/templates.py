@@ -326,3 +326,96 @@ def root_key(generation: int, family: str) -> tuple[Template, NestedTemplate]:
         Attribute.UNWRAP: True,
     }
     return template, forced
+
+
+# -- import jobs -------------------------------------------------------------------------------
+#
+# An import job's private key is an RSA token object that can do one thing: unwrap, with
+# RSA-OAEP, an ephemeral AES key that in turn can only unwrap (AES-KWP) the caller's material.
+# Its UNWRAP_TEMPLATE pins the ephemeral key's every capability, so a PIN holder cannot use the
+# job's key to make a key that encrypts, signs or derives.
+
+IMPORT_MECHANISM = Mechanism.RSA_PKCS_OAEP
+IMPORT_OAEP_PARAMS = (Mechanism.SHA_1, MGF.SHA1, None)
+
+
+def ephemeral_pins() -> Template:
+    """Everything the ephemeral AES key of an import is: a session object that only unwraps
+    with AES-KWP, sensitive and never extractable. MODIFIABLE=FALSE is added last."""
+    return {
+        Attribute.CLASS: ObjectClass.SECRET_KEY,
+        Attribute.KEY_TYPE: KeyType.AES,
+        Attribute.TOKEN: False,
+        Attribute.PRIVATE: True,
+        Attribute.SENSITIVE: True,
+        Attribute.EXTRACTABLE: False,
+        Attribute.COPYABLE: False,
+        Attribute.ALLOWED_MECHANISMS: [WRAP_MECHANISM],
+        **_NO_USAGE,
+        Attribute.UNWRAP: True,
+    }
+
+
+def ephemeral_unwrap() -> Template:
+    """The template an import's ephemeral key is unwrapped with: exactly the job key's pins."""
+    return {**ephemeral_pins(), Attribute.MODIFIABLE: False}
+
+
+def import_key_pair(token_label: str) -> tuple[Template, Template, NestedTemplate]:
+    """(public, private, nested unwrap template) of an import job's RSA key pair. The public
+    half is a session object, read once and destroyed; the nested template must stay
+    referenced until the pair is generated."""
+    forced = _nested(ephemeral_pins())
+    public: Template = {
+        Attribute.CLASS: ObjectClass.PUBLIC_KEY,
+        Attribute.TOKEN: False,
+        Attribute.PRIVATE: False,
+        Attribute.MODIFIABLE: False,
+        Attribute.COPYABLE: False,
+        Attribute.ENCRYPT: False,
+        Attribute.VERIFY: False,
+        Attribute.WRAP: False,
+        Attribute.DERIVE: False,
+        Attribute.PUBLIC_EXPONENT: b"\x01\x00\x01",
+    }
+    private: Template = {
+        Attribute.CLASS: ObjectClass.PRIVATE_KEY,
+        Attribute.KEY_TYPE: KeyType.RSA,
+        **_storage(token_label),
+        Attribute.PRIVATE: True,
+        Attribute.SENSITIVE: True,
+        Attribute.EXTRACTABLE: False,
+        Attribute.MODIFIABLE: False,
+        Attribute.COPYABLE: False,
+        Attribute.DESTROYABLE: True,
+        Attribute.ALLOWED_MECHANISMS: [IMPORT_MECHANISM],
+        Attribute.DECRYPT: False,
+        Attribute.SIGN: False,
+        Attribute.SIGN_RECOVER: False,
+        Attribute.DERIVE: False,
+        Attribute.UNWRAP: True,
+        Attribute.UNWRAP_TEMPLATE: forced,
+    }
+    return public, private, forced
+
+
+def imported_material(algorithm: Algorithm) -> Template:
+    """Caller material as the ephemeral key unwraps it: a session object of the algorithm's
+    shape, extractable only so that the root of its family can wrap it at once (as a
+    generated key is), and destroyed right after."""
+    key_shape = shape(algorithm)
+    template: Template = {
+        Attribute.CLASS: key_shape.object_class,
+        Attribute.KEY_TYPE: key_shape.key_type,
+        Attribute.TOKEN: False,
+        Attribute.PRIVATE: True,
+        Attribute.SENSITIVE: True,
+        Attribute.EXTRACTABLE: True,
+        Attribute.COPYABLE: False,
+        Attribute.DESTROYABLE: True,
+        Attribute.ALLOWED_MECHANISMS: list(key_shape.mechanisms),
+        **key_shape.usage,
+    }
+    if key_shape.object_class is ObjectClass.PRIVATE_KEY:
+        template[Attribute.SIGN_RECOVER] = False
+    return template

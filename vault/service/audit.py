@@ -43,7 +43,7 @@ from vault.domain.audit_archive import ArchiveHeader
 from vault.domain.audit_verification import AuditVerification, verify_audit_log
 from vault.domain.errors import AuditUnavailable, DiskFull, VaultError
 from vault.domain.models import Page
-from vault.service.ports import AuditFilter, AuditHead, AuditStore, SystemCrypto
+from vault.domain.ports import AuditFilter, AuditHead, AuditStore, SystemCrypto
 
 log = logging.getLogger(__name__)
 

@@ -45,9 +45,9 @@ from vault.domain.identity import (
     is_access_key_id,
     parse_api_token,
 )
+from vault.domain.ports import IdentityStore, SharedCounters
 from vault.domain.signing import SignedHeader, canonical_request, signature, signature_matches
 from vault.service.identity import IdentityManagement
-from vault.service.ports import IdentityStore, SharedCounters
 
 _SECONDS_PER_DAY: Final = 86_400
 _Cached = TypeVar("_Cached")

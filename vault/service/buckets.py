@@ -37,6 +37,7 @@ from vault.domain.errors import (
 )
 from vault.domain.models import Key, KeyState, KeyVersion, Page, VersionState
 from vault.domain.names import BucketName, MasterKeyVersionName, check_id
+from vault.domain.ports import BucketStore, KeyStore, MetadataStore
 from vault.service.keys import (
     MAX_LABEL_VALUE,
     MAX_REQUEST_ID,
@@ -45,7 +46,6 @@ from vault.service.keys import (
     check_labels,
     utc_now,
 )
-from vault.service.ports import BucketStore, KeyStore, MetadataStore
 
 MASTER_ALGORITHM = Algorithm.BUCKET_AES_256
 # A wrapped bucket key is 65 bytes; anything much larger is refused before it is parsed.

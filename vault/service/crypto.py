@@ -7,7 +7,6 @@ import secrets
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from vault.config import KeyPolicySettings
 from vault.domain.algorithms import DIGEST_SIZES, MAX_SIGNED_MESSAGE_BYTES
 from vault.domain.envelope import NONCE_SIZE, GcmEnvelope, WrappedEnvelope, gcm_aad
 from vault.domain.errors import (
@@ -19,9 +18,10 @@ from vault.domain.errors import (
 )
 from vault.domain.models import Key, KeyVersion, Operation
 from vault.domain.names import KeyName, parse_key_or_version
+from vault.domain.policy import KeyPolicy
+from vault.domain.ports import KeyStore
+from vault.domain.public_keys import verify_signature
 from vault.service.keys import KeyManagement
-from vault.service.ports import KeyStore
-from vault.service.public_keys import verify_signature
 
 MAX_AAD_BYTES = 65_536
 MAX_SIGN_MESSAGE_BYTES = MAX_SIGNED_MESSAGE_BYTES
@@ -65,7 +65,7 @@ class ReEncrypted:
 
 
 class CryptoOperations:
-    def __init__(self, keys: KeyManagement, keystore: KeyStore, policy: KeyPolicySettings) -> None:
+    def __init__(self, keys: KeyManagement, keystore: KeyStore, policy: KeyPolicy) -> None:
         self._keys = keys
         self._keystore = keystore
         self._policy = policy

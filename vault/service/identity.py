@@ -37,7 +37,7 @@ from vault.domain.identity import (
 )
 from vault.domain.models import Page
 from vault.domain.names import AccountName
-from vault.service.ports import IdentityStore, SharedCounters, SystemCrypto
+from vault.domain.ports import IdentityStore, SharedCounters, SystemCrypto
 
 _SECRET_CONTEXT: Final = b"vault-access-secret-v1\x00"
 _API_TOKEN_CONTEXT: Final = b"vault-api-token-v1\x00"

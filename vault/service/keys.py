@@ -12,7 +12,6 @@ from datetime import UTC, datetime, timedelta
 from cachetools import TTLCache
 from cryptography.hazmat.primitives import serialization
 
-from vault.config import KeyPolicySettings
 from vault.domain.algorithms import DEFAULT_ALGORITHM, Algorithm, Purpose
 from vault.domain.errors import (
     AlreadyExists,
@@ -41,7 +40,8 @@ from vault.domain.names import (
     check_id,
     parse_key_or_version,
 )
-from vault.service.ports import AccountDirectory, KeyStore, MetadataStore
+from vault.domain.policy import KeyPolicy
+from vault.domain.ports import AccountDirectory, GeneratedMaterial, KeyStore, MetadataStore
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +74,7 @@ class KeyManagement:
         self,
         store: MetadataStore,
         keystore: KeyStore,
-        policy: KeyPolicySettings,
+        policy: KeyPolicy,
         clock: Clock = utc_now,
         version_cache_seconds: float = VERSION_CACHE_SECONDS,
         version_cache_size: int = VERSION_CACHE_SIZE,
@@ -332,6 +332,26 @@ class KeyManagement:
         return (
             self._store.create_key(key, version) if first else self._store.add_version(key, version)
         )
+
+    def add_imported_version(
+        self, key: Key, material: GeneratedMaterial, *, make_primary: bool
+    ) -> KeyVersion:
+        """A version of key holding material that came from outside (ImportKeyVersion),
+        numbered after every existing version."""
+        if key.state is not KeyState.ENABLED:
+            raise key.state_forbids("ImportKeyVersion")
+        latest = max(version.number for version in self._store.list_versions(key.name))
+        version = KeyVersion(
+            name=key.name.version(latest + 1),
+            state=VersionState.ENABLED,
+            create_time=self._clock(),
+            root_generation=material.root_generation,
+            wrapped_blob=material.wrapped_blob,
+            token_label=None,
+            public_key_der=material.public_key_der,
+        )
+        self._store.add_version(key, version, make_primary=make_primary)
+        return version
 
     # -- state changes -------------------------------------------------------------------
 

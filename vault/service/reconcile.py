@@ -9,11 +9,22 @@ anything else is reported, never silently repaired.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass, field
+from pathlib import Path
 
 from vault.domain.errors import Conflict
-from vault.service.ports import KeyStore, MetadataStore, ReconcileReport
+from vault.domain.ports import KeyStore, MetadataStore, ReconcileReport
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class StartupReport:
+    reconcile: ReconcileReport
+    system_keys_created: list[str]
+    admin_access_key_id: str | None
+    admin_credentials_file: Path | None
+    admin_secret_key: str | None = field(repr=False)
 
 
 def reconcile(store: MetadataStore, keystore: KeyStore) -> ReconcileReport:

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from vault.domain.ports import FeedSigner
 from vault.domain.revocation_feed import serialise
 from vault.service.keys import Clock, KeyManagement, utc_now
-from vault.service.ports import FeedSigner
 
 
 @dataclass(frozen=True, slots=True)

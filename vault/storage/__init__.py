@@ -11,17 +11,19 @@ from alembic.config import Config
 from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from vault.storage.audit_store import SqlAuditStore
+from vault.storage.audit import SqlAuditStore
 from vault.storage.bucket_store import SqlBucketStore
 from vault.storage.engine import make_engine, write_transaction
 from vault.storage.identity_store import SqlIdentityStore
-from vault.storage.sql_store import KEY_CACHE_SIZE, SqlMetadataStore
+from vault.storage.import_store import SqlImportJobStore
+from vault.storage.metadata_store import KEY_CACHE_SIZE, SqlMetadataStore
 from vault.storage.transactions import unavailable
 
 __all__ = [
     "SqlAuditStore",
     "SqlBucketStore",
     "SqlIdentityStore",
+    "SqlImportJobStore",
     "SqlMetadataStore",
     "Stores",
     "migrate",
@@ -39,6 +41,7 @@ class Stores(NamedTuple):
     identity: SqlIdentityStore
     audit: SqlAuditStore
     buckets: SqlBucketStore
+    imports: SqlImportJobStore
 
     def close(self) -> None:
         """Close the audit lock file and every pooled connection. No store may be used after."""
@@ -58,8 +61,8 @@ def open_store(url: str, key_cache_size: int = KEY_CACHE_SIZE) -> SqlMetadataSto
 
 
 def open_stores(url: str, key_cache_size: int = KEY_CACHE_SIZE) -> Stores:
-    """As open_store (one migration run), returning the metadata, identity, audit and bucket
-    stores of the database, which share its engine."""
+    """As open_store (one migration run), returning the metadata, identity, audit, bucket
+    and import-job stores of the database, which share its engine."""
     engine = _open_engine(url)
     metadata = SqlMetadataStore(engine, key_cache_size)
     # An in-memory database is one connection: every store must take turns on the same lock.
@@ -69,6 +72,7 @@ def open_stores(url: str, key_cache_size: int = KEY_CACHE_SIZE) -> Stores:
         identity=SqlIdentityStore(engine, serial=serial),
         audit=SqlAuditStore(engine, serial=serial),
         buckets=SqlBucketStore(engine, serial=serial),
+        imports=SqlImportJobStore(engine, serial=serial),
     )
 
 

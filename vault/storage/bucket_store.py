@@ -1,5 +1,5 @@
 """BucketStore over SQLAlchemy Core, in the same database as the keys: a bucket row and its
-master key's rows are written in one transaction. Portable SQL only, like sql_store.py."""
+master key's rows are written in one transaction. Portable SQL only, like metadata_store.py."""
 
 from __future__ import annotations
 
@@ -14,13 +14,13 @@ from vault.domain.buckets import MASTER_KEY_STATES, Bucket, BucketFilter, Bucket
 from vault.domain.errors import AlreadyExists, Conflict, InvalidArgument, MalformedName, VaultError
 from vault.domain.models import Key, KeyVersion, Page
 from vault.domain.names import BucketName, check_id
+from vault.storage.metadata_store import key_row, to_key, to_version, version_row
 from vault.storage.paging import (
     clamp_page_size,
     decode_page_token,
     encode_page_token,
     malformed_page_token,
 )
-from vault.storage.sql_store import key_row, to_key, to_version, version_row
 from vault.storage.tables import buckets, key_versions, keys
 from vault.storage.transactions import aware, guarded_transaction, new_serial_lock
 
@@ -217,6 +217,6 @@ def _decode_page_token(token: str) -> str:
 
 
 if TYPE_CHECKING:
-    from vault.service.ports import BucketStore
+    from vault.domain.ports import BucketStore
 
     _PORT_CHECK: type[BucketStore] = SqlBucketStore

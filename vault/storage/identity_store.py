@@ -1,5 +1,5 @@
 """IdentityStore over SQLAlchemy Core: accounts, access keys, API keys and usage counters, in
-the same database as the key metadata. Portable SQL only, like sql_store.py."""
+the same database as the key metadata. Portable SQL only, like metadata_store.py."""
 
 from __future__ import annotations
 
@@ -372,7 +372,7 @@ def _to_api_key(row: RowMapping) -> ApiKey:
 
 
 if TYPE_CHECKING:
-    from vault.service.ports import IdentityStore
+    from vault.domain.ports import IdentityStore
 
     # Makes mypy prove that the class satisfies the port it implements.
     _PORT_CHECK: type[IdentityStore] = SqlIdentityStore

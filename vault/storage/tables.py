@@ -164,6 +164,26 @@ buckets = Table(
     UniqueConstraint("account", "request_id"),
 )
 
+# Import jobs (migration 0007): a key's wrapping key pairs; the private half is a token object
+# under token_label until destroy_time.
+import_jobs = Table(
+    "import_jobs",
+    metadata,
+    Column("account", String(ID_LENGTH), primary_key=True),
+    Column("key_id", String(ID_LENGTH), primary_key=True),
+    Column("job_id", String(ID_LENGTH), primary_key=True),
+    Column("method", String(64), nullable=False),
+    Column("token_label", String(128), nullable=False, unique=True),
+    Column("public_key_der", LargeBinary, nullable=False),
+    Column("create_time", UtcDateTime, nullable=False),
+    Column("expire_time", UtcDateTime, nullable=False),
+    Column("destroy_time", UtcDateTime, nullable=True),
+    ForeignKeyConstraint(["account", "key_id"], [keys.c.account, keys.c.key_id]),
+)
+
+# The expiry job looks for jobs past expire_time whose private key is still in the token.
+Index(None, import_jobs.c.destroy_time, import_jobs.c.expire_time)
+
 root_generations = Table(
     "root_generations",
     metadata,

@@ -12,6 +12,7 @@ from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import TYPE_CHECKING, Final, Generic, TypeVar
 
+from cryptography.hazmat.primitives import serialization
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -19,6 +20,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from vault.domain.algorithms import Algorithm, Purpose
 from vault.domain.buckets import BucketFilter, BucketPolicy, BucketState
 from vault.domain.errors import InvalidArgument
+from vault.domain.imports import ImportJob, ImportJobState, ImportMethod
 from vault.domain.models import (
     Key,
     KeyFilter,
@@ -88,6 +90,10 @@ ALGORITHMS: Final = _EnumMirror(Algorithm, resources_pb2.Algorithm, "ALGORITHM_"
 KEY_STATES: Final = _EnumMirror(KeyState, resources_pb2.KeyState, "KEY_STATE_")
 VERSION_STATES: Final = _EnumMirror(VersionState, resources_pb2.VersionState, "VERSION_STATE_")
 BUCKET_STATES: Final = _EnumMirror(BucketState, resources_pb2.BucketState, "BUCKET_STATE_")
+IMPORT_METHODS: Final = _EnumMirror(ImportMethod, resources_pb2.ImportMethod, "IMPORT_METHOD_")
+IMPORT_JOB_STATES: Final = _EnumMirror(
+    ImportJobState, resources_pb2.ImportJobState, "IMPORT_JOB_STATE_"
+)
 REVOCATION_REASONS: Final = _EnumMirror(
     RevocationReason, resources_pb2.RevocationReason, "REVOCATION_REASON_"
 )
@@ -186,6 +192,22 @@ def public_key_to_proto(info: PublicKeyInfo) -> resources_pb2.PublicKey:
         algorithm=ALGORITHMS.to_proto(info.algorithm),
         name=info.version_name,
         pem_crc32c=checksum(info.pem.encode("utf-8")),
+    )
+
+
+def import_job_to_proto(job: ImportJob, now: datetime) -> resources_pb2.ImportJob:
+    public = serialization.load_der_public_key(job.public_key_der)
+    pem = public.public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    ).decode("ascii")
+    return resources_pb2.ImportJob(
+        name=str(job.name),
+        import_method=IMPORT_METHODS.to_proto(job.method),
+        state=IMPORT_JOB_STATES.to_proto(job.state(now)),
+        create_time=timestamp(job.create_time),
+        expire_time=timestamp(job.expire_time),
+        public_key_der=job.public_key_der,
+        public_key_pem=pem,
     )
 
 

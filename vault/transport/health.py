@@ -119,10 +119,11 @@ class HealthProbe:
                     self._pending[name] = self._pools[name].submit(_passes, check)
         futures.wait(self._pending.values(), timeout=self._timeout)
         # A check still running counts as failed; it is asked again once it has answered.
+        # stop() cancels queued checks, and result() of a cancelled one would raise here.
         failing = {
             name
             for name, pending in self._pending.items()
-            if not (pending.done() and pending.result())
+            if not (pending.done() and not pending.cancelled() and pending.result())
         }
         if failing != self._failing:
             if failing:

@@ -22,6 +22,7 @@ from vault.domain.identity import (
     Grant,
     RateLimit,
 )
+from vault.domain.ports import AuditFilter
 from vault.gen.vault.v1 import (
     audit_service_pb2,
     audit_service_pb2_grpc,
@@ -31,7 +32,6 @@ from vault.gen.vault.v1 import (
 )
 from vault.service.audit import AuditLog
 from vault.service.identity import IdentityManagement
-from vault.service.ports import AuditFilter
 from vault.transport.convert import optional_time, timestamp
 
 _STATES = {

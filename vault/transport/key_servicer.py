@@ -11,15 +11,17 @@ import grpc
 
 from vault.domain.errors import InvalidArgument
 from vault.gen.vault.v1 import key_service_pb2, key_service_pb2_grpc, resources_pb2
+from vault.service.imports import KeyImports
 from vault.service.keys import KeyManagement
 from vault.service.revocations import RevocationFeeds
 from vault.transport import convert
 
 
 class KeyServicer(key_service_pb2_grpc.KeyServiceServicer):
-    def __init__(self, keys: KeyManagement, feeds: RevocationFeeds) -> None:
+    def __init__(self, keys: KeyManagement, feeds: RevocationFeeds, imports: KeyImports) -> None:
         self._keys = keys
         self._feeds = feeds
+        self._imports = imports
 
     def CreateKey(
         self, request: key_service_pb2.CreateKeyRequest, context: grpc.ServicerContext
@@ -131,3 +133,47 @@ class KeyServicer(key_service_pb2_grpc.KeyServiceServicer):
         context: grpc.ServicerContext,
     ) -> resources_pb2.Key:
         return convert.key_to_proto(self._keys.cancel_destruction(request.name))
+
+    def CreateImportJob(
+        self, request: key_service_pb2.CreateImportJobRequest, context: grpc.ServicerContext
+    ) -> resources_pb2.ImportJob:
+        imports = self._imports
+        method = convert.IMPORT_METHODS.from_proto(request.import_method, "import_method")
+        job = imports.create_import_job(request.parent, method)
+        return convert.import_job_to_proto(job, imports.now())
+
+    def GetImportJob(
+        self, request: key_service_pb2.GetImportJobRequest, context: grpc.ServicerContext
+    ) -> resources_pb2.ImportJob:
+        imports = self._imports
+        return convert.import_job_to_proto(imports.get_import_job(request.name), imports.now())
+
+    def ListImportJobs(
+        self, request: key_service_pb2.ListImportJobsRequest, context: grpc.ServicerContext
+    ) -> key_service_pb2.ListImportJobsResponse:
+        imports = self._imports
+        # Like ListKeyVersions: a key has few jobs, all in one page for now.
+        if request.page_size < 0:
+            raise InvalidArgument("page_size must not be negative", metadata={"field": "page_size"})
+        if request.page_token:
+            raise InvalidArgument("page_token is not valid", metadata={"field": "page_token"})
+        now = imports.now()
+        return key_service_pb2.ListImportJobsResponse(
+            import_jobs=[
+                convert.import_job_to_proto(job, now)
+                for job in imports.list_import_jobs(request.parent)
+            ]
+        )
+
+    def ImportKeyVersion(
+        self, request: key_service_pb2.ImportKeyVersionRequest, context: grpc.ServicerContext
+    ) -> resources_pb2.KeyVersion:
+        version = self._imports.import_key_version(
+            request.parent,
+            request.import_job,
+            convert.ALGORITHMS.from_proto(request.algorithm, "algorithm"),
+            request.wrapped_key,
+            request.public_key_der or None,
+            keep_primary=request.keep_primary,
+        )
+        return convert.version_to_proto(version)

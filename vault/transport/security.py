@@ -46,11 +46,11 @@ from vault.domain.identity import (
     required_access,
     resource_ref,
 )
+from vault.domain.ports import DiskReserve
 from vault.domain.signing import AUTHORIZATION_HEADER, BEARER_PREFIX, SCHEME
 from vault.logs import current_request_id
 from vault.service.audit import AuditLog
 from vault.service.authentication import Authenticator
-from vault.service.ports import DiskReserve
 from vault.transport.errors import MalformedRequest, is_vault_unary, outcome_of
 from vault.transport.observe import request_id_of
 
@@ -135,6 +135,9 @@ def resource_names(request: Message) -> list[str]:
         names.append(request.key.name)  # type: ignore[attr-defined]
     if "bucket" in fields and request.DESCRIPTOR.name == "UpdateBucketRequest":
         names.append(request.bucket.name)  # type: ignore[attr-defined]
+    if "import_job" in fields:
+        # ImportKeyVersion names its key (parent) and the job it unwraps with.
+        names.append(request.import_job)  # type: ignore[attr-defined]
     if "destination_key_name" in fields and request.destination_key_name:  # type: ignore[attr-defined]
         names.append(request.destination_key_name)  # type: ignore[attr-defined]
     return names

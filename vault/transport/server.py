@@ -20,7 +20,6 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from vault.app import Services
 from vault.config import Settings
 from vault.gen.vault.v1 import (
     audit_service_pb2,
@@ -44,6 +43,7 @@ from vault.transport.identity_servicer import AuditServicer, IdentityServicer
 from vault.transport.key_servicer import KeyServicer
 from vault.transport.observe import ObservingInterceptor
 from vault.transport.security import SecurityInterceptor
+from vault.transport.served import ServedServices
 from vault.transport.status_servicer import ServerFacts, StatusServicer
 from vault.transport.tls import ServerTls
 
@@ -162,7 +162,7 @@ class BuiltServer:
 
 
 def build_server(
-    services: Services,
+    services: ServedServices,
     settings: Settings,
     port_override: int | None = None,
     *,
@@ -180,7 +180,7 @@ def build_server(
 
 
 def build(
-    services: Services,
+    services: ServedServices,
     settings: Settings,
     port_override: int | None,
     *,
@@ -226,7 +226,7 @@ def build(
         ],
     )
     key_service_pb2_grpc.add_KeyServiceServicer_to_server(
-        KeyServicer(services.keys, services.feeds), server
+        KeyServicer(services.keys, services.feeds, services.imports), server
     )
     crypto_service_pb2_grpc.add_CryptoServiceServicer_to_server(
         CryptoServicer(services.crypto), server

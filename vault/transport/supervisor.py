@@ -4,7 +4,8 @@ The GIL starves PKCS#11 calls, so the vault serves from several worker processes
 the same port with SO_REUSEPORT and let the kernel spread connections (gRPC Python's
 multiprocessing example). PKCS#11 must be initialised in the process that uses it, after
 fork, so the supervising parent never opens the token or the store itself: start-up
-reconciliation runs in a child, and each worker builds its own services.
+reconciliation runs in a child, and each worker has the composition root (vault.app) build its
+own services.
 """
 
 from __future__ import annotations
@@ -24,7 +25,6 @@ from types import FrameType
 from typing import Final
 
 from vault import metrics
-from vault.app import StartupReport, build_services, prepare_and_reconcile
 from vault.config import Settings
 from vault.coordination.disk import DiskReserve, free_bytes
 from vault.coordination.limits import LimitsFileSpaceError, SharedLimits
@@ -37,9 +37,12 @@ from vault.metrics_exporter import (
     mark_worker_dead,
     prepare_directory,
 )
+from vault.service.imports import KeyImports
 from vault.service.keys import KeyManagement
+from vault.service.reconcile import StartupReport
 from vault.so_pin import refuse_to_serve_beside
 from vault.transport.errors import log_unexpected
+from vault.transport.served import BuildServices, PrepareStartup
 from vault.transport.server import (
     TLS_HINT,
     BuiltServer,
@@ -72,8 +75,17 @@ SHARED_NONCE_SLOTS: Final = 1 << 21
 # -- multi-process serving ------------------------------------------------------------------
 
 
-def serve(settings: Settings, data_lock: DataDirectoryLock | None = None) -> None:
+def serve(
+    settings: Settings,
+    data_lock: DataDirectoryLock | None = None,
+    *,
+    prepare: PrepareStartup,
+    build_services: BuildServices,
+) -> None:
     """Reconcile, then serve with settings.server.workers processes until SIGTERM or SIGINT.
+
+    prepare runs once, in a child, before the workers start; build_services runs in each
+    worker after fork (vault.app provides both).
 
     Prints "vault serving on ADDRESS (N workers, TLS)" once every worker serves, and returns
     after a signal once they have stopped. Raises TlsConfigError for TLS settings or files
@@ -86,13 +98,18 @@ def serve(settings: Settings, data_lock: DataDirectoryLock | None = None) -> Non
     it is released when serving ends either way.
     """
     try:
-        _check_and_serve(settings, data_lock)
+        _check_and_serve(settings, data_lock, prepare, build_services)
     finally:
         if data_lock is not None:
             data_lock.release()
 
 
-def _check_and_serve(settings: Settings, data_lock: DataDirectoryLock | None) -> None:
+def _check_and_serve(
+    settings: Settings,
+    data_lock: DataDirectoryLock | None,
+    prepare: PrepareStartup,
+    build_services: BuildServices,
+) -> None:
     refuse_to_serve_beside(settings)  # the SO PIN: never beside a serving token
     tls = load_tls(settings)
     address = ListenAddress.parse(settings.server.listen, tls=tls is not None)
@@ -121,7 +138,7 @@ def _check_and_serve(settings: Settings, data_lock: DataDirectoryLock | None) ->
     lock = data_lock or lock_for(settings)
     try:
         ensure_port_free(address)
-        _serve_locked(settings, address, tls)
+        _serve_locked(settings, address, tls, prepare, build_services)
     finally:
         lock.release()  # releasing twice is harmless
 
@@ -133,9 +150,15 @@ def lock_for(settings: Settings) -> DataDirectoryLock:
     )
 
 
-def _serve_locked(settings: Settings, address: ListenAddress, tls: ServerTls | None) -> None:
+def _serve_locked(
+    settings: Settings,
+    address: ListenAddress,
+    tls: ServerTls | None,
+    prepare: PrepareStartup,
+    build_services: BuildServices,
+) -> None:
     context = multiprocessing.get_context("fork")
-    _reconcile_in_child(context, settings)
+    _reconcile_in_child(context, settings, prepare)
     if settings.auth.enabled:
         _prepare_shared_limits(settings)
     else:
@@ -144,7 +167,7 @@ def _serve_locked(settings: Settings, address: ListenAddress, tls: ServerTls | N
         )
     reserve = DiskReserve(settings.disk_reserve_file, settings.store.disk_reserve_bytes)
     _reserve_disk_space(reserve)
-    _Supervisor(context, settings, address, tls, reserve).run()
+    _Supervisor(context, settings, address, tls, reserve, build_services).run()
 
 
 def _start_exporter(settings: Settings, supervisor: _Supervisor) -> MetricsExporter | None:
@@ -214,10 +237,13 @@ def load_tls(settings: Settings) -> ServerTls | None:
     return load_server_tls(files)
 
 
-def _reconcile_in_child(context: ForkContext, settings: Settings) -> None:
+def _reconcile_in_child(context: ForkContext, settings: Settings, prepare: PrepareStartup) -> None:
     receive, send = context.Pipe(duplex=False)
     child = context.Process(
-        target=_reconcile_main, args=(settings, send), name="vault-reconcile", daemon=True
+        target=_reconcile_main,
+        args=(settings, prepare, send),
+        name="vault-reconcile",
+        daemon=True,
     )
     child.start()
     send.close()
@@ -236,10 +262,14 @@ def _reconcile_in_child(context: ForkContext, settings: Settings) -> None:
         )
 
 
-def _reconcile_main(settings: Settings, report_to: multiprocessing.connection.Connection) -> None:
+def _reconcile_main(
+    settings: Settings,
+    prepare: PrepareStartup,
+    report_to: multiprocessing.connection.Connection,
+) -> None:
     _reset_signals()
     try:
-        startup = prepare_and_reconcile(settings)
+        startup = prepare(settings)
     except VaultError as error:
         # Expected (a wrong PIN, no token, the store unreachable): the message says what to
         # fix, and a traceback would only bury it.
@@ -301,8 +331,10 @@ class _Supervisor:
         address: ListenAddress,
         tls: ServerTls | None,
         reserve: DiskReserve,
+        build_services: BuildServices,
     ) -> None:
         self._context = context
+        self._build_services = build_services
         self._settings = settings
         self._address = address
         self._tls = tls
@@ -385,6 +417,7 @@ class _Supervisor:
                 sender,
                 os.getpid(),
                 self._started_at,
+                self._build_services,
             ),
             name=f"vault-worker-{slot.index}",
         )
@@ -549,6 +582,7 @@ def _worker_main(
     ready: multiprocessing.connection.Connection,
     parent_pid: int,
     started_at: float,
+    build_services: BuildServices,
 ) -> None:
     _reset_signals()
     stop = threading.Event()
@@ -584,7 +618,13 @@ def _worker_main(
             reserve = DiskReserve(settings.disk_reserve_file, settings.store.disk_reserve_bytes)
             threading.Thread(
                 target=_destroy_due_keys_forever,
-                args=(services.keys, settings.keys.destroy_check_seconds, stop, reserve),
+                args=(
+                    services.keys,
+                    settings.keys.destroy_check_seconds,
+                    stop,
+                    reserve,
+                    services.imports,
+                ),
                 name="vault-destroy-due-keys",
                 daemon=True,
             ).start()
@@ -610,10 +650,15 @@ def drain(built: BuiltServer, grace: float) -> None:
 
 
 def _destroy_due_keys_forever(
-    keys: KeyManagement, interval: float, stop: threading.Event, reserve: DiskReserve
+    keys: KeyManagement,
+    interval: float,
+    stop: threading.Event,
+    reserve: DiskReserve,
+    imports: KeyImports | None = None,
 ) -> None:
-    """Destroy keys whose waiting period ended, until stop; one worker does this. Not while
-    the disk is full: destroying is a change like any other."""
+    """Destroy keys whose waiting period ended, and the private keys of expired import jobs,
+    until stop; one worker does this. Not while the disk is full: destroying is a change
+    like any other."""
     while True:
         # The next round retries; a failing store or token must not end the loop.
         try:
@@ -621,6 +666,8 @@ def _destroy_due_keys_forever(
                 destroyed = keys.destroy_due_keys()
                 if destroyed:
                     log.info("destroyed %d keys whose waiting period ended", len(destroyed))
+                if imports is not None:
+                    imports.destroy_expired_jobs()
         except DiskFull:
             reserve.release()
         except VaultError as error:

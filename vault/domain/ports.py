@@ -13,7 +13,9 @@ from typing import Protocol
 from vault.domain.algorithms import Algorithm
 from vault.domain.audit import ArchiveMarker, AuditEvent, AuditRecord, Checkpoint
 from vault.domain.buckets import Bucket, BucketFilter
+from vault.domain.ceremony import RootInfo, TokenIdentity, TransportKey, WrappedRoot
 from vault.domain.identity import AccessKey, Account, ApiKey, UsageCount
+from vault.domain.imports import ImportJob, ImportJobName, ImportMethod
 from vault.domain.models import Key, KeyFilter, KeyVersion, Page, Revocation, RootGeneration
 from vault.domain.names import BucketName, KeyName, KeyVersionName
 
@@ -102,6 +104,98 @@ class KeyStore(Protocol):
         self, version: KeyVersion, algorithm: Algorithm, data: bytes, mac: bytes
     ) -> bool: ...
 
+    def import_key_labels(self) -> set[str]:
+        """Labels of the import jobs' private keys in the token."""
+        ...
+
+    def create_import_key(self, method: ImportMethod, token_label: str) -> bytes:
+        """Make an import job's key pair: the private half a token object under token_label
+        (UNWRAP only, not extractable), the public half returned as DER SubjectPublicKeyInfo
+        and not kept."""
+        ...
+
+    def import_material(
+        self,
+        token_label: str,
+        method: ImportMethod,
+        algorithm: Algorithm,
+        wrapped: bytes,
+        public_key_der: bytes | None,
+    ) -> GeneratedMaterial:
+        """Unwrap material wrapped for the import job under token_label inside the token,
+        check that it is a key of algorithm (for an EC key, that public_key_der is its public
+        key), and wrap it under the current root like a generated version. ImportFailed for
+        anything that does not unwrap as such a key."""
+        ...
+
+
+class ImportJobStore(Protocol):
+    """Import jobs of keys (vault.domain.imports)."""
+
+    def create_import_job(self, job: ImportJob) -> ImportJob: ...
+
+    def get_import_job(self, name: ImportJobName) -> ImportJob | None: ...
+
+    def list_import_jobs(self, key: KeyName) -> list[ImportJob]:
+        """The key's jobs, newest first."""
+        ...
+
+    def import_jobs_due(self, now: datetime) -> list[ImportJob]:
+        """Jobs whose private key is still in the token though the job expired or its key
+        was destroyed."""
+        ...
+
+    def mark_import_job_destroyed(self, name: ImportJobName, now: datetime) -> None: ...
+
+    def import_job_labels(self) -> set[str]:
+        """Token labels of the jobs whose private key has not been destroyed."""
+        ...
+
+
+class CeremonyToken(Protocol):
+    """The token as a key ceremony uses it, logged in as user (vault.hsm.ceremony). The SO's
+    one step, trusting a transport key, happens before and apart from this."""
+
+    def identity(self) -> TokenIdentity: ...
+
+    def ceremony_public_key(self, *, create: bool = True) -> bytes:
+        """DER public key of the token's ceremony signing key (created at first use unless
+        not create; NotFound then)."""
+        ...
+
+    def sign(self, payload: bytes) -> bytes:
+        """DER ECDSA-P256-SHA256 signature by the ceremony signing key."""
+        ...
+
+    def create_transport_key(self, name: str, bits: int) -> TransportKey: ...
+
+    def transport_key(self, name: str) -> TransportKey: ...
+
+    def trusted_key(self, name: str) -> TransportKey: ...
+
+    def roots(self) -> list[RootInfo]: ...
+
+    def wrap_roots(self, trusted_name: str) -> list[WrappedRoot]:
+        """Every root under the trusted key; KeyNotWrappable unless the SO trusted it."""
+        ...
+
+    def unwrap_root(self, transport_name: str, root: WrappedRoot) -> RootInfo: ...
+
+    def destroy_root(self, label: str) -> None: ...
+
+    def new_root_generation(self, above: int) -> int:
+        """Create a generation of roots numbered above `above` and every one in the token
+        (or complete the newest, if an interrupted run left it without some families)."""
+        ...
+
+    def current_generation(self) -> int | None:
+        """The generation new key versions go under."""
+        ...
+
+    def destroy_transport_key(self, name: str) -> None: ...
+
+    def root_generations(self) -> dict[int, frozenset[str | None]]: ...
+
 
 class MetadataStore(Protocol):
     """Accounts' keys, versions and states. Updates are optimistic: they name the etag they
@@ -124,9 +218,10 @@ class MetadataStore(Protocol):
         it with the new etag."""
         ...
 
-    def add_version(self, key: Key, version: KeyVersion) -> Key:
+    def add_version(self, key: Key, version: KeyVersion, *, make_primary: bool = True) -> Key:
         """Append a version and bump the key's etag, atomically; an ENABLED version becomes
-        primary at once, a PENDING one when activate_version enables it."""
+        primary at once (unless make_primary is False), a PENDING one when activate_version
+        enables it."""
         ...
 
     def activate_version(self, version: KeyVersion) -> Key:
@@ -186,6 +281,16 @@ class MetadataStore(Protocol):
     def add_root_generation(self, root: RootGeneration) -> None: ...
 
     def list_root_generations(self) -> list[RootGeneration]: ...
+
+    def versions_per_root_generation(self) -> dict[int, int]:
+        """Versions holding material (not DESTROYED) per root generation that wraps them."""
+        ...
+
+    def versions_under_root_generation(self, generation: int) -> list[KeyVersion]: ...
+
+    def retire_root_generation(self, generation: int) -> None:
+        """Mark a generation retired (its roots are gone from the token)."""
+        ...
 
 
 class BucketStore(Protocol):

@@ -21,12 +21,6 @@ def hash_algorithm(name: HashName) -> hashes.HashAlgorithm:
     return _HASHES[name]()
 
 
-def digest(name: HashName, data: bytes) -> bytes:
-    hasher = hashes.Hash(hash_algorithm(name))
-    hasher.update(data)
-    return hasher.finalize()
-
-
 def verify_signature(
     algorithm: Algorithm, public_key_der: bytes, data: bytes, prehashed: bool, signature: bytes
 ) -> bool:

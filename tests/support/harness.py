@@ -18,7 +18,7 @@ from typing import Any, Final
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 # The settings every test vault runs with (the benchmark passes its own): destruction without
 # the waiting period, checked often, and two worker processes.
@@ -28,20 +28,9 @@ TEST_SETTINGS: Final[Mapping[str, str]] = {
     "VAULT_SERVER__WORKERS": "2",
 }
 
-_PROVISION = (
-    "from vault.config import Settings\n"
-    "from vault.hsm.provision import provision\n"
-    "from vault.storage import open_store\n"
-    "settings = Settings()\n"
-    "store = open_store(settings.store.url)\n"
-    "provision(settings, store)\n"
-    "store.close()\n"
-)
-_SERVE = (
-    "from vault.config import Settings\n"
-    "from vault.transport.supervisor import serve\n"
-    "serve(Settings())\n"
-)
+_PROVISION = "from vault.app import provision_token\nfrom vault.config import Settings\n"
+_PROVISION += "provision_token(Settings())\n"
+_SERVE = "from vault.config import Settings\nfrom vault.app import serve\nserve(Settings())\n"
 
 # Prints the token's vault key labels and the store's versions of the keys named on stdin.
 _INVENTORY = """

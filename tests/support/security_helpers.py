@@ -19,8 +19,8 @@ from uuid import uuid4
 import grpc
 import pytest
 
-from tests.api_calls import expect_error
-from tests.harness import VaultServer, provision
+from tests.support.api_calls import expect_error
+from tests.support.harness import VaultServer, provision
 from vault.client import AccessKeyCredentials, ApiKeyCredentials, VaultClient, VaultClientError
 from vault.domain.signing import AUTHORIZATION_HEADER, sign_request
 

@@ -208,16 +208,17 @@ class SqlMetadataStore:
             _bump_etag(c, key, values)
             return _reread_key(c, key.name)
 
-    def add_version(self, key: Key, version: KeyVersion) -> Key:
+    def add_version(self, key: Key, version: KeyVersion, *, make_primary: bool = True) -> Key:
         """Append a version and bump the key's etag, atomically; an ENABLED version becomes
-        primary at once, a PENDING one when activate_version enables it."""
+        primary at once (unless make_primary is False), a PENDING one when activate_version
+        enables it."""
         _require_same_key(key, version)
         version_values = version_row(version)
         # Adding a version changes the key, so its update time moves to the version's
         # creation unless the caller already gave a later one.
         update_time = max(aware(key.update_time), aware(version.create_time))
         values: dict[str, Any] = {"update_time": update_time}
-        if version.state is VersionState.ENABLED:
+        if version.state is VersionState.ENABLED and make_primary:
             values["primary_version"] = version.number
         with guarded_transaction(
             self._engine,
@@ -565,6 +566,41 @@ class SqlMetadataStore:
             for row in rows
         ]
 
+    def versions_per_root_generation(self) -> dict[int, int]:
+        """How many versions holding material (not DESTROYED) each root generation wraps."""
+        query = (
+            select(key_versions.c.root_generation, func.count())
+            .where(
+                key_versions.c.root_generation.is_not(None),
+                key_versions.c.state != VersionState.DESTROYED.value,
+            )
+            .group_by(key_versions.c.root_generation)
+        )
+        with guarded_transaction(self._engine, self._serial, write=False) as c:
+            return {int(gen): int(count) for gen, count in c.execute(query).all()}
+
+    def versions_under_root_generation(self, generation: int) -> list[KeyVersion]:
+        """The versions holding material that generation's roots wrap, by key and number."""
+        query = (
+            select(key_versions)
+            .where(
+                key_versions.c.root_generation == generation,
+                key_versions.c.state != VersionState.DESTROYED.value,
+            )
+            .order_by(key_versions.c.account, key_versions.c.key_id, key_versions.c.version)
+        )
+        with guarded_transaction(self._engine, self._serial, write=False) as c:
+            rows = c.execute(query).mappings().all()
+        return [to_version(row) for row in rows]
+
+    def retire_root_generation(self, generation: int) -> None:
+        with guarded_transaction(self._engine, self._serial, write=True) as c:
+            c.execute(
+                update(root_generations)
+                .where(root_generations.c.generation == generation)
+                .values(retired=True)
+            )
+
     # --- plumbing ---------------------------------------------------------------------------
 
     def _explain_duplicate(self, key: Key) -> VaultError:
@@ -780,7 +816,7 @@ def _decode_page_token(token: str) -> str:
 
 
 if TYPE_CHECKING:
-    from vault.service.ports import MetadataStore
+    from vault.domain.ports import MetadataStore
 
     # Makes mypy prove that the class satisfies the port it implements.
     _PORT_CHECK: type[MetadataStore] = SqlMetadataStore

@@ -1,5 +1,6 @@
-"""AuditStore over SQLAlchemy Core: the hash-chained audit log, its signed checkpoints, and the
-usage counters and last-used times written in the same transaction as each batch of records.
+"""The audit chain in the store: hash-chained records appended after the current head, with
+the usage counters and last-used times written in the same transaction as each batch, and
+the records read back (all of them in order, or filtered a page at a time).
 
 Every append reads the head of the chain and writes the next records, so appends must take
 turns across all processes sharing the database. SQLite would order them itself, but its busy
@@ -11,18 +12,15 @@ and only then begin the write transaction, which then seldom has to wait.
 
 from __future__ import annotations
 
-import fcntl
 import os
 import re
 import sqlite3
 import threading
 import time
-import weakref
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager, suppress
+from contextlib import suppress
 from datetime import datetime
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from sqlalchemy import (
     BigInteger,
@@ -34,7 +32,6 @@ from sqlalchemy import (
     Table,
     Update,
     bindparam,
-    delete,
     func,
     insert,
     or_,
@@ -43,29 +40,15 @@ from sqlalchemy import (
     type_coerce,
     update,
 )
-from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from vault import metrics
-from vault.domain.audit import (
-    GENESIS_HASH,
-    ArchiveMarker,
-    AuditEvent,
-    AuditRecord,
-    Checkpoint,
-    chain,
-)
+from vault.domain.audit import GENESIS_HASH, AuditEvent, AuditRecord, chain
 from vault.domain.errors import AuditUnavailable, DiskFull, InvalidArgument
 from vault.domain.identity import is_access_key_id
 from vault.domain.models import Page
-from vault.service.ports import AuditFilter, AuditHead
-from vault.storage.engine import (
-    SQLITE_BUSY_TIMEOUT_MS,
-    is_sqlite,
-    is_sqlite_memory,
-    is_sqlite_uri,
-    read_transaction,
-    write_transaction,
-)
+from vault.domain.ports import AuditFilter, AuditHead
+from vault.storage.audit_locks import AppendLock, lock_path
+from vault.storage.engine import SQLITE_BUSY_TIMEOUT_MS, write_transaction
 from vault.storage.paging import clamp_page_size, decode_page_token, encode_page_token
 from vault.storage.tables import (
     UtcDateTime,
@@ -78,18 +61,8 @@ from vault.storage.tables import (
     to_micros,
     usage_counters,
 )
-from vault.storage.transactions import (
-    aware,
-    is_disk_full,
-    new_serial_lock,
-    serialised,
-    unavailable,
-)
+from vault.storage.transactions import aware, guarded_transaction, is_disk_full, serialised
 
-LOCK_SUFFIX = ".audit-lock"
-# Checkpointers take turns on their own lock, not the append lock: checking the chain since
-# the anchor must not hold up the appends of every request meanwhile.
-CHECKPOINT_LOCK_SUFFIX = ".audit-checkpoint-lock"
 # Rows per query when streaming the whole log: bounded memory, few round trips.
 READ_BATCH = 1000
 _SEQ_TOKEN_RE = re.compile(r"[0-9]{1,19}")
@@ -150,15 +123,13 @@ _TOUCH_API_KEY = _touch(api_keys, api_keys.c.api_key_id)
 _LOCK_AUDIT_TABLE = text("LOCK TABLE audit_events IN EXCLUSIVE MODE")
 
 
-class SqlAuditStore:
-    """The vault's AuditStore. One instance per process, shared by all request threads."""
+class AuditChain:
+    """The chain's records: appends and reads. One instance per process (in SqlAuditStore)."""
 
-    def __init__(self, engine: Engine, *, serial: threading.Lock | None = None) -> None:
+    def __init__(self, engine: Engine, serial: threading.Lock | None) -> None:
         self._engine = engine
-        # See SqlMetadataStore: stores sharing an in-memory engine must share this lock.
-        self._serial = serial if serial is not None else new_serial_lock(engine)
+        self._serial = serial
         self._append_lock = AppendLock(lock_path(engine))
-        self._checkpoint_lock = AppendLock(lock_path(engine, CHECKPOINT_LOCK_SUFFIX))
         self._lock_table = engine.dialect.name == "postgresql"
         path = lock_path(engine)
         self._sqlite_file = (
@@ -167,17 +138,10 @@ class SqlAuditStore:
             else None
         )
 
-    def __repr__(self) -> str:
-        return f"SqlAuditStore({self._engine.url.render_as_string(hide_password=True)!r})"
-
     def close(self) -> None:
-        """Close the lock file and every pooled connection of the engine (shared with the other
-        stores). The store must not be used afterwards."""
         self._append_lock.close()
-        self._checkpoint_lock.close()
         if self._sqlite_file is not None:
             self._sqlite_file.close()
-        self._engine.dispose()
 
     # --- appending --------------------------------------------------------------------------
 
@@ -262,105 +226,12 @@ class SqlAuditStore:
             checkpoint_time=None if checkpoint is None else checkpoint[1],
         )
 
-    # --- checkpoints ------------------------------------------------------------------------
-
-    @contextmanager
-    def checkpoint_lock(self, *, wait: bool = True) -> Iterator[bool]:
-        """Threads of this process, then processes sharing a SQLite file, take turns; yields
-        whether the lock is held (always, if wait). A server database shared by several hosts
-        has no file to lock: there the turns are per host, and the token's anchor only ever
-        moves forward."""
-        with self._checkpoint_lock.attempt(wait=wait) as held:
-            yield held
-
-    def add_checkpoint(self, checkpoint: Checkpoint) -> None:
-        """Record a signed checkpoint; a second one for the same head is ignored."""
-        row = {
-            "head_seq": checkpoint.head_seq,
-            "head_hash": checkpoint.head_hash,
-            "signed_at": aware(checkpoint.signed_at),
-            "signature": checkpoint.signature,
-            "key_label": checkpoint.key_label,
-        }
-        exists = select(audit_checkpoints.c.head_seq).where(
-            audit_checkpoints.c.head_seq == checkpoint.head_seq
-        )
-        try:
-            with serialised(self._serial), write_transaction(self._engine) as c:
-                if c.execute(exists).first() is None:
-                    c.execute(insert(audit_checkpoints).values(**row))
-        except IntegrityError:
-            # Another writer of a server database recorded the same head meanwhile.
-            return
-        except SQLAlchemyError as exc:
-            raise unavailable(exc) from exc
-
-    def audit_checkpoints(self) -> list[Checkpoint]:
-        query = select(audit_checkpoints).order_by(audit_checkpoints.c.head_seq)
-        with self._reading() as c:
-            rows = c.execute(query).mappings().all()
-        return [
-            Checkpoint(
-                head_seq=int(row["head_seq"]),
-                head_hash=bytes(row["head_hash"]),
-                signed_at=row["signed_at"],
-                signature=bytes(row["signature"]),
-                key_label=row["key_label"],
-            )
-            for row in rows
-        ]
-
-    # --- archives ---------------------------------------------------------------------------
+    # --- reading ----------------------------------------------------------------------------
 
     def audit_head(self) -> tuple[int, bytes]:
-        with self._reading() as c:
+        with guarded_transaction(self._engine, self._serial, write=False) as c:
             row = c.execute(_HEAD).first() or c.execute(_MARKER_HEAD).first()
         return (0, GENESIS_HASH) if row is None else (int(row[0]), _head_hash(row[1]))
-
-    def audit_archive_markers(self) -> list[ArchiveMarker]:
-        """Every archive marker, oldest first; the last is where the stored chain starts."""
-        query = select(audit_archive_markers).order_by(audit_archive_markers.c.through_seq)
-        with self._reading() as c:
-            rows = c.execute(query).mappings().all()
-        return [
-            ArchiveMarker(
-                through_seq=int(row["through_seq"]),
-                through_hash=bytes(row["through_hash"]),
-                archived_at=row["archived_at"],
-                record_count=int(row["record_count"]),
-                signature=bytes(row["signature"]),
-                key_label=row["key_label"],
-            )
-            for row in rows
-        ]
-
-    def archive_audit(self, marker: ArchiveMarker) -> int:
-        """In one transaction: add marker, and delete the records and checkpoints up to its
-        seq. Returns the records deleted."""
-        row = {
-            "through_seq": marker.through_seq,
-            "through_hash": marker.through_hash,
-            "archived_at": aware(marker.archived_at),
-            "record_count": marker.record_count,
-            "signature": marker.signature,
-            "key_label": marker.key_label,
-        }
-        try:
-            with serialised(self._serial), write_transaction(self._engine) as c:
-                c.execute(insert(audit_archive_markers).values(**row))
-                deleted = c.execute(
-                    delete(audit_events).where(audit_events.c.seq <= marker.through_seq)
-                ).rowcount
-                c.execute(
-                    delete(audit_checkpoints).where(
-                        audit_checkpoints.c.head_seq <= marker.through_seq
-                    )
-                )
-        except SQLAlchemyError as exc:
-            raise unavailable(exc) from exc
-        return int(deleted)
-
-    # --- reading ----------------------------------------------------------------------------
 
     def audit_records(self, after: int = 0) -> Iterator[AuditRecord]:
         """Every record with a seq above after as stored, in ascending seq order, read
@@ -378,7 +249,7 @@ class SqlAuditStore:
             .limit(batch)
         )
         while True:
-            with self._reading() as c:
+            with guarded_transaction(self._engine, self._serial, write=False) as c:
                 rows = c.execute(query, {"after": after}).mappings().all()
             for row in rows:
                 yield _to_record(row)
@@ -397,97 +268,11 @@ class SqlAuditStore:
         query = (
             select(*_RECORD_COLUMNS).where(*clauses).order_by(audit_events.c.seq).limit(size + 1)
         )
-        with self._reading() as c:
+        with guarded_transaction(self._engine, self._serial, write=False) as c:
             rows = c.execute(query).mappings().all()
         items = [_to_record(row) for row in rows[:size]]
         next_token = encode_page_token(str(items[-1].seq)) if len(rows) > size else ""
         return Page(items=items, next_page_token=next_token)
-
-    # --- plumbing ---------------------------------------------------------------------------
-
-    @contextmanager
-    def _reading(self) -> Iterator[Connection]:
-        try:
-            with serialised(self._serial), read_transaction(self._engine) as conn:
-                yield conn
-        except SQLAlchemyError as exc:
-            raise unavailable(exc) from exc
-
-
-class AppendLock:
-    """Mutual exclusion of appenders: a threading.Lock among the threads of this process, then
-    an exclusive flock of a lock file among processes (when there is a file: a SQLite database
-    in memory lives in one process, and a server database is locked by SQL instead).
-
-    Each process opens the lock file itself. A forked child inherits the descriptor, but an
-    flock belongs to the open file description, which parent and child would then share:
-    locking it would not exclude one from the other.
-    """
-
-    def __init__(self, path: Path | None) -> None:
-        self._path = path
-        self._threads = threading.Lock()
-        self._fd = -1
-        self._pid = 0
-        _reset_in_forked_children(self)
-
-    @property
-    def path(self) -> Path | None:
-        return self._path
-
-    @contextmanager
-    def held(self) -> Iterator[None]:
-        with self.attempt(wait=True):
-            yield
-
-    @contextmanager
-    def attempt(self, *, wait: bool) -> Iterator[bool]:
-        """The lock if it can be had (at once, unless wait): yields whether it is held."""
-        if not self._threads.acquire(blocking=wait):
-            yield False
-            return
-        try:
-            if self._path is None:
-                yield True
-                return
-            fd = self._descriptor(self._path)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                yield False
-                return
-            try:
-                yield True
-            finally:
-                fcntl.flock(fd, fcntl.LOCK_UN)
-        finally:
-            self._threads.release()
-
-    def close(self) -> None:
-        with self._threads:
-            if self._fd >= 0 and self._pid == os.getpid():
-                os.close(self._fd)
-            self._fd = -1
-            self._pid = 0
-
-    def _descriptor(self, path: Path) -> int:
-        pid = os.getpid()
-        if self._fd < 0 or self._pid != pid:
-            # 0600 like the database: the file holds nothing, but nobody else may lock it.
-            self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-            self._pid = pid
-        return self._fd
-
-    def _after_fork(self) -> None:
-        # Runs in the child alone, right after fork: the parent's threads are gone, and one
-        # may have been holding the thread lock. The inherited descriptor is dropped (closing
-        # this copy leaves the parent's lock alone); the child opens its own on first use.
-        self._threads = threading.Lock()
-        if self._fd >= 0:
-            with suppress(OSError):
-                os.close(self._fd)
-        self._fd = -1
-        self._pid = 0
 
 
 class _SqliteFileAppender:
@@ -633,28 +418,6 @@ def _record_values(record: AuditRecord) -> tuple[Any, ...]:
     )
 
 
-def lock_path(engine: Engine, suffix: str = LOCK_SUFFIX) -> Path | None:
-    """The append lock file (or another lock file, by suffix) of a SQLite database file, else
-    None."""
-    url = engine.url
-    if not is_sqlite(url) or is_sqlite_memory(url) or is_sqlite_uri(url) or not url.database:
-        return None
-    # Absolute now, so a later chdir cannot make two processes lock different files.
-    return Path(url.database + suffix).absolute()
-
-
-def _reset_in_forked_children(lock: AppendLock) -> None:
-    # A weak reference so the hook does not keep the lock (and its store) alive.
-    ref = weakref.ref(lock)
-
-    def _after_fork() -> None:
-        forked = ref()
-        if forked is not None:
-            forked._after_fork()
-
-    os.register_at_fork(after_in_child=_after_fork)
-
-
 def _record_row(record: AuditRecord) -> dict[str, Any]:
     event = record.event
     return {
@@ -752,10 +515,3 @@ def _decode_seq_token(token: str) -> int:
     if not _SEQ_TOKEN_RE.fullmatch(value):
         raise InvalidArgument("malformed page token", metadata={"field": "page_token"})
     return int(value)
-
-
-if TYPE_CHECKING:
-    from vault.service.ports import AuditStore
-
-    # Makes mypy prove that the class satisfies the port it implements.
-    _PORT_CHECK: type[AuditStore] = SqlAuditStore
