@@ -74,3 +74,21 @@ def test_the_cache_holds_at_most_its_size_and_destroys_what_it_evicts(
         pass
     else:
         raise AssertionError("an evicted key object is still in the token")
+
+
+def test_threads_use_one_shared_object_at_the_same_time(keystore: Pkcs11KeyStore) -> None:
+    # Each call runs in its own thread's session: one operation per session, many per object.
+    version = generated_version(keystore, AES)
+
+    def round_trips(index: int) -> bool:
+        for n in range(100):
+            nonce = index.to_bytes(4, "big") + n.to_bytes(8, "big")
+            plaintext = f"thread {index} call {n}".encode()
+            sealed = keystore.encrypt_gcm(version, AES, nonce, plaintext, b"")
+            if keystore.decrypt_gcm(version, AES, nonce, sealed, b"") != plaintext:
+                return False
+        return True
+
+    with ThreadPoolExecutor(max_workers=8) as threads:
+        assert all(threads.map(round_trips, range(8)))
+    assert keystore._handles.cached(str(version.name)) is not None
