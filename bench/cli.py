@@ -13,6 +13,7 @@ from pathlib import Path
 from types import FrameType
 
 from bench import ops as bench_ops
+from bench import scale
 from bench.buckets import BUCKET_PREFIX, add_arguments, workload_from
 from bench.report import print_report, write_results
 from bench.run import Config, run
@@ -151,6 +152,14 @@ def parse_args(argv: Sequence[str] | None) -> Config:
         help="run the server workers under cProfile; writes DIR/workers-N-PATH/worker-PID.prof "
         "(slows the vault: do not compare its numbers with an unprofiled run)",
     )
+    parser.add_argument(
+        "--scale-sizes",
+        type=scale.parse_sizes,
+        default=None,
+        metavar="N,N,...",
+        help="key counts of the millions-of-keys workload (bench/scale.py); default "
+        f"${scale.SIZES_ENV}, else 1000,100000; 0 turns it off",
+    )
     args = parser.parse_args(argv)
     if args.seconds <= 0 or args.rounds < 1 or args.client_procs < 1 or args.server_threads < 1:
         parser.error("--seconds, --rounds, --client-procs and --server-threads must be positive")
@@ -175,6 +184,9 @@ def parse_args(argv: Sequence[str] | None) -> Config:
         vault_root=args.vault_root.resolve(),
         profile=args.profile,
         buckets=buckets,
+        scale_sizes=(
+            args.scale_sizes if args.scale_sizes is not None else scale.sizes_from_environment()
+        ),
     )
 
 
@@ -191,6 +203,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     stack = ExitStack()
     try:
         results = run(config, stack)
+        scale_rows = scale.measure(config.scale_sizes, vault_root=config.vault_root)
     except KeyboardInterrupt:
         print("\ninterrupted: stopping the servers and removing the temporary token", flush=True)
         return 130
@@ -206,7 +219,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     rows = results.rows
     print_report(rows, results.buckets)
+    if scale_rows:
+        print(
+            "\nmillions of keys (bench/scale.py): uniform random access, p50 against the smallest"
+        )
+        scale.print_rows(scale_rows)
     write_results(rows, config.out, results.buckets)
+    scale.merge_into(config.out, scale_rows)
     print(f"\nwrote {config.out} ({time.monotonic() - started:.0f} s)")
     errors = sum(row.errors for row in rows)
     if errors:

@@ -218,6 +218,7 @@ class Config:
     vault_root: Path
     profile: Path | None
     buckets: Workload | None = None  # the bucket workload (bench/buckets.py), if run
+    scale_sizes: list[int] = field(default_factory=list)  # bench/scale.py; empty: not run
 
 
 @dataclass(slots=True)

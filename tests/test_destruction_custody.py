@@ -65,41 +65,37 @@ def test_every_worker_thread_drops_a_destroyed_versions_handle_on_its_next_reque
     version = f"{doomed}/versions/1"
     threads = [ThreadPoolExecutor(max_workers=1) for _ in range(WORKER_THREADS)]
 
-    def open_and_keep_handle() -> Any:
+    def decrypt_doomed() -> None:
         assert worker.decrypt(doomed, ciphertext, b"").data == b"gone with the key"
-        return keystore._library.context().extra["handles"][version]
-
-    def handle_alive(handle: Any) -> Callable[[], bool]:
-        def check() -> bool:
-            try:
-                return bool(handle[Attribute.CLASS] == ObjectClass.SECRET_KEY)
-            except exceptions.ObjectHandleInvalid:
-                return False
-
-        return check
 
     try:
-        handles = [in_thread(thread, open_and_keep_handle) for thread in threads]
+        for thread in threads:
+            in_thread(thread, decrypt_doomed)
+        # One unwrapped object serves every thread of the process.
+        handle = keystore._handles.cached(version)
+        assert handle is not None
         client.schedule_key_destruction(doomed, timedelta(0))
         wait_destroyed(client, doomed)
-        # Destroyed in the server; until they serve a request, this worker's threads still
-        # hold the unwrapped key (what a TTL alone would leave for minutes).
-        assert all(
-            in_thread(thread, handle_alive(handle))
-            for thread, handle in zip(threads, handles, strict=True)
-        )
-        for thread, handle in zip(threads, handles, strict=True):
-            # The next request, on another key, is enough.
-            in_thread(thread, lambda: worker.encrypt(other, b"next request", b""))
-            assert not in_thread(thread, handle_alive(handle))
-            assert version not in in_thread(
-                thread, lambda: dict(keystore._library.context().extra["handles"])
-            )
+        # Destroyed in the server; until this worker serves a request, it still holds the
+        # unwrapped key (what a TTL alone would leave for minutes).
+        assert handle_alive(handle)
+        # The next request of any thread, on another key, is enough.
+        in_thread(threads[0], lambda: worker.encrypt(other, b"next request", b""))
+        assert not handle_alive(handle)
+        assert keystore._handles.cached(version) is None
+        for thread in threads:
             with pytest.raises(WrongState):
                 in_thread(thread, lambda: worker.decrypt(doomed, ciphertext, b""))
     finally:
         for thread in threads:
             thread.shutdown()
+
+
+def handle_alive(handle: Any) -> bool:
+    try:
+        return bool(handle[Attribute.CLASS] == ObjectClass.SECRET_KEY)
+    except exceptions.ObjectHandleInvalid:
+        return False
 
 
 def test_a_disabled_keys_handles_are_dropped_too(
@@ -110,11 +106,10 @@ def test_a_disabled_keys_handles_are_dropped_too(
     other = client.create_key(account, new_id(), "ENCRYPT_DECRYPT").name
     with ThreadPoolExecutor(max_workers=1) as thread:
         in_thread(thread, lambda: worker.encrypt(key, b"x", b""))
-        handles = in_thread(thread, lambda: keystore._library.context().extra["handles"])
-        assert f"{key}/versions/1" in handles
+        assert keystore._handles.cached(f"{key}/versions/1") is not None
         client.disable_key(key)
         in_thread(thread, lambda: worker.encrypt(other, b"x", b""))
-        assert f"{key}/versions/1" not in handles
+        assert keystore._handles.cached(f"{key}/versions/1") is None
 
 
 # -- the data directory after destruction ---------------------------------------------------

@@ -106,7 +106,7 @@ def build_services(settings: Settings, counters: SharedCounters | None = None) -
     from vault.storage import open_stores
 
     assert settings.store.url is not None
-    stores = open_stores(settings.store.url)
+    stores = open_stores(settings.store.url, settings.store.key_cache_size)
     store, identity_store, audit_store = stores.metadata, stores.identity, stores.audit
     if stores.counters is not None:
         # A PostgreSQL store keeps the limits for every host using it, whatever the caller
@@ -119,6 +119,7 @@ def build_services(settings: Settings, counters: SharedCounters | None = None) -
         keystore,
         policy,
         version_cache_seconds=settings.hsm.cache_ttl_seconds,
+        version_cache_size=settings.hsm.version_cache_size,
         # Accounts are managed (IdentityService) only with authentication on.
         accounts=identity_store if settings.auth.enabled else None,
     )

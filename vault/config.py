@@ -145,7 +145,18 @@ class HsmSettings(BaseModel):
     softhsm_conf: Path | None = Field(
         None, description="SoftHSM2 config (default: <data_dir>/softhsm2.conf); sets SOFTHSM2_CONF"
     )
-    cache_size: int = Field(1024, ge=1, description="unwrapped key handles cached per thread")
+    cache_size: int = Field(
+        16_384,
+        ge=1,
+        description="unwrapped key objects each worker process keeps in the token, shared by "
+        "its threads",
+    )
+    version_cache_size: int = Field(
+        16_384,
+        ge=1,
+        description="enabled key versions (metadata and wrapped blob) each worker process "
+        "keeps in memory, so a request on a cached key reads no version row",
+    )
     cache_ttl_seconds: int = Field(
         300,
         ge=1,
@@ -167,6 +178,12 @@ class StoreSettings(BaseModel):
         ge=0,
         description="space set aside in <data_dir>/run/disk-reserve; when the disk fills up it "
         "is freed for the audit records of reads while changes are refused (0: off)",
+    )
+    key_cache_size: int = Field(
+        16_384,
+        ge=1,
+        description="keys each worker process keeps in memory while no key or version has "
+        "changed anywhere, shared by its threads (SQLite store)",
     )
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hmac
 import logging
+import threading
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
@@ -49,42 +50,149 @@ T = TypeVar("T")
 _Request = TypeVar("_Request", TokenSign, TokenGcm)
 
 _ED25519_PARAMS = b"\x06\x03\x2b\x65\x70"  # OID 1.3.101.112
-_CACHE = "handles"
 _EPOCH_SEEN = "material-epoch"
 _VERSION_PREFIX = "accounts/"
 
 
 class _HandleCache(TTLCache[str, Any]):
-    """Unwrapped session objects of one thread. Evicted objects are destroyed at once, so
-    material does not linger in the token after its key was destroyed elsewhere."""
+    """Unwrapped key objects by version name. What leaves the cache (evicted, expired,
+    cleared) is queued in `evicted` for the owner to destroy outside its lock, so material
+    does not linger in the token after its key was destroyed elsewhere."""
+
+    def __init__(self, maxsize: int, ttl: float) -> None:
+        super().__init__(maxsize=maxsize, ttl=ttl)
+        self.evicted: list[Any] = []
 
     def popitem(self) -> tuple[str, Any]:
         key, value = super().popitem()
-        objects.destroy_quietly(value)
+        self.evicted.append(value)
         return key, value
 
     def expire(self, time: float | None = None) -> list[tuple[str, Any]]:
         expired = list(super().expire(time))
-        for _, value in expired:
-            objects.destroy_quietly(value)
+        self.evicted.extend(value for _, value in expired)
         return expired
 
     def clear(self) -> None:
-        # cachetools' clear() drops entries without popitem(): destroy them here.
-        values = list(super().values())
+        # cachetools' clear() drops entries without popitem(): queue them here.
+        self.evicted.extend(super().values())
         super().clear()
-        for value in values:
-            objects.destroy_quietly(value)
+
+    def take_evicted(self) -> list[Any]:
+        evicted, self.evicted = self.evicted, []
+        return evicted
+
+
+class _Bound:
+    """Stands in for python-pkcs11's handle wrapper: an object handle paired with another
+    session. Operations read `session`, `handle` and the key type (to pick a default
+    mechanism, even when one is given); other attribute reads go to the object's own
+    wrapper."""
+
+    __slots__ = ("handle", "key_type", "origin", "session")
+
+    def __init__(self, session: Any, origin: Any, key_type: KeyType) -> None:
+        self.session = session
+        self.handle = origin.handle
+        self.origin = origin
+        self.key_type = key_type
+
+    def __getitem__(self, attribute: Attribute) -> Any:
+        if attribute == Attribute.KEY_TYPE:
+            return self.key_type
+        return self.origin.wrapper[attribute]
+
+
+def bound_to(obj: Any, session: Any, key_type: KeyType) -> Any:
+    """obj (of type key_type) as an object of session. A session object is visible to every
+    session of the application that made it (PKCS#11 2.40, 6.7.4), so a handle unwrapped once
+    serves every thread of the process; python-pkcs11 0.10.1 has no public way to pair a
+    handle with a session it did not come from, so the view copies obj's class (its operation
+    mixins) and replaces its wrapper."""
+    view = object.__new__(type(obj))
+    # Its __init__ accepts only its own wrapper type; the operations read the attribute.
+    view.wrapper = _Bound(session, obj, key_type)
+    return view
+
+
+class _SharedHandles:
+    """The unwrapped key objects of this process, shared by all its threads.
+
+    A per-thread cache holds each key once per thread, so with T threads and W workers a key
+    is unwrapped up to T*W times and a cache of N entries covers only N keys of a thread's
+    random traffic. Here the objects are unwrapped in the login session, which lives as long
+    as the module's epoch and is never closed by a request thread's recovery; each use pairs
+    the handle with the calling thread's own session (one operation per session at a time).
+    Unwraps and destroys on the login session are serialised by a lock of their own, so a
+    miss never holds up the hits of other threads."""
+
+    def __init__(self, maxsize: int, ttl: float) -> None:
+        self._cache = _HandleCache(maxsize, ttl)
+        self._lock = threading.Lock()  # the cache's entries
+        self._session_lock = threading.Lock()  # calls on the login session
+        self._epoch = -1  # the module epoch the cached handles belong to
+
+    def __len__(self) -> int:
+        return len(self._cache)
+
+    def get(self, epoch: int, name: str) -> Any | None:
+        with self._lock:
+            if epoch != self._epoch:
+                # A restart of the module voided every handle: drop them unused, since the
+                # same numbers may name other objects now.
+                self._cache = _HandleCache(int(self._cache.maxsize), self._cache.ttl)
+                self._epoch = epoch
+                return None
+            return self._cache.get(name)
+
+    def unwrap(self, epoch: int, name: str, unwrap: Callable[[], Any]) -> Any:
+        """The cached object of name, or unwrap() run on the login session and cached."""
+        with self._session_lock:
+            with self._lock:
+                if epoch == self._epoch:
+                    cached = self._cache.get(name)
+                    if cached is not None:
+                        return cached  # another thread unwrapped it meanwhile
+            obj = unwrap()
+            with self._lock:
+                if epoch == self._epoch:
+                    self._cache[name] = obj
+                    evicted = self._cache.take_evicted()
+                else:
+                    evicted = [obj]
+            for value in evicted:
+                objects.destroy_quietly(value)
+        return obj
+
+    def cached(self, name: str) -> Any | None:
+        """The cached object of name, if any (for inspection)."""
+        with self._lock:
+            return self._cache.get(name)
+
+    def forget(self, name: str) -> None:
+        with self._lock:
+            obj = self._cache.pop(name, None)
+        if obj is not None:
+            with self._session_lock:
+                objects.destroy_quietly(obj)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._cache.clear()
+            evicted = self._cache.take_evicted()
+        with self._session_lock:
+            for value in evicted:
+                objects.destroy_quietly(value)
 
 
 class Pkcs11KeyStore:
     def __init__(self, library: TokenLibrary, cache_size: int, cache_ttl_seconds: int) -> None:
         self._library = library
-        self._cache_size = cache_size
-        self._cache_ttl = cache_ttl_seconds
+        self._handles = _SharedHandles(cache_size, cache_ttl_seconds)
         self._supported = supported_algorithms(library)
         # The newest material epoch of the store any thread of this process has seen.
         self._material_epoch = -1
+        self._handles_epoch = -1
         self._roots = self._find_roots()
         if not self._roots:
             raise TokenUnavailable("the token holds no root key: run `vaultctl token init`")
@@ -164,13 +272,6 @@ class Pkcs11KeyStore:
             context.objects[name] = root
         return root
 
-    def _cache(self, context: ThreadContext) -> _HandleCache:
-        cache: _HandleCache | None = context.extra.get(_CACHE)
-        if cache is None:
-            cache = _HandleCache(maxsize=self._cache_size, ttl=self._cache_ttl)
-            context.extra[_CACHE] = cache
-        return cache
-
     def drop_handles_before(self, epoch: int) -> None:
         # Only ever moves forward; an int store is atomic under the GIL, and a thread that
         # reads an older value drops its handles one request later.
@@ -178,16 +279,17 @@ class Pkcs11KeyStore:
             self._material_epoch = epoch
 
     def _forget_stale_handles(self, context: ThreadContext) -> None:
-        """Destroy this thread's unwrapped key objects and drop its token-object handles if
-        the store's material epoch moved since they were cached: some version's material
-        stopped being usable (destroyed, revoked, disabled), and a handle must not outlive
-        that in any worker. Dropping them all is cheap (an unwrap is ~0.1 ms) and rare."""
+        """Destroy this process's unwrapped key objects and drop this thread's token-object
+        handles if the store's material epoch moved since they were cached: some version's
+        material stopped being usable (destroyed, revoked, disabled), and a handle must not
+        outlive that in any worker. Dropping them all is cheap (an unwrap is ~0.1 ms) and
+        rare."""
         epoch = self._material_epoch
         if context.extra.get(_EPOCH_SEEN) == epoch:
             return
-        cache: _HandleCache | None = context.extra.get(_CACHE)
-        if cache is not None:
-            cache.clear()  # destroys each object
+        if self._handles_epoch != epoch:
+            self._handles_epoch = epoch
+            self._handles.clear()  # destroys each object
         for name in [name for name in context.objects if name.startswith(_VERSION_PREFIX)]:
             del context.objects[name]
         context.extra[_EPOCH_SEEN] = epoch
@@ -203,24 +305,28 @@ class Pkcs11KeyStore:
                 obj = objects.find_one(context.session, shape.object_class, version.token_label)
                 context.objects[cache_key] = obj
             return obj
-        cache = self._cache(context)
-        obj = cache.get(cache_key)
-        metrics.cache_lookup(obj is not None)
-        if obj is None:
+        shared = self._handles.get(context.epoch, cache_key)
+        metrics.cache_lookup(shared is not None)
+        if shared is None:
             if version.wrapped_blob is None or version.root_generation is None:
                 raise TokenUnavailable("key version has no material")
+            blob, generation = version.wrapped_blob, version.root_generation
             shape = templates.shape(algorithm)
-            root = self._root(context, version.root_generation, algorithm)
-            obj = root.unwrap_key(
-                shape.object_class,
-                shape.key_type,
-                version.wrapped_blob,
-                mechanism=templates.WRAP_MECHANISM,
-                capabilities=0,
-                template=templates.unwrapped_for_use(algorithm),
-            )
-            cache[cache_key] = obj
-        return obj
+
+            def unwrap() -> Any:
+                login = self._library.login_session
+                root = bound_to(self._root(context, generation, algorithm), login, KeyType.AES)
+                return root.unwrap_key(
+                    shape.object_class,
+                    shape.key_type,
+                    blob,
+                    mechanism=templates.WRAP_MECHANISM,
+                    capabilities=0,
+                    template=templates.unwrapped_for_use(algorithm),
+                )
+
+            shared = self._handles.unwrap(context.epoch, cache_key, unwrap)
+        return bound_to(shared, context.session, templates.shape(algorithm).key_type)
 
     def run(self, operation: Callable[[ThreadContext], T], name: str = "", count: int = 1) -> T:
         """Run operation with this thread's session, with the token layer's recovery; counted
@@ -291,9 +397,7 @@ class Pkcs11KeyStore:
             self.destroy_label(version.token_label)
 
         def forget(context: ThreadContext) -> None:
-            obj = self._cache(context).pop(str(version.name), None)
-            if obj is not None:
-                objects.destroy_quietly(obj)
+            self._handles.forget(str(version.name))
             context.objects.pop(str(version.name), None)
 
         self.run(forget, "forget")

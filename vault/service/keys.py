@@ -53,6 +53,7 @@ MAX_LABEL_VALUE = 63
 # Longer than any retention policy; beyond it the destruction time is not representable.
 MAX_DESTROY_WAITING = timedelta(days=3650)
 VERSION_CACHE_SECONDS = 300
+VERSION_CACHE_SIZE = 16_384
 # ListRevocations' parent for every account's revocations (admins only, by authorisation).
 ALL_ACCOUNTS = "accounts/-"
 
@@ -76,6 +77,7 @@ class KeyManagement:
         policy: KeyPolicy,
         clock: Clock = utc_now,
         version_cache_seconds: float = VERSION_CACHE_SECONDS,
+        version_cache_size: int = VERSION_CACHE_SIZE,
         accounts: AccountDirectory | None = None,
     ) -> None:
         self._store = store
@@ -89,7 +91,7 @@ class KeyManagement:
         # be cached per process; this saves a store read (and its blob) on the hot path.
         # The TTL bounds how long a destroyed key's wrapped blob stays in another process.
         self._versions: TTLCache[KeyVersionName, KeyVersion] = TTLCache(
-            maxsize=4096, ttl=version_cache_seconds
+            maxsize=version_cache_size, ttl=version_cache_seconds
         )
         self._versions_lock = threading.Lock()
         self._material_epoch = -1

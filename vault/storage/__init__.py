@@ -18,7 +18,7 @@ from vault.storage.engine import is_postgresql, make_engine, store_url, write_tr
 from vault.storage.identity_store import SqlIdentityStore
 from vault.storage.import_store import SqlImportJobStore
 from vault.storage.limits_store import SqlSharedCounters
-from vault.storage.metadata_store import SqlMetadataStore
+from vault.storage.metadata_store import KEY_CACHE_SIZE, SqlMetadataStore
 from vault.storage.transactions import unavailable
 
 __all__ = [
@@ -61,21 +61,21 @@ class Stores(NamedTuple):
             self.counters.close()
 
 
-def open_store(url: str) -> SqlMetadataStore:
+def open_store(url: str, key_cache_size: int = KEY_CACHE_SIZE) -> SqlMetadataStore:
     """Connect to the store at url, bring its schema to the newest migration, and return it.
 
     Safe to call from several processes at once on one SQLite file: the upgrade runs in one
     write transaction, so the first caller migrates and the others then find nothing to do.
     StoreUnavailable if the database cannot be reached.
     """
-    return SqlMetadataStore(_open_engine(url))
+    return SqlMetadataStore(_open_engine(url), key_cache_size)
 
 
-def open_stores(url: str) -> Stores:
+def open_stores(url: str, key_cache_size: int = KEY_CACHE_SIZE) -> Stores:
     """As open_store (one migration run), returning the metadata, identity, audit, bucket
     and import-job stores of the database, which share its engine."""
     engine = _open_engine(url)
-    metadata = SqlMetadataStore(engine)
+    metadata = SqlMetadataStore(engine, key_cache_size)
     # An in-memory database is one connection: every store must take turns on the same lock.
     serial = metadata._serial
     return Stores(

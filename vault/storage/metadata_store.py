@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 from sqlalchemy import (
     ColumnElement,
@@ -75,7 +75,7 @@ from vault.storage.transactions import (
 
 log = logging.getLogger(__name__)
 
-_KEY_CACHE_SIZE = 4096  # per request thread
+KEY_CACHE_SIZE = 16_384  # keys kept per process (store.key_cache_size)
 
 # The two reads on every request, built once: composing a statement costs more than running it.
 _GET_KEY = select(keys).where(
@@ -105,22 +105,22 @@ def _version_params(name: KeyVersionName) -> dict[str, str | int]:
     return {"account": name.account, "key_id": name.key, "version": name.version}
 
 
-def _key_cache(engine: Engine) -> UnchangedSinceCache[KeyName, Key] | None:
+def _key_cache(engine: Engine, size: int) -> UnchangedSinceCache[KeyName, Key] | None:
     url = engine.url
     if not is_sqlite(url) or is_sqlite_memory(url) or not url.database or is_sqlite_uri(url):
         return None
-    return UnchangedSinceCache(Path(url.database), _KEY_CACHE_SIZE)
+    return UnchangedSinceCache(Path(url.database), size)
 
 
 class SqlMetadataStore:
     """The vault's MetadataStore. One instance per process, shared by all request threads:
     each call checks a connection out of the engine's pool for one transaction."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, key_cache_size: int = KEY_CACHE_SIZE) -> None:
         self._engine = engine
         # Keys are read on every request; while nothing has been committed anywhere since
         # they were read, they are still current (see freshness.py).
-        self._key_cache = _key_cache(engine)
+        self._key_cache = _key_cache(engine, key_cache_size)
         # An in-memory SQLite database is one connection shared by every thread (StaticPool);
         # interleaved transactions on it would mix, so calls take turns. File and server
         # databases give each call its own pooled connection and need no lock.
@@ -762,13 +762,20 @@ def _reread_key(c: Connection, name: KeyName) -> Key:
     return to_key(c.execute(select(keys).where(_key_pk(name))).mappings().one())
 
 
+# Enum members by stored value: a dict lookup instead of an Enum call per column of every
+# listed key.
+_PURPOSES: Final = {member.value: member for member in Purpose}
+_ALGORITHMS: Final = {member.value: member for member in Algorithm}
+_KEY_STATES: Final = {member.value: member for member in KeyState}
+
+
 def to_key(row: RowMapping) -> Key:
     before = row["state_before_destroy_scheduled"]
     return Key(
         name=KeyName(row["account"], row["key_id"]),
-        purpose=Purpose(row["purpose"]),
-        algorithm=Algorithm(row["algorithm"]),
-        state=KeyState(row["state"]),
+        purpose=_PURPOSES[row["purpose"]],
+        algorithm=_ALGORITHMS[row["algorithm"]],
+        state=_KEY_STATES[row["state"]],
         primary_version=int(row["primary_version"]),
         create_time=row["create_time"],
         update_time=row["update_time"],
@@ -776,7 +783,7 @@ def to_key(row: RowMapping) -> Key:
         labels={str(k): str(v) for k, v in (row["labels"] or {}).items()},
         description=row["description"],
         destroy_scheduled_time=row["destroy_scheduled_time"],
-        state_before_destroy_scheduled=None if before is None else KeyState(before),
+        state_before_destroy_scheduled=None if before is None else _KEY_STATES[before],
         revocation_reason=row["revocation_reason"],
         revocation_reason_code=_reason_or_none(row["revocation_reason_code"]),
         revoke_time=row["revoke_time"],

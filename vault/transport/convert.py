@@ -108,10 +108,16 @@ def _reason_code(code: RevocationReason | None) -> resources_pb2.RevocationReaso
 # -- domain -> proto ---------------------------------------------------------------------
 
 
+_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND: Final = timedelta(microseconds=1)
+
+
 def timestamp(value: datetime) -> Timestamp:
-    result = Timestamp()
-    result.FromDatetime(value)
-    return result
+    # Integer arithmetic on an aware datetime: a third of Timestamp.FromDatetime's cost
+    # (utctimetuple, calendar.timegm), which ListKeys pays twice per listed key.
+    micros = (value - _EPOCH) // _MICROSECOND
+    seconds, rest = divmod(micros, 1_000_000)
+    return Timestamp(seconds=seconds, nanos=rest * 1000)
 
 
 def _optional_timestamp(value: datetime | None) -> Timestamp | None:
@@ -119,22 +125,30 @@ def _optional_timestamp(value: datetime | None) -> Timestamp | None:
 
 
 def key_to_proto(key: Key) -> resources_pb2.Key:
-    return resources_pb2.Key(
-        name=str(key.name),
+    name = str(key.name)
+    message = resources_pb2.Key(
+        name=name,
         purpose=PURPOSES.to_proto(key.purpose),
         algorithm=ALGORITHMS.to_proto(key.algorithm),
         state=KEY_STATES.to_proto(key.state),
-        primary_version=str(key.name.version(key.primary_version)),
+        primary_version=f"{name}/versions/{key.primary_version}",
         create_time=timestamp(key.create_time),
         update_time=timestamp(key.update_time),
         token_resident=key.token_resident,
         labels=key.labels,
         description=key.description,
-        destroy_scheduled_time=_optional_timestamp(key.destroy_scheduled_time),
-        revocation_reason=key.revocation_reason,
-        revocation_reason_code=_reason_code(key.revocation_reason_code),
-        revoke_time=_optional_timestamp(key.revoke_time),
     )
+    # Fields most keys never set are left out: ListKeys converts every listed key, and each
+    # keyword the message constructor gets costs even when it is a default.
+    if key.destroy_scheduled_time is not None:
+        message.destroy_scheduled_time.CopyFrom(timestamp(key.destroy_scheduled_time))
+    if key.revocation_reason:
+        message.revocation_reason = key.revocation_reason
+    if key.revocation_reason_code is not None:
+        message.revocation_reason_code = _reason_code(key.revocation_reason_code)
+    if key.revoke_time is not None:
+        message.revoke_time.CopyFrom(timestamp(key.revoke_time))
+    return message
 
 
 def version_to_proto(version: KeyVersion) -> resources_pb2.KeyVersion:
