@@ -52,8 +52,11 @@ def generated_version(
 
 
 def usable_object(keystore: Pkcs11KeyStore, version: KeyVersion, algorithm: Algorithm) -> Any:
-    """The object the vault operates with (unwrapped into this thread's session)."""
-    return keystore._key(keystore._library.context(), version, algorithm)
+    """The object the vault operates with, as a PIN holder would hold it: the token object
+    itself. The keystore hands each thread a view of a shared unwrapped object that only
+    performs operations; attacks (attribute changes, copies) go at the object behind it."""
+    used = keystore._key(keystore._library.context(), version, algorithm)
+    return getattr(used.wrapper, "origin", used)
 
 
 def root_object(keystore: Pkcs11KeyStore, algorithm: Algorithm = Algorithm.AES_256_GCM) -> Any:

@@ -15,6 +15,7 @@ from vault.domain.errors import (
     Conflict,
     InvalidArgument,
     NotFound,
+    TokenUnavailable,
     UnsupportedAlgorithm,
     WrongPurpose,
     WrongState,
@@ -113,6 +114,23 @@ def test_a_pending_version_whose_key_was_destroyed_meanwhile_leaves_no_object(
         world.keys.rotate_key(str(key.name))
     label = world.store.versions[key.name.version(2)].token_label
     assert label in world.keystore.destroyed_labels and label not in world.keystore.resident
+
+
+def test_a_token_resident_version_the_token_could_not_make_is_not_left_pending(
+    world: World,
+) -> None:
+    key = world.keys.create_key(ACCOUNT, "ed", Purpose.SIGN_VERIFY, Algorithm.EC_SIGN_ED25519)
+
+    def token_fails(algorithm: Algorithm, label: str | None) -> object:
+        raise TokenUnavailable("the token is not available")
+
+    world.keystore.generate = token_fails  # type: ignore[assignment,method-assign]
+    with pytest.raises(TokenUnavailable):
+        world.keys.rotate_key(str(key.name))
+    assert [v.number for v in world.store.list_versions(key.name)] == [1]
+    with pytest.raises(TokenUnavailable):
+        world.keys.create_key(ACCOUNT, "ed2", Purpose.SIGN_VERIFY, Algorithm.EC_SIGN_ED25519)
+    assert world.store.get_key(KeyName(ACCOUNT, "ed2")) is None
 
 
 def test_rotation_makes_the_new_version_primary_and_keeps_the_old(world: World) -> None:

@@ -19,6 +19,7 @@ from vault.domain.errors import (
     InvalidArgument,
     NotFound,
     UnsupportedAlgorithm,
+    VaultError,
     WrongState,
 )
 from vault.domain.models import (
@@ -310,7 +311,13 @@ class KeyManagement:
                 self._store.create_key(key, pending)
             else:
                 self._store.add_version(key, pending)
-            material = self._keystore.generate(key.algorithm, label)
+            try:
+                material = self._keystore.generate(key.algorithm, label)
+            except BaseException:
+                # No object to wait for: the version must not stay PENDING (and hold back the
+                # primary) until the next start-up's reconciliation discards it.
+                self._abandon_pending(pending, label)
+                raise
             try:
                 return self._store.activate_version(
                     replace(pending, public_key_der=material.public_key_der)
@@ -332,6 +339,15 @@ class KeyManagement:
         return (
             self._store.create_key(key, version) if first else self._store.add_version(key, version)
         )
+
+    def _abandon_pending(self, pending: KeyVersion, label: str) -> None:
+        """Discard a PENDING version whose token object could not be made, and the object
+        itself should it exist after all; what fails here is left to start-up reconciliation."""
+        try:
+            self._keystore.destroy_label(label)
+            self._store.discard_pending(pending)
+        except VaultError:
+            log.warning("pending key version %s is left to start-up reconciliation", pending.name)
 
     def add_imported_version(
         self, key: Key, material: GeneratedMaterial, *, make_primary: bool

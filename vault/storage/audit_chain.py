@@ -19,6 +19,7 @@ import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import suppress
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -372,36 +373,20 @@ class _SqliteFileAppender:
         row = connection.execute(self._HEAD_SQL).fetchone()
         if row is None:
             row = connection.execute(self._MARKER_HEAD_SQL).fetchone()
-        seq, head_hash = (0, GENESIS_HASH) if row is None else (int(row[0]), _head_hash(row[1]))
-        records = chain(head_hash, seq + 1, events)
-        if records:
-            connection.executemany(self._INSERT_SQL, [_record_values(r) for r in records])
-            seq, head_hash = records[-1].seq, records[-1].hash
-        if usage:
-            connection.executemany(
-                self._USAGE_SQL,
-                [(cred, day, method, count) for (cred, day, method), count in usage.items()],
-            )
-        for credential_id, used in last_used.items():
-            micros = to_micros(aware(used))
-            if micros - self._touched.get(credential_id, 0) < self._TOUCH_INTERVAL_US:
-                continue
+        plan = _AppendPlan.of(row, events, usage, last_used, self._touched, self._TOUCH_INTERVAL_US)
+        if plan.records:
+            connection.executemany(self._INSERT_SQL, plan.record_rows())
+        if plan.usage_rows:
+            connection.executemany(self._USAGE_SQL, plan.usage_rows)
+        for access_key, micros, credential_id in plan.touches:
             table, column = (
-                ("access_keys", "access_key_id")
-                if is_access_key_id(credential_id)
-                else ("api_keys", "api_key_id")
+                ("access_keys", "access_key_id") if access_key else ("api_keys", "api_key_id")
             )
             connection.execute(
                 self._TOUCH_SQL.format(table=table, column=column), (micros, credential_id)
             )
             self._touched[credential_id] = micros
-        checkpoint = connection.execute(self._CHECKPOINT_SQL).fetchone()
-        return AuditHead(
-            seq=seq,
-            hash=head_hash,
-            checkpoint_seq=0 if checkpoint is None else int(checkpoint[0]),
-            checkpoint_time=None if checkpoint is None else from_micros(int(checkpoint[1])),
-        )
+        return plan.head(connection.execute(self._CHECKPOINT_SQL).fetchone())
 
     def close(self) -> None:
         if self._connection is not None and self._pid == os.getpid():
@@ -513,41 +498,75 @@ class _PostgresAppender:
             pipeline.sync()
             row = head_cursor.fetchone()
             checkpoint = checkpoint_cursor.fetchone()
-            seq, head_hash = (0, GENESIS_HASH) if row is None else (int(row[0]), _head_hash(row[1]))
-            records = chain(head_hash, seq + 1, events)
+            plan = _AppendPlan.of(row, events, usage, last_used, touched, self._TOUCH_INTERVAL_US)
             cursor = connection.cursor()
-            if records:
-                cursor.executemany(self._INSERT_SQL, [_record_values(r) for r in records])
-                seq, head_hash = records[-1].seq, records[-1].hash
-            if usage:
-                cursor.executemany(
-                    self._USAGE_SQL,
-                    [(cred, day, method, count) for (cred, day, method), count in usage.items()],
-                )
-            for credential_id, used in last_used.items():
-                micros = to_micros(aware(used))
-                if micros - touched.get(credential_id, 0) < self._TOUCH_INTERVAL_US:
-                    continue
-                touch = (
-                    self._TOUCH_ACCESS_KEY_SQL
-                    if is_access_key_id(credential_id)
-                    else self._TOUCH_API_KEY_SQL
-                )
+            if plan.records:
+                cursor.executemany(self._INSERT_SQL, plan.record_rows())
+            if plan.usage_rows:
+                cursor.executemany(self._USAGE_SQL, plan.usage_rows)
+            for access_key, micros, credential_id in plan.touches:
+                touch = self._TOUCH_ACCESS_KEY_SQL if access_key else self._TOUCH_API_KEY_SQL
                 cursor.execute(touch, {"t": micros, "id": credential_id})
                 touched[credential_id] = micros
             connection.execute("COMMIT")
-        return AuditHead(
-            seq=seq,
-            hash=head_hash,
-            checkpoint_seq=0 if checkpoint is None else int(checkpoint[0]),
-            checkpoint_time=None if checkpoint is None else from_micros(int(checkpoint[1])),
-        )
+        return plan.head(checkpoint)
 
     def close(self) -> None:
         if self._connection is not None and self._pid == os.getpid():
             with suppress(psycopg.Error):
                 self._connection.close()
         self._connection = None
+
+
+@dataclass(frozen=True, slots=True)
+class _AppendPlan:
+    """What one append writes, whichever driver writes it: the records chained onto the head
+    read in the append's transaction, the usage counts, and the last-used times worth
+    writing (at most one per credential per touch interval)."""
+
+    records: list[AuditRecord]
+    usage_rows: list[tuple[str, str, str, int]]
+    # (is an access key, microseconds, credential id)
+    touches: list[tuple[bool, int, str]]
+    seq: int
+    head_hash: bytes
+
+    @classmethod
+    def of(
+        cls,
+        head_row: Any,
+        events: Sequence[AuditEvent],
+        usage: Mapping[tuple[str, str, str], int],
+        last_used: Mapping[str, datetime],
+        touched: Mapping[str, int],
+        touch_interval_us: int,
+    ) -> _AppendPlan:
+        seq, head_hash = (
+            (0, GENESIS_HASH) if head_row is None else (int(head_row[0]), _head_hash(head_row[1]))
+        )
+        records = chain(head_hash, seq + 1, events)
+        if records:
+            seq, head_hash = records[-1].seq, records[-1].hash
+        touches = []
+        for credential_id, used in last_used.items():
+            micros = to_micros(aware(used))
+            if micros - touched.get(credential_id, 0) >= touch_interval_us:
+                touches.append((is_access_key_id(credential_id), micros, credential_id))
+        usage_rows = [(cred, day, method, count) for (cred, day, method), count in usage.items()]
+        return cls(records, usage_rows, touches, seq, head_hash)
+
+    def record_rows(self) -> list[tuple[Any, ...]]:
+        return [_record_values(record) for record in self.records]
+
+    def head(self, newest_checkpoint: Any) -> AuditHead:
+        return AuditHead(
+            seq=self.seq,
+            hash=self.head_hash,
+            checkpoint_seq=0 if newest_checkpoint is None else int(newest_checkpoint[0]),
+            checkpoint_time=(
+                None if newest_checkpoint is None else from_micros(int(newest_checkpoint[1]))
+            ),
+        )
 
 
 # Connections a forked child inherited: kept referenced so they are never closed there.
