@@ -5,9 +5,9 @@ refused by the other within one second (the delays are measured and printed); re
 protection, rate limits and quotas hold across both; the one audit chain both write stays
 verifiable.
 
-Until a clone ceremony exists to give a second token the same roots, the second host's token
-directory is a copy of the first's, taken after the first start made the system keys (the
-credential and audit keys every host must share).
+The second host's token directory is a copy of the first's, taken after the first start made
+the system keys: the hosts must share the credential and audit keys as well as the roots, and
+the clone ceremony (vaultctl ceremony clone-roots) moves only the roots.
 """
 
 from __future__ import annotations
