@@ -45,7 +45,7 @@ Examples:
   vaultctl crypto encrypt accounts/acme/keys/docs --in report.pdf --out report.pdf.enc
   vaultctl --json keys list acme
   vaultctl buckets create accounts/acme/buckets/photos --key-lifetime 15m
-  vaultctl object encrypt --bucket accounts/acme/buckets/photos --object-key cat.jpg \
+  vaultctl object encrypt --bucket accounts/acme/buckets/photos --object-key cat.jpg \\
       --in cat.jpg --out cat.jpg.enc
   vaultctl access-keys create acme --grant keys/docs=READWRITE --credentials-out acme.json
   vaultctl --credentials-file acme.json crypto encrypt accounts/acme/keys/docs --in a.txt
