@@ -142,7 +142,7 @@ $(LOCAL_CONFIG):
 test: setup postgresql ## Run the test suite (pass options with PYTEST_ARGS='-k sign -x')
 	$(VENV_PY) -m pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
-bench: setup ## Run the benchmark; writes bench/results.json (options: BENCH_ARGS='--bucket-objects 1000')
+bench: setup ## Run the benchmark; writes bench/results.json and bench/concurrency.png (options: BENCH_ARGS='--bucket-objects 1000')
 	$(VENV_PY) -m bench $(BENCH_ARGS)
 
 lint: venv proto ## ruff check, ruff format --check and mypy (all three run; any failure fails)
@@ -153,7 +153,7 @@ lint: venv proto ## ruff check, ruff format --check and mypy (all three run; any
 	exit $$status
 
 clean: ## Remove the venv, generated code, caches and bench results (keeps .vault-data)
-	rm -rf $(VENV) vault/gen .mypy_cache .ruff_cache .pytest_cache bench/results.json \
+	rm -rf $(VENV) vault/gen .mypy_cache .ruff_cache .pytest_cache bench/results.json bench/concurrency.png \
 		build dist *.egg-info
 	find . -path ./.git -prune -o -type d -name __pycache__ -prune -exec rm -rf {} +
 

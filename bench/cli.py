@@ -4,6 +4,7 @@ and reports it (bench/report.py)."""
 from __future__ import annotations
 
 import argparse
+import json
 import signal
 import sys
 import time
@@ -12,8 +13,8 @@ from contextlib import ExitStack
 from pathlib import Path
 from types import FrameType
 
+from bench import concurrency, scale
 from bench import ops as bench_ops
-from bench import scale
 from bench.buckets import BUCKET_PREFIX, add_arguments, workload_from
 from bench.report import print_report, write_results
 from bench.run import Config, run
@@ -153,6 +154,21 @@ def parse_args(argv: Sequence[str] | None) -> Config:
         "(slows the vault: do not compare its numbers with an unprofiled run)",
     )
     parser.add_argument(
+        "--sweep-clients",
+        type=concurrency.parse_clients,
+        default=list(concurrency.DEFAULT_CLIENTS),
+        metavar="N,N,...",
+        help="client counts of the concurrency sweep (bench/concurrency.py): unary and batch "
+        "operations on the authenticated path with the largest of --workers, plotted to "
+        "concurrency.png beside --out (default: 1,4,16; 0 turns it off)",
+    )
+    parser.add_argument(
+        "--sweep-ops",
+        type=_op_list,
+        default=list(concurrency.SWEEP_OPS),
+        help=f"operations of the concurrency sweep (default: {','.join(concurrency.SWEEP_OPS)})",
+    )
+    parser.add_argument(
         "--scale-sizes",
         type=scale.parse_sizes,
         default=None,
@@ -187,6 +203,8 @@ def parse_args(argv: Sequence[str] | None) -> Config:
         scale_sizes=(
             args.scale_sizes if args.scale_sizes is not None else scale.sizes_from_environment()
         ),
+        sweep_clients=args.sweep_clients,
+        sweep_ops=args.sweep_ops,
     )
 
 
@@ -203,6 +221,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     stack = ExitStack()
     try:
         results = run(config, stack)
+        sweep_rows = concurrency.sweep(config, stack)
         scale_rows = scale.measure(config.scale_sizes, vault_root=config.vault_root)
     except KeyboardInterrupt:
         print("\ninterrupted: stopping the servers and removing the temporary token", flush=True)
@@ -225,9 +244,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         scale.print_rows(scale_rows)
     write_results(rows, config.out, results.buckets)
+    if sweep_rows:
+        print("\nconcurrency sweep (bench/concurrency.py): items per second, authenticated")
+        print_report(sweep_rows, None)
+        merged = json.loads(config.out.read_text()) + concurrency.results(sweep_rows)
+        config.out.write_text(json.dumps(merged, indent=2) + "\n")
+        plot_path = config.out.with_name("concurrency.png")
+        concurrency.plot(sweep_rows, plot_path)
+        print(f"plotted {plot_path}")
     scale.merge_into(config.out, scale_rows)
     print(f"\nwrote {config.out} ({time.monotonic() - started:.0f} s)")
-    errors = sum(row.errors for row in rows)
+    errors = sum(row.errors for row in [*rows, *sweep_rows])
     if errors:
         print(
             f"{errors} requests failed during measurement: these numbers are not valid",
