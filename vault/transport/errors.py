@@ -40,6 +40,7 @@ from vault.domain.errors import (
     WrongPurpose,
     WrongState,
 )
+from vault.transport.wrapping import Handler, WrappingInterceptor
 
 log = logging.getLogger(__name__)
 
@@ -263,48 +264,27 @@ def is_vault_server_stream(handler: grpc.RpcMethodHandler[Any, Any], method: str
     )
 
 
-class ErrorInterceptor(grpc.ServerInterceptor):
+class ErrorInterceptor(WrappingInterceptor):
     """Maps every exception a vault.v1 unary method raises to a rich status.
 
     Install it first in the server's interceptor list, so it is outermost and also maps
     errors raised by later interceptors' handlers (authentication, audit).
     """
 
-    def __init__(self) -> None:
-        self._wrapped: dict[str, tuple[Any, Any]] = {}
-
-    def intercept_service(
-        self,
-        continuation: Callable[
-            [grpc.HandlerCallDetails], grpc.RpcMethodHandler[_Request, _Response] | None
-        ],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler[_Request, _Response] | None:
-        handler = continuation(handler_call_details)
-        method = handler_call_details.method
-        if handler is None:
-            return handler
-        # Asked for on every call; the inner handlers never change, so each is wrapped once.
-        cached = self._wrapped.get(method)
-        if cached is not None and cached[0] is handler:
-            return cast("grpc.RpcMethodHandler[_Request, _Response]", cached[1])
+    def wrap(self, handler: Handler, method: str) -> Handler | None:
         if is_vault_server_stream(handler, method) and handler.unary_stream is not None:
-            streamed = grpc.unary_stream_rpc_method_handler(
+            return grpc.unary_stream_rpc_method_handler(
                 _guard_stream(handler.unary_stream, method),
                 request_deserializer=_tolerant(handler.request_deserializer),
                 response_serializer=handler.response_serializer,
             )
-            self._wrapped[method] = (handler, streamed)
-            return cast("grpc.RpcMethodHandler[_Request, _Response]", streamed)
         if not is_vault_unary(handler, method):
             return handler
         behavior = handler.unary_unary
         if behavior is None:
             return handler
-        wrapped = grpc.unary_unary_rpc_method_handler(
+        return grpc.unary_unary_rpc_method_handler(
             _guard(behavior, method),
             request_deserializer=_tolerant(handler.request_deserializer),
             response_serializer=handler.response_serializer,
         )
-        self._wrapped[method] = (handler, wrapped)
-        return cast("grpc.RpcMethodHandler[_Request, _Response]", wrapped)

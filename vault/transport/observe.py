@@ -19,6 +19,7 @@ import grpc
 from vault import metrics
 from vault.logs import request_context
 from vault.transport.errors import is_vault_server_stream, is_vault_unary
+from vault.transport.wrapping import Handler, WrappingInterceptor
 
 REQUEST_ID_HEADER: Final = "x-request-id"
 _MAX_REQUEST_ID: Final = 128
@@ -89,42 +90,23 @@ def _observed_stream(
     return observed
 
 
-class ObservingInterceptor(grpc.ServerInterceptor):
+class ObservingInterceptor(WrappingInterceptor):
     """Install it first (outermost), so it sees the status ErrorInterceptor gave."""
 
-    def __init__(self) -> None:
-        self._wrapped: dict[str, tuple[Any, Any]] = {}
-
-    def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler[Any, Any] | None],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler[Any, Any] | None:
-        handler = continuation(handler_call_details)
-        method = handler_call_details.method
-        if handler is None:
-            return handler
-        # Asked for on every call; the inner handlers never change, so each is wrapped once.
-        cached = self._wrapped.get(method)
-        if cached is not None and cached[0] is handler:
-            return cached[1]  # type: ignore[no-any-return]
+    def wrap(self, handler: Handler, method: str) -> Handler | None:
         if is_vault_server_stream(handler, method) and handler.unary_stream is not None:
-            streamed: grpc.RpcMethodHandler[Any, Any] = grpc.unary_stream_rpc_method_handler(
+            return grpc.unary_stream_rpc_method_handler(
                 _observed_stream(handler.unary_stream, method),
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )
-            self._wrapped[method] = (handler, streamed)
-            return streamed
         if not is_vault_unary(handler, method):
             return handler
         behavior = handler.unary_unary
         if behavior is None:
             return handler
-        wrapped: grpc.RpcMethodHandler[Any, Any] = grpc.unary_unary_rpc_method_handler(
+        return grpc.unary_unary_rpc_method_handler(
             _observed(behavior, method),
             request_deserializer=handler.request_deserializer,
             response_serializer=handler.response_serializer,
         )
-        self._wrapped[method] = (handler, wrapped)
-        return wrapped

@@ -78,6 +78,7 @@ from vault.transport.errors import (
     status_outcome,
 )
 from vault.transport.observe import request_id_of
+from vault.transport.wrapping import Handler, WrappingInterceptor
 
 log = logging.getLogger(__name__)
 
@@ -171,7 +172,7 @@ def resource_names(request: Message) -> list[str]:
     return names
 
 
-class SecurityInterceptor(grpc.ServerInterceptor):
+class SecurityInterceptor(WrappingInterceptor):
     def __init__(
         self,
         authenticator: Authenticator,
@@ -186,24 +187,9 @@ class SecurityInterceptor(grpc.ServerInterceptor):
         self._audit = audit
         self._reserve = disk_reserve
         self._certificate_accounts = certificate_accounts
-        self._wrapped: dict[
-            str, tuple[grpc.RpcMethodHandler[Any, Any], grpc.RpcMethodHandler[Any, Any]]
-        ] = {}
+        super().__init__()
 
-    def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler[Any, Any] | None],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler[Any, Any] | None:
-        handler = continuation(handler_call_details)
-        method = handler_call_details.method
-        if handler is None:
-            return handler
-        # gRPC asks for the handler on every call; the servicers' handlers never change, so
-        # each is wrapped once.
-        cached = self._wrapped.get(method)
-        if cached is not None and cached[0] is handler:
-            return cached[1]
+    def wrap(self, handler: Handler, method: str) -> Handler | None:
         call = _split(method)
         parse = handler.request_deserializer
         stream = handler.unary_stream
@@ -212,13 +198,11 @@ class SecurityInterceptor(grpc.ServerInterceptor):
             def secured_stream(raw: bytes, context: grpc.ServicerContext) -> Iterator[Any]:
                 return self._serve_stream(call, raw, context, parse, stream)
 
-            streamed: grpc.RpcMethodHandler[Any, Any] = grpc.unary_stream_rpc_method_handler(
+            return grpc.unary_stream_rpc_method_handler(
                 secured_stream,
                 request_deserializer=None,  # the bytes as received
                 response_serializer=handler.response_serializer,
             )
-            self._wrapped[method] = (handler, streamed)
-            return streamed
         if not is_vault_unary(handler, method):
             # A vault method of a shape this interceptor cannot authorise (client or
             # bidirectional streaming) is not served at all (UNIMPLEMENTED), never unguarded.
@@ -230,13 +214,11 @@ class SecurityInterceptor(grpc.ServerInterceptor):
         def secured(raw: bytes, context: grpc.ServicerContext) -> Any:
             return self._serve(call, raw, context, parse, behavior)
 
-        wrapped: grpc.RpcMethodHandler[Any, Any] = grpc.unary_unary_rpc_method_handler(
+        return grpc.unary_unary_rpc_method_handler(
             secured,
             request_deserializer=None,  # the bytes as received
             response_serializer=handler.response_serializer,
         )
-        self._wrapped[method] = (handler, wrapped)
-        return wrapped
 
     def _admit(
         self,
