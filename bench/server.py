@@ -5,8 +5,10 @@ CPU time, and which worker each connection landed on.
 
 A server serves one of two paths: "authenticated" (the default settings: every call
 authenticated, authorised and audited) or "unauthenticated" (auth.enabled = false, which the
-vault accepts on loopback only, as here). Both kinds can run side by side on one data
-directory: the unauthenticated one keeps no shared limits file, audit log or credentials."""
+vault accepts on loopback only, as here). Both kinds run side by side on one token and store:
+a vault locks its data directory, so the unauthenticated server runs in a sibling directory
+of its own (its lock, run files and log) with the token and the store of the first one, as a
+second host would; it keeps no audit log or credentials."""
 
 from __future__ import annotations
 
@@ -47,9 +49,14 @@ class VaultServer(harness.VaultServer):
         path: str,
         extra_env: Mapping[str, str] | None = None,
     ) -> None:
+        env = {**(extra_env or {}), **_PATH_SETTINGS[path]}
+        if path != AUTHENTICATED:
+            env.update(_shared_token_and_store(data_dir))
+            data_dir = data_dir.parent / f"{data_dir.name}-{path}"
+            data_dir.mkdir(mode=0o700, exist_ok=True)
         super().__init__(
             data_dir,
-            {**(extra_env or {}), **_PATH_SETTINGS[path]},
+            env,
             vault_root=vault_root,
             settings=BENCH_SETTINGS,
             serve_args=("-m", "bench.serve"),
@@ -69,6 +76,16 @@ class VaultServer(harness.VaultServer):
     def worker_pids(self) -> list[int]:
         assert self.process is not None
         return sorted(children_of(self.process.pid))
+
+
+def _shared_token_and_store(data_dir: Path) -> dict[str, str]:
+    """Settings that point a vault in another data directory at data_dir's token, PIN and
+    store."""
+    return {
+        "VAULT_HSM__SOFTHSM_CONF": str(data_dir / "softhsm2.conf"),
+        "VAULT_HSM__USER_PIN_FILE": str(data_dir / "secrets" / "user.pin"),
+        "VAULT_STORE__URL": f"sqlite:///{data_dir / 'vault.db'}",
+    }
 
 
 def children_of(pid: int) -> set[int]:
