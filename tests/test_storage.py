@@ -30,6 +30,8 @@ from vault.domain.models import (
     KeyFilter,
     KeyState,
     KeyVersion,
+    ListedKey,
+    RevocationReason,
     RootGeneration,
     VersionState,
 )
@@ -466,6 +468,45 @@ def test_list_keys_rejects_malformed_page_tokens(store: SqlMetadataStore, token:
     with pytest.raises(InvalidArgument) as caught:
         store.list_keys("acme", KeyFilter(), 10, token)
     assert caught.value.metadata == {"field": "page_token"}
+
+
+def test_listed_keys_hold_what_get_key_reads(store: SqlMetadataStore) -> None:
+    """ListKeys reads its own narrow rows (plain integers, label JSON text, the driver's
+    booleans); each must hold what the full read of the same key gives."""
+    later = T0 + timedelta(days=3, microseconds=7)
+    variants = [
+        make_key("a-plain"),
+        make_key("b-labelled", labels={"team": "red", "env": "prod-é", "x": ""}),
+        replace(make_key("c-described", token_resident=True), description="ünïcode ✓ text"),
+        replace(
+            make_key("d-revoked", state=KeyState.REVOKED),
+            revoke_time=later,
+            revocation_reason="incident 42",
+            revocation_reason_code=RevocationReason.COMPROMISED,
+        ),
+        replace(
+            make_key("e-scheduled", state=KeyState.DESTROY_SCHEDULED),
+            destroy_scheduled_time=later,
+            state_before_destroy_scheduled=KeyState.ENABLED,
+            update_time=later,
+        ),
+        replace(make_key("f-old"), create_time=datetime(1969, 7, 20, 20, 17, 40, 5, UTC)),
+    ]
+    for key in variants:
+        if key.token_resident:
+            create(store, key, token_label=f"label-{key.name.key}")
+        else:
+            create(store, key)
+
+    listed = store.list_keys("acme", KeyFilter(), 0, "").items
+    assert [key.key_id for key in listed] == [key.name.key for key in variants]
+    for entry in listed:
+        stored = store.get_key(entry.name)
+        assert stored is not None
+        expected = ListedKey.of(stored)
+        assert entry.labels == expected.labels == stored.labels
+        assert entry._replace(labels_json="") == expected._replace(labels_json="")
+        assert bool(entry.token_resident) is stored.token_resident
 
 
 def test_label_value_without_key_is_invalid(store: SqlMetadataStore) -> None:
