@@ -3,17 +3,20 @@ PostgreSQL later; backend differences stay in engine.py."""
 
 from __future__ import annotations
 
+import functools
 import logging
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
 from sqlalchemy import (
+    JSON,
     BigInteger,
     ColumnElement,
     Connection,
     Engine,
     RowMapping,
+    Select,
     Text,
     and_,
     bindparam,
@@ -190,18 +193,25 @@ class SqlMetadataStore:
         self, account: str, key_filter: KeyFilter, page_size: int, page_token: str
     ) -> Page[ListedKey]:
         size = clamp_page_size(page_size)
-        query = select(*_LISTED_COLUMNS).where(
-            keys.c.account == account,
-            # Buckets' master keys are the buckets' own, listed by ListBuckets.
-            keys.c.key_id.not_like(f"{MASTER_KEY_PREFIX}%"),
-            *_filter_clauses(key_filter),
-        )
-        if page_token:
-            query = query.where(keys.c.key_id > _decode_page_token(page_token))
+        if key_filter.label_value is not None and key_filter.label_key is None:
+            raise InvalidArgument(
+                "a label value filter needs a label key", metadata={"field": "filter"}
+            )
         # One row beyond the page says whether another page follows, without a COUNT.
-        query = query.order_by(keys.c.key_id).limit(size + 1)
+        params: dict[str, Any] = {"account": account, "limit": size + 1}
+        if page_token:
+            params["after"] = _decode_page_token(page_token)
+        if key_filter.purpose is not None:
+            params["purpose"] = key_filter.purpose.value
+        if key_filter.state is not None:
+            params["state"] = key_filter.state.value
+        if key_filter.label_key is not None:
+            params["label_key"] = key_filter.label_key
+        if key_filter.label_value is not None:
+            params["label_value"] = key_filter.label_value
+        query = _listing_query(frozenset(params))
         with guarded_transaction(self._engine, self._serial, write=False) as c:
-            result = c.execute(query)
+            result = c.execute(query, params)
             # The driver's rows, not SQLAlchemy's Row objects: those cost a quarter of a listed
             # key's read, and _LISTED_COLUMNS needs no conversion they would make.
             rows = result.cursor.fetchall()
@@ -880,25 +890,33 @@ if tuple(column.name for column in _LISTED_COLUMNS) != ListedKey._fields:
     raise RuntimeError("the columns ListKeys reads do not match ListedKey's fields")
 
 
-def _filter_clauses(key_filter: KeyFilter) -> list[ColumnElement[bool]]:
-    clauses: list[ColumnElement[bool]] = []
-    if key_filter.purpose is not None:
-        clauses.append(keys.c.purpose == key_filter.purpose.value)
-    if key_filter.state is not None:
-        clauses.append(keys.c.state == key_filter.state.value)
-    if key_filter.label_value is not None and key_filter.label_key is None:
-        raise InvalidArgument(
-            "a label value filter needs a label key", metadata={"field": "filter"}
-        )
-    if key_filter.label_key is not None:
-        # JSON path extraction: JSON_EXTRACT on SQLite, ->> on PostgreSQL. A missing label
+@functools.cache
+def _listing_query(parameters: frozenset[str]) -> Select[Any]:
+    """The ListKeys query that takes these parameters (account and limit, and those of the
+    filters given). One per combination, built once: composing a statement and its cache key
+    costs more than reading a page of a hundred keys."""
+    query = select(*_LISTED_COLUMNS).where(
+        keys.c.account == bindparam("account"),
+        # Buckets' master keys are the buckets' own, listed by ListBuckets.
+        keys.c.key_id.not_like(f"{MASTER_KEY_PREFIX}%"),
+    )
+    if "after" in parameters:
+        query = query.where(keys.c.key_id > bindparam("after"))
+    if "purpose" in parameters:
+        query = query.where(keys.c.purpose == bindparam("purpose"))
+    if "state" in parameters:
+        query = query.where(keys.c.state == bindparam("state"))
+    if "label_key" in parameters:
+        # JSON path extraction: JSON_EXTRACT on SQLite, ->> on PostgreSQL; the parameter
+        # has the type a literal label key would get, which makes it a path. A missing label
         # extracts as NULL; label values are always strings, never JSON null.
-        label = keys.c.labels[key_filter.label_key].as_string()
-        if key_filter.label_value is None:
-            clauses.append(label.is_not(None))
+        path = bindparam("label_key", type_=JSON.JSONStrIndexType())
+        label = keys.c.labels[path].as_string()
+        if "label_value" in parameters:
+            query = query.where(label == bindparam("label_value"))
         else:
-            clauses.append(label == key_filter.label_value)
-    return clauses
+            query = query.where(label.is_not(None))
+    return query.order_by(keys.c.key_id).limit(bindparam("limit"))
 
 
 def _decode_page_token(token: str) -> str:
