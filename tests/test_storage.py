@@ -739,6 +739,26 @@ def test_locked_database_is_store_unavailable_without_values(
         opened.close()
 
 
+def test_a_listing_that_fails_while_reading_rows_is_store_unavailable(tmp_path: Path) -> None:
+    """ListKeys fetches the driver's rows itself, and SQLite reports a row it cannot read
+    only when the fetch reaches it: that error must still be StoreUnavailable, quoting no
+    values, like any other failed read."""
+    path = tmp_path / "vault.db"
+    opened = open_store(db_url(path))
+    try:
+        for key_id in ("a", "b", "c"):
+            create(opened, make_key(key_id, labels={"team": "red"}))
+        with closing(sqlite3.connect(path)) as other, other:
+            # Text no JSON function can read, after rows that read well.
+            other.execute("UPDATE keys SET labels = 'not json' WHERE key_id = 'c'")
+        with pytest.raises(StoreUnavailable) as caught:
+            opened.list_keys("acme", KeyFilter(label_key="team"), 10, "")
+        assert caught.value.metadata == {"error": "OperationalError"}
+        assert "not json" not in f"{caught.value} {caught.value.__cause__!s}"
+    finally:
+        opened.close()
+
+
 def test_unopenable_database_is_store_unavailable(tmp_path: Path) -> None:
     # A directory where the database file should be: SQLite cannot open it.
     with pytest.raises(StoreUnavailable) as caught:

@@ -14,6 +14,7 @@ from sqlalchemy import (
     BigInteger,
     ColumnElement,
     Connection,
+    CursorResult,
     Engine,
     RowMapping,
     Select,
@@ -30,6 +31,7 @@ from sqlalchemy import (
     type_coerce,
     update,
 )
+from sqlalchemy.exc import DBAPIError
 
 from vault.domain.algorithms import Algorithm, Purpose
 from vault.domain.errors import (
@@ -211,11 +213,7 @@ class SqlMetadataStore:
             params["label_value"] = key_filter.label_value
         query = _listing_query(frozenset(params))
         with guarded_transaction(self._engine, self._serial, write=False) as c:
-            result = c.execute(query, params)
-            # The driver's rows, not SQLAlchemy's Row objects: those cost a quarter of a listed
-            # key's read, and _LISTED_COLUMNS needs no conversion they would make.
-            rows = result.cursor.fetchall()
-            result.close()
+            rows = _driver_rows(c.execute(query, params))
         items = list(map(ListedKey._make, rows[:size]))
         next_token = encode_page_token(items[-1].key_id) if len(rows) > size else ""
         return Page(items=items, next_page_token=next_token)
@@ -888,6 +886,20 @@ _LISTED_COLUMNS: Final = (
 )
 if tuple(column.name for column in _LISTED_COLUMNS) != ListedKey._fields:
     raise RuntimeError("the columns ListKeys reads do not match ListedKey's fields")
+
+
+def _driver_rows(result: CursorResult[Any]) -> list[Any]:
+    """The rows of result as the driver gives them (tuples), not as SQLAlchemy's Row objects:
+    those cost a quarter of a listed key's read, and _LISTED_COLUMNS needs no conversion
+    they make. SQLite reads most rows during the fetch, so its errors are wrapped here as
+    SQLAlchemy's own fetch would, for guarded_transaction to translate."""
+    dbapi_error: type[Exception] = result.dialect.loaded_dbapi.Error
+    try:
+        return list(result.cursor.fetchall())
+    except dbapi_error as error:
+        raise DBAPIError.instance(None, None, error, dbapi_error, hide_parameters=True) from error
+    finally:
+        result.close()
 
 
 @functools.cache
