@@ -207,12 +207,12 @@ _MICROSECOND: Final = timedelta(microseconds=1)
 NO_LABELS: Final = "{}"
 
 
-def micros(value: datetime) -> int:
+def _micros(value: datetime) -> int:
     """An aware datetime as integer microseconds since the Unix epoch."""
     return (value - _EPOCH) // _MICROSECOND
 
 
-def labels_json(labels: dict[str, str]) -> str:
+def _labels_json(labels: dict[str, str]) -> str:
     """Labels as the JSON text ListedKey holds (NO_LABELS for none)."""
     return json.dumps(labels) if labels else NO_LABELS
 
@@ -222,10 +222,10 @@ class ListedKey(NamedTuple):
     the store keeps them in (enumerations as their values, times as integer microseconds since
     the Unix epoch, UTC; labels as the JSON text of an object, NO_LABELS for none).
 
-    A page holds up to 1,000 keys, and a Key per listed key (an enum, a datetime, a dict and a
-    KeyName each, then the same again as protobuf) cost several times what the row itself
-    does; this is one tuple, built from the row without a Python call per field. ListedKey.of
-    gives the same for a Key: ListKeys shows exactly what GetKey shows.
+    A page holds up to 1,000 keys. Made into a Key, each cost more than reading its row
+    (enums, datetimes, a dict of labels, a KeyName); a ListedKey is one tuple, made from the
+    driver's row in one call. ListedKey.of gives the same for a Key, so that a listing can
+    be checked against GetKey field by field.
     """
 
     account: str
@@ -255,10 +255,10 @@ class ListedKey(NamedTuple):
             algorithm=key.algorithm.value,
             state=key.state.value,
             primary_version=key.primary_version,
-            create_time=micros(key.create_time),
-            update_time=micros(key.update_time),
+            create_time=_micros(key.create_time),
+            update_time=_micros(key.update_time),
             token_resident=key.token_resident,
-            labels_json=labels_json(key.labels),
+            labels_json=_labels_json(key.labels),
             description=key.description,
             destroy_scheduled_time=_micros_or_none(key.destroy_scheduled_time),
             revocation_reason=key.revocation_reason,
@@ -284,7 +284,7 @@ def parse_labels(text: str) -> dict[str, str]:
 
 
 def _micros_or_none(value: datetime | None) -> int | None:
-    return None if value is None else micros(value)
+    return None if value is None else _micros(value)
 
 
 @dataclass(frozen=True, slots=True)

@@ -890,7 +890,7 @@ if tuple(column.name for column in _LISTED_COLUMNS) != ListedKey._fields:
 
 def _driver_rows(result: CursorResult[Any]) -> list[Any]:
     """The rows of result as the driver gives them (tuples), not as SQLAlchemy's Row objects:
-    those cost a quarter of a listed key's read, and _LISTED_COLUMNS needs no conversion
+    those cost a fifth of a listed key's read, and _LISTED_COLUMNS needs no conversion
     they make. SQLite reads most rows during the fetch, so its errors are wrapped here as
     SQLAlchemy's own fetch would, for guarded_transaction to translate."""
     dbapi_error: type[Exception] = result.dialect.loaded_dbapi.Error
@@ -906,7 +906,7 @@ def _driver_rows(result: CursorResult[Any]) -> list[Any]:
 def _listing_query(parameters: frozenset[str]) -> Select[Any]:
     """The ListKeys query that takes these parameters (account and limit, and those of the
     filters given). One per combination, built once: composing a statement and its cache key
-    costs more than reading a page of a hundred keys."""
+    costs about as much as reading a page of a hundred keys."""
     query = select(*_LISTED_COLUMNS).where(
         keys.c.account == bindparam("account"),
         # Buckets' master keys are the buckets' own, listed by ListBuckets.
