@@ -369,6 +369,59 @@ def test_list_keys_pages_through_every_key_once(client: VaultClient) -> None:
     assert list(client.list_keys(new_account()).keys) == []
 
 
+def test_a_listed_key_is_what_get_key_returns(client: VaultClient) -> None:
+    """ListKeys builds its messages on its own path (no Key per listed key); every field of
+    each listed key must still be GetKey's, whichever fields a key sets."""
+    fresh = new_account(client)
+
+    def make(purpose: str, algorithm: str | None = None, **options: Any) -> str:
+        return client.create_key(fresh, new_id(), purpose, algorithm, **options).name
+
+    plain = make("ENCRYPT_DECRYPT")
+    labelled = make("MAC", labels={"team": "blue", "env": "prod-é"}, description="ünïcode ✓")
+    resident = make("ENCRYPT_DECRYPT", token_resident=True, description="in the token")
+    rotated = make("SIGN_VERIFY", "EC_SIGN_P256_SHA256", labels={"tier": "gold"})
+    client.rotate_key(rotated)
+    disabled = make("WRAP_UNWRAP")
+    client.disable_key(disabled)
+    revoked = make("ENCRYPT_DECRYPT", labels={"a": "1"})
+    client.revoke_key(revoked, "incident 42", "COMPROMISED")
+    revoked_without_code = make("MAC")
+    client.revoke_key(revoked_without_code, "no longer needed")
+    scheduled = make("ENCRYPT_DECRYPT", description="going")
+    client.schedule_key_destruction(scheduled, HOUR)
+    revoked_then_scheduled = make("MAC", labels={"b": "2"})
+    client.revoke_key(revoked_then_scheduled, "superseded by k2", "SUPERSEDED")
+    client.schedule_key_destruction(revoked_then_scheduled, HOUR)
+    names = {
+        plain,
+        labelled,
+        resident,
+        rotated,
+        disabled,
+        revoked,
+        revoked_without_code,
+        scheduled,
+        revoked_then_scheduled,
+    }
+
+    listed = list(client.iter_keys(fresh, page_size=4))
+    assert [key.name for key in listed] == sorted(names)
+    for key in listed:
+        assert key == client.get_key(key.name), key.name
+    by_name = {key.name: key for key in listed}
+    # The cases above set what they should (so the comparison covers every optional field).
+    assert by_name[resident].token_resident
+    assert by_name[rotated].primary_version == f"{rotated}/versions/2"
+    assert dict(by_name[labelled].labels) == {"team": "blue", "env": "prod-é"}
+    assert by_name[revoked].revocation_reason_code == resources_pb2.REVOCATION_REASON_COMPROMISED
+    assert by_name[revoked_without_code].HasField("revoke_time")
+    assert by_name[scheduled].HasField("destroy_scheduled_time")
+    both = by_name[revoked_then_scheduled]
+    assert both.HasField("revoke_time") and both.HasField("destroy_scheduled_time")
+    assert both.revocation_reason == "superseded by k2"
+
+
 def test_list_keys_with_exact_page_multiple_ends_cleanly(client: VaultClient) -> None:
     fresh = new_account(client)
     for _ in range(4):

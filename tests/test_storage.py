@@ -30,6 +30,8 @@ from vault.domain.models import (
     KeyFilter,
     KeyState,
     KeyVersion,
+    ListedKey,
+    RevocationReason,
     RootGeneration,
     VersionState,
 )
@@ -468,6 +470,45 @@ def test_list_keys_rejects_malformed_page_tokens(store: SqlMetadataStore, token:
     assert caught.value.metadata == {"field": "page_token"}
 
 
+def test_listed_keys_hold_what_get_key_reads(store: SqlMetadataStore) -> None:
+    """ListKeys reads its own narrow rows (plain integers, label JSON text, the driver's
+    booleans); each must hold what the full read of the same key gives."""
+    later = T0 + timedelta(days=3, microseconds=7)
+    variants = [
+        make_key("a-plain"),
+        make_key("b-labelled", labels={"team": "red", "env": "prod-é", "x": ""}),
+        replace(make_key("c-described", token_resident=True), description="ünïcode ✓ text"),
+        replace(
+            make_key("d-revoked", state=KeyState.REVOKED),
+            revoke_time=later,
+            revocation_reason="incident 42",
+            revocation_reason_code=RevocationReason.COMPROMISED,
+        ),
+        replace(
+            make_key("e-scheduled", state=KeyState.DESTROY_SCHEDULED),
+            destroy_scheduled_time=later,
+            state_before_destroy_scheduled=KeyState.ENABLED,
+            update_time=later,
+        ),
+        replace(make_key("f-old"), create_time=datetime(1969, 7, 20, 20, 17, 40, 5, UTC)),
+    ]
+    for key in variants:
+        if key.token_resident:
+            create(store, key, token_label=f"label-{key.name.key}")
+        else:
+            create(store, key)
+
+    listed = store.list_keys("acme", KeyFilter(), 0, "").items
+    assert [key.key_id for key in listed] == [key.name.key for key in variants]
+    for entry in listed:
+        stored = store.get_key(entry.name)
+        assert stored is not None
+        expected = ListedKey.of(stored)
+        assert entry.labels == expected.labels == stored.labels
+        assert entry._replace(labels_json="") == expected._replace(labels_json="")
+        assert bool(entry.token_resident) is stored.token_resident
+
+
 def test_label_value_without_key_is_invalid(store: SqlMetadataStore) -> None:
     with pytest.raises(InvalidArgument):
         store.list_keys("acme", KeyFilter(label_value="x"), 10, "")
@@ -695,6 +736,26 @@ def test_locked_database_is_store_unavailable_without_values(
     finally:
         blocker.execute("ROLLBACK")
         blocker.close()
+        opened.close()
+
+
+def test_a_listing_that_fails_while_reading_rows_is_store_unavailable(tmp_path: Path) -> None:
+    """ListKeys fetches the driver's rows itself, and SQLite reports a row it cannot read
+    only when the fetch reaches it: that error must still be StoreUnavailable, quoting no
+    values, like any other failed read."""
+    path = tmp_path / "vault.db"
+    opened = open_store(db_url(path))
+    try:
+        for key_id in ("a", "b", "c"):
+            create(opened, make_key(key_id, labels={"team": "red"}))
+        with closing(sqlite3.connect(path)) as other, other:
+            # Text no JSON function can read, after rows that read well.
+            other.execute("UPDATE keys SET labels = 'not json' WHERE key_id = 'c'")
+        with pytest.raises(StoreUnavailable) as caught:
+            opened.list_keys("acme", KeyFilter(label_key="team"), 10, "")
+        assert caught.value.metadata == {"error": "OperationalError"}
+        assert "not json" not in f"{caught.value} {caught.value.__cause__!s}"
+    finally:
         opened.close()
 
 

@@ -64,6 +64,7 @@ from vault.domain.models import (
     KeyFilter,
     KeyState,
     KeyVersion,
+    ListedKey,
     Page,
     Revocation,
     RootGeneration,
@@ -144,11 +145,11 @@ class FakeMetadataStore:
 
     def list_keys(
         self, account: str, key_filter: KeyFilter, page_size: int, page_token: str
-    ) -> Page[Key]:
+    ) -> Page[ListedKey]:
         if key_filter.label_value is not None and key_filter.label_key is None:
             raise InvalidArgument("a label value filter needs a label key")
         matching = [
-            key
+            ListedKey.of(key)
             for key in self.keys.values()
             if key.name.account == account
             and not key.name.key.startswith(MASTER_KEY_PREFIX)
@@ -156,7 +157,7 @@ class FakeMetadataStore:
             and (key_filter.state is None or key.state is key_filter.state)
             and _labels_match(key.labels, key_filter.label_key, key_filter.label_value)
         ]
-        return page_of(matching, lambda key: key.name.key, page_size, page_token)
+        return page_of(matching, lambda key: key.key_id, page_size, page_token)
 
     def update_key(self, key: Key) -> Key:
         stored = self._current(key)

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field, replace
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
-from typing import Generic, TypeVar
+from typing import Final, Generic, NamedTuple, TypeVar
 
 from vault.domain.algorithms import Algorithm, Purpose
 from vault.domain.errors import WrongPurpose, WrongState
@@ -199,6 +200,91 @@ class Key:
             destroy_scheduled_time=None,
             state_before_destroy_scheduled=None,
         )
+
+
+_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND: Final = timedelta(microseconds=1)
+NO_LABELS: Final = "{}"
+
+
+def _micros(value: datetime) -> int:
+    """An aware datetime as integer microseconds since the Unix epoch."""
+    return (value - _EPOCH) // _MICROSECOND
+
+
+def _labels_json(labels: dict[str, str]) -> str:
+    """Labels as the JSON text ListedKey holds (NO_LABELS for none)."""
+    return json.dumps(labels) if labels else NO_LABELS
+
+
+class ListedKey(NamedTuple):
+    """A key as ListKeys shows it: the fields of Key a listing returns, as the plain values
+    the store keeps them in (enumerations as their values, times as integer microseconds since
+    the Unix epoch, UTC; labels as the JSON text of an object, NO_LABELS for none).
+
+    A page holds up to 1,000 keys. Made into a Key, each cost more than reading its row
+    (enums, datetimes, a dict of labels, a KeyName); a ListedKey is one tuple, made from the
+    driver's row in one call. ListedKey.of gives the same for a Key, so that a listing can
+    be checked against GetKey field by field.
+    """
+
+    account: str
+    key_id: str
+    purpose: str
+    algorithm: str
+    state: str
+    primary_version: int
+    create_time: int
+    update_time: int
+    token_resident: int  # nonzero if token-resident (a bool, or 0/1 as SQLite keeps it)
+    labels_json: str
+    description: str
+    destroy_scheduled_time: int | None
+    revocation_reason: str
+    revocation_reason_code: str | None
+    revoke_time: int | None
+    etag: int
+
+    @classmethod
+    def of(cls, key: Key) -> ListedKey:
+        code = key.revocation_reason_code
+        return cls(
+            account=key.name.account,
+            key_id=key.name.key,
+            purpose=key.purpose.value,
+            algorithm=key.algorithm.value,
+            state=key.state.value,
+            primary_version=key.primary_version,
+            create_time=_micros(key.create_time),
+            update_time=_micros(key.update_time),
+            token_resident=key.token_resident,
+            labels_json=_labels_json(key.labels),
+            description=key.description,
+            destroy_scheduled_time=_micros_or_none(key.destroy_scheduled_time),
+            revocation_reason=key.revocation_reason,
+            revocation_reason_code=None if code is None else code.value,
+            revoke_time=_micros_or_none(key.revoke_time),
+            etag=key.etag,
+        )
+
+    @property
+    def name(self) -> KeyName:
+        return KeyName(self.account, self.key_id)
+
+    @property
+    def labels(self) -> dict[str, str]:
+        return parse_labels(self.labels_json)
+
+
+def parse_labels(text: str) -> dict[str, str]:
+    """Labels from ListedKey.labels_json."""
+    if text == NO_LABELS:
+        return {}
+    return {str(k): str(v) for k, v in json.loads(text).items()}
+
+
+def _micros_or_none(value: datetime | None) -> int | None:
+    return None if value is None else _micros(value)
 
 
 @dataclass(frozen=True, slots=True)

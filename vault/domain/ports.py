@@ -18,7 +18,15 @@ from vault.domain.ceremony import RootInfo, TokenIdentity, TransportKey, Wrapped
 from vault.domain.errors import VaultError
 from vault.domain.identity import AccessKey, Account, ApiKey, UsageCount
 from vault.domain.imports import ImportJob, ImportJobName, ImportMethod
-from vault.domain.models import Key, KeyFilter, KeyVersion, Page, Revocation, RootGeneration
+from vault.domain.models import (
+    Key,
+    KeyFilter,
+    KeyVersion,
+    ListedKey,
+    Page,
+    Revocation,
+    RootGeneration,
+)
 from vault.domain.names import BucketName, KeyName, KeyVersionName
 
 
@@ -255,7 +263,7 @@ class MetadataStore(Protocol):
 
     def list_keys(
         self, account: str, key_filter: KeyFilter, page_size: int, page_token: str
-    ) -> Page[Key]: ...
+    ) -> Page[ListedKey]: ...
 
     def update_key(self, key: Key) -> Key:
         """Write key (labels, description, state, times) if its etag is still current; return

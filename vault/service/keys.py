@@ -27,6 +27,7 @@ from vault.domain.models import (
     KeyFilter,
     KeyState,
     KeyVersion,
+    ListedKey,
     Operation,
     Page,
     Revocation,
@@ -113,7 +114,7 @@ class KeyManagement:
 
     def list_keys(
         self, account: str, key_filter: KeyFilter, page_size: int, page_token: str
-    ) -> Page[Key]:
+    ) -> Page[ListedKey]:
         check_id("account", account)
         if page_size < 0:
             raise InvalidArgument("page_size must not be negative")

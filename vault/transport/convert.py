@@ -22,13 +22,17 @@ from vault.domain.buckets import BucketFilter, BucketPolicy, BucketState
 from vault.domain.errors import InvalidArgument
 from vault.domain.imports import ImportJob, ImportJobState, ImportMethod
 from vault.domain.models import (
+    NO_LABELS,
     Key,
     KeyFilter,
     KeyState,
     KeyVersion,
+    ListedKey,
+    Page,
     Revocation,
     RevocationReason,
     VersionState,
+    parse_labels,
 )
 from vault.domain.names import AccountName
 from vault.gen.vault.v1 import bucket_service_pb2, key_service_pb2, resources_pb2
@@ -149,6 +153,78 @@ def key_to_proto(key: Key) -> resources_pb2.Key:
     if key.revoke_time is not None:
         message.revoke_time.CopyFrom(timestamp(key.revoke_time))
     return message
+
+
+# Proto numbers by the stored values ListedKey holds.
+_PURPOSE_NUMBERS: Final = {member.value: PURPOSES.to_proto(member) for member in Purpose}
+_ALGORITHM_NUMBERS: Final = {member.value: ALGORITHMS.to_proto(member) for member in Algorithm}
+_KEY_STATE_NUMBERS: Final = {member.value: KEY_STATES.to_proto(member) for member in KeyState}
+_REASON_NUMBERS: Final = {
+    member.value: REVOCATION_REASONS.to_proto(member) for member in RevocationReason
+}
+
+
+def key_page_to_proto(page: Page[ListedKey]) -> key_service_pb2.ListKeysResponse:
+    """A ListKeys page: for each key the message key_to_proto makes of the same key.
+
+    A page is up to 1,000 keys, so every object, call and keyword per key shows (measured:
+    keyword arguments, a helper for the timestamps and attribute reads on ListedKey each
+    cost a tenth or more of the loop): each key is added to the response in place, not copied
+    in; it is unpacked once, gets each field by assignment, the optional ones only when set,
+    and its timestamps from the stored integers with timestamp()'s arithmetic.
+    """
+    response = key_service_pb2.ListKeysResponse(next_page_token=page.next_page_token)
+    add = response.keys.add
+    for (
+        account,
+        key_id,
+        purpose,
+        algorithm,
+        state,
+        primary_version,
+        create_time,
+        update_time,
+        token_resident,
+        labels_json,
+        description,
+        destroy_scheduled_time,
+        revocation_reason,
+        revocation_reason_code,
+        revoke_time,
+        _etag,
+    ) in page.items:
+        message = add()
+        name = f"accounts/{account}/keys/{key_id}"
+        message.name = name
+        message.purpose = _PURPOSE_NUMBERS[purpose]
+        message.algorithm = _ALGORITHM_NUMBERS[algorithm]
+        message.state = _KEY_STATE_NUMBERS[state]
+        message.primary_version = f"{name}/versions/{primary_version}"
+        stamp = message.create_time
+        stamp.seconds, micros = divmod(create_time, 1_000_000)
+        stamp.nanos = micros * 1000
+        stamp = message.update_time
+        stamp.seconds, micros = divmod(update_time, 1_000_000)
+        stamp.nanos = micros * 1000
+        if token_resident:
+            message.token_resident = True
+        if labels_json != NO_LABELS:
+            message.labels.update(parse_labels(labels_json))
+        if description:
+            message.description = description
+        if destroy_scheduled_time is not None:
+            stamp = message.destroy_scheduled_time
+            stamp.seconds, micros = divmod(destroy_scheduled_time, 1_000_000)
+            stamp.nanos = micros * 1000
+        if revocation_reason:
+            message.revocation_reason = revocation_reason
+        if revocation_reason_code is not None:
+            message.revocation_reason_code = _REASON_NUMBERS[revocation_reason_code]
+        if revoke_time is not None:
+            stamp = message.revoke_time
+            stamp.seconds, micros = divmod(revoke_time, 1_000_000)
+            stamp.nanos = micros * 1000
+    return response
 
 
 def version_to_proto(version: KeyVersion) -> resources_pb2.KeyVersion:

@@ -52,10 +52,7 @@ class KeyServicer(key_service_pb2_grpc.KeyServiceServicer):
             request.page_size,
             request.page_token,
         )
-        return key_service_pb2.ListKeysResponse(
-            keys=[convert.key_to_proto(key) for key in page.items],
-            next_page_token=page.next_page_token,
-        )
+        return convert.key_page_to_proto(page)
 
     def UpdateKey(
         self, request: key_service_pb2.UpdateKeyRequest, context: grpc.ServicerContext
