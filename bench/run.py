@@ -346,9 +346,6 @@ def _run_workers(
     context = multiprocessing.get_context("spawn")
     clients = _clients(config, workers)
     print(f"\n== {workers} worker process(es), {clients} concurrent clients", flush=True)
-    # The raw processes start (imports, key generation) while the servers start.
-    raw = Pool(context, "raw", raw_main, [(str(data_dir), config.ops)] * workers)
-    stack.callback(raw.close)
     # One server per path, all on data_dir, started one after the other: a server's start-up
     # reconciliation of store and token must not run while another server creates keys.
     # An idle server costs no measurable CPU: other_cores, which counts it, reads 0.00 on a
@@ -358,6 +355,11 @@ def _run_workers(
     for path in config.paths:
         servers.append(_start_server(config, workers, path, data_dir, stack))
         requests = _prepare(servers[-1], config.ops, keys_made)
+    # The raw processes open the token only now: while a server starts, it rewrites the
+    # token's files (its system keys), and SoftHSM reading them at that moment may find no
+    # token with the vault's label.
+    raw = Pool(context, "raw", raw_main, [(str(data_dir), config.ops)] * workers)
+    stack.callback(raw.close)
     raw.receive(timeout=_READY_TIMEOUT_SECONDS)
     # Started once the vault servers have made their keys and the raw processes have logged
     # in: no other process writes the token file while these open it.
