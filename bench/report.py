@@ -20,6 +20,12 @@ TARGET_RATIOS: Final = {AUTHENTICATED: 0.80, UNAUTHENTICATED: 0.85}
 # Batches (P-256 sign, AES-256-GCM encrypt of 1 KiB), items per second through the
 # authenticated, audited path against the raw loop with the same worker count.
 BATCH_TARGET_RATIO: Final = 0.50
+# The per-call targets, measured against bare gRPC servers of the same run: RSA-2048 signing
+# through the authenticated, audited path at this share of the bare signing server's rate,
+# and the server CPU the path adds to a call (beyond the signature itself) at most this many
+# times the bare echo server's CPU per call.
+CEILING_TARGET_RATIO: Final = 0.90
+ADDED_CPU_TARGET: Final = 1.5
 # How far the token-bound ceiling moved between runs on a quiet 2-core machine (0.76 to 0.81
 # with 1 worker): a target nearer the ceiling than this is not shown to be out of reach.
 CEILING_NOISE: Final = 0.05
@@ -165,6 +171,71 @@ def _ceiling(rows: list[Row]) -> list[str]:
     return [*table, "", *verdicts]
 
 
+def _signing_ceiling(rows: list[Row], workers: int) -> Row | None:
+    """The faster bare signing server's RSA-2048 row at this worker count, if measured."""
+    bare = [
+        row
+        for row in rows
+        if row.op == bench_ops.RSA_SIGN and row.workers == workers and row.path in TOKEN_PATHS
+    ]
+    return max(bare, key=lambda row: row.vault_ops_per_s, default=None)
+
+
+def _echo_cpu_us(rows: list[Row], workers: int) -> float:
+    """The bare sync echo server's CPU per call at this worker count (nan if not measured)."""
+    echo = [
+        row
+        for row in rows
+        if row.op == ECHO_OP and row.workers == workers and row.path == ECHO_PATHS[0]
+    ]
+    return echo[0].server_cpu_us if echo else math.nan
+
+
+def _per_call(rows: list[Row], row: Row) -> dict[str, float]:
+    """For a vault path's RSA-2048 row: the bare signing server's rate (the ceiling), the
+    row's share of it, the server CPU the path adds to a call beyond the signature, and that
+    as a multiple of the bare echo server's CPU per call; empty for other rows or without
+    the bare servers."""
+    if row.op != bench_ops.RSA_SIGN or row.path not in PATHS:
+        return {}
+    ceiling = _signing_ceiling(rows, row.workers)
+    if ceiling is None or not ceiling.vault_ops_per_s:
+        return {}
+    added = row.server_cpu_us - row.raw_cpu_us
+    return {
+        "ceiling_ops_per_s": ceiling.vault_ops_per_s,
+        "ratio_to_ceiling": row.vault_ops_per_s / ceiling.vault_ops_per_s,
+        "added_cpu_us": added,
+        "added_cpu_vs_echo": added / _echo_cpu_us(rows, row.workers),
+    }
+
+
+def _per_call_verdicts(rows: list[Row]) -> list[str]:
+    lines = []
+    for row in rows:
+        if row.path != AUTHENTICATED:
+            continue
+        figures = _per_call(rows, row)
+        if not figures:
+            continue
+        where = f"{row.op} with {row.workers} worker(s), {row.path}"
+        share = figures["ratio_to_ceiling"]
+        verdict = "PASS" if share >= CEILING_TARGET_RATIO else "MISS"
+        lines.append(
+            f"{where}: vault/bare signing server = {share:.2f}, target >= "
+            f"{CEILING_TARGET_RATIO:.2f}: {verdict}"
+        )
+        times = figures["added_cpu_vs_echo"]
+        if not math.isnan(times):
+            verdict = "PASS" if times <= ADDED_CPU_TARGET else "MISS"
+            lines.append(
+                f"{where}: added server CPU {figures['added_cpu_us']:.0f} us/call = "
+                f"{times:.1f} x the bare echo server's, target <= {ADDED_CPU_TARGET:.1f}: "
+                f"{verdict}"
+            )
+    return lines
+
+
 def _above(margin: float) -> str:
     if margin > CEILING_NOISE:
         return f"lies above the ceiling (by {margin:.2f}): out of reach here"
@@ -199,7 +270,7 @@ def print_report(rows: list[Row], buckets: BucketRow | None = None) -> None:
             "cached) against one GenerateDataKey per object\n" + "\n".join(buckets.figures())
         )
     print()
-    for line in _verdicts(rows):
+    for line in [*_verdicts(rows), *_per_call_verdicts(rows)]:
         print(line)
     if buckets is not None:
         for line in buckets.verdicts():
@@ -207,7 +278,12 @@ def print_report(rows: list[Row], buckets: BucketRow | None = None) -> None:
 
 
 def write_results(rows: list[Row], out: Path, buckets: BucketRow | None = None) -> None:
-    results = [row.result() for row in rows]
+    results = []
+    for row in rows:
+        result = row.result()
+        for name, value in _per_call(rows, row).items():
+            result[name] = None if math.isnan(value) else round(value, 3)
+        results.append(result)
     if buckets is not None:
         results.append(buckets.result())
     out.parent.mkdir(parents=True, exist_ok=True)
