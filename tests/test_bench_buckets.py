@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import json
 import math
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -20,7 +18,8 @@ import pytest
 from bench.buckets import OP, BucketRow, Workload, run_workload
 from bench.cli import parse_args
 from bench.report import write_results
-from tests.support.harness import ROOT, VaultServer
+from tests.support.bench_runs import run_module
+from tests.support.harness import VaultServer
 from vault.client import VaultClient
 
 OBJECTS, BUCKETS, PER_KEY = 120, 3, 10
@@ -71,20 +70,10 @@ def test_the_bucket_workload_counts_real_vault_calls_end_to_end(
 
 def test_python_m_bench_buckets_runs_alone_and_writes_the_row(tmp_path: Path) -> None:
     out = tmp_path / "results.json"
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "bench.buckets",
-            *("--objects", "40", "--buckets", "2", "--threads", "2", "--workers", "1"),
-            *("--out", str(out)),
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=240,
-        stdin=subprocess.DEVNULL,
-        check=False,
+    done = run_module(
+        "bench.buckets",
+        *("--objects", "40", "--buckets", "2", "--threads", "2", "--workers", "1"),
+        *("--out", str(out)),
     )
     assert done.returncode == 0, done.stdout + done.stderr
     (row,) = json.loads(out.read_text())
@@ -100,24 +89,14 @@ def test_make_bench_writes_the_bucket_row_in_the_same_run(tmp_path: Path) -> Non
     """`python -m bench` at its smallest (one cheap operation, one short measurement, no
     floor): the bucket workload runs after it, and its row joins the others."""
     out = tmp_path / "results.json"
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "bench",
-            *("--ops", "generate_random_32", "--workers", "1", "--no-floor"),
-            *("--paths", "unauthenticated", "--seconds", "0.3", "--warmup", "0"),
-            *("--client-procs", "1", "--clients", "1"),
-            *("--bucket-objects", "30", "--bucket-count", "2", "--scale-sizes", "0"),
-            *("--sweep-clients", "0"),
-            *("--out", str(out)),
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=240,
-        stdin=subprocess.DEVNULL,
-        check=False,
+    done = run_module(
+        "bench",
+        *("--ops", "generate_random_32", "--workers", "1", "--no-floor"),
+        *("--paths", "unauthenticated", "--seconds", "0.3", "--warmup", "0"),
+        *("--client-procs", "1", "--clients", "1"),
+        *("--bucket-objects", "30", "--bucket-count", "2", "--scale-sizes", "0"),
+        *("--sweep-clients", "0"),
+        *("--out", str(out)),
     )
     assert done.returncode == 0, done.stdout + done.stderr
     rows = json.loads(out.read_text())

@@ -6,37 +6,26 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from bench.concurrency import SWEEP, parse_clients
-from tests.support.harness import ROOT
+from tests.support.bench_runs import run_module
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 def test_the_sweep_measures_unary_and_batch_calls_at_each_client_count(tmp_path: Path) -> None:
     out = tmp_path / "results.json"
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "bench",
-            *("--ops", "generate_random_32", "--workers", "1", "--no-floor"),
-            *("--paths", "unauthenticated", "--seconds", "0.3", "--warmup", "0"),
-            *("--client-procs", "1", "--clients", "1", "--no-buckets", "--scale-sizes", "0"),
-            *("--sweep-clients", "1,2", "--sweep-ops", "p256_ecdsa_sign,p256_ecdsa_sign_batch10"),
-            *("--out", str(out)),
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
+    done = run_module(
+        "bench",
+        *("--ops", "generate_random_32", "--workers", "1", "--no-floor"),
+        *("--paths", "unauthenticated", "--seconds", "0.3", "--warmup", "0"),
+        *("--client-procs", "1", "--clients", "1", "--no-buckets", "--scale-sizes", "0"),
+        *("--sweep-clients", "1,2", "--sweep-ops", "p256_ecdsa_sign,p256_ecdsa_sign_batch10"),
+        *("--out", str(out)),
         timeout=300,
-        stdin=subprocess.DEVNULL,
-        check=False,
     )
     assert done.returncode == 0, done.stdout + done.stderr
     rows = [row for row in json.loads(out.read_text()) if row.get("sweep") == SWEEP]

@@ -4,31 +4,19 @@ unauthenticated server on one token and store) measured in one run."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
-from tests.support.harness import ROOT
+from tests.support.bench_runs import run_module
 
 
 def test_both_paths_are_served_side_by_side_on_one_token_and_store(tmp_path: Path) -> None:
     out = tmp_path / "results.json"
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "bench",
-            *("--ops", "p256_ecdsa_sign", "--workers", "1", "--no-floor"),
-            *("--paths", "authenticated,unauthenticated", "--seconds", "0.3", "--warmup", "0"),
-            *("--client-procs", "1", "--clients", "1", "--no-buckets", "--scale-sizes", "0"),
-            *("--sweep-clients", "0", "--out", str(out)),
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=240,
-        stdin=subprocess.DEVNULL,
-        check=False,
+    done = run_module(
+        "bench",
+        *("--ops", "p256_ecdsa_sign", "--workers", "1", "--no-floor"),
+        *("--paths", "authenticated,unauthenticated", "--seconds", "0.3", "--warmup", "0"),
+        *("--client-procs", "1", "--clients", "1", "--no-buckets", "--scale-sizes", "0"),
+        *("--sweep-clients", "0", "--out", str(out)),
     )
     assert done.returncode == 0, done.stdout + done.stderr
     rows = json.loads(out.read_text())
