@@ -12,13 +12,22 @@ from dataclasses import replace
 from datetime import timedelta
 from typing import Any
 
+import pytest
 from sqlalchemy import event
 
 from tests.test_storage import T0, create, make_key, make_version
+from vault.domain.algorithms import Algorithm, Purpose
+from vault.domain.errors import NotFound, WrongState
 from vault.domain.models import KeyVersion
 from vault.domain.names import KeyVersionName
+from vault.domain.policy import KeyPolicy
+from vault.hsm.keystore import Pkcs11KeyStore
+from vault.service.crypto import CryptoOperations
+from vault.service.keys import KeyManagement
 from vault.storage import open_store
 from vault.storage.metadata_store import SqlMetadataStore
+
+P256 = Algorithm.EC_SIGN_P256_SHA256
 
 
 def nothing_cached(_: KeyVersionName) -> KeyVersion | None:
@@ -100,3 +109,42 @@ def test_a_cached_key_takes_its_version_from_the_callers_cache_until_anything_ch
     finally:
         store.close()
         elsewhere.close()
+
+
+def test_a_key_changed_in_another_process_is_refused_on_the_next_call_though_cached(
+    keystore: Pkcs11KeyStore, tmp_path: Any
+) -> None:
+    # Two workers' views of one store (their own caches) over the real token: what one
+    # does to a key, the other refuses on its very next call, whatever it had cached.
+    url = f"sqlite:///{tmp_path / 'vault.db'}"
+    here_store, there_store = open_store(url), open_store(url)
+    policy = KeyPolicy(0, 0, 65_536)
+    here = KeyManagement(here_store, keystore, policy)
+    there = KeyManagement(there_store, keystore, policy)
+    crypto = CryptoOperations(here, keystore, policy)
+    try:
+        key = there.create_key("acme", "signer", Purpose.SIGN_VERIFY, P256)
+        name = str(key.name)
+        for _ in range(2):  # the second call is served from every cache
+            crypto.sign(name, message=b"m", digest=None)
+        version_name = str(key.name.version(1))
+        assert keystore._handles.cached(version_name) is not None
+
+        there.disable_key(name)
+        with pytest.raises(WrongState):
+            crypto.sign(name, message=b"m", digest=None)
+        there.enable_key(name)
+        assert crypto.sign(name, message=b"m", digest=None).key_version_name == version_name
+
+        there.schedule_destruction(name, timedelta(0))
+        with pytest.raises(WrongState):
+            crypto.sign(name, message=b"m", digest=None)
+        there.destroy_due_keys()
+        with pytest.raises(WrongState):
+            crypto.sign(name, message=b"m", digest=None)
+        # Its material is gone from this process too, not only refused.
+        assert keystore._handles.cached(version_name) is None
+        assert isinstance(here.load_with_version(key.name, 1)[1], NotFound)
+    finally:
+        here_store.close()
+        there_store.close()
