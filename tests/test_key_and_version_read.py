@@ -18,7 +18,7 @@ from sqlalchemy import event
 from tests.test_storage import T0, create, make_key, make_version
 from vault.domain.algorithms import Algorithm, Purpose
 from vault.domain.errors import NotFound, WrongState
-from vault.domain.models import KeyVersion
+from vault.domain.models import KeyState, KeyVersion, RevocationReason
 from vault.domain.names import KeyVersionName
 from vault.domain.policy import KeyPolicy
 from vault.hsm.keystore import Pkcs11KeyStore
@@ -148,3 +148,39 @@ def test_a_key_changed_in_another_process_is_refused_on_the_next_call_though_cac
     finally:
         here_store.close()
         there_store.close()
+
+
+def test_the_direct_reads_convert_every_column_as_the_engine_does(backend_url: str) -> None:
+    # Every optional column set: times, reason codes, labels, a request id, a token label.
+    store = open_store(backend_url)
+    try:
+        made = replace(
+            make_key("full", labels={"a": "1", "b": "two"}, request_id="req-1"),
+            description="all columns",
+        )
+        key = create(store, made, token_label="vault:key:full", public_key_der=b"\x30\x00")
+        revoked = store.revoke_key(
+            replace(
+                key,
+                state=KeyState.REVOKED,
+                revoke_time=T0 + timedelta(microseconds=123_457),
+                revocation_reason_code=RevocationReason.SUPERSEDED,
+                revocation_reason="rotated out",
+            )
+        )
+        # Read through the engine's pooled transactions (SQLAlchemy's own conversions).
+        engine_key = store.find_key_by_request_id("acme", "req-1")
+        (engine_version,) = store.list_versions(key.name)
+        assert engine_key == revoked and engine_version.revoked
+
+        assert store.get_key(key.name) == engine_key
+        assert store.get_version(key.name.version(1)) == engine_version
+        assert store.get_key_and_version(key.name, None, nothing_cached) == (
+            engine_key,
+            engine_version,
+        )
+        got = store.get_key(key.name)
+        assert got is not None and got.revoke_time is not None
+        assert got.revoke_time.utcoffset() == timedelta(0) and got.token_resident is False
+    finally:
+        store.close()
