@@ -18,7 +18,7 @@ from pkcs11 import Attribute, KeyType, ObjectClass, exceptions
 from tests.support.tokens import generated_version, usable_object
 from vault.domain.algorithms import Algorithm
 from vault.domain.public_keys import verify_signature
-from vault.hsm.keystore import Pkcs11KeyStore
+from vault.hsm.keystore import Pkcs11KeyStore, _gcm_encrypt
 
 AES = Algorithm.AES_256_GCM
 P256 = Algorithm.EC_SIGN_P256_SHA256
@@ -164,3 +164,29 @@ def test_the_token_holds_at_most_the_cache_and_the_keys_of_calls_in_flight(
         assert live_p256_objects() - before == size == keystore._handles.live()
     finally:
         probe.close()
+
+
+def test_a_key_dropped_while_a_call_uses_it_is_destroyed_when_that_call_ends(
+    keystore: Pkcs11KeyStore,
+) -> None:
+    # Another thread empties the cache (the key was disabled elsewhere) between this call's
+    # lookup and its operation: the call still completes, and the object goes with it.
+    keystore = Pkcs11KeyStore(keystore._library, cache_size=4, cache_ttl_seconds=300)
+    version = generated_version(keystore, AES)
+    used: list[Any] = []
+
+    def seal(context: Any) -> bytes:
+        key = keystore._key(context, version, AES)
+        used.append(key.wrapper.origin)
+        in_new_thread(keystore._handles.clear)
+        return _gcm_encrypt(key, NONCE, b"in flight", b"")
+
+    sealed = keystore.run(seal)
+    assert keystore._handles.live() == 0
+    try:
+        used[-1][Attribute.CLASS]
+    except exceptions.ObjectHandleInvalid:
+        pass
+    else:
+        raise AssertionError("a dropped key object outlived the call that used it")
+    assert keystore.decrypt_gcm(version, AES, NONCE, sealed, b"") == b"in flight"
