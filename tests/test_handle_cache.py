@@ -9,16 +9,19 @@ than hsm.cache_size objects (the ones it evicts are destroyed in the token).
 
 from __future__ import annotations
 
+import hashlib
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from pkcs11 import Attribute, exceptions
+from pkcs11 import Attribute, KeyType, ObjectClass, exceptions
 
 from tests.support.tokens import generated_version, usable_object
 from vault.domain.algorithms import Algorithm
-from vault.hsm.keystore import Pkcs11KeyStore
+from vault.domain.public_keys import verify_signature
+from vault.hsm.keystore import Pkcs11KeyStore, _gcm_encrypt
 
 AES = Algorithm.AES_256_GCM
+P256 = Algorithm.EC_SIGN_P256_SHA256
 NONCE = b"\x01" * 12
 
 
@@ -92,3 +95,98 @@ def test_threads_use_one_shared_object_at_the_same_time(keystore: Pkcs11KeyStore
     with ThreadPoolExecutor(max_workers=8) as threads:
         assert all(threads.map(round_trips, range(8)))
     assert keystore._handles.cached(str(version.name)) is not None
+
+
+def test_a_key_evicted_while_another_thread_signs_with_it_still_signs(
+    keystore: Pkcs11KeyStore,
+) -> None:
+    # A cache of one key and threads signing with several: every miss evicts an object that
+    # another thread may be using at that moment. No call may fail for it.
+    keystore = Pkcs11KeyStore(keystore._library, cache_size=1, cache_ttl_seconds=300)
+    versions = [generated_version(keystore, P256) for _ in range(3)]
+
+    def signs(index: int) -> int:
+        verified = 0
+        for n in range(60):
+            version = versions[(index + n) % len(versions)]
+            digest = hashlib.sha256(f"{index}/{n}".encode()).digest()
+            signature = keystore.sign(version, P256, digest, True)
+            assert version.public_key_der is not None
+            assert verify_signature(P256, version.public_key_der, digest, True, signature)
+            verified += 1
+        return verified
+
+    with ThreadPoolExecutor(max_workers=6) as threads:
+        assert sum(threads.map(signs, range(6))) == 360
+
+
+def test_the_token_holds_at_most_the_cache_and_the_keys_of_calls_in_flight(
+    keystore: Pkcs11KeyStore,
+) -> None:
+    # Evicted objects that a call still uses are destroyed by their last user: the token
+    # may then hold more than the cache, but never more than one object per call in flight.
+    size, workers = 3, 4
+    keystore = Pkcs11KeyStore(keystore._library, cache_size=size, cache_ttl_seconds=300)
+    versions = [generated_version(keystore, P256) for _ in range(8)]
+    probe = keystore._library.token.open(rw=True)
+
+    def live_p256_objects() -> int:
+        template = {
+            Attribute.CLASS: ObjectClass.PRIVATE_KEY,
+            Attribute.KEY_TYPE: KeyType.EC,
+            Attribute.TOKEN: False,
+        }
+        while True:
+            try:
+                return len(list(probe.get_objects(template)))
+            except exceptions.ObjectHandleInvalid:
+                continue  # python-pkcs11 reads each found object's class: one just went
+
+    before = live_p256_objects()
+    running = True
+    seen: list[int] = []
+
+    def watch() -> None:
+        while running:
+            seen.append(live_p256_objects() - before)
+
+    def signs(index: int) -> None:
+        for n in range(80):
+            keystore.sign(versions[(index * 3 + n) % len(versions)], P256, bytes(32), True)
+
+    try:
+        with ThreadPoolExecutor(max_workers=workers + 1) as threads:
+            watcher = threads.submit(watch)
+            list(threads.map(signs, range(workers)))
+            running = False
+            watcher.result(timeout=60)
+        assert seen and max(seen) <= size + workers
+        assert live_p256_objects() - before == size == keystore._handles.live()
+    finally:
+        probe.close()
+
+
+def test_a_key_dropped_while_a_call_uses_it_is_destroyed_when_that_call_ends(
+    keystore: Pkcs11KeyStore,
+) -> None:
+    # Another thread empties the cache (the key was disabled elsewhere) between this call's
+    # lookup and its operation: the call still completes, and the object goes with it.
+    keystore = Pkcs11KeyStore(keystore._library, cache_size=4, cache_ttl_seconds=300)
+    version = generated_version(keystore, AES)
+    used: list[Any] = []
+
+    def seal(context: Any) -> bytes:
+        key = keystore._key(context, version, AES)
+        used.append(key.wrapper.origin)
+        in_new_thread(keystore._handles.clear)
+        return _gcm_encrypt(key, NONCE, b"in flight", b"")
+
+    sealed = keystore.run(seal)
+    assert keystore._handles.live() == 0
+    try:
+        used[-1][Attribute.CLASS]
+    except exceptions.ObjectHandleInvalid:
+        pass
+    else:
+        raise AssertionError("a dropped key object outlived the call that used it")
+    assert keystore.decrypt_gcm(version, AES, NONCE, sealed, b"") == b"in flight"

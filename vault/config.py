@@ -149,13 +149,15 @@ class HsmSettings(BaseModel):
         16_384,
         ge=1,
         description="unwrapped key objects each worker process keeps in the token, shared by "
-        "its threads",
+        "its threads (plus one per key version calls in flight use); about 10.5 KiB of "
+        "resident memory each for a P-256 key, 2.4 KiB for an AES key",
     )
     version_cache_size: int = Field(
         16_384,
         ge=1,
         description="enabled key versions (metadata and wrapped blob) each worker process "
-        "keeps in memory, so a request on a cached key reads no version row",
+        "keeps in memory, so a request on a cached key reads no version row (about 0.9 KiB "
+        "each)",
     )
     cache_ttl_seconds: int = Field(
         300,
@@ -183,7 +185,7 @@ class StoreSettings(BaseModel):
         16_384,
         ge=1,
         description="keys each worker process keeps in memory while no key or version has "
-        "changed anywhere, shared by its threads (SQLite store)",
+        "changed anywhere, shared by its threads (SQLite store; about 0.7 KiB each)",
     )
 
 

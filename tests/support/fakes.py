@@ -135,6 +135,18 @@ class FakeMetadataStore:
     def get_key(self, name: KeyName) -> Key | None:
         return self.keys.get(name)
 
+    def get_key_and_version(
+        self,
+        name: KeyName,
+        number: int | None,
+        cached_version: Callable[[KeyVersionName], KeyVersion | None],
+    ) -> tuple[Key | None, KeyVersion | None]:
+        key = self.keys.get(name)
+        if key is None:
+            return None, None
+        wanted = name.version(number if number is not None else key.primary_version)
+        return key, self.versions.get(wanted)
+
     def find_key_by_request_id(self, account: str, request_id: str) -> Key | None:
         if not request_id:
             return None

@@ -259,6 +259,18 @@ class MetadataStore(Protocol):
 
     def get_key(self, name: KeyName) -> Key | None: ...
 
+    def get_key_and_version(
+        self,
+        name: KeyName,
+        number: int | None,
+        cached_version: Callable[[KeyVersionName], KeyVersion | None],
+    ) -> tuple[Key | None, KeyVersion | None]:
+        """name's key (None if there is none) and its version number, or its primary when
+        number is None (None if there is no such version), as a request needs them: a key
+        the store serves from its cache comes with cached_version(the version's name) when
+        that gives one; otherwise both are read together, in one statement where it can."""
+        ...
+
     def find_key_by_request_id(self, account: str, request_id: str) -> Key | None: ...
 
     def list_keys(

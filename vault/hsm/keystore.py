@@ -124,45 +124,113 @@ class _SharedHandles:
     as the module's epoch and is never closed by a request thread's recovery; each use pairs
     the handle with the calling thread's own session (one operation per session at a time).
     Unwraps and destroys on the login session are serialised by a lock of their own, so a
-    miss never holds up the hits of other threads."""
+    miss never holds up the hits of other threads.
+
+    A call holds each object it uses (acquire, unwrap) until it ends (release). An object
+    that leaves the cache (evicted, expired, cleared, forgotten) while calls hold it is
+    retired: its last holder destroys it. Destroying it at once would fail those calls with
+    a stale handle, and their retry could lose the same race again (seen with 6 threads on
+    a cache of 1). So the token holds at most maxsize objects plus those retired while in
+    use: one per key version a call in flight uses."""
 
     def __init__(self, maxsize: int, ttl: float) -> None:
         self._cache = _HandleCache(maxsize, ttl)
-        self._lock = threading.Lock()  # the cache's entries
+        self._lock = threading.Lock()  # the cache's entries, holders and retired objects
         self._session_lock = threading.Lock()  # calls on the login session
         self._epoch = -1  # the module epoch the cached handles belong to
+        # id(object) -> [object, calls holding it]; the object is kept so its id stays its.
+        self._holders: dict[int, list[Any]] = {}
+        self._retired: set[int] = set()
 
     def __len__(self) -> int:
         return len(self._cache)
 
-    def get(self, epoch: int, name: str) -> Any | None:
+    def live(self) -> int:
+        """Objects of this cache in the token: cached, or retired and still held."""
         with self._lock:
-            if epoch != self._epoch:
-                # A restart of the module voided every handle: drop them unused, since the
-                # same numbers may name other objects now.
-                self._cache = _HandleCache(int(self._cache.maxsize), self._cache.ttl)
-                self._epoch = epoch
-                return None
-            return self._cache.get(name)
+            return len(self._cache) + len(self._retired)
 
-    def unwrap(self, epoch: int, name: str, unwrap: Callable[[], Any]) -> Any:
-        """The cached object of name, or unwrap() run on the login session and cached."""
+    def _hold(self, obj: Any) -> None:
+        held = self._holders.setdefault(id(obj), [obj, 0])
+        held[1] += 1
+
+    def _retire(self, values: Sequence[Any]) -> list[Any]:
+        """Of values leaving the cache (under _lock), those no call holds: to destroy now."""
+        free = []
+        for value in values:
+            if id(value) in self._holders:
+                self._retired.add(id(value))
+            else:
+                free.append(value)
+        return free
+
+    def _destroy(self, values: Sequence[Any]) -> None:
+        if values:
+            with self._session_lock:
+                for value in values:
+                    objects.destroy_quietly(value)
+
+    def _same_epoch(self, epoch: int) -> bool:
+        """Whether cached handles belong to epoch; if not, they are dropped unused (under
+        _lock): a restart of the module voided them, and the same numbers may name other
+        objects now."""
+        if epoch == self._epoch:
+            return True
+        self._cache = _HandleCache(int(self._cache.maxsize), self._cache.ttl)
+        self._holders.clear()
+        self._retired.clear()
+        self._epoch = epoch
+        return False
+
+    def acquire(self, epoch: int, name: str, hold: bool = True) -> Any | None:
+        """The cached object of name (held for the caller unless hold is False), or None."""
+        with self._lock:
+            if not self._same_epoch(epoch):
+                return None
+            obj = self._cache.get(name)
+            if obj is not None and hold:
+                self._hold(obj)
+            return obj
+
+    def unwrap(self, epoch: int, name: str, unwrap: Callable[[], Any], hold: bool = True) -> Any:
+        """The cached object of name, or unwrap() run on the login session and cached; held
+        for the caller unless hold is False."""
         with self._session_lock:
             with self._lock:
                 if epoch == self._epoch:
                     cached = self._cache.get(name)
-                    if cached is not None:
-                        return cached  # another thread unwrapped it meanwhile
+                    if cached is not None:  # another thread unwrapped it meanwhile
+                        if hold:
+                            self._hold(cached)
+                        return cached
             obj = unwrap()
             with self._lock:
                 if epoch == self._epoch:
                     self._cache[name] = obj
-                    evicted = self._cache.take_evicted()
+                    if hold:
+                        self._hold(obj)
+                    free = self._retire(self._cache.take_evicted())
                 else:
-                    evicted = [obj]
-            for value in evicted:
+                    free = [obj]
+            for value in free:
                 objects.destroy_quietly(value)
         return obj
+
+    def release(self, held: Sequence[Any]) -> None:
+        """A call is done with the objects it held; destroy those retired meanwhile."""
+        free = []
+        with self._lock:
+            for obj in held:
+                entry = self._holders.get(id(obj))
+                if entry is None or entry[0] is not obj:
+                    continue  # dropped with its epoch
+                entry[1] -= 1
+                if entry[1] == 0:
+                    del self._holders[id(obj)]
+                    if id(obj) in self._retired:
+                        self._retired.discard(id(obj))
+                        free.append(obj)
+        self._destroy(free)
 
     def cached(self, name: str) -> Any | None:
         """The cached object of name, if any (for inspection)."""
@@ -172,23 +240,21 @@ class _SharedHandles:
     def forget(self, name: str) -> None:
         with self._lock:
             obj = self._cache.pop(name, None)
-        if obj is not None:
-            with self._session_lock:
-                objects.destroy_quietly(obj)
+            free = [] if obj is None else self._retire([obj])
+        self._destroy(free)
 
     def clear(self) -> None:
         with self._lock:
             self._cache.clear()
-            evicted = self._cache.take_evicted()
-        with self._session_lock:
-            for value in evicted:
-                objects.destroy_quietly(value)
+            free = self._retire(self._cache.take_evicted())
+        self._destroy(free)
 
 
 class Pkcs11KeyStore:
     def __init__(self, library: TokenLibrary, cache_size: int, cache_ttl_seconds: int) -> None:
         self._library = library
         self._handles = _SharedHandles(cache_size, cache_ttl_seconds)
+        self._calls = threading.local()  # the objects each thread's call in flight holds
         self._supported = supported_algorithms(library)
         # The newest material epoch of the store any thread of this process has seen.
         self._material_epoch = -1
@@ -305,7 +371,10 @@ class Pkcs11KeyStore:
                 obj = objects.find_one(context.session, shape.object_class, version.token_label)
                 context.objects[cache_key] = obj
             return obj
-        shared = self._handles.get(context.epoch, cache_key)
+        # Inside run() the call holds the object until it ends (see _SharedHandles).
+        held: list[Any] | None = getattr(self._calls, "held", None)
+        hold = held is not None
+        shared = self._handles.acquire(context.epoch, cache_key, hold)
         metrics.cache_lookup(shared is not None)
         if shared is None:
             if version.wrapped_blob is None or version.root_generation is None:
@@ -325,7 +394,9 @@ class Pkcs11KeyStore:
                     template=templates.unwrapped_for_use(algorithm),
                 )
 
-            shared = self._handles.unwrap(context.epoch, cache_key, unwrap)
+            shared = self._handles.unwrap(context.epoch, cache_key, unwrap, hold)
+        if held is not None:
+            held.append(shared)
         return bound_to(shared, context.session, templates.shape(algorithm).key_type)
 
     def run(self, operation: Callable[[ThreadContext], T], name: str = "", count: int = 1) -> T:
@@ -334,11 +405,23 @@ class Pkcs11KeyStore:
         operations (a batch's)."""
         label = name or getattr(operation, "__name__", "other")
         metrics.token_operation(label, count)
+        held: list[Any] | None = getattr(self._calls, "held", None)
+        outermost = held is None
+        if held is None:
+            held = self._calls.held = []
+        mark = len(held)
         try:
             return self._library.run(operation)
         except VaultError as error:
             metrics.token_error(label, error.reason)
             raise
+        finally:
+            # The unwrapped objects this call used (a retry's too) may now be destroyed.
+            done = held[mark:]
+            del held[mark:]
+            if outermost:
+                self._calls.held = None
+            self._handles.release(done)
 
     # -- lifecycle ------------------------------------------------------------------------
 

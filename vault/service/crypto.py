@@ -129,6 +129,12 @@ class _Keys:
     def version(self, key: Key, number: int | None) -> KeyVersion:
         return self._keys.version(key, number)
 
+    def load_with_version(
+        self, name: KeyName, number: int | None
+    ) -> tuple[Key, KeyVersion | VaultError]:
+        """load(name) and version(key, number), the version's error returned, not raised."""
+        return self._keys.load_with_version(name, number)
+
     def usable(
         self, name: str, operation: Operation, check: _Check
     ) -> tuple[Key, KeyVersion, bool]:
@@ -187,6 +193,15 @@ class _BatchKeys(_Keys):
         if isinstance(found, VaultError):
             raise found.with_traceback(None)
         return found
+
+    def load_with_version(
+        self, name: KeyName, number: int | None
+    ) -> tuple[Key, KeyVersion | VaultError]:
+        key = self.load(name)
+        try:
+            return key, self.version(key, number)
+        except VaultError as error:
+            return key, error
 
 
 def _each(
@@ -262,9 +277,10 @@ class CryptoOperations:
         self, name: str, operation: Operation, keys: _Keys
     ) -> tuple[Key, KeyVersion, bool]:
         key_name, number = parse_key_or_version(name)
-        key = keys.load(key_name)
+        key, version = keys.load_with_version(key_name, number)
         key.require(operation)
-        version = keys.version(key, number)
+        if isinstance(version, VaultError):
+            raise version.with_traceback(None)
         version.require(operation)
         return key, version, number is not None
 

@@ -176,6 +176,31 @@ class KeyManagement:
             self._versions[wanted] = version
         return version
 
+    def load_with_version(
+        self, name: KeyName, number: int | None
+    ) -> tuple[Key, KeyVersion | NotFound]:
+        """load(name) and version(key, number) as one step: when neither is cached, one
+        store read instead of two. The version's NotFound is returned, not raised, so the
+        caller checks the key (its state, its purpose) first, as with load() then version()."""
+        self._sync_material_epoch()
+
+        def cached(wanted: KeyVersionName) -> KeyVersion | None:
+            with self._versions_lock:
+                return self._versions.get(wanted)
+
+        key, version = self._store.get_key_and_version(name, number, cached)
+        if key is None:
+            raise NotFound("key not found", metadata={"name": str(name)})
+        wanted = name.version(number if number is not None else key.primary_version)
+        if key.state is KeyState.DESTROYED:
+            # A destroyed key's versions are read afresh, never served from the cache.
+            version = self._store.get_version(wanted)
+        if version is None or version.state is not VersionState.ENABLED:
+            return key, NotFound("key version not found", metadata={"name": str(wanted)})
+        with self._versions_lock:
+            self._versions[wanted] = version
+        return key, version
+
     # -- create, update, rotate ----------------------------------------------------------
 
     def create_key(

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import functools
 import logging
+from collections.abc import Callable, Mapping
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, cast
 
 from sqlalchemy import (
     JSON,
@@ -22,7 +23,6 @@ from sqlalchemy import (
     and_,
     bindparam,
     case,
-    cast,
     delete,
     func,
     insert,
@@ -31,6 +31,7 @@ from sqlalchemy import (
     type_coerce,
     update,
 )
+from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import DBAPIError
 
 from vault.domain.algorithms import Algorithm, Purpose
@@ -97,6 +98,72 @@ _GET_VERSION = select(key_versions).where(
     key_versions.c.version == bindparam("version"),
 )
 
+# A key and one of its versions in one statement (a request's two reads when neither is
+# cached): its primary, or the version a request names. The version's columns are labelled
+# apart from the key's; all of them are NULL when the key has no such version.
+_VERSION_PREFIX = "version_"
+_KEY_WITH_VERSION_COLUMNS = (
+    *keys.c,
+    *(column.label(_VERSION_PREFIX + column.name) for column in key_versions.c),
+)
+_SAME_KEY = and_(key_versions.c.account == keys.c.account, key_versions.c.key_id == keys.c.key_id)
+_GET_KEY_WITH_PRIMARY = (
+    select(*_KEY_WITH_VERSION_COLUMNS)
+    .select_from(
+        keys.outerjoin(
+            key_versions, and_(_SAME_KEY, key_versions.c.version == keys.c.primary_version)
+        )
+    )
+    .where(keys.c.account == bindparam("account"), keys.c.key_id == bindparam("key_id"))
+)
+_GET_KEY_WITH_VERSION = (
+    select(*_KEY_WITH_VERSION_COLUMNS)
+    .select_from(
+        keys.outerjoin(
+            key_versions, and_(_SAME_KEY, key_versions.c.version == bindparam("version"))
+        )
+    )
+    .where(keys.c.account == bindparam("account"), keys.c.key_id == bindparam("key_id"))
+)
+
+
+class _DirectRead:
+    """A constant SELECT compiled once for the store's SQLite dialect, run on the key cache's
+    probe connection instead of a pooled transaction (see freshness.py): its SQL, the order
+    of its parameters, and each column's result processor, so its rows convert exactly as
+    they do through SQLAlchemy (integer times to datetimes, JSON labels, booleans)."""
+
+    def __init__(self, statement: Select[Any], dialect: Dialect) -> None:
+        compiled = statement.compile(dialect=dialect)
+        self.sql = str(compiled)
+        self.parameters = tuple(compiled.positiontup or ())
+        columns = list(statement.selected_columns)
+        self.names = tuple(str(column.key) for column in columns)
+        self.processors = tuple(
+            column.type.dialect_impl(dialect).result_processor(dialect, None) for column in columns
+        )
+
+    def row(
+        self, cache: UnchangedSinceCache[KeyName, Key], params: Mapping[str, Any]
+    ) -> dict[str, Any] | None:
+        values = cache.fetch_one(self.sql, [params[name] for name in self.parameters])
+        if values is None:
+            return None
+        return {
+            name: value if process is None else process(value)
+            for name, process, value in zip(self.names, self.processors, values, strict=True)
+        }
+
+
+def _split_key_and_version(row: Mapping[Any, Any]) -> tuple[Key, KeyVersion | None]:
+    """The key and version of a _GET_KEY_WITH_* row (a RowMapping or a _DirectRead dict)."""
+    # to_key and to_version only index their row by column name.
+    key = to_key(cast(RowMapping, row))
+    if row[_VERSION_PREFIX + "version"] is None:
+        return key, None
+    fields = {column.name: row[_VERSION_PREFIX + column.name] for column in key_versions.c}
+    return key, to_version(cast(RowMapping, fields))
+
 
 _GET_EPOCH = select(key_material_epoch.c.epoch).where(key_material_epoch.c.id == 1)
 _SQLITE_GET_EPOCH = "SELECT epoch FROM key_material_epoch WHERE id = 1"
@@ -131,6 +198,17 @@ class SqlMetadataStore:
         # Keys are read on every request; while nothing has been committed anywhere since
         # they were read, they are still current (see freshness.py).
         self._key_cache = _key_cache(engine, key_cache_size)
+        self._direct: dict[str, _DirectRead] = {}
+        if self._key_cache is not None:
+            self._direct = {
+                name: _DirectRead(statement, engine.dialect)
+                for name, statement in (
+                    ("key", _GET_KEY),
+                    ("version", _GET_VERSION),
+                    ("key_with_primary", _GET_KEY_WITH_PRIMARY),
+                    ("key_with_version", _GET_KEY_WITH_VERSION),
+                )
+            }
         # An in-memory SQLite database is one connection shared by every thread (StaticPool);
         # interleaved transactions on it would mix, so calls take turns. File and server
         # databases give each call its own pooled connection and need no lock.
@@ -170,17 +248,50 @@ class SqlMetadataStore:
         return key
 
     def get_key(self, name: KeyName) -> Key | None:
-        version = 0
-        if self._key_cache is not None:
-            cached, version = self._key_cache.get(name)
-            if cached is not None:
-                return cached
-        with guarded_transaction(self._engine, self._serial, write=False) as c:
-            row = c.execute(_GET_KEY, _key_params(name)).mappings().one_or_none()
-        key = None if row is None else to_key(row)
-        if key is not None and self._key_cache is not None:
-            self._key_cache.put(name, key, version)
+        if self._key_cache is None:
+            with guarded_transaction(self._engine, self._serial, write=False) as c:
+                found = c.execute(_GET_KEY, _key_params(name)).mappings().one_or_none()
+            return None if found is None else to_key(found)
+        cached, stamp = self._key_cache.get(name)
+        if cached is not None:
+            return cached
+        row = self._direct["key"].row(self._key_cache, _key_params(name))
+        key = None if row is None else to_key(cast(RowMapping, row))
+        if key is not None:
+            self._key_cache.put(name, key, stamp)
         return key
+
+    def get_key_and_version(
+        self,
+        name: KeyName,
+        number: int | None,
+        cached_version: Callable[[KeyVersionName], KeyVersion | None],
+    ) -> tuple[Key | None, KeyVersion | None]:
+        """name's key and its version number (the key's primary when None): a key served
+        from the cache comes with cached_version(that version's name), or the version read;
+        a key read from the database comes with its version, read in the same statement."""
+        stamp = 0
+        if self._key_cache is not None:
+            cached, stamp = self._key_cache.get(name)
+            if cached is not None:
+                wanted = name.version(number if number is not None else cached.primary_version)
+                return cached, cached_version(wanted) or self.get_version(wanted)
+        params: dict[str, str | int] = {**_key_params(name), "version": number or 0}
+        statement, direct = _GET_KEY_WITH_PRIMARY, "key_with_primary"
+        if number is not None:
+            statement, direct = _GET_KEY_WITH_VERSION, "key_with_version"
+        row: Mapping[Any, Any] | None
+        if self._key_cache is None:
+            with guarded_transaction(self._engine, self._serial, write=False) as c:
+                row = c.execute(statement, params).mappings().one_or_none()
+        else:
+            row = self._direct[direct].row(self._key_cache, params)
+        if row is None:
+            return None, None
+        key, version = _split_key_and_version(row)
+        if self._key_cache is not None:
+            self._key_cache.put(name, key, stamp)
+        return key, version
 
     def find_key_by_request_id(self, account: str, request_id: str) -> Key | None:
         if not request_id:
@@ -285,6 +396,9 @@ class SqlMetadataStore:
     # --- versions ---------------------------------------------------------------------------
 
     def get_version(self, name: KeyVersionName) -> KeyVersion | None:
+        if self._key_cache is not None:
+            direct = self._direct["version"].row(self._key_cache, _version_params(name))
+            return None if direct is None else to_version(cast(RowMapping, direct))
         with guarded_transaction(self._engine, self._serial, write=False) as c:
             row = c.execute(_GET_VERSION, _version_params(name)).mappings().one_or_none()
         return None if row is None else to_version(row)
@@ -876,7 +990,7 @@ _LISTED_COLUMNS: Final = (
     # 0 or 1 on SQLite, a bool on PostgreSQL (ListedKey.token_resident is an int).
     keys.c.token_resident,
     # JSON text as stored (SQLite) or as the server prints it (PostgreSQL's json type).
-    cast(keys.c.labels, Text).label("labels_json"),
+    keys.c.labels.cast(Text).label("labels_json"),
     keys.c.description,
     _plain_time(keys.c.destroy_scheduled_time),
     keys.c.revocation_reason,
