@@ -190,3 +190,41 @@ def test_a_key_dropped_while_a_call_uses_it_is_destroyed_when_that_call_ends(
     else:
         raise AssertionError("a dropped key object outlived the call that used it")
     assert keystore.decrypt_gcm(version, AES, NONCE, sealed, b"") == b"in flight"
+
+
+def test_batches_of_several_threads_take_turns_and_each_gets_its_own_results(
+    keystore: Pkcs11KeyStore,
+) -> None:
+    from vault.domain.ports import TokenGcm, TokenSign
+
+    aes = generated_version(keystore, AES)
+    p256 = generated_version(keystore, P256)
+    assert p256.public_key_der is not None
+
+    def batch(thread: int) -> tuple[list[bytes], list[bytes]]:
+        nonces = [hashlib.sha256(b"%d-%d" % (thread, item)).digest()[:12] for item in range(20)]
+        plaintexts = [b"thread %d item %d" % (thread, item) for item in range(20)]
+        sealed = keystore.encrypt_gcm_many(
+            [TokenGcm(aes, AES, nonce, data, b"") for nonce, data in zip(nonces, plaintexts)]
+        )
+        opened = keystore.decrypt_gcm_many(
+            [
+                TokenGcm(aes, AES, nonce, bytes(data), b"")
+                for nonce, data in zip(nonces, sealed, strict=True)
+                if isinstance(data, bytes)
+            ]
+        )
+        assert opened == plaintexts
+        signatures = keystore.sign_many([TokenSign(p256, P256, data, False) for data in plaintexts])
+        assert all(isinstance(signature, bytes) for signature in signatures)
+        return plaintexts, [signature for signature in signatures if isinstance(signature, bytes)]
+
+    with ThreadPoolExecutor(max_workers=6) as threads:
+        results = list(threads.map(batch, range(6), timeout=120))
+    for plaintexts, signatures in results:
+        for data, signature in zip(plaintexts, signatures, strict=True):
+            assert verify_signature(P256, p256.public_key_der, data, False, signature)
+    # Every batch gave its turn back: one more runs at once on this thread.
+    assert not keystore._batch_turn.locked()
+    (sealed,) = keystore.encrypt_gcm_many([TokenGcm(aes, AES, b"\x02" * 12, b"late", b"")])
+    assert isinstance(sealed, bytes) and len(sealed) == len(b"late") + 16
