@@ -16,16 +16,16 @@ import hashlib
 import struct
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from typing import Final
+
+from vault.domain.models import epoch_micros
 
 GENESIS_HASH: Final = bytes(32)
 
 _RECORD_TAG: Final = b"vault-audit-v1"
 _CHECKPOINT_TAG: Final = b"vault-audit-checkpoint-v1"
 _LENGTH: Final = struct.Struct(">I")
-_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
-_MICROSECOND: Final = timedelta(microseconds=1)
 
 
 class AuditOutcome:
@@ -93,17 +93,6 @@ def _int(value: int) -> bytes:
     return _field(value.to_bytes((value.bit_length() + 8) // 8, "big", signed=True))
 
 
-def _micros(moment: datetime) -> int:
-    if moment.tzinfo is None or moment.utcoffset() is None:
-        raise ValueError("audit timestamps must be timezone-aware")
-    # Integer arithmetic on the timedelta: a float timestamp would round some microseconds.
-    return (moment - _EPOCH) // _MICROSECOND
-
-
-def _text(value: str) -> bytes:
-    return _field(value.encode("utf-8"))
-
-
 _RECORD_TAG_FIELD: Final = _field(_RECORD_TAG)
 
 
@@ -112,7 +101,12 @@ def _record_encoding(prev_hash: bytes, event: AuditEvent) -> bytes:
     update instead of a dozen (every request hashes its record on append, and again when a
     checkpoint verifies it)."""
     pack = _LENGTH.pack
-    parts = [_RECORD_TAG_FIELD, pack(len(prev_hash)), prev_hash, _int(_micros(event.occurred_at))]
+    parts = [
+        _RECORD_TAG_FIELD,
+        pack(len(prev_hash)),
+        prev_hash,
+        _int(epoch_micros(event.occurred_at)),
+    ]
     for text in (
         event.request_id,
         event.credential_id,
@@ -181,7 +175,7 @@ class Checkpoint:
 def checkpoint_payload(head_seq: int, head_hash: bytes, signed_at: datetime) -> bytes:
     """The exact bytes the audit key signs; its own tag so a record hash is never signable."""
     return b"".join(
-        (_field(_CHECKPOINT_TAG), _int(head_seq), _field(head_hash), _int(_micros(signed_at)))
+        (_field(_CHECKPOINT_TAG), _int(head_seq), _field(head_hash), _int(epoch_micros(signed_at)))
     )
 
 
@@ -244,5 +238,10 @@ def archive_marker_payload(through_seq: int, through_hash: bytes, archived_at: d
     signature never passes for a marker's (which would let whoever holds the database delete
     every record up to any checkpoint)."""
     return b"".join(
-        (_field(_ARCHIVE_TAG), _int(through_seq), _field(through_hash), _int(_micros(archived_at)))
+        (
+            _field(_ARCHIVE_TAG),
+            _int(through_seq),
+            _field(through_hash),
+            _int(epoch_micros(archived_at)),
+        )
     )

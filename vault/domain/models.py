@@ -207,9 +207,13 @@ _MICROSECOND: Final = timedelta(microseconds=1)
 NO_LABELS: Final = "{}"
 
 
-def _micros(value: datetime) -> int:
-    """An aware datetime as integer microseconds since the Unix epoch."""
-    return (value - _EPOCH) // _MICROSECOND
+def epoch_micros(moment: datetime) -> int:
+    """An aware datetime as integer microseconds since the Unix epoch; ValueError for a
+    naive one, whose instant would depend on the host's zone."""
+    if moment.tzinfo is None or moment.utcoffset() is None:
+        raise ValueError("timestamps must be timezone-aware")
+    # Integer arithmetic on the timedelta: a float timestamp would round some microseconds.
+    return (moment - _EPOCH) // _MICROSECOND
 
 
 def _labels_json(labels: dict[str, str]) -> str:
@@ -255,8 +259,8 @@ class ListedKey(NamedTuple):
             algorithm=key.algorithm.value,
             state=key.state.value,
             primary_version=key.primary_version,
-            create_time=_micros(key.create_time),
-            update_time=_micros(key.update_time),
+            create_time=epoch_micros(key.create_time),
+            update_time=epoch_micros(key.update_time),
             token_resident=key.token_resident,
             labels_json=_labels_json(key.labels),
             description=key.description,
@@ -284,7 +288,7 @@ def parse_labels(text: str) -> dict[str, str]:
 
 
 def _micros_or_none(value: datetime | None) -> int | None:
-    return None if value is None else _micros(value)
+    return None if value is None else epoch_micros(value)
 
 
 @dataclass(frozen=True, slots=True)

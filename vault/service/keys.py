@@ -169,9 +169,17 @@ class KeyManagement:
                 cached = self._versions.get(wanted)
             if cached is not None:
                 return cached
-        version = self._store.get_version(wanted)
+        found = self._remember(wanted, self._store.get_version(wanted))
+        if isinstance(found, NotFound):
+            raise found
+        return found
+
+    def _remember(
+        self, wanted: KeyVersionName, version: KeyVersion | None
+    ) -> KeyVersion | NotFound:
+        """version, cached for the next request, if it holds material; else NotFound."""
         if version is None or version.state is not VersionState.ENABLED:
-            raise NotFound("key version not found", metadata={"name": str(wanted)})
+            return NotFound("key version not found", metadata={"name": str(wanted)})
         with self._versions_lock:
             self._versions[wanted] = version
         return version
@@ -195,11 +203,7 @@ class KeyManagement:
         if key.state is KeyState.DESTROYED:
             # A destroyed key's versions are read afresh, never served from the cache.
             version = self._store.get_version(wanted)
-        if version is None or version.state is not VersionState.ENABLED:
-            return key, NotFound("key version not found", metadata={"name": str(wanted)})
-        with self._versions_lock:
-            self._versions[wanted] = version
-        return key, version
+        return key, self._remember(wanted, version)
 
     # -- create, update, rotate ----------------------------------------------------------
 

@@ -198,15 +198,16 @@ class SqlMetadataStore:
         # Keys are read on every request; while nothing has been committed anywhere since
         # they were read, they are still current (see freshness.py).
         self._key_cache = _key_cache(engine, key_cache_size)
-        self._direct: dict[str, _DirectRead] = {}
+        # The hot path's single-row reads, run directly when there is a key cache.
+        self._direct: dict[Select[Any], _DirectRead] = {}
         if self._key_cache is not None:
             self._direct = {
-                name: _DirectRead(statement, engine.dialect)
-                for name, statement in (
-                    ("key", _GET_KEY),
-                    ("version", _GET_VERSION),
-                    ("key_with_primary", _GET_KEY_WITH_PRIMARY),
-                    ("key_with_version", _GET_KEY_WITH_VERSION),
+                statement: _DirectRead(statement, engine.dialect)
+                for statement in (
+                    _GET_KEY,
+                    _GET_VERSION,
+                    _GET_KEY_WITH_PRIMARY,
+                    _GET_KEY_WITH_VERSION,
                 )
             }
         # An in-memory SQLite database is one connection shared by every thread (StaticPool);
@@ -247,17 +248,24 @@ class SqlMetadataStore:
             c.execute(insert(key_versions).values(**version_values))
         return key
 
+    def _read_one(self, statement: Select[Any], params: Mapping[str, Any]) -> Any | None:
+        """The one row of a single-row read (by column name), or None: on the key cache's
+        probe connection when there is one (see _DirectRead), else in a pooled
+        transaction."""
+        if self._key_cache is not None:
+            return self._direct[statement].row(self._key_cache, params)
+        with guarded_transaction(self._engine, self._serial, write=False) as c:
+            return c.execute(statement, params).mappings().one_or_none()
+
     def get_key(self, name: KeyName) -> Key | None:
-        if self._key_cache is None:
-            with guarded_transaction(self._engine, self._serial, write=False) as c:
-                found = c.execute(_GET_KEY, _key_params(name)).mappings().one_or_none()
-            return None if found is None else to_key(found)
-        cached, stamp = self._key_cache.get(name)
-        if cached is not None:
-            return cached
-        row = self._direct["key"].row(self._key_cache, _key_params(name))
-        key = None if row is None else to_key(cast(RowMapping, row))
-        if key is not None:
+        stamp = 0
+        if self._key_cache is not None:
+            cached, stamp = self._key_cache.get(name)
+            if cached is not None:
+                return cached
+        row = self._read_one(_GET_KEY, _key_params(name))
+        key = None if row is None else to_key(row)
+        if key is not None and self._key_cache is not None:
             self._key_cache.put(name, key, stamp)
         return key
 
@@ -277,15 +285,8 @@ class SqlMetadataStore:
                 wanted = name.version(number if number is not None else cached.primary_version)
                 return cached, cached_version(wanted) or self.get_version(wanted)
         params: dict[str, str | int] = {**_key_params(name), "version": number or 0}
-        statement, direct = _GET_KEY_WITH_PRIMARY, "key_with_primary"
-        if number is not None:
-            statement, direct = _GET_KEY_WITH_VERSION, "key_with_version"
-        row: Mapping[Any, Any] | None
-        if self._key_cache is None:
-            with guarded_transaction(self._engine, self._serial, write=False) as c:
-                row = c.execute(statement, params).mappings().one_or_none()
-        else:
-            row = self._direct[direct].row(self._key_cache, params)
+        statement = _GET_KEY_WITH_PRIMARY if number is None else _GET_KEY_WITH_VERSION
+        row = self._read_one(statement, params)
         if row is None:
             return None, None
         key, version = _split_key_and_version(row)
@@ -396,11 +397,7 @@ class SqlMetadataStore:
     # --- versions ---------------------------------------------------------------------------
 
     def get_version(self, name: KeyVersionName) -> KeyVersion | None:
-        if self._key_cache is not None:
-            direct = self._direct["version"].row(self._key_cache, _version_params(name))
-            return None if direct is None else to_version(cast(RowMapping, direct))
-        with guarded_transaction(self._engine, self._serial, write=False) as c:
-            row = c.execute(_GET_VERSION, _version_params(name)).mappings().one_or_none()
+        row = self._read_one(_GET_VERSION, _version_params(name))
         return None if row is None else to_version(row)
 
     def list_versions(self, key: KeyName) -> list[KeyVersion]:
