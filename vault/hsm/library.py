@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import random
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -69,9 +70,17 @@ TOKEN_FAILURES: tuple[type[Exception], ...] = (
     exceptions.UserNotLoggedIn,
     exceptions.SessionCount,
 )
+# Tries of one operation while the token stays present but its handles keep going stale.
+# SoftHSM re-reads the token directory whenever another process writes it, and while another
+# process writes object after object, two tries in a row sometimes both met a stale handle;
+# each try after the first waits a moment for the write to end.
+STALE_HANDLE_TRIES: Final = 4
+STALE_HANDLE_PAUSE_SECONDS: Final = (0.001, 0.01)
+_jitter = random.SystemRandom()
+
 # This thread's session or a handle cached on it is no longer valid (another process
 # destroyed an object, a session closed), or SoftHSM reported CKR_GENERAL_ERROR, which it
-# does when two processes write the token at once: open a fresh session, retry once.
+# does when two processes write the token at once: open a fresh session and try again.
 STALE_HANDLES: tuple[type[Exception], ...] = (
     exceptions.ObjectHandleInvalid,
     exceptions.KeyHandleInvalid,
@@ -322,11 +331,12 @@ class TokenLibrary:
 
     def run(self, operation: Callable[[ThreadContext], T]) -> T:
         """Run operation on this thread's session. After a stale handle, a fresh session and
-        one more try; after a token failure (or a stale handle the token confirms by failing
-        C_GetTokenInfo), a restart of the module and one more try. While the token is away,
-        fail at once."""
+        another try, up to STALE_HANDLE_TRIES in all; after a token failure (or a stale
+        handle the token confirms by failing C_GetTokenInfo), a restart of the module and
+        one more try. While the token is away, fail at once."""
         failure: Exception | None = None
-        for _ in range(2):
+        restarted = False
+        for tried in range(1, STALE_HANDLE_TRIES + 1):
             if self._down_since is not None:
                 raise self._unavailable()
             restart_epoch: int | None = None
@@ -346,14 +356,27 @@ class TokenLibrary:
                     failure = error
                     restart_epoch = epoch
                     self._local.context = None
+            if restart_epoch is None:
+                if tried == STALE_HANDLE_TRIES:
+                    break
+                throttled.warning(
+                    f"retry:{type(failure).__name__}",
+                    "token operation failed (%s); retrying on a fresh session",
+                    type(failure).__name__,
+                )
+                time.sleep(_jitter.uniform(*STALE_HANDLE_PAUSE_SECONDS))
+                continue
+            if restarted:
+                break
+            restarted = True
             throttled.warning(
                 f"retry:{type(failure).__name__}",
-                "token operation failed (%s); retrying once",
+                "token operation failed (%s); restarting the module and retrying once",
                 type(failure).__name__,
             )
-            if restart_epoch is not None and not self.recover(restart_epoch):
+            if not self.recover(restart_epoch):
                 raise self._unavailable()
-        raise TokenUnavailable(f"the token failed twice: {type(failure).__name__}")
+        raise TokenUnavailable(f"the token failed {tried} times in a row: {type(failure).__name__}")
 
     @staticmethod
     def _mapped(operation: Callable[[], T]) -> T:
