@@ -53,6 +53,12 @@ class ServerSettings(BaseModel):
         description="most items in one call of a batch method (BatchSign, BatchEncrypt, ...); "
         "a batch is also bounded by max_message_bytes, both ways",
     )
+    listed_key_cache_size: int = Field(
+        16_384,
+        ge=0,
+        description="listed keys whose serialised Key message each worker process keeps for "
+        "ListKeys, keyed by every field a listing shows (about MEMKIB KiB each; 0: none)",
+    )
     tls_cert_file: Path | None = Field(
         None, description="PEM server certificate (leaf first, then intermediates)"
     )
