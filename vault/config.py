@@ -57,7 +57,8 @@ class ServerSettings(BaseModel):
         16_384,
         ge=0,
         description="listed keys whose serialised Key message each worker process keeps for "
-        "ListKeys, keyed by every field a listing shows (about MEMKIB KiB each; 0: none)",
+        "ListKeys, under every field a listing shows (about 0.8 KiB each with short names, "
+        "plus twice a key's description and labels; 0: none)",
     )
     tls_cert_file: Path | None = Field(
         None, description="PEM server certificate (leaf first, then intermediates)"
