@@ -21,7 +21,8 @@ Steps of the listing path (what ListKeys runs):
 - response bytes, parts kept: what the server runs instead of the two before (ListKeys'
   wire bytes from each listed key's kept part, vault/transport/listing.py), every part kept;
   each round on a page the store read afresh, as a call's page is (a string computes its
-  hash once, on the first lookup).
+  hash once, on the first lookup);
+- response bytes, parts made: the same with no part kept yet (a key's first listing).
 
 With --server, the same store behind a real server instead (`python -m bench.serve`: two
 workers, authenticated and audited, as bench/scale.py runs it), one client in this process
@@ -65,6 +66,7 @@ ACCOUNT: Final = "listing"
 T0: Final = datetime(2026, 12, 1, 9, 30, 15, 123456, tzinfo=UTC)
 LISTING_STEPS: Final = ("store.list_keys", "key_page_to_proto", "serialise", "client parse")
 KEPT_STEP: Final = "response bytes, parts kept"
+MADE_STEP: Final = "response bytes, parts made"
 KEY_STEPS: Final = ("rows as mappings + to_key", "key_to_proto + response")
 
 
@@ -185,6 +187,7 @@ def _measure(
             "serialise": response.SerializeToString,
             "client parse": lambda: key_service_pb2.ListKeysResponse.FromString(data),
             KEPT_STEP: lambda: responses.response_bytes(next(fresh_pages)),
+            MADE_STEP: lambda: ListingResponses(len(page.items)).response_bytes(page),
             "rows as mappings + to_key": key_path_rows,
             "key_to_proto + response": lambda: key_service_pb2.ListKeysResponse(
                 keys=[key_to_proto(key) for key in domain_keys]
