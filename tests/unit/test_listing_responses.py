@@ -89,17 +89,43 @@ def test_a_changed_key_is_never_listed_stale(field: str) -> None:
         assert now != message_bytes(Page(before, ""))
 
 
-def test_parts_kept_stay_within_the_bound() -> None:
+def page_of(numbers: range) -> Page[ListedKey]:
+    return Page([ListedKey.of(key(f"k-{n:05d}")) for n in numbers], "")
+
+
+def test_parts_kept_stay_within_the_bound_and_start_over() -> None:
     bound = 50
     responses = ListingResponses(bound)
-    for start in range(0, 1000, 100):
-        page = Page([ListedKey.of(key(f"k-{n:04d}")) for n in range(start, start + 100)], "")
+    first = page_of(range(100))
+    assert responses.response_bytes(first) == message_bytes(first)
+    assert len(responses) == bound  # the first 50 admitted, the rest served all the same
+    assert all(item in responses._parts for item in first.items[:bound])
+    # Full: what is kept stays while misses come, each page still made right.
+    for start in range(100, 100 + 8 * bound - 50 - 10, 10):  # 50 + 340 misses
+        page = page_of(range(start, start + 10))
         assert responses.response_bytes(page) == message_bytes(page)
         assert len(responses) == bound
-    # The newest are kept, the oldest evicted first.
-    newest = Page([ListedKey.of(key(f"k-{n:04d}")) for n in range(950, 1000)], "")
-    assert all(item in responses._parts for item in newest.items)
+        assert all(item in responses._parts for item in first.items[:bound])
+    # Eight times the bound in misses since it filled: it starts over with the next page.
+    page = page_of(range(1000, 1010))
+    assert responses.response_bytes(page) == message_bytes(page)
+    assert set(responses._parts) == set(page.items)
     assert len(ListingResponses(0)) == 0
+
+
+def test_a_listing_of_more_keys_than_kept_keeps_hitting() -> None:
+    """Paging round after round through more keys than are kept: most of what is kept
+    still serves each round (evicting the oldest for each new part would miss on all)."""
+    responses = ListingResponses(100)
+    pages = [page_of(range(start, start + 20)) for start in range(0, 120, 20)]
+    for page in pages:
+        responses.response_bytes(page)
+    kept = set(responses._parts)
+    assert len(kept) == 100
+    for _ in range(3):
+        for page in pages:
+            assert responses.response_bytes(page) == message_bytes(page)
+            assert set(responses._parts) == kept  # so each of them hits again
 
 
 def test_memory_kept_follows_the_bound_not_the_keys_listed() -> None:
