@@ -10,10 +10,9 @@ but it moves on any commit to the file, and every request appends to the audit l
 same file.)
 
 The probe connection also serves the hot path's primary-key reads (fetch_one) and ListKeys'
-pages (fetch_all): a statement
-run on it directly costs about 30 us at 10^5 keys, against 200-500 us for the same query in a
-pooled SQLAlchemy transaction (checkout, BEGIN, event hooks, COMMIT); one statement in
-autocommit is one consistent snapshot.
+pages (fetch_all): a statement run on it directly costs about 30 us at 10^5 keys, against
+200-500 us for the same query in a pooled SQLAlchemy transaction (checkout, BEGIN, event hooks,
+COMMIT); one statement in autocommit is one consistent snapshot.
 """
 
 from __future__ import annotations
