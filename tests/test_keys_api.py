@@ -463,6 +463,28 @@ def test_a_listed_key_is_never_stale_after_it_changed(client: VaultClient) -> No
     assert not listing()[names.index(relabelled)].labels
 
 
+def test_list_keys_sends_the_canonical_bytes_of_its_response(
+    client: VaultClient, server: Any
+) -> None:
+    """ListKeys' response leaves the server as bytes joined from parts: they must be exactly
+    what protobuf serialises the response they parse to (a page token included)."""
+    fresh = new_account(client)
+    for labels in ({}, {"team": "blue"}, {"b": "2", "a": "1"}):
+        client.create_key(fresh, new_id(), "MAC", labels=labels, description="d" * 200)
+    request = key_service_pb2.ListKeysRequest(parent=fresh, page_size=2)
+    with server.channel() as channel:
+        raw = channel.unary_unary(
+            "/vault.v1.KeyService/ListKeys",
+            request_serializer=key_service_pb2.ListKeysRequest.SerializeToString,
+        )
+        for _ in range(2):  # parts made, then parts kept
+            data = raw(request, timeout=30)
+            parsed = key_service_pb2.ListKeysResponse.FromString(data)
+            assert len(parsed.keys) == 2 and parsed.next_page_token
+            assert parsed.SerializeToString() == data
+            assert list(parsed.keys) == [client.get_key(key.name) for key in parsed.keys]
+
+
 def test_list_keys_with_exact_page_multiple_ends_cleanly(client: VaultClient) -> None:
     fresh = new_account(client)
     for _ in range(4):
