@@ -5,6 +5,7 @@ kept than the bound."""
 from __future__ import annotations
 
 import gc
+import threading
 import tracemalloc
 
 import pytest
@@ -158,3 +159,26 @@ def test_memory_kept_follows_the_bound_not_the_keys_listed() -> None:
     per_part = held(bound) / bound
     assert per_part < 1024, per_part  # measured: 0.75 KiB, 0.82 KiB with two labels
     assert held(10 * bound) < 1.25 * held(bound)
+
+
+def test_threads_listing_at_once_each_get_their_page() -> None:
+    """Request threads share one store of parts: while others add parts and start it over,
+    every page is still made right."""
+    responses = ListingResponses(30)
+    pages = [page_of(range(start, start + 25)) for start in range(0, 200, 25)]
+    expected = [message_bytes(page) for page in pages]
+    failures: list[int] = []
+
+    def list_pages(offset: int) -> None:
+        for round_number in range(40):
+            index = (offset + round_number) % len(pages)
+            if responses.response_bytes(pages[index]) != expected[index]:
+                failures.append(index)
+
+    threads = [threading.Thread(target=list_pages, args=(n,)) for n in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert failures == []
+    assert len(responses) <= 30
