@@ -422,6 +422,69 @@ def test_a_listed_key_is_what_get_key_returns(client: VaultClient) -> None:
     assert both.revocation_reason == "superseded by k2"
 
 
+def test_a_listed_key_is_never_stale_after_it_changed(client: VaultClient) -> None:
+    """Each worker keeps the serialised form of the keys it listed: a key changed since
+    (labels, description, rotation, disable, revocation, scheduled destruction) is listed as
+    GetKey now shows it, by whichever worker answers."""
+    fresh = new_account(client)
+    names = [client.create_key(fresh, new_id(), "ENCRYPT_DECRYPT").name for _ in range(6)]
+    relabelled, described, rotated, disabled, revoked, scheduled = names
+
+    def listing() -> list[resources_pb2.Key]:
+        return list(client.iter_keys(fresh, page_size=4))
+
+    def assert_listed_as_get_key_shows() -> None:
+        # Several rounds, so that both workers answer (each keeps its own parts).
+        for _ in range(4):
+            listed = listing()
+            assert [key.name for key in listed] == sorted(names)
+            for key in listed:
+                assert key == client.get_key(key.name), key.name
+
+    assert_listed_as_get_key_shows()
+    client.update_key(relabelled, labels={"team": "red"})
+    client.update_key(described, description="changed")
+    client.rotate_key(rotated)
+    client.disable_key(disabled)
+    client.revoke_key(revoked, "incident 7", "COMPROMISED")
+    client.schedule_key_destruction(scheduled, HOUR)
+    assert_listed_as_get_key_shows()
+    by_name = {key.name: key for key in listing()}
+    assert dict(by_name[relabelled].labels) == {"team": "red"}
+    assert by_name[described].description == "changed"
+    assert by_name[rotated].primary_version == f"{rotated}/versions/2"
+    assert by_name[disabled].state == resources_pb2.KEY_STATE_DISABLED
+    assert by_name[revoked].state == resources_pb2.KEY_STATE_REVOKED
+    assert by_name[scheduled].state == resources_pb2.KEY_STATE_DESTROY_SCHEDULED
+    # Changed back: labels as they were, enabled again.
+    client.update_key(relabelled, labels={})
+    client.enable_key(disabled)
+    assert_listed_as_get_key_shows()
+    assert not listing()[names.index(relabelled)].labels
+
+
+def test_list_keys_sends_the_canonical_bytes_of_its_response(
+    client: VaultClient, server: Any
+) -> None:
+    """ListKeys' response leaves the server as bytes joined from parts: they must be exactly
+    what protobuf serialises the response they parse to (a page token included)."""
+    fresh = new_account(client)
+    for labels in ({}, {"team": "blue"}, {"b": "2", "a": "1"}):
+        client.create_key(fresh, new_id(), "MAC", labels=labels, description="d" * 200)
+    request = key_service_pb2.ListKeysRequest(parent=fresh, page_size=2)
+    with server.channel() as channel:
+        raw = channel.unary_unary(
+            "/vault.v1.KeyService/ListKeys",
+            request_serializer=key_service_pb2.ListKeysRequest.SerializeToString,
+        )
+        for _ in range(2):  # parts made, then parts kept
+            data = raw(request, timeout=30)
+            parsed = key_service_pb2.ListKeysResponse.FromString(data)
+            assert len(parsed.keys) == 2 and parsed.next_page_token
+            assert parsed.SerializeToString() == data
+            assert list(parsed.keys) == [client.get_key(key.name) for key in parsed.keys]
+
+
 def test_list_keys_with_exact_page_multiple_ends_cleanly(client: VaultClient) -> None:
     fresh = new_account(client)
     for _ in range(4):

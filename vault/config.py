@@ -53,6 +53,13 @@ class ServerSettings(BaseModel):
         description="most items in one call of a batch method (BatchSign, BatchEncrypt, ...); "
         "a batch is also bounded by max_message_bytes, both ways",
     )
+    listed_key_cache_size: int = Field(
+        16_384,
+        ge=0,
+        description="listed keys whose serialised Key message each worker process keeps for "
+        "ListKeys, under every field a listing shows (about 0.8 KiB each with short names, "
+        "plus twice a key's description and labels; 0: none)",
+    )
     tls_cert_file: Path | None = Field(
         None, description="PEM server certificate (leaf first, then intermediates)"
     )

@@ -155,6 +155,35 @@ class _DirectRead:
         }
 
 
+class _DirectListing:
+    """A ListKeys query compiled once for the store's SQLite dialect, run on the key cache's
+    probe connection (see freshness.py): its SQL, and per parameter in order its constant
+    value (the master keys' id pattern, the offset) or the caller's, through the bind
+    processor its type has (a label key becomes a JSON path). The columns it reads need no
+    result processing (_LISTED_COLUMNS)."""
+
+    def __init__(self, statement: Select[Any], dialect: Dialect) -> None:
+        compiled = statement.compile(dialect=dialect)
+        self.sql = str(compiled)
+        self.parameters = tuple(
+            (
+                name,
+                compiled.params[name],
+                compiled.binds[name].type.dialect_impl(dialect).bind_processor(dialect),
+            )
+            for name in compiled.positiontup or ()
+        )
+
+    def rows(
+        self, cache: UnchangedSinceCache[KeyName, Key], params: Mapping[str, Any]
+    ) -> list[tuple[Any, ...]]:
+        values = []
+        for name, constant, process in self.parameters:
+            value = params.get(name, constant)
+            values.append(value if process is None else process(value))
+        return cache.fetch_all(self.sql, values)
+
+
 def _split_key_and_version(row: Mapping[Any, Any]) -> tuple[Key, KeyVersion | None]:
     """The key and version of a _GET_KEY_WITH_* row (a RowMapping or a _DirectRead dict)."""
     # to_key and to_version only index their row by column name.
@@ -210,6 +239,8 @@ class SqlMetadataStore:
                     _GET_KEY_WITH_VERSION,
                 )
             }
+        # ListKeys' queries, compiled as each combination of filters is first used.
+        self._direct_listings: dict[Select[Any], _DirectListing] = {}
         # An in-memory SQLite database is one connection shared by every thread (StaticPool);
         # interleaved transactions on it would mix, so calls take turns. File and server
         # databases give each call its own pooled connection and need no lock.
@@ -324,8 +355,17 @@ class SqlMetadataStore:
         if key_filter.label_value is not None:
             params["label_value"] = key_filter.label_value
         query = _listing_query(frozenset(params))
-        with guarded_transaction(self._engine, self._serial, write=False) as c:
-            rows = _driver_rows(c.execute(query, params))
+        rows: list[Any]
+        if self._key_cache is not None:
+            # One statement in autocommit on the probe connection, one consistent snapshot:
+            # a pooled transaction cost 0.4-0.5 ms more per call.
+            direct = self._direct_listings.get(query)
+            if direct is None:
+                direct = self._direct_listings[query] = _DirectListing(query, self._engine.dialect)
+            rows = direct.rows(self._key_cache, params)
+        else:
+            with guarded_transaction(self._engine, self._serial, write=False) as c:
+                rows = _driver_rows(c.execute(query, params))
         items = list(map(ListedKey._make, rows[:size]))
         next_token = encode_page_token(items[-1].key_id) if len(rows) > size else ""
         return Page(items=items, next_page_token=next_token)

@@ -2,26 +2,38 @@
 
 Methods do no error handling (ErrorInterceptor maps domain errors) and no validation beyond
 what only the wire format knows (enum numbers, field masks, page tokens); names are parsed
-and checked by the service.
+and checked by the service. ListKeys answers with its response's wire bytes (add_to_server).
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 import grpc
+from google.protobuf import message_factory
 
 from vault.domain.errors import InvalidArgument
+from vault.domain.models import ListedKey, Page
 from vault.gen.vault.v1 import key_service_pb2, key_service_pb2_grpc, resources_pb2
 from vault.service.imports import KeyImports
 from vault.service.keys import KeyManagement
 from vault.service.revocations import RevocationFeeds
 from vault.transport import convert
+from vault.transport.listing import ListingResponses
 
 
 class KeyServicer(key_service_pb2_grpc.KeyServiceServicer):
-    def __init__(self, keys: KeyManagement, feeds: RevocationFeeds, imports: KeyImports) -> None:
+    def __init__(
+        self,
+        keys: KeyManagement,
+        feeds: RevocationFeeds,
+        imports: KeyImports,
+        listing: ListingResponses | None = None,
+    ) -> None:
         self._keys = keys
         self._feeds = feeds
         self._imports = imports
+        self._listing = listing if listing is not None else ListingResponses(0)
 
     def CreateKey(
         self, request: key_service_pb2.CreateKeyRequest, context: grpc.ServicerContext
@@ -46,13 +58,22 @@ class KeyServicer(key_service_pb2_grpc.KeyServiceServicer):
     def ListKeys(
         self, request: key_service_pb2.ListKeysRequest, context: grpc.ServicerContext
     ) -> key_service_pb2.ListKeysResponse:
-        page = self._keys.list_keys(
+        """The response as a message; the server sends list_keys_bytes's bytes instead."""
+        return convert.key_page_to_proto(self._list_page(request))
+
+    def list_keys_bytes(
+        self, request: key_service_pb2.ListKeysRequest, context: grpc.ServicerContext
+    ) -> bytes:
+        """ListKeys's response serialised, as ListKeys's message would serialise."""
+        return self._listing.response_bytes(self._list_page(request))
+
+    def _list_page(self, request: key_service_pb2.ListKeysRequest) -> Page[ListedKey]:
+        return self._keys.list_keys(
             convert.account_of(request.parent),
             convert.key_filter(request),
             request.page_size,
             request.page_token,
         )
-        return convert.key_page_to_proto(page)
 
     def UpdateKey(
         self, request: key_service_pb2.UpdateKeyRequest, context: grpc.ServicerContext
@@ -174,3 +195,34 @@ class KeyServicer(key_service_pb2_grpc.KeyServiceServicer):
             keep_primary=request.keep_primary,
         )
         return convert.version_to_proto(version)
+
+
+_SERVICE: Any = key_service_pb2.DESCRIPTOR.services_by_name["KeyService"]
+
+
+def add_to_server(servicer: KeyServicer, server: grpc.Server) -> None:
+    """KeyService on server as add_KeyServiceServicer_to_server registers it (its unary
+    methods from the service's descriptor), except ListKeys: served by list_keys_bytes, with
+    no response serializer, so gRPC sends its bytes as they are. The generated function's
+    serializers are fixed to the message classes."""
+    handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
+    for method in _SERVICE.methods:
+        if method.client_streaming or method.server_streaming:
+            raise RuntimeError(
+                f"{method.full_name} streams: register it as the generated code does"
+            )
+        request = message_factory.GetMessageClass(method.input_type)
+        response = message_factory.GetMessageClass(method.output_type)
+        handlers[method.name] = grpc.unary_unary_rpc_method_handler(
+            getattr(servicer, method.name),
+            request_deserializer=request.FromString,
+            response_serializer=response.SerializeToString,
+        )
+    handlers["ListKeys"] = grpc.unary_unary_rpc_method_handler(
+        servicer.list_keys_bytes,
+        request_deserializer=key_service_pb2.ListKeysRequest.FromString,
+    )
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler(_SERVICE.full_name, handlers),)
+    )
+    server.add_registered_method_handlers(_SERVICE.full_name, handlers)

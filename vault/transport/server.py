@@ -33,7 +33,6 @@ from vault.gen.vault.v1 import (
     identity_service_pb2,
     identity_service_pb2_grpc,
     key_service_pb2,
-    key_service_pb2_grpc,
     server_service_pb2,
     server_service_pb2_grpc,
 )
@@ -45,6 +44,8 @@ from vault.transport.errors import ErrorInterceptor
 from vault.transport.health import HealthProbe, health_servicer
 from vault.transport.identity_servicer import AuditServicer, IdentityServicer
 from vault.transport.key_servicer import KeyServicer
+from vault.transport.key_servicer import add_to_server as add_key_service
+from vault.transport.listing import ListingResponses
 from vault.transport.observe import ObservingInterceptor
 from vault.transport.security import SecurityInterceptor
 from vault.transport.served import ServedServices
@@ -232,8 +233,14 @@ def build(
             ("grpc.so_reuseport", 1 if reuse_port else 0),
         ],
     )
-    key_service_pb2_grpc.add_KeyServiceServicer_to_server(
-        KeyServicer(services.keys, services.feeds, services.imports), server
+    add_key_service(
+        KeyServicer(
+            services.keys,
+            services.feeds,
+            services.imports,
+            ListingResponses(settings.server.listed_key_cache_size),
+        ),
+        server,
     )
     crypto_service_pb2_grpc.add_CryptoServiceServicer_to_server(
         CryptoServicer(services.crypto, batch_limits), server
