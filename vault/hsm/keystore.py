@@ -558,17 +558,25 @@ class Pkcs11KeyStore:
         def each(context: ThreadContext) -> list[bytes | VaultError]:
             handles: dict[str, Any] = {}
             results: list[bytes | VaultError] = []
+            append = results.append
+            # The items of a batch mostly share one version object: the last one's handle is
+            # reused without building its name.
+            last_version: KeyVersion | None = None
+            key: Any = None
             with self._batch_turn:
                 for request in requests:
                     version = request.version
                     try:
-                        key = handles.get(str(version.name))
-                        if key is None:
-                            key = self._key(context, version, request.algorithm)
-                            handles[str(version.name)] = key
-                        results.append(operation(key, request))
+                        if version is not last_version:
+                            name = str(version.name)
+                            key = handles.get(name)
+                            if key is None:
+                                key = self._key(context, version, request.algorithm)
+                                handles[name] = key
+                            last_version = version
+                        append(operation(key, request))
                     except VaultError as error:
-                        results.append(error)
+                        append(error)
             return results
 
         return self.run(each, name, len(requests))

@@ -9,7 +9,14 @@ from dataclasses import dataclass
 from typing import TypeVar, cast
 
 from vault.domain.algorithms import DIGEST_SIZES, MAX_SIGNED_MESSAGE_BYTES
-from vault.domain.envelope import NONCE_SIZE, GcmEnvelope, WrappedEnvelope, gcm_aad
+from vault.domain.envelope import (
+    NONCE_SIZE,
+    GcmEnvelope,
+    WrappedEnvelope,
+    gcm_aad,
+    gcm_aad_prefix,
+    gcm_header,
+)
 from vault.domain.errors import (
     DecryptionFailed,
     InputTooLarge,
@@ -253,6 +260,68 @@ def through_token(
     return cast(list[_Result | VaultError], results)
 
 
+@dataclass(frozen=True, slots=True)
+class _Sealing:
+    """What the AES-GCM items of one batch on one key version share, made once per call: the
+    envelope's header and the start of the AAD that binds it and the key's name."""
+
+    key: Key
+    version: KeyVersion
+    header: bytes
+    aad_prefix: bytes
+    version_name: str
+
+    @classmethod
+    def of(cls, key: Key, version: KeyVersion) -> _Sealing:
+        header = gcm_header(version.number)
+        return cls(key, version, header, gcm_aad_prefix(header, str(key.name)), str(version.name))
+
+    def request(self, nonce: bytes, data: bytes, aad: bytes) -> TokenGcm:
+        """The token request of one item: gcm_aad(header, key name, aad) as a unary call
+        builds it."""
+        return TokenGcm(self.version, self.key.algorithm, nonce, data, self.aad_prefix + aad)
+
+
+class _BatchSealer:
+    """The encryptions of one batch call: each name checked once for operation, and the
+    items' nonces.
+
+    The nonces come from one draw of the operating system's CSPRNG per call, cut into 96-bit
+    pieces, one per item, never reused: each is as random and as unpredictable as a draw of
+    its own (the pieces of one draw are independent), so the collision bound of random GCM
+    nonces is unchanged, and a call makes one getrandom() instead of one per item."""
+
+    def __init__(
+        self, crypto: CryptoOperations, keys: _BatchKeys, operation: Operation, count: int
+    ) -> None:
+        self._crypto = crypto
+        self._keys = keys
+        self._operation = operation
+        self._nonces = secrets.token_bytes(NONCE_SIZE * count)
+        self._taken = 0
+        self._found: dict[str, _Sealing | VaultError] = {}
+
+    def nonce(self) -> bytes:
+        start = self._taken
+        if start >= len(self._nonces):
+            raise RuntimeError("more nonces taken than the batch has items")
+        self._taken = start + NONCE_SIZE
+        return self._nonces[start : start + NONCE_SIZE]
+
+    def sealing(self, name: str) -> _Sealing:
+        found = self._found.get(name)
+        if found is None:
+            try:
+                key, version = self._crypto._usable(name, self._operation, self._keys)
+                found = _Sealing.of(key, version)
+            except VaultError as error:
+                found = error
+            self._found[name] = found
+        if isinstance(found, VaultError):
+            raise found.with_traceback(None)
+        return found
+
+
 class CryptoOperations:
     def __init__(self, keys: KeyManagement, keystore: KeyStore, policy: KeyPolicy) -> None:
         self._keys = keys
@@ -289,36 +358,69 @@ class CryptoOperations:
     def encrypt_batch(self, items: Sequence[EncryptItem]) -> list[Sealed | VaultError]:
         """encrypt() for each item; its result or its error, in order. Likewise the other
         *_batch methods: the checks, the answers and the errors are the unary method's, and
-        the token does all items in one call (KeyStore's *_many)."""
-        keys = _BatchKeys(self._keys)
+        the token does all items in one call (KeyStore's *_many). What items on one key
+        share (its checks, envelope header and AAD prefix) is worked out once per call."""
+        sealer = _BatchSealer(self, _BatchKeys(self._keys), Operation.ENCRYPT, len(items))
+        max_plaintext = self._policy.max_plaintext_bytes
 
-        def prepare(item: EncryptItem) -> tuple[TokenGcm, KeyVersion]:
-            _limit("plaintext", item.plaintext, self._policy.max_plaintext_bytes, _ENVELOPE_ADVICE)
-            _limit("additional_authenticated_data", item.aad, MAX_AAD_BYTES)
-            key, version = self._usable(item.name, Operation.ENCRYPT, keys)
-            return self._gcm_request(key, version, item.plaintext, item.aad), version
+        def prepare(item: EncryptItem) -> tuple[TokenGcm, _Sealing]:
+            plaintext, aad = item.plaintext, item.aad
+            if len(plaintext) > max_plaintext:
+                _limit("plaintext", plaintext, max_plaintext, _ENVELOPE_ADVICE)
+            if len(aad) > MAX_AAD_BYTES:
+                _limit("additional_authenticated_data", aad, MAX_AAD_BYTES)
+            sealing = sealer.sealing(item.name)
+            return sealing.request(sealer.nonce(), plaintext, aad), sealing
 
-        def finish(sealed: bytes, request: TokenGcm, version: KeyVersion) -> Sealed:
-            envelope = GcmEnvelope(version.number, request.nonce, sealed)
-            return Sealed(envelope.to_bytes(), str(version.name))
+        def finish(sealed: bytes, request: TokenGcm, sealing: _Sealing) -> Sealed:
+            return Sealed(sealing.header + request.nonce + sealed, sealing.version_name)
 
         return through_token(items, prepare, self._keystore.encrypt_gcm_many, finish)
 
     def decrypt_batch(self, items: Sequence[DecryptItem]) -> list[Sealed | VaultError]:
         keys = _BatchKeys(self._keys)
+        max_ciphertext = self._policy.max_plaintext_bytes + 64
+        # Per call: each name's key (or why it cannot decrypt), and each (name, version) the
+        # ciphertexts name, with its AAD prefix (or the uniform error).
+        named: dict[str, Key | VaultError] = {}
+        opening: dict[tuple[str, int], _Sealing | VaultError] = {}
 
-        def prepare(item: DecryptItem) -> tuple[TokenGcm, KeyVersion]:
-            _limit("ciphertext", item.ciphertext, self._policy.max_plaintext_bytes + 64)
-            _limit("additional_authenticated_data", item.aad, MAX_AAD_BYTES)
-            key = keys.load(KeyName.parse(item.name))
-            key.require(Operation.DECRYPT)
-            envelope, version = self._envelope_version(key, item.ciphertext, keys)
-            full_aad = gcm_aad(envelope.header(), str(key.name), item.aad)
-            request = TokenGcm(version, key.algorithm, envelope.nonce, envelope.sealed, full_aad)
-            return request, version
+        def key_of(name: str) -> Key:
+            found = named.get(name)
+            if found is None:
+                try:
+                    found = keys.load(KeyName.parse(name))
+                    found.require(Operation.DECRYPT)
+                except VaultError as error:
+                    found = error
+                named[name] = found
+            if isinstance(found, VaultError):
+                raise found.with_traceback(None)
+            return found
 
-        def finish(plaintext: bytes, request: TokenGcm, version: KeyVersion) -> Sealed:
-            return Sealed(plaintext, str(version.name))
+        def prepare(item: DecryptItem) -> tuple[TokenGcm, _Sealing]:
+            ciphertext, aad = item.ciphertext, item.aad
+            if len(ciphertext) > max_ciphertext:
+                _limit("ciphertext", ciphertext, max_ciphertext)
+            if len(aad) > MAX_AAD_BYTES:
+                _limit("additional_authenticated_data", aad, MAX_AAD_BYTES)
+            key = key_of(item.name)
+            envelope = GcmEnvelope.parse(ciphertext)
+            wanted = (item.name, envelope.key_version)
+            sealing = opening.get(wanted)
+            if sealing is None:
+                try:
+                    _, version = self._envelope_version(key, ciphertext, keys)
+                    sealing = _Sealing.of(key, version)
+                except VaultError as error:
+                    sealing = error
+                opening[wanted] = sealing
+            if isinstance(sealing, VaultError):
+                raise sealing.with_traceback(None)
+            return sealing.request(envelope.nonce, envelope.sealed, aad), sealing
+
+        def finish(plaintext: bytes, request: TokenGcm, sealing: _Sealing) -> Sealed:
+            return Sealed(plaintext, sealing.version_name)
 
         return through_token(items, prepare, self._keystore.decrypt_gcm_many, finish)
 
@@ -351,27 +453,24 @@ class CryptoOperations:
         )
 
     def generate_data_key_batch(self, items: Sequence[DataKeyItem]) -> list[DataKey | VaultError]:
-        keys = _BatchKeys(self._keys)
+        sealer = _BatchSealer(self, _BatchKeys(self._keys), Operation.GENERATE_DATA_KEY, len(items))
 
-        def prepare(item: DataKeyItem) -> tuple[TokenGcm, tuple[KeyVersion, bytes, bool]]:
+        def prepare(item: DataKeyItem) -> tuple[TokenGcm, tuple[_Sealing, bytes, bool]]:
             size = item.size or 32
             if size not in DATA_KEY_SIZES:
                 raise InvalidArgument(
                     "data key size must be 16, 24, 32 or 64 bytes", metadata={"size": str(size)}
                 )
             _limit("additional_authenticated_data", item.aad, MAX_AAD_BYTES)
-            key, version = self._usable(item.name, Operation.GENERATE_DATA_KEY, keys)
+            sealing = sealer.sealing(item.name)
             material = self._keystore.random(size)
-            request = self._gcm_request(key, version, material, item.aad)
-            return request, (version, material, item.include_plaintext)
+            request = sealing.request(sealer.nonce(), material, item.aad)
+            return request, (sealing, material, item.include_plaintext)
 
-        def finish(
-            sealed: bytes, request: TokenGcm, made: tuple[KeyVersion, bytes, bool]
-        ) -> DataKey:
-            version, material, include_plaintext = made
-            envelope = GcmEnvelope(version.number, request.nonce, sealed)
+        def finish(sealed: bytes, request: TokenGcm, made: tuple[_Sealing, bytes, bool]) -> DataKey:
+            sealing, material, include_plaintext = made
             plaintext = material if include_plaintext else None
-            return DataKey(envelope.to_bytes(), plaintext, str(version.name))
+            return DataKey(sealing.header + request.nonce + sealed, plaintext, sealing.version_name)
 
         return through_token(items, prepare, self._keystore.encrypt_gcm_many, finish)
 
