@@ -234,22 +234,27 @@ def through_token(
     does every prepared request in one call; finish makes the item's result of its answer.
     An item whose preparation, token answer or finish raises a VaultError gets that error;
     a token call that fails as a whole gives its error to every item it carried."""
+    # Parallel lists rather than a tuple per item: this loop runs once per item.
     results: list[_Result | VaultError | None] = []
-    prepared: list[tuple[int, _Request, _Context]] = []
+    places: list[int] = []
+    requests: list[_Request] = []
+    contexts: list[_Context] = []
     for item in items:
         try:
             request, context = prepare(item)
         except VaultError as error:
             results.append(error)
             continue
-        prepared.append((len(results), request, context))
+        places.append(len(results))
+        requests.append(request)
+        contexts.append(context)
         results.append(None)
     answers: list[bytes | VaultError]
     try:
-        answers = token([request for _, request, _ in prepared]) if prepared else []
+        answers = token(requests) if requests else []
     except VaultError as error:
-        answers = [error] * len(prepared)
-    for (index, request, context), answer in zip(prepared, answers, strict=True):
+        answers = [error] * len(requests)
+    for index, request, context, answer in zip(places, requests, contexts, answers, strict=True):
         if isinstance(answer, VaultError):
             results[index] = answer
             continue
@@ -275,6 +280,10 @@ class _Sealing:
     def of(cls, key: Key, version: KeyVersion) -> _Sealing:
         header = gcm_header(version.number)
         return cls(key, version, header, gcm_aad_prefix(header, str(key.name)), str(version.name))
+
+    def envelope(self, nonce: bytes, sealed: bytes) -> bytes:
+        """GcmEnvelope(version, nonce, sealed).to_bytes(), in one copy of sealed."""
+        return b"".join((self.header, nonce, sealed))
 
     def request(self, nonce: bytes, data: bytes, aad: bytes) -> TokenGcm:
         """The token request of one item: gcm_aad(header, key name, aad) as a unary call
@@ -373,7 +382,7 @@ class CryptoOperations:
             return sealing.request(sealer.nonce(), plaintext, aad), sealing
 
         def finish(sealed: bytes, request: TokenGcm, sealing: _Sealing) -> Sealed:
-            return Sealed(sealing.header + request.nonce + sealed, sealing.version_name)
+            return Sealed(sealing.envelope(request.nonce, sealed), sealing.version_name)
 
         return through_token(items, prepare, self._keystore.encrypt_gcm_many, finish)
 
@@ -470,7 +479,7 @@ class CryptoOperations:
         def finish(sealed: bytes, request: TokenGcm, made: tuple[_Sealing, bytes, bool]) -> DataKey:
             sealing, material, include_plaintext = made
             plaintext = material if include_plaintext else None
-            return DataKey(sealing.header + request.nonce + sealed, plaintext, sealing.version_name)
+            return DataKey(sealing.envelope(request.nonce, sealed), plaintext, sealing.version_name)
 
         return through_token(items, prepare, self._keystore.encrypt_gcm_many, finish)
 
