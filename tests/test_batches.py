@@ -223,6 +223,20 @@ def test_batch_ciphertexts_have_fresh_nonces_and_open_only_with_their_key_and_aa
         assert result.response.HasField("plaintext_crc32c")
         assert result.response.plaintext_crc32c.value == 0
 
+    # A header naming a version the key does not have fails with the uniform error, each
+    # time, while the items around it on the same key still open.
+    no_version = sealed[1][:1] + (7).to_bytes(4, "big") + sealed[1][5:]
+    opened = admin.batch_decrypt(
+        [
+            (keys[1], sealed[1], aads[1]),
+            (keys[1], no_version, aads[1]),
+            (keys[2], sealed[2], aads[2]),
+            (keys[1], no_version, aads[1]),
+        ]
+    )
+    failed = "INVALID_ARGUMENT DECRYPTION_FAILED"
+    assert reasons(opened) == ["OK", failed, "OK", failed]
+
 
 def test_one_bad_ciphertext_among_good_ones_fails_alone_with_the_uniform_error(
     tenant: Tenant, admin: VaultClient

@@ -6,7 +6,7 @@ from __future__ import annotations
 import secrets
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import TypeVar, cast
+from typing import NamedTuple, TypeVar, cast
 
 from vault.domain.algorithms import DIGEST_SIZES, MAX_SIGNED_MESSAGE_BYTES
 from vault.domain.envelope import (
@@ -49,12 +49,14 @@ _ENVELOPE_ADVICE = (
 )
 
 
-@dataclass(frozen=True, slots=True)
-class Sealed:
-    """A result produced with a specific key version."""
+class Sealed(NamedTuple):
+    """A result produced with a specific key version. A tuple: a batch makes one per item."""
 
     data: bytes
     key_version_name: str
+
+    def __repr__(self) -> str:
+        return f"Sealed(key_version_name={self.key_version_name!r}, data=<{len(self.data)} bytes>)"
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,11 +79,11 @@ class ReEncrypted:
     source_key_version_name: str
 
 
-# One item of a batch call each: the arguments of the unary method.
+# One item of a batch call each: the arguments of the unary method. The GCM items are
+# tuples, cheaper to build than frozen dataclasses, as a batch makes one per item.
 
 
-@dataclass(frozen=True, slots=True)
-class EncryptItem:
+class EncryptItem(NamedTuple):
     name: str
     plaintext: bytes
     aad: bytes
@@ -90,8 +92,7 @@ class EncryptItem:
         return f"EncryptItem(name={self.name!r}, plaintext=<{len(self.plaintext)} bytes>)"
 
 
-@dataclass(frozen=True, slots=True)
-class DecryptItem:
+class DecryptItem(NamedTuple):
     name: str
     ciphertext: bytes
     aad: bytes
@@ -277,8 +278,9 @@ class _Sealing:
     version_name: str
 
     @classmethod
-    def of(cls, key: Key, version: KeyVersion) -> _Sealing:
-        header = gcm_header(version.number)
+    def of(cls, key: Key, version: KeyVersion, header_version: int | None = None) -> _Sealing:
+        """header_version: the key version a ciphertext's header names, when opening one."""
+        header = gcm_header(version.number if header_version is None else header_version)
         return cls(key, version, header, gcm_aad_prefix(header, str(key.name)), str(version.name))
 
     def envelope(self, nonce: bytes, sealed: bytes) -> bytes:
@@ -306,16 +308,12 @@ class _BatchSealer:
         self._crypto = crypto
         self._keys = keys
         self._operation = operation
-        self._nonces = secrets.token_bytes(NONCE_SIZE * count)
-        self._taken = 0
+        drawn = secrets.token_bytes(NONCE_SIZE * count)
+        # Each nonce once: one more than count raises StopIteration, an internal error.
+        self.nonce: Callable[[], bytes] = iter(
+            [drawn[start : start + NONCE_SIZE] for start in range(0, len(drawn), NONCE_SIZE)]
+        ).__next__
         self._found: dict[str, _Sealing | VaultError] = {}
-
-    def nonce(self) -> bytes:
-        start = self._taken
-        if start >= len(self._nonces):
-            raise RuntimeError("more nonces taken than the batch has items")
-        self._taken = start + NONCE_SIZE
-        return self._nonces[start : start + NONCE_SIZE]
 
     def sealing(self, name: str) -> _Sealing:
         found = self._found.get(name)
@@ -420,7 +418,7 @@ class CryptoOperations:
             if sealing is None:
                 try:
                     _, version = self._envelope_version(key, ciphertext, keys)
-                    sealing = _Sealing.of(key, version)
+                    sealing = _Sealing.of(key, version, envelope.key_version)
                 except VaultError as error:
                     sealing = error
                 opening[wanted] = sealing
