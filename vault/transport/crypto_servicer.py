@@ -24,9 +24,10 @@ from vault.service.crypto import (
     VerifyItem,
 )
 from vault.transport.batches import BatchLimits, run_batch
-from vault.transport.integrity import checksum, set_checksum, verify_checksum
+from vault.transport.integrity import checksum, matches, set_checksum, verify_checksum
 
 _SERVICE: Final = "/vault.v1.CryptoService/"
+_AAD: Final = "additional_authenticated_data"
 
 
 def _signed_input(
@@ -53,8 +54,10 @@ def _encrypt_item(request: pb.EncryptRequest) -> tuple[EncryptItem, tuple[bool, 
     plaintext = request.plaintext
     aad = request.additional_authenticated_data
     verified = (
-        verify_checksum(request, "plaintext", plaintext),
-        verify_checksum(request, "additional_authenticated_data", aad),
+        request.HasField("plaintext_crc32c")
+        and matches("plaintext", plaintext, request.plaintext_crc32c),
+        request.HasField("additional_authenticated_data_crc32c")
+        and matches(_AAD, aad, request.additional_authenticated_data_crc32c),
     )
     return EncryptItem(request.name, plaintext, aad), verified
 
@@ -71,8 +74,10 @@ def _decrypt_item(request: pb.DecryptRequest) -> tuple[DecryptItem, tuple[bool, 
     ciphertext = request.ciphertext
     aad = request.additional_authenticated_data
     verified = (
-        verify_checksum(request, "ciphertext", ciphertext),
-        verify_checksum(request, "additional_authenticated_data", aad),
+        request.HasField("ciphertext_crc32c")
+        and matches("ciphertext", ciphertext, request.ciphertext_crc32c),
+        request.HasField("additional_authenticated_data_crc32c")
+        and matches(_AAD, aad, request.additional_authenticated_data_crc32c),
     )
     return DecryptItem(request.name, ciphertext, aad), verified
 

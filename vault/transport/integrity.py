@@ -37,11 +37,15 @@ def verify_checksum(request: Message, field: str, data: bytes | None = None) -> 
     checksum_field = field + "_crc32c"
     if not request.HasField(checksum_field):
         return False
-    expected: Int64Value = getattr(request, checksum_field)
-    if data is None:
-        data = getattr(request, field)
+    return matches(
+        field, getattr(request, field) if data is None else data, getattr(request, checksum_field)
+    )
+
+
+def matches(field: str, data: bytes, expected: Int64Value) -> bool:
+    """True if data has the CRC32C expected (a checksum field the caller sent), else
+    ChecksumMismatch: verify_checksum once the caller knows the field is present, for the
+    per-item checks of a batch."""
     if google_crc32c.value(data) != expected.value:
-        raise ChecksumMismatch(
-            f"{field} does not match {checksum_field}", metadata={"field": field}
-        )
+        raise ChecksumMismatch(f"{field} does not match {field}_crc32c", metadata={"field": field})
     return True
