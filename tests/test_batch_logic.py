@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from vault.domain.batches import check_batch_size
+from vault.domain.envelope import GcmEnvelope, gcm_aad, gcm_aad_prefix, gcm_header
 from vault.domain.errors import (
     DecryptionFailed,
     InvalidArgument,
@@ -71,3 +72,18 @@ def test_no_token_call_when_no_item_passed() -> None:
         raise AssertionError("called")
 
     assert [type(r) for r in through_token([-1], _prepare, token, _finish)] == [InvalidArgument]
+
+
+def test_the_aad_prefix_a_batch_builds_once_is_the_start_of_the_unary_aad() -> None:
+    header = gcm_header(7)
+    assert header == GcmEnvelope(7, b"\x00" * 12, b"").header()
+    for aad in (b"", b"object 1", b"\x00" * 300):
+        name = "accounts/a/keys/k"
+        assert gcm_aad_prefix(header, name) + aad == gcm_aad(header, name, aad)
+    # Another key name or version gives another prefix: an item stays bound to both.
+    assert gcm_aad_prefix(header, "accounts/a/keys/k") != gcm_aad_prefix(
+        header, "accounts/a/keys/j"
+    )
+    assert gcm_aad_prefix(gcm_header(8), "accounts/a/keys/k") != gcm_aad_prefix(
+        header, "accounts/a/keys/k"
+    )

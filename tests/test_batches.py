@@ -166,6 +166,78 @@ def test_encrypt_then_decrypt_round_trips_with_mixed_keys_and_aad(
     assert [o.plaintext for o in opened if not isinstance(o, VaultClientError)] == plaintexts
 
 
+def test_batch_ciphertexts_have_fresh_nonces_and_open_only_with_their_key_and_aad(
+    tenant: Tenant, admin: VaultClient
+) -> None:
+    """What a batch shares per call (the nonces drawn at once, each key's envelope header and
+    AAD prefix) gives each item what a unary Encrypt gives it: a nonce of its own, across
+    items and calls, and a ciphertext that opens through unary Decrypt with its key and AAD
+    only. Limits still apply per item, and a CRC32C of 0 (empty plaintext) is still sent."""
+    count = MAX_ITEMS - 2
+    keys = [tenant.aes if i % 3 else tenant.aes_other for i in range(count)]
+    aads = [b"" if i % 4 == 0 else f"object {i}".encode() for i in range(count)]
+    plaintext = b"the same plaintext for every item"
+    items: list[tuple[str, bytes, bytes]] = list(zip(keys, [plaintext] * count, aads, strict=True))
+    over = (tenant.aes, plaintext, b"a" * 65_537)  # the AAD limit, 65,536 bytes
+    first = admin.batch_encrypt([*items[:5], over, *items[5:]])
+    second = admin.batch_encrypt(items)
+    too_large = first.pop(5)
+    assert isinstance(too_large, VaultClientError)
+    assert (too_large.code, too_large.reason) == (INVALID, "INPUT_TOO_LARGE")
+    assert reasons(first) == reasons(second) == ["OK"] * count
+
+    sealed = [a.ciphertext for a in [*first, *second] if not isinstance(a, VaultClientError)]
+    nonces = [ciphertext[5:17] for ciphertext in sealed]
+    assert len(set(nonces)) == 2 * count
+    assert all(ciphertext[:5] == b"\x01\x00\x00\x00\x01" for ciphertext in sealed)
+    for index, ciphertext in enumerate(sealed[:count]):
+        assert admin.decrypt(keys[index], ciphertext, aads[index]).plaintext == plaintext
+    expect_error(INVALID, "DECRYPTION_FAILED", lambda: admin.decrypt(keys[1], sealed[1], aads[2]))
+    expect_error(
+        INVALID, "DECRYPTION_FAILED", lambda: admin.decrypt(tenant.aes_other, sealed[1], aads[1])
+    )
+
+    unary = admin.encrypt(tenant.aes, b"", b"unary").ciphertext
+    empty = admin.batch_encrypt([(tenant.aes, b"", b"batch")])[0]
+    assert not isinstance(empty, VaultClientError)
+    request = crypto_service_pb2.BatchDecryptRequest(
+        requests=[
+            crypto_service_pb2.DecryptRequest(
+                name=tenant.aes, ciphertext=unary, additional_authenticated_data=b"unary"
+            ),
+            crypto_service_pb2.DecryptRequest(
+                name=tenant.aes, ciphertext=empty.ciphertext, additional_authenticated_data=b"batch"
+            ),
+            crypto_service_pb2.DecryptRequest(
+                name=tenant.aes, ciphertext=unary, additional_authenticated_data=b"batch"
+            ),
+        ]
+    )
+    with tenant.server.channel() as channel:
+        stub = crypto_service_pb2_grpc.CryptoServiceStub(channel)
+        response = stub.BatchDecrypt(request, timeout=30)
+    kinds = [result.WhichOneof("result") for result in response.results]
+    assert kinds == ["response", "response", "error"]
+    for result in response.results[:2]:
+        assert result.response.plaintext == b""
+        assert result.response.HasField("plaintext_crc32c")
+        assert result.response.plaintext_crc32c.value == 0
+
+    # A header naming a version the key does not have fails with the uniform error, each
+    # time, while the items around it on the same key still open.
+    no_version = sealed[1][:1] + (7).to_bytes(4, "big") + sealed[1][5:]
+    opened = admin.batch_decrypt(
+        [
+            (keys[1], sealed[1], aads[1]),
+            (keys[1], no_version, aads[1]),
+            (keys[2], sealed[2], aads[2]),
+            (keys[1], no_version, aads[1]),
+        ]
+    )
+    failed = "INVALID_ARGUMENT DECRYPTION_FAILED"
+    assert reasons(opened) == ["OK", failed, "OK", failed]
+
+
 def test_one_bad_ciphertext_among_good_ones_fails_alone_with_the_uniform_error(
     tenant: Tenant, admin: VaultClient
 ) -> None:

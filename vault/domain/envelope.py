@@ -27,7 +27,7 @@ class GcmEnvelope:
     sealed: bytes  # ciphertext followed by the 16-byte tag
 
     def header(self) -> bytes:
-        return _HEADER.pack(GCM_FORMAT, self.key_version)
+        return gcm_header(self.key_version)
 
     def to_bytes(self) -> bytes:
         return self.header() + self.nonce + self.sealed
@@ -43,10 +43,21 @@ class GcmEnvelope:
         return cls(version, nonce, data[HEADER_SIZE + NONCE_SIZE :])
 
 
+def gcm_header(key_version: int) -> bytes:
+    """The first bytes of a GCM envelope made with key_version (GcmEnvelope.header)."""
+    return _HEADER.pack(GCM_FORMAT, key_version)
+
+
 def gcm_aad(header: bytes, key_name: str, caller_aad: bytes) -> bytes:
     """Bind header, key name and the caller's AAD; lengths keep the fields unambiguous."""
+    return gcm_aad_prefix(header, key_name) + caller_aad
+
+
+def gcm_aad_prefix(header: bytes, key_name: str) -> bytes:
+    """What gcm_aad puts before the caller's AAD: the same for every item of a batch on one
+    key version, so a batch builds it once per version and appends each item's AAD."""
     name = key_name.encode()
-    return header + struct.pack(">H", len(name)) + name + caller_aad
+    return header + struct.pack(">H", len(name)) + name
 
 
 @dataclass(frozen=True, slots=True)

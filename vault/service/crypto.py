@@ -6,10 +6,17 @@ from __future__ import annotations
 import secrets
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import TypeVar, cast
+from typing import NamedTuple, TypeVar, cast
 
 from vault.domain.algorithms import DIGEST_SIZES, MAX_SIGNED_MESSAGE_BYTES
-from vault.domain.envelope import NONCE_SIZE, GcmEnvelope, WrappedEnvelope, gcm_aad
+from vault.domain.envelope import (
+    NONCE_SIZE,
+    GcmEnvelope,
+    WrappedEnvelope,
+    gcm_aad,
+    gcm_aad_prefix,
+    gcm_header,
+)
 from vault.domain.errors import (
     DecryptionFailed,
     InputTooLarge,
@@ -42,12 +49,14 @@ _ENVELOPE_ADVICE = (
 )
 
 
-@dataclass(frozen=True, slots=True)
-class Sealed:
-    """A result produced with a specific key version."""
+class Sealed(NamedTuple):
+    """A result produced with a specific key version. A tuple: a batch makes one per item."""
 
     data: bytes
     key_version_name: str
+
+    def __repr__(self) -> str:
+        return f"Sealed(key_version_name={self.key_version_name!r}, data=<{len(self.data)} bytes>)"
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,11 +79,11 @@ class ReEncrypted:
     source_key_version_name: str
 
 
-# One item of a batch call each: the arguments of the unary method.
+# One item of a batch call each: the arguments of the unary method. The GCM items are
+# tuples, cheaper to build than frozen dataclasses, as a batch makes one per item.
 
 
-@dataclass(frozen=True, slots=True)
-class EncryptItem:
+class EncryptItem(NamedTuple):
     name: str
     plaintext: bytes
     aad: bytes
@@ -83,8 +92,7 @@ class EncryptItem:
         return f"EncryptItem(name={self.name!r}, plaintext=<{len(self.plaintext)} bytes>)"
 
 
-@dataclass(frozen=True, slots=True)
-class DecryptItem:
+class DecryptItem(NamedTuple):
     name: str
     ciphertext: bytes
     aad: bytes
@@ -227,22 +235,27 @@ def through_token(
     does every prepared request in one call; finish makes the item's result of its answer.
     An item whose preparation, token answer or finish raises a VaultError gets that error;
     a token call that fails as a whole gives its error to every item it carried."""
+    # Parallel lists rather than a tuple per item: this loop runs once per item.
     results: list[_Result | VaultError | None] = []
-    prepared: list[tuple[int, _Request, _Context]] = []
+    places: list[int] = []
+    requests: list[_Request] = []
+    contexts: list[_Context] = []
     for item in items:
         try:
             request, context = prepare(item)
         except VaultError as error:
             results.append(error)
             continue
-        prepared.append((len(results), request, context))
+        places.append(len(results))
+        requests.append(request)
+        contexts.append(context)
         results.append(None)
     answers: list[bytes | VaultError]
     try:
-        answers = token([request for _, request, _ in prepared]) if prepared else []
+        answers = token(requests) if requests else []
     except VaultError as error:
-        answers = [error] * len(prepared)
-    for (index, request, context), answer in zip(prepared, answers, strict=True):
+        answers = [error] * len(requests)
+    for index, request, context, answer in zip(places, requests, contexts, answers, strict=True):
         if isinstance(answer, VaultError):
             results[index] = answer
             continue
@@ -251,6 +264,69 @@ def through_token(
         except VaultError as error:
             results[index] = error
     return cast(list[_Result | VaultError], results)
+
+
+@dataclass(frozen=True, slots=True)
+class _Sealing:
+    """What the AES-GCM items of one batch on one key version share, made once per call: the
+    envelope's header and the start of the AAD that binds it and the key's name."""
+
+    key: Key
+    version: KeyVersion
+    header: bytes
+    aad_prefix: bytes
+    version_name: str
+
+    @classmethod
+    def of(cls, key: Key, version: KeyVersion, header_version: int | None = None) -> _Sealing:
+        """header_version: the key version a ciphertext's header names, when opening one."""
+        header = gcm_header(version.number if header_version is None else header_version)
+        return cls(key, version, header, gcm_aad_prefix(header, str(key.name)), str(version.name))
+
+    def envelope(self, nonce: bytes, sealed: bytes) -> bytes:
+        """GcmEnvelope(version, nonce, sealed).to_bytes(), in one copy of sealed."""
+        return b"".join((self.header, nonce, sealed))
+
+    def request(self, nonce: bytes, data: bytes, aad: bytes) -> TokenGcm:
+        """The token request of one item: gcm_aad(header, key name, aad) as a unary call
+        builds it."""
+        return TokenGcm(self.version, self.key.algorithm, nonce, data, self.aad_prefix + aad)
+
+
+class _BatchSealer:
+    """The encryptions of one batch call: each name checked once for operation, and the
+    items' nonces.
+
+    The nonces come from one draw of the operating system's CSPRNG per call, cut into 96-bit
+    pieces, one per item, never reused: each is as random and as unpredictable as a draw of
+    its own (the pieces of one draw are independent), so the collision bound of random GCM
+    nonces is unchanged, and a call makes one getrandom() instead of one per item."""
+
+    def __init__(
+        self, crypto: CryptoOperations, keys: _BatchKeys, operation: Operation, count: int
+    ) -> None:
+        self._crypto = crypto
+        self._keys = keys
+        self._operation = operation
+        drawn = secrets.token_bytes(NONCE_SIZE * count)
+        # Each nonce once: one more than count raises StopIteration, an internal error.
+        self.nonce: Callable[[], bytes] = iter(
+            [drawn[start : start + NONCE_SIZE] for start in range(0, len(drawn), NONCE_SIZE)]
+        ).__next__
+        self._found: dict[str, _Sealing | VaultError] = {}
+
+    def sealing(self, name: str) -> _Sealing:
+        found = self._found.get(name)
+        if found is None:
+            try:
+                key, version = self._crypto._usable(name, self._operation, self._keys)
+                found = _Sealing.of(key, version)
+            except VaultError as error:
+                found = error
+            self._found[name] = found
+        if isinstance(found, VaultError):
+            raise found.with_traceback(None)
+        return found
 
 
 class CryptoOperations:
@@ -289,36 +365,69 @@ class CryptoOperations:
     def encrypt_batch(self, items: Sequence[EncryptItem]) -> list[Sealed | VaultError]:
         """encrypt() for each item; its result or its error, in order. Likewise the other
         *_batch methods: the checks, the answers and the errors are the unary method's, and
-        the token does all items in one call (KeyStore's *_many)."""
-        keys = _BatchKeys(self._keys)
+        the token does all items in one call (KeyStore's *_many). What items on one key
+        share (its checks, envelope header and AAD prefix) is worked out once per call."""
+        sealer = _BatchSealer(self, _BatchKeys(self._keys), Operation.ENCRYPT, len(items))
+        max_plaintext = self._policy.max_plaintext_bytes
 
-        def prepare(item: EncryptItem) -> tuple[TokenGcm, KeyVersion]:
-            _limit("plaintext", item.plaintext, self._policy.max_plaintext_bytes, _ENVELOPE_ADVICE)
-            _limit("additional_authenticated_data", item.aad, MAX_AAD_BYTES)
-            key, version = self._usable(item.name, Operation.ENCRYPT, keys)
-            return self._gcm_request(key, version, item.plaintext, item.aad), version
+        def prepare(item: EncryptItem) -> tuple[TokenGcm, _Sealing]:
+            plaintext, aad = item.plaintext, item.aad
+            if len(plaintext) > max_plaintext:
+                _limit("plaintext", plaintext, max_plaintext, _ENVELOPE_ADVICE)
+            if len(aad) > MAX_AAD_BYTES:
+                _limit("additional_authenticated_data", aad, MAX_AAD_BYTES)
+            sealing = sealer.sealing(item.name)
+            return sealing.request(sealer.nonce(), plaintext, aad), sealing
 
-        def finish(sealed: bytes, request: TokenGcm, version: KeyVersion) -> Sealed:
-            envelope = GcmEnvelope(version.number, request.nonce, sealed)
-            return Sealed(envelope.to_bytes(), str(version.name))
+        def finish(sealed: bytes, request: TokenGcm, sealing: _Sealing) -> Sealed:
+            return Sealed(sealing.envelope(request.nonce, sealed), sealing.version_name)
 
         return through_token(items, prepare, self._keystore.encrypt_gcm_many, finish)
 
     def decrypt_batch(self, items: Sequence[DecryptItem]) -> list[Sealed | VaultError]:
         keys = _BatchKeys(self._keys)
+        max_ciphertext = self._policy.max_plaintext_bytes + 64
+        # Per call: each name's key (or why it cannot decrypt), and each (name, version) the
+        # ciphertexts name, with its AAD prefix (or the uniform error).
+        named: dict[str, Key | VaultError] = {}
+        opening: dict[tuple[str, int], _Sealing | VaultError] = {}
 
-        def prepare(item: DecryptItem) -> tuple[TokenGcm, KeyVersion]:
-            _limit("ciphertext", item.ciphertext, self._policy.max_plaintext_bytes + 64)
-            _limit("additional_authenticated_data", item.aad, MAX_AAD_BYTES)
-            key = keys.load(KeyName.parse(item.name))
-            key.require(Operation.DECRYPT)
-            envelope, version = self._envelope_version(key, item.ciphertext, keys)
-            full_aad = gcm_aad(envelope.header(), str(key.name), item.aad)
-            request = TokenGcm(version, key.algorithm, envelope.nonce, envelope.sealed, full_aad)
-            return request, version
+        def key_of(name: str) -> Key:
+            found = named.get(name)
+            if found is None:
+                try:
+                    found = keys.load(KeyName.parse(name))
+                    found.require(Operation.DECRYPT)
+                except VaultError as error:
+                    found = error
+                named[name] = found
+            if isinstance(found, VaultError):
+                raise found.with_traceback(None)
+            return found
 
-        def finish(plaintext: bytes, request: TokenGcm, version: KeyVersion) -> Sealed:
-            return Sealed(plaintext, str(version.name))
+        def prepare(item: DecryptItem) -> tuple[TokenGcm, _Sealing]:
+            ciphertext, aad = item.ciphertext, item.aad
+            if len(ciphertext) > max_ciphertext:
+                _limit("ciphertext", ciphertext, max_ciphertext)
+            if len(aad) > MAX_AAD_BYTES:
+                _limit("additional_authenticated_data", aad, MAX_AAD_BYTES)
+            key = key_of(item.name)
+            envelope = GcmEnvelope.parse(ciphertext)
+            wanted = (item.name, envelope.key_version)
+            sealing = opening.get(wanted)
+            if sealing is None:
+                try:
+                    _, version = self._envelope_version(key, ciphertext, keys)
+                    sealing = _Sealing.of(key, version, envelope.key_version)
+                except VaultError as error:
+                    sealing = error
+                opening[wanted] = sealing
+            if isinstance(sealing, VaultError):
+                raise sealing.with_traceback(None)
+            return sealing.request(envelope.nonce, envelope.sealed, aad), sealing
+
+        def finish(plaintext: bytes, request: TokenGcm, sealing: _Sealing) -> Sealed:
+            return Sealed(plaintext, sealing.version_name)
 
         return through_token(items, prepare, self._keystore.decrypt_gcm_many, finish)
 
@@ -351,27 +460,24 @@ class CryptoOperations:
         )
 
     def generate_data_key_batch(self, items: Sequence[DataKeyItem]) -> list[DataKey | VaultError]:
-        keys = _BatchKeys(self._keys)
+        sealer = _BatchSealer(self, _BatchKeys(self._keys), Operation.GENERATE_DATA_KEY, len(items))
 
-        def prepare(item: DataKeyItem) -> tuple[TokenGcm, tuple[KeyVersion, bytes, bool]]:
+        def prepare(item: DataKeyItem) -> tuple[TokenGcm, tuple[_Sealing, bytes, bool]]:
             size = item.size or 32
             if size not in DATA_KEY_SIZES:
                 raise InvalidArgument(
                     "data key size must be 16, 24, 32 or 64 bytes", metadata={"size": str(size)}
                 )
             _limit("additional_authenticated_data", item.aad, MAX_AAD_BYTES)
-            key, version = self._usable(item.name, Operation.GENERATE_DATA_KEY, keys)
+            sealing = sealer.sealing(item.name)
             material = self._keystore.random(size)
-            request = self._gcm_request(key, version, material, item.aad)
-            return request, (version, material, item.include_plaintext)
+            request = sealing.request(sealer.nonce(), material, item.aad)
+            return request, (sealing, material, item.include_plaintext)
 
-        def finish(
-            sealed: bytes, request: TokenGcm, made: tuple[KeyVersion, bytes, bool]
-        ) -> DataKey:
-            version, material, include_plaintext = made
-            envelope = GcmEnvelope(version.number, request.nonce, sealed)
+        def finish(sealed: bytes, request: TokenGcm, made: tuple[_Sealing, bytes, bool]) -> DataKey:
+            sealing, material, include_plaintext = made
             plaintext = material if include_plaintext else None
-            return DataKey(envelope.to_bytes(), plaintext, str(version.name))
+            return DataKey(sealing.envelope(request.nonce, sealed), plaintext, sealing.version_name)
 
         return through_token(items, prepare, self._keystore.encrypt_gcm_many, finish)
 

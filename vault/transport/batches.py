@@ -55,9 +55,9 @@ def run_batch(
         prepared.append(service_item)
         extras.append(known)
     outcomes = iter(execute(prepared))
-    results = response.results
+    add = response.results.add
     for extra in extras:
-        slot = results.add()
+        slot = add()
         if isinstance(extra, VaultError):
             slot.error.CopyFrom(status_message(extra, method))
             continue

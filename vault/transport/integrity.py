@@ -22,18 +22,30 @@ def checksum(data: bytes) -> Int64Value:
     return Int64Value(value=crc32c(data))
 
 
-def verify_checksum(request: Message, field: str) -> bool:
-    """Check request.<field> against request.<field>_crc32c if the caller sent one.
+def set_checksum(out: Int64Value, data: bytes) -> None:
+    """Set a response's CRC32C field of data in place: cheaper than building an Int64Value and
+    copying it in, and the field is present even when the CRC32C is 0 (of b"", say)."""
+    out.value = google_crc32c.value(data)
+
+
+def verify_checksum(request: Message, field: str, data: bytes | None = None) -> bool:
+    """Check request.<field> (or data, its value if the caller has read it already) against
+    request.<field>_crc32c if the caller sent one.
 
     Returns whether a check was made, for the response's verified_<field>_crc32c.
     """
-    checksum_field = f"{field}_crc32c"
+    checksum_field = field + "_crc32c"
     if not request.HasField(checksum_field):
         return False
-    expected: Int64Value = getattr(request, checksum_field)
-    data: bytes = getattr(request, field)
-    if crc32c(data) != expected.value:
-        raise ChecksumMismatch(
-            f"{field} does not match {checksum_field}", metadata={"field": field}
-        )
+    return matches(
+        field, getattr(request, field) if data is None else data, getattr(request, checksum_field)
+    )
+
+
+def matches(field: str, data: bytes, expected: Int64Value) -> bool:
+    """True if data has the CRC32C expected (a checksum field the caller sent), else
+    ChecksumMismatch: verify_checksum once the caller knows the field is present, for the
+    per-item checks of a batch."""
+    if google_crc32c.value(data) != expected.value:
+        raise ChecksumMismatch(f"{field} does not match {field}_crc32c", metadata={"field": field})
     return True

@@ -413,9 +413,11 @@ class _Batch:
         # Whether the credential may use a name does not change within the call: each name
         # is authorised once.
         decided: dict[str, PermissionDenied | None] = {}
+        names = self._names
+        admit = authenticator.admit
         for index, item in enumerate(self._items):
             name: str = item.name  # type: ignore[attr-defined]  # every batch item has one
-            self._names[index] = name
+            names[index] = name
             if name not in decided:
                 try:
                     _authorize(principal, self._unary, resource_names(item))
@@ -425,7 +427,7 @@ class _Batch:
             refusal: VaultError | None = decided[name]
             if refusal is None:
                 try:
-                    authenticator.admit(principal)
+                    admit(principal)
                 except LimitExceeded as error:
                     refusal = error
             if refusal is not None:
@@ -452,13 +454,15 @@ class _Batch:
                 record(self._entries(outcomes))
             raise
         outcomes = []
+        append = outcomes.append
+        names = self._names
         version_field = _version_field(response)
         for index, slot in enumerate(response.results):
             if slot.WhichOneof("result") == "response":
                 used = getattr(slot.response, version_field) if version_field else ""
-                outcomes.append((used or self._names[index], "OK", ""))
+                append((used or names[index], "OK", ""))
             else:
-                outcomes.append((self._names[index], *status_outcome(slot.error)))
+                append((names[index], *status_outcome(slot.error)))
         try:
             record(self._entries(outcomes))
         except DiskFull:
@@ -476,8 +480,9 @@ class _Batch:
         what the caller was let do: one use of the unary method per admitted item, as quotas
         count them."""
         groups: dict[tuple[str, str, str, bool], int] = {}
+        refused = self._refused
         for index, (resource, outcome, reason) in enumerate(outcomes):
-            group = (resource, outcome, reason, index not in self._refused)
+            group = (resource, outcome, reason, index not in refused)
             groups[group] = groups.get(group, 0) + 1
         entries = []
         for (resource, outcome, reason, admitted), count in groups.items():
