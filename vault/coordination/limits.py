@@ -22,12 +22,11 @@ Keys and nonces are hashed with BLAKE2b keyed by the salt, so a client cannot ch
 that crowd one probe window. A key's records live in a window of _PROBE consecutive slots
 chosen by its hash (open addressing, no wrap-around).
 
-Locking: flock (vault.coordination.flock, which keeps the GIL unless it must wait) on a
-descriptor this process opened itself. A flock lock belongs to the open file description, so
-the kernel drops it when the holder dies, even by SIGKILL; but a descriptor inherited across
-fork() shares its description with the parent and would not exclude it, so a process that
-finds its pid changed opens its own. flock does not exclude threads sharing one description
-either, hence a threading.Lock in front of it.
+Locking: fcntl.flock on a descriptor this process opened itself. A flock lock belongs to the
+open file description, so the kernel drops it when the holder dies, even by SIGKILL; but a
+descriptor inherited across fork() shares its description with the parent and would not
+exclude it, so a process that finds its pid changed opens its own. flock does not exclude
+threads sharing one description either, hence a threading.Lock in front of it.
 
 Torn records: a process killed in the middle of a write leaves a record that is part old,
 part new. Every record carries a CRC-32 of its contents; a record that fails the check is
@@ -37,6 +36,7 @@ garbage, read as absent and overwritten when its slot is needed.
 from __future__ import annotations
 
 import errno
+import fcntl
 import hashlib
 import math
 import mmap
@@ -52,7 +52,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Final
 
-from vault.coordination import flock
 from vault.domain.errors import LimitExceeded
 
 __all__ = ["LimitsFileSpaceError", "NonceCacheFull", "SharedLimits", "boot_id"]
@@ -294,14 +293,14 @@ class SharedLimits:
                 raise ValueError("SharedLimits is closed")
             if self._pid != os.getpid():
                 self._open_lock()
-            flock.lock_exclusive(self._lock_fd)
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
         except BaseException:
             self._thread_lock.release()
             raise
 
     def _release(self) -> None:
         try:
-            flock.unlock(self._lock_fd)
+            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
         finally:
             self._thread_lock.release()
 

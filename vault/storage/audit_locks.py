@@ -3,6 +3,7 @@ across the processes sharing a SQLite file (vault.storage.audit_chain, audit_che
 
 from __future__ import annotations
 
+import fcntl
 import os
 import threading
 import weakref
@@ -12,7 +13,6 @@ from pathlib import Path
 
 from sqlalchemy import Engine
 
-from vault.coordination import flock
 from vault.storage.engine import is_sqlite, is_sqlite_memory, is_sqlite_uri
 
 LOCK_SUFFIX = ".audit-lock"
@@ -58,15 +58,15 @@ class AppendLock:
                 yield True
                 return
             fd = self._descriptor(self._path)
-            if wait:
-                flock.lock_exclusive(fd)
-            elif not flock.try_lock_exclusive(fd):
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
                 yield False
                 return
             try:
                 yield True
             finally:
-                flock.unlock(fd)
+                fcntl.flock(fd, fcntl.LOCK_UN)
         finally:
             self._threads.release()
 
