@@ -265,12 +265,14 @@ class AuditChain:
         )
         while True:
             with guarded_transaction(self._engine, self._serial, write=False) as c:
-                rows = c.execute(query, {"after": after}).mappings().all()
+                # Plain tuples: a checkpoint reads every record since the last one on a
+                # request's thread, and building a mapping per row doubled the read.
+                rows = c.execute(query, {"after": after}).all()
             for row in rows:
-                yield _to_record(row)
+                yield _record_of(row)
             if len(rows) < batch:
                 return
-            after = int(rows[-1]["seq"])
+            after = int(rows[-1][0])
 
     def list_audit_events(
         self, audit_filter: AuditFilter, page_size: int, page_token: str
@@ -655,6 +657,29 @@ def _to_record(row: RowMapping) -> AuditRecord:
         ),
         prev_hash=_as_bytes(row["prev_hash"]),
         hash=_as_bytes(row["hash"]),
+    )
+
+
+def _record_of(row: Sequence[Any]) -> AuditRecord:
+    """_to_record for a row of _RECORD_COLUMNS as a plain tuple, in the table's column order."""
+    (seq, occurred_at, request_id, credential_id, account, method, resource, outcome, reason,
+     latency_us, source, prev_hash, digest) = row  # fmt: skip
+    return AuditRecord(
+        seq,
+        AuditEvent(
+            from_micros(occurred_at) if type(occurred_at) is int else occurred_at,
+            request_id,
+            credential_id,
+            account,
+            method,
+            resource,
+            outcome,
+            reason,
+            latency_us,
+            source,
+        ),
+        _as_bytes(prev_hash),
+        _as_bytes(digest),
     )
 
 
