@@ -225,6 +225,8 @@ class AuditLog:
                 head = self._append(batch)
             except BaseException as exc:  # every waiter must learn the outcome, whatever it was
                 error = exc
+            if self._on_waiting is not None:
+                self._on_waiting(-len(batch))
             with self._mutex:
                 for pending in batch:
                     pending.done, pending.error = True, error
@@ -235,8 +237,6 @@ class AuditLog:
                     else:
                         waiting.append(other)
                 self._waiters = waiting
-                if self._on_waiting is not None:
-                    self._on_waiting(-len(batch))
                 if not waiting:
                     self._committing = False
                     break

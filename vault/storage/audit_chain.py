@@ -265,8 +265,8 @@ class AuditChain:
         )
         while True:
             with guarded_transaction(self._engine, self._serial, write=False) as c:
-                # Plain tuples: a checkpoint reads every record since the last one on a
-                # request's thread, and building a mapping per row doubled the read.
+                # Rows by position: a checkpoint reads every record since the last one on a
+                # request's thread, and reading each row by name cost a third more.
                 rows = c.execute(query, {"after": after}).all()
             for row in rows:
                 yield _record_of(row)
@@ -304,9 +304,9 @@ class _SqliteFileAppender:
     process) has committed to the file since this one last appended: PRAGMA data_version
     moves on every such commit, and not on this connection's own. Otherwise the head is the
     one this connection wrote, and the checkpoint the one it read last. Read after BEGIN
-    IMMEDIATE, so nothing can commit between the check and this append's commit. Each
-    statement releases the GIL and takes it back, which in a busy server is a hand-off
-    between threads: one small statement instead of two or three per append.
+    IMMEDIATE, so nothing can commit between the check and this append's commit: one small
+    statement instead of two or three per append, each a trip into SQLite with the GIL
+    released.
     """
 
     _HEAD_SQL = "SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1"
