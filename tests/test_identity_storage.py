@@ -833,6 +833,60 @@ def test_forked_processes_append_to_one_chain(url: str, backend: str, db_path: P
         parent.close()
 
 
+def _append_when_told(url: str, orders: Any) -> None:
+    # Forked: its own stores, as a server worker's. Appends one record per order, then says
+    # which seq and checkpoint it saw; None ends it.
+    opened = open_stores(url)
+    try:
+        while (n := orders.recv()) is not None:
+            head = opened.audit.append_audit([audit_event(n, source="child")], {}, {})
+            orders.send((head.seq, head.checkpoint_seq))
+    finally:
+        opened.close()
+
+
+def test_processes_appending_in_turn_keep_one_chain(url: str) -> None:
+    """Each appender may keep the head it wrote for its next append only while nothing else
+    was committed meanwhile: here every append of one process follows one of the other's,
+    and a checkpoint added by a third connection is seen by the next append of either."""
+    parent = open_stores(url)
+    ctx = multiprocessing.get_context("fork")
+    orders, child_end = ctx.Pipe()
+    child = ctx.Process(target=_append_when_told, args=(url, child_end))
+    try:
+        child.start()
+        child_end.close()
+        checkpoint_at = 0
+        for turn in range(0, 40, 2):
+            head = parent.audit.append_audit([audit_event(turn, source="parent")], {}, {})
+            assert (head.seq, head.checkpoint_seq) == (turn + 1, checkpoint_at)
+            orders.send(turn + 1)
+            assert orders.recv() == (turn + 2, checkpoint_at)
+            if turn == 20:
+                third = open_stores(url)
+                try:
+                    (latest,) = third.audit.audit_records(after=turn + 1)
+                    third.audit.add_checkpoint(
+                        Checkpoint(latest.seq, latest.hash, T0, b"good", "audit-1")
+                    )
+                finally:
+                    third.close()
+                checkpoint_at = turn + 2
+        orders.send(None)
+        child.join(timeout=30)
+        assert child.exitcode == 0
+        records = list(parent.audit.audit_records())
+        assert_chain(records, 40)
+        assert [r.event.source for r in records] == ["parent", "child"] * 20
+        assert verify_audit_log(records, parent.audit.audit_checkpoints(), no_verify).ok
+    finally:
+        if child.is_alive():
+            child.kill()
+            child.join()
+        orders.close()
+        parent.close()
+
+
 def _wait_for_inherited_lock(store: SqlAuditStore, acquired: Any) -> None:
     with store._chain._append_lock.held():
         acquired.put(os.getpid())

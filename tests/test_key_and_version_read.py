@@ -184,3 +184,37 @@ def test_the_direct_reads_convert_every_column_as_the_engine_does(backend_url: s
         assert got.revoke_time.utcoffset() == timedelta(0) and got.token_resident is False
     finally:
         store.close()
+
+
+def test_the_material_epoch_comes_first_in_the_same_read(backend_url: str) -> None:
+    """A request learns the material epoch before the caller's version cache is asked, so a
+    version another worker made unusable is dropped first; on SQLite it rides in the key
+    cache's freshness check (one statement, no pooled transaction)."""
+    store, elsewhere = open_store(backend_url), open_store(backend_url)
+    try:
+        key = create(store, make_key("epoch"))
+        calls: list[tuple[str, int]] = []
+
+        def seen(epoch: int) -> None:
+            calls.append(("epoch", epoch))
+
+        def cached(name: KeyVersionName) -> KeyVersion | None:
+            calls.append(("version", name.version))
+            return None
+
+        start = store.material_epoch()
+        for expected in (start, start + 1):
+            calls.clear()
+            store.get_key_and_version(key.name, None, nothing_cached)  # cached from now on
+            with pooled_statements(store) as pooled:
+                found, version = store.get_key_and_version(key.name, None, cached, seen)
+            assert found == key and version is not None and version.number == 1
+            if backend_url.startswith("sqlite"):
+                assert calls == [("epoch", expected), ("version", 1)]
+                assert pooled == []
+            else:  # no key cache: both are read from the database, the epoch first
+                assert calls == [("epoch", expected)]
+            elsewhere.bump_material_epoch()
+    finally:
+        store.close()
+        elsewhere.close()

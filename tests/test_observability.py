@@ -13,6 +13,7 @@ import threading
 import time
 import urllib.request
 from collections.abc import Iterator
+from multiprocessing.connection import Connection
 from pathlib import Path
 
 import grpc
@@ -514,3 +515,30 @@ def test_malformed_metrics_listen_is_refused(listen: str) -> None:
 
     with pytest.raises(MetricsListenError):
         parse_listen(listen)
+
+
+def _request_ids_of_a_forked_child(conn: Connection) -> None:
+    from vault.transport import observe
+
+    conn.send([observe._new_request_id() for _ in range(100)])
+
+
+def test_made_up_request_ids_differ_within_and_across_worker_processes() -> None:
+    """Ids the server makes up for calls without x-request-id: 32 hex digits as before, from
+    a generator each forked worker seeds afresh (a copy of the parent's would repeat ids)."""
+    import multiprocessing
+
+    from vault.transport import observe
+
+    ours = [observe._new_request_id() for _ in range(100)]
+    context = multiprocessing.get_context("fork")
+    theirs: list[str] = []
+    for _ in range(2):
+        parent_end, child_end = context.Pipe()
+        child = context.Process(target=_request_ids_of_a_forked_child, args=(child_end,))
+        child.start()
+        theirs += parent_end.recv()
+        child.join(timeout=30)
+        assert child.exitcode == 0
+    assert all(re.fullmatch(r"[0-9a-f]{32}", made) for made in ours + theirs)
+    assert len(set(ours + theirs)) == 300

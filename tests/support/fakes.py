@@ -140,7 +140,10 @@ class FakeMetadataStore:
         name: KeyName,
         number: int | None,
         cached_version: Callable[[KeyVersionName], KeyVersion | None],
+        epoch_seen: Callable[[int], None] | None = None,
     ) -> tuple[Key | None, KeyVersion | None]:
+        if epoch_seen is not None:
+            epoch_seen(self.epoch)
         key = self.keys.get(name)
         if key is None:
             return None, None

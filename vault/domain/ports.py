@@ -269,11 +269,14 @@ class MetadataStore(Protocol):
         name: KeyName,
         number: int | None,
         cached_version: Callable[[KeyVersionName], KeyVersion | None],
+        epoch_seen: Callable[[int], None] | None = None,
     ) -> tuple[Key | None, KeyVersion | None]:
         """name's key (None if there is none) and its version number, or its primary when
         number is None (None if there is no such version), as a request needs them: a key
         the store serves from its cache comes with cached_version(the version's name) when
-        that gives one; otherwise both are read together, in one statement where it can."""
+        that gives one; otherwise both are read together, in one statement where it can.
+        With epoch_seen, the store first calls it with material_epoch(), before it calls
+        cached_version (read together with its cache's freshness where it can)."""
         ...
 
     def find_key_by_request_id(self, account: str, request_id: str) -> Key | None: ...

@@ -4,8 +4,11 @@ the token's audit key signs at intervals.
 Commits are grouped: a request thread that finds no commit in progress commits every record
 waiting at that moment (its own included); threads arriving meanwhile wait for the next
 group. Under load one store transaction carries many records; alone, a request pays for
-exactly one. A failed commit fails every request of its group (AuditUnavailable): the vault
-does not answer what it could not record. A commit that failed because the disk is full
+exactly one. The committing thread also commits, a few times at most, the groups that
+gathered while it committed (it is awake already: no wake-up to wait for); a waiting thread
+is woken once, when its records are committed or to take over committing, so no thread wakes
+only to wait again. A failed commit fails every request of its group (AuditUnavailable): the
+vault does not answer what it could not record. A commit that failed because the disk is full
 raises DiskFull rather than AuditUnavailable, so the caller can free the disk reserve.
 
 A checkpoint is signed only over a chain that extends the token's anchor: the record at the
@@ -128,6 +131,26 @@ class _Pending:
     error: BaseException | None = field(default=None, repr=False)
 
 
+# Groups a committing thread commits for others after its own, before it hands over.
+_MAX_EXTRA_GROUPS: Final = 2
+
+
+def _held_lock() -> threading.Lock:
+    lock = threading.Lock()
+    lock.acquire()
+    return lock
+
+
+@dataclass(slots=True)
+class _Waiter:
+    """A thread waiting in record_all, by its last record; blocked on wake until the
+    committer releases it: its records are done, or (lead) it is to commit the next group."""
+
+    last: _Pending
+    wake: threading.Lock = field(default_factory=_held_lock)
+    lead: bool = False
+
+
 class AuditLog:
     def __init__(
         self,
@@ -144,8 +167,9 @@ class AuditLog:
         self._crypto = crypto
         self._policy = policy
         self._clock = clock
-        self._cond = threading.Condition()
+        self._mutex = threading.Lock()
         self._pending: list[_Pending] = []
+        self._waiters: list[_Waiter] = []
         self._committing = False
         self._checkpointing = threading.Lock()
         self._broken: ChainBroken | None = None
@@ -178,28 +202,53 @@ class AuditLog:
         item = items[-1]  # all of them join the same group: one is done when all are
         if self._on_waiting is not None:
             self._on_waiting(len(items))
-        with self._cond:
+        waiter: _Waiter | None = None
+        with self._mutex:
             self._pending.extend(items)
-            while self._committing and not item.done:
-                self._cond.wait()
-            if item.done:
+            if self._committing:
+                waiter = _Waiter(item)
+                self._waiters.append(waiter)
+            else:
+                self._committing = True
+                batch, self._pending = self._pending, []
+        if waiter is not None:
+            waiter.wake.acquire()
+            if not waiter.lead:
                 self._raise_for(item)
                 return
-            self._committing = True
-            batch, self._pending = self._pending, []
+            with self._mutex:
+                batch, self._pending = self._pending, []
         head: AuditHead | None = None
-        error: BaseException | None = None
-        try:
-            head = self._append(batch)
-        except BaseException as exc:  # every waiter must learn the outcome, whatever it was
-            error = exc
-        with self._cond:
-            for pending in batch:
-                pending.done, pending.error = True, error
-            self._committing = False
-            self._cond.notify_all()
-        if self._on_waiting is not None:
-            self._on_waiting(-len(batch))
+        for extra in range(_MAX_EXTRA_GROUPS + 1):
+            error: BaseException | None = None
+            try:
+                head = self._append(batch)
+            except BaseException as exc:  # every waiter must learn the outcome, whatever it was
+                error = exc
+            if self._on_waiting is not None:
+                self._on_waiting(-len(batch))
+            with self._mutex:
+                for pending in batch:
+                    pending.done, pending.error = True, error
+                waiting = []
+                for other in self._waiters:
+                    if other.last.done:
+                        other.wake.release()
+                    else:
+                        waiting.append(other)
+                self._waiters = waiting
+                if not waiting:
+                    self._committing = False
+                    break
+                # Whoever still waits has its records in self._pending, arrived during this
+                # commit. This thread, awake already, commits them too, a few times at most
+                # (its own answer waits meanwhile); then the first of them takes over.
+                if extra < _MAX_EXTRA_GROUPS:
+                    batch, self._pending = self._pending, []
+                    continue
+                leader = waiting.pop(0)
+                leader.lead = True
+                leader.wake.release()
         self._raise_for(item)
         if head is not None:
             self._checkpoint_if_due(head)

@@ -64,7 +64,16 @@ class UnchangedSinceCache(Generic[K, V]):
     def get(self, key: K) -> tuple[V | None, int]:
         """The cached row, if nothing was committed since it was read, and the version to
         pass to put() after reading it from the database."""
-        version = int(self._state().connection.execute(_CHANGES).fetchone()[0])
+        return self._recall(key, int(self._state().connection.execute(_CHANGES).fetchone()[0]))
+
+    def get_with(self, key: K, query: str) -> tuple[V | None, int, int]:
+        """get(), and one more integer read in the same statement: query (constant SQL, never
+        built from input) gives the change count and that integer, from one consistent
+        snapshot, in one trip into SQLite instead of two (each releases the GIL)."""
+        version, value = self._state().connection.execute(query).fetchone()
+        return (*self._recall(key, int(version)), int(value))
+
+    def _recall(self, key: K, version: int) -> tuple[V | None, int]:
         with self._rows_lock:
             if version != self._rows_version:
                 # Moved on (or, for an instant, another thread already saw a newer count):

@@ -196,6 +196,11 @@ def _split_key_and_version(row: Mapping[Any, Any]) -> tuple[Key, KeyVersion | No
 
 _GET_EPOCH = select(key_material_epoch.c.epoch).where(key_material_epoch.c.id == 1)
 _SQLITE_GET_EPOCH = "SELECT epoch FROM key_material_epoch WHERE id = 1"
+# The key cache's change count (vault.storage.freshness) and the epoch, in one statement.
+_SQLITE_CHANGES_AND_EPOCH = (
+    "SELECT changes, (SELECT epoch FROM key_material_epoch WHERE id = 1) "
+    "FROM metadata_changes WHERE id = 1"
+)
 _BUMP_EPOCH = (
     update(key_material_epoch)
     .where(key_material_epoch.c.id == 1)
@@ -305,16 +310,24 @@ class SqlMetadataStore:
         name: KeyName,
         number: int | None,
         cached_version: Callable[[KeyVersionName], KeyVersion | None],
+        epoch_seen: Callable[[int], None] | None = None,
     ) -> tuple[Key | None, KeyVersion | None]:
         """name's key and its version number (the key's primary when None): a key served
         from the cache comes with cached_version(that version's name), or the version read;
-        a key read from the database comes with its version, read in the same statement."""
+        a key read from the database comes with its version, read in the same statement.
+        epoch_seen gets material_epoch() first, read with the cache's change count."""
         stamp = 0
         if self._key_cache is not None:
-            cached, stamp = self._key_cache.get(name)
+            if epoch_seen is None:
+                cached, stamp = self._key_cache.get(name)
+            else:
+                cached, stamp, epoch = self._key_cache.get_with(name, _SQLITE_CHANGES_AND_EPOCH)
+                epoch_seen(epoch)
             if cached is not None:
                 wanted = name.version(number if number is not None else cached.primary_version)
                 return cached, cached_version(wanted) or self.get_version(wanted)
+        elif epoch_seen is not None:
+            epoch_seen(self.material_epoch())
         params: dict[str, str | int] = {**_key_params(name), "version": number or 0}
         statement = _GET_KEY_WITH_PRIMARY if number is None else _GET_KEY_WITH_VERSION
         row = self._read_one(statement, params)

@@ -51,6 +51,7 @@ from vault.transport.security import SecurityInterceptor
 from vault.transport.served import ServedServices
 from vault.transport.status_servicer import ServerFacts, StatusServicer
 from vault.transport.tls import ServerTls
+from vault.transport.wrapping import InterceptorChain, WrappingInterceptor
 
 log = logging.getLogger(__name__)
 
@@ -205,7 +206,7 @@ def build(
             "address or a unix: socket"
         )
     security = services.security
-    interceptors: list[grpc.ServerInterceptor] = [ObservingInterceptor(), ErrorInterceptor()]
+    interceptors: list[WrappingInterceptor] = [ObservingInterceptor(), ErrorInterceptor()]
     if security is not None:
         if security.authenticator is None:
             raise RuntimeError("authentication needs the workers' shared counters")
@@ -224,7 +225,7 @@ def build(
         futures.ThreadPoolExecutor(
             max_workers=settings.server.threads, thread_name_prefix="vault-rpc"
         ),
-        interceptors=interceptors,
+        interceptors=[InterceptorChain(interceptors)],
         options=[
             ("grpc.max_receive_message_length", max_bytes),
             ("grpc.max_send_message_length", max_bytes),

@@ -6,7 +6,7 @@ change, so building a wrapped handler per call would be work on the hot path for
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, TypeAlias
 
 import grpc
@@ -43,3 +43,22 @@ class WrappingInterceptor(grpc.ServerInterceptor):
         """The handler that serves method in place of handler: handler itself to leave it
         alone, None to refuse the method (UNIMPLEMENTED)."""
         raise NotImplementedError
+
+
+class InterceptorChain(WrappingInterceptor):
+    """Several wrapping interceptors as one, outermost first: each method's handler is what
+    installing them in that order would serve. gRPC runs its interceptor pipeline on every
+    call, a level (a closure and a call of intercept_service) per interceptor; the chain is
+    one level, whatever the number of interceptors."""
+
+    def __init__(self, interceptors: Sequence[WrappingInterceptor]) -> None:
+        super().__init__()
+        self._innermost_first = tuple(reversed(interceptors))
+
+    def wrap(self, handler: Handler, method: str) -> Handler | None:
+        for interceptor in self._innermost_first:
+            wrapped = interceptor.wrap(handler, method)
+            if wrapped is None:
+                return None
+            handler = wrapped
+        return handler
