@@ -11,7 +11,15 @@ from bench import listing
 def test_listing_bench_measures_every_step_of_both_paths() -> None:
     figures = listing.measure(key_count=60, page_size=25, rounds=2)
 
-    steps = {*listing.LISTING_STEPS, *listing.KEY_STEPS, "listing path", "Key path"}
+    steps = {
+        *listing.LISTING_STEPS,
+        *listing.KEY_STEPS,
+        listing.KEPT_STEP,
+        listing.MADE_STEP,
+        "listing path",
+        "listing path, parts kept",
+        "Key path",
+    }
     assert set(figures) == steps
     assert all(value > 0 for value in figures.values())
 
