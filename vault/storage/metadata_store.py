@@ -368,7 +368,7 @@ class SqlMetadataStore:
                 rows = _driver_rows(c.execute(query, params))
         items = list(map(ListedKey._make, rows[:size]))
         next_token = encode_page_token(items[-1].key_id) if len(rows) > size else ""
-        return Page(items=items, next_page_token=next_token)
+        return Page(items, next_token, lambda i: encode_page_token(items[i].key_id))
 
     def update_key(self, key: Key) -> Key:
         """Write key (labels, description, state, times) if its etag is still current; return
@@ -588,7 +588,7 @@ class SqlMetadataStore:
             rows = c.execute(query).mappings().all()
         items = [_to_revocation(row) for row in rows[:size]]
         next_token = encode_page_token(str(items[-1].version_name)) if len(rows) > size else ""
-        return Page(items=items, next_page_token=next_token)
+        return Page(items, next_token, lambda i: encode_page_token(str(items[i].version_name)))
 
     def material_epoch(self) -> int:
         """A number that moves whenever a version's material stops being usable anywhere."""
