@@ -25,6 +25,7 @@ from tests.support.api_calls import new_account as new_account_name
 from tests.support.harness import VaultServer
 from tests.support.security_helpers import add_access_key, new_account
 from vault.client import VaultClient
+from vault.config import ServerSettings
 from vault.gen.vault.v1 import resources_pb2
 
 KeyState = resources_pb2.KeyState
@@ -255,6 +256,46 @@ def test_list_revocations_pages_through_every_revoked_version_once(
         "INVALID_ARGUMENT",
         lambda: client.list_revocations(revoked.account, page_token="bm90IGEgbmFtZQ"),
     )
+
+
+# Versions whose revocation entries (each with the longest reason, about 1.1 KB) exceed
+# server.max_message_bytes together.
+MANY_VERSIONS = 1000
+
+
+@pytest.fixture(scope="module")
+def long_revoked(client: VaultClient) -> str:
+    """A key of MANY_VERSIONS versions, revoked with the longest reason; its name."""
+    name = client.create_key(new_account_name(client), new_id(), "MAC").name
+    for _ in range(MANY_VERSIONS - 1):
+        client.rotate_key(name)
+    client.revoke_key(name, "r" * 1024, "SUPERSEDED")
+    return name
+
+
+def test_list_revocations_pages_fit_the_largest_message(
+    client: VaultClient, long_revoked: str
+) -> None:
+    """1,000 revocations with the longest reason would be larger than
+    server.max_message_bytes: a page ends after the last entry that fits, and its token
+    resumes right after it."""
+    max_bytes = ServerSettings().max_message_bytes
+    parent = long_revoked.split("/keys/")[0]
+    pages = []
+    token = ""
+    while True:
+        page = client.list_revocations(parent, page_size=1000, page_token=token)
+        pages.append(page)
+        token = page.next_page_token
+        if not token:
+            break
+        assert len(pages) < 10, "pagination does not end"
+    listed = [entry.key_version for page in pages for entry in page.revocations]
+    expected = {f"{long_revoked}/versions/{n}" for n in range(1, MANY_VERSIONS + 1)}
+    assert len(listed) == len(set(listed)) == MANY_VERSIONS
+    assert set(listed) == expected
+    assert len(pages) > 1 and all(page.revocations for page in pages)
+    assert all(page.ByteSize() <= max_bytes for page in pages)
 
 
 def test_revocation_feed_verifies_offline_against_the_pinned_key(
