@@ -94,16 +94,13 @@ class KeyServicer(key_service_pb2_grpc.KeyServiceServicer):
     def ListKeyVersions(
         self, request: key_service_pb2.ListKeyVersionsRequest, context: grpc.ServicerContext
     ) -> key_service_pb2.ListKeyVersionsResponse:
-        # The service returns every version (a key has few); the request already has the
-        # paging fields so clients that loop on next_page_token keep working once it pages.
-        if request.page_size < 0:
-            raise InvalidArgument("page_size must not be negative", metadata={"field": "page_size"})
-        if request.page_token:
-            raise InvalidArgument("page_token is not valid", metadata={"field": "page_token"})
-        versions = self._keys.list_versions(request.parent)
-        return key_service_pb2.ListKeyVersionsResponse(
-            key_versions=[convert.version_to_proto(version) for version in versions]
+        page = self._keys.list_versions_page(request.parent, request.page_size, request.page_token)
+        response = key_service_pb2.ListKeyVersionsResponse(
+            key_versions=[convert.version_to_proto(version) for version in page.items],
+            next_page_token=page.next_page_token,
         )
+        fit_response(response, "key_versions", page, self._listing.max_message_bytes)
+        return response
 
     def GetPublicKey(
         self, request: key_service_pb2.GetPublicKeyRequest, context: grpc.ServicerContext
