@@ -20,11 +20,13 @@ from vault.domain.models import Page
 # bytes each in UTF-8: 1,368 bytes, plus its tag and length.
 TOKEN_ROOM: Final = 2048
 
-# The largest item a List sends is a Key or a Bucket with 64 labels of 63-character keys and
+# The largest items a List sends are a Key or a Bucket with 64 labels of 63-character keys and
 # values and a 1,024-character description: about 10 KB (tests/unit/test_page_budget.py
 # measures it), far below the smallest max_message_bytes (65,536, vault/config.py) less
 # TOKEN_ROOM. So a page cut by size still holds at least one whole item and a listing always
-# moves on.
+# moves on. Only a Bucket grows without bound: each master-key version it lists adds up to
+# 200 bytes, so a bucket whose master key was rotated over about 250 times would not fit the
+# smallest setting, nor over about 5,000 times the default (GetBucket would fail alike).
 SMALLEST_MAX_MESSAGE_BYTES: Final = 65_536
 
 
