@@ -93,3 +93,32 @@ def test_audit_events_page_within_the_smallest_message(
     assert len(sequences) >= 2 * len(created)
     # Oldest first, each record once, none skipped.
     assert sequences == list(range(sequences[0], sequences[0] + len(sequences)))
+
+
+def test_api_keys_page_within_the_smallest_message(
+    small: VaultServer, admin: VaultClient, created: set[str]
+) -> None:
+    # Each API key about 6 KB (8 scopes of 10 long resource names, the longest description):
+    # 20 are over 64 KiB.
+    account = min(created)
+    scopes = [
+        (["GetKey", "Sign"], [f"keys/s{s}r{r}{'x' * 59}" for r in range(10)]) for s in range(8)
+    ]
+    made = {
+        admin.create_api_key(account, scopes, description="d" * 1024).api_key.name
+        for _ in range(20)
+    }
+    with small.channel() as channel:
+        identity = identity_service_pb2_grpc.IdentityServiceStub(channel)
+        pages = every_page(
+            lambda token: identity.ListApiKeys(
+                identity_service_pb2.ListApiKeysRequest(
+                    parent=account, page_size=1000, page_token=token
+                ),
+                timeout=30,
+            )
+        )
+    assert len(pages) > 1 and all(page.api_keys for page in pages)
+    assert all(page.ByteSize() <= SMALLEST for page in pages)
+    listed = [key.name for page in pages for key in page.api_keys]
+    assert len(listed) == len(set(listed)) and set(listed) == made
