@@ -28,7 +28,8 @@ from tests.support.security_helpers import (
     new_account,
 )
 from vault.client import AccessKeyCredentials, VaultClient, VaultClientError
-from vault.gen.vault.v1 import resources_pb2
+from vault.config import ServerSettings
+from vault.gen.vault.v1 import identity_service_pb2, identity_service_pb2_grpc, resources_pb2
 
 MESSAGE: Final = b"authorised by a grant"
 MALFORMED_KEY_ID: Final = "Not_A-Valid.Name"
@@ -369,3 +370,36 @@ def test_an_unscoped_admin_account_key_has_the_admin_role(
         assert admin.get_key(accounts.sealing_b).name == accounts.sealing_b
         signature = admin.sign(accounts.signing, message=MESSAGE).signature
         verify_with_public_key(admin.get_public_key(accounts.signing).pem, signature, MESSAGE)
+
+
+def test_list_access_keys_pages_of_large_keys_fit_the_largest_message(
+    client: VaultClient, server: VaultServer
+) -> None:
+    """An access key with every grant (64) and the longest description is about 6 KB: 200
+    of them in one page of 1,000 would be larger than server.max_message_bytes, so a page
+    ends after the last access key that fits, and its token resumes right after it."""
+    max_bytes = ServerSettings().max_message_bytes
+    account = new_account(client)
+    grants = [(f"keys/k{i:02d}{'x' * 60}", "READ") for i in range(64)]
+    created = {
+        client.create_access_key(account, grants=grants, description="d" * 1024).access_key.name
+        for _ in range(200)
+    }
+    pages: list[identity_service_pb2.ListAccessKeysResponse] = []
+    with server.channel() as channel:
+        stub = identity_service_pb2_grpc.IdentityServiceStub(channel)
+        token = ""
+        while True:
+            request = identity_service_pb2.ListAccessKeysRequest(
+                parent=account, page_size=1000, page_token=token
+            )
+            pages.append(stub.ListAccessKeys(request, timeout=30))
+            token = pages[-1].next_page_token
+            if not token:
+                break
+            assert len(pages) < 10, "pagination does not end"
+    listed = [key.name for page in pages for key in page.access_keys]
+    assert len(listed) == len(set(listed)) == len(created)
+    assert set(listed) == created
+    assert len(pages) > 1 and all(page.access_keys for page in pages)
+    assert all(page.ByteSize() <= max_bytes for page in pages)

@@ -31,6 +31,7 @@ from vault.client import (
     VaultClient,
     VaultClientError,
 )
+from vault.config import ServerSettings
 from vault.gen.vault.v1 import bucket_service_pb2, bucket_service_pb2_grpc, resources_pb2
 
 BucketState = resources_pb2.BucketState
@@ -204,6 +205,38 @@ def test_list_buckets_pages_and_filters_by_label(client: VaultClient) -> None:
         "INVALID_ARGUMENT",
         lambda: client.list_buckets(account, page_token="not-a-token!"),
     )
+
+
+def test_list_buckets_pages_of_large_buckets_fit_the_largest_message(
+    client: VaultClient,
+) -> None:
+    """A bucket with every label (64, keys and values of 63 characters) is about 8.5 KB:
+    1,000 of them would be eight times server.max_message_bytes, so a page ends after the
+    last bucket that fits, and its token resumes right after it."""
+    max_bytes = ServerSettings().max_message_bytes
+    account = new_account()
+    labels = {f"l{i:02d}-{'x' * 59}": "v" * 63 for i in range(64)}
+    with ThreadPoolExecutor(4) as pool:
+        created = set(
+            pool.map(
+                lambda _: client.create_bucket(account, new_id(), labels=labels).name,
+                range(150),
+            )
+        )
+    pages: list[bucket_service_pb2.ListBucketsResponse] = []
+    token = ""
+    while True:
+        page = client.list_buckets(account, page_size=1000, page_token=token)
+        pages.append(page)
+        token = page.next_page_token
+        if not token:
+            break
+        assert len(pages) < 10, "pagination does not end"
+    listed = [bucket.name for page in pages for bucket in page.buckets]
+    assert len(listed) == len(set(listed)) == len(created)
+    assert set(listed) == created
+    assert len(pages) > 1 and all(page.buckets for page in pages)
+    assert all(page.ByteSize() <= max_bytes for page in pages)
 
 
 def test_list_buckets_filters_by_state(client: VaultClient) -> None:

@@ -14,6 +14,7 @@ import stat
 import subprocess
 import time
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -374,6 +375,39 @@ def test_keys_schedule_and_cancel_destroy(target: str) -> None:
         bad = vaultctl(target, "keys", "schedule-destroy", name, "--waiting-period", period)
         assert bad.exit_code == 2, bad.stderr
         assert "--waiting-period" in bad.stderr
+
+
+def test_keys_list_follows_pages_cut_short_by_message_size(
+    target: str, server: VaultServer
+) -> None:
+    """Pages of keys with every label end early to fit the largest message: the CLI follows
+    tokens until none is left, and --limit stops exactly at the limit, whatever page sizes
+    the server answered with."""
+    account_id = f"cli{uuid4().hex[:10]}"
+    labels = {f"l{i:02d}-{'x' * 59}": "v" * 63 for i in range(64)}
+    with server.client() as admin, ThreadPoolExecutor(4) as pool:
+        account = ensure_account(admin, account_id)
+        created = sorted(
+            pool.map(
+                lambda _: (
+                    admin.create_key(
+                        account, new_id(), "MAC", labels=labels, description="d" * 1024
+                    ).name
+                ),
+                range(150),
+            )
+        )
+    listed = json_of(vaultctl(target, "keys", "list", account_id, "--json"))
+    assert [k["name"] for k in listed["keys"]] == created
+    assert listed["next_page_token"] == ""
+    first = json_of(vaultctl(target, "keys", "list", account_id, "--limit", "140", "--json"))
+    assert [k["name"] for k in first["keys"]] == created[:140]
+    rest = json_of(
+        vaultctl(
+            target, "keys", "list", account_id, "--page-token", first["next_page_token"], "--json"
+        )
+    )
+    assert [k["name"] for k in rest["keys"]] == created[140:]
 
 
 def test_every_list_command_bounds_its_output_with_limit(target: str) -> None:

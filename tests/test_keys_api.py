@@ -27,6 +27,7 @@ from google.protobuf.field_mask_pb2 import FieldMask
 
 from tests.support.api_calls import ensure_account, expect_error, new_account, new_id
 from vault.client import VaultClient, VaultClientError
+from vault.config import ServerSettings
 from vault.gen.vault.v1 import key_service_pb2, key_service_pb2_grpc, resources_pb2
 
 Purpose = resources_pb2.Purpose
@@ -485,6 +486,45 @@ def test_list_keys_sends_the_canonical_bytes_of_its_response(
             assert len(parsed.keys) == 2 and parsed.next_page_token
             assert parsed.ByteSize() == len(data)
             assert list(parsed.keys) == [client.get_key(key.name) for key in parsed.keys]
+
+
+# Every label a key may have (64), each key and value 63 characters: about 8.5 KB a key.
+MANY_LABELS = {f"l{i:02d}-{'x' * 59}": "v" * 63 for i in range(64)}
+
+
+def test_list_keys_pages_of_large_keys_fit_the_largest_message(client: VaultClient) -> None:
+    """1,000 keys with every label and the longest description would make a page of about
+    10 MB, ten times server.max_message_bytes: a page ends after the last key that fits,
+    and its token resumes right after it."""
+    max_bytes = ServerSettings().max_message_bytes
+    fresh = new_account(client)
+    with ThreadPoolExecutor(4) as pool:
+        created = set(
+            pool.map(
+                lambda _: (
+                    client.create_key(
+                        fresh, new_id(), "MAC", labels=MANY_LABELS, description="d" * 1024
+                    ).name
+                ),
+                range(150),
+            )
+        )
+    pages: list[key_service_pb2.ListKeysResponse] = []
+    token = ""
+    while True:
+        page = client.list_keys(fresh, page_size=1000, page_token=token)
+        pages.append(page)
+        token = page.next_page_token
+        if not token:
+            break
+        assert len(pages) < 10, "pagination does not end"
+    listed = [key.name for page in pages for key in page.keys]
+    assert len(listed) == len(set(listed)) == len(created)
+    assert set(listed) == created
+    assert listed == sorted(listed)
+    assert len(pages) > 1 and all(page.keys for page in pages)
+    assert all(page.ByteSize() <= max_bytes for page in pages)
+    assert {k.name for k in client.iter_keys(fresh, page_size=1000)} == created
 
 
 def test_list_keys_with_exact_page_multiple_ends_cleanly(client: VaultClient) -> None:

@@ -25,7 +25,8 @@ from tests.support.api_calls import new_account as new_account_name
 from tests.support.harness import VaultServer
 from tests.support.security_helpers import add_access_key, new_account
 from vault.client import VaultClient
-from vault.gen.vault.v1 import resources_pb2
+from vault.config import ServerSettings
+from vault.gen.vault.v1 import key_service_pb2, key_service_pb2_grpc, resources_pb2
 
 KeyState = resources_pb2.KeyState
 Reason = resources_pb2.RevocationReason
@@ -255,6 +256,80 @@ def test_list_revocations_pages_through_every_revoked_version_once(
         "INVALID_ARGUMENT",
         lambda: client.list_revocations(revoked.account, page_token="bm90IGEgbmFtZQ"),
     )
+
+
+# Versions whose revocation entries (each with the longest reason, about 1.1 KB) exceed
+# server.max_message_bytes together.
+MANY_VERSIONS = 1000
+
+
+@pytest.fixture(scope="module")
+def long_revoked(client: VaultClient) -> str:
+    """A key of MANY_VERSIONS versions, revoked with the longest reason; its name."""
+    name = client.create_key(new_account_name(client), new_id(), "MAC").name
+    for _ in range(MANY_VERSIONS - 1):
+        client.rotate_key(name)
+    client.revoke_key(name, "r" * 1024, "SUPERSEDED")
+    return name
+
+
+def test_list_revocations_pages_fit_the_largest_message(
+    client: VaultClient, long_revoked: str
+) -> None:
+    """1,000 revocations with the longest reason would be larger than
+    server.max_message_bytes: a page ends after the last entry that fits, and its token
+    resumes right after it."""
+    max_bytes = ServerSettings().max_message_bytes
+    parent = long_revoked.split("/keys/")[0]
+    pages = []
+    token = ""
+    while True:
+        page = client.list_revocations(parent, page_size=1000, page_token=token)
+        pages.append(page)
+        token = page.next_page_token
+        if not token:
+            break
+        assert len(pages) < 10, "pagination does not end"
+    listed = [entry.key_version for page in pages for entry in page.revocations]
+    expected = {f"{long_revoked}/versions/{n}" for n in range(1, MANY_VERSIONS + 1)}
+    assert len(listed) == len(set(listed)) == MANY_VERSIONS
+    assert set(listed) == expected
+    assert len(pages) > 1 and all(page.revocations for page in pages)
+    assert all(page.ByteSize() <= max_bytes for page in pages)
+
+
+def test_list_key_versions_pages_by_size_and_page_size(
+    client: VaultClient, long_revoked: str, server: VaultServer
+) -> None:
+    """ListKeyVersions used to answer every version at once: 1,000 revoked with the longest
+    reason did not fit in one message. It now pages by page_size (0: up to 1,000) and ends a
+    page early to fit, resuming after the last version sent."""
+    max_bytes = ServerSettings().max_message_bytes
+    expected = [f"{long_revoked}/versions/{n}" for n in range(1, MANY_VERSIONS + 1)]
+    assert [v.name for v in client.list_key_versions(long_revoked)] == expected
+    with server.channel() as channel:
+        stub = key_service_pb2_grpc.KeyServiceStub(channel)
+
+        def pages(page_size: int) -> list[key_service_pb2.ListKeyVersionsResponse]:
+            found = []
+            token = ""
+            while True:
+                request = key_service_pb2.ListKeyVersionsRequest(
+                    parent=long_revoked, page_size=page_size, page_token=token
+                )
+                page = stub.ListKeyVersions(request, timeout=30)
+                found.append(page)
+                token = page.next_page_token
+                if not token:
+                    return found
+                assert len(found) < 20, "pagination does not end"
+
+        cut = pages(0)
+        assert len(cut) > 1 and all(page.ByteSize() <= max_bytes for page in cut)
+        assert [v.name for page in cut for v in page.key_versions] == expected
+        asked = pages(300)
+        assert [len(page.key_versions) for page in asked] == [300, 300, 300, 100]
+        assert [v.name for page in asked for v in page.key_versions] == expected
 
 
 def test_revocation_feed_verifies_offline_against_the_pinned_key(

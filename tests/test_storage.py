@@ -463,6 +463,48 @@ def test_list_keys_page_size_defaults_and_clamps(store: SqlMetadataStore) -> Non
     assert smallest.next_page_token
 
 
+def test_a_page_token_after_any_item_resumes_right_after_it(
+    populated: SqlMetadataStore,
+) -> None:
+    """The token the transport asks for when it ends a page early, to fit one message."""
+    page = populated.list_keys("acme", KeyFilter(), 10, "")
+    assert page.token_after is not None
+    ids = [key.name.key for key in page.items]
+    for i in (0, 4, 9):
+        after = populated.list_keys("acme", KeyFilter(), 3, page.token_after(i))
+        assert [key.name.key for key in after.items] == [
+            f"key-{n:02d}" for n in (i + 1, i + 2, i + 3)
+        ]
+    assert page.token_after(9) == page.next_page_token
+    cut = page.first(4)
+    assert [key.name.key for key in cut.items] == ids[:4]
+    assert cut.next_page_token == page.token_after(3)
+
+
+def test_list_versions_pages_by_number(store: SqlMetadataStore) -> None:
+    key = create(store, make_key("many"))
+    for number in range(2, 8):
+        key = store.add_version(key, make_version(key, number))
+    everything = store.list_versions_page(key.name, 0, "")
+    assert [v.number for v in everything.items] == list(range(1, 8))
+    assert everything.next_page_token == ""
+    numbers: list[list[int]] = []
+    token = ""
+    while True:
+        page = store.list_versions_page(key.name, 3, token)
+        numbers.append([v.number for v in page.items])
+        token = page.next_page_token
+        if not token:
+            break
+    assert numbers == [[1, 2, 3], [4, 5, 6], [7]]
+    assert everything.token_after is not None
+    resumed = store.list_versions_page(key.name, 2, everything.token_after(4))
+    assert [v.number for v in resumed.items] == [6, 7]
+    for bad in ("!!!", "a2V5", "LTE"):  # not base64; "key"; "-1"
+        with pytest.raises(InvalidArgument):
+            store.list_versions_page(key.name, 3, bad)
+
+
 @pytest.mark.parametrize("token", ["!!!", "a", "////", "AAAA", "5p2x", "S0VZ", "é"])
 def test_list_keys_rejects_malformed_page_tokens(store: SqlMetadataStore, token: str) -> None:
     with pytest.raises(InvalidArgument) as caught:

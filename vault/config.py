@@ -44,7 +44,10 @@ class ServerSettings(BaseModel):
     # cheap requests of 8 on a 2-core machine (make bench), and as many signatures.
     threads: int = Field(4, ge=1, le=256, description="request threads per process")
     max_message_bytes: int = Field(
-        1 << 20, ge=65536, description="largest gRPC message accepted, in bytes"
+        1 << 20,
+        ge=65536,
+        description="largest gRPC message accepted and sent, in bytes; a List page ends "
+        "early to stay within it",
     )
     max_batch_items: int = Field(
         1000,

@@ -229,6 +229,15 @@ class FakeMetadataStore:
             key=lambda v: v.number,
         )
 
+    def list_versions_page(self, key: KeyName, page_size: int, page_token: str) -> Page[KeyVersion]:
+        versions = self.list_versions(key)
+        after = int(page_token) if page_token else 0
+        size = max(1, min(MAX_PAGE_SIZE, page_size or MAX_PAGE_SIZE))
+        rest = [v for v in versions if v.number > after]
+        items = rest[:size]
+        token = str(items[-1].number) if len(rest) > size else ""
+        return Page(items, token, lambda i: str(items[i].number))
+
     def update_version(self, version: KeyVersion) -> None:
         stored = self.versions.get(version.name)
         if stored is None:

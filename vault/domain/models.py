@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
@@ -324,5 +325,18 @@ T = TypeVar("T")
 
 @dataclass(frozen=True, slots=True)
 class Page(Generic[T]):
+    """One page of a List. token_after(i), set by the store that read the page, is the token
+    that resumes right after items[i]: the transport ends a page early when the whole would
+    not fit in one gRPC message, and only it knows the sizes."""
+
     items: list[T]
     next_page_token: str
+    token_after: Callable[[int], str] | None = field(default=None, compare=False, repr=False)
+
+    def first(self, count: int) -> Page[T]:
+        """The page of the first count items (at least one), resuming after the last of them;
+        this page itself if it holds no more, or if its store cannot resume mid-page."""
+        count = max(1, count)
+        if count >= len(self.items) or self.token_after is None:
+            return self
+        return Page(self.items[:count], self.token_after(count - 1), self.token_after)

@@ -305,6 +305,10 @@ class MetadataStore(Protocol):
 
     def list_versions(self, key: KeyName) -> list[KeyVersion]: ...
 
+    def list_versions_page(self, key: KeyName, page_size: int, page_token: str) -> Page[KeyVersion]:
+        """key's versions in number order, after page_token's; page_size 0: up to 1,000."""
+        ...
+
     def update_version(self, version: KeyVersion) -> None: ...
 
     def revoke_key(self, key: Key) -> Key:

@@ -114,7 +114,7 @@ class BucketManagement:
             account, [key.name.key for _, key in page.items]
         )
         views = [BucketView(bucket, key, versions[key.name.key]) for bucket, key in page.items]
-        return Page(views, page.next_page_token)
+        return Page(views, page.next_page_token, page.token_after)
 
     def _load(self, name: BucketName) -> tuple[Bucket, Key]:
         found = self._buckets.get_bucket(name)

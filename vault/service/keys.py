@@ -128,6 +128,13 @@ class KeyManagement:
         key = self.get_key(name)
         return self._store.list_versions(key.name)
 
+    def list_versions_page(self, name: str, page_size: int, page_token: str) -> Page[KeyVersion]:
+        """A page of name's versions in number order; page_size 0: up to 1,000."""
+        if page_size < 0:
+            raise InvalidArgument("page_size must not be negative", metadata={"field": "page_size"})
+        key = self.get_key(name)
+        return self._store.list_versions_page(key.name, page_size, page_token)
+
     def list_enabled_versions(self, key: Key) -> list[KeyVersion]:
         """key's versions that hold material (those version() would return)."""
         return [

@@ -289,7 +289,7 @@ class AuditChain:
             rows = c.execute(query).mappings().all()
         items = [_to_record(row) for row in rows[:size]]
         next_token = encode_page_token(str(items[-1].seq)) if len(rows) > size else ""
-        return Page(items=items, next_page_token=next_token)
+        return Page(items, next_token, lambda i: encode_page_token(str(items[i].seq)))
 
 
 class _SqliteFileAppender:

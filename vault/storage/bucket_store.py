@@ -84,7 +84,7 @@ class SqlBucketStore:
             rows = c.execute(query).mappings().all()
         items = [_to_pair(row) for row in rows[:size]]
         next_token = encode_page_token(items[-1][0].name.bucket) if len(rows) > size else ""
-        return Page(items=items, next_page_token=next_token)
+        return Page(items, next_token, lambda i: encode_page_token(items[i][0].name.bucket))
 
     def master_key_versions(
         self, account: str, key_ids: Sequence[str]

@@ -103,7 +103,7 @@ class SqlIdentityStore:
     def list_accounts(self, page_size: int, page_token: str) -> Page[Account]:
         page = self._page(accounts, accounts.c.account_id, (), page_size, page_token)
         items = [_to_account(row) for row in page.items]
-        return Page(items=items, next_page_token=page.next_page_token)
+        return Page(items, page.next_page_token, page.token_after)
 
     def has_admin_account(self) -> bool:
         query = select(accounts.c.account_id).where(accounts.c.admin == true()).limit(1)
@@ -141,7 +141,7 @@ class SqlIdentityStore:
             page_token,
         )
         items = [_to_access_key(row) for row in page.items]
-        return Page(items=items, next_page_token=page.next_page_token)
+        return Page(items, page.next_page_token, page.token_after)
 
     def update_access_key(self, key: AccessKey) -> AccessKey:
         """Write state, secret_salt and secret_reset_time; NotFound if it is gone."""
@@ -198,7 +198,7 @@ class SqlIdentityStore:
             page_token,
         )
         items = [_to_api_key(row) for row in page.items]
-        return Page(items=items, next_page_token=page.next_page_token)
+        return Page(items, page.next_page_token, page.token_after)
 
     def update_api_key(self, key: ApiKey) -> ApiKey:
         """Write state; NotFound if it is gone."""
@@ -255,7 +255,9 @@ class SqlIdentityStore:
         with guarded_transaction(self._engine, self._serial, write=False) as c:
             rows = c.execute(query).mappings().all()
         next_token = encode_page_token(str(rows[size - 1][order.name])) if len(rows) > size else ""
-        return Page(items=list(rows[:size]), next_page_token=next_token)
+        return Page(
+            list(rows[:size]), next_token, lambda i: encode_page_token(str(rows[i][order.name]))
+        )
 
     def _explain_duplicate(
         self, account_id: str, message: str, metadata: dict[str, str]

@@ -64,6 +64,7 @@ from vault.storage.engine import (
 )
 from vault.storage.freshness import UnchangedSinceCache
 from vault.storage.paging import (
+    MAX_PAGE_SIZE,
     clamp_page_size,
     decode_page_token,
     encode_page_token,
@@ -381,7 +382,7 @@ class SqlMetadataStore:
                 rows = _driver_rows(c.execute(query, params))
         items = list(map(ListedKey._make, rows[:size]))
         next_token = encode_page_token(items[-1].key_id) if len(rows) > size else ""
-        return Page(items=items, next_page_token=next_token)
+        return Page(items, next_token, lambda i: encode_page_token(items[i].key_id))
 
     def update_key(self, key: Key) -> Key:
         """Write key (labels, description, state, times) if its etag is still current; return
@@ -458,6 +459,20 @@ class SqlMetadataStore:
         with guarded_transaction(self._engine, self._serial, write=False) as c:
             rows = c.execute(query).mappings().all()
         return [to_version(row) for row in rows]
+
+    def list_versions_page(self, key: KeyName, page_size: int, page_token: str) -> Page[KeyVersion]:
+        # 0 asks for every version as ListKeyVersions gave before it paged, up to a page's most.
+        size = clamp_page_size(page_size or MAX_PAGE_SIZE)
+        query = select(key_versions).where(_versions_of(key))
+        if page_token:
+            query = query.where(key_versions.c.version > _decode_version_token(page_token))
+        # One row beyond the page says whether another page follows, without a COUNT.
+        query = query.order_by(key_versions.c.version).limit(size + 1)
+        with guarded_transaction(self._engine, self._serial, write=False) as c:
+            rows = c.execute(query).mappings().all()
+        items = [to_version(row) for row in rows[:size]]
+        next_token = encode_page_token(str(items[-1].number)) if len(rows) > size else ""
+        return Page(items, next_token, lambda i: encode_page_token(str(items[i].number)))
 
     def update_version(self, version: KeyVersion) -> None:
         """Write a version's state, material references and destroy time. NotFound if the
@@ -601,7 +616,7 @@ class SqlMetadataStore:
             rows = c.execute(query).mappings().all()
         items = [_to_revocation(row) for row in rows[:size]]
         next_token = encode_page_token(str(items[-1].version_name)) if len(rows) > size else ""
-        return Page(items=items, next_page_token=next_token)
+        return Page(items, next_token, lambda i: encode_page_token(str(items[i].version_name)))
 
     def material_epoch(self) -> int:
         """A number that moves whenever a version's material stops being usable anywhere."""
@@ -1101,6 +1116,14 @@ def _decode_page_token(token: str) -> str:
         return check_id("key", decode_page_token(token))
     except MalformedName:
         raise malformed_page_token() from None
+
+
+def _decode_version_token(token: str) -> int:
+    """The version number a page token continues after."""
+    value = decode_page_token(token)
+    if not value.isascii() or not value.isdigit() or len(value) > 10:
+        raise malformed_page_token()
+    return int(value)
 
 
 if TYPE_CHECKING:

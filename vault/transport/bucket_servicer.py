@@ -16,6 +16,7 @@ from vault.service.buckets import BucketKey, BucketManagement
 from vault.transport import convert
 from vault.transport.batches import BatchLimits, run_batch
 from vault.transport.integrity import checksum, verify_checksum
+from vault.transport.page_budget import fit_response
 
 
 def _generated(key: BucketKey) -> pb.GenerateBucketKeyResponse:
@@ -90,10 +91,12 @@ class BucketServicer(bucket_service_pb2_grpc.BucketServiceServicer):
             request.page_size,
             request.page_token,
         )
-        return pb.ListBucketsResponse(
+        response = pb.ListBucketsResponse(
             buckets=[convert.bucket_to_proto(view) for view in page.items],
             next_page_token=page.next_page_token,
         )
+        fit_response(response, "buckets", page, self._limits.max_message_bytes)
+        return response
 
     def UpdateBucket(
         self, request: pb.UpdateBucketRequest, context: grpc.ServicerContext

@@ -33,6 +33,7 @@ from vault.gen.vault.v1 import (
 from vault.service.audit import AuditLog
 from vault.service.identity import IdentityManagement
 from vault.transport.convert import optional_time, timestamp
+from vault.transport.page_budget import fit_response
 
 _STATES = {
     CredentialState.ACTIVE: resources_pb2.CREDENTIAL_STATE_ACTIVE,
@@ -132,8 +133,9 @@ def audit_event_to_proto(record: AuditRecord) -> resources_pb2.AuditEvent:
 
 
 class IdentityServicer(identity_service_pb2_grpc.IdentityServiceServicer):
-    def __init__(self, identity: IdentityManagement) -> None:
+    def __init__(self, identity: IdentityManagement, max_message_bytes: int = 1 << 20) -> None:
         self._identity = identity
+        self._max_message_bytes = max_message_bytes
 
     def CreateAccount(
         self, request: identity_service_pb2.CreateAccountRequest, context: grpc.ServicerContext
@@ -152,10 +154,12 @@ class IdentityServicer(identity_service_pb2_grpc.IdentityServiceServicer):
         self, request: identity_service_pb2.ListAccountsRequest, context: grpc.ServicerContext
     ) -> identity_service_pb2.ListAccountsResponse:
         page = self._identity.list_accounts(request.page_size, request.page_token)
-        return identity_service_pb2.ListAccountsResponse(
+        response = identity_service_pb2.ListAccountsResponse(
             accounts=[account_to_proto(a) for a in page.items],
             next_page_token=page.next_page_token,
         )
+        fit_response(response, "accounts", page, self._max_message_bytes)
+        return response
 
     def CreateAccessKey(
         self, request: identity_service_pb2.CreateAccessKeyRequest, context: grpc.ServicerContext
@@ -180,10 +184,12 @@ class IdentityServicer(identity_service_pb2_grpc.IdentityServiceServicer):
         page = self._identity.list_access_keys(
             request.parent, request.page_size, request.page_token
         )
-        return identity_service_pb2.ListAccessKeysResponse(
+        response = identity_service_pb2.ListAccessKeysResponse(
             access_keys=[access_key_to_proto(k) for k in page.items],
             next_page_token=page.next_page_token,
         )
+        fit_response(response, "access_keys", page, self._max_message_bytes)
+        return response
 
     def ResetSecretKey(
         self, request: identity_service_pb2.ResetSecretKeyRequest, context: grpc.ServicerContext
@@ -234,10 +240,12 @@ class IdentityServicer(identity_service_pb2_grpc.IdentityServiceServicer):
         self, request: identity_service_pb2.ListApiKeysRequest, context: grpc.ServicerContext
     ) -> identity_service_pb2.ListApiKeysResponse:
         page = self._identity.list_api_keys(request.parent, request.page_size, request.page_token)
-        return identity_service_pb2.ListApiKeysResponse(
+        response = identity_service_pb2.ListApiKeysResponse(
             api_keys=[api_key_to_proto(k) for k in page.items],
             next_page_token=page.next_page_token,
         )
+        fit_response(response, "api_keys", page, self._max_message_bytes)
+        return response
 
     def RevokeApiKey(
         self, request: identity_service_pb2.RevokeApiKeyRequest, context: grpc.ServicerContext
@@ -257,8 +265,9 @@ class IdentityServicer(identity_service_pb2_grpc.IdentityServiceServicer):
 
 
 class AuditServicer(audit_service_pb2_grpc.AuditServiceServicer):
-    def __init__(self, audit: AuditLog) -> None:
+    def __init__(self, audit: AuditLog, max_message_bytes: int = 1 << 20) -> None:
         self._audit = audit
+        self._max_message_bytes = max_message_bytes
 
     def ListAuditEvents(
         self, request: audit_service_pb2.ListAuditEventsRequest, context: grpc.ServicerContext
@@ -272,10 +281,12 @@ class AuditServicer(audit_service_pb2_grpc.AuditServiceServicer):
             outcome=request.outcome,
         )
         page = self._audit.list_events(audit_filter, request.page_size, request.page_token)
-        return audit_service_pb2.ListAuditEventsResponse(
+        response = audit_service_pb2.ListAuditEventsResponse(
             events=[audit_event_to_proto(r) for r in page.items],
             next_page_token=page.next_page_token,
         )
+        fit_response(response, "events", page, self._max_message_bytes)
+        return response
 
     def VerifyAuditLog(
         self, request: audit_service_pb2.VerifyAuditLogRequest, context: grpc.ServicerContext

@@ -20,6 +20,7 @@ from vault.service.keys import KeyManagement
 from vault.service.revocations import RevocationFeeds
 from vault.transport import convert
 from vault.transport.listing import ListingResponses
+from vault.transport.page_budget import fit_response
 
 
 class KeyServicer(key_service_pb2_grpc.KeyServiceServicer):
@@ -59,7 +60,10 @@ class KeyServicer(key_service_pb2_grpc.KeyServiceServicer):
         self, request: key_service_pb2.ListKeysRequest, context: grpc.ServicerContext
     ) -> key_service_pb2.ListKeysResponse:
         """The response as a message; the server sends list_keys_bytes's bytes instead."""
-        return convert.key_page_to_proto(self._list_page(request))
+        page = self._list_page(request)
+        response = convert.key_page_to_proto(page)
+        fit_response(response, "keys", page, self._listing.max_message_bytes)
+        return response
 
     def list_keys_bytes(
         self, request: key_service_pb2.ListKeysRequest, context: grpc.ServicerContext
@@ -90,16 +94,13 @@ class KeyServicer(key_service_pb2_grpc.KeyServiceServicer):
     def ListKeyVersions(
         self, request: key_service_pb2.ListKeyVersionsRequest, context: grpc.ServicerContext
     ) -> key_service_pb2.ListKeyVersionsResponse:
-        # The service returns every version (a key has few); the request already has the
-        # paging fields so clients that loop on next_page_token keep working once it pages.
-        if request.page_size < 0:
-            raise InvalidArgument("page_size must not be negative", metadata={"field": "page_size"})
-        if request.page_token:
-            raise InvalidArgument("page_token is not valid", metadata={"field": "page_token"})
-        versions = self._keys.list_versions(request.parent)
-        return key_service_pb2.ListKeyVersionsResponse(
-            key_versions=[convert.version_to_proto(version) for version in versions]
+        page = self._keys.list_versions_page(request.parent, request.page_size, request.page_token)
+        response = key_service_pb2.ListKeyVersionsResponse(
+            key_versions=[convert.version_to_proto(version) for version in page.items],
+            next_page_token=page.next_page_token,
         )
+        fit_response(response, "key_versions", page, self._listing.max_message_bytes)
+        return response
 
     def GetPublicKey(
         self, request: key_service_pb2.GetPublicKeyRequest, context: grpc.ServicerContext
@@ -127,10 +128,12 @@ class KeyServicer(key_service_pb2_grpc.KeyServiceServicer):
         self, request: key_service_pb2.ListRevocationsRequest, context: grpc.ServicerContext
     ) -> key_service_pb2.ListRevocationsResponse:
         page = self._keys.list_revocations(request.parent, request.page_size, request.page_token)
-        return key_service_pb2.ListRevocationsResponse(
+        response = key_service_pb2.ListRevocationsResponse(
             revocations=[convert.revocation_to_proto(entry) for entry in page.items],
             next_page_token=page.next_page_token,
         )
+        fit_response(response, "revocations", page, self._listing.max_message_bytes)
+        return response
 
     def GetRevocationFeed(
         self, request: key_service_pb2.GetRevocationFeedRequest, context: grpc.ServicerContext

@@ -239,7 +239,7 @@ def build(
             services.keys,
             services.feeds,
             services.imports,
-            ListingResponses(settings.server.listed_key_cache_size),
+            ListingResponses(settings.server.listed_key_cache_size, max_bytes),
         ),
         server,
     )
@@ -252,10 +252,10 @@ def build(
     served = [KEY_SERVICE, CRYPTO_SERVICE, BUCKET_SERVICE]
     if security is not None:
         identity_service_pb2_grpc.add_IdentityServiceServicer_to_server(
-            IdentityServicer(security.identity), server
+            IdentityServicer(security.identity, max_bytes), server
         )
         audit_service_pb2_grpc.add_AuditServiceServicer_to_server(
-            AuditServicer(security.audit), server
+            AuditServicer(security.audit, max_bytes), server
         )
         served += [IDENTITY_SERVICE, AUDIT_SERVICE]
         if services.backups is not None:

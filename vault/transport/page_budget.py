@@ -1,0 +1,62 @@
+"""List pages cut to what one gRPC message may carry.
+
+A page holds up to the page_size asked for (1,000 items at most), but the server sends no
+message larger than server.max_message_bytes (1 MiB by default): 1,000 keys with 64 labels
+each would be about 10 MB, and the call would fail. Such a page ends early, after the last
+item that fits, and its token resumes right after that item (Page.first, a token the store
+makes). Only a response that is too large is measured item by item, so a page that fits costs
+one size check.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any, Final
+
+from vault.domain.models import Page
+
+# Room kept for the page token and the response's own framing. A token is the base64 of at
+# most 256 characters the store orders by (decode_page_token refuses longer ones), at most 4
+# bytes each in UTF-8: 1,368 bytes, plus its tag and length.
+TOKEN_ROOM: Final = 2048
+
+# The largest items a List sends are a Key or a Bucket with 64 labels of 63-character keys and
+# values and a 1,024-character description: about 10 KB (tests/unit/test_page_budget.py
+# measures it), far below the smallest max_message_bytes (65,536, vault/config.py) less
+# TOKEN_ROOM. So a page cut by size still holds at least one whole item and a listing always
+# moves on. Only a Bucket grows without bound: each master-key version it lists adds up to
+# 200 bytes, so a bucket whose master key was rotated over about 250 times would not fit the
+# smallest setting, nor over about 5,000 times the default (GetBucket would fail alike).
+SMALLEST_MAX_MESSAGE_BYTES: Final = 65_536
+
+
+def entry_size(size: int) -> int:
+    """Bytes a repeated message field's entry of size bytes takes: a one-byte tag (field
+    numbers below 16), its length as a varint, and the message."""
+    return 1 + max(1, (size.bit_length() + 6) // 7) + size
+
+
+def fitting(sizes: Iterable[int], budget: int) -> int:
+    """How many leading items, of these sizes, fit in budget bytes together; at least one."""
+    total = 0
+    count = 0
+    for size in sizes:
+        total += size
+        if total > budget:
+            break
+        count += 1
+    return max(1, count)
+
+
+def fit_response(response: Any, field: str, page: Page[Any], max_bytes: int) -> None:
+    """Cut response, made from page with its items in its repeated field `field`, to the items
+    that fit in max_bytes with the token resuming after the last of them."""
+    if response.ByteSize() <= max_bytes:
+        return
+    entries = getattr(response, field)
+    sizes = (entry_size(entry.ByteSize()) for entry in entries)
+    cut = page.first(fitting(sizes, max_bytes - TOKEN_ROOM))
+    if cut is page:
+        return
+    del entries[len(cut.items) :]
+    response.next_page_token = cut.next_page_token
