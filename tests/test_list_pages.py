@@ -4,13 +4,14 @@ right after the last item it sent. A real server on its own SoftHSM token and st
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Final
+from typing import Final
 from uuid import uuid4
 
 import pytest
 
+from tests.support.api_calls import every_page
 from tests.support.harness import VaultServer, provision
 from vault.client import VaultClient
 from vault.gen.vault.v1 import (
@@ -38,17 +39,6 @@ def small(tmp_path_factory: pytest.TempPathFactory) -> Iterator[VaultServer]:
 def admin(small: VaultServer) -> Iterator[VaultClient]:
     with small.client() as client:
         yield client
-
-
-def every_page(fetch: Callable[[str], Any]) -> list[Any]:
-    pages = []
-    token = ""
-    while True:
-        pages.append(fetch(token))
-        token = pages[-1].next_page_token
-        if not token:
-            return pages
-        assert len(pages) < 50, "pagination does not end"
 
 
 @pytest.fixture(scope="module")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 from uuid import uuid4
 
 import grpc
@@ -44,3 +45,16 @@ def expect_error(
     error = caught.value
     assert (error.code, error.reason) == (code, reason), str(error)
     return error
+
+
+def every_page(fetch: Callable[[str], Any]) -> list[Any]:
+    """Every page of a List, fetch(page_token) from the empty token until a page's
+    next_page_token is empty: only that ends a listing, never a short page."""
+    pages = []
+    token = ""
+    while True:
+        pages.append(fetch(token))
+        token = pages[-1].next_page_token
+        if not token:
+            return pages
+        assert len(pages) < 50, "pagination does not end"
