@@ -51,7 +51,7 @@ from vault.domain.models import Page
 from vault.domain.ports import AuditFilter, AuditHead
 from vault.storage.audit_locks import AppendLock, lock_path
 from vault.storage.engine import SQLITE_BUSY_TIMEOUT_MS, scrub_server_message, write_transaction
-from vault.storage.paging import clamp_page_size, decode_page_token, encode_page_token
+from vault.storage.paging import clamp_page_size, decode_page_token, keyset_page
 from vault.storage.tables import (
     UtcDateTime,
     access_keys,
@@ -288,8 +288,7 @@ class AuditChain:
         with guarded_transaction(self._engine, self._serial, write=False) as c:
             rows = c.execute(query).mappings().all()
         items = [_to_record(row) for row in rows[:size]]
-        next_token = encode_page_token(str(items[-1].seq)) if len(rows) > size else ""
-        return Page(items, next_token, lambda i: encode_page_token(str(items[i].seq)))
+        return keyset_page(items, len(rows) > size, lambda record: record.seq)
 
 
 class _SqliteFileAppender:

@@ -18,7 +18,7 @@ from vault.storage.metadata_store import key_row, to_key, to_version, version_ro
 from vault.storage.paging import (
     clamp_page_size,
     decode_page_token,
-    encode_page_token,
+    keyset_page,
     malformed_page_token,
 )
 from vault.storage.tables import buckets, key_versions, keys
@@ -83,8 +83,7 @@ class SqlBucketStore:
         with guarded_transaction(self._engine, self._serial, write=False) as c:
             rows = c.execute(query).mappings().all()
         items = [_to_pair(row) for row in rows[:size]]
-        next_token = encode_page_token(items[-1][0].name.bucket) if len(rows) > size else ""
-        return Page(items, next_token, lambda i: encode_page_token(items[i][0].name.bucket))
+        return keyset_page(items, len(rows) > size, lambda pair: pair[0].name.bucket)
 
     def master_key_versions(
         self, account: str, key_ids: Sequence[str]

@@ -36,7 +36,7 @@ from vault.domain.identity import (
     UsageCount,
 )
 from vault.domain.models import Page
-from vault.storage.paging import clamp_page_size, decode_page_token, encode_page_token
+from vault.storage.paging import clamp_page_size, decode_page_token, keyset_page
 from vault.storage.tables import access_keys, accounts, api_keys, usage_counters
 from vault.storage.transactions import (
     aware,
@@ -254,10 +254,7 @@ class SqlIdentityStore:
         query = query.order_by(order).limit(size + 1)
         with guarded_transaction(self._engine, self._serial, write=False) as c:
             rows = c.execute(query).mappings().all()
-        next_token = encode_page_token(str(rows[size - 1][order.name])) if len(rows) > size else ""
-        return Page(
-            list(rows[:size]), next_token, lambda i: encode_page_token(str(rows[i][order.name]))
-        )
+        return keyset_page(rows[:size], len(rows) > size, lambda row: row[order.name])
 
     def _explain_duplicate(
         self, account_id: str, message: str, metadata: dict[str, str]

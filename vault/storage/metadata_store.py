@@ -67,7 +67,7 @@ from vault.storage.paging import (
     MAX_PAGE_SIZE,
     clamp_page_size,
     decode_page_token,
-    encode_page_token,
+    keyset_page,
     malformed_page_token,
 )
 from vault.storage.tables import (
@@ -381,8 +381,7 @@ class SqlMetadataStore:
             with guarded_transaction(self._engine, self._serial, write=False) as c:
                 rows = _driver_rows(c.execute(query, params))
         items = list(map(ListedKey._make, rows[:size]))
-        next_token = encode_page_token(items[-1].key_id) if len(rows) > size else ""
-        return Page(items, next_token, lambda i: encode_page_token(items[i].key_id))
+        return keyset_page(items, len(rows) > size, lambda key: key.key_id)
 
     def update_key(self, key: Key) -> Key:
         """Write key (labels, description, state, times) if its etag is still current; return
@@ -471,8 +470,7 @@ class SqlMetadataStore:
         with guarded_transaction(self._engine, self._serial, write=False) as c:
             rows = c.execute(query).mappings().all()
         items = [to_version(row) for row in rows[:size]]
-        next_token = encode_page_token(str(items[-1].number)) if len(rows) > size else ""
-        return Page(items, next_token, lambda i: encode_page_token(str(items[i].number)))
+        return keyset_page(items, len(rows) > size, lambda version: version.number)
 
     def update_version(self, version: KeyVersion) -> None:
         """Write a version's state, material references and destroy time. NotFound if the
@@ -615,8 +613,7 @@ class SqlMetadataStore:
         with guarded_transaction(self._engine, self._serial, write=False) as c:
             rows = c.execute(query).mappings().all()
         items = [_to_revocation(row) for row in rows[:size]]
-        next_token = encode_page_token(str(items[-1].version_name)) if len(rows) > size else ""
-        return Page(items, next_token, lambda i: encode_page_token(str(items[i].version_name)))
+        return keyset_page(items, len(rows) > size, lambda entry: entry.version_name)
 
     def material_epoch(self) -> int:
         """A number that moves whenever a version's material stops being usable anywhere."""

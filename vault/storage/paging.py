@@ -8,9 +8,13 @@ from __future__ import annotations
 
 import base64
 import binascii
-from typing import Final
+from collections.abc import Callable, Sequence
+from typing import Final, TypeVar
 
 from vault.domain.errors import InvalidArgument
+from vault.domain.models import Page
+
+T = TypeVar("T")
 
 DEFAULT_PAGE_SIZE: Final = 100
 MAX_PAGE_SIZE: Final = 1000
@@ -25,6 +29,18 @@ def clamp_page_size(page_size: int) -> int:
 
 def encode_page_token(last: str) -> str:
     return base64.urlsafe_b64encode(last.encode("utf-8")).decode("ascii").rstrip("=")
+
+
+def keyset_page(items: Sequence[T], more: bool, ordering: Callable[[T], object]) -> Page[T]:
+    """A page of items in the List's order (more: rows follow it). Its token, and the token
+    after any of its items (Page.token_after, for a page cut short), is that item's ordering
+    value, which the next query continues after."""
+    listed = list(items)
+
+    def token_after(index: int) -> str:
+        return encode_page_token(str(ordering(listed[index])))
+
+    return Page(listed, token_after(len(listed) - 1) if more else "", token_after)
 
 
 def decode_page_token(token: str) -> str:
