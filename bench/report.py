@@ -97,6 +97,13 @@ def _security_cost(rows: list[Row]) -> str:
     return "\n".join(lines)
 
 
+def _against_target(value: float, target: float) -> str:
+    """value to two places, or three where two would round it onto the target it misses or
+    meets (0.4957 against 0.50 reads 0.496, not 0.50)."""
+    shown = f"{value:.2f}"
+    return f"{value:.3f}" if float(shown) == target and value != target else shown
+
+
 def _verdicts(rows: list[Row]) -> list[str]:
     lines = []
     for row in rows:
@@ -113,7 +120,8 @@ def _verdicts(rows: list[Row]) -> list[str]:
         if not math.isnan(target):
             verdict = "PASS" if row.ratio >= target else "MISS"
             lines.append(
-                f"{where}: vault/raw = {row.ratio:.2f}, target >= {target:.2f}: {verdict}{against}"
+                f"{where}: vault/raw = {_against_target(row.ratio, target)}, "
+                f"target >= {target:.2f}: {verdict}{against}"
             )
         else:
             lines.append(f"{where}: vault/raw = {row.ratio:.2f} (no target){against}")
@@ -222,7 +230,8 @@ def _per_call_verdicts(rows: list[Row]) -> list[str]:
         share = figures["ratio_to_ceiling"]
         verdict = "PASS" if share >= CEILING_TARGET_RATIO else "MISS"
         lines.append(
-            f"{where}: vault/bare signing server = {share:.2f}, target >= "
+            f"{where}: vault/bare signing server = "
+            f"{_against_target(share, CEILING_TARGET_RATIO)}, target >= "
             f"{CEILING_TARGET_RATIO:.2f}: {verdict}"
         )
         times = figures["added_cpu_vs_echo"]

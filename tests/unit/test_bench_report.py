@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 from pathlib import Path
 
 from bench import report
@@ -76,3 +77,11 @@ def test_results_json_carries_the_ceiling_beside_the_vault_paths_rsa_rows(
 def test_without_bare_servers_there_is_no_ceiling() -> None:
     rows = _run(450.0, 1900.0)[:2]
     assert report._per_call_verdicts(rows) == []
+
+
+def test_a_batch_ratio_just_under_its_target_does_not_read_as_the_target() -> None:
+    batch = replace(
+        _row("p256_ecdsa_sign_batch100", "authenticated", 495.7, 100.0), items_per_call=100
+    )
+    (line,) = report._verdicts([batch])
+    assert "vault/raw = 0.496, target >= 0.50: MISS" in line
