@@ -942,9 +942,7 @@ def _gcm_encrypt(key: Any, nonce: bytes, plaintext: bytes, aad: bytes) -> bytes:
 
 
 def _gcm_encrypt_request(key: Any, request: TokenGcm) -> bytes:
-    # _gcm_encrypt without the extra frame: a batch calls this once per item.
-    param = GCMParams(request.nonce, request.aad, 128)
-    return bytes(key.encrypt(request.data, mechanism=Mechanism.AES_GCM, mechanism_param=param))
+    return _gcm_encrypt(key, request.nonce, request.data, request.aad)
 
 
 def _gcm_decrypt_request(key: Any, request: TokenGcm) -> bytes:

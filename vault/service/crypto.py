@@ -122,6 +122,25 @@ class DataKeyItem:
 
 
 _Check = Callable[[str, Operation, "_Keys"], tuple[Key, KeyVersion, bool]]
+_Wanted = TypeVar("_Wanted")
+_Found = TypeVar("_Found")
+
+
+def _once(
+    memo: dict[_Wanted, _Found | VaultError], wanted: _Wanted, find: Callable[[_Wanted], _Found]
+) -> _Found:
+    """find(wanted), or the VaultError it raised, worked out once per batch call: the items
+    naming the same thing share the answer and cost one dictionary lookup each."""
+    found = memo.get(wanted)
+    if found is None:
+        try:
+            found = find(wanted)
+        except VaultError as error:
+            found = error
+        memo[wanted] = found
+    if isinstance(found, VaultError):
+        raise found.with_traceback(None)
+    return found
 
 
 class _Keys:
@@ -166,41 +185,13 @@ class _BatchKeys(_Keys):
     def usable(
         self, name: str, operation: Operation, check: _Check
     ) -> tuple[Key, KeyVersion, bool]:
-        found = self._usable.get((name, operation))
-        if found is None:
-            try:
-                found = check(name, operation, self)
-            except VaultError as error:
-                found = error
-            self._usable[(name, operation)] = found
-        if isinstance(found, VaultError):
-            raise found.with_traceback(None)
-        return found
+        return _once(self._usable, (name, operation), lambda _: check(name, operation, self))
 
     def load(self, name: KeyName) -> Key:
-        found = self._loaded.get(name)
-        if found is None:
-            try:
-                found = self._keys.load(name)
-            except VaultError as error:
-                found = error
-            self._loaded[name] = found
-        if isinstance(found, VaultError):
-            raise found.with_traceback(None)
-        return found
+        return _once(self._loaded, name, self._keys.load)
 
     def version(self, key: Key, number: int | None) -> KeyVersion:
-        wanted = (key.name, number)
-        found = self._versions.get(wanted)
-        if found is None:
-            try:
-                found = self._keys.version(key, number)
-            except VaultError as error:
-                found = error
-            self._versions[wanted] = found
-        if isinstance(found, VaultError):
-            raise found.with_traceback(None)
-        return found
+        return _once(self._versions, (key.name, number), lambda _: self._keys.version(key, number))
 
     def load_with_version(
         self, name: KeyName, number: int | None
@@ -278,9 +269,8 @@ class _Sealing:
     version_name: str
 
     @classmethod
-    def of(cls, key: Key, version: KeyVersion, header_version: int | None = None) -> _Sealing:
-        """header_version: the key version a ciphertext's header names, when opening one."""
-        header = gcm_header(version.number if header_version is None else header_version)
+    def of(cls, key: Key, version: KeyVersion) -> _Sealing:
+        header = gcm_header(version.number)
         return cls(key, version, header, gcm_aad_prefix(header, str(key.name)), str(version.name))
 
     def envelope(self, nonce: bytes, sealed: bytes) -> bytes:
@@ -316,17 +306,10 @@ class _BatchSealer:
         self._found: dict[str, _Sealing | VaultError] = {}
 
     def sealing(self, name: str) -> _Sealing:
-        found = self._found.get(name)
-        if found is None:
-            try:
-                key, version = self._crypto._usable(name, self._operation, self._keys)
-                found = _Sealing.of(key, version)
-            except VaultError as error:
-                found = error
-            self._found[name] = found
-        if isinstance(found, VaultError):
-            raise found.with_traceback(None)
-        return found
+        return _once(self._found, name, self._sealing_of)
+
+    def _sealing_of(self, name: str) -> _Sealing:
+        return _Sealing.of(*self._crypto._usable(name, self._operation, self._keys))
 
 
 class CryptoOperations:
@@ -392,18 +375,15 @@ class CryptoOperations:
         named: dict[str, Key | VaultError] = {}
         opening: dict[tuple[str, int], _Sealing | VaultError] = {}
 
-        def key_of(name: str) -> Key:
-            found = named.get(name)
-            if found is None:
-                try:
-                    found = keys.load(KeyName.parse(name))
-                    found.require(Operation.DECRYPT)
-                except VaultError as error:
-                    found = error
-                named[name] = found
-            if isinstance(found, VaultError):
-                raise found.with_traceback(None)
-            return found
+        def decrypting_key(name: str) -> Key:
+            key = keys.load(KeyName.parse(name))
+            key.require(Operation.DECRYPT)
+            return key
+
+        def opening_of(wanted: tuple[str, int]) -> _Sealing:
+            name, number = wanted
+            key = _once(named, name, decrypting_key)
+            return _Sealing.of(key, self._ciphertext_version(key, number, keys))
 
         def prepare(item: DecryptItem) -> tuple[TokenGcm, _Sealing]:
             ciphertext, aad = item.ciphertext, item.aad
@@ -411,19 +391,9 @@ class CryptoOperations:
                 _limit("ciphertext", ciphertext, max_ciphertext)
             if len(aad) > MAX_AAD_BYTES:
                 _limit("additional_authenticated_data", aad, MAX_AAD_BYTES)
-            key = key_of(item.name)
+            _once(named, item.name, decrypting_key)  # the key's errors before the envelope's
             envelope = GcmEnvelope.parse(ciphertext)
-            wanted = (item.name, envelope.key_version)
-            sealing = opening.get(wanted)
-            if sealing is None:
-                try:
-                    _, version = self._envelope_version(key, ciphertext, keys)
-                    sealing = _Sealing.of(key, version, envelope.key_version)
-                except VaultError as error:
-                    sealing = error
-                opening[wanted] = sealing
-            if isinstance(sealing, VaultError):
-                raise sealing.with_traceback(None)
+            sealing = _once(opening, (item.name, envelope.key_version), opening_of)
             return sealing.request(envelope.nonce, envelope.sealed, aad), sealing
 
         def finish(plaintext: bytes, request: TokenGcm, sealing: _Sealing) -> Sealed:
@@ -492,8 +462,13 @@ class CryptoOperations:
         self, key: Key, ciphertext: bytes, keys: _Keys
     ) -> tuple[GcmEnvelope, KeyVersion]:
         envelope = GcmEnvelope.parse(ciphertext)
+        return envelope, self._ciphertext_version(key, envelope.key_version, keys)
+
+    @staticmethod
+    def _ciphertext_version(key: Key, number: int, keys: _Keys) -> KeyVersion:
+        """The version a ciphertext names; one that is gone fails as every decryption does."""
         try:
-            return envelope, keys.version(key, envelope.key_version)
+            return keys.version(key, number)
         except NotFound:
             raise DecryptionFailed() from None
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Generic, TypeVar
@@ -92,23 +92,24 @@ class UnchangedSinceCache(Generic[K, V]):
         """The first row of a read-only query (constant SQL, values bound as parameters) on
         this thread's probe connection; StoreUnavailable if the database fails, naming only
         the driver's error class (its message may quote values)."""
-        try:
-            row: tuple[Any, ...] | None = self._state().connection.execute(query, params).fetchone()
-        except sqlite3.Error as error:
-            raise StoreUnavailable(
-                "the metadata store is unavailable", metadata={"error": type(error).__name__}
-            ) from None
+        row: tuple[Any, ...] | None = self._fetch(query, params, sqlite3.Cursor.fetchone)
         return row
 
     def fetch_all(self, query: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
         """Every row of a read-only query, as fetch_one reads its first."""
+        rows: list[tuple[Any, ...]] = self._fetch(query, params, sqlite3.Cursor.fetchall)
+        return rows
+
+    def _fetch(
+        self, query: str, params: Sequence[Any], take: Callable[[sqlite3.Cursor], Any]
+    ) -> Any:
+        # The fetch is inside too: SQLite reads most rows while fetching them.
         try:
-            rows: list[tuple[Any, ...]] = self._state().connection.execute(query, params).fetchall()
+            return take(self._state().connection.execute(query, params))
         except sqlite3.Error as error:
             raise StoreUnavailable(
                 "the metadata store is unavailable", metadata={"error": type(error).__name__}
             ) from None
-        return rows
 
     def put(self, key: K, value: V, version: int) -> None:
         """Keep a row read after get() returned version. If a commit slipped in between,

@@ -28,18 +28,15 @@ def set_checksum(out: Int64Value, data: bytes) -> None:
     out.value = google_crc32c.value(data)
 
 
-def verify_checksum(request: Message, field: str, data: bytes | None = None) -> bool:
-    """Check request.<field> (or data, its value if the caller has read it already) against
-    request.<field>_crc32c if the caller sent one.
+def verify_checksum(request: Message, field: str) -> bool:
+    """Check request.<field> against request.<field>_crc32c if the caller sent one.
 
     Returns whether a check was made, for the response's verified_<field>_crc32c.
     """
     checksum_field = field + "_crc32c"
     if not request.HasField(checksum_field):
         return False
-    return matches(
-        field, getattr(request, field) if data is None else data, getattr(request, checksum_field)
-    )
+    return matches(field, getattr(request, field), getattr(request, checksum_field))
 
 
 def matches(field: str, data: bytes, expected: Int64Value) -> bool:
