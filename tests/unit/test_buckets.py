@@ -47,6 +47,24 @@ def test_a_bucket_request_id_returns_the_first_bucket(world: World) -> None:
         world.buckets.create_bucket(ACCOUNT, "photos")
 
 
+def test_a_retry_that_looked_before_the_first_call_committed_gets_the_first_bucket(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two CreateBucket calls with one request_id overlap: the second looks the request_id
+    up before the first commits, then finds the bucket name taken. It answers with that
+    bucket (tests/test_buckets_api.py races six real calls for this)."""
+    first = world.buckets.create_bucket(ACCOUNT, "photos", request_id="r-1")
+    lookups = iter([None])  # the first lookup runs before the first call committed
+    found = world.bucket_store.find_bucket_by_request_id
+    monkeypatch.setattr(
+        world.bucket_store,
+        "find_bucket_by_request_id",
+        lambda account, request_id: next(lookups, found(account, request_id)),
+    )
+    assert world.buckets.create_bucket(ACCOUNT, "photos", request_id="r-1") == first
+    assert world.keystore.generated == 1
+
+
 def test_a_token_without_the_master_algorithm_makes_no_bucket(world: World) -> None:
     world.keystore.algorithms = frozenset({Algorithm.AES_256_GCM})
     with pytest.raises(UnsupportedAlgorithm):

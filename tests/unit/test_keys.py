@@ -45,6 +45,23 @@ def test_a_request_id_makes_a_retry_return_the_first_key(world: World) -> None:
     assert world.keystore.generated == 1
 
 
+def test_a_retry_that_looked_before_the_first_call_committed_gets_the_first_key(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two CreateKey calls with one request_id overlap: the second looks the request_id up
+    before the first commits, then finds the key name taken. It answers with that key."""
+    first = world.keys.create_key(ACCOUNT, "k1", ENCRYPT, request_id="r-1")
+    lookups = iter([None])  # the first lookup runs before the first call committed
+    found = world.store.find_key_by_request_id
+    monkeypatch.setattr(
+        world.store,
+        "find_key_by_request_id",
+        lambda account, request_id: next(lookups, found(account, request_id)),
+    )
+    assert world.keys.create_key(ACCOUNT, "k1", ENCRYPT, request_id="r-1") == first
+    assert world.keystore.generated == 1
+
+
 def test_a_request_id_used_for_another_key_is_refused(world: World) -> None:
     world.keys.create_key(ACCOUNT, "k1", ENCRYPT, request_id="r-1")
     with pytest.raises(AlreadyExists) as caught:

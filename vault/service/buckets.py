@@ -150,7 +150,12 @@ class BucketManagement:
             if earlier is not None:
                 return earlier
         if self._buckets.get_bucket(name) is not None:
-            raise AlreadyExists("bucket already exists", metadata={"name": str(name)})
+            return self._made_by_request(
+                account,
+                request_id,
+                name,
+                AlreadyExists("bucket already exists", metadata={"name": str(name)}),
+            )
         now = self._clock()
         master = Key(
             name=name.master_key,
@@ -181,14 +186,20 @@ class BucketManagement:
         )
         try:
             self._buckets.create_bucket(bucket, master, version)
-        except AlreadyExists:
-            # A retry that overlapped the first attempt lost the insert race.
-            if request_id:
-                earlier = self._find_created(account, request_id, name)
-                if earlier is not None:
-                    return earlier
-            raise
+        except AlreadyExists as exists:
+            return self._made_by_request(account, request_id, name, exists)
         return self.get_bucket(str(name))
+
+    def _made_by_request(
+        self, account: str, request_id: str, name: BucketName, exists: AlreadyExists
+    ) -> BucketView:
+        """The bucket an overlapping call with the same request_id made (it committed after
+        this call first looked, before this one's check or insert), or exists."""
+        if request_id:
+            earlier = self._find_created(account, request_id, name)
+            if earlier is not None:
+                return earlier
+        raise exists
 
     def _find_created(self, account: str, request_id: str, name: BucketName) -> BucketView | None:
         earlier = self._buckets.find_bucket_by_request_id(account, request_id)

@@ -253,7 +253,12 @@ class KeyManagement:
             if earlier is not None:
                 return earlier
         if self._store.get_key(name) is not None:
-            raise AlreadyExists("key already exists", metadata={"name": str(name)})
+            return self._made_by_request(
+                account,
+                request_id,
+                name,
+                AlreadyExists("key already exists", metadata={"name": str(name)}),
+            )
 
         resident = token_resident or algorithm.spec.requires_token_resident
         now = self._clock()
@@ -272,14 +277,19 @@ class KeyManagement:
         )
         try:
             return self._add_first_or_next_version(key, 1, first=True)
-        except AlreadyExists:
-            # A retry that overlapped the first attempt lost the insert race: answer it
-            # with the key the first attempt created.
-            if request_id:
-                earlier = self._find_created(account, request_id, name)
-                if earlier is not None:
-                    return earlier
-            raise
+        except AlreadyExists as exists:
+            return self._made_by_request(account, request_id, name, exists)
+
+    def _made_by_request(
+        self, account: str, request_id: str, name: KeyName, exists: AlreadyExists
+    ) -> Key:
+        """The key an overlapping CreateKey with the same request_id made (it committed after
+        this call first looked, before this one's check or insert), or exists."""
+        if request_id:
+            earlier = self._find_created(account, request_id, name)
+            if earlier is not None:
+                return earlier
+        raise exists
 
     def _require_account(self, account: str) -> None:
         """NotFound unless the account exists. Asked only of a caller already authorised on
