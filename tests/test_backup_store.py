@@ -7,13 +7,18 @@ from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 
+import pytest
 from alembic import command
 
+from tests.support.api_calls import every_page
 from tests.test_storage import T0, create, db_url, make_key, make_version
 from vault.domain.backup import ExportRecord
+from vault.domain.errors import InvalidArgument
 from vault.domain.models import KeyState, RevocationReason
+from vault.domain.names import KeyVersionName
 from vault.storage import Stores, alembic_config, open_stores
 from vault.storage.engine import make_engine, write_transaction
+from vault.storage.paging import encode_page_token
 
 
 def _states(stores: Stores, key_id: str) -> list[tuple[str, str]]:
@@ -89,8 +94,14 @@ def test_migration_0008_records_what_was_revoked_or_destroyed_before_it(tmp_path
         stores.close()
 
 
-def test_the_export_log_finds_the_exports_holding_a_version(tmp_path: Path) -> None:
-    stores = open_stores(db_url(tmp_path / "vault.db"))
+def _holding(stores: Stores, version: KeyVersionName, page_size: int = 0) -> list[list[str]]:
+    """The export ids of every page of exports_holding(version)."""
+    pages = every_page(lambda token: stores.backups.exports_holding(version, page_size, token))
+    return [[record.export_id for record in page.items] for page in pages]
+
+
+def test_the_export_log_finds_the_exports_holding_a_version(backend_url: str) -> None:
+    stores = open_stores(backend_url)
     try:
         key = make_key("k").name
         for number, held in enumerate(([key.version(1)], [key.version(1), key.version(2)], [])):
@@ -100,7 +111,41 @@ def test_the_export_log_finds_the_exports_holding_a_version(tmp_path: Path) -> N
                 ),
                 held,
             )
-        assert [r.export_id for r in stores.backups.exports_holding(key.version(1))] == ["e0", "e1"]
-        assert [r.export_id for r in stores.backups.exports_holding(key.version(2))] == ["e1"]
+        assert _holding(stores, key.version(1)) == [["e0", "e1"]]
+        assert _holding(stores, key.version(2)) == [["e1"]]
+        assert _holding(stores, key.version(3)) == [[]]
+    finally:
+        stores.close()
+
+
+def test_the_export_log_pages_oldest_first_and_resumes_within_one_microsecond(
+    backend_url: str,
+) -> None:
+    """Exports of one time are ordered by id, so a page ending among them resumes right
+    after its last one, and every export is listed once."""
+    stores = open_stores(backend_url)
+    try:
+        key = make_key("k").name
+        times = [T0 + timedelta(minutes=2), T0, T0 + timedelta(minutes=1), T0, T0, T0]
+        for number, time in enumerate(times):
+            stores.backups.record_export(
+                ExportRecord(f"e{number}", time, {"keys": [str(key)]}, 1, "f"), [key.version(1)]
+            )
+        assert _holding(stores, key.version(1), page_size=2) == [
+            ["e1", "e3"],
+            ["e4", "e5"],
+            ["e2", "e0"],
+        ]
+        assert _holding(stores, key.version(1), page_size=4) == [
+            ["e1", "e3", "e4", "e5"],
+            ["e2", "e0"],
+        ]
+        # Page.first (a page cut by size) resumes after the last item kept.
+        first = stores.backups.exports_holding(key.version(1), 4, "").first(1)
+        rest = stores.backups.exports_holding(key.version(1), 0, first.next_page_token)
+        assert [r.export_id for r in rest.items] == ["e3", "e4", "e5", "e2", "e0"]
+        for token in ("%%%", "MTIz", encode_page_token("12.a b"), encode_page_token("x.e1")):
+            with pytest.raises(InvalidArgument):
+                stores.backups.exports_holding(key.version(1), 2, token)
     finally:
         stores.close()

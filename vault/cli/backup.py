@@ -201,29 +201,52 @@ def restore_command(state: CliState, file: str, expect_signer: str) -> None:
                     f"{target} exists with other content: rename {file}", exit_code=EXIT_LOCAL
                 )
     report = state.client().restore_backup(name, expected_signer_fingerprint=expect_signer)
+    report_file = ""
+    if report.report_file_name:
+        report_file = str(state.settings().backup_directory / report.report_file_name)
     record: dict[str, Any] = {
         "export_id": report.bundle.export_id,
         "signer_fingerprint": report.bundle.signer_fingerprint,
+        "restored_count": int(report.restored_count),
+        "skipped_count": int(report.skipped_count),
+        "skipped_by_reason": dict(sorted(report.skipped_by_reason.items())),
+        "tombstones_recorded": int(report.tombstones_recorded),
+        # The first items only when lists_truncated: the report file holds them all.
+        "lists_truncated": report.lists_truncated,
         "restored": list(report.restored),
         "skipped": [
             {"name": item.name, "reason": item.reason, "detail": item.detail}
             for item in report.skipped
         ],
-        "tombstones_recorded": int(report.tombstones_recorded),
+        "report_file": report_file,
     }
 
     def human() -> None:
+        reasons = ", ".join(
+            f"{count} {reason}" for reason, count in record["skipped_by_reason"].items()
+        )
         note(
-            f"restored {len(record['restored'])} keys and buckets from {record['export_id']}; "
+            f"restored {record['restored_count']} keys and buckets from {record['export_id']}; "
+            f"skipped {record['skipped_count']}{f' ({reasons})' if reasons else ''}; "
             f"{record['tombstones_recorded']} tombstones recorded"
         )
+        shown = "the first " if record["lists_truncated"] else ""
         if record["restored"]:
-            print_table(["RESTORED"], [[name] for name in record["restored"]])
+            print_table(
+                ["RESTORED"],
+                [[name] for name in record["restored"]],
+                title=f"{shown}{len(record['restored'])} restored",
+            )
         if record["skipped"]:
             print_table(
                 ["SKIPPED", "REASON", "DETAIL"],
                 [[item["name"], item["reason"], item["detail"]] for item in record["skipped"]],
+                title=f"{shown}{len(record['skipped'])} skipped",
             )
+        if record["report_file"]:
+            note(f"every item: {record['report_file']}")
+        else:
+            note("the server could not write the report file (see its log)")
 
     emit(state, record, human)
 
@@ -233,7 +256,8 @@ def restore_command(state: CliState, file: str, expect_signer: str) -> None:
 @json_option
 @pass_state
 def list_command(state: CliState, version: str) -> None:
-    """The exports (from the vault's export log) whose bundles hold key VERSION's blob."""
+    """The exports (from the vault's export log) whose bundles hold key VERSION's blob,
+    oldest first (every page)."""
     records = [
         {
             "export_id": record.export_id,

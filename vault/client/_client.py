@@ -274,16 +274,33 @@ class VaultClient:
     def restore_backup(
         self, file_name: str, *, expected_signer_fingerprint: str = ""
     ) -> backup_service_pb2.RestoreBackupResponse:
-        """Verify and restore a bundle in the vault's backup directory, by file name."""
+        """Verify and restore a bundle in the vault's backup directory, by file name.
+
+        restored_count, skipped_count and skipped_by_reason count every outcome; the lists
+        restored and skipped hold only the first ones when all would not fit in one message
+        (lists_truncated). report_file_name names the file, in the same directory, that lists
+        every outcome (one JSON object per line)."""
         request = backup_service_pb2.RestoreBackupRequest(
             file_name=file_name, expected_signer_fingerprint=expected_signer_fingerprint
         )
         return self._call(self._backups.RestoreBackup, request)
 
-    def list_backups(self, key_version: str) -> list[backup_service_pb2.BackupRecord]:
-        """The logged exports whose bundles hold key_version's blob, oldest first."""
-        request = backup_service_pb2.ListBackupsRequest(key_version=key_version)
-        return list(self._call(self._backups.ListBackups, request).backups)
+    def list_backups(
+        self, key_version: str, *, page_size: int = 0
+    ) -> list[backup_service_pb2.BackupRecord]:
+        """The logged exports whose bundles hold key_version's blob, oldest first: every
+        page, page_size exports per call (0: the server's default)."""
+        return list(
+            _paged(
+                lambda token: self._call(
+                    self._backups.ListBackups,
+                    backup_service_pb2.ListBackupsRequest(
+                        key_version=key_version, page_size=page_size, page_token=token
+                    ),
+                ),
+                lambda page: page.backups,
+            )
+        )
 
     # -- KeyService -------------------------------------------------------------------------
 

@@ -564,7 +564,11 @@ class BackupStore(Protocol):
 
     def record_export(self, record: ExportRecord, versions: Sequence[KeyVersionName]) -> None: ...
 
-    def exports_holding(self, version: KeyVersionName) -> list[ExportRecord]: ...
+    def exports_holding(
+        self, version: KeyVersionName, page_size: int, page_token: str
+    ) -> Page[ExportRecord]:
+        """The exports holding version's blob, oldest first (time, then export id)."""
+        ...
 
     def tombstones(self, name: KeyName) -> list[Tombstone]:
         """Tombstones of key name and its versions; a key's own has the key's name."""

@@ -11,9 +11,11 @@ back a key (or version) the destination has a tombstone for, whatever older bund
 from __future__ import annotations
 
 import logging
+import os
 import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, replace
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Final
 
@@ -31,6 +33,7 @@ from vault.domain.backup import (
     Tombstone,
     bucket_entry,
     bucket_from_entry,
+    canonical,
     fingerprint,
     key_entry,
     key_from_entry,
@@ -47,7 +50,7 @@ from vault.domain.errors import (
     NotFound,
     RootGenerationMissing,
 )
-from vault.domain.models import Key, KeyState, KeyVersion, VersionState
+from vault.domain.models import Key, KeyState, KeyVersion, Page, VersionState
 from vault.domain.names import (
     BucketName,
     KeyName,
@@ -61,8 +64,13 @@ from vault.service.keys import Clock, utc_now
 log = logging.getLogger(__name__)
 
 MAX_SELECTION_ITEMS: Final = 1000
-# Lines sent per chunk of ExportBackup's stream; a chunk stays far below the message limit.
+# Lines sent per chunk of ExportBackup's stream, unless the caller asks for smaller chunks (the
+# transport does, to stay within its message limit).
 CHUNK_BYTES: Final = 256 * 1024
+# A restore's report file: <bundle file name><REPORT_SUFFIX with the restore's time>, cut to
+# the 255 bytes a file name may take.
+REPORT_SUFFIX: Final = ".restore-{:%Y%m%dT%H%M%S%fZ}.jsonl"
+_MAX_FILE_NAME: Final = 255
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +99,14 @@ class RestoreReport:
     restored: list[str]
     skipped: list[Skipped]
     tombstones_recorded: int
+    # The file in the backup directory listing every outcome; "" if it could not be written.
+    report_file: str = ""
+
+    def skipped_by_reason(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for item in self.skipped:
+            counts[str(item.reason)] = counts.get(str(item.reason), 0) + 1
+        return counts
 
 
 def verify_bundle(lines: Iterable[bytes], expected_fingerprint: str = "") -> VerifiedBundle:
@@ -154,6 +170,26 @@ class BundleFiles:
                 "the bundle cannot be read", metadata={"name": file_name}
             ) from None
 
+    def write_report(self, bundle_name: str, when: datetime, lines: Iterable[bytes]) -> str:
+        """Write a restore's report next to its bundle: a new file of mode 0600, complete or
+        absent (a temporary file renamed once written). Returns its file name."""
+        suffix = REPORT_SUFFIX.format(when)
+        name = bundle_name[: _MAX_FILE_NAME - len(suffix)] + suffix
+        # A leading dot: lines() refuses the name, so no call reads a half-written report.
+        temporary = self._directory / f".report-{uuid.uuid4().hex}.tmp"
+        descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        try:
+            with os.fdopen(descriptor, "wb") as handle:
+                for line in lines:
+                    handle.write(line)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(temporary, self._directory / name)
+        except BaseException:
+            temporary.unlink(missing_ok=True)
+            raise
+        return name
+
 
 class BackupManagement:
     def __init__(
@@ -174,9 +210,10 @@ class BackupManagement:
 
     # -- export ---------------------------------------------------------------------------
 
-    def export(self, selection: Selection) -> Iterator[ExportChunk]:
-        """The bundle of selection, in chunks of whole lines. The export is logged (export
-        id, time, selection, key versions whose blobs it holds) once its trailer is signed."""
+    def export(self, selection: Selection, chunk_bytes: int = CHUNK_BYTES) -> Iterator[ExportChunk]:
+        """The bundle of selection, in chunks of whole lines, each at most chunk_bytes unless
+        one line alone is longer. The export is logged (export id, time, selection, key
+        versions whose blobs it holds) once its trailer is signed."""
         _check_selection(selection)
         created = self._clock()
         export_id = uuid.uuid4().hex
@@ -189,24 +226,31 @@ class BackupManagement:
         held: list[KeyVersionName] = []
         buffer = bytearray(writer.header_line())
         done = 0
+
+        def full(line: bytes) -> bool:
+            """Whether buffer must be sent before line joins it."""
+            return bool(buffer) and len(buffer) + len(line) > chunk_bytes
+
         for account in accounts:
             for key, versions in self._store.keys_of(account):
                 if not _selects(selection, str(key.name), account, selection.keys):
                     continue
                 for entry in _key_entries(key, versions, held):
-                    buffer += writer.entry_line(entry)
+                    line = writer.entry_line(entry)
+                    if full(line):
+                        yield ExportChunk(bytes(buffer), done, estimate, export_id)
+                        buffer.clear()
+                    buffer += line
                 done += 1
-                if len(buffer) >= CHUNK_BYTES:
-                    yield ExportChunk(bytes(buffer), done, estimate, export_id)
-                    buffer.clear()
             for bucket, master, versions in self._store.buckets_of(account):
                 if not _selects(selection, str(bucket.name), account, selection.buckets):
                     continue
-                buffer += writer.entry_line(_bucket_entry(bucket, master, versions, held))
-                done += 1
-                if len(buffer) >= CHUNK_BYTES:
+                line = writer.entry_line(_bucket_entry(bucket, master, versions, held))
+                if full(line):
                     yield ExportChunk(bytes(buffer), done, estimate, export_id)
                     buffer.clear()
+                buffer += line
+                done += 1
         payload, summary = writer.signed_payload()
         signature = self._signer.sign_backup(payload)
         self._store.record_export(
@@ -219,13 +263,20 @@ class BackupManagement:
             ),
             held,
         )
-        buffer += writer.trailer_line(summary, signature)
+        trailer = writer.trailer_line(summary, signature)
+        if full(trailer):
+            yield ExportChunk(bytes(buffer), done, estimate, export_id)
+            buffer.clear()
+        buffer += trailer
         log.info("exported backup %s: %s", export_id, writer.counts)
         yield ExportChunk(bytes(buffer), done, done, export_id)
 
-    def exports_holding(self, name: str) -> list[ExportRecord]:
-        """The logged exports whose bundles hold key version name's blob."""
-        return self._store.exports_holding(KeyVersionName.parse(name))
+    def exports_holding(
+        self, name: str, page_size: int = 0, page_token: str = ""
+    ) -> Page[ExportRecord]:
+        """A page of the logged exports whose bundles hold key version name's blob, oldest
+        first."""
+        return self._store.exports_holding(KeyVersionName.parse(name), page_size, page_token)
 
     # -- verify and restore ---------------------------------------------------------------
 
@@ -233,6 +284,10 @@ class BackupManagement:
         return verify_bundle(self._files.lines(file_name), expected_fingerprint)
 
     def restore(self, file_name: str, expected_fingerprint: str = "") -> RestoreReport:
+        """Restore what the bundle holds and this store and token can take; the report lists
+        every outcome, and so does a file written next to the bundle (a response may not
+        carry them all)."""
+        started = self._clock()
         verified = verify_bundle(self._files.lines(file_name), expected_fingerprint)
         bundle = verified.bundle
         parsed: list[tuple[str, Any]] = []
@@ -252,11 +307,14 @@ class BackupManagement:
 
         restored: list[str] = []
         skipped: list[Skipped] = []
+        # Every outcome in bundle order, restored and skipped interleaved, for the report file.
+        outcomes: list[bytes] = []
         recorded = 0
         supported = self._keystore.supported_algorithms()
         for kind, item in parsed:
             if kind == "skipped":
                 skipped.append(item)
+                outcomes.append(_outcome_line(item))
             elif kind == "tombstone":
                 recorded += self._record_tombstone(item)
             else:
@@ -264,10 +322,23 @@ class BackupManagement:
                 shown = str(bucket.name) if bucket is not None else str(key.name)
                 outcome = self._restore_one(key, versions, bucket, supported)
                 if isinstance(outcome, Skipped):
-                    skipped.append(replace(outcome, name=shown))
+                    left_out = [replace(outcome, name=shown)]
                 else:
                     restored.append(shown)
-                    skipped.extend(outcome)
+                    outcomes.append(_outcome_line(shown))
+                    left_out = outcome
+                skipped.extend(left_out)
+                outcomes.extend(_outcome_line(one) for one in left_out)
+        try:
+            report_file = self._files.write_report(file_name, started, outcomes)
+        except OSError as error:
+            # What was restored stays restored: the response still counts every outcome.
+            log.warning(
+                "the report of restoring backup %s was not written: %s",
+                bundle.export_id,
+                error.strerror,
+            )
+            report_file = ""
         log.info(
             "restored backup %s: %d restored, %d skipped, %d tombstones recorded",
             bundle.export_id,
@@ -275,7 +346,7 @@ class BackupManagement:
             len(skipped),
             recorded,
         )
-        return RestoreReport(verified, restored, skipped, recorded)
+        return RestoreReport(verified, restored, skipped, recorded, report_file)
 
     def _require_some_root(self, parsed: list[tuple[str, Any]]) -> None:
         """RootGenerationMissing when the bundle has keys and the token holds none of the
@@ -431,6 +502,20 @@ def _bucket_entry(
     exported = [version for version in versions if version.state is not VersionState.PENDING]
     held.extend(version.name for version in exported if version.wrapped_blob is not None)
     return bucket_entry(bucket, master, exported)
+
+
+def _outcome_line(item: str | Skipped) -> bytes:
+    """A report file's line: a restored name, or a Skipped (names and reasons, no material)."""
+    if isinstance(item, str):
+        line = {"name": item, "outcome": "restored", "reason": "", "detail": ""}
+    else:
+        line = {
+            "name": item.name,
+            "outcome": "skipped",
+            "reason": str(item.reason),
+            "detail": item.detail,
+        }
+    return canonical(line) + b"\n"
 
 
 def _skipped_from_entry(entry: dict[str, Any]) -> Skipped:

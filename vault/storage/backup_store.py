@@ -4,31 +4,44 @@ exports. Portable SQL only, like metadata_store.py."""
 
 from __future__ import annotations
 
+import re
 import threading
 from collections.abc import Iterator, Sequence
-from typing import TYPE_CHECKING, Any
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, Final
 
 from sqlalchemy import Engine, and_, func, insert, select
 
 from vault.domain.backup import ExportRecord, Selection, Tombstone
 from vault.domain.buckets import Bucket
 from vault.domain.errors import AlreadyExists
-from vault.domain.models import Key, KeyState, KeyVersion, RevocationReason
+from vault.domain.models import Key, KeyState, KeyVersion, Page, RevocationReason
 from vault.domain.names import MASTER_KEY_PREFIX, KeyName, KeyVersionName
 from vault.storage.bucket_store import _JOINED, _bucket_row, _to_pair
 from vault.storage.metadata_store import add_tombstone, key_row, to_key, to_version, version_row
+from vault.storage.paging import (
+    clamp_page_size,
+    decode_page_token,
+    keyset_page,
+    malformed_page_token,
+)
 from vault.storage.tables import (
+    ID_LENGTH,
     backup_export_versions,
     backup_exports,
     buckets,
+    from_micros,
     key_tombstones,
     key_versions,
     keys,
+    to_micros,
 )
 from vault.storage.transactions import aware, guarded_transaction, new_serial_lock
 
 # Keys read per query during an export: the whole selection never sits in memory at once.
 _PAGE = 200
+# A ListBackups page token's value: the last export's time (microseconds) and its id.
+_EXPORT_TOKEN: Final = re.compile(rf"([0-9]{{1,19}})\.(\S{{1,{ID_LENGTH}}})", re.ASCII)
 
 
 class SqlBackupStore:
@@ -131,24 +144,35 @@ class SqlBackupStore:
                     ],
                 )
 
-    def exports_holding(self, version: KeyVersionName) -> list[ExportRecord]:
-        """The exports whose bundles hold version's blob, oldest first."""
+    def exports_holding(
+        self, version: KeyVersionName, page_size: int, page_token: str
+    ) -> Page[ExportRecord]:
+        """A page of the exports whose bundles hold version's blob, oldest first; exports of
+        the same microsecond in export id order, so that the order is total and a page
+        resumes exactly after its last record."""
+        size = clamp_page_size(page_size)
+        time, export_id = backup_exports.c.create_time, backup_exports.c.export_id
         query = (
             select(backup_exports)
             .join(
                 backup_export_versions,
-                backup_export_versions.c.export_id == backup_exports.c.export_id,
+                backup_export_versions.c.export_id == export_id,
             )
             .where(
                 backup_export_versions.c.account == version.account,
                 backup_export_versions.c.key_id == version.key,
                 backup_export_versions.c.version == version.version,
             )
-            .order_by(backup_exports.c.create_time, backup_exports.c.export_id)
         )
+        if page_token:
+            after_time, after_id = _decode_export_token(page_token)
+            query = query.where(
+                (time > after_time) | ((time == after_time) & (export_id > after_id))
+            )
+        query = query.order_by(time, export_id).limit(size + 1)
         with guarded_transaction(self._engine, self._serial, write=False) as c:
             rows = c.execute(query).mappings().all()
-        return [
+        items = [
             ExportRecord(
                 export_id=str(row["export_id"]),
                 create_time=row["create_time"],
@@ -156,8 +180,13 @@ class SqlBackupStore:
                 entry_count=int(row["entry_count"]),
                 signer_fingerprint=str(row["signer_fingerprint"]),
             )
-            for row in rows
+            for row in rows[:size]
         ]
+        return keyset_page(
+            items,
+            len(rows) > size,
+            lambda record: f"{to_micros(record.create_time)}.{record.export_id}",
+        )
 
     # -- restore --------------------------------------------------------------------------
 
@@ -213,6 +242,14 @@ class SqlBackupStore:
                 c.execute(insert(key_versions).values(**version_row(version)))
             if bucket is not None:
                 c.execute(insert(buckets).values(**_bucket_row(bucket, key)))
+
+
+def _decode_export_token(token: str) -> tuple[datetime, str]:
+    """The export time and id a ListBackups page token continues after."""
+    found = _EXPORT_TOKEN.fullmatch(decode_page_token(token))
+    if found is None:
+        raise malformed_page_token()
+    return from_micros(int(found[1])), found[2]
 
 
 def _versions(c: Any, account: str, key_ids: Sequence[str]) -> dict[str, list[KeyVersion]]:

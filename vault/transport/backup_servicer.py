@@ -1,7 +1,10 @@
 """vault.v1.BackupService: requests in, BackupManagement calls, messages out.
 
 No error handling (ErrorInterceptor maps domain errors, for the stream of ExportBackup too) and
-no validation beyond the wire format's; nothing here logs (chunks carry wrapped blobs)."""
+no validation beyond the wire format's; nothing here logs (chunks carry wrapped blobs). Every
+response stays within server.max_message_bytes: export chunks are sized to it, a restore's
+lists are cut to it (its counts and report file stay whole), and ListBackups pages end early
+(vault/transport/page_budget.py)."""
 
 from __future__ import annotations
 
@@ -12,8 +15,9 @@ import grpc
 from vault.domain.backup import ExportRecord, Selection
 from vault.gen.vault.v1 import backup_service_pb2 as pb
 from vault.gen.vault.v1 import backup_service_pb2_grpc
-from vault.service.backup import BackupManagement, VerifiedBundle
+from vault.service.backup import CHUNK_BYTES, BackupManagement, RestoreReport, VerifiedBundle
 from vault.transport import convert
+from vault.transport.page_budget import cut_repeated, fit_response
 
 
 def _summary(verified: VerifiedBundle) -> pb.BackupSummary:
@@ -48,9 +52,47 @@ def _record(record: ExportRecord) -> pb.BackupRecord:
     )
 
 
+def restore_response(report: RestoreReport, max_bytes: int) -> pb.RestoreBackupResponse:
+    """The response to a restore, its lists cut to their first items when the whole would be
+    over max_bytes. When both lists are long each keeps at least half of the room left."""
+    response = pb.RestoreBackupResponse(
+        bundle=_summary(report.bundle),
+        restored=report.restored,
+        skipped=[
+            pb.SkippedItem(name=item.name, reason=str(item.reason), detail=item.detail)
+            for item in report.skipped
+        ],
+        tombstones_recorded=report.tombstones_recorded,
+        restored_count=len(report.restored),
+        skipped_count=len(report.skipped),
+        skipped_by_reason=report.skipped_by_reason(),
+        report_file_name=report.report_file,
+    )
+    if response.ByteSize() <= max_bytes:
+        return response
+    response.lists_truncated = True
+    restored_size = _lists_size(response, "restored")
+    skipped_size = _lists_size(response, "skipped")
+    room = max_bytes - (response.ByteSize() - restored_size - skipped_size)
+    cut_repeated(response, "restored", max(room // 2, room - skipped_size))
+    cut_repeated(response, "skipped", room - _lists_size(response, "restored"))
+    return response
+
+
+def _lists_size(response: pb.RestoreBackupResponse, field: str) -> int:
+    """Bytes response's repeated field takes: the response's size less its size without it."""
+    without = pb.RestoreBackupResponse()
+    without.CopyFrom(response)
+    without.ClearField(field)  # type: ignore[arg-type]
+    return response.ByteSize() - without.ByteSize()
+
+
 class BackupServicer(backup_service_pb2_grpc.BackupServiceServicer):
-    def __init__(self, backups: BackupManagement) -> None:
+    def __init__(self, backups: BackupManagement, max_message_bytes: int = 1 << 20) -> None:
         self._backups = backups
+        self._max_message_bytes = max_message_bytes
+        # Half the largest message: a chunk's other fields and framing take far less.
+        self._chunk_bytes = min(CHUNK_BYTES, max_message_bytes // 2)
 
     def ExportBackup(
         self, request: pb.ExportBackupRequest, context: grpc.ServicerContext
@@ -60,7 +102,7 @@ class BackupServicer(backup_service_pb2_grpc.BackupServiceServicer):
             keys=tuple(request.selection.keys),
             buckets=tuple(request.selection.buckets),
         )
-        for chunk in self._backups.export(selection):
+        for chunk in self._backups.export(selection, self._chunk_bytes):
             yield pb.ExportBackupResponse(
                 chunk=chunk.data,
                 export_id=chunk.export_id,
@@ -79,21 +121,17 @@ class BackupServicer(backup_service_pb2_grpc.BackupServiceServicer):
         self, request: pb.RestoreBackupRequest, context: grpc.ServicerContext
     ) -> pb.RestoreBackupResponse:
         report = self._backups.restore(request.file_name, request.expected_signer_fingerprint)
-        return pb.RestoreBackupResponse(
-            bundle=_summary(report.bundle),
-            restored=report.restored,
-            skipped=[
-                pb.SkippedItem(name=item.name, reason=str(item.reason), detail=item.detail)
-                for item in report.skipped
-            ],
-            tombstones_recorded=report.tombstones_recorded,
-        )
+        return restore_response(report, self._max_message_bytes)
 
     def ListBackups(
         self, request: pb.ListBackupsRequest, context: grpc.ServicerContext
     ) -> pb.ListBackupsResponse:
-        return pb.ListBackupsResponse(
-            backups=[
-                _record(record) for record in self._backups.exports_holding(request.key_version)
-            ]
+        page = self._backups.exports_holding(
+            request.key_version, request.page_size, request.page_token
         )
+        response = pb.ListBackupsResponse(
+            backups=[_record(record) for record in page.items],
+            next_page_token=page.next_page_token,
+        )
+        fit_response(response, "backups", page, self._max_message_bytes)
+        return response

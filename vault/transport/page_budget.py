@@ -6,6 +6,10 @@ each would be about 10 MB, and the call would fail. Such a page ends early, afte
 item that fits, and its token resumes right after that item (Page.first, a token the store
 makes). Only a response that is too large is measured item by item, so a page that fits costs
 one size check.
+
+A response that is not a List page but carries one repeated field per outcome (RestoreBackup's
+restored and skipped) is cut the same way, by cut_repeated, without a token: it states the
+whole counts beside the lists, and the full lists go elsewhere.
 """
 
 from __future__ import annotations
@@ -60,3 +64,18 @@ def fit_response(response: Any, field: str, page: Page[Any], max_bytes: int) -> 
         return
     del entries[len(cut.items) :]
     response.next_page_token = cut.next_page_token
+
+
+def cut_repeated(message: Any, field: str, budget: int) -> bool:
+    """Drop the trailing entries of message's repeated field `field` (messages or strings)
+    beyond the leading ones that take budget bytes together (at least one is kept); True if
+    any were dropped."""
+    entries = getattr(message, field)
+    sizes = [
+        entry_size(len(entry.encode()) if isinstance(entry, str) else entry.ByteSize())
+        for entry in entries
+    ]
+    if sum(sizes) <= budget:
+        return False
+    del entries[fitting(sizes, budget) :]
+    return True

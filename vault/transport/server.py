@@ -261,7 +261,7 @@ def build(
         if services.backups is not None:
             # Admin-only, so served only where there is an admin role (auth.enabled).
             backup_service_pb2_grpc.add_BackupServiceServicer_to_server(
-                BackupServicer(services.backups), server
+                BackupServicer(services.backups, max_bytes), server
             )
             served.append(BACKUP_SERVICE)
     served.append(SERVER_SERVICE)

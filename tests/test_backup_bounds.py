@@ -1,0 +1,96 @@
+"""Backup responses within the smallest server.max_message_bytes (65,536), on a real server with
+its own SoftHSM token and store: a restore whose outcomes would not fit in one message answers
+with whole counts, the first outcomes, and a report file of all of them; ListBackups pages,
+ending a page early when its records would not fit."""
+
+from __future__ import annotations
+
+import json
+import stat
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Final
+from uuid import uuid4
+
+import pytest
+
+from tests.support.harness import VaultServer, provision
+from tests.test_backup import export, place
+from vault.client import VaultClient
+from vault.domain.backup import split_lines
+from vault.service.backup import verify_bundle
+
+SMALLEST: Final = 65_536
+# Names of 141 characters (the longest account and key ids): an EXISTS item takes about 150
+# bytes, so 700 of them (about 105 KB) are far over the smallest message.
+KEYS: Final = 700
+EXPORTS: Final = 6
+# Each of these exports' records carries 100 key prefixes of about 250 characters: about 25 KB,
+# so a page of 1,000 holds only two of them within the smallest message.
+PREFIXES: Final = 100
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory: pytest.TempPathFactory) -> Iterator[VaultServer]:
+    data_dir: Path = tmp_path_factory.mktemp("small-backups")
+    provision(data_dir)
+    with VaultServer(
+        data_dir,
+        {"VAULT_SERVER__MAX_MESSAGE_BYTES": str(SMALLEST), "VAULT_SERVER__WORKERS": "1"},
+    ) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def admin(small: VaultServer) -> Iterator[VaultClient]:
+    with small.client() as client:
+        yield client
+
+
+def long_account(admin: VaultClient) -> str:
+    account_id = f"a{uuid4().hex}".ljust(63, "b")
+    admin.create_account(account_id)
+    return f"accounts/{account_id}"
+
+
+def test_a_restore_into_a_store_holding_the_bundle_answers_within_one_message(
+    small: VaultServer, admin: VaultClient
+) -> None:
+    account = long_account(admin)
+    for number in range(KEYS):
+        admin.create_key(account, f"k{number:04d}".ljust(63, "x"), "ENCRYPT_DECRYPT")
+    admin.create_key(account, "in-token", "ENCRYPT_DECRYPT", token_resident=True)
+    bundle = export(admin, accounts=[account.removeprefix("accounts/")])
+    in_bundle = [entry["name"] for entry in verify_bundle(split_lines(bundle)).bundle.entries]
+    assert len(in_bundle) == KEYS + 1
+    place(small, "whole.bundle", bundle)
+
+    # Every key is in this store already: each one comes back EXISTS (the token-resident key
+    # TOKEN_RESIDENT), far more items than the smallest message holds.
+    report = admin.restore_backup("whole.bundle")
+
+    assert report.ByteSize() <= SMALLEST
+    assert report.restored_count == 0 and list(report.restored) == []
+    assert report.skipped_count == KEYS + 1
+    assert dict(report.skipped_by_reason) == {"EXISTS": KEYS, "TOKEN_RESIDENT": 1}
+    assert report.lists_truncated
+    # The first items, in bundle order.
+    listed = [item.name for item in report.skipped]
+    assert 100 < len(listed) < KEYS
+    assert listed == in_bundle[: len(listed)]
+
+    path = small.data_dir / "backups" / report.report_file_name
+    assert path.parent == small.data_dir / "backups"
+    assert report.report_file_name.startswith("whole.bundle.")
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    lines = [json.loads(line) for line in path.read_text().splitlines()]
+    assert [line["name"] for line in lines] == in_bundle  # every item, once, in order
+    assert {(line["outcome"], line["reason"]) for line in lines} == {
+        ("skipped", "EXISTS"),
+        ("skipped", "TOKEN_RESIDENT"),
+    }
+    assert all(set(line) == {"name", "outcome", "reason", "detail"} for line in lines)
+    # No temporary file is left beside it.
+    assert sorted(p.name for p in path.parent.iterdir()) == sorted(
+        ["whole.bundle", report.report_file_name]
+    )
