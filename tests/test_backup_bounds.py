@@ -9,15 +9,18 @@ import json
 import stat
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 from uuid import uuid4
 
+import grpc
 import pytest
 
+from tests.support.api_calls import every_page
 from tests.support.harness import VaultServer, provision
 from tests.test_backup import export, place
 from vault.client import VaultClient
 from vault.domain.backup import split_lines
+from vault.gen.vault.v1 import backup_service_pb2, backup_service_pb2_grpc
 from vault.service.backup import verify_bundle
 
 SMALLEST: Final = 65_536
@@ -94,3 +97,86 @@ def test_a_restore_into_a_store_holding_the_bundle_answers_within_one_message(
     assert sorted(p.name for p in path.parent.iterdir()) == sorted(
         ["whole.bundle", report.report_file_name]
     )
+
+
+@pytest.fixture(scope="module")
+def logged(admin: VaultClient) -> tuple[str, list[str]]:
+    """A key version and the exports holding it, oldest first: each export's record names
+    PREFIXES long key prefixes besides the key."""
+    account = long_account(admin)
+    key = admin.create_key(account, "listed", "ENCRYPT_DECRYPT").name
+    prefixes = [f"{account}/keys/p{number:03d}".ljust(250, "x") for number in range(PREFIXES)]
+    made = []
+    for _ in range(EXPORTS):
+        chunks = list(admin.export_backup(keys=[key, *prefixes]))
+        made.append(chunks[-1].export_id)
+    return f"{key}/versions/1", made
+
+
+def list_page(
+    small: VaultServer, key_version: str, page_size: int, page_token: str, credentials: Any = None
+) -> backup_service_pb2.ListBackupsResponse:
+    with small.channel(credentials) as channel:
+        backups = backup_service_pb2_grpc.BackupServiceStub(channel)
+        response: backup_service_pb2.ListBackupsResponse = backups.ListBackups(
+            backup_service_pb2.ListBackupsRequest(
+                key_version=key_version, page_size=page_size, page_token=page_token
+            ),
+            timeout=30,
+        )
+        return response
+
+
+def list_error(
+    small: VaultServer, version: str, page_token: str, credentials: Any = None
+) -> grpc.StatusCode:
+    with pytest.raises(grpc.RpcError) as caught:
+        list_page(small, version, 2, page_token, credentials)
+    code: grpc.StatusCode = caught.value.code()
+    return code
+
+
+def test_list_backups_pages_oldest_first(
+    small: VaultServer, admin: VaultClient, logged: tuple[str, list[str]]
+) -> None:
+    version, made = logged
+    pages = every_page(lambda token: list_page(small, version, 2, token))
+    assert [[record.export_id for record in page.backups] for page in pages] == [
+        made[0:2],
+        made[2:4],
+        made[4:6],
+    ]
+    assert all(
+        len(record.selection.keys) == PREFIXES + 1 for page in pages for record in page.backups
+    )
+    # The SDK (and so `vaultctl backup list`) follows the pages.
+    assert [record.export_id for record in admin.list_backups(version, page_size=1)] == made
+    assert [record.export_id for record in admin.list_backups(version)] == made
+
+
+def test_a_list_backups_page_ends_early_when_its_records_would_not_fit(
+    small: VaultServer, logged: tuple[str, list[str]]
+) -> None:
+    version, made = logged
+    pages = every_page(lambda token: list_page(small, version, 1000, token))
+    assert len(pages) > 1 and all(page.backups for page in pages)
+    assert all(page.ByteSize() <= SMALLEST for page in pages)
+    assert [record.export_id for page in pages for record in page.backups] == made
+
+
+def test_a_malformed_list_backups_token_is_invalid_after_the_caller_is_authorised(
+    small: VaultServer, admin: VaultClient, logged: tuple[str, list[str]]
+) -> None:
+    from tests.support.security_helpers import add_access_key
+    from tests.support.security_helpers import new_account as new_security_account
+
+    version, _ = logged
+    malformed = ("not a token", "MTIz", "eA")
+    assert {list_error(small, version, token) for token in malformed} == {
+        grpc.StatusCode.INVALID_ARGUMENT
+    }
+    # A caller without the admin role is refused before its request is looked at.
+    member = add_access_key(admin, new_security_account(admin))
+    assert {list_error(small, version, token, member.credentials) for token in malformed} == {
+        grpc.StatusCode.PERMISSION_DENIED
+    }

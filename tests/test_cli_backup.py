@@ -3,6 +3,7 @@ against the real server, in this process (tests/test_cli.py's runner)."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from click.testing import CliRunner
@@ -82,8 +83,30 @@ def test_restore_copies_a_local_bundle_into_the_backup_directory_and_reports(
     report = json_of(result)
     assert (server.data_dir / "backups" / "one.bundle").read_bytes() == bundle.read_bytes()
     # Restored into the vault that made it: the key is there already.
-    assert report["restored"] == []
+    assert report["restored"] == [] and report["restored_count"] == 0
     assert report["skipped"] == [{"name": name, "reason": "EXISTS", "detail": ""}]
+    assert report["skipped_count"] == 1 and report["skipped_by_reason"] == {"EXISTS": 1}
+    assert not report["lists_truncated"]
+    # Every outcome is in the report file beside the bundle, which the command names.
+    report_file = Path(report["report_file"])
+    assert report_file.parent == server.data_dir / "backups"
+    assert report_file.name.startswith("one.bundle.restore-")
+    assert [json.loads(line) for line in report_file.read_text().splitlines()] == [
+        {"name": name, "outcome": "skipped", "reason": "EXISTS", "detail": ""}
+    ]
+
+    # For a person: the counts, the items and where the report file is.
+    result = CliRunner().invoke(
+        cli,
+        ["--target", target, "backup", "restore", str(bundle)],
+        env={**_CLEAN_ENV, **_CREDENTIALS, "VAULT_DATA_DIR": str(server.data_dir)},
+        prog_name="vaultctl",
+    )
+    assert result.exit_code == 0, result.output
+    assert "restored 0 keys and buckets" in result.output
+    assert "skipped 1 (1 EXISTS)" in result.output
+    assert name in result.output
+    assert f"every item: {server.data_dir / 'backups'}" in result.output
 
 
 def test_restore_refuses_to_replace_another_bundle_of_the_same_name(

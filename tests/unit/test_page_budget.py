@@ -9,17 +9,21 @@ from datetime import UTC, datetime
 import pytest
 
 from tests.unit.test_key_listing import key
+from vault.domain.backup import ParsedBundle, Skipped, SkipReason
 from vault.domain.buckets import Bucket, BucketPolicy
 from vault.domain.models import KeyVersion, ListedKey, Page, VersionState
 from vault.domain.names import BucketName, KeyName
-from vault.gen.vault.v1 import key_service_pb2, resources_pb2
+from vault.gen.vault.v1 import backup_service_pb2, key_service_pb2, resources_pb2
+from vault.service.backup import RestoreReport, VerifiedBundle
 from vault.service.buckets import BucketView
 from vault.service.keys import MAX_DESCRIPTION, MAX_LABEL_VALUE, MAX_LABELS
+from vault.transport.backup_servicer import restore_response
 from vault.transport.convert import bucket_to_proto, key_page_to_proto, key_to_proto
 from vault.transport.listing import ListingResponses
 from vault.transport.page_budget import (
     SMALLEST_MAX_MESSAGE_BYTES,
     TOKEN_ROOM,
+    cut_repeated,
     entry_size,
     fit_response,
     fitting,
@@ -141,3 +145,69 @@ def test_fit_response_cuts_a_message_and_keeps_one_that_fits() -> None:
     single = key_service_pb2.ListRevocationsResponse(revocations=[response.revocations[0]])
     fit_response(single, "revocations", Page(items[:1], "", token_after), 100)
     assert len(single.revocations) == 1 and single.next_page_token == ""
+
+
+def test_cut_repeated_keeps_the_leading_strings_within_the_budget() -> None:
+    response = backup_service_pb2.RestoreBackupResponse(restored=["a" * 98] * 10)
+    assert not cut_repeated(response, "restored", 1000)  # 10 entries of 100 bytes
+    assert cut_repeated(response, "restored", 999)
+    assert len(response.restored) == 9
+    assert cut_repeated(response, "restored", 5) and len(response.restored) == 1
+
+
+def _restore_report(restored: int, skipped: int) -> RestoreReport:
+    bundle = ParsedBundle(
+        header={"export_id": "e1", "create_time_us": 0, "token": {"label": "t", "serial": "1"}},
+        entries=[],
+        summary={"counts": dict.fromkeys(("key", "bucket", "tombstone", "skipped"), 0)},
+        signed_payload=b"",
+        signature=b"",
+    )
+    name = f"accounts/{LONGEST_ID}/keys/"
+    return RestoreReport(
+        VerifiedBundle(bundle, "f" * 64),
+        [f"{name}r{number:05d}" for number in range(restored)],
+        [
+            Skipped(
+                f"{name}s{number:05d}",
+                SkipReason.EXISTS if number % 3 else SkipReason.TOKEN_RESIDENT,
+            )
+            for number in range(skipped)
+        ],
+        tombstones_recorded=2,
+        report_file="b.bundle.restore-20260101T000000000000Z.jsonl",
+    )
+
+
+@pytest.mark.parametrize(("restored", "skipped"), [(2000, 2000), (10, 2000), (2000, 10)])
+def test_a_restore_response_cuts_its_lists_and_keeps_the_counts_whole(
+    restored: int, skipped: int
+) -> None:
+    report = _restore_report(restored, skipped)
+    response = restore_response(report, SMALLEST_MAX_MESSAGE_BYTES)
+    assert response.ByteSize() <= SMALLEST_MAX_MESSAGE_BYTES
+    assert response.lists_truncated
+    assert (response.restored_count, response.skipped_count) == (restored, skipped)
+    assert dict(response.skipped_by_reason) == {
+        "TOKEN_RESIDENT": (skipped + 2) // 3,
+        "EXISTS": skipped - (skipped + 2) // 3,
+    }
+    assert response.tombstones_recorded == 2 and response.report_file_name
+    # The first items of each list, in order; a short list is whole, and the room a short
+    # list leaves goes to the other.
+    kept_restored, kept_skipped = len(response.restored), len(response.skipped)
+    assert list(response.restored) == report.restored[:kept_restored]
+    assert [item.name for item in response.skipped] == [
+        item.name for item in report.skipped[:kept_skipped]
+    ]
+    assert kept_restored == restored if restored <= 10 else 100 < kept_restored < restored
+    assert kept_skipped == skipped if skipped <= 10 else 100 < kept_skipped < skipped
+    # The lists fill the message: less than an item's room is left unused by each.
+    assert response.ByteSize() > SMALLEST_MAX_MESSAGE_BYTES - 2 * 110
+
+
+def test_a_restore_response_that_fits_is_whole() -> None:
+    report = _restore_report(50, 50)
+    response = restore_response(report, SMALLEST_MAX_MESSAGE_BYTES)
+    assert not response.lists_truncated
+    assert len(response.restored) == len(response.skipped) == 50
