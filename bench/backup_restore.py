@@ -53,7 +53,7 @@ def main(keys: int) -> None:
     print(f"export: {exported:.2f} s ({keys / exported:.0f} keys/s)")
     print(f"offline check: {verified:.3f} s")
     print(
-        f"restore: {len(report.restored)} restored in {restoring:.2f} s "
+        f"restore: {report.restored_count} restored in {restoring:.2f} s "
         f"({keys / restoring:.0f} keys/s)"
     )
 

@@ -17,7 +17,7 @@ import pytest
 
 from tests.support.api_calls import every_page
 from tests.support.harness import VaultServer, provision
-from tests.test_backup import export, place
+from tests.test_backup import place
 from vault.client import VaultClient
 from vault.domain.backup import split_lines
 from vault.gen.vault.v1 import backup_service_pb2, backup_service_pb2_grpc
@@ -63,7 +63,10 @@ def test_a_restore_into_a_store_holding_the_bundle_answers_within_one_message(
     for number in range(KEYS):
         admin.create_key(account, f"k{number:04d}".ljust(63, "x"), "ENCRYPT_DECRYPT")
     admin.create_key(account, "in-token", "ENCRYPT_DECRYPT", token_resident=True)
-    bundle = export(admin, accounts=[account.removeprefix("accounts/")])
+    # The bundle, several times the smallest message, streams in chunks sized to it.
+    chunks = list(admin.export_backup(accounts=[account.removeprefix("accounts/")]))
+    assert len(chunks) > 2 and all(chunk.ByteSize() <= SMALLEST for chunk in chunks)
+    bundle = b"".join(chunk.chunk for chunk in chunks)
     in_bundle = [entry["name"] for entry in verify_bundle(split_lines(bundle)).bundle.entries]
     assert len(in_bundle) == KEYS + 1
     place(small, "whole.bundle", bundle)

@@ -31,6 +31,8 @@ TOKEN_ROOM: Final = 2048
 # moves on. Only a Bucket grows without bound: each master-key version it lists adds up to
 # 200 bytes, so a bucket whose master key was rotated over about 250 times would not fit the
 # smallest setting, nor over about 5,000 times the default (GetBucket would fail alike).
+# ListBackups' records carry their export's selection: up to 1,000 names of 256 characters
+# (vault/service/backup.py), about 260 KB, which fits the default but not a setting below it.
 SMALLEST_MAX_MESSAGE_BYTES: Final = 65_536
 
 
