@@ -184,7 +184,11 @@ def restore_command(state: CliState, file: str, expect_signer: str) -> None:
 
     The server reads bundles from its backup directory (<data_dir>/backups). FILE is a local
     file, copied there first unless the same file is there already (run this next to the
-    vault), or the name of a file already there."""
+    vault), or the name of a file already there.
+
+    Prints the counts of restored and skipped items, the items themselves (only the first
+    ones when there are more than one answer carries) and the path of the report file the
+    server wrote beside the bundle, which lists every item."""
     name = file
     local = Path(file)
     if local.is_file():
