@@ -71,6 +71,7 @@ REQUIRED_LEVEL: Final[dict[str, AccessLevel]] = {
     "ListKeyVersions": AccessLevel.READ,
     "ListRevocations": AccessLevel.READ,
     "GetRevocationFeed": AccessLevel.READ,
+    "StreamRevocationFeed": AccessLevel.READ,
     "GetPublicKey": AccessLevel.READ,
     "GetImportJob": AccessLevel.READ,
     "ListImportJobs": AccessLevel.READ,
