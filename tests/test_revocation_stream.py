@@ -27,7 +27,7 @@ from click.testing import CliRunner
 
 from tests.support.api_calls import expect_error
 from tests.support.harness import ROOT, VaultServer, provision, vault_environment
-from tests.support.security_helpers import add_access_key, new_account
+from tests.support.security_helpers import add_access_key, add_api_key, new_account
 from tests.test_revocation import read_feed, verifies
 from vault.cli.main import cli
 from vault.client import VaultClient
@@ -213,6 +213,15 @@ def test_a_caller_without_read_on_the_account_is_refused_before_anything_is_read
     # FULL on one key of the account is not READ on keys/*.
     with small.client(narrow.credentials) as as_narrow:
         expect_error(DENIED, "PERMISSION_DENIED", lambda: _stream(as_narrow, feeds.fits))
+    # An API key scoped to GetRevocationFeed may stream the same feed; one scoped to
+    # anything else may not.
+    scoped = add_api_key(admin, feeds.fits, [(["GetRevocationFeed"], ["*"])])
+    with small.client(scoped.credentials) as as_scoped:
+        streamed = b"".join(message.chunk for message in _stream(as_scoped, feeds.fits))
+        assert read_feed(streamed).parent == feeds.fits
+    other = add_api_key(admin, feeds.fits, [(["GetPublicKey", "ListRevocations"], ["*"])])
+    with small.client(other.credentials) as as_other:
+        expect_error(DENIED, "PERMISSION_DENIED", lambda: _stream(as_other, feeds.fits))
 
 
 def test_the_cli_writes_a_feed_larger_than_a_message_that_openssl_verifies(
