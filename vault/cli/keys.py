@@ -815,7 +815,8 @@ def revocations(state: CliState, account: str) -> None:
 @pass_state
 def revocation_feed(state: CliState, account: str, out_prefix: str, force: bool) -> None:
     """Fetch the signed revocation feed of ACCOUNT (or `-`: every account, admins only) for
-    relying parties, and print the feed key's SHA-256 to pin (README, Revocation feed)."""
+    relying parties, streamed, so of any size, and print the feed key's SHA-256 to pin
+    (README, Revocation feed)."""
     from cryptography.hazmat.primitives import serialization
 
     parent = "accounts/-" if account == "-" else account_parent(account)

@@ -19,7 +19,7 @@ from vault.service.keys import Clock, KeyManagement, utc_now
 # server accepts (server.max_message_bytes >= 64 KiB), with room for the signature and key.
 CHUNK_BYTES: Final = 60 * 1024
 # Entries the streamed feed keeps in memory before spilling them to an anonymous temporary
-# file: a feed that fits GetRevocationFeed's message never touches the disk.
+# file: a feed that fits the default message limit (1 MiB) never touches the disk.
 SPOOL_MEMORY_BYTES: Final = 1 << 20
 
 
