@@ -32,8 +32,8 @@ from vault.gen.vault.v1 import resources_pb2 as res
 KEY_METHODS = {
     "CreateKey", "GetKey", "ListKeys", "UpdateKey", "RotateKey", "ListKeyVersions",
     "GetPublicKey", "EnableKey", "DisableKey", "RevokeKey", "ScheduleKeyDestruction",
-    "CancelKeyDestruction", "ListRevocations", "GetRevocationFeed", "CreateImportJob",
-    "GetImportJob", "ListImportJobs", "ImportKeyVersion",
+    "CancelKeyDestruction", "ListRevocations", "GetRevocationFeed", "StreamRevocationFeed",
+    "CreateImportJob", "GetImportJob", "ListImportJobs", "ImportKeyVersion",
 }  # fmt: skip
 CRYPTO_METHODS = {
     "Encrypt", "Decrypt", "GenerateDataKey", "ReEncrypt", "WrapKey", "UnwrapKey", "Sign",

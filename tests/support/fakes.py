@@ -305,6 +305,23 @@ class FakeMetadataStore:
         ]
         return page_of(revoked, lambda r: _version_order(r.version_name), page_size, page_token)
 
+    def scan_revocations(self, account: str | None) -> Iterator[Revocation]:
+        # A copy first: the real store reads one snapshot, whatever changes meanwhile.
+        revoked = [
+            Revocation(
+                version.name,
+                self.keys[version.name.key_name].algorithm,
+                version.revocation_reason_code,
+                version.revoke_time,
+                version.public_key_der,
+                version.revocation_reason,
+            )
+            for version in self.versions.values()
+            if version.revoke_time is not None
+            and (account is None or version.name.account == account)
+        ]
+        yield from sorted(revoked, key=lambda r: _version_order(r.version_name))
+
     def material_epoch(self) -> int:
         return self.epoch
 
@@ -1014,6 +1031,9 @@ class FakeSystemCrypto:
 
     def sign_feed(self, payload: bytes) -> bytes:
         return self._feed_key.sign(payload, ec.ECDSA(hashes.SHA256()))
+
+    def sign_feed_digest(self, digest: bytes) -> bytes:
+        return self._feed_key.sign(digest, ec.ECDSA(utils.Prehashed(hashes.SHA256())))
 
     def feed_public_key_der(self) -> bytes:
         return self._feed_key.public_key().public_bytes(

@@ -13,10 +13,12 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from tests.support.fakes import FakeMetadataStore, StepClock
 from tests.unit.world import ACCOUNT, T0, World
 from vault.domain.algorithms import Algorithm, Purpose
+from vault.domain.errors import MalformedName
 from vault.domain.models import RevocationReason, RootGeneration, VersionState
 from vault.domain.revocation_feed import micros, parse
 from vault.service.provisioning import Provisioning
 from vault.service.reconcile import reconcile
+from vault.service.revocations import CHUNK_BYTES
 
 
 def test_the_feed_lists_the_revoked_versions_signed_by_the_feed_key(world: World) -> None:
@@ -48,6 +50,46 @@ def test_a_feed_covers_only_its_parent(world: World) -> None:
     world.keys.revoke_key(str(key.name), "gone")
     assert parse(world.feeds.feed(f"accounts/{ACCOUNT}").payload).entries == []
     assert len(parse(world.feeds.feed("accounts/-").payload).entries) == 1
+
+
+def test_the_streamed_feed_is_the_feeds_payload_in_chunks_signed_at_the_end(
+    world: World,
+) -> None:
+    """Many more entries than one chunk holds: the chunks concatenated are feed()'s payload
+    byte for byte (the clock stands still), only the last carries the signature, and that
+    signature, made over a digest computed as the chunks went out, verifies over the whole
+    payload."""
+    for number in range(20):
+        # The longest key ids: fewer versions for the same size.
+        key = world.keys.create_key(ACCOUNT, f"k{number:02d}".ljust(63, "x"), Purpose.MAC)
+        for _ in range(59):
+            world.keys.rotate_key(str(key.name))
+        world.keys.revoke_key(str(key.name), "", RevocationReason.SUPERSEDED)
+    parent = f"accounts/{ACCOUNT}"
+    whole = world.feeds.feed(parent)
+    chunks = list(world.feeds.stream(parent))
+    payload = b"".join(chunk.data for chunk in chunks)
+    assert payload == whole.payload and len(parse(payload).entries) == 20 * 60
+    # Full chunks, then the rest (empty when the payload ends on a chunk boundary).
+    assert len(chunks) == len(payload) // CHUNK_BYTES + 1 > 2
+    assert all(len(chunk.data) == CHUNK_BYTES for chunk in chunks[:-1])
+    assert not any(chunk.signature or chunk.public_key_der for chunk in chunks[:-1])
+    last = chunks[-1]
+    assert last.public_key_der == whole.public_key_der
+    public = serialization.load_der_public_key(last.public_key_der)
+    assert isinstance(public, ec.EllipticCurvePublicKey)
+    public.verify(last.signature, payload, ec.ECDSA(hashes.SHA256()))
+
+
+def test_an_empty_streamed_feed_is_one_signed_chunk(world: World) -> None:
+    (only,) = world.feeds.stream("accounts/-")
+    assert only.data == world.feeds.feed("accounts/-").payload
+    assert parse(only.data).entries == [] and only.signature
+
+
+def test_the_streamed_feed_checks_its_parent_before_reading(world: World) -> None:
+    with pytest.raises(MalformedName):
+        world.feeds.stream("accounts/Bad_Name")
 
 
 def test_provisioning_records_the_root_generations_the_store_lacks() -> None:

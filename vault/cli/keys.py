@@ -18,7 +18,15 @@ from vault.cli._context import (
     json_option,
     pass_state,
 )
-from vault.cli._io import check_out, force_option, in_option, read_input, write_output
+from vault.cli._io import (
+    atomic_output,
+    check_out,
+    force_option,
+    in_option,
+    output_error,
+    read_input,
+    write_output,
+)
 from vault.cli._output import (
     emit,
     first,
@@ -807,18 +815,24 @@ def revocations(state: CliState, account: str) -> None:
 @pass_state
 def revocation_feed(state: CliState, account: str, out_prefix: str, force: bool) -> None:
     """Fetch the signed revocation feed of ACCOUNT (or `-`: every account, admins only) for
-    relying parties, and print the feed key's SHA-256 to pin (README, Revocation feed)."""
+    relying parties, streamed, so of any size, and print the feed key's SHA-256 to pin
+    (README, Revocation feed)."""
     from cryptography.hazmat.primitives import serialization
 
     parent = "accounts/-" if account == "-" else account_parent(account)
     paths = {suffix: f"{out_prefix}.{suffix}" for suffix in ("feed", "sig", "pem")}
     for path in paths.values():
         check_out(state, path, force=force)
-    feed = state.client().get_revocation_feed(parent)
+    # The payload goes to PREFIX.feed as it streams in (a feed may be larger than memory);
+    # the file takes its name only once the stream ended with the signature.
+    with atomic_output(paths["feed"], force=force) as out:
+        try:
+            feed = state.client().write_revocation_feed(parent, out)
+        except OSError as error:
+            raise output_error(paths["feed"], error) from None
     pem = serialization.load_der_public_key(feed.public_key_der).public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
     )
-    write_output(paths["feed"], feed.payload, force=force)
     write_output(paths["sig"], feed.signature, force=force)
     write_output(paths["pem"], pem, force=force)
     record = {

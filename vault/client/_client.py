@@ -501,10 +501,38 @@ class VaultClient:
         )
 
     def get_revocation_feed(self, parent: str) -> resources_pb2.RevocationFeed:
-        """The signed feed. Check it against a pinned feed key before trusting it
-        (README, Revocation feed)."""
+        """The signed feed in one message, so only while it fits the server's message limit
+        (RESOURCE_EXHAUSTED beyond); write_revocation_feed takes any size. Check it against
+        a pinned feed key before trusting it (README, Revocation feed)."""
         request = key_service_pb2.GetRevocationFeedRequest(parent=parent)
         return self._call(self._keys.GetRevocationFeed, request)
+
+    def stream_revocation_feed(self, parent: str) -> Iterator[key_service_pb2.RevocationFeedChunk]:
+        """The signed feed as a stream of chunks: concatenated in order they are the payload;
+        the last carries the signature and the feed key. No deadline, as for export_backup.
+        Errors (also mid-stream) raise VaultClientError."""
+        request = key_service_pb2.GetRevocationFeedRequest(parent=parent)
+        try:
+            yield from self._keys.StreamRevocationFeed(request, timeout=None)
+        except grpc.RpcError as error:
+            raise VaultClientError.from_rpc_error(error) from error
+
+    def write_revocation_feed(
+        self, parent: str, out: BinaryIO
+    ) -> key_service_pb2.RevocationFeedChunk:
+        """Write the feed's payload to out as it arrives, whatever its size, and return the
+        last message (signature, public_key_der, public_key_sha256). What out holds is
+        checked by nobody yet: verify the signature over it with the pinned feed key before
+        trusting it (README, Revocation feed). A stream that ends unsigned raises."""
+        last: key_service_pb2.RevocationFeedChunk | None = None
+        for message in self.stream_revocation_feed(parent):
+            out.write(message.chunk)
+            last = message
+        if last is None or not last.signature:
+            raise VaultClientError(
+                grpc.StatusCode.DATA_LOSS, "", "the revocation feed ended without its signature"
+            )
+        return last
 
     def schedule_key_destruction(
         self, name: str, waiting_period: timedelta | None = None

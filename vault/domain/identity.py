@@ -71,6 +71,7 @@ REQUIRED_LEVEL: Final[dict[str, AccessLevel]] = {
     "ListKeyVersions": AccessLevel.READ,
     "ListRevocations": AccessLevel.READ,
     "GetRevocationFeed": AccessLevel.READ,
+    "StreamRevocationFeed": AccessLevel.READ,
     "GetPublicKey": AccessLevel.READ,
     "GetImportJob": AccessLevel.READ,
     "ListImportJobs": AccessLevel.READ,
@@ -109,6 +110,13 @@ REQUIRED_LEVEL: Final[dict[str, AccessLevel]] = {
     "RotateBucketMasterKey": AccessLevel.FULL,
     "DisableBucketMasterKeyVersion": AccessLevel.FULL,
     "EnableBucketMasterKeyVersion": AccessLevel.FULL,
+}
+# Methods a scope for the other also covers: one feed, fetched in one message or streamed, so
+# an API key scoped to GetRevocationFeed before the stream existed keeps working with the
+# clients that now stream it.
+SAME_SCOPE: Final[dict[str, str]] = {
+    "GetRevocationFeed": "StreamRevocationFeed",
+    "StreamRevocationFeed": "GetRevocationFeed",
 }
 # Methods whose resources are buckets: a call naming only the account (ListBuckets) needs
 # "buckets/*", where a key method's needs "keys/*".
@@ -355,7 +363,8 @@ def authorize(
     if principal.scopes is not None:
         # An account-level call (ListKeys, GenerateRandom) names no key: only "*" covers it.
         named = [r if r else "*" for r in relative] or ["*"]
-        return any(scope.allows(method, named) for scope in principal.scopes)
+        methods = [method, SAME_SCOPE[method]] if method in SAME_SCOPE else [method]
+        return any(scope.allows(each, named) for scope in principal.scopes for each in methods)
     if principal.grants is None:
         return True
     # An account-level call (ListKeys, GenerateRandom, ListBuckets) needs the wildcard grant:

@@ -327,6 +327,13 @@ class MetadataStore(Protocol):
         """Revoked versions of account (or of every account, None), ordered by name."""
         ...
 
+    def scan_revocations(self, account: str | None) -> Iterator[Revocation]:
+        """Every revoked version of account (None: of all), ordered by name, read from one
+        snapshot of the store and yielded as read, in bounded memory. The read stays open
+        until the iterator ends or is closed: consume it at once, calling nothing else on
+        the store meanwhile."""
+        ...
+
     def material_epoch(self) -> int:
         """A number that moves whenever a version's material stops being usable."""
         ...
@@ -599,6 +606,11 @@ class FeedSigner(Protocol):
 
     def sign_feed(self, payload: bytes) -> bytes:
         """A DER ECDSA P-256 signature over SHA-256(payload)."""
+        ...
+
+    def sign_feed_digest(self, digest: bytes) -> bytes:
+        """A DER ECDSA P-256 signature over a SHA-256 digest computed by the caller (of a
+        payload hashed as it was streamed): the signature sign_feed gives for the payload."""
         ...
 
     def feed_public_key_der(self) -> bytes:

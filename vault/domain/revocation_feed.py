@@ -56,20 +56,31 @@ def _text(value: str) -> bytes:
     return _U16.pack(len(data)) + data
 
 
-def serialise(parent: str, generated_at: datetime, revocations: Sequence[Revocation]) -> bytes:
-    """The feed's bytes: MAGIC, parent, generation time, count, then one entry per revoked
-    version in the order given (the store's: account, key id, version number)."""
-    parts = [MAGIC, _text(parent), _U64.pack(micros(generated_at)), _U32.pack(len(revocations))]
-    for revocation in revocations:
-        public = revocation.public_key_der or b""
-        parts += [
+def header(parent: str, generated_at: datetime, count: int) -> bytes:
+    """The bytes before the first entry: MAGIC, parent, generation time, count."""
+    return MAGIC + _text(parent) + _U64.pack(micros(generated_at)) + _U32.pack(count)
+
+
+def entry(revocation: Revocation) -> bytes:
+    """One entry's bytes."""
+    public = revocation.public_key_der or b""
+    return b"".join(
+        (
             _text(str(revocation.version_name)),
             _U8.pack(REASON_CODES[revocation.reason_code]),
             _U64.pack(micros(revocation.revoke_time)),
             _U16.pack(len(public)),
             public,
-        ]
-    return b"".join(parts)
+        )
+    )
+
+
+def serialise(parent: str, generated_at: datetime, revocations: Sequence[Revocation]) -> bytes:
+    """The feed's bytes: header, then one entry per revoked version in the order given (the
+    store's: account, key id, version number). The streamed feed writes the same pieces."""
+    return header(parent, generated_at, len(revocations)) + b"".join(
+        entry(revocation) for revocation in revocations
+    )
 
 
 def parse(payload: bytes) -> Feed:

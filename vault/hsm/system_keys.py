@@ -258,7 +258,14 @@ class _TokenSigningKey:
         return obj
 
     def _sign(self, payload: bytes, name: str) -> bytes:
-        digest = hashlib.sha256(payload).digest()
+        return self._sign_digest(hashlib.sha256(payload).digest(), name)
+
+    def _sign_digest(self, digest: bytes, name: str) -> bytes:
+        # CKM_ECDSA signs the digest it is given (SoftHSM has no CKM_ECDSA_SHA256), so a
+        # digest computed incrementally over a streamed payload signs the same as the
+        # payload's own: the token never sees the payload either way.
+        if len(digest) != hashlib.sha256().digest_size:
+            raise ValueError("a feed or bundle signature covers a SHA-256 digest")
         raw = self._keystore.run(
             lambda context: bytes(
                 self._object(context, ObjectClass.PRIVATE_KEY).sign(
@@ -294,6 +301,9 @@ class RevocationFeedKey(_TokenSigningKey):
 
     def sign_feed(self, payload: bytes) -> bytes:
         return self._sign(payload, "feed_sign")
+
+    def sign_feed_digest(self, digest: bytes) -> bytes:
+        return self._sign_digest(digest, "feed_sign")
 
     def feed_public_key_der(self) -> bytes:
         return self._public_key_der()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 
@@ -491,6 +491,11 @@ class KeyManagement:
             token = page.next_page_token
             if not token:
                 return found
+
+    def scan_revocations(self, parent: str) -> Iterator[Revocation]:
+        """Every revoked version under parent from one snapshot of the store, as read (the
+        streamed feed). parent is checked now, before the first item is asked for."""
+        return self._store.scan_revocations(_revocation_scope(parent))
 
     def schedule_destruction(self, name: str | KeyName, waiting_period: timedelta | None) -> Key:
         waiting = (

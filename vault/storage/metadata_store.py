@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, cast
@@ -615,6 +615,43 @@ class SqlMetadataStore:
         items = [_to_revocation(row) for row in rows[:size]]
         return keyset_page(items, len(rows) > size, lambda entry: entry.version_name)
 
+    def scan_revocations(self, account: str | None) -> Iterator[Revocation]:
+        """Every revoked version, of one account or (None) of all, ordered by name, yielded
+        as the rows arrive.
+
+        One SELECT: a statement reads one snapshot on SQLite (its read transaction, in WAL
+        mode) and on PostgreSQL (even under READ COMMITTED, where two statements could see
+        different commits), so whatever the caller counts is what it got. Rows come in
+        batches (a server-side cursor on PostgreSQL, SQLite steps its statement), so memory
+        stays bounded; the transaction stays open until the iterator ends or is closed."""
+        query = (
+            select(
+                key_versions.c.account,
+                key_versions.c.key_id,
+                key_versions.c.version,
+                key_versions.c.revocation_reason_code,
+                key_versions.c.revoke_time,
+                key_versions.c.public_key_der,
+                key_versions.c.revocation_reason,
+                keys.c.algorithm,
+            )
+            .join(
+                keys,
+                and_(
+                    keys.c.account == key_versions.c.account,
+                    keys.c.key_id == key_versions.c.key_id,
+                ),
+            )
+            .where(key_versions.c.revoke_time.is_not(None))
+            .order_by(key_versions.c.account, key_versions.c.key_id, key_versions.c.version)
+            .execution_options(yield_per=_SCAN_BATCH)
+        )
+        if account is not None:
+            query = query.where(key_versions.c.account == account)
+        with guarded_transaction(self._engine, self._serial, write=False) as c:
+            for row in c.execute(query).mappings():
+                yield _to_revocation(row)
+
     def material_epoch(self) -> int:
         """A number that moves whenever a version's material stops being usable anywhere."""
         if self._key_cache is not None:
@@ -955,6 +992,8 @@ def _reread_key(c: Connection, name: KeyName) -> Key:
     return to_key(c.execute(select(keys).where(_key_pk(name))).mappings().one())
 
 
+# Rows scan_revocations fetches at a time: about 1 MB of RSA-4096 entries at most.
+_SCAN_BATCH: Final = 1000
 # Enum members by stored value: a dict lookup instead of an Enum call per column of every
 # listed key.
 _PURPOSES: Final = {member.value: member for member in Purpose}

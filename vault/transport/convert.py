@@ -38,7 +38,7 @@ from vault.domain.names import AccountName
 from vault.gen.vault.v1 import bucket_service_pb2, key_service_pb2, resources_pb2
 from vault.service.buckets import BucketView
 from vault.service.keys import PublicKeyInfo
-from vault.service.revocations import SignedFeed
+from vault.service.revocations import FeedChunk, SignedFeed
 from vault.transport.integrity import checksum
 
 if TYPE_CHECKING:
@@ -259,6 +259,17 @@ def feed_to_proto(feed: SignedFeed) -> resources_pb2.RevocationFeed:
         signature=feed.signature,
         public_key_der=feed.public_key_der,
         public_key_sha256=hashlib.sha256(feed.public_key_der).digest(),
+    )
+
+
+def feed_chunk_to_proto(chunk: FeedChunk) -> key_service_pb2.RevocationFeedChunk:
+    if not chunk.signature:
+        return key_service_pb2.RevocationFeedChunk(chunk=chunk.data)
+    return key_service_pb2.RevocationFeedChunk(
+        chunk=chunk.data,
+        signature=chunk.signature,
+        public_key_der=chunk.public_key_der,
+        public_key_sha256=hashlib.sha256(chunk.public_key_der).digest(),
     )
 
 

@@ -7,6 +7,7 @@ and checked by the service. ListKeys answers with its response's wire bytes (add
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import grpc
@@ -140,6 +141,12 @@ class KeyServicer(key_service_pb2_grpc.KeyServiceServicer):
     ) -> resources_pb2.RevocationFeed:
         return convert.feed_to_proto(self._feeds.feed(request.parent))
 
+    def StreamRevocationFeed(
+        self, request: key_service_pb2.GetRevocationFeedRequest, context: grpc.ServicerContext
+    ) -> Iterator[key_service_pb2.RevocationFeedChunk]:
+        for chunk in self._feeds.stream(request.parent):
+            yield convert.feed_chunk_to_proto(chunk)
+
     def ScheduleKeyDestruction(
         self,
         request: key_service_pb2.ScheduleKeyDestructionRequest,
@@ -204,19 +211,24 @@ _SERVICE: Any = key_service_pb2.DESCRIPTOR.services_by_name["KeyService"]
 
 
 def add_to_server(servicer: KeyServicer, server: grpc.Server) -> None:
-    """KeyService on server as add_KeyServiceServicer_to_server registers it (its unary
-    methods from the service's descriptor), except ListKeys: served by list_keys_bytes, with
-    no response serializer, so gRPC sends its bytes as they are. The generated function's
-    serializers are fixed to the message classes."""
+    """KeyService on server as add_KeyServiceServicer_to_server registers it (its unary and
+    server-streaming methods from the service's descriptor), except ListKeys: served by
+    list_keys_bytes, with no response serializer, so gRPC sends its bytes as they are. The
+    generated function's serializers are fixed to the message classes."""
     handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
     for method in _SERVICE.methods:
-        if method.client_streaming or method.server_streaming:
+        if method.client_streaming:
             raise RuntimeError(
-                f"{method.full_name} streams: register it as the generated code does"
+                f"{method.full_name} streams requests: register it as the generated code does"
             )
         request = message_factory.GetMessageClass(method.input_type)
         response = message_factory.GetMessageClass(method.output_type)
-        handlers[method.name] = grpc.unary_unary_rpc_method_handler(
+        make_handler = (
+            grpc.unary_stream_rpc_method_handler
+            if method.server_streaming
+            else grpc.unary_unary_rpc_method_handler
+        )
+        handlers[method.name] = make_handler(
             getattr(servicer, method.name),
             request_deserializer=request.FromString,
             response_serializer=response.SerializeToString,
