@@ -342,9 +342,9 @@ def test_revocations_of_every_account_are_listed_for_accounts_dash(world: World)
     second = world.keys.create_key("b", "k1", ENCRYPT)
     for key in (first, second):
         world.keys.revoke_key(str(key.name), "gone")
-    everyone = world.keys.all_revocations("accounts/-")
+    everyone = list(world.keys.scan_revocations("accounts/-"))
     assert {r.version_name.account for r in everyone} == {ACCOUNT, "b"}
-    assert [r.version_name.account for r in world.keys.all_revocations("accounts/b")] == ["b"]
+    assert [r.version_name.account for r in world.keys.scan_revocations("accounts/b")] == ["b"]
 
 
 def test_listing_pages_through_keys_in_id_order_without_master_keys(world: World) -> None:

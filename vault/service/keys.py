@@ -480,21 +480,10 @@ class KeyManagement:
         account = _revocation_scope(parent)
         return self._store.list_revocations(account, page_size, page_token)
 
-    def all_revocations(self, parent: str) -> list[Revocation]:
-        """Every revoked version under parent, for the signed feed."""
-        account = _revocation_scope(parent)
-        found: list[Revocation] = []
-        token = ""
-        while True:
-            page = self._store.list_revocations(account, 0, token)
-            found.extend(page.items)
-            token = page.next_page_token
-            if not token:
-                return found
-
     def scan_revocations(self, parent: str) -> Iterator[Revocation]:
-        """Every revoked version under parent from one snapshot of the store, as read (the
-        streamed feed). parent is checked now, before the first item is asked for."""
+        """Every revoked version under parent from one snapshot of the store, as read (both
+        feeds: the count they carry is that of the entries they list). parent is checked now,
+        before the first item is asked for."""
         return self._store.scan_revocations(_revocation_scope(parent))
 
     def schedule_destruction(self, name: str | KeyName, waiting_period: timedelta | None) -> Key:

@@ -50,7 +50,7 @@ class RevocationFeeds:
         # Time first: a revocation committed while the list is read may be missing from a
         # feed stamped before it, never from one stamped after it.
         generated_at = self._clock()
-        revocations = self._keys.all_revocations(parent)
+        revocations = list(self._keys.scan_revocations(parent))
         payload = serialise(parent, generated_at, revocations)
         return SignedFeed(
             payload, self._signer.sign_feed(payload), self._signer.feed_public_key_der()
