@@ -183,3 +183,28 @@ def test_a_malformed_list_backups_token_is_invalid_after_the_caller_is_authorise
     assert {list_error(small, version, token, member.credentials) for token in malformed} == {
         grpc.StatusCode.PERMISSION_DENIED
     }
+
+
+# A key's bundle line holds every version (its wrapped blob and times, about 200 bytes for
+# AES-256): this many rotations make one line longer than the smallest message.
+ROTATIONS: Final = 360
+
+
+def test_a_key_whose_bundle_line_is_longer_than_a_message_exports_over_several_chunks(
+    small: VaultServer, admin: VaultClient
+) -> None:
+    account = long_account(admin)
+    name = admin.create_key(account, "rotated", "ENCRYPT_DECRYPT").name
+    for _ in range(ROTATIONS):
+        admin.rotate_key(name)
+
+    chunks = list(admin.export_backup(accounts=[account.removeprefix("accounts/")]))
+
+    assert all(chunk.ByteSize() <= SMALLEST for chunk in chunks)
+    bundle = b"".join(chunk.chunk for chunk in chunks)
+    lines = list(split_lines(bundle))
+    assert max(len(line) for line in lines) > SMALLEST
+    (entry,) = verify_bundle(lines).bundle.entries
+    assert entry["name"] == name and len(entry["versions"]) == ROTATIONS + 1
+    summary = admin.verify_backup(place(small, "long-line.bundle", bundle))
+    assert summary.keys == 1 and summary.export_id == chunks[-1].export_id

@@ -211,9 +211,11 @@ class BackupManagement:
     # -- export ---------------------------------------------------------------------------
 
     def export(self, selection: Selection, chunk_bytes: int = CHUNK_BYTES) -> Iterator[ExportChunk]:
-        """The bundle of selection, in chunks of whole lines, each at most chunk_bytes unless
-        one line alone is longer. The export is logged (export id, time, selection, key
-        versions whose blobs it holds) once its trailer is signed."""
+        """The bundle of selection, in chunks of at most chunk_bytes. A chunk ends at the end
+        of a line, except that a line longer than chunk_bytes (a key with many large
+        versions, a long selection in the header) is split over consecutive chunks: the
+        chunks only ever need concatenating. The export is logged (export id, time,
+        selection, key versions whose blobs it holds) once its trailer is signed."""
         _check_selection(selection)
         created = self._clock()
         export_id = uuid.uuid4().hex
@@ -224,32 +226,31 @@ class BackupManagement:
         accounts = self._store.selected_accounts(selection)
         estimate = self._store.count_keys(accounts)
         held: list[KeyVersionName] = []
-        buffer = bytearray(writer.header_line())
+        buffer = bytearray()
         done = 0
 
-        def full(line: bytes) -> bool:
-            """Whether buffer must be sent before line joins it."""
-            return bool(buffer) and len(buffer) + len(line) > chunk_bytes
+        def add(line: bytes) -> Iterator[ExportChunk]:
+            """Put line in the buffer, sending what must go first to keep chunks in bounds."""
+            if buffer and len(buffer) + len(line) > chunk_bytes:
+                yield ExportChunk(bytes(buffer), done, estimate, export_id)
+                buffer.clear()
+            buffer.extend(line)
+            while len(buffer) > chunk_bytes:
+                yield ExportChunk(bytes(buffer[:chunk_bytes]), done, estimate, export_id)
+                del buffer[:chunk_bytes]
 
+        yield from add(writer.header_line())
         for account in accounts:
             for key, versions in self._store.keys_of(account):
                 if not _selects(selection, str(key.name), account, selection.keys):
                     continue
                 for entry in _key_entries(key, versions, held):
-                    line = writer.entry_line(entry)
-                    if full(line):
-                        yield ExportChunk(bytes(buffer), done, estimate, export_id)
-                        buffer.clear()
-                    buffer += line
+                    yield from add(writer.entry_line(entry))
                 done += 1
             for bucket, master, versions in self._store.buckets_of(account):
                 if not _selects(selection, str(bucket.name), account, selection.buckets):
                     continue
-                line = writer.entry_line(_bucket_entry(bucket, master, versions, held))
-                if full(line):
-                    yield ExportChunk(bytes(buffer), done, estimate, export_id)
-                    buffer.clear()
-                buffer += line
+                yield from add(writer.entry_line(_bucket_entry(bucket, master, versions, held)))
                 done += 1
         payload, summary = writer.signed_payload()
         signature = self._signer.sign_backup(payload)
@@ -263,11 +264,7 @@ class BackupManagement:
             ),
             held,
         )
-        trailer = writer.trailer_line(summary, signature)
-        if full(trailer):
-            yield ExportChunk(bytes(buffer), done, estimate, export_id)
-            buffer.clear()
-        buffer += trailer
+        yield from add(writer.trailer_line(summary, signature))
         log.info("exported backup %s: %s", export_id, writer.counts)
         yield ExportChunk(bytes(buffer), done, done, export_id)
 
