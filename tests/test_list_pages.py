@@ -4,7 +4,9 @@ right after the last item it sent. A real server on its own SoftHSM token and st
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Iterator
+from contextlib import closing
 from pathlib import Path
 from typing import Final
 from uuid import uuid4
@@ -19,10 +21,15 @@ from vault.gen.vault.v1 import (
     audit_service_pb2_grpc,
     identity_service_pb2,
     identity_service_pb2_grpc,
+    key_service_pb2,
+    key_service_pb2_grpc,
 )
 
 SMALLEST: Final = 65_536
 ACCOUNTS: Final = 250
+# An ImportJob is about 1.1 to 1.25 KB (an RSA-3072 public key in DER and in PEM): 80 are over
+# 64 KiB.
+IMPORT_JOBS: Final = 80
 
 
 @pytest.fixture(scope="module")
@@ -112,3 +119,60 @@ def test_api_keys_page_within_the_smallest_message(
     assert all(page.ByteSize() <= SMALLEST for page in pages)
     listed = [key.name for page in pages for key in page.api_keys]
     assert len(listed) == len(set(listed)) and set(listed) == made
+
+
+def copy_import_jobs(database: Path, source: str, count: int) -> list[str]:
+    """count copies of import job source's row, under new ids and token labels, each a second
+    older than the one before and all older than source; their names, newest first. A job
+    made through the API costs an RSA key pair in the token; listing needs only the rows."""
+    account, key, job = (source.split("/")[i] for i in (1, 3, 5))
+    with closing(sqlite3.connect(database, timeout=30)) as db, db:
+        db.row_factory = sqlite3.Row
+        row = dict(
+            db.execute(
+                "SELECT * FROM import_jobs WHERE account = ? AND key_id = ? AND job_id = ?",
+                (account, key, job),
+            ).fetchone()
+        )
+        copies = [
+            {
+                **row,
+                "job_id": f"jcopy{n:04d}",
+                "token_label": f"vault:import:{uuid4().hex}",
+                "create_time": row["create_time"] - (n + 1) * 1_000_000,
+            }
+            for n in range(count)
+        ]
+        columns = ", ".join(row)
+        values = ", ".join(f":{column}" for column in row)
+        db.executemany(f"INSERT INTO import_jobs ({columns}) VALUES ({values})", copies)
+    prefix = source.rsplit("/", 1)[0]
+    return [f"{prefix}/{copy['job_id']}" for copy in copies]
+
+
+def test_import_jobs_page_within_the_smallest_message(
+    small: VaultServer, admin: VaultClient
+) -> None:
+    """ListImportJobs answered every job of a key in one message: 80 jobs were too large for
+    the smallest max_message_bytes. Pages now end after the last job that fits."""
+    account = admin.create_account(f"a{uuid4().hex[:12]}").name
+    key = admin.create_key(account, "imports", "MAC").name
+    made = [admin.create_import_job(key).name for _ in range(2)]
+    expected = [
+        made[1],
+        made[0],
+        *copy_import_jobs(small.data_dir / "vault.db", made[0], IMPORT_JOBS - 2),
+    ]
+    assert len(expected) == IMPORT_JOBS
+    with small.channel() as channel:
+        keys = key_service_pb2_grpc.KeyServiceStub(channel)
+        pages = every_page(
+            lambda token: keys.ListImportJobs(
+                key_service_pb2.ListImportJobsRequest(parent=key, page_size=1000, page_token=token),
+                timeout=30,
+            )
+        )
+    assert len(pages) > 1 and all(page.import_jobs for page in pages)
+    assert all(page.ByteSize() <= SMALLEST for page in pages)
+    assert [job.name for page in pages for job in page.import_jobs] == expected
+    assert [job.name for job in admin.list_import_jobs(key)] == expected

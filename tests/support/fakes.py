@@ -15,7 +15,7 @@ import secrets
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 from cryptography.exceptions import InvalidSignature, InvalidTag
@@ -1101,12 +1101,16 @@ class FakeImportJobStore:
     def get_import_job(self, name: ImportJobName) -> ImportJob | None:
         return self.jobs.get(name)
 
-    def list_import_jobs(self, key: KeyName) -> list[ImportJob]:
-        mine = sorted(
-            (job for job in self.jobs.values() if job.name.key_name == key),
-            key=lambda job: job.name.job,
-        )
-        return sorted(mine, key=lambda job: job.create_time, reverse=True)
+    def list_import_jobs(self, key: KeyName, page_size: int, page_token: str) -> Page[ImportJob]:
+        def order(job: ImportJob) -> str:
+            # Newest first, ties by job id, as a string that sorts that way.
+            micros = (job.create_time - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(
+                microseconds=1
+            )
+            return f"{10**19 - micros:020d}:{job.name.job}"
+
+        mine = [job for job in self.jobs.values() if job.name.key_name == key]
+        return page_of(mine, order, page_size or MAX_PAGE_SIZE, page_token)
 
     def import_jobs_due(self, now: datetime) -> list[ImportJob]:
         due = []

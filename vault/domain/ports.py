@@ -193,8 +193,9 @@ class ImportJobStore(Protocol):
 
     def get_import_job(self, name: ImportJobName) -> ImportJob | None: ...
 
-    def list_import_jobs(self, key: KeyName) -> list[ImportJob]:
-        """The key's jobs, newest first."""
+    def list_import_jobs(self, key: KeyName, page_size: int, page_token: str) -> Page[ImportJob]:
+        """The key's jobs, newest first (ties by job id), after page_token's; page_size 0:
+        up to 1,000."""
         ...
 
     def import_jobs_due(self, now: datetime) -> list[ImportJob]:
