@@ -11,14 +11,18 @@ from pathlib import Path
 from typing import Final
 from uuid import uuid4
 
+import grpc
 import pytest
 
 from tests.support.api_calls import every_page
 from tests.support.harness import VaultServer, provision
 from vault.client import VaultClient
+from vault.domain.buckets import BUCKET_VERSIONS_SHOWN
 from vault.gen.vault.v1 import (
     audit_service_pb2,
     audit_service_pb2_grpc,
+    bucket_service_pb2,
+    bucket_service_pb2_grpc,
     identity_service_pb2,
     identity_service_pb2_grpc,
     key_service_pb2,
@@ -27,6 +31,9 @@ from vault.gen.vault.v1 import (
 
 SMALLEST: Final = 65_536
 ACCOUNTS: Final = 250
+# With the longest account and bucket ids a master-key version in a Bucket takes about 190
+# bytes: a bucket of 401 versions was over 64 KiB, and GetBucket failed.
+ROTATIONS: Final = 400
 # An ImportJob is about 1.1 to 1.25 KB (an RSA-3072 public key in DER and in PEM): 80 are over
 # 64 KiB.
 IMPORT_JOBS: Final = 80
@@ -176,3 +183,68 @@ def test_import_jobs_page_within_the_smallest_message(
     assert all(page.ByteSize() <= SMALLEST for page in pages)
     assert [job.name for page in pages for job in page.import_jobs] == expected
     assert [job.name for job in admin.list_import_jobs(key)] == expected
+
+
+@pytest.fixture(scope="module")
+def rotated(admin: VaultClient) -> str:
+    """A bucket with the longest ids, rotated ROTATIONS times; its name."""
+    account = admin.create_account(f"a{uuid4().hex}".ljust(63, "x")).name
+    bucket = admin.create_bucket(account, "b" * 63).name
+    for _ in range(ROTATIONS):
+        admin.rotate_bucket_master_key(bucket)
+    return bucket
+
+
+def number(version_name: str) -> int:
+    return int(version_name.rsplit("/", 1)[1])
+
+
+def test_a_bucket_of_hundreds_of_versions_fits_the_smallest_message(
+    small: VaultServer, admin: VaultClient, rotated: str
+) -> None:
+    """A Bucket listed every master-key version: rotated 400 times it no longer fit the
+    smallest max_message_bytes. It now shows the newest 100 and counts them all."""
+    total = ROTATIONS + 1
+    bucket = admin.get_bucket(rotated)
+    assert bucket.ByteSize() <= SMALLEST
+    assert bucket.master_key_version_count == total
+    assert bucket.primary_master_key_version == f"{rotated}/masterKeyVersions/{total}"
+    newest = list(range(total - BUCKET_VERSIONS_SHOWN + 1, total + 1))
+    assert [number(v.name) for v in bucket.master_key_versions] == newest
+    account = rotated.split("/buckets/")[0]
+    with small.channel() as channel:
+        buckets = bucket_service_pb2_grpc.BucketServiceStub(channel)
+        page = buckets.ListBuckets(
+            bucket_service_pb2.ListBucketsRequest(parent=account, page_size=1000), timeout=30
+        )
+    assert list(page.buckets) == [bucket] and page.ByteSize() <= SMALLEST
+
+
+def test_every_master_key_version_is_listed_in_pages(
+    small: VaultServer, admin: VaultClient, rotated: str
+) -> None:
+    """ListBucketMasterKeyVersions lists what a Bucket leaves out: every version, newest
+    first, in pages cut by size or by page_size."""
+    expected = [f"{rotated}/masterKeyVersions/{n}" for n in range(ROTATIONS + 1, 0, -1)]
+    with small.channel() as channel:
+        buckets = bucket_service_pb2_grpc.BucketServiceStub(channel)
+
+        def listing(
+            page_size: int, page_token: str
+        ) -> bucket_service_pb2.ListBucketMasterKeyVersionsResponse:
+            request = bucket_service_pb2.ListBucketMasterKeyVersionsRequest(
+                parent=rotated, page_size=page_size, page_token=page_token
+            )
+            return buckets.ListBucketMasterKeyVersions(request, timeout=30)
+
+        cut = every_page(lambda token: listing(0, token))
+        assert len(cut) > 1 and all(page.ByteSize() <= SMALLEST for page in cut)
+        assert [v.name for page in cut for v in page.master_key_versions] == expected
+        asked = every_page(lambda token: listing(150, token))
+        assert [len(page.master_key_versions) for page in asked] == [150, 150, 101]
+        assert [v.name for page in asked for v in page.master_key_versions] == expected
+        for page_size, token in ((0, "bogus!"), (0, "LTE"), (-1, "")):
+            with pytest.raises(grpc.RpcError) as caught:
+                listing(page_size, token)
+            assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert [v.name for v in admin.iter_bucket_master_key_versions(rotated)] == expected

@@ -109,6 +109,7 @@ REQUIRED_LEVEL: Final[dict[str, AccessLevel]] = {
     "RotateBucketMasterKey": AccessLevel.FULL,
     "DisableBucketMasterKeyVersion": AccessLevel.FULL,
     "EnableBucketMasterKeyVersion": AccessLevel.FULL,
+    "ListBucketMasterKeyVersions": AccessLevel.READ,
 }
 # Methods whose resources are buckets: a call naming only the account (ListBuckets) needs
 # "buckets/*", where a key method's needs "keys/*".
@@ -125,6 +126,7 @@ BUCKET_METHODS: Final = frozenset(
         "RotateBucketMasterKey",
         "DisableBucketMasterKeyVersion",
         "EnableBucketMasterKeyVersion",
+        "ListBucketMasterKeyVersions",
     }
 )
 # Services only the admin role may call.

@@ -8,16 +8,24 @@ from collections.abc import Sequence
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import ColumnElement, Engine, RowMapping, and_, insert, select, update
+from sqlalchemy import ColumnElement, Engine, RowMapping, and_, func, insert, select, update
 
-from vault.domain.buckets import MASTER_KEY_STATES, Bucket, BucketFilter, BucketPolicy
+from vault.domain.buckets import (
+    MASTER_KEY_STATES,
+    Bucket,
+    BucketFilter,
+    BucketPolicy,
+    NewestVersions,
+)
 from vault.domain.errors import AlreadyExists, Conflict, InvalidArgument, MalformedName, VaultError
 from vault.domain.models import Key, KeyVersion, Page
-from vault.domain.names import BucketName, check_id
+from vault.domain.names import BucketName, KeyName, check_id
 from vault.storage.metadata_store import key_row, to_key, to_version, version_row
 from vault.storage.paging import (
+    MAX_PAGE_SIZE,
     clamp_page_size,
     decode_page_token,
+    decode_version_token,
     keyset_page,
     malformed_page_token,
 )
@@ -86,21 +94,54 @@ class SqlBucketStore:
         return keyset_page(items, len(rows) > size, lambda pair: pair[0].name.bucket)
 
     def master_key_versions(
-        self, account: str, key_ids: Sequence[str]
-    ) -> dict[str, list[KeyVersion]]:
+        self, account: str, key_ids: Sequence[str], newest: int
+    ) -> dict[str, NewestVersions]:
         if not key_ids:
             return {}
+        # Each key's versions numbered from its newest, and counted, by window functions
+        # (SQLite 3.25+ and PostgreSQL): only the newest of them leave the database.
+        mine = and_(key_versions.c.account == account, key_versions.c.key_id.in_(key_ids))
+        by_key = key_versions.c.key_id
+        ranked = (
+            select(
+                key_versions,
+                func.row_number()
+                .over(partition_by=by_key, order_by=key_versions.c.version.desc())
+                .label("newest_rank"),
+                func.count().over(partition_by=by_key).label("version_count"),
+            )
+            .where(mine)
+            .subquery()
+        )
         query = (
-            select(key_versions)
-            .where(key_versions.c.account == account, key_versions.c.key_id.in_(key_ids))
-            .order_by(key_versions.c.key_id, key_versions.c.version)
+            select(ranked)
+            .where(ranked.c.newest_rank <= newest)
+            .order_by(ranked.c.key_id, ranked.c.version)
         )
         with guarded_transaction(self._engine, self._serial, write=False) as c:
             rows = c.execute(query).mappings().all()
-        found: dict[str, list[KeyVersion]] = {key_id: [] for key_id in key_ids}
+        versions: dict[str, list[KeyVersion]] = {key_id: [] for key_id in key_ids}
+        totals: dict[str, int] = dict.fromkeys(key_ids, 0)
         for row in rows:
-            found[row["key_id"]].append(to_version(row))
-        return found
+            versions[row["key_id"]].append(to_version(row))
+            totals[row["key_id"]] = int(row["version_count"])
+        return {key_id: NewestVersions(versions[key_id], totals[key_id]) for key_id in key_ids}
+
+    def list_master_key_versions(
+        self, key: KeyName, page_size: int, page_token: str
+    ) -> Page[KeyVersion]:
+        size = clamp_page_size(page_size or MAX_PAGE_SIZE)
+        query = select(key_versions).where(
+            key_versions.c.account == key.account, key_versions.c.key_id == key.key
+        )
+        if page_token:
+            query = query.where(key_versions.c.version < decode_version_token(page_token))
+        # One row beyond the page says whether another page follows, without a COUNT.
+        query = query.order_by(key_versions.c.version.desc()).limit(size + 1)
+        with guarded_transaction(self._engine, self._serial, write=False) as c:
+            rows = c.execute(query).mappings().all()
+        items = [to_version(row) for row in rows[:size]]
+        return keyset_page(items, len(rows) > size, lambda version: version.number)
 
     def update_bucket(self, bucket: Bucket) -> Bucket:
         values = {
