@@ -121,6 +121,18 @@ def test_master_key_versions_of_a_page(stores: Stores) -> None:
     assert stores.buckets.master_key_versions(ACCOUNT, [], 3) == {}
 
 
+def test_newest_master_key_versions_of_a_page_of_a_thousand_buckets(stores: Stores) -> None:
+    """The largest page ListBuckets reads the versions of, each bucket with more versions
+    than are shown: every one read by its own bound."""
+    masters = [new_bucket(stores, f"b{n:04d}")[1] for n in range(1000)]
+    stores.metadata.add_version(masters[7], make_version(masters[7], 2))
+    newest = stores.buckets.master_key_versions(ACCOUNT, [m.name.key for m in masters], 1)
+    shown = {key_id: ([v.number for v in n.versions], n.total) for key_id, n in newest.items()}
+    expected = {m.name.key: ([1], 1) for m in masters}
+    expected[masters[7].name.key] = ([2], 2)
+    assert shown == expected
+
+
 def test_master_key_versions_are_listed_newest_first_in_pages(stores: Stores) -> None:
     _, master = new_bucket(stores, "one")
     new_bucket(stores, "two")

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import ColumnElement, Engine, RowMapping, and_, func, insert, select, update
+from sqlalchemy import ColumnElement, Engine, RowMapping, and_, func, insert, or_, select, update
 
 from vault.domain.buckets import (
     MASTER_KEY_STATES,
@@ -33,6 +33,8 @@ from vault.storage.tables import buckets, key_versions, keys
 from vault.storage.transactions import aware, guarded_transaction, new_serial_lock
 
 _MICROSECOND = timedelta(microseconds=1)
+# Keys whose newest versions one query reads by their own bounds.
+_OR_TERMS = 100
 _JOINED = buckets.join(
     keys, and_(keys.c.account == buckets.c.account, keys.c.key_id == buckets.c.master_key_id)
 )
@@ -98,33 +100,52 @@ class SqlBucketStore:
     ) -> dict[str, NewestVersions]:
         if not key_ids:
             return {}
-        # Each key's versions numbered from its newest, and counted, by window functions
-        # (SQLite 3.25+ and PostgreSQL): only the newest of them leave the database.
-        mine = and_(key_versions.c.account == account, key_versions.c.key_id.in_(key_ids))
-        by_key = key_versions.c.key_id
-        ranked = (
-            select(
-                key_versions,
-                func.row_number()
-                .over(partition_by=by_key, order_by=key_versions.c.version.desc())
-                .label("newest_rank"),
-                func.count().over(partition_by=by_key).label("version_count"),
-            )
-            .where(mine)
-            .subquery()
-        )
-        query = (
-            select(ranked)
-            .where(ranked.c.newest_rank <= newest)
-            .order_by(ranked.c.key_id, ranked.c.version)
-        )
-        with guarded_transaction(self._engine, self._serial, write=False) as c:
-            rows = c.execute(query).mappings().all()
-        versions: dict[str, list[KeyVersion]] = {key_id: [] for key_id in key_ids}
+        # First, per key (from its one keys row), how many versions it has and the number of
+        # its newest-th newest, each a search of the versions' primary-key index; then only
+        # the rows from that number on. (Window functions, or the two in one query, had the
+        # database number or count every version once per row returned.)
+        older = key_versions.alias("older")
+        of_key = and_(older.c.account == keys.c.account, older.c.key_id == keys.c.key_id)
+        bounds = select(
+            keys.c.key_id,
+            select(func.count()).where(of_key).scalar_subquery(),
+            select(older.c.version)
+            .where(of_key)
+            .order_by(older.c.version.desc())
+            .limit(1)
+            .offset(newest - 1)
+            .scalar_subquery(),
+        ).where(keys.c.account == account, keys.c.key_id.in_(key_ids))
         totals: dict[str, int] = dict.fromkeys(key_ids, 0)
-        for row in rows:
-            versions[row["key_id"]].append(to_version(row))
-            totals[row["key_id"]] = int(row["version_count"])
+        versions: dict[str, list[KeyVersion]] = {key_id: [] for key_id in key_ids}
+        with guarded_transaction(self._engine, self._serial, write=False) as c:
+            every: list[str] = []
+            newest_of: list[ColumnElement[bool]] = []
+            for key_id, total, oldest_shown in c.execute(bounds).all():
+                totals[key_id] = int(total)
+                if oldest_shown is None:
+                    every.append(key_id)
+                else:
+                    # Each term whole, so that each is a range of the primary-key index.
+                    newest_of.append(
+                        and_(
+                            key_versions.c.account == account,
+                            key_versions.c.key_id == key_id,
+                            key_versions.c.version >= oldest_shown,
+                        )
+                    )
+            mine = and_(key_versions.c.account == account, key_versions.c.key_id.in_(every))
+            wanted = [mine] if every else []
+            # SQLite parses a chain of ORs as a tree as deep as it is long (at most 1,000).
+            wanted += [
+                or_(*newest_of[i : i + _OR_TERMS]) for i in range(0, len(newest_of), _OR_TERMS)
+            ]
+            for clause in wanted:
+                query = select(key_versions).where(clause)
+                for row in c.execute(query).mappings().all():
+                    versions[row["key_id"]].append(to_version(row))
+        for found in versions.values():
+            found.sort(key=lambda version: version.number)
         return {key_id: NewestVersions(versions[key_id], totals[key_id]) for key_id in key_ids}
 
     def list_master_key_versions(
