@@ -393,7 +393,7 @@ class BucketStore(Protocol):
         self, account: str, key_ids: Sequence[str], newest: int
     ) -> dict[str, NewestVersions]:
         """The newest versions (at most newest, oldest first) and the number of versions of
-        each of these keys of account (one query for a page of buckets)."""
+        each of these keys of account (read together for a page of buckets)."""
         ...
 
     def list_master_key_versions(

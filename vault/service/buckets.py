@@ -137,7 +137,7 @@ class BucketManagement:
         return view
 
     def _views(self, account: str, pairs: Sequence[tuple[Bucket, Key]]) -> list[BucketView]:
-        """Views of these buckets of account, their versions read in one query."""
+        """Views of these buckets of account, the versions of all of them read together."""
         newest = self._buckets.master_key_versions(
             account, [key.name.key for _, key in pairs], BUCKET_VERSIONS_SHOWN
         )
@@ -145,8 +145,8 @@ class BucketManagement:
         for bucket, key in pairs:
             found = newest[key.name.key]
             versions = found.versions
-            # Rotation makes the newest version primary, so this read is for a primary that
-            # is not (a rotation still pending, say): a Bucket always shows its primary.
+            # Rotation makes the newest version primary; should the primary ever be older
+            # than the newest shown, it is read on its own: a Bucket always shows it.
             if all(version.number != key.primary_version for version in versions):
                 primary = self._store.get_version(key.name.version(key.primary_version))
                 if primary is not None:
