@@ -79,6 +79,10 @@ def granted(tenants: Tenants, admin: VaultClient, grants: list[tuple[str, str]])
 # Each call on A's bucket `photos`, with the level it needs.
 CALLS: Final[dict[str, tuple[str, Callable[[VaultClient, Tenants], Any]]]] = {
     "GetBucket": ("READ", lambda c, t: c.get_bucket(t.photos)),
+    "ListBucketMasterKeyVersions": (
+        "READ",
+        lambda c, t: list(c.iter_bucket_master_key_versions(t.photos)),
+    ),
     "DecryptBucketKey": ("READ", lambda c, t: c.decrypt_bucket_key(t.photos, t.wrapped_photos)),
     "GenerateBucketKey": (
         "READWRITE",
@@ -201,6 +205,35 @@ def test_another_account_cannot_tell_existing_missing_and_malformed_buckets_apar
     expect_error(
         grpc.StatusCode.NOT_FOUND, "NOT_FOUND", lambda: as_b.get_bucket(f"{tenants.b}/buckets/x")
     )
+
+
+def test_listing_master_key_versions_is_authorised_before_the_request_is_validated(
+    tenants: Tenants, client: VaultClient, as_b: VaultClient
+) -> None:
+    """ListBucketMasterKeyVersions needs READ on the bucket, as GetBucket does, and a caller
+    without it is refused before its page size, token or bucket name are looked at."""
+
+    def bad_requests(caller: VaultClient, name: str) -> list[Callable[[], object]]:
+        return [
+            lambda: caller.list_bucket_master_key_versions(name, page_token="bogus!"),
+            lambda: caller.list_bucket_master_key_versions(name, page_size=-1),
+        ]
+
+    with granted(tenants, client, [("buckets/logs", "FULL")]) as other_bucket:
+        assert_identical(
+            [expect_denied(call) for call in bad_requests(other_bucket, tenants.photos)]
+        )
+    names = [
+        tenants.photos,
+        f"{tenants.a}/buckets/never-created",
+        f"{tenants.a}/buckets/{MALFORMED_BUCKET_ID}",
+    ]
+    assert_identical([expect_denied(call) for name in names for call in bad_requests(as_b, name)])
+    with granted(tenants, client, [("buckets/photos", "READ")]) as reader:
+        for call in bad_requests(reader, tenants.photos):
+            expect_error(grpc.StatusCode.INVALID_ARGUMENT, "INVALID_ARGUMENT", call)
+        listed = reader.list_bucket_master_key_versions(tenants.photos)
+        assert listed.master_key_versions[-1].name == f"{tenants.photos}/masterKeyVersions/1"
 
 
 def test_every_bucket_call_is_audited(tenants: Tenants, client: VaultClient) -> None:

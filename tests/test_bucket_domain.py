@@ -117,7 +117,13 @@ def test_every_bucket_service_method_has_a_level_and_changes_are_audited_first()
     methods -= batches
     assert methods == set(BUCKET_METHODS)
     assert methods <= set(REQUIRED_LEVEL)
-    reads = {"GetBucket", "ListBuckets", "GenerateBucketKey", "DecryptBucketKey"}
+    reads = {
+        "GetBucket",
+        "ListBuckets",
+        "ListBucketMasterKeyVersions",
+        "GenerateBucketKey",
+        "DecryptBucketKey",
+    }
     assert {m for m in methods if m in MUTATING_METHODS} == methods - reads
 
 

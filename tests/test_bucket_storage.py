@@ -12,7 +12,7 @@ import pytest
 
 from tests.test_storage import T0, make_key, make_version
 from vault.domain.buckets import Bucket, BucketFilter, BucketPolicy, BucketState
-from vault.domain.errors import AlreadyExists, Conflict
+from vault.domain.errors import AlreadyExists, Conflict, InvalidArgument
 from vault.domain.models import Key, KeyState
 from vault.domain.names import BucketName
 from vault.storage import Stores, open_stores
@@ -105,8 +105,54 @@ def test_an_update_needs_the_current_etag(stores: Stores) -> None:
 def test_master_key_versions_of_a_page(stores: Stores) -> None:
     _, first = new_bucket(stores, "one")
     _, second = new_bucket(stores, "two")
-    stores.metadata.add_version(first, make_version(first, 2))
-    versions = stores.buckets.master_key_versions(ACCOUNT, [first.name.key, second.name.key])
-    assert [v.name.version for v in versions[first.name.key]] == [1, 2]
-    assert [v.name.version for v in versions[second.name.key]] == [1]
-    assert stores.buckets.master_key_versions(ACCOUNT, []) == {}
+    _, third = new_bucket(stores, "three")
+    for number in range(2, 8):
+        first = stores.metadata.add_version(first, make_version(first, number))
+    stores.metadata.add_version(second, make_version(second, 2))
+    ids = [first.name.key, second.name.key, third.name.key]
+    newest = stores.buckets.master_key_versions(ACCOUNT, ids, 3)
+    assert [v.name.version for v in newest[first.name.key].versions] == [5, 6, 7]
+    assert newest[first.name.key].total == 7
+    assert newest[first.name.key].versions[-1] == stores.metadata.get_version(first.name.version(7))
+    assert [v.name.version for v in newest[second.name.key].versions] == [1, 2]
+    assert newest[second.name.key].total == 2
+    assert [v.name.version for v in newest[third.name.key].versions] == [1]
+    assert newest[third.name.key].total == 1
+    assert stores.buckets.master_key_versions(ACCOUNT, [], 3) == {}
+
+
+def test_newest_master_key_versions_of_a_page_of_a_thousand_buckets(stores: Stores) -> None:
+    """The largest page ListBuckets reads the versions of, each bucket with more versions
+    than are shown: every one read by its own bound."""
+    masters = [new_bucket(stores, f"b{n:04d}")[1] for n in range(1000)]
+    stores.metadata.add_version(masters[7], make_version(masters[7], 2))
+    newest = stores.buckets.master_key_versions(ACCOUNT, [m.name.key for m in masters], 1)
+    shown = {key_id: ([v.number for v in n.versions], n.total) for key_id, n in newest.items()}
+    expected = {m.name.key: ([1], 1) for m in masters}
+    expected[masters[7].name.key] = ([2], 2)
+    assert shown == expected
+
+
+def test_master_key_versions_are_listed_newest_first_in_pages(stores: Stores) -> None:
+    _, master = new_bucket(stores, "one")
+    new_bucket(stores, "two")
+    for number in range(2, 8):
+        master = stores.metadata.add_version(master, make_version(master, number))
+    everything = stores.buckets.list_master_key_versions(master.name, 0, "")
+    assert [v.number for v in everything.items] == [7, 6, 5, 4, 3, 2, 1]
+    assert everything.next_page_token == ""
+    pages: list[list[int]] = []
+    token = ""
+    while True:
+        page = stores.buckets.list_master_key_versions(master.name, 3, token)
+        pages.append([v.number for v in page.items])
+        token = page.next_page_token
+        if not token:
+            break
+    assert pages == [[7, 6, 5], [4, 3, 2], [1]]
+    assert everything.token_after is not None
+    resumed = stores.buckets.list_master_key_versions(master.name, 2, everything.token_after(1))
+    assert [v.number for v in resumed.items] == [5, 4]
+    for bad in ("!!!", "a2V5", "LTE"):  # not base64; "key"; "-1"
+        with pytest.raises(InvalidArgument):
+            stores.buckets.list_master_key_versions(master.name, 3, bad)

@@ -14,6 +14,8 @@ from tests.support.api_calls import new_account, new_id
 from tests.support.harness import ROOT
 from tests.test_cli import assert_one_line_error, json_of, mode, ok, vaultctl, write
 from tests.test_cli import target as target  # fixture: the server, credentials for vaultctl
+from vault.client import VaultClient
+from vault.domain.buckets import BUCKET_VERSIONS_SHOWN
 
 MIB = 1 << 20
 README = (ROOT / "README.md").read_text()
@@ -115,6 +117,7 @@ def test_buckets_rotate_disable_and_bucket_key(target: str, tmp_path: Path) -> N
     version = f"{name}/masterKeyVersions/1"
     disabled = json_of(vaultctl(target, "buckets", "disable-version", version, json_output=True))
     assert [v["state"] for v in disabled["master_key_versions"]] == ["DISABLED", "ENABLED"]
+    assert disabled["master_key_version_count"] == 2
     refused = vaultctl(
         target, "buckets", "bucket-key", name, "--wrapped-in", str(wrapped_file),
         "--plaintext-out", str(tmp_path / "refused.bin"),
@@ -126,6 +129,35 @@ def test_buckets_rotate_disable_and_bucket_key(target: str, tmp_path: Path) -> N
     # The key itself is never printed.
     never = vaultctl(target, "buckets", "bucket-key", name, "--plaintext-out", "-")
     assert never.exit_code == 2
+
+
+def test_buckets_versions_follows_pages_past_what_get_shows(
+    target: str, client: VaultClient
+) -> None:
+    """`buckets get` shows the newest 100 master-key versions and how many there are;
+    `buckets versions` lists every one, newest first, following the server's pages."""
+    name = str(new_bucket(target)["name"])
+    rotations = BUCKET_VERSIONS_SHOWN + 5
+    for _ in range(rotations):
+        client.rotate_bucket_master_key(name)
+    total = rotations + 1
+    record = json_of(vaultctl(target, "buckets", "get", name, json_output=True))
+    assert record["master_key_version_count"] == total
+    assert [v["number"] for v in record["master_key_versions"]] == list(
+        range(total - BUCKET_VERSIONS_SHOWN + 1, total + 1)
+    )
+    shown = ok(vaultctl(target, "buckets", "get", name)).stdout
+    assert f"{total} (newest {BUCKET_VERSIONS_SHOWN}: " in shown
+    listed = json_of(vaultctl(target, "buckets", "versions", name, json_output=True))
+    assert [v["number"] for v in listed["master_key_versions"]] == list(range(total, 0, -1))
+    assert {v["state"] for v in listed["master_key_versions"]} == {"ENABLED"}
+    limited = json_of(
+        vaultctl(target, "buckets", "versions", name, "--limit", "3", json_output=True)
+    )
+    assert [v["number"] for v in limited["master_key_versions"]] == [total, total - 1, total - 2]
+    table = ok(vaultctl(target, "buckets", "versions", name)).stdout
+    assert "master-key versions of" in table
+    assert all(re.search(rf"^\s*{n}\s+ENABLED", table, re.M) for n in (1, total))
 
 
 def test_buckets_delete_and_cancel(target: str) -> None:
@@ -202,7 +234,7 @@ def test_readme_bucket_examples_run(target: str, tmp_path: Path, monkeypatch: An
         for command in re.split(r"\n(?!\s)", examples.replace("\\\n", " "))
         if command.startswith(("vaultctl buckets", "vaultctl object"))
     ]
-    assert len(commands) == 7, commands
+    assert len(commands) == 8, commands
     account = new_account().removeprefix("accounts/")
     monkeypatch.chdir(tmp_path)
     write(tmp_path / "cat.jpg", os.urandom(100_000))
@@ -235,7 +267,7 @@ def test_help_examples_run(target: str, tmp_path: Path, monkeypatch: Any) -> Non
                 (tmp_path / "cat.jpg").unlink()
             ok(vaultctl(target, *args[1:]))
             ran += 1
-    assert ran == 10
+    assert ran == 11
     assert (tmp_path / "cat.jpg").read_bytes() == original
     assert len((tmp_path / "key.bin").read_bytes()) == 32
 

@@ -14,13 +14,13 @@ import pytest
 from cryptography.hazmat.primitives import hashes, hmac, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 
-from tests.support.api_calls import expect_error, new_id
+from tests.support.api_calls import every_page, expect_error, new_id
 from tests.support.harness import VaultServer
 from tests.support.security_helpers import add_access_key, new_account
 from vault.client import VaultClient
 from vault.client.key_import import ImportMaterial, import_material, wrap_for_import
 from vault.domain.algorithms import Algorithm
-from vault.gen.vault.v1 import resources_pb2
+from vault.gen.vault.v1 import key_service_pb2, key_service_pb2_grpc, resources_pb2
 
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
 PRECONDITION = grpc.StatusCode.FAILED_PRECONDITION
@@ -99,6 +99,38 @@ def test_import_jobs_are_listed_newest_first_and_belong_to_one_key(
         lambda: client.get_import_job(f"{key}/importJobs/jmissing"),
     )
     expect_error(INVALID, "MALFORMED_NAME", lambda: client.get_import_job(f"{key}/importJobs/"))
+
+
+def test_import_jobs_are_listed_in_pages_of_the_size_asked(
+    client: VaultClient, account: str, server: VaultServer
+) -> None:
+    """ListImportJobs answered every job in one page and refused page tokens; it now pages
+    by page_size, newest first, and refuses a token it did not make."""
+    key = _key(client, account, "MAC")
+    made = [client.create_import_job(key).name for _ in range(5)]
+    with server.channel() as channel:
+        stub = key_service_pb2_grpc.KeyServiceStub(channel)
+
+        def listing(page_size: int, page_token: str) -> key_service_pb2.ListImportJobsResponse:
+            request = key_service_pb2.ListImportJobsRequest(
+                parent=key, page_size=page_size, page_token=page_token
+            )
+            return stub.ListImportJobs(request, timeout=30)
+
+        pages = every_page(lambda token: listing(2, token))
+        assert [len(page.import_jobs) for page in pages] == [2, 2, 1]
+        listed = [job.name for page in pages for job in page.import_jobs]
+        assert listed == list(reversed(made))
+        whole = listing(0, "")
+        assert [job.name for job in whole.import_jobs] == listed and not whole.next_page_token
+        for token in ("bogus!", "bm90IGEgam9i"):
+            with pytest.raises(grpc.RpcError) as caught:
+                listing(2, token)
+            assert caught.value.code() == INVALID
+        with pytest.raises(grpc.RpcError) as negative:
+            listing(-1, "")
+        assert negative.value.code() == INVALID
+    assert [job.name for job in client.list_import_jobs(key)] == listed
 
 
 def _import_objects(keystore: Any) -> list[Any]:

@@ -44,7 +44,7 @@ BUCKET_METHODS = {
     "CreateBucket", "GetBucket", "ListBuckets", "UpdateBucket", "DeleteBucket",
     "CancelBucketDeletion", "RotateBucketMasterKey", "DisableBucketMasterKeyVersion",
     "EnableBucketMasterKeyVersion", "GenerateBucketKey", "DecryptBucketKey",
-    "BatchDecryptBucketKey",
+    "BatchDecryptBucketKey", "ListBucketMasterKeyVersions",
 }  # fmt: skip
 
 

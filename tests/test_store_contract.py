@@ -255,8 +255,18 @@ def test_buckets_are_made_with_their_master_key_and_listed_in_pages(stores: Stor
     first = stores.buckets.list_buckets("acme", BucketFilter(), 2, "")
     second = stores.buckets.list_buckets("acme", BucketFilter(), 2, first.next_page_token)
     assert [b.name.bucket for b, _ in first.items + second.items] == ["a", "b", "c"]
-    versions = stores.buckets.master_key_versions("acme", ["~a", "~b"])
-    assert {k: [v.number for v in vs] for k, vs in versions.items()} == {"~a": [1], "~b": [1]}
+    master = found[1]
+    for number in range(2, 6):
+        master = stores.metadata.add_version(master, version(master, number))
+    newest = stores.buckets.master_key_versions("acme", ["~a", "~b"], 3)
+    assert {k: ([v.number for v in n.versions], n.total) for k, n in newest.items()} == {
+        "~a": ([3, 4, 5], 5),
+        "~b": ([1], 1),
+    }
+    page = stores.buckets.list_master_key_versions(master.name, 2, "")
+    assert [v.number for v in page.items] == [5, 4]
+    rest = stores.buckets.list_master_key_versions(master.name, 0, page.next_page_token)
+    assert [v.number for v in rest.items] == [3, 2, 1] and rest.next_page_token == ""
 
 
 def test_a_stale_bucket_update_is_a_conflict(stores: Stores) -> None:

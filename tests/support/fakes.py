@@ -15,7 +15,7 @@ import secrets
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 from cryptography.exceptions import InvalidSignature, InvalidTag
@@ -37,7 +37,7 @@ from vault.domain.audit import (
     Checkpoint,
     chain,
 )
-from vault.domain.buckets import MASTER_KEY_STATES, Bucket, BucketFilter
+from vault.domain.buckets import MASTER_KEY_STATES, Bucket, BucketFilter, NewestVersions
 from vault.domain.ceremony import (
     CeremonyRefused,
     DocumentInvalid,
@@ -496,9 +496,24 @@ class FakeBucketStore:
         return page_of(matching, lambda pair: pair[0].name.bucket, page_size, page_token)
 
     def master_key_versions(
-        self, account: str, key_ids: Sequence[str]
-    ) -> dict[str, list[KeyVersion]]:
-        return {key_id: self.metadata.list_versions(KeyName(account, key_id)) for key_id in key_ids}
+        self, account: str, key_ids: Sequence[str], newest: int
+    ) -> dict[str, NewestVersions]:
+        found = {}
+        for key_id in key_ids:
+            versions = self.metadata.list_versions(KeyName(account, key_id))
+            found[key_id] = NewestVersions(versions[-newest:], len(versions))
+        return found
+
+    def list_master_key_versions(
+        self, key: KeyName, page_size: int, page_token: str
+    ) -> Page[KeyVersion]:
+        newest_first = self.metadata.list_versions(key)[::-1]
+        before = int(page_token) if page_token else None
+        size = max(1, min(MAX_PAGE_SIZE, page_size or MAX_PAGE_SIZE))
+        rest = [v for v in newest_first if before is None or v.number < before]
+        items = rest[:size]
+        token = str(items[-1].number) if len(rest) > size else ""
+        return Page(items, token, lambda i: str(items[i].number))
 
     def update_bucket(self, bucket: Bucket) -> Bucket:
         stored = self.buckets.get(bucket.name)
@@ -1121,12 +1136,16 @@ class FakeImportJobStore:
     def get_import_job(self, name: ImportJobName) -> ImportJob | None:
         return self.jobs.get(name)
 
-    def list_import_jobs(self, key: KeyName) -> list[ImportJob]:
-        mine = sorted(
-            (job for job in self.jobs.values() if job.name.key_name == key),
-            key=lambda job: job.name.job,
-        )
-        return sorted(mine, key=lambda job: job.create_time, reverse=True)
+    def list_import_jobs(self, key: KeyName, page_size: int, page_token: str) -> Page[ImportJob]:
+        def order(job: ImportJob) -> str:
+            # Newest first, ties by job id, as a string that sorts that way.
+            micros = (job.create_time - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(
+                microseconds=1
+            )
+            return f"{10**19 - micros:020d}:{job.name.job}"
+
+        mine = [job for job in self.jobs.values() if job.name.key_name == key]
+        return page_of(mine, order, page_size or MAX_PAGE_SIZE, page_token)
 
     def import_jobs_due(self, now: datetime) -> list[ImportJob]:
         due = []

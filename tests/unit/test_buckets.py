@@ -10,6 +10,7 @@ import pytest
 from tests.unit.world import ACCOUNT, World
 from vault.domain.algorithms import Algorithm
 from vault.domain.buckets import (
+    BUCKET_VERSIONS_SHOWN,
     BucketFilter,
     BucketPolicy,
     BucketState,
@@ -20,6 +21,8 @@ from vault.domain.errors import (
     AlreadyExists,
     DecryptionFailed,
     InvalidArgument,
+    MalformedName,
+    NotFound,
     UnsupportedAlgorithm,
     WrongState,
 )
@@ -172,6 +175,49 @@ def test_buckets_are_listed_a_page_at_a_time_with_their_versions(world: World) -
     assert [v.bucket.name.bucket for v in second.items] == ["c"]
     with pytest.raises(InvalidArgument):
         world.buckets.list_buckets(ACCOUNT, BucketFilter(), -1, "")
+
+
+def test_a_bucket_shows_its_newest_versions_and_counts_them_all(world: World) -> None:
+    world.buckets.create_bucket(ACCOUNT, "photos")
+    world.buckets.create_bucket(ACCOUNT, "logs")
+    rotations = BUCKET_VERSIONS_SHOWN + 4
+    for _ in range(rotations):
+        view = world.buckets.rotate_master_key(BUCKET)
+    newest = list(range(rotations + 2 - BUCKET_VERSIONS_SHOWN, rotations + 2))
+    assert [v.number for v in view.versions] == newest
+    assert view.version_count == rotations + 1
+    for shown in (
+        world.buckets.get_bucket(BUCKET),
+        *world.buckets.list_buckets(ACCOUNT, BucketFilter(), 0, "").items,
+    ):
+        if shown.bucket.name.bucket == "photos":
+            assert [v.number for v in shown.versions] == newest
+            assert shown.version_count == rotations + 1
+        else:
+            assert ([v.number for v in shown.versions], shown.version_count) == ([1], 1)
+
+
+def test_every_master_key_version_is_listed_newest_first_in_pages(world: World) -> None:
+    world.buckets.create_bucket(ACCOUNT, "photos")
+    for _ in range(6):
+        world.buckets.rotate_master_key(BUCKET)
+    numbers, token = [], ""
+    while True:
+        bucket, page = world.buckets.list_master_key_versions(BUCKET, 3, token)
+        assert bucket == BucketName(ACCOUNT, "photos")
+        numbers.append([v.number for v in page.items])
+        token = page.next_page_token
+        if not token:
+            break
+    assert numbers == [[7, 6, 5], [4, 3, 2], [1]]
+    _, everything = world.buckets.list_master_key_versions(BUCKET, 0, "")
+    assert [v.number for v in everything.items] == [7, 6, 5, 4, 3, 2, 1]
+    with pytest.raises(InvalidArgument):
+        world.buckets.list_master_key_versions(BUCKET, -1, "")
+    with pytest.raises(MalformedName):
+        world.buckets.list_master_key_versions(f"{BUCKET}/masterKeyVersions/1", 0, "")
+    with pytest.raises(NotFound):
+        world.buckets.list_master_key_versions(f"accounts/{ACCOUNT}/buckets/absent", 0, "")
 
 
 def test_labels_and_policy_are_updated(world: World) -> None:

@@ -119,14 +119,39 @@ def test_jobs_are_listed_newest_first_and_only_for_their_key(world: Vault) -> No
     world.clock.advance(minutes=1)
     second = world.imports.create_import_job(str(key.name), ImportMethod.RSA_OAEP_3072_SHA1_AES_256)
     world.imports.create_import_job(str(other.name), None)
-    assert [job.name for job in world.imports.list_import_jobs(str(key.name))] == [
+    assert [job.name for job in world.imports.list_import_jobs(str(key.name), 0, "").items] == [
         second.name,
         first.name,
     ]
     with pytest.raises(NotFound):
         world.imports.get_import_job(f"{key.name}/importJobs/jmissing")
     with pytest.raises(NotFound):
-        world.imports.list_import_jobs(f"accounts/{ACCOUNT}/keys/nokey")
+        world.imports.list_import_jobs(f"accounts/{ACCOUNT}/keys/nokey", 0, "")
+
+
+def test_jobs_are_listed_in_pages_of_the_size_asked(world: Vault) -> None:
+    key = _key(world, "k1", Algorithm.AES_256_GCM)
+    made = []
+    for n in range(5):
+        made.append(world.imports.create_import_job(str(key.name), None).name)
+        if n % 2:  # some jobs share a create time: their ids order them
+            world.clock.advance(minutes=1)
+    pages, token = [], ""
+    while True:
+        page = world.imports.list_import_jobs(str(key.name), 2, token)
+        pages.append([job.name for job in page.items])
+        token = page.next_page_token
+        if not token:
+            break
+    assert [len(page) for page in pages] == [2, 2, 1]
+    listed = [name for page in pages for name in page]
+    assert sorted(listed, key=str) == sorted(made, key=str)
+    everything = world.imports.list_import_jobs(str(key.name), 0, "")
+    assert [job.name for job in everything.items] == listed and not everything.next_page_token
+    times = [job.create_time for job in everything.items]
+    assert times == sorted(times, reverse=True)
+    with pytest.raises(InvalidArgument):
+        world.imports.list_import_jobs(str(key.name), -1, "")
 
 
 def test_no_job_for_a_disabled_token_resident_or_unimportable_key(world: Vault) -> None:

@@ -10,7 +10,7 @@ import pytest
 
 from tests.unit.test_key_listing import key
 from vault.domain.backup import ParsedBundle, Skipped, SkipReason
-from vault.domain.buckets import Bucket, BucketPolicy
+from vault.domain.buckets import BUCKET_VERSIONS_SHOWN, Bucket, BucketPolicy
 from vault.domain.models import KeyVersion, ListedKey, Page, VersionState
 from vault.domain.names import BucketName, KeyName
 from vault.gen.vault.v1 import backup_service_pb2, key_service_pb2, resources_pb2
@@ -30,6 +30,8 @@ from vault.transport.page_budget import (
 )
 
 LONGEST_ID = "a" * 63
+# The largest master-key version number a name may carry (MasterKeyVersionName).
+LARGEST_VERSION = 999_999_999
 MOST_LABELS = {f"l{i:02d}-{'x' * 59}": "v" * MAX_LABEL_VALUE for i in range(MAX_LABELS)}
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -76,8 +78,10 @@ def test_first_resumes_after_the_last_item_kept() -> None:
     assert Page(["a", "b"], "").first(1) == Page(["a", "b"], "")
 
 
-def test_the_largest_key_and_bucket_are_far_below_the_smallest_message() -> None:
-    """The comment in page_budget.py: a page cut by size still holds a whole item."""
+def test_the_largest_key_and_bucket_are_below_the_smallest_message() -> None:
+    """The comment in page_budget.py: a page cut by size still holds a whole item. A Bucket
+    shows at most the newest BUCKET_VERSIONS_SHOWN master-key versions and an older primary,
+    however often it was rotated."""
     name = KeyName(LONGEST_ID, LONGEST_ID)
     largest_key = key_to_proto(
         key(LONGEST_ID, name=name, labels=MOST_LABELS, description="d" * MAX_DESCRIPTION)
@@ -99,11 +103,14 @@ def test_the_largest_key_and_bucket_are_far_below_the_smallest_message() -> None
             token_label=None,
             destroy_time=T0,
         )
-        for number in (1, 2, 3)
+        for number in (1, *range(LARGEST_VERSION - BUCKET_VERSIONS_SHOWN + 1, LARGEST_VERSION + 1))
     ]
-    largest_bucket = bucket_to_proto(BucketView(bucket, key(LONGEST_ID, name=name), versions))
-    for message in (largest_key, largest_bucket):
-        assert 8_000 < message.ByteSize() < (SMALLEST_MAX_MESSAGE_BYTES - TOKEN_ROOM) // 4
+    assert len(versions) == BUCKET_VERSIONS_SHOWN + 1
+    master = key(LONGEST_ID, name=name, primary_version=1)
+    largest_bucket = bucket_to_proto(BucketView(bucket, master, versions, LARGEST_VERSION))
+    assert 8_000 < largest_key.ByteSize() < (SMALLEST_MAX_MESSAGE_BYTES - TOKEN_ROOM) // 4
+    assert largest_bucket.master_key_version_count == LARGEST_VERSION
+    assert 8_000 < largest_bucket.ByteSize() < (SMALLEST_MAX_MESSAGE_BYTES - TOKEN_ROOM) // 2
 
 
 @pytest.mark.parametrize("max_keys", [0, 1000])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC
+from itertools import islice
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -10,7 +11,15 @@ import click
 from vault.cli._context import CliState, json_option, pass_state
 from vault.cli._identity_common import duration
 from vault.cli._io import check_out, force_option, read_input, write_output
-from vault.cli._output import emit, format_time, note, print_fields, print_table, short_time
+from vault.cli._output import (
+    emit,
+    format_time,
+    limit_option,
+    note,
+    print_fields,
+    print_table,
+    short_time,
+)
 from vault.cli.keys import account_parent, parse_duration, parse_labels
 from vault.domain.buckets import BucketState
 
@@ -32,6 +41,7 @@ Examples:
   vaultctl buckets list acme --label team=media
   vaultctl buckets update accounts/acme/buckets/photos --max-objects 100000
   vaultctl buckets rotate accounts/acme/buckets/photos
+  vaultctl buckets versions accounts/acme/buckets/photos --limit 10
   vaultctl buckets disable-version accounts/acme/buckets/photos/masterKeyVersions/1
   vaultctl buckets bucket-key accounts/acme/buckets/photos --plaintext-out key.bin
   vaultctl buckets delete accounts/acme/buckets/photos --waiting-period 30d
@@ -59,6 +69,18 @@ def _number(name: str) -> int | None:
     return int(number) if number.isdigit() else None
 
 
+def master_key_version_record(version: resources_pb2.BucketMasterKeyVersion) -> dict[str, Any]:
+    from vault.gen.vault.v1 import resources_pb2
+
+    return {
+        "name": version.name,
+        "number": _number(version.name),
+        "state": resources_pb2.VersionState.Name(version.state).removeprefix("VERSION_STATE_"),
+        "create_time": _time(version, "create_time"),
+        "destroy_time": _time(version, "destroy_time"),
+    }
+
+
 def bucket_record(bucket: resources_pb2.Bucket) -> dict[str, Any]:
     from vault.gen.vault.v1 import resources_pb2
 
@@ -74,17 +96,11 @@ def bucket_record(bucket: resources_pb2.Bucket) -> dict[str, Any]:
         },
         "primary_master_key_version": bucket.primary_master_key_version,
         "master_key_versions": [
-            {
-                "name": version.name,
-                "number": _number(version.name),
-                "state": resources_pb2.VersionState.Name(version.state).removeprefix(
-                    "VERSION_STATE_"
-                ),
-                "create_time": _time(version, "create_time"),
-                "destroy_time": _time(version, "destroy_time"),
-            }
-            for version in bucket.master_key_versions
+            master_key_version_record(version) for version in bucket.master_key_versions
         ],
+        # A server older than the count listed every version.
+        "master_key_version_count": bucket.master_key_version_count
+        or len(bucket.master_key_versions),
         "create_time": _time(bucket, "create_time"),
         "update_time": _time(bucket, "update_time"),
         "delete_time": _time(bucket, "delete_time"),
@@ -102,9 +118,12 @@ def _show_bucket(state: CliState, bucket: resources_pb2.Bucket, done: str = "") 
         if done:
             note(done)
         policy = record["policy"]
-        versions = ", ".join(
-            f"{version['number']} {version['state']}" for version in record["master_key_versions"]
-        )
+        shown = record["master_key_versions"]
+        versions = ", ".join(f"{version['number']} {version['state']}" for version in shown)
+        count = record["master_key_version_count"]
+        if count > len(shown):
+            versions = f"newest {len(shown)}: {versions}; `buckets versions` lists all"
+        versions = f"{count} ({versions})"
         fields: list[tuple[str, Any]] = [
             ("name", record["name"]),
             ("state", record["state"]),
@@ -408,6 +427,37 @@ def enable_version(state: CliState, version: str) -> None:
     """Enable master-key VERSION again."""
     bucket = state.client().enable_bucket_master_key_version(version)
     _show_bucket(state, bucket, f"enabled {version}")
+
+
+@buckets_group.command("versions")
+@click.argument("name")
+@limit_option("versions", pages=False)
+@json_option
+@pass_state
+def versions(state: CliState, name: str, limit: int | None) -> None:
+    """List every master-key version of bucket NAME, newest first.
+
+    `get` shows only the newest 100; this follows the server's pages through all of them.
+    """
+    found = state.client().iter_bucket_master_key_versions(name)
+    records = [master_key_version_record(version) for version in islice(found, limit)]
+
+    def human() -> None:
+        print_table(
+            ["VERSION", "STATE", "CREATED", "DESTROYED"],
+            [
+                [
+                    record["number"],
+                    record["state"],
+                    short_time(record["create_time"]),
+                    short_time(record["destroy_time"]),
+                ]
+                for record in records
+            ],
+            title=f"master-key versions of {name}",
+        )
+
+    emit(state, {"master_key_versions": records}, human)
 
 
 @buckets_group.command("bucket-key")

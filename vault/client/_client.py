@@ -1207,6 +1207,27 @@ class VaultClient:
         request = bucket_service_pb2.EnableBucketMasterKeyVersionRequest(name=name)
         return self._call(self._buckets.EnableBucketMasterKeyVersion, request)
 
+    def list_bucket_master_key_versions(
+        self, name: str, *, page_size: int = 0, page_token: str = ""
+    ) -> bucket_service_pb2.ListBucketMasterKeyVersionsResponse:
+        """One page of bucket name's master-key versions, newest first."""
+        request = bucket_service_pb2.ListBucketMasterKeyVersionsRequest(
+            parent=name, page_size=page_size, page_token=page_token
+        )
+        return self._call(self._buckets.ListBucketMasterKeyVersions, request)
+
+    def iter_bucket_master_key_versions(
+        self, name: str, *, page_size: int = 0
+    ) -> Iterator[resources_pb2.BucketMasterKeyVersion]:
+        """Every master-key version of bucket name, newest first, fetching pages as needed
+        (a Bucket shows only the newest 100)."""
+        return _paged(
+            lambda token: self.list_bucket_master_key_versions(
+                name, page_size=page_size, page_token=token
+            ),
+            lambda page: page.master_key_versions,
+        )
+
     def generate_bucket_key(self, bucket: str) -> GeneratedBucketKey:
         """A fresh bucket key of bucket (BucketKeySource): its 32 bytes, the same wrapped under
         the primary master-key version, and the bucket's policy."""

@@ -15,7 +15,7 @@ from typing import Final
 
 from vault.domain.envelope import NONCE_SIZE, TAG_SIZE
 from vault.domain.errors import DecryptionFailed, InvalidArgument
-from vault.domain.models import KeyState
+from vault.domain.models import KeyState, KeyVersion
 from vault.domain.names import BucketName
 
 BUCKET_KEY_SIZE: Final = 32
@@ -24,6 +24,10 @@ MIN_KEY_LIFETIME: Final = timedelta(seconds=1)
 MAX_KEY_LIFETIME: Final = timedelta(days=1)
 # Far beyond any real object count or size, and within a signed 64-bit integer.
 MAX_POLICY_LIMIT: Final = 2**62
+# The newest master-key versions a Bucket message carries (with the primary, should it be
+# older): each takes up to about 200 bytes, so a bucket rotated for years would otherwise
+# outgrow one gRPC message. ListBucketMasterKeyVersions pages through all of them.
+BUCKET_VERSIONS_SHOWN: Final = 100
 
 
 class BucketState(StrEnum):
@@ -85,6 +89,14 @@ class Bucket:
     request_id: str = ""
     # Optimistic concurrency, as for keys.
     etag: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class NewestVersions:
+    """A master key's newest versions, up to a bound, oldest first; and how many it has."""
+
+    versions: list[KeyVersion]
+    total: int
 
 
 @dataclass(frozen=True, slots=True)

@@ -110,6 +110,7 @@ REQUIRED_LEVEL: Final[dict[str, AccessLevel]] = {
     "RotateBucketMasterKey": AccessLevel.FULL,
     "DisableBucketMasterKeyVersion": AccessLevel.FULL,
     "EnableBucketMasterKeyVersion": AccessLevel.FULL,
+    "ListBucketMasterKeyVersions": AccessLevel.READ,
 }
 # Methods a scope for the other also covers: one feed, fetched in one message or streamed, so
 # an API key scoped to GetRevocationFeed before the stream existed keeps working with the
@@ -133,6 +134,7 @@ BUCKET_METHODS: Final = frozenset(
         "RotateBucketMasterKey",
         "DisableBucketMasterKeyVersion",
         "EnableBucketMasterKeyVersion",
+        "ListBucketMasterKeyVersions",
     }
 )
 # Services only the admin role may call.

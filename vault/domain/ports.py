@@ -13,7 +13,7 @@ from typing import NamedTuple, Protocol
 from vault.domain.algorithms import Algorithm
 from vault.domain.audit import ArchiveMarker, AuditEvent, AuditRecord, Checkpoint
 from vault.domain.backup import ExportRecord, Selection, Tombstone
-from vault.domain.buckets import Bucket, BucketFilter
+from vault.domain.buckets import Bucket, BucketFilter, NewestVersions
 from vault.domain.ceremony import RootInfo, TokenIdentity, TransportKey, WrappedRoot
 from vault.domain.errors import VaultError
 from vault.domain.identity import AccessKey, Account, ApiKey, UsageCount
@@ -193,8 +193,9 @@ class ImportJobStore(Protocol):
 
     def get_import_job(self, name: ImportJobName) -> ImportJob | None: ...
 
-    def list_import_jobs(self, key: KeyName) -> list[ImportJob]:
-        """The key's jobs, newest first."""
+    def list_import_jobs(self, key: KeyName, page_size: int, page_token: str) -> Page[ImportJob]:
+        """The key's jobs, newest first (ties by job id), after page_token's; page_size 0:
+        up to 1,000."""
         ...
 
     def import_jobs_due(self, now: datetime) -> list[ImportJob]:
@@ -396,10 +397,16 @@ class BucketStore(Protocol):
     ) -> Page[tuple[Bucket, Key]]: ...
 
     def master_key_versions(
-        self, account: str, key_ids: Sequence[str]
-    ) -> dict[str, list[KeyVersion]]:
-        """The versions, oldest first, of each of these keys of account (one query for a
-        page of buckets)."""
+        self, account: str, key_ids: Sequence[str], newest: int
+    ) -> dict[str, NewestVersions]:
+        """The newest versions (at most newest, oldest first) and the number of versions of
+        each of these keys of account (read together for a page of buckets)."""
+        ...
+
+    def list_master_key_versions(
+        self, key: KeyName, page_size: int, page_token: str
+    ) -> Page[KeyVersion]:
+        """key's versions newest first, after page_token's; page_size 0: up to 1,000."""
         ...
 
     def update_bucket(self, bucket: Bucket) -> Bucket:

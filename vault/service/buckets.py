@@ -19,6 +19,7 @@ from datetime import timedelta
 from vault.domain.algorithms import Algorithm, Purpose
 from vault.domain.buckets import (
     BUCKET_KEY_SIZE,
+    BUCKET_VERSIONS_SHOWN,
     Bucket,
     BucketFilter,
     BucketPolicy,
@@ -57,11 +58,13 @@ MAX_WRAPPED_KEY_BYTES = 1024
 
 @dataclass(frozen=True, slots=True)
 class BucketView:
-    """A bucket with its master key and the key's versions, as the API shows it."""
+    """A bucket with its master key, as the API shows it: the key's newest versions (and its
+    primary, should it be older), oldest first, and how many versions it has in all."""
 
     bucket: Bucket
     master_key: Key
     versions: list[KeyVersion]
+    version_count: int
 
     @property
     def state(self) -> BucketState:
@@ -110,11 +113,18 @@ class BucketManagement:
         if value is not None and len(value) > MAX_LABEL_VALUE:
             raise InvalidArgument(f"label values are limited to {MAX_LABEL_VALUE} characters")
         page = self._buckets.list_buckets(account, bucket_filter, page_size, page_token)
-        versions = self._buckets.master_key_versions(
-            account, [key.name.key for _, key in page.items]
-        )
-        views = [BucketView(bucket, key, versions[key.name.key]) for bucket, key in page.items]
-        return Page(views, page.next_page_token, page.token_after)
+        return Page(self._views(account, page.items), page.next_page_token, page.token_after)
+
+    def list_master_key_versions(
+        self, name: str, page_size: int, page_token: str
+    ) -> tuple[BucketName, Page[KeyVersion]]:
+        """The bucket and a page of its master-key versions, newest first; page_size 0: up
+        to 1,000."""
+        bucket_name = BucketName.parse(name)
+        if page_size < 0:
+            raise InvalidArgument("page_size must not be negative", metadata={"field": "page_size"})
+        _, key = self._load(bucket_name)
+        return bucket_name, self._buckets.list_master_key_versions(key.name, page_size, page_token)
 
     def _load(self, name: BucketName) -> tuple[Bucket, Key]:
         found = self._buckets.get_bucket(name)
@@ -123,7 +133,26 @@ class BucketManagement:
         return found
 
     def _view(self, bucket: Bucket, key: Key) -> BucketView:
-        return BucketView(bucket, key, self._store.list_versions(key.name))
+        (view,) = self._views(bucket.name.account, [(bucket, key)])
+        return view
+
+    def _views(self, account: str, pairs: Sequence[tuple[Bucket, Key]]) -> list[BucketView]:
+        """Views of these buckets of account, the versions of all of them read together."""
+        newest = self._buckets.master_key_versions(
+            account, [key.name.key for _, key in pairs], BUCKET_VERSIONS_SHOWN
+        )
+        views = []
+        for bucket, key in pairs:
+            found = newest[key.name.key]
+            versions = found.versions
+            # Rotation makes the newest version primary; should the primary ever be older
+            # than the newest shown, it is read on its own: a Bucket always shows it.
+            if all(version.number != key.primary_version for version in versions):
+                primary = self._store.get_version(key.name.version(key.primary_version))
+                if primary is not None:
+                    versions = sorted([primary, *versions], key=lambda version: version.number)
+            views.append(BucketView(bucket, key, versions, found.total))
+        return views
 
     # -- create and update -----------------------------------------------------------------
 

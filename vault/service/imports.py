@@ -19,7 +19,7 @@ from vault.domain.imports import (
     ImportJobState,
     ImportMethod,
 )
-from vault.domain.models import Key, KeyState, KeyVersion
+from vault.domain.models import Key, KeyState, KeyVersion, Page
 from vault.domain.names import KeyName
 from vault.domain.ports import ImportJobStore, KeyStore
 from vault.service.keys import KeyManagement, utc_now
@@ -78,9 +78,12 @@ class KeyImports:
             raise NotFound("import job not found", metadata={"name": str(job_name)})
         return job
 
-    def list_import_jobs(self, parent: str) -> list[ImportJob]:
+    def list_import_jobs(self, parent: str, page_size: int, page_token: str) -> Page[ImportJob]:
+        """A page of parent's jobs, newest first; page_size 0: up to 1,000."""
+        if page_size < 0:
+            raise InvalidArgument("page_size must not be negative", metadata={"field": "page_size"})
         key = self._keys.get_key(parent)
-        return self._store.list_import_jobs(key.name)
+        return self._store.list_import_jobs(key.name, page_size, page_token)
 
     def now(self) -> datetime:
         return self._clock()

@@ -3,6 +3,7 @@ like metadata_store.py."""
 
 from __future__ import annotations
 
+import re
 import threading
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -11,10 +12,20 @@ from sqlalchemy import Engine, RowMapping, and_, insert, or_, select, update
 
 from vault.domain.errors import AlreadyExists, NotFound
 from vault.domain.imports import ImportJob, ImportJobName, ImportMethod
-from vault.domain.models import KeyState
+from vault.domain.models import KeyState, Page
 from vault.domain.names import KeyName
-from vault.storage.tables import import_jobs, keys
+from vault.storage.paging import (
+    MAX_PAGE_SIZE,
+    clamp_page_size,
+    decode_page_token,
+    keyset_page,
+    malformed_page_token,
+)
+from vault.storage.tables import from_micros, import_jobs, keys, to_micros
 from vault.storage.transactions import aware, aware_or_none, guarded_transaction, new_serial_lock
+
+# A job's place in ListImportJobs' order: its create time (microseconds) and its id.
+_JOB_TOKEN_RE = re.compile(r"(?P<micros>[0-9]{1,19}):(?P<job>[a-z][a-z0-9]{0,62})")
 
 
 class SqlImportJobStore:
@@ -48,15 +59,29 @@ class SqlImportJobStore:
             row = c.execute(query).mappings().one_or_none()
         return None if row is None else _to_job(row)
 
-    def list_import_jobs(self, key: KeyName) -> list[ImportJob]:
-        query = (
-            select(import_jobs)
-            .where(import_jobs.c.account == key.account, import_jobs.c.key_id == key.key)
-            .order_by(import_jobs.c.create_time.desc(), import_jobs.c.job_id)
+    def list_import_jobs(self, key: KeyName, page_size: int, page_token: str) -> Page[ImportJob]:
+        # 0 asks for every job as ListImportJobs gave before it paged, up to a page's most.
+        size = clamp_page_size(page_size or MAX_PAGE_SIZE)
+        query = select(import_jobs).where(
+            import_jobs.c.account == key.account, import_jobs.c.key_id == key.key
+        )
+        if page_token:
+            created, job_id = _decode_job_token(page_token)
+            # Newest first, ties by job id: the rows after (created, job_id) in that order.
+            query = query.where(
+                or_(
+                    import_jobs.c.create_time < created,
+                    and_(import_jobs.c.create_time == created, import_jobs.c.job_id > job_id),
+                )
+            )
+        # One row beyond the page says whether another page follows, without a COUNT.
+        query = query.order_by(import_jobs.c.create_time.desc(), import_jobs.c.job_id).limit(
+            size + 1
         )
         with guarded_transaction(self._engine, self._serial, write=False) as c:
             rows = c.execute(query).mappings().all()
-        return [_to_job(row) for row in rows]
+        items = [_to_job(row) for row in rows[:size]]
+        return keyset_page(items, len(rows) > size, _job_ordering)
 
     def import_jobs_due(self, now: datetime) -> list[ImportJob]:
         """Jobs whose private key is still in the token though the job expired or its key
@@ -131,6 +156,22 @@ def _to_job(row: RowMapping) -> ImportJob:
         public_key_der=bytes(row["public_key_der"]),
         destroy_time=aware_or_none(row["destroy_time"]),
     )
+
+
+def _job_ordering(job: ImportJob) -> str:
+    return f"{to_micros(job.create_time)}:{job.name.job}"
+
+
+def _decode_job_token(token: str) -> tuple[datetime, str]:
+    """The create time and job id a page token continues after."""
+    match = _JOB_TOKEN_RE.fullmatch(decode_page_token(token))
+    if match is None:
+        raise malformed_page_token()
+    try:
+        created = from_micros(int(match["micros"]))
+    except (OverflowError, ValueError):
+        raise malformed_page_token() from None
+    return created, match["job"]
 
 
 if TYPE_CHECKING:

@@ -67,6 +67,7 @@ from vault.storage.paging import (
     MAX_PAGE_SIZE,
     clamp_page_size,
     decode_page_token,
+    decode_version_token,
     keyset_page,
     malformed_page_token,
 )
@@ -464,7 +465,7 @@ class SqlMetadataStore:
         size = clamp_page_size(page_size or MAX_PAGE_SIZE)
         query = select(key_versions).where(_versions_of(key))
         if page_token:
-            query = query.where(key_versions.c.version > _decode_version_token(page_token))
+            query = query.where(key_versions.c.version > decode_version_token(page_token))
         # One row beyond the page says whether another page follows, without a COUNT.
         query = query.order_by(key_versions.c.version).limit(size + 1)
         with guarded_transaction(self._engine, self._serial, write=False) as c:
@@ -1152,14 +1153,6 @@ def _decode_page_token(token: str) -> str:
         return check_id("key", decode_page_token(token))
     except MalformedName:
         raise malformed_page_token() from None
-
-
-def _decode_version_token(token: str) -> int:
-    """The version number a page token continues after."""
-    value = decode_page_token(token)
-    if not value.isascii() or not value.isdigit() or len(value) > 10:
-        raise malformed_page_token()
-    return int(value)
 
 
 if TYPE_CHECKING:

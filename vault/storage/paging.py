@@ -56,5 +56,13 @@ def decode_page_token(token: str) -> str:
     return value
 
 
+def decode_version_token(token: str) -> int:
+    """The key version number a page token of a listing of versions continues after."""
+    value = decode_page_token(token)
+    if not value.isascii() or not value.isdigit() or len(value) > 10:
+        raise malformed_page_token()
+    return int(value)
+
+
 def malformed_page_token() -> InvalidArgument:
     return InvalidArgument("malformed page token", metadata={"field": "page_token"})

@@ -131,6 +131,21 @@ class BucketServicer(bucket_service_pb2_grpc.BucketServiceServicer):
     ) -> resources_pb2.Bucket:
         return convert.bucket_to_proto(self._buckets.enable_version(request.name))
 
+    def ListBucketMasterKeyVersions(
+        self, request: pb.ListBucketMasterKeyVersionsRequest, context: grpc.ServicerContext
+    ) -> pb.ListBucketMasterKeyVersionsResponse:
+        bucket, page = self._buckets.list_master_key_versions(
+            request.parent, request.page_size, request.page_token
+        )
+        response = pb.ListBucketMasterKeyVersionsResponse(
+            master_key_versions=[
+                convert.master_key_version_to_proto(bucket, version) for version in page.items
+            ],
+            next_page_token=page.next_page_token,
+        )
+        fit_response(response, "master_key_versions", page, self._limits.max_message_bytes)
+        return response
+
     def GenerateBucketKey(
         self, request: pb.GenerateBucketKeyRequest, context: grpc.ServicerContext
     ) -> pb.GenerateBucketKeyResponse:

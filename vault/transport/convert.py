@@ -34,7 +34,7 @@ from vault.domain.models import (
     VersionState,
     parse_labels,
 )
-from vault.domain.names import AccountName
+from vault.domain.names import AccountName, BucketName
 from vault.gen.vault.v1 import bucket_service_pb2, key_service_pb2, resources_pb2
 from vault.service.buckets import BucketView
 from vault.service.keys import PublicKeyInfo
@@ -312,6 +312,17 @@ def policy_to_proto(policy: BucketPolicy) -> resources_pb2.BucketKeyPolicy:
     )
 
 
+def master_key_version_to_proto(
+    bucket: BucketName, version: KeyVersion
+) -> resources_pb2.BucketMasterKeyVersion:
+    return resources_pb2.BucketMasterKeyVersion(
+        name=str(bucket.master_version(version.number)),
+        state=VERSION_STATES.to_proto(version.state),
+        create_time=timestamp(version.create_time),
+        destroy_time=_optional_timestamp(version.destroy_time),
+    )
+
+
 def bucket_to_proto(view: BucketView) -> resources_pb2.Bucket:
     name = view.bucket.name
     key = view.master_key
@@ -321,15 +332,8 @@ def bucket_to_proto(view: BucketView) -> resources_pb2.Bucket:
         labels=view.bucket.labels,
         policy=policy_to_proto(view.bucket.policy),
         primary_master_key_version=str(name.master_version(key.primary_version)),
-        master_key_versions=[
-            resources_pb2.BucketMasterKeyVersion(
-                name=str(name.master_version(version.number)),
-                state=VERSION_STATES.to_proto(version.state),
-                create_time=timestamp(version.create_time),
-                destroy_time=_optional_timestamp(version.destroy_time),
-            )
-            for version in view.versions
-        ],
+        master_key_versions=[master_key_version_to_proto(name, v) for v in view.versions],
+        master_key_version_count=view.version_count,
         create_time=timestamp(view.bucket.create_time),
         update_time=timestamp(max(view.bucket.update_time, key.update_time)),
         delete_time=_optional_timestamp(key.destroy_scheduled_time),

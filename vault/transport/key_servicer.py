@@ -13,7 +13,6 @@ from typing import Any
 import grpc
 from google.protobuf import message_factory
 
-from vault.domain.errors import InvalidArgument
 from vault.domain.models import ListedKey, Page
 from vault.gen.vault.v1 import key_service_pb2, key_service_pb2_grpc, resources_pb2
 from vault.service.imports import KeyImports
@@ -180,18 +179,14 @@ class KeyServicer(key_service_pb2_grpc.KeyServiceServicer):
         self, request: key_service_pb2.ListImportJobsRequest, context: grpc.ServicerContext
     ) -> key_service_pb2.ListImportJobsResponse:
         imports = self._imports
-        # Like ListKeyVersions: a key has few jobs, all in one page for now.
-        if request.page_size < 0:
-            raise InvalidArgument("page_size must not be negative", metadata={"field": "page_size"})
-        if request.page_token:
-            raise InvalidArgument("page_token is not valid", metadata={"field": "page_token"})
+        page = imports.list_import_jobs(request.parent, request.page_size, request.page_token)
         now = imports.now()
-        return key_service_pb2.ListImportJobsResponse(
-            import_jobs=[
-                convert.import_job_to_proto(job, now)
-                for job in imports.list_import_jobs(request.parent)
-            ]
+        response = key_service_pb2.ListImportJobsResponse(
+            import_jobs=[convert.import_job_to_proto(job, now) for job in page.items],
+            next_page_token=page.next_page_token,
         )
+        fit_response(response, "import_jobs", page, self._listing.max_message_bytes)
+        return response
 
     def ImportKeyVersion(
         self, request: key_service_pb2.ImportKeyVersionRequest, context: grpc.ServicerContext

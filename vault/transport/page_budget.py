@@ -24,13 +24,15 @@ from vault.domain.models import Page
 # bytes each in UTF-8: 1,368 bytes, plus its tag and length.
 TOKEN_ROOM: Final = 2048
 
-# The largest items a List sends are a Key or a Bucket with 64 labels of 63-character keys and
-# values and a 1,024-character description: about 10 KB (tests/unit/test_page_budget.py
-# measures it), far below the smallest max_message_bytes (65,536, vault/config.py) less
-# TOKEN_ROOM. So a page cut by size still holds at least one whole item and a listing always
-# moves on. Only a Bucket grows without bound: each master-key version it lists adds up to
-# 200 bytes, so a bucket whose master key was rotated over about 250 times would not fit the
-# smallest setting, nor over about 5,000 times the default (GetBucket would fail alike).
+# The largest items a List sends are a Key with 64 labels of 63-character keys and values and
+# a 1,024-character description, about 10 KB, and a Bucket with as many labels and the most
+# master-key versions it shows (the newest BUCKET_VERSIONS_SHOWN, 100, and an older primary,
+# up to about 200 bytes each), about 29 KB (tests/unit/test_page_budget.py measures both):
+# below the smallest max_message_bytes (65,536, vault/config.py) less TOKEN_ROOM. So a page
+# cut by size still holds at least one whole item and a listing always moves on, and no Get
+# answers more than one message can carry. (A Bucket listed every version before: rotated
+# some 350 times it no longer fit the smallest setting. ListBucketMasterKeyVersions now pages
+# through them.)
 # ListBackups' records carry their export's selection: up to 1,000 names of 256 characters
 # (vault/service/backup.py), about 260 KB, which fits the default but not a setting below it.
 SMALLEST_MAX_MESSAGE_BYTES: Final = 65_536
