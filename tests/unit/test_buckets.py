@@ -197,6 +197,26 @@ def test_a_bucket_shows_its_newest_versions_and_counts_them_all(world: World) ->
             assert ([v.number for v in shown.versions], shown.version_count) == ([1], 1)
 
 
+def test_disabling_or_enabling_a_version_older_than_those_shown_answers_with_it(
+    world: World,
+) -> None:
+    world.buckets.create_bucket(ACCOUNT, "photos")
+    for _ in range(BUCKET_VERSIONS_SHOWN + 1):
+        world.buckets.rotate_master_key(BUCKET)
+    first = f"{BUCKET}/masterKeyVersions/1"
+
+    disabled = world.buckets.disable_version(first)
+    assert [(v.number, v.state) for v in disabled.versions[:2]] == [
+        (1, VersionState.DISABLED),
+        (3, VersionState.ENABLED),
+    ]
+    assert len(disabled.versions) == BUCKET_VERSIONS_SHOWN + 1
+    enabled = world.buckets.enable_version(first)
+    assert (enabled.versions[0].number, enabled.versions[0].state) == (1, VersionState.ENABLED)
+    # Other answers show the newest only.
+    assert world.buckets.get_bucket(BUCKET).versions[0].number == 3
+
+
 def test_every_master_key_version_is_listed_newest_first_in_pages(world: World) -> None:
     world.buckets.create_bucket(ACCOUNT, "photos")
     for _ in range(6):

@@ -304,10 +304,16 @@ class BucketManagement:
                     f"a {version.state} master-key version cannot become {target}",
                     metadata={"state": str(version.state), "target": str(target)},
                 )
-            self._store.update_version(replace(version, state=target))
+            version = replace(version, state=target)
+            self._store.update_version(version)
             # The key's own record changes too, so every process's key cache sees a change.
             key = self._store.update_key(replace(key, update_time=self._clock()))
-        return self._view(bucket, key)
+        view = self._view(bucket, key)
+        # The answer shows the version it changed, also one older than the newest shown.
+        if all(shown.number != version.number for shown in view.versions):
+            shown = sorted([version, *view.versions], key=lambda one: one.number)
+            view = replace(view, versions=shown)
+        return view
 
     # -- bucket keys -----------------------------------------------------------------------
 
