@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import stat
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any, Final
 from uuid import uuid4
 
@@ -16,14 +15,14 @@ import grpc
 import pytest
 
 from tests.support.api_calls import every_page
-from tests.support.harness import VaultServer, provision
+from tests.support.harness import VaultServer
+from tests.support.small_messages import SMALLEST, small_message_server
 from tests.test_backup import place
 from vault.client import VaultClient
 from vault.domain.backup import split_lines
 from vault.gen.vault.v1 import backup_service_pb2, backup_service_pb2_grpc
 from vault.service.backup import verify_bundle
 
-SMALLEST: Final = 65_536
 # Names of 141 characters (the longest account and key ids): an EXISTS item takes about 150
 # bytes, so 700 of them (about 105 KB) are far over the smallest message.
 KEYS: Final = 700
@@ -35,12 +34,8 @@ PREFIXES: Final = 100
 
 @pytest.fixture(scope="module")
 def small(tmp_path_factory: pytest.TempPathFactory) -> Iterator[VaultServer]:
-    data_dir: Path = tmp_path_factory.mktemp("small-backups")
-    provision(data_dir)
-    with VaultServer(
-        data_dir,
-        {"VAULT_SERVER__MAX_MESSAGE_BYTES": str(SMALLEST), "VAULT_SERVER__WORKERS": "1"},
-    ) as server:
+    data_dir = tmp_path_factory.mktemp("small-backups")
+    with small_message_server(data_dir, VAULT_SERVER__WORKERS="1") as server:
         yield server
 
 

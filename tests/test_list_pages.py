@@ -15,7 +15,8 @@ import grpc
 import pytest
 
 from tests.support.api_calls import every_page
-from tests.support.harness import VaultServer, provision
+from tests.support.harness import VaultServer
+from tests.support.small_messages import SMALLEST, small_message_server
 from vault.client import VaultClient
 from vault.domain.buckets import BUCKET_VERSIONS_SHOWN
 from vault.gen.vault.v1 import (
@@ -29,7 +30,6 @@ from vault.gen.vault.v1 import (
     key_service_pb2_grpc,
 )
 
-SMALLEST: Final = 65_536
 ACCOUNTS: Final = 250
 # With the longest account and bucket ids a master-key version in a Bucket takes about 190
 # bytes: a bucket of 401 versions was over 64 KiB, and GetBucket failed.
@@ -41,11 +41,7 @@ IMPORT_JOBS: Final = 80
 
 @pytest.fixture(scope="module")
 def small(tmp_path_factory: pytest.TempPathFactory) -> Iterator[VaultServer]:
-    data_dir: Path = tmp_path_factory.mktemp("small-messages")
-    provision(data_dir)
-    with VaultServer(
-        data_dir, extra_env={"VAULT_SERVER__MAX_MESSAGE_BYTES": str(SMALLEST)}
-    ) as server:
+    with small_message_server(tmp_path_factory.mktemp("small-messages")) as server:
         yield server
 
 

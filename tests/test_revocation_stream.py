@@ -26,14 +26,14 @@ import pytest
 from click.testing import CliRunner
 
 from tests.support.api_calls import expect_error
-from tests.support.harness import ROOT, VaultServer, provision, vault_environment
+from tests.support.harness import ROOT, VaultServer, vault_environment
 from tests.support.security_helpers import add_access_key, add_api_key, new_account
+from tests.support.small_messages import SMALLEST, small_message_server
 from tests.test_revocation import read_feed, verifies
 from vault.cli.main import cli
 from vault.client import VaultClient
 from vault.gen.vault.v1 import key_service_pb2
 
-SMALLEST: Final = 65_536
 # Payload bytes per streamed message (vault.service.revocations.CHUNK_BYTES).
 CHUNK: Final = 60 * 1024
 # The feed of FITS is larger than one chunk and smaller than one message with its signature
@@ -63,11 +63,7 @@ sys.stdout.write(public_key_der(Algorithm.EC_SIGN_P256_SHA256, public).hex())
 
 @pytest.fixture(scope="module")
 def small(tmp_path_factory: pytest.TempPathFactory) -> Iterator[VaultServer]:
-    data_dir: Path = tmp_path_factory.mktemp("small-feed")
-    provision(data_dir)
-    with VaultServer(
-        data_dir, extra_env={"VAULT_SERVER__MAX_MESSAGE_BYTES": str(SMALLEST)}
-    ) as server:
+    with small_message_server(tmp_path_factory.mktemp("small-feed")) as server:
         yield server
 
 
