@@ -290,7 +290,11 @@ class FakeMetadataStore:
     def list_revocations(
         self, account: str | None, page_size: int, page_token: str
     ) -> Page[Revocation]:
-        revoked = [
+        revoked = self._revoked(account)
+        return page_of(revoked, lambda r: _version_order(r.version_name), page_size, page_token)
+
+    def _revoked(self, account: str | None) -> list[Revocation]:
+        return [
             Revocation(
                 version.name,
                 self.keys[version.name.key_name].algorithm,
@@ -303,23 +307,10 @@ class FakeMetadataStore:
             if version.revoke_time is not None
             and (account is None or version.name.account == account)
         ]
-        return page_of(revoked, lambda r: _version_order(r.version_name), page_size, page_token)
 
     def scan_revocations(self, account: str | None) -> Iterator[Revocation]:
         # A copy first: the real store reads one snapshot, whatever changes meanwhile.
-        revoked = [
-            Revocation(
-                version.name,
-                self.keys[version.name.key_name].algorithm,
-                version.revocation_reason_code,
-                version.revoke_time,
-                version.public_key_der,
-                version.revocation_reason,
-            )
-            for version in self.versions.values()
-            if version.revoke_time is not None
-            and (account is None or version.name.account == account)
-        ]
+        revoked = self._revoked(account)
         yield from sorted(revoked, key=lambda r: _version_order(r.version_name))
 
     def material_epoch(self) -> int:

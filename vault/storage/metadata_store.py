@@ -580,19 +580,7 @@ class SqlMetadataStore:
     ) -> Page[Revocation]:
         """Revoked versions, of one account or (None) of all, ordered by name."""
         size = clamp_page_size(page_size)
-        query = (
-            select(key_versions, keys.c.algorithm)
-            .join(
-                keys,
-                and_(
-                    keys.c.account == key_versions.c.account,
-                    keys.c.key_id == key_versions.c.key_id,
-                ),
-            )
-            .where(key_versions.c.revoke_time.is_not(None))
-        )
-        if account is not None:
-            query = query.where(key_versions.c.account == account)
+        query = _revoked_versions(account)
         if page_token:
             after = _decode_revocation_token(page_token)
             query = query.where(
@@ -626,29 +614,10 @@ class SqlMetadataStore:
         batches (a server-side cursor on PostgreSQL, SQLite steps its statement), so memory
         stays bounded; the transaction stays open until the iterator ends or is closed."""
         query = (
-            select(
-                key_versions.c.account,
-                key_versions.c.key_id,
-                key_versions.c.version,
-                key_versions.c.revocation_reason_code,
-                key_versions.c.revoke_time,
-                key_versions.c.public_key_der,
-                key_versions.c.revocation_reason,
-                keys.c.algorithm,
-            )
-            .join(
-                keys,
-                and_(
-                    keys.c.account == key_versions.c.account,
-                    keys.c.key_id == key_versions.c.key_id,
-                ),
-            )
-            .where(key_versions.c.revoke_time.is_not(None))
+            _revoked_versions(account)
             .order_by(key_versions.c.account, key_versions.c.key_id, key_versions.c.version)
             .execution_options(yield_per=_SCAN_BATCH)
         )
-        if account is not None:
-            query = query.where(key_versions.c.account == account)
         with guarded_transaction(self._engine, self._serial, write=False) as c:
             for row in c.execute(query).mappings():
                 yield _to_revocation(row)
@@ -1039,6 +1008,31 @@ def to_version(row: RowMapping) -> KeyVersion:
         revocation_reason_code=_reason_or_none(row["revocation_reason_code"]),
         revocation_reason=row["revocation_reason"] or "",
     )
+
+
+def _revoked_versions(account: str | None) -> Select[Any]:
+    """The revoked versions of account (None: of every account), each with its key's
+    algorithm: what a revocation listing and the feed read."""
+    query = (
+        select(
+            key_versions.c.account,
+            key_versions.c.key_id,
+            key_versions.c.version,
+            key_versions.c.revocation_reason_code,
+            key_versions.c.revoke_time,
+            key_versions.c.public_key_der,
+            key_versions.c.revocation_reason,
+            keys.c.algorithm,
+        )
+        .join(
+            keys,
+            and_(keys.c.account == key_versions.c.account, keys.c.key_id == key_versions.c.key_id),
+        )
+        .where(key_versions.c.revoke_time.is_not(None))
+    )
+    if account is not None:
+        query = query.where(key_versions.c.account == account)
+    return query
 
 
 def _to_revocation(row: RowMapping) -> Revocation:
