@@ -546,6 +546,15 @@ def edited_and_rechained(conn: sqlite3.Connection, seq: int) -> list[tuple[str, 
     ]
 
 
+def test_verifying_the_log_is_not_cut_short_by_the_per_call_deadline(
+    vault: VaultServer, seeded: Seeded
+) -> None:
+    # Verification reads the whole log: at millions of records it outlasts any per-call
+    # timeout a client sets for its other calls (here one far shorter than any verification).
+    with vault.client(timeout=0.001) as hurried:
+        assert hurried.verify_audit_log().ok
+
+
 def verify_after(admin: VaultClient) -> list[tuple[str, int]]:
     result = admin.verify_audit_log()
     assert result.ok == (not result.findings)
