@@ -14,7 +14,14 @@ from vault.domain.buckets import MASTER_KEY_STATES, Bucket, BucketFilter, Bucket
 from vault.domain.errors import AlreadyExists, Conflict, InvalidArgument, MalformedName, VaultError
 from vault.domain.models import Key, KeyVersion, Page
 from vault.domain.names import BucketName, check_id
-from vault.storage.metadata_store import key_row, to_key, to_version, version_row
+from vault.storage.metadata_store import (
+    INSERT_KEY,
+    INSERT_VERSION,
+    key_row,
+    to_key,
+    to_version,
+    version_row,
+)
 from vault.storage.paging import (
     clamp_page_size,
     decode_page_token,
@@ -25,6 +32,8 @@ from vault.storage.tables import buckets, key_versions, keys
 from vault.storage.transactions import aware, guarded_transaction, new_serial_lock
 
 _MICROSECOND = timedelta(microseconds=1)
+# Built once, as metadata_store.py's INSERT_KEY: the row goes in as parameters.
+_INSERT_BUCKET = insert(buckets)
 _JOINED = buckets.join(
     keys, and_(keys.c.account == buckets.c.account, keys.c.key_id == buckets.c.master_key_id)
 )
@@ -50,9 +59,9 @@ class SqlBucketStore:
             write=True,
             on_duplicate=lambda: self._explain_duplicate(bucket),
         ) as c:
-            c.execute(insert(keys).values(**key_row(master_key)))
-            c.execute(insert(key_versions).values(**version_row(first_version)))
-            c.execute(insert(buckets).values(**_bucket_row(bucket, master_key)))
+            c.execute(INSERT_KEY, key_row(master_key))
+            c.execute(INSERT_VERSION, version_row(first_version))
+            c.execute(_INSERT_BUCKET, _bucket_row(bucket, master_key))
         return bucket
 
     def get_bucket(self, name: BucketName) -> tuple[Bucket, Key] | None:
