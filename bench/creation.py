@@ -6,7 +6,9 @@
 Through a real server (the default settings: authenticated and audited, two workers, as
 bench/scale.py runs it), the SDK creates AES-256-GCM keys, P-256 signing keys, RSA-2048
 signing keys (a tenth as many: the token's RSA key generation is slow) and buckets, from 1
-and then 4 client threads of this process, each thread with its own connection. Every
+and then 4 client threads of this process, each thread with its own connection (as
+bench/scale.py and bench/buckets.py drive the SDK; bench/load.py's processes send
+pre-serialised bytes, which no creation could reuse: each needs a new id). Every
 CreateKey is what a user's is: the key generated in the token, wrapped under its root, the
 session object destroyed, the rows stored, the call audited (a STARTED and an OK record).
 Rows go to results.json under path "create" with the fields of the other rows: creations
@@ -14,9 +16,10 @@ per second, p50 and p99 of a call, the workers' CPU per creation (token key gene
 included) and this process's (the clients') CPU per creation.
 
 --profile measures instead, in one process without gRPC on a scratch token, where one
-CreateKey's time goes for AES-256-GCM and P-256 (bench/creation.py's profile()): the token's
-key generation, the wrap, the destroy of the session object, the store's insert, the two
-audit records, and the rest.
+CreateKey's time goes for AES-256-GCM and P-256 (profile() below, each piece timed by a
+wrapper): the account and name checks, the token's key generation, the public key's export,
+the wrap, the destroy of the session object(s), the store's insert, the two audit records,
+and the rest.
 """
 
 from __future__ import annotations

@@ -58,7 +58,10 @@ def test_each_kind_is_created_through_the_api_at_each_client_count(tmp_path: Pat
         # At least as many as client threads, so every thread creates.
         assert row["creations"] == 4
         assert row["vault_ops_per_s"] > 0 and 0 < row["p50_ms"] <= row["p99_ms"]
-        assert row["server_cpu_us"] > 0 and row["client_cpu_us"] > 0
+        # /proc counts CPU in clock ticks (10 ms): four cheap creations may span none.
+        assert row["server_cpu_us"] >= 0 and row["client_cpu_us"] > 0
+        if row["op"] == "create_key_rsa2048":
+            assert row["server_cpu_us"] > 10_000  # the token's search for a key pair
         assert row["raw_ops_per_s"] is None and row["ratio"] is None
         assert row["hours_per_million"] == pytest.approx(
             1e6 / row["vault_ops_per_s"] / 3600, rel=0.01
