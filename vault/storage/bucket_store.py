@@ -14,14 +14,7 @@ from vault.domain.buckets import MASTER_KEY_STATES, Bucket, BucketFilter, Bucket
 from vault.domain.errors import AlreadyExists, Conflict, InvalidArgument, MalformedName, VaultError
 from vault.domain.models import Key, KeyVersion, Page
 from vault.domain.names import BucketName, check_id
-from vault.storage.metadata_store import (
-    INSERT_KEY,
-    INSERT_VERSION,
-    key_row,
-    to_key,
-    to_version,
-    version_row,
-)
+from vault.storage.metadata_store import key_row, to_key, to_version, version_row
 from vault.storage.paging import (
     clamp_page_size,
     decode_page_token,
@@ -32,11 +25,13 @@ from vault.storage.tables import buckets, key_versions, keys
 from vault.storage.transactions import aware, guarded_transaction, new_serial_lock
 
 _MICROSECOND = timedelta(microseconds=1)
-# Built once, as metadata_store.py's INSERT_KEY: the row goes in as parameters.
-_INSERT_BUCKET = insert(buckets)
 _JOINED = buckets.join(
     keys, and_(keys.c.account == buckets.c.account, keys.c.key_id == buckets.c.master_key_id)
 )
+# A new bucket's inserts, built once as metadata_store.py's are: the rows go in as parameters.
+_INSERT_KEY = insert(keys)
+_INSERT_VERSION = insert(key_versions)
+_INSERT_BUCKET = insert(buckets)
 
 
 class SqlBucketStore:
@@ -59,8 +54,8 @@ class SqlBucketStore:
             write=True,
             on_duplicate=lambda: self._explain_duplicate(bucket),
         ) as c:
-            c.execute(INSERT_KEY, key_row(master_key))
-            c.execute(INSERT_VERSION, version_row(first_version))
+            c.execute(_INSERT_KEY, key_row(master_key))
+            c.execute(_INSERT_VERSION, version_row(first_version))
             c.execute(_INSERT_BUCKET, _bucket_row(bucket, master_key))
         return bucket
 
