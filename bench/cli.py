@@ -13,7 +13,7 @@ from contextlib import ExitStack
 from pathlib import Path
 from types import FrameType
 
-from bench import concurrency, scale
+from bench import concurrency, creation, scale
 from bench import ops as bench_ops
 from bench.buckets import BUCKET_PREFIX, add_arguments, workload_from
 from bench.report import print_report, write_results
@@ -53,6 +53,13 @@ def _path_list(text: str) -> list[str]:
         )
     # In PATHS order whatever the order given, so tables and results.json list them alike.
     return [path for path in PATHS if path in names]
+
+
+def _creations(text: str) -> int:
+    try:
+        return creation.parse_count(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def parse_args(argv: Sequence[str] | None) -> Config:
@@ -176,6 +183,15 @@ def parse_args(argv: Sequence[str] | None) -> Config:
         help="key counts of the millions-of-keys workload (bench/scale.py); default "
         f"${scale.SIZES_ENV}, else 1000,100000; 0 turns it off",
     )
+    parser.add_argument(
+        "--creations",
+        type=_creations,
+        default=None,
+        metavar="N",
+        help="keys (AES-256-GCM, P-256, a tenth as many RSA-2048) and buckets created through "
+        "the API per kind and client count (bench/creation.py); default "
+        f"${creation.COUNT_ENV}, else {creation.DEFAULT_COUNT}; 0 turns it off",
+    )
     args = parser.parse_args(argv)
     if args.seconds <= 0 or args.rounds < 1 or args.client_procs < 1 or args.server_threads < 1:
         parser.error("--seconds, --rounds, --client-procs and --server-threads must be positive")
@@ -203,6 +219,9 @@ def parse_args(argv: Sequence[str] | None) -> Config:
         scale_sizes=(
             args.scale_sizes if args.scale_sizes is not None else scale.sizes_from_environment()
         ),
+        creations=(
+            args.creations if args.creations is not None else creation.count_from_environment()
+        ),
         sweep_clients=args.sweep_clients,
         sweep_ops=args.sweep_ops,
     )
@@ -223,6 +242,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         results = run(config, stack)
         sweep_rows = concurrency.sweep(config, stack)
         scale_rows = scale.measure(config.scale_sizes, vault_root=config.vault_root)
+        creation_rows = creation.measure(config.creations, vault_root=config.vault_root)
     except KeyboardInterrupt:
         print("\ninterrupted: stopping the servers and removing the temporary token", flush=True)
         return 130
@@ -243,6 +263,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             "\nmillions of keys (bench/scale.py): uniform random access, p50 against the smallest"
         )
         scale.print_rows(scale_rows)
+    if creation_rows:
+        print("\ncreation through the API (bench/creation.py): authenticated, audited, 2 workers")
+        creation.print_rows(creation_rows)
     write_results(rows, config.out, results.buckets)
     if sweep_rows:
         print("\nconcurrency sweep (bench/concurrency.py): items per second, authenticated")
@@ -253,6 +276,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         concurrency.plot(sweep_rows, plot_path)
         print(f"plotted {plot_path}")
     scale.merge_into(config.out, scale_rows)
+    creation.merge_into(config.out, creation_rows)
     print(f"\nwrote {config.out} ({time.monotonic() - started:.0f} s)")
     errors = sum(row.errors for row in [*rows, *sweep_rows])
     if errors:

@@ -57,6 +57,7 @@ def sweep(config: Config, stack: ExitStack) -> list[Row]:
             floor=False,
             buckets=None,
             scale_sizes=[],
+            creations=0,
             sweep_clients=[],
         )
         rows.extend(run(point, stack).rows)

@@ -219,6 +219,7 @@ class Config:
     profile: Path | None
     buckets: Workload | None = None  # the bucket workload (bench/buckets.py), if run
     scale_sizes: list[int] = field(default_factory=list)  # bench/scale.py; empty: not run
+    creations: int = 0  # bench/creation.py: creations per kind and client count; 0: not run
     # bench/concurrency.py: client counts (empty: not run) and the operations it measures
     sweep_clients: list[int] = field(default_factory=list)
     sweep_ops: list[str] = field(default_factory=list)

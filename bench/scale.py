@@ -329,7 +329,7 @@ def measure(
                                 "client_cpu_us": None,
                                 "p50_vs_smallest": round(p50 / smallest[op], 3),
                                 "startup_s": round(startup, 2),
-                                "creation_per_s": round(rate, 1),
+                                "rows_copied_per_s": round(rate, 1),
                             }
                         )
                     per_key = _list_keys_us_per_key(client)

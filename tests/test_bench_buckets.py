@@ -95,6 +95,7 @@ def test_make_bench_writes_the_bucket_row_in_the_same_run(tmp_path: Path) -> Non
         *("--paths", "unauthenticated", "--seconds", "0.3", "--warmup", "0"),
         *("--client-procs", "1", "--clients", "1"),
         *("--bucket-objects", "30", "--bucket-count", "2", "--scale-sizes", "0"),
+        *("--creations", "0"),
         *("--sweep-clients", "0"),
         *("--out", str(out)),
     )

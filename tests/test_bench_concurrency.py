@@ -23,6 +23,7 @@ def test_the_sweep_measures_unary_and_batch_calls_at_each_client_count(tmp_path:
         *("--ops", "generate_random_32", "--workers", "1", "--no-floor"),
         *("--paths", "unauthenticated", "--seconds", "0.3", "--warmup", "0"),
         *("--client-procs", "1", "--clients", "1", "--no-buckets", "--scale-sizes", "0"),
+        *("--creations", "0"),
         *("--sweep-clients", "1,2", "--sweep-ops", "p256_ecdsa_sign,p256_ecdsa_sign_batch10"),
         *("--out", str(out)),
         timeout=300,

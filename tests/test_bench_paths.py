@@ -16,6 +16,7 @@ def test_both_paths_are_served_side_by_side_on_one_token_and_store(tmp_path: Pat
         *("--ops", "p256_ecdsa_sign", "--workers", "1", "--no-floor"),
         *("--paths", "authenticated,unauthenticated", "--seconds", "0.3", "--warmup", "0"),
         *("--client-procs", "1", "--clients", "1", "--no-buckets", "--scale-sizes", "0"),
+        *("--creations", "0"),
         *("--sweep-clients", "0", "--out", str(out)),
     )
     assert done.returncode == 0, done.stdout + done.stderr

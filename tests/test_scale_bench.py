@@ -26,7 +26,7 @@ def test_scale_measures_each_op_at_each_size_and_merges_its_rows(tmp_path: Path)
             continue
         assert 0 < row["p50_ms"] <= row["p99_ms"]
         assert row["vault_ops_per_s"] > 0
-        assert row["creation_per_s"] > 0
+        assert row["rows_copied_per_s"] > 0
     assert all(
         row["p50_vs_smallest"] == 1.0 for row in rows if row["keys"] == 100 and "p50_ms" in row
     )

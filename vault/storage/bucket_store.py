@@ -38,6 +38,10 @@ _OR_TERMS = 100
 _JOINED = buckets.join(
     keys, and_(keys.c.account == buckets.c.account, keys.c.key_id == buckets.c.master_key_id)
 )
+# A new bucket's inserts, built once as metadata_store.py's are: the rows go in as parameters.
+_INSERT_KEY = insert(keys)
+_INSERT_VERSION = insert(key_versions)
+_INSERT_BUCKET = insert(buckets)
 
 
 class SqlBucketStore:
@@ -60,9 +64,9 @@ class SqlBucketStore:
             write=True,
             on_duplicate=lambda: self._explain_duplicate(bucket),
         ) as c:
-            c.execute(insert(keys).values(**key_row(master_key)))
-            c.execute(insert(key_versions).values(**version_row(first_version)))
-            c.execute(insert(buckets).values(**_bucket_row(bucket, master_key)))
+            c.execute(_INSERT_KEY, key_row(master_key))
+            c.execute(_INSERT_VERSION, version_row(first_version))
+            c.execute(_INSERT_BUCKET, _bucket_row(bucket, master_key))
         return bucket
 
     def get_bucket(self, name: BucketName) -> tuple[Bucket, Key] | None:

@@ -99,6 +99,11 @@ _GET_VERSION = select(key_versions).where(
     key_versions.c.key_id == bindparam("key_id"),
     key_versions.c.version == bindparam("version"),
 )
+# The inserts of a new key and version, built once and given the row as parameters:
+# insert(table).values(**row) made a bind parameter per column, coerced it and hashed the
+# whole statement for the compiled cache on every call, some 0.6 ms of a 1 ms CreateKey insert.
+_INSERT_KEY = insert(keys)
+_INSERT_VERSION = insert(key_versions)
 
 # A key and one of its versions in one statement (a request's two reads when neither is
 # cached): its primary, or the version a request names. The version's columns are labelled
@@ -282,8 +287,8 @@ class SqlMetadataStore:
             write=True,
             on_duplicate=lambda: self._explain_duplicate(key),
         ) as c:
-            c.execute(insert(keys).values(**key_values))
-            c.execute(insert(key_versions).values(**version_values))
+            c.execute(_INSERT_KEY, key_values)
+            c.execute(_INSERT_VERSION, version_values)
         return key
 
     def _read_one(self, statement: Select[Any], params: Mapping[str, Any]) -> Any | None:
@@ -416,7 +421,7 @@ class SqlMetadataStore:
             # Key row first: the etag check fails fast on a stale key, and on a server database
             # the row lock it takes orders concurrent add_version/discard_pending calls.
             _bump_etag(c, key, values)
-            c.execute(insert(key_versions).values(**version_values))
+            c.execute(_INSERT_VERSION, version_values)
             return _reread_key(c, key.name)
 
     def activate_version(self, version: KeyVersion) -> Key:
