@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Generator, Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
@@ -107,6 +107,18 @@ class RestoreReport:
         for item in self.skipped:
             counts[str(item.reason)] = counts.get(str(item.reason), 0) + 1
         return counts
+
+
+@dataclass(frozen=True, slots=True)
+class RestoreProgress:
+    """How far a restore is: entries of the bundle done (keys, buckets, tombstones, skipped
+    entries) of its total, and outcomes so far; the last step carries the report."""
+
+    entries_done: int
+    entries_total: int
+    restored: int
+    skipped: int
+    report: RestoreReport | None = None
 
 
 def verify_bundle(lines: Iterable[bytes], expected_fingerprint: str = "") -> VerifiedBundle:
@@ -284,6 +296,19 @@ class BackupManagement:
         """Restore what the bundle holds and this store and token can take; the report lists
         every outcome, and so does a file written next to the bundle (a response may not
         carry them all)."""
+        for step in self.restoring(file_name, expected_fingerprint):
+            if step.report is not None:
+                return step.report
+        raise AssertionError("a restore ends with its report")
+
+    def restoring(
+        self, file_name: str, expected_fingerprint: str = ""
+    ) -> Generator[RestoreProgress, None, None]:
+        """restore, step by step: a RestoreProgress once the bundle is verified, one after
+        each entry, and a last one that carries the report. Each key is restored in its own
+        transaction before the step after it, so a caller that stops iterating (closes the
+        generator) stops the restore between two keys: what was restored stays whole, and
+        the report file lists what was done up to there."""
         started = self._clock()
         verified = verify_bundle(self._files.lines(file_name), expected_fingerprint)
         bundle = verified.bundle
@@ -302,40 +327,54 @@ class BackupManagement:
                 parsed.append((kind, _skipped_from_entry(entry)))
         self._require_some_root(parsed)
 
+        total = len(parsed)
         restored: list[str] = []
         skipped: list[Skipped] = []
         # Every outcome in bundle order, restored and skipped interleaved, for the report file.
         outcomes: list[bytes] = []
         recorded = 0
         supported = self._keystore.supported_algorithms()
-        for kind, item in parsed:
-            if kind == "skipped":
-                skipped.append(item)
-                outcomes.append(_outcome_line(item))
-            elif kind == "tombstone":
-                recorded += self._record_tombstone(item)
-            else:
-                key, versions, bucket = item
-                shown = str(bucket.name) if bucket is not None else str(key.name)
-                outcome = self._restore_one(key, versions, bucket, supported)
-                if isinstance(outcome, Skipped):
-                    left_out = [replace(outcome, name=shown)]
-                else:
-                    restored.append(shown)
-                    outcomes.append(_outcome_line(shown))
-                    left_out = outcome
-                skipped.extend(left_out)
-                outcomes.extend(_outcome_line(one) for one in left_out)
+        done = 0
+        yield RestoreProgress(0, total, 0, 0)
         try:
-            report_file = self._files.write_report(file_name, started, outcomes)
-        except OSError as error:
-            # What was restored stays restored: the response still counts every outcome.
-            log.warning(
-                "the report of restoring backup %s was not written: %s",
+            for kind, item in parsed:
+                if kind == "skipped":
+                    skipped.append(item)
+                    outcomes.append(_outcome_line(item))
+                elif kind == "tombstone":
+                    recorded += self._record_tombstone(item)
+                else:
+                    key, versions, bucket = item
+                    shown = str(bucket.name) if bucket is not None else str(key.name)
+                    outcome = self._restore_one(key, versions, bucket, supported)
+                    if isinstance(outcome, Skipped):
+                        left_out = [replace(outcome, name=shown)]
+                    else:
+                        restored.append(shown)
+                        outcomes.append(_outcome_line(shown))
+                        left_out = outcome
+                    skipped.extend(left_out)
+                    outcomes.extend(_outcome_line(one) for one in left_out)
+                done += 1
+                if done < total:
+                    yield RestoreProgress(done, total, len(restored), len(skipped))
+        except GeneratorExit:
+            # The caller went away: what was restored stays, and the report says how far
+            # the restore got, so that running it again (which skips those as EXISTS) is
+            # the way to complete it.
+            self._write_report(file_name, started, outcomes, bundle.export_id)
+            log.info(
+                "restore of backup %s stopped after %d of %d entries: %d restored, "
+                "%d skipped, %d tombstones recorded",
                 bundle.export_id,
-                error.strerror,
+                done,
+                total,
+                len(restored),
+                len(skipped),
+                recorded,
             )
-            report_file = ""
+            raise
+        report_file = self._write_report(file_name, started, outcomes, bundle.export_id)
         log.info(
             "restored backup %s: %d restored, %d skipped, %d tombstones recorded",
             bundle.export_id,
@@ -343,7 +382,22 @@ class BackupManagement:
             len(skipped),
             recorded,
         )
-        return RestoreReport(verified, restored, skipped, recorded, report_file)
+        report = RestoreReport(verified, restored, skipped, recorded, report_file)
+        yield RestoreProgress(total, total, len(restored), len(skipped), report)
+
+    def _write_report(
+        self, file_name: str, started: datetime, outcomes: list[bytes], export_id: str
+    ) -> str:
+        try:
+            return self._files.write_report(file_name, started, outcomes)
+        except OSError as error:
+            # What was restored stays restored: the response still counts every outcome.
+            log.warning(
+                "the report of restoring backup %s was not written: %s",
+                export_id,
+                error.strerror,
+            )
+            return ""
 
     def _require_some_root(self, parsed: list[tuple[str, Any]]) -> None:
         """RootGenerationMissing when the bundle has keys and the token holds none of the
