@@ -335,8 +335,8 @@ class BackupManagement:
         recorded = 0
         supported = self._keystore.supported_algorithms()
         done = 0
-        yield RestoreProgress(0, total, 0, 0)
         try:
+            yield RestoreProgress(0, total, 0, 0)
             for kind, item in parsed:
                 if kind == "skipped":
                     skipped.append(item)
