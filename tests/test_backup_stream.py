@@ -24,7 +24,7 @@ from vault.client import VaultClient
 from vault.gen.vault.v1 import backup_service_pb2, backup_service_pb2_grpc
 
 # Enough keys that a restore outlasts its caller's cancel (a few milliseconds per key).
-MANY_KEYS = 120
+MANY_KEYS = 200
 
 
 @dataclass
@@ -66,7 +66,7 @@ def replica(
     bundles: Bundles, server: VaultServer, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[VaultServer]:
     base = tmp_path_factory.mktemp("stream-replica")
-    clone_roots(server.data_dir, base / "data", base / "ceremony")
+    clone_roots(server.data_dir, base / "data", base / "ceremony", "stream-replica")
     with VaultServer(base / "data", ONE_WORKER) as running:
         with running.client() as admin:
             admin.create_account(bundles.mixed_account.removeprefix("accounts/"))

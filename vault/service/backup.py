@@ -67,6 +67,9 @@ MAX_SELECTION_ITEMS: Final = 1000
 # Lines sent per chunk of ExportBackup's stream, unless the caller asks for smaller chunks (the
 # transport does, to stay within its message limit).
 CHUNK_BYTES: Final = 256 * 1024
+# Keys and buckets a restore writes per store transaction: one statement per table for all
+# of them, rather than one transaction per key.
+RESTORE_BATCH: Final = 50
 # A restore's report file: <bundle file name><REPORT_SUFFIX with the restore's time>, cut to
 # the 255 bytes a file name may take.
 REPORT_SUFFIX: Final = ".restore-{:%Y%m%dT%H%M%S%fZ}.jsonl"
@@ -334,28 +337,33 @@ class BackupManagement:
         outcomes: list[bytes] = []
         recorded = 0
         supported = self._keystore.supported_algorithms()
+        # Accounts are never deleted: one look-up per account and restore.
+        known_accounts: dict[str, bool] = {}
         done = 0
         try:
             yield RestoreProgress(0, total, 0, 0)
-            for kind, item in parsed:
-                if kind == "skipped":
-                    skipped.append(item)
-                    outcomes.append(_outcome_line(item))
-                elif kind == "tombstone":
-                    recorded += self._record_tombstone(item)
-                else:
-                    key, versions, bucket = item
-                    shown = str(bucket.name) if bucket is not None else str(key.name)
-                    outcome = self._restore_one(key, versions, bucket, supported)
-                    if isinstance(outcome, Skipped):
-                        left_out = [replace(outcome, name=shown)]
+            for batch in _batches(parsed, RESTORE_BATCH):
+                results = self._restore_batch(batch, supported, known_accounts)
+                for (kind, item), result in zip(batch, results, strict=True):
+                    if kind == "skipped":
+                        skipped.append(item)
+                        outcomes.append(_outcome_line(item))
+                    elif kind == "tombstone":
+                        recorded += int(result)
                     else:
-                        restored.append(shown)
-                        outcomes.append(_outcome_line(shown))
-                        left_out = outcome
-                    skipped.extend(left_out)
-                    outcomes.extend(_outcome_line(one) for one in left_out)
-                done += 1
+                        key, _, bucket = item
+                        shown = str(bucket.name) if bucket is not None else str(key.name)
+                        if isinstance(result, Skipped):
+                            left_out = [replace(result, name=shown)]
+                        else:
+                            restored.append(shown)
+                            outcomes.append(_outcome_line(shown))
+                            left_out = result
+                        skipped.extend(left_out)
+                        outcomes.extend(_outcome_line(one) for one in left_out)
+                done += len(batch)
+                # Only between batches: a batch is one transaction, so a caller that stops
+                # here leaves each of its keys whole and the report file complete.
                 if done < total:
                     yield RestoreProgress(done, total, len(restored), len(skipped))
         except GeneratorExit:
@@ -427,18 +435,75 @@ class BackupManagement:
         name, version = _tombstone_target(tombstone.name)
         return int(self._store.add_tombstone(name, version, tombstone))
 
-    def _restore_one(
+    def _restore_batch(
+        self,
+        batch: list[tuple[str, Any]],
+        supported: frozenset[Any],
+        known_accounts: dict[str, bool],
+    ) -> list[Any]:
+        """The outcome of each entry of batch, in order: for a tombstone whether it was new,
+        for a skipped entry itself, for a key or bucket a Skipped or the versions it left
+        out. Its keys and buckets are stored in one transaction."""
+        results: list[Any] = [None] * len(batch)
+        # Tombstones first: a bundle holds a revoked version's tombstone before its key, and
+        # _batches starts a new batch rather than put one after its key.
+        for index, (kind, item) in enumerate(batch):
+            if kind == "tombstone":
+                results[index] = self._record_tombstone(item)
+            elif kind == "skipped":
+                results[index] = item
+        entries = [index for index, (kind, _) in enumerate(batch) if kind in ("key", "bucket")]
+        tombstones = self._store.tombstones_of([batch[index][1][0].name for index in entries])
+        ready: dict[int, list[Skipped]] = {}
+        for index in entries:
+            key, versions, _ = batch[index][1]
+            checked = self._check_one(
+                key, versions, supported, tombstones[key.name], known_accounts
+            )
+            if isinstance(checked, Skipped):
+                results[index] = checked
+            else:
+                ready[index] = checked
+        if not ready:
+            return results
+        items = [
+            (
+                replace(batch[index][1][0], etag=0, request_id=""),
+                _kept(batch[index][1][1], left_out),
+                batch[index][1][2],
+            )
+            for index, left_out in ready.items()
+        ]
+        try:
+            taken = self._store.restore_keys(items)
+        except AlreadyExists:
+            # Two entries of one name, or a key created meanwhile: one transaction per key
+            # tells which.
+            taken = set()
+            for key, kept, bucket in items:
+                try:
+                    self._store.restore_key(key, kept, bucket)
+                except AlreadyExists:
+                    taken.add(key.name)
+        for index, left_out in ready.items():
+            name = batch[index][1][0].name
+            results[index] = Skipped(str(name), SkipReason.EXISTS) if name in taken else left_out
+        return results
+
+    def _check_one(
         self,
         key: Key,
         versions: list[KeyVersion],
-        bucket: Bucket | None,
         supported: frozenset[Any],
+        tombstones: list[Tombstone],
+        known_accounts: dict[str, bool],
     ) -> Skipped | list[Skipped]:
-        """Restore one key (or bucket): a Skipped for it, or the versions it left out."""
+        """Whether key (or a bucket's master key) may be restored: a Skipped for it, or the
+        versions its tombstones leave out. Every blob it keeps is trial-unwrapped here."""
         name = str(key.name)
         left_out: list[Skipped] = []
         dropped: set[int] = set()
-        for tombstone in self._store.tombstones(key.name):
+        for tombstone in tombstones:
             if tombstone.name == name:
                 reason = (
                     SkipReason.DESTROYED_LATER
@@ -458,14 +523,16 @@ class BackupManagement:
                 )
         if key.algorithm not in supported:
             return Skipped(name, SkipReason.UNSUPPORTED_ALGORITHM, str(key.algorithm))
-        if self._accounts.get_account(key.name.account) is None:
+        account = key.name.account
+        if account not in known_accounts:
+            known_accounts[account] = self._accounts.get_account(account) is not None
+        if not known_accounts[account]:
             return Skipped(
                 name,
                 SkipReason.UNKNOWN_ACCOUNT,
                 f"create accounts/{key.name.account} here first (vaultctl accounts create)",
             )
-        kept = [version for version in versions if version.number not in dropped]
-        for version in kept:
+        for version in _kept(versions, left_out):
             if version.state is VersionState.DESTROYED:
                 continue
             if not self._keystore.opens(version, key.algorithm):
@@ -475,11 +542,33 @@ class BackupManagement:
                     f"root generation {version.root_generation} is not this token's, or "
                     "missing from it",
                 )
-        try:
-            self._store.restore_key(replace(key, etag=0, request_id=""), kept, bucket)
-        except AlreadyExists:
-            return Skipped(name, SkipReason.EXISTS)
         return left_out
+
+
+def _kept(versions: list[KeyVersion], left_out: list[Skipped]) -> list[KeyVersion]:
+    """versions less those left_out names (the revoked ones)."""
+    dropped = {KeyVersionName.parse(item.name).version for item in left_out}
+    return [version for version in versions if version.number not in dropped]
+
+
+def _batches(parsed: list[tuple[str, Any]], size: int) -> Iterator[list[tuple[str, Any]]]:
+    """parsed in consecutive batches of at most size entries. A batch records its tombstones
+    before it restores its keys, so a tombstone of a key already in the batch starts the next
+    one: each key then meets exactly the tombstones it would meet one entry at a time."""
+    batch: list[tuple[str, Any]] = []
+    keys_in_batch: set[KeyName] = set()
+    for kind, item in parsed:
+        if kind == "tombstone" and _tombstone_target(item.name)[0] in keys_in_batch:
+            yield batch
+            batch, keys_in_batch = [], set()
+        batch.append((kind, item))
+        if kind in ("key", "bucket"):
+            keys_in_batch.add(item[0].name)
+        if len(batch) >= size:
+            yield batch
+            batch, keys_in_batch = [], set()
+    if batch:
+        yield batch
 
 
 def _check_selection(selection: Selection) -> None:
