@@ -308,10 +308,10 @@ class BackupManagement:
         self, file_name: str, expected_fingerprint: str = ""
     ) -> Generator[RestoreProgress, None, None]:
         """restore, step by step: a RestoreProgress once the bundle is verified, one after
-        each entry, and a last one that carries the report. Each key is restored in its own
-        transaction before the step after it, so a caller that stops iterating (closes the
-        generator) stops the restore between two keys: what was restored stays whole, and
-        the report file lists what was done up to there."""
+        each batch of entries (its keys and buckets stored in one transaction), and a last
+        one that carries the report. A caller that stops iterating (closes the generator)
+        stops the restore between two batches: what was restored stays whole, and the
+        report file lists what was done up to there."""
         started = self._clock()
         verified = verify_bundle(self._files.lines(file_name), expected_fingerprint)
         bundle = verified.bundle
