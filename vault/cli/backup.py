@@ -188,10 +188,10 @@ def restore_command(state: CliState, file: str, expect_signer: str) -> None:
     vault), or the name of a file already there.
 
     Shows a progress bar (on a terminal) while the server restores; Ctrl-C stops the
-    restore before its next key, keeping what it restored: run the command again to restore
-    the rest. Then prints the counts of restored and skipped items, the items themselves
-    (only the first ones when there are more than one answer carries) and the path of the
-    report file the server wrote beside the bundle, which lists every item."""
+    restore before its next batch of keys, keeping what it restored: run the command again
+    to restore the rest. Then prints the counts of restored and skipped items, the items
+    themselves (only the first ones when there are more than one answer carries) and the
+    path of the report file the server wrote beside the bundle, which lists every item."""
     name = file
     local = Path(file)
     if local.is_file():

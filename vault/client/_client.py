@@ -293,9 +293,9 @@ class VaultClient:
         bundle's keys need. progress, if given, is called with each message: entries_done of
         entries_total, restored and skipped so far, about twice a second, and last with the
         result set. Interrupting the call (an exception from progress, KeyboardInterrupt)
-        cancels it: the server stops before its next key, keeps what it restored, and the
-        same call again restores the rest. A server without StreamRestoreBackup is asked
-        RestoreBackup instead, also without a deadline.
+        cancels it: the server stops before its next batch of keys, keeps what it restored,
+        and the same call again restores the rest. A server without StreamRestoreBackup is
+        asked RestoreBackup instead, also without a deadline.
 
         restored_count, skipped_count and skipped_by_reason count every outcome; the lists
         restored and skipped hold only the first ones when all would not fit in one message

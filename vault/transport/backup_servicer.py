@@ -176,7 +176,7 @@ class BackupServicer(backup_service_pb2_grpc.BackupServiceServicer):
                 yield progress
             elif not context.is_active():
                 # The caller went away (cancelled, or its deadline passed): stop the restore
-                # before its next key. The message is not delivered; gRPC then stops reading
+                # before its next batch. The message is not delivered; gRPC then stops reading
                 # this stream, which records the call as cancelled.
                 steps.close()
                 yield progress
