@@ -135,11 +135,21 @@ def test_every_backup_method_needs_the_admin_role_and_changes_are_audited_first(
 
     service = backup_service_pb2.DESCRIPTOR.services_by_name["BackupService"]
     methods = {method.name for method in service.methods}
-    assert methods == {"ExportBackup", "VerifyBackup", "RestoreBackup", "ListBackups"}
+    assert methods == {
+        "ExportBackup",
+        "VerifyBackup",
+        "RestoreBackup",
+        "StreamRestoreBackup",
+        "ListBackups",
+    }
     owner = Principal(CredentialKind.ACCESS_KEY, "VK" + "A" * 18, "acme")  # full access to acme
     admin = Principal(CredentialKind.ACCESS_KEY, "VK" + "B" * 18, "ops", admin=True)
     for method in methods:
         assert not authorize(owner, service.full_name, method, [ResourceRef("acme", "")])
         assert not authorize(owner, service.full_name, method, [])
         assert authorize(admin, service.full_name, method, [])
-    assert {m for m in methods if m in MUTATING_METHODS} == {"ExportBackup", "RestoreBackup"}
+    assert {m for m in methods if m in MUTATING_METHODS} == {
+        "ExportBackup",
+        "RestoreBackup",
+        "StreamRestoreBackup",
+    }

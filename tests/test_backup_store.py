@@ -149,3 +149,39 @@ def test_the_export_log_pages_oldest_first_and_resumes_within_one_microsecond(
                 stores.backups.exports_holding(key.version(1), 2, token)
     finally:
         stores.close()
+
+
+def test_restore_keys_writes_a_batch_at_once_and_leaves_out_the_names_taken(
+    backend_url: str,
+) -> None:
+    from vault.domain.errors import AlreadyExists
+
+    stores = open_stores(backend_url)
+    try:
+        taken = create(stores.metadata, make_key("taken"))
+        batch = [
+            (key, [make_version(key, 1), make_version(key, 2)], None)
+            for key in (make_key("new-a"), make_key("taken"), make_key("new-b"))
+        ]
+        assert stores.backups.restore_keys(batch) == {taken.name}
+        for key_id in ("new-a", "new-b"):
+            versions = stores.metadata.list_versions(make_key(key_id).name)
+            assert [version.number for version in versions] == [1, 2]
+        assert stores.metadata.get_key(taken.name) == taken
+
+        # Two items of one name: nothing of the batch is written, the caller goes one by one.
+        twice = [(make_key(key_id), [], None) for key_id in ("new-c", "twice", "twice")]
+        with pytest.raises(AlreadyExists):
+            stores.backups.restore_keys(twice)  # type: ignore[arg-type]
+        assert stores.metadata.get_key(make_key("new-c").name) is None
+
+        _revoke_and_destroy(stores)
+        names = [make_key(key_id).name for key_id in ("revoked", "rotated", "new-a")]
+        found = stores.backups.tombstones_of(names)
+        assert {name.key: [t.name for t in found[name]] for name in names} == {
+            "revoked": [str(names[0])],
+            "rotated": [f"{names[1]}/versions/1"],
+            "new-a": [],
+        }
+    finally:
+        stores.close()

@@ -126,3 +126,63 @@ def test_restore_refuses_to_replace_another_bundle_of_the_same_name(
     )
     assert_one_line_error(result, 4, "other content")
     assert (server.data_dir / "backups" / "same.bundle").read_bytes() == b"the earlier bundle\n"
+
+
+def test_restore_shows_progress_on_a_terminal_only_and_its_output_stays_whole(
+    target: str,  # noqa: F811
+    server: VaultServer,
+    tmp_path: Path,
+) -> None:
+    """vaultctl in its own process, its stderr a terminal (a pseudo-terminal) and its stdout
+    a pipe: the progress bar goes to the terminal, never into what the command prints."""
+    import os
+    import pty
+    import subprocess
+
+    from tests.support.clone import VAULTCTL
+
+    name = str(create_key(target, "ENCRYPT_DECRYPT")["name"])
+    bundle = tmp_path / "bar.bundle"
+    json_of(
+        vaultctl(target, "backup", "export", "--key", name, "-o", str(bundle), json_output=True)
+    )
+    env = {key: value for key, value in os.environ.items() if not key.startswith("VAULT_")}
+    env |= {**_CREDENTIALS, "VAULT_DATA_DIR": str(server.data_dir), "TERM": "xterm"}
+
+    def restore(*options: str) -> tuple[str, bytes]:
+        terminal, side = pty.openpty()
+        try:
+            done = subprocess.run(
+                [str(VAULTCTL), "--target", target, *options, "backup", "restore", str(bundle)],
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=side,
+                timeout=120,
+                check=False,
+            )
+            os.close(side)
+            shown = b""
+            while True:
+                try:
+                    chunk = os.read(terminal, 65536)
+                except OSError:  # EIO: the terminal's other side is closed and drained
+                    break
+                if not chunk:
+                    break
+                shown += chunk
+        finally:
+            os.close(terminal)
+        assert done.returncode == 0, shown
+        return done.stdout.decode(), shown
+
+    printed, shown = restore("--json")
+    assert json.loads(printed)["skipped"] == [{"name": name, "reason": "EXISTS", "detail": ""}]
+    assert shown == b""  # no bar with --json, even on a terminal
+
+    printed, shown = restore()
+    assert name in printed and "EXISTS" in printed
+    assert "\x1b" not in printed  # no terminal control codes in the output
+    # The bar, up to the bundle's one entry, then the notes (on stderr, as before).
+    assert b"restoring" in shown and b"1/1" in shown
+    assert shown.index(b"1/1") < shown.index(b"restored 0 keys and buckets")

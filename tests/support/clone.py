@@ -32,17 +32,18 @@ def ceremony(data_dir: Path, work: Path, *args: str) -> dict[str, Any]:
     return result
 
 
-def clone_roots(source: Path, destination: Path, work: Path) -> None:
+def clone_roots(source: Path, destination: Path, work: Path, name: str = "backup-replica") -> None:
     """destination becomes an independently provisioned token that received source's roots
     by the clone ceremony: a transport key made there, trusted by source's SO after the
-    fingerprint check, the roots wrapped under it and unwrapped there."""
+    fingerprint check, the roots wrapped under it and unwrapped there. name: the transport
+    key's, unique among the keys source trusts (one per destination)."""
     provision(destination)
     work.mkdir()
     files = {
         "create.toml": """
             ceremony = "transport-key-create"
             record = "records/create.json"
-            name = "backup-replica"
+            name = "{name}"
             bits = 3072
             public_key_out = "replica.pem"
             operators = ["alice", "bob"]
@@ -50,18 +51,19 @@ def clone_roots(source: Path, destination: Path, work: Path) -> None:
         "trust.toml": """
             ceremony = "transport-key-trust"
             record = "records/trust.json"
-            name = "backup-replica"
+            name = "{name}"
             public_key = "replica.pem"
             """,
         "clone.toml": """
             ceremony = "clone-roots"
             record = "records/clone.json"
-            trusted_key = "backup-replica"
+            trusted_key = "{name}"
             transfer_out = "roots.json"
             """,
     }
-    for name, text in files.items():
-        (work / name).write_text(textwrap.dedent(text), encoding="utf-8")
+    for file_name, text in files.items():
+        text = text.replace("{name}", name)
+        (work / file_name).write_text(textwrap.dedent(text), encoding="utf-8")
     created = ceremony(destination, work, "transport-key", "create", "create.toml")
     ceremony(
         source, work, "transport-key", "trust", "trust.toml", "--fingerprint",
@@ -73,7 +75,7 @@ def clone_roots(source: Path, destination: Path, work: Path) -> None:
             f"""
             ceremony = "receive-roots"
             record = "records/receive.json"
-            transport_key = "backup-replica"
+            transport_key = "{name}"
             transfer = "roots.json"
             source_signer_fingerprint = "{sent["signer_fingerprint"]}"
             """

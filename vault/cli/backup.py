@@ -23,6 +23,7 @@ from vault.cli._context import (
 from vault.cli._output import emit, format_time, note, print_fields, print_table
 from vault.domain.backup import from_micros
 from vault.domain.errors import BackupInvalid
+from vault.gen.vault.v1 import backup_service_pb2
 
 GROUP_HELP = """Export, check and restore backup bundles (admin role).
 
@@ -186,9 +187,11 @@ def restore_command(state: CliState, file: str, expect_signer: str) -> None:
     file, copied there first unless the same file is there already (run this next to the
     vault), or the name of a file already there.
 
-    Prints the counts of restored and skipped items, the items themselves (only the first
-    ones when there are more than one answer carries) and the path of the report file the
-    server wrote beside the bundle, which lists every item."""
+    Shows a progress bar (on a terminal) while the server restores; Ctrl-C stops the
+    restore before its next batch of keys, keeping what it restored: run the command again
+    to restore the rest. Then prints the counts of restored and skipped items, the items
+    themselves (only the first ones when there are more than one answer carries) and the
+    path of the report file the server wrote beside the bundle, which lists every item."""
     name = file
     local = Path(file)
     if local.is_file():
@@ -204,7 +207,16 @@ def restore_command(state: CliState, file: str, expect_signer: str) -> None:
                 raise CliError(
                     f"{target} exists with other content: rename {file}", exit_code=EXIT_LOCAL
                 )
-    report = state.client().restore_backup(name, expected_signer_fingerprint=expect_signer)
+    client = state.client()
+    with progress(not state.json) as bar:
+        task = bar.add_task("restoring", total=None)
+
+        def show(step: backup_service_pb2.RestoreBackupProgress) -> None:
+            bar.update(task, completed=step.entries_done, total=step.entries_total or None)
+
+        report = client.restore_backup(
+            name, expected_signer_fingerprint=expect_signer, progress=show
+        )
     report_file = ""
     if report.report_file_name:
         report_file = str(state.settings().backup_directory / report.report_file_name)

@@ -234,8 +234,9 @@ class VaultClient:
         *,
         deadline: bool = True,
     ) -> _Response:
-        """One call, retried while the server is UNAVAILABLE. deadline=False: no per-call
-        timeout, for a call whose work grows with the store (verifying the whole audit log)."""
+        """One unary call, retried while the server is UNAVAILABLE. deadline=False: without
+        the client's per-call timeout, for calls whose time grows with their data (a bundle,
+        the whole audit log)."""
         timeout = self._timeout if deadline else None
         for attempt in range(1, _ATTEMPTS + 1):
             try:
@@ -272,16 +273,30 @@ class VaultClient:
     def verify_backup(
         self, file_name: str, *, expected_signer_fingerprint: str = ""
     ) -> backup_service_pb2.BackupSummary:
-        """Check a bundle in the vault's backup directory (<data_dir>/backups) by file name."""
+        """Check a bundle in the vault's backup directory (<data_dir>/backups) by file name.
+        No deadline: the server reads and checks the whole bundle, which for a million keys
+        takes longer than the client's timeout."""
         request = backup_service_pb2.VerifyBackupRequest(
             file_name=file_name, expected_signer_fingerprint=expected_signer_fingerprint
         )
-        return self._call(self._backups.VerifyBackup, request)
+        return self._call(self._backups.VerifyBackup, request, deadline=False)
 
     def restore_backup(
-        self, file_name: str, *, expected_signer_fingerprint: str = ""
+        self,
+        file_name: str,
+        *,
+        expected_signer_fingerprint: str = "",
+        progress: Callable[[backup_service_pb2.RestoreBackupProgress], None] | None = None,
     ) -> backup_service_pb2.RestoreBackupResponse:
         """Verify and restore a bundle in the vault's backup directory, by file name.
+
+        Streams (StreamRestoreBackup) without a deadline: a restore takes as long as its
+        bundle's keys need. progress, if given, is called with each message: entries_done of
+        entries_total, restored and skipped so far, about twice a second, and last with the
+        result set. Interrupting the call (an exception from progress, KeyboardInterrupt)
+        cancels it: the server stops before its next batch of keys, keeps what it restored,
+        and the same call again restores the rest. A server without StreamRestoreBackup is
+        asked RestoreBackup instead, also without a deadline.
 
         restored_count, skipped_count and skipped_by_reason count every outcome; the lists
         restored and skipped hold only the first ones when all would not fit in one message
@@ -290,7 +305,24 @@ class VaultClient:
         request = backup_service_pb2.RestoreBackupRequest(
             file_name=file_name, expected_signer_fingerprint=expected_signer_fingerprint
         )
-        return self._call(self._backups.RestoreBackup, request)
+        stream = self._backups.StreamRestoreBackup(request, timeout=None)
+        try:
+            for message in stream:
+                if progress is not None:
+                    progress(message)
+                if message.HasField("result"):
+                    return message.result
+        except grpc.RpcError as error:
+            code = error.code() if isinstance(error, grpc.Call) else None
+            if code is grpc.StatusCode.UNIMPLEMENTED:
+                return self._call(self._backups.RestoreBackup, request, deadline=False)
+            raise VaultClientError.from_rpc_error(error) from error
+        finally:
+            # Leaving early (progress raised) must not leave the restore running for nobody.
+            stream.cancel()
+        raise VaultClientError(
+            grpc.StatusCode.UNKNOWN, "", "the restore's stream ended without its result"
+        )
 
     def list_backups(
         self, key_version: str, *, page_size: int = 0

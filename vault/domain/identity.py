@@ -176,6 +176,7 @@ MUTATING_METHODS: Final = frozenset(
         # An export hands out (wrapped) key material and is logged; a restore adds keys.
         "ExportBackup",
         "RestoreBackup",
+        "StreamRestoreBackup",
     }
 )
 

@@ -588,6 +588,10 @@ class BackupStore(Protocol):
         """Tombstones of key name and its versions; a key's own has the key's name."""
         ...
 
+    def tombstones_of(self, names: Sequence[KeyName]) -> dict[KeyName, list[Tombstone]]:
+        """tombstones() of each of names (every one a key of the result), in one read."""
+        ...
+
     def add_tombstone(self, name: KeyName, version: int, tombstone: Tombstone) -> bool: ...
 
     def restore_key(
@@ -595,6 +599,14 @@ class BackupStore(Protocol):
     ) -> None:
         """Insert key, its versions and its bucket as given, atomically; AlreadyExists if
         taken."""
+        ...
+
+    def restore_keys(
+        self, items: Sequence[tuple[Key, Sequence[KeyVersion], Bucket | None]]
+    ) -> set[KeyName]:
+        """restore_key for several keys in one transaction: the keys whose names are taken
+        are left out and returned; AlreadyExists, with nothing inserted, if a row is taken
+        all the same."""
         ...
 
 

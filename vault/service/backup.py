@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Generator, Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
@@ -67,6 +67,9 @@ MAX_SELECTION_ITEMS: Final = 1000
 # Lines sent per chunk of ExportBackup's stream, unless the caller asks for smaller chunks (the
 # transport does, to stay within its message limit).
 CHUNK_BYTES: Final = 256 * 1024
+# Keys and buckets a restore writes per store transaction: one statement per table for all
+# of them, rather than one transaction per key.
+RESTORE_BATCH: Final = 50
 # A restore's report file: <bundle file name><REPORT_SUFFIX with the restore's time>, cut to
 # the 255 bytes a file name may take.
 REPORT_SUFFIX: Final = ".restore-{:%Y%m%dT%H%M%S%fZ}.jsonl"
@@ -107,6 +110,18 @@ class RestoreReport:
         for item in self.skipped:
             counts[str(item.reason)] = counts.get(str(item.reason), 0) + 1
         return counts
+
+
+@dataclass(frozen=True, slots=True)
+class RestoreProgress:
+    """How far a restore is: entries of the bundle done (keys, buckets, tombstones, skipped
+    entries) of its total, and outcomes so far; the last step carries the report."""
+
+    entries_done: int
+    entries_total: int
+    restored: int
+    skipped: int
+    report: RestoreReport | None = None
 
 
 def verify_bundle(lines: Iterable[bytes], expected_fingerprint: str = "") -> VerifiedBundle:
@@ -284,6 +299,19 @@ class BackupManagement:
         """Restore what the bundle holds and this store and token can take; the report lists
         every outcome, and so does a file written next to the bundle (a response may not
         carry them all)."""
+        for step in self.restoring(file_name, expected_fingerprint):
+            if step.report is not None:
+                return step.report
+        raise AssertionError("a restore ends with its report")
+
+    def restoring(
+        self, file_name: str, expected_fingerprint: str = ""
+    ) -> Generator[RestoreProgress, None, None]:
+        """restore, step by step: a RestoreProgress once the bundle is verified, one after
+        each batch of entries (its keys and buckets stored in one transaction), and a last
+        one that carries the report. A caller that stops iterating (closes the generator)
+        stops the restore between two batches: what was restored stays whole, and the
+        report file lists what was done up to there."""
         started = self._clock()
         verified = verify_bundle(self._files.lines(file_name), expected_fingerprint)
         bundle = verified.bundle
@@ -302,40 +330,59 @@ class BackupManagement:
                 parsed.append((kind, _skipped_from_entry(entry)))
         self._require_some_root(parsed)
 
+        total = len(parsed)
         restored: list[str] = []
         skipped: list[Skipped] = []
         # Every outcome in bundle order, restored and skipped interleaved, for the report file.
         outcomes: list[bytes] = []
         recorded = 0
         supported = self._keystore.supported_algorithms()
-        for kind, item in parsed:
-            if kind == "skipped":
-                skipped.append(item)
-                outcomes.append(_outcome_line(item))
-            elif kind == "tombstone":
-                recorded += self._record_tombstone(item)
-            else:
-                key, versions, bucket = item
-                shown = str(bucket.name) if bucket is not None else str(key.name)
-                outcome = self._restore_one(key, versions, bucket, supported)
-                if isinstance(outcome, Skipped):
-                    left_out = [replace(outcome, name=shown)]
-                else:
-                    restored.append(shown)
-                    outcomes.append(_outcome_line(shown))
-                    left_out = outcome
-                skipped.extend(left_out)
-                outcomes.extend(_outcome_line(one) for one in left_out)
+        # Accounts are never deleted: one look-up per account and restore.
+        known_accounts: dict[str, bool] = {}
+        done = 0
         try:
-            report_file = self._files.write_report(file_name, started, outcomes)
-        except OSError as error:
-            # What was restored stays restored: the response still counts every outcome.
-            log.warning(
-                "the report of restoring backup %s was not written: %s",
+            yield RestoreProgress(0, total, 0, 0)
+            for batch in _batches(parsed, RESTORE_BATCH):
+                results = self._restore_batch(batch, supported, known_accounts)
+                for (kind, item), result in zip(batch, results, strict=True):
+                    if kind == "skipped":
+                        skipped.append(item)
+                        outcomes.append(_outcome_line(item))
+                    elif kind == "tombstone":
+                        recorded += int(result)
+                    else:
+                        key, _, bucket = item
+                        shown = str(bucket.name) if bucket is not None else str(key.name)
+                        if isinstance(result, Skipped):
+                            left_out = [replace(result, name=shown)]
+                        else:
+                            restored.append(shown)
+                            outcomes.append(_outcome_line(shown))
+                            left_out = result
+                        skipped.extend(left_out)
+                        outcomes.extend(_outcome_line(one) for one in left_out)
+                done += len(batch)
+                # Only between batches: a batch is one transaction, so a caller that stops
+                # here leaves each of its keys whole and the report file complete.
+                if done < total:
+                    yield RestoreProgress(done, total, len(restored), len(skipped))
+        except GeneratorExit:
+            # The caller went away: what was restored stays, and the report says how far
+            # the restore got, so that running it again (which skips those as EXISTS) is
+            # the way to complete it.
+            self._write_report(file_name, started, outcomes, bundle.export_id)
+            log.info(
+                "restore of backup %s stopped after %d of %d entries: %d restored, "
+                "%d skipped, %d tombstones recorded",
                 bundle.export_id,
-                error.strerror,
+                done,
+                total,
+                len(restored),
+                len(skipped),
+                recorded,
             )
-            report_file = ""
+            raise
+        report_file = self._write_report(file_name, started, outcomes, bundle.export_id)
         log.info(
             "restored backup %s: %d restored, %d skipped, %d tombstones recorded",
             bundle.export_id,
@@ -343,7 +390,22 @@ class BackupManagement:
             len(skipped),
             recorded,
         )
-        return RestoreReport(verified, restored, skipped, recorded, report_file)
+        report = RestoreReport(verified, restored, skipped, recorded, report_file)
+        yield RestoreProgress(total, total, len(restored), len(skipped), report)
+
+    def _write_report(
+        self, file_name: str, started: datetime, outcomes: list[bytes], export_id: str
+    ) -> str:
+        try:
+            return self._files.write_report(file_name, started, outcomes)
+        except OSError as error:
+            # What was restored stays restored: the response still counts every outcome.
+            log.warning(
+                "the report of restoring backup %s was not written: %s",
+                export_id,
+                error.strerror,
+            )
+            return ""
 
     def _require_some_root(self, parsed: list[tuple[str, Any]]) -> None:
         """RootGenerationMissing when the bundle has keys and the token holds none of the
@@ -373,18 +435,75 @@ class BackupManagement:
         name, version = _tombstone_target(tombstone.name)
         return int(self._store.add_tombstone(name, version, tombstone))
 
-    def _restore_one(
+    def _restore_batch(
+        self,
+        batch: list[tuple[str, Any]],
+        supported: frozenset[Any],
+        known_accounts: dict[str, bool],
+    ) -> list[Any]:
+        """The outcome of each entry of batch, in order: for a tombstone whether it was new,
+        for a skipped entry itself, for a key or bucket a Skipped or the versions it left
+        out. Its keys and buckets are stored in one transaction."""
+        results: list[Any] = [None] * len(batch)
+        # Tombstones first: a bundle holds a revoked version's tombstone before its key, and
+        # _batches starts a new batch rather than put one after its key.
+        for index, (kind, item) in enumerate(batch):
+            if kind == "tombstone":
+                results[index] = self._record_tombstone(item)
+            elif kind == "skipped":
+                results[index] = item
+        entries = [index for index, (kind, _) in enumerate(batch) if kind in ("key", "bucket")]
+        tombstones = self._store.tombstones_of([batch[index][1][0].name for index in entries])
+        ready: dict[int, list[Skipped]] = {}
+        for index in entries:
+            key, versions, _ = batch[index][1]
+            checked = self._check_one(
+                key, versions, supported, tombstones[key.name], known_accounts
+            )
+            if isinstance(checked, Skipped):
+                results[index] = checked
+            else:
+                ready[index] = checked
+        if not ready:
+            return results
+        items = [
+            (
+                replace(batch[index][1][0], etag=0, request_id=""),
+                _kept(batch[index][1][1], left_out),
+                batch[index][1][2],
+            )
+            for index, left_out in ready.items()
+        ]
+        try:
+            taken = self._store.restore_keys(items)
+        except AlreadyExists:
+            # Two entries of one name, or a key created meanwhile: one transaction per key
+            # tells which.
+            taken = set()
+            for key, kept, bucket in items:
+                try:
+                    self._store.restore_key(key, kept, bucket)
+                except AlreadyExists:
+                    taken.add(key.name)
+        for index, left_out in ready.items():
+            name = batch[index][1][0].name
+            results[index] = Skipped(str(name), SkipReason.EXISTS) if name in taken else left_out
+        return results
+
+    def _check_one(
         self,
         key: Key,
         versions: list[KeyVersion],
-        bucket: Bucket | None,
         supported: frozenset[Any],
+        tombstones: list[Tombstone],
+        known_accounts: dict[str, bool],
     ) -> Skipped | list[Skipped]:
-        """Restore one key (or bucket): a Skipped for it, or the versions it left out."""
+        """Whether key (or a bucket's master key) may be restored: a Skipped for it, or the
+        versions its tombstones leave out. Every blob it keeps is trial-unwrapped here."""
         name = str(key.name)
         left_out: list[Skipped] = []
         dropped: set[int] = set()
-        for tombstone in self._store.tombstones(key.name):
+        for tombstone in tombstones:
             if tombstone.name == name:
                 reason = (
                     SkipReason.DESTROYED_LATER
@@ -404,14 +523,16 @@ class BackupManagement:
                 )
         if key.algorithm not in supported:
             return Skipped(name, SkipReason.UNSUPPORTED_ALGORITHM, str(key.algorithm))
-        if self._accounts.get_account(key.name.account) is None:
+        account = key.name.account
+        if account not in known_accounts:
+            known_accounts[account] = self._accounts.get_account(account) is not None
+        if not known_accounts[account]:
             return Skipped(
                 name,
                 SkipReason.UNKNOWN_ACCOUNT,
                 f"create accounts/{key.name.account} here first (vaultctl accounts create)",
             )
-        kept = [version for version in versions if version.number not in dropped]
-        for version in kept:
+        for version in _kept(versions, left_out):
             if version.state is VersionState.DESTROYED:
                 continue
             if not self._keystore.opens(version, key.algorithm):
@@ -421,11 +542,33 @@ class BackupManagement:
                     f"root generation {version.root_generation} is not this token's, or "
                     "missing from it",
                 )
-        try:
-            self._store.restore_key(replace(key, etag=0, request_id=""), kept, bucket)
-        except AlreadyExists:
-            return Skipped(name, SkipReason.EXISTS)
         return left_out
+
+
+def _kept(versions: list[KeyVersion], left_out: list[Skipped]) -> list[KeyVersion]:
+    """versions less those left_out names (the revoked ones)."""
+    dropped = {KeyVersionName.parse(item.name).version for item in left_out}
+    return [version for version in versions if version.number not in dropped]
+
+
+def _batches(parsed: list[tuple[str, Any]], size: int) -> Iterator[list[tuple[str, Any]]]:
+    """parsed in consecutive batches of at most size entries. A batch records its tombstones
+    before it restores its keys, so a tombstone of a key already in the batch starts the next
+    one: each key then meets exactly the tombstones it would meet one entry at a time."""
+    batch: list[tuple[str, Any]] = []
+    keys_in_batch: set[KeyName] = set()
+    for kind, item in parsed:
+        if kind == "tombstone" and _tombstone_target(item.name)[0] in keys_in_batch:
+            yield batch
+            batch, keys_in_batch = [], set()
+        batch.append((kind, item))
+        if kind in ("key", "bucket"):
+            keys_in_batch.add(item[0].name)
+        if len(batch) >= size:
+            yield batch
+            batch, keys_in_batch = [], set()
+    if batch:
+        yield batch
 
 
 def _check_selection(selection: Selection) -> None:

@@ -192,25 +192,30 @@ class SqlBackupStore:
 
     def tombstones(self, name: KeyName) -> list[Tombstone]:
         """The tombstones of key name and of its versions (version 0 is the key's)."""
-        query = (
-            select(key_tombstones)
-            .where(key_tombstones.c.account == name.account, key_tombstones.c.key_id == name.key)
-            .order_by(key_tombstones.c.version, key_tombstones.c.time)
-        )
+        return self.tombstones_of([name])[name]
+
+    def tombstones_of(self, names: Sequence[KeyName]) -> dict[KeyName, list[Tombstone]]:
+        """tombstones() of each of names, in one read per account among them."""
+        found: dict[KeyName, list[Tombstone]] = {name: [] for name in names}
+        by_account: dict[str, list[str]] = {}
+        for name in found:
+            by_account.setdefault(name.account, []).append(name.key)
         with guarded_transaction(self._engine, self._serial, write=False) as c:
-            rows = c.execute(query).mappings().all()
-        return [
-            Tombstone(
-                name=str(name) if row["version"] == 0 else str(name.version(int(row["version"]))),
-                state=KeyState(row["state"]),
-                time=row["time"],
-                reason_code=None
-                if row["reason_code"] is None
-                else RevocationReason(row["reason_code"]),
-                reason=str(row["reason"]),
-            )
-            for row in rows
-        ]
+            for account, key_ids in by_account.items():
+                query = (
+                    select(key_tombstones)
+                    .where(
+                        key_tombstones.c.account == account,
+                        key_tombstones.c.key_id.in_(key_ids),
+                    )
+                    .order_by(
+                        key_tombstones.c.key_id, key_tombstones.c.version, key_tombstones.c.time
+                    )
+                )
+                for row in c.execute(query).mappings().all():
+                    name = KeyName(account, str(row["key_id"]))
+                    found[name].append(_to_tombstone(name, row))
+        return found
 
     def add_tombstone(self, name: KeyName, version: int, tombstone: Tombstone) -> bool:
         with guarded_transaction(self._engine, self._serial, write=True) as c:
@@ -242,6 +247,52 @@ class SqlBackupStore:
                 c.execute(insert(key_versions).values(**version_row(version)))
             if bucket is not None:
                 c.execute(insert(buckets).values(**_bucket_row(bucket, key)))
+
+    def restore_keys(
+        self, items: Sequence[tuple[Key, Sequence[KeyVersion], Bucket | None]]
+    ) -> set[KeyName]:
+        """restore_key for several keys (and buckets) in one transaction, each row statement
+        compiled once for all of them. Keys whose name the store holds already are left out
+        and returned. AlreadyExists, with nothing inserted, if a row is taken all the same
+        (two items of one name, or a key created meanwhile)."""
+        with guarded_transaction(
+            self._engine,
+            self._serial,
+            write=True,
+            on_duplicate=lambda: AlreadyExists("a key or bucket of the batch exists already"),
+        ) as c:
+            taken = _existing_keys(c, [key.name for key, _, _ in items])
+            new = [item for item in items if item[0].name not in taken]
+            if new:
+                c.execute(insert(keys), [key_row(key) for key, _, _ in new])
+                version_rows = [version_row(v) for _, versions, _ in new for v in versions]
+                if version_rows:
+                    c.execute(insert(key_versions), version_rows)
+                bucket_rows = [_bucket_row(b, key) for key, _, b in new if b is not None]
+                if bucket_rows:
+                    c.execute(insert(buckets), bucket_rows)
+        return taken
+
+
+def _existing_keys(c: Any, names: Sequence[KeyName]) -> set[KeyName]:
+    by_account: dict[str, list[str]] = {}
+    for name in names:
+        by_account.setdefault(name.account, []).append(name.key)
+    found: set[KeyName] = set()
+    for account, key_ids in by_account.items():
+        query = select(keys.c.key_id).where(keys.c.account == account, keys.c.key_id.in_(key_ids))
+        found.update(KeyName(account, str(key_id)) for key_id in c.execute(query).scalars())
+    return found
+
+
+def _to_tombstone(name: KeyName, row: Any) -> Tombstone:
+    return Tombstone(
+        name=str(name) if row["version"] == 0 else str(name.version(int(row["version"]))),
+        state=KeyState(row["state"]),
+        time=row["time"],
+        reason_code=None if row["reason_code"] is None else RevocationReason(row["reason_code"]),
+        reason=str(row["reason"]),
+    )
 
 
 def _decode_export_token(token: str) -> tuple[datetime, str]:

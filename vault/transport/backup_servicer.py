@@ -8,16 +8,50 @@ lists are cut to it (its counts and report file stay whole), and ListBackups pag
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
+from typing import Final
 
 import grpc
 
 from vault.domain.backup import ExportRecord, Selection
 from vault.gen.vault.v1 import backup_service_pb2 as pb
 from vault.gen.vault.v1 import backup_service_pb2_grpc
-from vault.service.backup import CHUNK_BYTES, BackupManagement, RestoreReport, VerifiedBundle
+from vault.service.backup import (
+    CHUNK_BYTES,
+    BackupManagement,
+    RestoreProgress,
+    RestoreReport,
+    VerifiedBundle,
+)
 from vault.transport import convert
 from vault.transport.page_budget import cut_repeated, fit_response
+
+# StreamRestoreBackup's progress messages: at most one per PROGRESS_INTERVAL_SECONDS.
+PROGRESS_INTERVAL_SECONDS: Final = 0.5
+# Room a progress message's own fields and the framing of its result take, besides the result.
+_PROGRESS_FIELDS_BYTES: Final = 64
+
+
+class ProgressPacer:
+    """Whether a restore's step is worth a message: the first (the bundle's total), the last
+    (the result), and otherwise one per interval, however many entries go by in it."""
+
+    def __init__(
+        self,
+        interval: float = PROGRESS_INTERVAL_SECONDS,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._interval = interval
+        self._clock = clock
+        self._last: float | None = None
+
+    def due(self, step: RestoreProgress) -> bool:
+        now = self._clock()
+        if self._last is not None and step.report is None and now - self._last < self._interval:
+            return False
+        self._last = now
+        return True
 
 
 def _summary(verified: VerifiedBundle) -> pb.BackupSummary:
@@ -122,6 +156,33 @@ class BackupServicer(backup_service_pb2_grpc.BackupServiceServicer):
     ) -> pb.RestoreBackupResponse:
         report = self._backups.restore(request.file_name, request.expected_signer_fingerprint)
         return restore_response(report, self._max_message_bytes)
+
+    def StreamRestoreBackup(
+        self, request: pb.RestoreBackupRequest, context: grpc.ServicerContext
+    ) -> Iterator[pb.RestoreBackupProgress]:
+        pacer = ProgressPacer()
+        steps = self._backups.restoring(request.file_name, request.expected_signer_fingerprint)
+        for step in steps:
+            progress = pb.RestoreBackupProgress(
+                entries_done=step.entries_done,
+                entries_total=step.entries_total,
+                restored=step.restored,
+                skipped=step.skipped,
+            )
+            if step.report is not None:
+                progress.result.CopyFrom(
+                    restore_response(step.report, self._max_message_bytes - _PROGRESS_FIELDS_BYTES)
+                )
+                yield progress
+            elif not context.is_active():
+                # The caller went away (cancelled, or its deadline passed): stop the restore
+                # before its next batch. The message is not delivered; gRPC then stops reading
+                # this stream, which records the call as cancelled.
+                steps.close()
+                yield progress
+                return
+            elif pacer.due(step):
+                yield progress
 
     def ListBackups(
         self, request: pb.ListBackupsRequest, context: grpc.ServicerContext
