@@ -63,9 +63,10 @@ def test_each_kind_is_created_through_the_api_at_each_client_count(tmp_path: Pat
         if row["op"] == "create_key_rsa2048":
             assert row["server_cpu_us"] > 10_000  # the token's search for a key pair
         assert row["raw_ops_per_s"] is None and row["ratio"] is None
-        assert row["hours_per_million"] == pytest.approx(
-            1e6 / row["vault_ops_per_s"] / 3600, rel=0.01
-        )
+        # Both figures are rounded (the rate to 0.1/s): the hours lie within that rounding.
+        rate = row["vault_ops_per_s"]
+        hours = row["hours_per_million"]
+        assert 1e6 / 3600 / (rate + 0.05) - 0.005 <= hours <= 1e6 / 3600 / (rate - 0.05) + 0.005
     json.dumps(rows, allow_nan=False)
 
     # What the rows count was really made, each kind as asked: the measured creations and
