@@ -50,7 +50,12 @@ from vault.domain.models import Page
 from vault.domain.ports import AuditFilter, AuditHead
 from vault.storage.audit_locks import AppendLock, lock_path
 from vault.storage.engine import SQLITE_BUSY_TIMEOUT_MS, scrub_server_message, write_transaction
-from vault.storage.paging import clamp_page_size, decode_page_token, keyset_page
+from vault.storage.paging import (
+    clamp_page_size,
+    decode_page_token,
+    encode_page_token,
+    keyset_page,
+)
 from vault.storage.tables import (
     UtcDateTime,
     access_keys,
@@ -66,6 +71,10 @@ from vault.storage.transactions import aware, guarded_transaction, is_disk_full,
 
 # Rows per query when streaming the whole log: bounded memory, few round trips.
 READ_BATCH = 1000
+# Records one ListAuditEvents call examines at most: reading this many took about 20 ms on
+# SQLite and 50 ms on PostgreSQL (README, Audit log), well within any caller's deadline
+# however long the log and however rarely the filter matches.
+LIST_WINDOW_RECORDS = 100_000
 _SEQ_TOKEN_RE = re.compile(r"[0-9]{1,19}")
 
 # The stored columns, occurred_at as the raw integer (converted in _record_of).
@@ -274,18 +283,57 @@ class AuditChain:
     def list_audit_events(
         self, audit_filter: AuditFilter, page_size: int, page_token: str
     ) -> Page[AuditRecord]:
-        """Records matching every field set in audit_filter, oldest first."""
+        """Records matching every field set in audit_filter, oldest first, examining at most
+        LIST_WINDOW_RECORDS records: when no indexed filter (time range, credential, full
+        method name) matches that few records in all, the call reads only the next window of
+        that many sequence numbers, and a page short of page_size (even empty) then carries a
+        token resuming after the window. Only an empty token ends the listing."""
         size = clamp_page_size(page_size)
-        clauses = _filter_clauses(audit_filter)
-        if page_token:
-            clauses.append(audit_events.c.seq > _decode_seq_token(page_token))
-        query = (
-            select(*_RECORD_COLUMNS).where(*clauses).order_by(audit_events.c.seq).limit(size + 1)
-        )
+        after = _decode_seq_token(page_token) if page_token else 0
+        window = LIST_WINDOW_RECORDS
+        parts = _filter_parts(audit_filter)
+        sqlite = self._engine.dialect.name == "sqlite"
+        seq = audit_events.c.seq
         with guarded_transaction(self._engine, self._serial, write=False) as c:
+            first = c.execute(select(func.min(seq)).where(seq > after)).scalar()
+            if first is None:
+                return keyset_page([], False, lambda record: record.seq)
+            driving = next(
+                (name for name, clauses in parts.indexed.items() if _at_most(c, clauses, window)),
+                None,
+            )
+            end: int | None = None
+            if driving is None:
+                head = int(c.execute(select(func.max(seq))).scalar_one())
+                end = int(first) + window - 1
+                if end >= head:
+                    end = None
+            clauses = list(parts.rest)
+            for name, indexed in parts.indexed.items():
+                # SQLite has no statistics to choose among the indexes by: only the one
+                # counted above bounds the rows read, so the others are written as
+                # expressions it cannot use an index for.
+                hidden = sqlite and driving is not None and name != driving
+                clauses.extend(parts.unindexed[name] if hidden else indexed)
+            # Likewise the primary key, which SQLite prefers when it saves sorting the page.
+            hide_key = sqlite and driving is not None
+            clauses.append((type_coerce(seq, BigInteger) + 0 if hide_key else seq) > after)
+            if end is not None:
+                clauses.append(seq <= end)
+            query = select(*_RECORD_COLUMNS).where(*clauses).order_by(seq).limit(size + 1)
             rows = c.execute(query).all()
         items = [_record_of(row) for row in rows[:size]]
-        return keyset_page(items, len(rows) > size, lambda record: record.seq)
+        page = keyset_page(items, len(rows) > size, lambda record: record.seq)
+        if len(rows) > size or end is None:
+            return page
+        return Page(items, encode_page_token(str(end)), page.token_after)
+
+
+def _at_most(c: Connection, clauses: Sequence[ColumnElement[bool]], limit: int) -> bool:
+    """Whether at most limit records match clauses, reading at most limit + 1 entries of the
+    index they use."""
+    matching = select(audit_events.c.seq).where(*clauses).limit(limit + 1).subquery()
+    return int(c.execute(select(func.count()).select_from(matching)).scalar_one()) <= limit
 
 
 class _SqliteFileAppender:
@@ -670,22 +718,45 @@ def _head_hash(value: Any) -> bytes:
     return value
 
 
-def _filter_clauses(audit_filter: AuditFilter) -> list[ColumnElement[bool]]:
+@dataclass(frozen=True, slots=True)
+class _FilterParts:
+    """A filter's conditions: by the index that can find their rows (occurred_at,
+    credential_id, method), each also written so that no index is used for it, and the
+    conditions no index helps with."""
+
+    indexed: dict[str, list[ColumnElement[bool]]]
+    unindexed: dict[str, list[ColumnElement[bool]]]
+    rest: list[ColumnElement[bool]]
+
+
+def _filter_parts(audit_filter: AuditFilter) -> _FilterParts:
     col = audit_events.c
-    clauses: list[ColumnElement[bool]] = []
-    if audit_filter.start_time is not None:
-        clauses.append(col.occurred_at >= aware(audit_filter.start_time))
-    if audit_filter.end_time is not None:
-        clauses.append(col.occurred_at < aware(audit_filter.end_time))
+    indexed: dict[str, list[ColumnElement[bool]]] = {}
+    unindexed: dict[str, list[ColumnElement[bool]]] = {}
+    rest: list[ColumnElement[bool]] = []
+    # The same comparisons on an expression of the column (every column here is NOT NULL),
+    # which SQLite cannot look up in the column's index.
+    micros = type_coerce(col.occurred_at, BigInteger) + 0
+    if audit_filter.start_time is not None or audit_filter.end_time is not None:
+        times, plain = [], []
+        if audit_filter.start_time is not None:
+            times.append(col.occurred_at >= aware(audit_filter.start_time))
+            plain.append(micros >= to_micros(aware(audit_filter.start_time)))
+        if audit_filter.end_time is not None:
+            times.append(col.occurred_at < aware(audit_filter.end_time))
+            plain.append(micros < to_micros(aware(audit_filter.end_time)))
+        indexed["occurred_at"], unindexed["occurred_at"] = times, plain
     if audit_filter.credential_id:
-        clauses.append(col.credential_id == audit_filter.credential_id)
+        credential = audit_filter.credential_id
+        indexed["credential_id"] = [col.credential_id == credential]
+        unindexed["credential_id"] = [col.credential_id + "" == credential]
     if audit_filter.outcome:
-        clauses.append(col.outcome == audit_filter.outcome)
+        rest.append(col.outcome == audit_filter.outcome)
     if audit_filter.resource:
         # The key itself, or anything under it (its versions). Compared with substr rather
         # than LIKE: LIKE is case-insensitive on SQLite and would need '%' and '_' escaped.
         prefix = audit_filter.resource + "/"
-        clauses.append(
+        rest.append(
             or_(
                 col.resource == audit_filter.resource,
                 func.substr(col.resource, 1, len(prefix)) == prefix,
@@ -694,15 +765,16 @@ def _filter_clauses(audit_filter: AuditFilter) -> list[ColumnElement[bool]]:
     if audit_filter.method:
         method = audit_filter.method
         if "/" in method:
-            clauses.append(col.method == method)
+            indexed["method"] = [col.method == method]
+            unindexed["method"] = [col.method + "" == method]
         else:
             # A short name ("Encrypt") matches the last part of any full name
             # ("/vault.v1.CryptoService/Encrypt"), and only a whole last part.
             suffix = "/" + method
-            clauses.append(
+            rest.append(
                 func.substr(col.method, func.length(col.method) - (len(suffix) - 1)) == suffix
             )
-    return clauses
+    return _FilterParts(indexed, unindexed, rest)
 
 
 def _decode_seq_token(token: str) -> int:
