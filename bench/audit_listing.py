@@ -6,11 +6,13 @@
 A store is filled with --records audit records by copying rows in bulk (one INSERT ... SELECT
 over a generated series; the records need not chain for listing), then each filter's first
 page (page size 100) is read through the store's list_audit_events, in this process, best of
---rounds. The records spread so that each filter has a common and a rare value: 50
-credentials, two methods (Encrypt and GetKey, alternating), 20 keys with 3 versions each, and
-every 250,000 records one rare credential, method, key and outcome. With --compare, the same
-calls are also timed with the vault package of another checkout (a subprocess with that
-checkout first on sys.path), alternated with this one's on the same database.
+--rounds; then the whole listing in pages of 1,000 (at most 50 calls): how many calls it
+took, the slowest one and the records found. The records spread so that each filter has a
+common and a rare value: 50 credentials, two methods (Encrypt and GetKey, alternating), 20 keys
+with 3 versions each, and every 250,000 records one rare credential, method, key and outcome.
+With --compare, the same calls are also timed with the vault package of another checkout (a
+subprocess with that checkout first on sys.path), alternated with this one's on the same
+database.
 """
 
 from __future__ import annotations
@@ -30,6 +32,8 @@ T0: Final = datetime(2026, 1, 1, tzinfo=UTC)
 T0_US: Final = int(T0.timestamp() * 1_000_000)
 RARE_EVERY: Final = 250_000
 PAGE_SIZE: Final = 100
+# Calls of a whole listing followed at most (a listing of every record takes 1,000 a call).
+MAX_CALLS: Final = 50
 ENCRYPT: Final = "/vault.v1.CryptoService/Encrypt"
 DESTROY: Final = "/vault.v1.KeyService/DestroyKey"
 
@@ -149,10 +153,22 @@ def time_filters(url: str, rounds: int, names: Sequence[str]) -> dict[str, dict[
                 started = time.perf_counter()
                 page = stores.audit.list_audit_events(audit_filter, PAGE_SIZE, "")
                 best = min(best, time.perf_counter() - started)
+            # The whole listing, following the tokens: how many calls, the slowest of them.
+            calls, slowest, found, token = 0, 0.0, 0, ""
+            while True:
+                started = time.perf_counter()
+                listed = stores.audit.list_audit_events(audit_filter, 1000, token)
+                slowest = max(slowest, time.perf_counter() - started)
+                calls, found, token = calls + 1, found + len(listed.items), listed.next_page_token
+                if not token or calls == MAX_CALLS:
+                    break
             results[name] = {
                 "seconds": best,
                 "records": len(page.items),
                 "more": bool(page.next_page_token),
+                "calls": calls,
+                "slowest": slowest,
+                "found": found,
             }
     finally:
         stores.audit.close()
@@ -205,8 +221,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             if args.compare:
                 row["other"] = _child(args.compare, url, args.rounds, [name])[name]
             cells = "  ".join(
-                f"{label} {r['seconds'] * 1000:9.1f} ms {r['records']:4d} rec "
-                f"{'more' if r['more'] else 'end '}"
+                f"{label} {r['seconds'] * 1000:7.1f} ms {r['records']:3d} rec "
+                f"{'more' if r['more'] else 'end '} | all: {r['calls']:2d} calls, slowest "
+                f"{r['slowest'] * 1000:6.1f} ms, {r['found']} rec"
                 for label, r in row.items()
             )
             print(f"{name:<{width}}  {cells}", flush=True)

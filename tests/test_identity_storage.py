@@ -680,6 +680,7 @@ def test_a_listing_call_examines_at_most_a_window_of_records(
     audit: SqlAuditStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(audit_chain_module, "LIST_WINDOW_RECORDS", 10)
+    monkeypatch.setattr(audit_chain_module, "LIST_INDEX_RECORDS", 10)
     windowed_log(audit)
     rare = AuditFilter(resource="accounts/acme/keys/rare")
     pages = calls_of(audit, rare, 100)
@@ -694,8 +695,9 @@ def test_a_listing_call_examines_at_most_a_window_of_records(
     assert seqs_of(audit, AuditFilter(), 3) == list(range(1, 46))
     page = audit.list_audit_events(AuditFilter(), 3, "")
     assert page.next_page_token == encode_page_token("3")
-    # An indexed filter matching at most a window's records in all is answered in one call,
-    # through its index, whatever else is asked; one matching more is read window by window.
+    # An indexed filter matching at most LIST_INDEX_RECORDS records in all is answered in one
+    # call, through its index, whatever else is asked; one matching more is read window by
+    # window.
     by_api_key = calls_of(audit, AuditFilter(credential_id=API_KEY), 1)
     assert [[r.seq for r in p.items] for p in by_api_key] == [[6], [41]]
     assert len(calls_of(audit, AuditFilter(credential_id=API_KEY, outcome="OK"), 100)) == 1
@@ -740,8 +742,9 @@ def test_windowed_listings_list_exactly_the_matching_records(
     audit_filter = AuditFilter(**values)
     expected = seqs_of(audit, audit_filter, 1000)
     assert expected == sorted(expected)
-    for window in (1, 7, 10):
+    for window, through_index in ((1, 1), (7, 3), (10, 10), (5, 100)):
         monkeypatch.setattr(audit_chain_module, "LIST_WINDOW_RECORDS", window)
+        monkeypatch.setattr(audit_chain_module, "LIST_INDEX_RECORDS", through_index)
         for page_size in (1, 2, 100):
             assert seqs_of(audit, audit_filter, page_size) == expected
 
