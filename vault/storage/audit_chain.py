@@ -308,7 +308,7 @@ class AuditChain:
                 (
                     name
                     for name, clauses in parts.indexed.items()
-                    if _at_most(c, clauses, through_index)
+                    if _at_most(c, name, clauses, through_index)
                 ),
                 None,
             )
@@ -341,10 +341,14 @@ class AuditChain:
         return Page(items, encode_page_token(str(end)), page.token_after)
 
 
-def _at_most(c: Connection, clauses: Sequence[ColumnElement[bool]], limit: int) -> bool:
-    """Whether at most limit records match clauses, reading at most limit + 1 entries of the
-    index they use."""
-    matching = select(audit_events.c.seq).where(*clauses).limit(limit + 1).subquery()
+def _at_most(
+    c: Connection, column: str, clauses: Sequence[ColumnElement[bool]], limit: int
+) -> bool:
+    """Whether at most limit records match clauses on column, reading at most limit + 1
+    entries of its index. Ordered by the column, so that PostgreSQL reads the index rather
+    than scanning the table on the guess that matching rows are spread evenly over it."""
+    indexed = audit_events.c[column]
+    matching = select(indexed).where(*clauses).order_by(indexed).limit(limit + 1).subquery()
     return int(c.execute(select(func.count()).select_from(matching)).scalar_one()) <= limit
 
 
