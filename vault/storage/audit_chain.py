@@ -321,9 +321,12 @@ class AuditChain:
             clauses = list(parts.rest)
             for name, indexed in parts.indexed.items():
                 # SQLite has no statistics to choose among the indexes by: only the one
-                # counted above bounds the rows read, so the others are written as
-                # expressions it cannot use an index for.
-                hidden = sqlite and driving is not None and name != driving
+                # counted above, or else the primary key's window, bounds the rows read, so
+                # the others are written as expressions it cannot use an index for. (Within
+                # a window, another index would also read its rows one lookup at a time
+                # instead of in sequence: 0.55 s against 0.03 s for a common method and a rare
+                # key in a log of 10^7 records.)
+                hidden = sqlite and name != driving
                 clauses.extend(parts.unindexed[name] if hidden else indexed)
             # Likewise the primary key, which either database prefers when it saves sorting
             # the page: walking it in order could read the whole log before a page is full.
