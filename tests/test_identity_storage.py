@@ -760,6 +760,29 @@ def test_the_first_window_starts_at_the_oldest_stored_record(
     assert [[r.seq for r in page.items] for page in pages] == [[28], [], []]
 
 
+def test_a_window_token_resumes_after_the_window_and_bad_tokens_are_refused(
+    audit: SqlAuditStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(audit_chain_module, "LIST_WINDOW_RECORDS", 10)
+    windowed_log(audit)
+    rare = AuditFilter(resource="accounts/acme/keys/rare")
+
+    def listed(audit_filter: AuditFilter, after: str) -> tuple[list[int], str]:
+        page = audit.list_audit_events(audit_filter, 100, encode_page_token(after))
+        return [r.seq for r in page.items], page.next_page_token
+
+    # A window's token is a sequence number like any other: any listing continues after it.
+    assert listed(rare, "10") == ([], encode_page_token("20"))
+    assert listed(rare, "27") == ([28], encode_page_token("37"))
+    assert listed(AuditFilter(), "10") == (list(range(11, 21)), encode_page_token("20"))
+    assert listed(AuditFilter(), "40") == ([41, 42, 43, 44, 45], "")
+    assert listed(rare, "45") == ([], "")
+    assert listed(rare, "1000") == ([], "")
+    for bad in ("-1", "1e3", "20 ", "9" * 20):
+        with pytest.raises(InvalidArgument):
+            audit.list_audit_events(rare, 10, encode_page_token(bad))
+
+
 def test_checkpointers_of_separate_stores_take_turns(url: str) -> None:
     """Two stores on one database, as two hosts (or two processes of one) have: while one
     holds the checkpoint lock, the other's attempt fails at once and a waiting one waits."""
