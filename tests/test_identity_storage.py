@@ -25,7 +25,7 @@ from alembic.migration import MigrationContext
 from sqlalchemy import event, inspect, text
 
 import vault.storage.audit_chain as audit_chain_module
-from vault.domain.audit import GENESIS_HASH, AuditEvent, Checkpoint
+from vault.domain.audit import GENESIS_HASH, AuditEvent, AuditRecord, Checkpoint
 from vault.domain.audit_verification import verify_audit_log
 from vault.domain.errors import AlreadyExists, AuditUnavailable, InvalidArgument, NotFound
 from vault.domain.identity import (
@@ -39,6 +39,7 @@ from vault.domain.identity import (
     RateLimit,
     UsageCount,
 )
+from vault.domain.models import Page
 from vault.domain.ports import AuditFilter, AuditStore, IdentityStore
 from vault.storage import (
     SqlAuditStore,
@@ -50,6 +51,7 @@ from vault.storage import (
 )
 from vault.storage.audit_locks import LOCK_SUFFIX
 from vault.storage.engine import make_engine, write_transaction
+from vault.storage.paging import encode_page_token
 from vault.storage.tables import metadata
 
 T0 = datetime(2025, 3, 1, 12, 0, 0, 123456, tzinfo=UTC)
@@ -637,6 +639,148 @@ def test_list_audit_events_pages(audit: SqlAuditStore) -> None:
     for bad in ("%%%", "YWJj"):  # not base64; base64 of "abc"
         with pytest.raises(InvalidArgument):
             audit.list_audit_events(AuditFilter(), 10, bad)
+
+
+def calls_of(
+    audit: SqlAuditStore, audit_filter: AuditFilter, page_size: int
+) -> list[Page[AuditRecord]]:
+    """Every page of a listing, as the store answered them."""
+    pages: list[Page[AuditRecord]] = []
+    token = ""
+    while True:
+        page = audit.list_audit_events(audit_filter, page_size, token)
+        pages.append(page)
+        token = page.next_page_token
+        if not token:
+            return pages
+
+
+def windowed_log(audit: SqlAuditStore) -> None:
+    """45 records: key k1 but for a rare key at 4 and 28, the access key but for the API key at
+    6 and 41, Encrypt but for GetKey (NOT_FOUND) at 10 and 38, one a second from T0."""
+    rare_key, by_api_key, lookups = {3, 27}, {5, 40}, {9, 37}
+    audit.append_audit(
+        [
+            audit_event(
+                n,
+                at=T0 + timedelta(seconds=n),
+                resource="accounts/acme/keys/rare" if n in rare_key else "accounts/acme/keys/k1",
+                credential=API_KEY if n in by_api_key else ACCESS_KEY,
+                method=GET_KEY if n in lookups else ENCRYPT,
+                outcome="NOT_FOUND" if n in lookups else "OK",
+            )
+            for n in range(45)
+        ],
+        {},
+        {},
+    )
+
+
+def test_a_listing_call_examines_at_most_a_window_of_records(
+    audit: SqlAuditStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(audit_chain_module, "LIST_WINDOW_RECORDS", 10)
+    monkeypatch.setattr(audit_chain_module, "LIST_INDEX_RECORDS", 10)
+    windowed_log(audit)
+    rare = AuditFilter(resource="accounts/acme/keys/rare")
+    pages = calls_of(audit, rare, 100)
+    # Each call reads the next 10 sequence numbers and resumes after them; the window
+    # 11-20 holds no match, so its page is empty with a token, and the last ends the listing.
+    assert [[r.seq for r in page.items] for page in pages] == [[4], [], [28], [], []]
+    assert [page.next_page_token for page in pages[:-1]] == [
+        encode_page_token(str(end)) for end in (10, 20, 30, 40)
+    ]
+    assert pages[-1].next_page_token == ""
+    # Full pages still end after their last record.
+    assert seqs_of(audit, AuditFilter(), 3) == list(range(1, 46))
+    page = audit.list_audit_events(AuditFilter(), 3, "")
+    assert page.next_page_token == encode_page_token("3")
+    # An indexed filter matching at most LIST_INDEX_RECORDS records in all is answered in one
+    # call, through its index, whatever else is asked; one matching more is read window by
+    # window.
+    by_api_key = calls_of(audit, AuditFilter(credential_id=API_KEY), 1)
+    assert [[r.seq for r in p.items] for p in by_api_key] == [[6], [41]]
+    assert len(calls_of(audit, AuditFilter(credential_id=API_KEY, outcome="OK"), 100)) == 1
+    assert len(calls_of(audit, AuditFilter(method=GET_KEY, credential_id=ACCESS_KEY), 100)) == 1
+    narrow = AuditFilter(
+        start_time=T0 + timedelta(seconds=25),
+        end_time=T0 + timedelta(seconds=30),
+        resource=rare.resource,
+    )
+    assert [[r.seq for r in p.items] for p in calls_of(audit, narrow, 100)] == [[28]]
+    wide = AuditFilter(start_time=T0 + timedelta(seconds=25), resource=rare.resource)
+    assert [[r.seq for r in p.items] for p in calls_of(audit, wide, 100)] == [[], [], [28], [], []]
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {},
+        {"resource": "accounts/acme/keys/rare"},
+        {"outcome": "NOT_FOUND"},
+        {"method": "GetKey"},
+        {"method": GET_KEY},
+        {"method": ENCRYPT, "credential_id": API_KEY},
+        {"method": GET_KEY, "credential_id": ACCESS_KEY, "outcome": "NOT_FOUND"},
+        {"credential_id": ACCESS_KEY, "resource": "accounts/acme/keys/rare"},
+        {"start_time": 8, "end_time": 12},
+        {"start_time": 8, "end_time": 12, "method": GET_KEY},
+        {"start_time": 8, "resource": "accounts/acme/keys/rare"},
+        {"end_time": 30, "credential_id": API_KEY},
+    ],
+)
+def test_windowed_listings_list_exactly_the_matching_records(
+    audit: SqlAuditStore, monkeypatch: pytest.MonkeyPatch, fields: dict[str, Any]
+) -> None:
+    windowed_log(audit)
+    times: dict[str, datetime] = {
+        name: T0 + timedelta(seconds=fields[name])
+        for name in ("start_time", "end_time")
+        if name in fields
+    }
+    values: dict[str, Any] = {**fields, **times}
+    audit_filter = AuditFilter(**values)
+    expected = seqs_of(audit, audit_filter, 1000)
+    assert expected == sorted(expected)
+    for window, through_index in ((1, 1), (7, 3), (10, 10), (5, 100)):
+        monkeypatch.setattr(audit_chain_module, "LIST_WINDOW_RECORDS", window)
+        monkeypatch.setattr(audit_chain_module, "LIST_INDEX_RECORDS", through_index)
+        for page_size in (1, 2, 100):
+            assert seqs_of(audit, audit_filter, page_size) == expected
+
+
+def test_the_first_window_starts_at_the_oldest_stored_record(
+    audit: SqlAuditStore, url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After archiving moved records 1-20 out, a listing does not walk their numbers."""
+    monkeypatch.setattr(audit_chain_module, "LIST_WINDOW_RECORDS", 10)
+    windowed_log(audit)
+    execute(url, "DELETE FROM audit_events WHERE seq <= 20")
+    pages = calls_of(audit, AuditFilter(resource="accounts/acme/keys/rare"), 100)
+    assert [[r.seq for r in page.items] for page in pages] == [[28], [], []]
+
+
+def test_a_window_token_resumes_after_the_window_and_bad_tokens_are_refused(
+    audit: SqlAuditStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(audit_chain_module, "LIST_WINDOW_RECORDS", 10)
+    windowed_log(audit)
+    rare = AuditFilter(resource="accounts/acme/keys/rare")
+
+    def listed(audit_filter: AuditFilter, after: str) -> tuple[list[int], str]:
+        page = audit.list_audit_events(audit_filter, 100, encode_page_token(after))
+        return [r.seq for r in page.items], page.next_page_token
+
+    # A window's token is a sequence number like any other: any listing continues after it.
+    assert listed(rare, "10") == ([], encode_page_token("20"))
+    assert listed(rare, "27") == ([28], encode_page_token("37"))
+    assert listed(AuditFilter(), "10") == (list(range(11, 21)), encode_page_token("20"))
+    assert listed(AuditFilter(), "40") == ([41, 42, 43, 44, 45], "")
+    assert listed(rare, "45") == ([], "")
+    assert listed(rare, "1000") == ([], "")
+    for bad in ("-1", "1e3", "20 ", "9" * 20):
+        with pytest.raises(InvalidArgument):
+            audit.list_audit_events(rare, 10, encode_page_token(bad))
 
 
 def test_checkpointers_of_separate_stores_take_turns(url: str) -> None:

@@ -7,12 +7,17 @@
 from __future__ import annotations
 
 import re
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
 from rich import box
+from rich.console import Console
+from rich.status import Status
 from rich.table import Table
 from rich.text import Text
 
@@ -223,15 +228,21 @@ def list_events(
     client = state.client()
     events: list[resources_pb2.AuditEvent] = []
     token = page_token
-    while True:
-        # With a limit, the last page asks for exactly what is left, so its token resumes
-        # right after the last record printed.
-        size = _MAX_PAGE if limit is None else min(_MAX_PAGE, limit - len(events))
-        page = client.list_audit_events(**filters, page_size=size, page_token=token)
-        events.extend(page.events)
-        token = page.next_page_token
-        if not token or (limit is not None and len(events) >= limit):
-            break
+    # Each call examines a bounded stretch of the log, so a rare match in a long log takes
+    # many calls, most answering no record: say on a terminal how far the search has got.
+    calls = 0
+    with _searching(show=not state.json) as status:
+        while True:
+            # With a limit, the last page asks for exactly what is left, so its token resumes
+            # right after the last record printed.
+            size = _MAX_PAGE if limit is None else min(_MAX_PAGE, limit - len(events))
+            page = client.list_audit_events(**filters, page_size=size, page_token=token)
+            events.extend(page.events)
+            token = page.next_page_token
+            calls += 1
+            if not token or (limit is not None and len(events) >= limit):
+                break
+            status.update(_search_status(len(events), calls))
     records = [event_record(event) for event in events]
 
     def human() -> None:
@@ -255,6 +266,27 @@ def list_events(
             note(f"more records: --page-token {token}")
 
     emit(state, {"events": records, "next_page_token": token}, human)
+
+
+@contextmanager
+def _searching(*, show: bool) -> Iterator[Status | _NoStatus]:
+    """A spinner on stderr while audit list calls the server, only on a terminal."""
+    if not (show and sys.stderr.isatty()):
+        yield _NoStatus()
+        return
+    with Console(stderr=True).status("searching the audit log") as status:
+        yield status
+
+
+class _NoStatus:
+    def update(self, status: str) -> None:
+        pass
+
+
+def _search_status(found: int, calls: int) -> str:
+    return (
+        f"searching the audit log: {_counted(found, 'record')} found in {_counted(calls, 'call')}"
+    )
 
 
 def verify_record(result: audit_service_pb2.VerifyAuditLogResponse) -> dict[str, Any]:

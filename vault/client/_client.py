@@ -1328,7 +1328,9 @@ class VaultClient:
         return self._call(self._audit.ListAuditEvents, request)
 
     def iter_audit_events(self, **filters: Any) -> Iterator[resources_pb2.AuditEvent]:
-        """Every audit record matching filters (as list_audit_events), page after page."""
+        """Every audit record matching filters (as list_audit_events), page after page. A
+        page may be short or empty while its token goes on (each call examines a bounded
+        part of the log): only an empty token ends the listing."""
         return _paged(
             lambda token: self.list_audit_events(**filters, page_size=1000, page_token=token),
             lambda page: page.events,

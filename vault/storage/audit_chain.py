@@ -50,7 +50,12 @@ from vault.domain.models import Page
 from vault.domain.ports import AuditFilter, AuditHead
 from vault.storage.audit_locks import AppendLock, lock_path
 from vault.storage.engine import SQLITE_BUSY_TIMEOUT_MS, scrub_server_message, write_transaction
-from vault.storage.paging import clamp_page_size, decode_page_token, keyset_page
+from vault.storage.paging import (
+    clamp_page_size,
+    decode_page_token,
+    encode_page_token,
+    keyset_page,
+)
 from vault.storage.tables import (
     UtcDateTime,
     access_keys,
@@ -66,6 +71,15 @@ from vault.storage.transactions import aware, guarded_transaction, is_disk_full,
 
 # Rows per query when streaming the whole log: bounded memory, few round trips.
 READ_BATCH = 1000
+# Records one ListAuditEvents call examines at most, in sequence order: reading this many
+# took 20-40 ms on SQLite and 40-110 ms on PostgreSQL (README, Audit log), well within any
+# caller's deadline however long the log and however rarely the filter matches.
+LIST_WINDOW_RECORDS = 100_000
+# A filter on an indexed column that matches at most this many records in the whole log is
+# read through its index in one call instead. Rows found through an index lie scattered over
+# the table, each read on its own and the lot sorted: on PostgreSQL 20,000 of them took as long
+# as 1,000,000 in sequence, so only few are worth it (and counting them stays cheap).
+LIST_INDEX_RECORDS = 10_000
 _SEQ_TOKEN_RE = re.compile(r"[0-9]{1,19}")
 
 # The stored columns, occurred_at as the raw integer (converted in _record_of).
@@ -274,18 +288,71 @@ class AuditChain:
     def list_audit_events(
         self, audit_filter: AuditFilter, page_size: int, page_token: str
     ) -> Page[AuditRecord]:
-        """Records matching every field set in audit_filter, oldest first."""
+        """Records matching every field set in audit_filter, oldest first, examining at most
+        LIST_WINDOW_RECORDS records. An indexed filter (time range, credential, full method
+        name) that matches at most LIST_INDEX_RECORDS records in all is read through its
+        index; otherwise the call reads only the next window of LIST_WINDOW_RECORDS sequence
+        numbers, and a page short of page_size (even empty) then carries a token resuming
+        after the window. Only an empty token ends the listing."""
         size = clamp_page_size(page_size)
-        clauses = _filter_clauses(audit_filter)
-        if page_token:
-            clauses.append(audit_events.c.seq > _decode_seq_token(page_token))
-        query = (
-            select(*_RECORD_COLUMNS).where(*clauses).order_by(audit_events.c.seq).limit(size + 1)
-        )
+        after = _decode_seq_token(page_token) if page_token else 0
+        window, through_index = LIST_WINDOW_RECORDS, LIST_INDEX_RECORDS
+        parts = _filter_parts(audit_filter)
+        sqlite = self._engine.dialect.name == "sqlite"
+        seq = audit_events.c.seq
         with guarded_transaction(self._engine, self._serial, write=False) as c:
+            first = c.execute(select(func.min(seq)).where(seq > after)).scalar()
+            if first is None:
+                return keyset_page([], False, lambda record: record.seq)
+            driving = next(
+                (
+                    name
+                    for name, clauses in parts.indexed.items()
+                    if _at_most(c, name, clauses, through_index)
+                ),
+                None,
+            )
+            end: int | None = None
+            if driving is None:
+                head = int(c.execute(select(func.max(seq))).scalar_one())
+                end = int(first) + window - 1
+                if end >= head:
+                    end = None
+            clauses = list(parts.rest)
+            for name, indexed in parts.indexed.items():
+                # SQLite has no statistics to choose among the indexes by: only the one
+                # counted above, or else the primary key's window, bounds the rows read, so
+                # the others are written as expressions it cannot use an index for. (Within
+                # a window, another index would also read its rows one lookup at a time
+                # instead of in sequence: 0.55 s against 0.03 s for a common method and a rare
+                # key in a log of 10^7 records.)
+                hidden = sqlite and name != driving
+                clauses.extend(parts.unindexed[name] if hidden else indexed)
+            # Likewise the primary key, which either database prefers when it saves sorting
+            # the page: walking it in order could read the whole log before a page is full.
+            # Through the counted index the rows are few, sorted in memory.
+            ordering = seq if driving is None else type_coerce(seq, BigInteger) + 0
+            clauses.append(ordering > after)
+            if end is not None:
+                clauses.append(seq <= end)
+            query = select(*_RECORD_COLUMNS).where(*clauses).order_by(ordering).limit(size + 1)
             rows = c.execute(query).all()
         items = [_record_of(row) for row in rows[:size]]
-        return keyset_page(items, len(rows) > size, lambda record: record.seq)
+        page = keyset_page(items, len(rows) > size, lambda record: record.seq)
+        if len(rows) > size or end is None:
+            return page
+        return Page(items, encode_page_token(str(end)), page.token_after)
+
+
+def _at_most(
+    c: Connection, column: str, clauses: Sequence[ColumnElement[bool]], limit: int
+) -> bool:
+    """Whether at most limit records match clauses on column, reading at most limit + 1
+    entries of its index. Ordered by the column, so that PostgreSQL reads the index rather
+    than scanning the table on the guess that matching rows are spread evenly over it."""
+    indexed = audit_events.c[column]
+    matching = select(indexed).where(*clauses).order_by(indexed).limit(limit + 1).subquery()
+    return int(c.execute(select(func.count()).select_from(matching)).scalar_one()) <= limit
 
 
 class _SqliteFileAppender:
@@ -670,22 +737,45 @@ def _head_hash(value: Any) -> bytes:
     return value
 
 
-def _filter_clauses(audit_filter: AuditFilter) -> list[ColumnElement[bool]]:
+@dataclass(frozen=True, slots=True)
+class _FilterParts:
+    """A filter's conditions: by the index that can find their rows (occurred_at,
+    credential_id, method), each also written so that no index is used for it, and the
+    conditions no index helps with."""
+
+    indexed: dict[str, list[ColumnElement[bool]]]
+    unindexed: dict[str, list[ColumnElement[bool]]]
+    rest: list[ColumnElement[bool]]
+
+
+def _filter_parts(audit_filter: AuditFilter) -> _FilterParts:
     col = audit_events.c
-    clauses: list[ColumnElement[bool]] = []
-    if audit_filter.start_time is not None:
-        clauses.append(col.occurred_at >= aware(audit_filter.start_time))
-    if audit_filter.end_time is not None:
-        clauses.append(col.occurred_at < aware(audit_filter.end_time))
+    indexed: dict[str, list[ColumnElement[bool]]] = {}
+    unindexed: dict[str, list[ColumnElement[bool]]] = {}
+    rest: list[ColumnElement[bool]] = []
+    # The same comparisons on an expression of the column (every column here is NOT NULL),
+    # which SQLite cannot look up in the column's index.
+    micros = type_coerce(col.occurred_at, BigInteger) + 0
+    if audit_filter.start_time is not None or audit_filter.end_time is not None:
+        times, plain = [], []
+        if audit_filter.start_time is not None:
+            times.append(col.occurred_at >= aware(audit_filter.start_time))
+            plain.append(micros >= to_micros(aware(audit_filter.start_time)))
+        if audit_filter.end_time is not None:
+            times.append(col.occurred_at < aware(audit_filter.end_time))
+            plain.append(micros < to_micros(aware(audit_filter.end_time)))
+        indexed["occurred_at"], unindexed["occurred_at"] = times, plain
     if audit_filter.credential_id:
-        clauses.append(col.credential_id == audit_filter.credential_id)
+        credential = audit_filter.credential_id
+        indexed["credential_id"] = [col.credential_id == credential]
+        unindexed["credential_id"] = [col.credential_id + "" == credential]
     if audit_filter.outcome:
-        clauses.append(col.outcome == audit_filter.outcome)
+        rest.append(col.outcome == audit_filter.outcome)
     if audit_filter.resource:
         # The key itself, or anything under it (its versions). Compared with substr rather
         # than LIKE: LIKE is case-insensitive on SQLite and would need '%' and '_' escaped.
         prefix = audit_filter.resource + "/"
-        clauses.append(
+        rest.append(
             or_(
                 col.resource == audit_filter.resource,
                 func.substr(col.resource, 1, len(prefix)) == prefix,
@@ -694,15 +784,16 @@ def _filter_clauses(audit_filter: AuditFilter) -> list[ColumnElement[bool]]:
     if audit_filter.method:
         method = audit_filter.method
         if "/" in method:
-            clauses.append(col.method == method)
+            indexed["method"] = [col.method == method]
+            unindexed["method"] = [col.method + "" == method]
         else:
             # A short name ("Encrypt") matches the last part of any full name
             # ("/vault.v1.CryptoService/Encrypt"), and only a whole last part.
             suffix = "/" + method
-            clauses.append(
+            rest.append(
                 func.substr(col.method, func.length(col.method) - (len(suffix) - 1)) == suffix
             )
-    return clauses
+    return _FilterParts(indexed, unindexed, rest)
 
 
 def _decode_seq_token(token: str) -> int:
