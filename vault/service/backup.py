@@ -11,6 +11,7 @@ back a key (or version) the destination has a tombstone for, whatever older bund
 from __future__ import annotations
 
 import errno
+import json
 import logging
 import os
 import tempfile
@@ -441,15 +442,14 @@ class BackupManagement:
                 raise
         bundle = verified.bundle
         total = bundle.entry_count
-        outcomes = _Outcomes(names_bytes, self._open_report(file_name, started))
         recorded = 0
-        supported = self._keystore.supported_algorithms()
         # Accounts are never deleted: one look-up per account and restore.
         known_accounts: dict[str, bool] = {}
         done = 0
         with copy:
-            # The copy holds what the first pass checked: read again, it yields those entries.
-            items = (_entry_item(entry) for entry in BundleReader(read_lines(copy)).entries())
+            supported = self._keystore.supported_algorithms()
+            items = (_entry_item(entry) for entry in _checked_entries(copy))
+            outcomes = _Outcomes(names_bytes, self._open_report(file_name, started))
             try:
                 yield RestoreProgress(0, total, 0, 0)
                 for batch in _batches(items, RESTORE_BATCH):
@@ -683,6 +683,19 @@ def _first_pass(
     if malformed is not None:
         raise malformed
     return verified, samples
+
+
+def _checked_entries(copy: BinaryIO) -> Iterator[dict[str, Any]]:
+    """The entries of the private copy the first pass wrote and checked: its lines between
+    the header and the trailer, parsed. No one else writes the copy, so they are the lines
+    checked, and are not checked again."""
+    lines = read_lines(copy)
+    next(lines, None)
+    for line in lines:
+        entry = json.loads(line)
+        if entry["kind"] == "trailer":
+            return
+        yield entry
 
 
 def _copying(lines: Iterable[bytes], copy: BinaryIO) -> Iterator[bytes]:
