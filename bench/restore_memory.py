@@ -1,5 +1,6 @@
 """What verifying and restoring a large bundle costs in memory and time, before and after:
-`python -m bench.restore_memory [--sizes 10000,100000] [--restore-sizes 10000] [--baseline REV]`.
+`python -m bench.restore_memory [--sizes 10000,100000] [--restore-sizes 10000] [--baseline REV]
+[--time-only]`.
 
 Provisions a token in a temporary data directory and opens it in this process. A bundle of
 KEYS AES-256-GCM keys is written the way an export writes one (BundleWriter, each key's line as
@@ -9,7 +10,7 @@ vault.service.backup of REV (default: where this branch left main) and of this t
 verify it (BackupManagement.verify, as VerifyBackup) and restore it into a fresh SQLite store of
 their own (BackupManagement.restore, as RestoreBackup), alternating which goes first. Prints
 the peak of Python's allocations (tracemalloc, reset before each step) and the wall time of
-each step; tracemalloc slows both variants alike.
+each step. tracemalloc slows both variants, unevenly: --time-only measures times without it.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -44,7 +46,7 @@ ACCOUNT = "bench"
 NOW = datetime(2026, 12, 3, 12, 0, tzinfo=UTC)
 
 
-def _baseline_module(revision: str) -> ModuleType:
+def _baseline_module(revision: str, directory: Path) -> ModuleType:
     """vault.service.backup as it was at revision, importing this tree's other modules."""
     source = subprocess.run(
         ["git", "show", f"{revision}:vault/service/backup.py"],
@@ -52,7 +54,7 @@ def _baseline_module(revision: str) -> ModuleType:
         check=True,
         capture_output=True,
     ).stdout
-    path = Path(tempfile.mkdtemp(prefix="vault-bench-baseline-")) / "baseline_backup.py"
+    path = directory / "baseline_backup.py"
     path.write_bytes(source)
     spec = importlib.util.spec_from_file_location("baseline_backup", path)
     assert spec is not None and spec.loader is not None
@@ -90,7 +92,8 @@ def write_bundle(path: Path, keys: int, version: KeyVersion) -> int:
 
 
 def measure(step: Callable[[], Any]) -> tuple[float, float, Any]:
-    """Peak MiB of Python allocations during step, its seconds, and its result."""
+    """Peak MiB of Python allocations during step (0 unless tracemalloc runs), its seconds,
+    and its result."""
     tracemalloc.reset_peak()
     base = tracemalloc.get_traced_memory()[0]
     started = time.perf_counter()
@@ -100,8 +103,17 @@ def measure(step: Callable[[], Any]) -> tuple[float, float, Any]:
     return peak / (1 << 20), took, result
 
 
-def main(sizes: list[int], restore_sizes: list[int], baseline: str) -> None:
+def main(sizes: list[int], restore_sizes: list[int], baseline: str, trace: bool) -> None:
     base = Path(tempfile.mkdtemp(prefix="vault-bench-restore-memory-"))
+    try:
+        _run(base, sizes, restore_sizes, baseline, trace)
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def _run(
+    base: Path, sizes: list[int], restore_sizes: list[int], baseline: str, trace: bool
+) -> None:
     data_dir = base / "data"
     provision(data_dir)
     for name, value in vault_environment(data_dir).items():
@@ -124,10 +136,11 @@ def main(sizes: list[int], restore_sizes: list[int], baseline: str) -> None:
         token_label=None,
         public_key_der=None,
     )
-    variants = {"before": _baseline_module(baseline), "after": current}
+    variants = {"before": _baseline_module(baseline, base), "after": current}
     backups = base / "backups"
     backups.mkdir()
-    tracemalloc.start()
+    if trace:
+        tracemalloc.start()
     runs = 0
     for keys in sizes:
         bundle = f"{keys}.bundle"
@@ -170,6 +183,9 @@ if __name__ == "__main__":
         default="",
         help="the revision measured as before (default: the merge base with main)",
     )
+    parser.add_argument(
+        "--time-only", action="store_true", help="times only, without tracing allocations"
+    )
     options = parser.parse_args()
     revision = (
         options.baseline
@@ -185,4 +201,5 @@ if __name__ == "__main__":
         [int(size) for size in options.sizes.split(",")],
         [int(size) for size in options.restore_sizes.split(",") if size],
         revision,
+        not options.time_only,
     )
