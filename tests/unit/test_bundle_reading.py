@@ -98,3 +98,17 @@ def test_a_bundle_file_is_read_a_bounded_line_at_a_time() -> None:
     assert len(next(lines)) == MAX_LINE_BYTES + 1
     with pytest.raises(BackupInvalid, match="truncated or malformed"):
         check_bundle(read_lines(io.BytesIO(data.splitlines(True)[0] + b"x" * MAX_LINE_BYTES)))
+
+
+def test_a_restore_copy_that_does_not_fit_fails_as_a_full_disk() -> None:
+    import errno
+
+    from vault.domain.errors import DiskFull
+    from vault.service.backup import _copying
+
+    class FullDisk(io.BytesIO):
+        def write(self, data: object) -> int:
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    with pytest.raises(DiskFull):
+        list(_copying([b"{}\n"], FullDisk()))
