@@ -21,7 +21,7 @@ from vault.cli._context import (
     pass_state,
 )
 from vault.cli._output import emit, format_time, note, print_fields, print_table
-from vault.domain.backup import from_micros
+from vault.domain.backup import from_micros, read_lines
 from vault.domain.errors import BackupInvalid
 from vault.gen.vault.v1 import backup_service_pb2
 
@@ -97,8 +97,8 @@ def export_command(
                 bar.update(task, completed=chunk.entries_done, total=chunk.entries_estimate)
             file.flush()
             os.fsync(file.fileno())
-        with temporary.open("rb") as lines:
-            verified = verify_bundle(lines)
+        with temporary.open("rb") as handle:
+            verified = verify_bundle(read_lines(handle))
         os.replace(temporary, output)
     except BaseException:
         temporary.unlink(missing_ok=True)
@@ -156,8 +156,8 @@ def verify_command(state: CliState, file: str, expect_signer: str, remote: bool)
         from vault.service.backup import verify_bundle
 
         try:
-            with Path(file).open("rb") as lines:
-                verified = verify_bundle(lines, expect_signer)
+            with Path(file).open("rb") as handle:
+                verified = verify_bundle(read_lines(handle), expect_signer)
         except OSError as error:
             raise CliError(f"cannot read {file}: {error.strerror}", exit_code=EXIT_LOCAL) from None
         except BackupInvalid as error:

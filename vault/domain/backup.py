@@ -30,7 +30,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
-from typing import Any, Final
+from typing import Any, BinaryIO, Final
 
 from vault.domain.algorithms import Algorithm, Purpose
 from vault.domain.buckets import Bucket, BucketPolicy
@@ -105,9 +105,11 @@ class Skipped:
 
 
 @dataclass(frozen=True, slots=True)
-class ParsedBundle:
+class BundleSummary:
+    """A bundle's header and trailer, checked against its lines (BundleReader): what a check
+    needs, without the entries."""
+
     header: dict[str, Any]
-    entries: list[dict[str, Any]]
     summary: dict[str, Any]
     signed_payload: bytes = field(repr=False)
     signature: bytes = field(repr=False)
@@ -125,8 +127,19 @@ class ParsedBundle:
         return {kind: int(self.summary["counts"][kind]) for kind in KINDS}
 
     @property
+    def entry_count(self) -> int:
+        return sum(self.counts.values())
+
+    @property
     def create_time(self) -> datetime:
         return from_micros(int(self.header["create_time_us"]))
+
+
+@dataclass(frozen=True, slots=True)
+class ParsedBundle(BundleSummary):
+    """A whole bundle in memory, entries too (read_bundle): for small bundles and tests."""
+
+    entries: list[dict[str, Any]] = field(default_factory=list)
 
 
 def canonical(value: Mapping[str, Any]) -> bytes:
@@ -323,60 +336,104 @@ class Tombstone:
     reason: str = ""
 
 
-def read_bundle(lines: Iterable[bytes]) -> ParsedBundle:
-    """Parse a bundle and check its completeness: format, version, the header's digest, the
-    entries' digest and counts against the trailer. BackupInvalid if anything is off."""
-    iterator = iter(lines)
-    header_line = next(iterator, b"")
-    header = _parse_line(header_line)
-    if header.get("format") != FORMAT:
-        raise BackupInvalid("not a vault backup bundle")
-    if header.get("version") != VERSION:
-        raise BackupInvalid(
-            f"unsupported bundle version {header.get('version')!r}",
-            metadata={"version": str(header.get("version"))},
-        )
-    digest = hashlib.sha256()
-    entries: list[dict[str, Any]] = []
-    counts = dict.fromkeys(KINDS, 0)
-    trailer: dict[str, Any] | None = None
-    for line in iterator:
-        if trailer is not None:
-            raise BackupInvalid("the bundle continues after its trailer")
-        parsed = _parse_line(line)
-        kind = parsed.get("kind")
-        if kind == "trailer":
-            trailer = parsed
-            continue
-        if kind not in counts:
-            raise BackupInvalid("the bundle holds an entry of unknown kind")
-        digest.update(line)
-        counts[kind] += 1
-        entries.append(parsed)
-    if trailer is None:
-        raise BackupInvalid("the bundle is truncated: it has no trailer")
-    summary = trailer.get("summary")
-    if not isinstance(summary, dict):
-        raise BackupInvalid("the bundle's trailer has no summary")
-    expected = {
-        "export_id": header.get("export_id"),
-        "header_sha256": hashlib.sha256(header_line).hexdigest(),
-        "entries_sha256": digest.hexdigest(),
-        "counts": counts,
-    }
-    for name, value in expected.items():
-        if summary.get(name) != value:
+class BundleReader:
+    """One pass over a bundle's lines that keeps none of them: entries() yields each entry as
+    it is read (a canonical JSON object of a known kind), and once the lines end checks the
+    trailer against the digests and counts of what it read; summary is then the checked header
+    and trailer. So a bundle of any size is checked in the memory of its longest line.
+    BackupInvalid if anything is off, raised at the first line found wrong."""
+
+    def __init__(self, lines: Iterable[bytes]) -> None:
+        self._lines = lines
+        self._summary: BundleSummary | None = None
+
+    @property
+    def summary(self) -> BundleSummary:
+        if self._summary is None:
+            raise RuntimeError("the bundle was not read to its end")
+        return self._summary
+
+    def entries(self) -> Iterator[dict[str, Any]]:
+        iterator = iter(self._lines)
+        header_line = next(iterator, b"")
+        header = _parse_line(header_line)
+        if header.get("format") != FORMAT:
+            raise BackupInvalid("not a vault backup bundle")
+        if header.get("version") != VERSION:
             raise BackupInvalid(
-                f"the bundle is incomplete or altered: its {name} does not match",
-                metadata={"field": name},
+                f"unsupported bundle version {header.get('version')!r}",
+                metadata={"version": str(header.get("version"))},
             )
+        digest = hashlib.sha256()
+        counts = dict.fromkeys(KINDS, 0)
+        trailer: dict[str, Any] | None = None
+        for line in iterator:
+            if trailer is not None:
+                raise BackupInvalid("the bundle continues after its trailer")
+            parsed = _parse_line(line)
+            kind = parsed.get("kind")
+            if kind == "trailer":
+                trailer = parsed
+                continue
+            if kind not in counts:
+                raise BackupInvalid("the bundle holds an entry of unknown kind")
+            digest.update(line)
+            counts[kind] += 1
+            yield parsed
+        if trailer is None:
+            raise BackupInvalid("the bundle is truncated: it has no trailer")
+        summary = trailer.get("summary")
+        if not isinstance(summary, dict):
+            raise BackupInvalid("the bundle's trailer has no summary")
+        expected = {
+            "export_id": header.get("export_id"),
+            "header_sha256": hashlib.sha256(header_line).hexdigest(),
+            "entries_sha256": digest.hexdigest(),
+            "counts": counts,
+        }
+        for name, value in expected.items():
+            if summary.get(name) != value:
+                raise BackupInvalid(
+                    f"the bundle is incomplete or altered: its {name} does not match",
+                    metadata={"field": name},
+                )
+        self._summary = BundleSummary(
+            header=header,
+            summary=summary,
+            signed_payload=SIGNING_CONTEXT + canonical(summary),
+            signature=b64decode(trailer.get("signature")),
+        )
+
+
+def check_bundle(lines: Iterable[bytes]) -> BundleSummary:
+    """Check a bundle's completeness in one pass, keeping no entry: format, version, the
+    header's digest, the entries' digest and counts against the trailer."""
+    reader = BundleReader(lines)
+    for _ in reader.entries():
+        pass
+    return reader.summary
+
+
+def read_bundle(lines: Iterable[bytes]) -> ParsedBundle:
+    """check_bundle, keeping every entry."""
+    reader = BundleReader(lines)
+    entries = list(reader.entries())
+    summary = reader.summary
     return ParsedBundle(
-        header=header,
+        header=summary.header,
+        summary=summary.summary,
+        signed_payload=summary.signed_payload,
+        signature=summary.signature,
         entries=entries,
-        summary=summary,
-        signed_payload=SIGNING_CONTEXT + canonical(summary),
-        signature=b64decode(trailer.get("signature")),
     )
+
+
+def read_lines(stream: BinaryIO) -> Iterator[bytes]:
+    """The lines of a bundle file, each with its line feed, reading at most one line longer
+    than MAX_LINE_BYTES at a time: such a line comes without its line feed, which the check
+    refuses, so no line ever takes more memory than that."""
+    while line := stream.readline(MAX_LINE_BYTES + 1):
+        yield line
 
 
 def split_lines(data: bytes) -> Iterator[bytes]:

@@ -10,23 +10,27 @@ back a key (or version) the destination has a tombstone for, whatever older bund
 
 from __future__ import annotations
 
+import errno
+import json
 import logging
 import os
+import tempfile
 import uuid
 from collections.abc import Generator, Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, BinaryIO, Final
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from vault.domain.backup import (
+    BundleReader,
+    BundleSummary,
     BundleWriter,
     ExportRecord,
-    ParsedBundle,
     Selection,
     Skipped,
     SkipReason,
@@ -34,10 +38,11 @@ from vault.domain.backup import (
     bucket_entry,
     bucket_from_entry,
     canonical,
+    check_bundle,
     fingerprint,
     key_entry,
     key_from_entry,
-    read_bundle,
+    read_lines,
     skipped_entry,
     tombstone_entry,
     tombstone_from_entry,
@@ -46,9 +51,11 @@ from vault.domain.buckets import Bucket
 from vault.domain.errors import (
     AlreadyExists,
     BackupInvalid,
+    DiskFull,
     InvalidArgument,
     NotFound,
     RootGenerationMissing,
+    StoreUnavailable,
 )
 from vault.domain.models import Key, KeyState, KeyVersion, Page, VersionState
 from vault.domain.names import (
@@ -74,6 +81,12 @@ RESTORE_BATCH: Final = 50
 # the 255 bytes a file name may take.
 REPORT_SUFFIX: Final = ".restore-{:%Y%m%dT%H%M%S%fZ}.jsonl"
 _MAX_FILE_NAME: Final = 255
+# A restore's report keeps the first restored names and the first skipped items whose text
+# (name, reason, detail) takes up to this many bytes, per list, unless its caller gives
+# another bound (the transport gives its message limit): in a message each item takes more
+# than its text, so that is at least what a response can carry, and the report file lists
+# every outcome.
+NAMES_BYTES: Final = 1 << 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,7 +101,7 @@ class ExportChunk:
 
 @dataclass(frozen=True, slots=True)
 class VerifiedBundle:
-    bundle: ParsedBundle
+    bundle: BundleSummary
     signer_fingerprint: str
 
     @property
@@ -99,13 +112,34 @@ class VerifiedBundle:
 @dataclass(frozen=True, slots=True)
 class RestoreReport:
     bundle: VerifiedBundle
+    # The restored names and skipped items in bundle order: the first ones only when there are
+    # more than the restore's names_bytes (restored_total and skipped_reasons count them all).
     restored: list[str]
     skipped: list[Skipped]
     tombstones_recorded: int
     # The file in the backup directory listing every outcome; "" if it could not be written.
     report_file: str = ""
+    # Every restored key and bucket, and every skipped item by reason; None: the lists are
+    # whole, so their lengths count them.
+    restored_total: int | None = None
+    skipped_reasons: dict[str, int] | None = None
+
+    @property
+    def restored_count(self) -> int:
+        return len(self.restored) if self.restored_total is None else self.restored_total
+
+    @property
+    def skipped_count(self) -> int:
+        return sum(self.skipped_by_reason().values())
+
+    @property
+    def lists_cut(self) -> bool:
+        """Whether the lists hold only the first outcomes."""
+        return self.restored_count > len(self.restored) or self.skipped_count > len(self.skipped)
 
     def skipped_by_reason(self) -> dict[str, int]:
+        if self.skipped_reasons is not None:
+            return dict(self.skipped_reasons)
         counts: dict[str, int] = {}
         for item in self.skipped:
             counts[str(item.reason)] = counts.get(str(item.reason), 0) + 1
@@ -125,11 +159,17 @@ class RestoreProgress:
 
 
 def verify_bundle(lines: Iterable[bytes], expected_fingerprint: str = "") -> VerifiedBundle:
-    """Check a bundle's completeness (vault.domain.backup.read_bundle) and its signature under
-    the public key it carries, and, with expected_fingerprint, that this key is the one
-    expected (the exporting vault's, as `vaultctl backup export` printed it). Works offline:
-    no token or store is needed. BackupInvalid on any failure."""
-    bundle = read_bundle(lines)
+    """Check a bundle's completeness (vault.domain.backup.check_bundle: one pass over lines,
+    keeping no entry) and its signature under the public key it carries, and, with
+    expected_fingerprint, that this key is the one expected (the exporting vault's, as
+    `vaultctl backup export` printed it). Works offline: no token or store is needed.
+    BackupInvalid on any failure."""
+    return _signed(check_bundle(lines), expected_fingerprint)
+
+
+def _signed(bundle: BundleSummary, expected_fingerprint: str) -> VerifiedBundle:
+    """bundle, whose completeness is checked, with its signature checked as verify_bundle
+    does."""
     public_der = bundle.public_key_der
     signer = fingerprint(public_der)
     if expected_fingerprint and expected_fingerprint.lower() != signer:
@@ -160,7 +200,49 @@ class BundleFiles:
     def directory(self) -> Path:
         return self._directory
 
-    def lines(self, file_name: str) -> list[bytes]:
+    def lines(self, file_name: str) -> BundleLines:
+        """The lines of bundle file_name, read one at a time (vault.domain.backup.read_lines).
+        The file is opened here, so a bad or missing name fails before any line is asked
+        for; use the result in a with statement, which closes it."""
+        path = self._directory / self._checked(file_name)
+        try:
+            handle = path.open("rb")
+        except FileNotFoundError:
+            raise NotFound(
+                "no such bundle in the vault's backup directory", metadata={"name": file_name}
+            ) from None
+        except OSError:
+            raise _unreadable(file_name) from None
+        return BundleLines(handle, file_name)
+
+    def private_copy(self) -> BinaryIO:
+        """A new file for a restore's own copy of its bundle: in the backup directory, where
+        bundles fit (a temporary directory is often a small tmpfs, held in memory), of mode
+        0600, and unlinked (O_TMPFILE where the system has it: it never has a name), so no
+        other process opens it and it disappears when closed, also after a crash."""
+        # Should the file need a name for a moment, a leading dot keeps lines() off it.
+        return tempfile.TemporaryFile(dir=self._directory, prefix=".bundle-copy-")
+
+    def open_report(self, bundle_name: str, when: datetime) -> ReportFile:
+        """A restore's report, to write line by line as the restore goes: named after the
+        bundle and when, a new file of mode 0600 once finished, absent until then."""
+        suffix = REPORT_SUFFIX.format(when)
+        return ReportFile(self._directory, bundle_name[: _MAX_FILE_NAME - len(suffix)] + suffix)
+
+    def write_report(self, bundle_name: str, when: datetime, lines: Iterable[bytes]) -> str:
+        """Write a restore's report next to its bundle: a new file of mode 0600, complete or
+        absent (a temporary file renamed once written). Returns its file name."""
+        report = self.open_report(bundle_name, when)
+        try:
+            for line in lines:
+                report.write(line)
+            return report.finish()
+        except BaseException:
+            report.discard()
+            raise
+
+    @staticmethod
+    def _checked(file_name: str) -> str:
         if (
             not file_name
             or "/" in file_name
@@ -172,38 +254,65 @@ class BundleFiles:
                 "file_name must be the name of a file in the vault's backup directory",
                 metadata={"field": "file_name"},
             )
-        path = self._directory / file_name
-        try:
-            with path.open("rb") as handle:
-                return list(handle)
-        except FileNotFoundError:
-            raise NotFound(
-                "no such bundle in the vault's backup directory", metadata={"name": file_name}
-            ) from None
-        except OSError:
-            raise InvalidArgument(
-                "the bundle cannot be read", metadata={"name": file_name}
-            ) from None
+        return file_name
 
-    def write_report(self, bundle_name: str, when: datetime, lines: Iterable[bytes]) -> str:
-        """Write a restore's report next to its bundle: a new file of mode 0600, complete or
-        absent (a temporary file renamed once written). Returns its file name."""
-        suffix = REPORT_SUFFIX.format(when)
-        name = bundle_name[: _MAX_FILE_NAME - len(suffix)] + suffix
+
+class ReportFile:
+    """A report file being written: a temporary file of mode 0600 in the backup directory
+    until finish() renames it to its name, whole; discard() removes it."""
+
+    def __init__(self, directory: Path, name: str) -> None:
+        self._directory = directory
+        self.name = name
         # A leading dot: lines() refuses the name, so no call reads a half-written report.
-        temporary = self._directory / f".report-{uuid.uuid4().hex}.tmp"
-        descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        self._temporary = directory / f".report-{uuid.uuid4().hex}.tmp"
+        descriptor = os.open(
+            self._temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600
+        )
+        self._handle = os.fdopen(descriptor, "wb")
+
+    def write(self, line: bytes) -> None:
+        self._handle.write(line)
+
+    def finish(self) -> str:
+        """Make the report whole on disk under its name, which it returns."""
         try:
-            with os.fdopen(descriptor, "wb") as handle:
-                for line in lines:
-                    handle.write(line)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(temporary, self._directory / name)
+            self._handle.flush()
+            os.fsync(self._handle.fileno())
+            self._handle.close()
+            os.replace(self._temporary, self._directory / self.name)
         except BaseException:
-            temporary.unlink(missing_ok=True)
+            self.discard()
             raise
-        return name
+        return self.name
+
+    def discard(self) -> None:
+        self._handle.close()
+        self._temporary.unlink(missing_ok=True)
+
+
+class BundleLines:
+    """The lines of an open bundle file, for one pass; closed by its with statement."""
+
+    def __init__(self, handle: BinaryIO, file_name: str) -> None:
+        self._handle = handle
+        self._file_name = file_name
+
+    def __enter__(self) -> BundleLines:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._handle.close()
+
+    def __iter__(self) -> Iterator[bytes]:
+        try:
+            yield from read_lines(self._handle)
+        except OSError:
+            raise _unreadable(self._file_name) from None
+
+
+def _unreadable(file_name: str) -> InvalidArgument:
+    return InvalidArgument("the bundle cannot be read", metadata={"name": file_name})
 
 
 class BackupManagement:
@@ -293,131 +402,133 @@ class BackupManagement:
     # -- verify and restore ---------------------------------------------------------------
 
     def verify(self, file_name: str, expected_fingerprint: str = "") -> VerifiedBundle:
-        return verify_bundle(self._files.lines(file_name), expected_fingerprint)
+        with self._files.lines(file_name) as lines:
+            return verify_bundle(lines, expected_fingerprint)
 
-    def restore(self, file_name: str, expected_fingerprint: str = "") -> RestoreReport:
-        """Restore what the bundle holds and this store and token can take; the report lists
-        every outcome, and so does a file written next to the bundle (a response may not
-        carry them all)."""
-        for step in self.restoring(file_name, expected_fingerprint):
+    def restore(
+        self, file_name: str, expected_fingerprint: str = "", names_bytes: int = NAMES_BYTES
+    ) -> RestoreReport:
+        """Restore what the bundle holds and this store and token can take; the report counts
+        every outcome and lists the first ones (names_bytes each list), and a file written
+        next to the bundle lists them all."""
+        for step in self.restoring(file_name, expected_fingerprint, names_bytes):
             if step.report is not None:
                 return step.report
         raise AssertionError("a restore ends with its report")
 
     def restoring(
-        self, file_name: str, expected_fingerprint: str = ""
+        self, file_name: str, expected_fingerprint: str = "", names_bytes: int = NAMES_BYTES
     ) -> Generator[RestoreProgress, None, None]:
         """restore, step by step: a RestoreProgress once the bundle is verified, one after
         each batch of entries (its keys and buckets stored in one transaction), and a last
         one that carries the report. A caller that stops iterating (closes the generator)
         stops the restore between two batches: what was restored stays whole, and the
-        report file lists what was done up to there."""
-        started = self._clock()
-        verified = verify_bundle(self._files.lines(file_name), expected_fingerprint)
-        bundle = verified.bundle
-        parsed: list[tuple[str, Any]] = []
-        for entry in bundle.entries:
-            kind = entry["kind"]
-            if kind == "key":
-                key, versions = key_from_entry(entry)
-                parsed.append((kind, (key, versions, None)))
-            elif kind == "bucket":
-                bucket, key, versions = bucket_from_entry(entry)
-                parsed.append((kind, (key, versions, bucket)))
-            elif kind == "tombstone":
-                parsed.append((kind, tombstone_from_entry(entry)))
-            else:
-                parsed.append((kind, _skipped_from_entry(entry)))
-        self._require_some_root(parsed)
+        report file lists what was done up to there.
 
-        total = len(parsed)
-        restored: list[str] = []
-        skipped: list[Skipped] = []
-        # Every outcome in bundle order, restored and skipped interleaved, for the report file.
-        outcomes: list[bytes] = []
+        Two passes over the bundle, each holding one line at a time. The first checks it as
+        verify does, and the form of every entry, while copying its bytes to a private file
+        (BundleFiles.private_copy); the second restores the entries it reads from that copy.
+        So only bytes that were checked are restored, whatever happens to the bundle's file
+        in the meantime."""
+        started = self._clock()
+        with self._files.lines(file_name) as lines:
+            copy = self._private_copy()
+            try:
+                verified, samples = _first_pass(lines, copy, expected_fingerprint)
+                self._require_some_root(samples)
+                copy.seek(0)
+            except BaseException:
+                copy.close()
+                raise
+        bundle = verified.bundle
+        total = bundle.entry_count
         recorded = 0
-        supported = self._keystore.supported_algorithms()
         # Accounts are never deleted: one look-up per account and restore.
         known_accounts: dict[str, bool] = {}
         done = 0
-        try:
-            yield RestoreProgress(0, total, 0, 0)
-            for batch in _batches(parsed, RESTORE_BATCH):
-                results = self._restore_batch(batch, supported, known_accounts)
-                for (kind, item), result in zip(batch, results, strict=True):
-                    if kind == "skipped":
-                        skipped.append(item)
-                        outcomes.append(_outcome_line(item))
-                    elif kind == "tombstone":
-                        recorded += int(result)
-                    else:
-                        key, _, bucket = item
-                        shown = str(bucket.name) if bucket is not None else str(key.name)
-                        if isinstance(result, Skipped):
-                            left_out = [replace(result, name=shown)]
+        with copy:
+            supported = self._keystore.supported_algorithms()
+            items = (_entry_item(entry) for entry in _checked_entries(copy))
+            outcomes = _Outcomes(names_bytes, self._open_report(file_name, started))
+            try:
+                yield RestoreProgress(0, total, 0, 0)
+                for batch in _batches(items, RESTORE_BATCH):
+                    results = self._restore_batch(batch, supported, known_accounts)
+                    for (kind, item), result in zip(batch, results, strict=True):
+                        if kind == "skipped":
+                            outcomes.skipped(item)
+                        elif kind == "tombstone":
+                            recorded += int(result)
                         else:
-                            restored.append(shown)
-                            outcomes.append(_outcome_line(shown))
-                            left_out = result
-                        skipped.extend(left_out)
-                        outcomes.extend(_outcome_line(one) for one in left_out)
-                done += len(batch)
-                # Only between batches: a batch is one transaction, so a caller that stops
-                # here leaves each of its keys whole and the report file complete.
-                if done < total:
-                    yield RestoreProgress(done, total, len(restored), len(skipped))
-        except GeneratorExit:
-            # The caller went away: what was restored stays, and the report says how far
-            # the restore got, so that running it again (which skips those as EXISTS) is
-            # the way to complete it.
-            self._write_report(file_name, started, outcomes, bundle.export_id)
-            log.info(
-                "restore of backup %s stopped after %d of %d entries: %d restored, "
-                "%d skipped, %d tombstones recorded",
-                bundle.export_id,
-                done,
-                total,
-                len(restored),
-                len(skipped),
-                recorded,
-            )
-            raise
-        report_file = self._write_report(file_name, started, outcomes, bundle.export_id)
+                            key, _, bucket = item
+                            shown = str(bucket.name) if bucket is not None else str(key.name)
+                            if isinstance(result, Skipped):
+                                outcomes.skipped(replace(result, name=shown))
+                                continue
+                            outcomes.restored(shown)
+                            for one in result:
+                                outcomes.skipped(one)
+                    done += len(batch)
+                    # Only between batches: a batch is one transaction, so a caller that stops
+                    # here leaves each of its keys whole and the report file complete.
+                    if done < total:
+                        yield RestoreProgress(
+                            done, total, outcomes.restored_count, outcomes.skipped_count
+                        )
+            except GeneratorExit:
+                # The caller went away: what was restored stays, and the report says how far
+                # the restore got, so that running it again (which skips those as EXISTS) is
+                # the way to complete it.
+                outcomes.finish(bundle.export_id)
+                log.info(
+                    "restore of backup %s stopped after %d of %d entries: %d restored, "
+                    "%d skipped, %d tombstones recorded",
+                    bundle.export_id,
+                    done,
+                    total,
+                    outcomes.restored_count,
+                    outcomes.skipped_count,
+                    recorded,
+                )
+                raise
+            except BaseException:
+                outcomes.discard()
+                raise
+        report_file = outcomes.finish(bundle.export_id)
         log.info(
             "restored backup %s: %d restored, %d skipped, %d tombstones recorded",
             bundle.export_id,
-            len(restored),
-            len(skipped),
+            outcomes.restored_count,
+            outcomes.skipped_count,
             recorded,
         )
-        report = RestoreReport(verified, restored, skipped, recorded, report_file)
-        yield RestoreProgress(total, total, len(restored), len(skipped), report)
+        report = RestoreReport(
+            verified,
+            outcomes.restored_names,
+            outcomes.skipped_items,
+            recorded,
+            report_file,
+            restored_total=outcomes.restored_count,
+            skipped_reasons=dict(outcomes.by_reason),
+        )
+        yield RestoreProgress(total, total, outcomes.restored_count, outcomes.skipped_count, report)
 
-    def _write_report(
-        self, file_name: str, started: datetime, outcomes: list[bytes], export_id: str
-    ) -> str:
+    def _private_copy(self) -> BinaryIO:
         try:
-            return self._files.write_report(file_name, started, outcomes)
+            return self._files.private_copy()
         except OSError as error:
-            # What was restored stays restored: the response still counts every outcome.
-            log.warning(
-                "the report of restoring backup %s was not written: %s",
-                export_id,
-                error.strerror,
-            )
-            return ""
+            raise _copy_failed(error) from None
 
-    def _require_some_root(self, parsed: list[tuple[str, Any]]) -> None:
+    def _open_report(self, file_name: str, started: datetime) -> ReportFile | OSError:
+        try:
+            return self._files.open_report(file_name, started)
+        except OSError as error:
+            return error
+
+    def _require_some_root(self, samples: dict[int, tuple[KeyVersion, Key]]) -> None:
         """RootGenerationMissing when the bundle has keys and the token holds none of the
-        root generations they are wrapped under (it never received them)."""
-        samples: dict[int, tuple[KeyVersion, Key]] = {}
-        for kind, item in parsed:
-            if kind not in ("key", "bucket"):
-                continue
-            key, versions, _ = item
-            for version in versions:
-                if version.root_generation is not None and version.wrapped_blob is not None:
-                    samples.setdefault(version.root_generation, (version, key))
+        root generations they are wrapped under (it never received them): samples holds a
+        version with its key of each generation the bundle's blobs are wrapped under."""
         if not samples:
             return
         # Searches the token afresh: the roots may have arrived since the vault started.
@@ -545,13 +656,156 @@ class BackupManagement:
         return left_out
 
 
+def _first_pass(
+    lines: Iterable[bytes], copy: BinaryIO, expected_fingerprint: str
+) -> tuple[VerifiedBundle, dict[int, tuple[KeyVersion, Key]]]:
+    """Verify the bundle of lines as verify_bundle does, writing each line to copy as it is
+    read, and check every entry's form (BackupInvalid for the first malformed one, once the
+    bundle is found whole and signed, as before any key is restored). Returns the verified
+    bundle and, per root generation its blobs are wrapped under, one version with its key."""
+    reader = BundleReader(_copying(lines, copy))
+    samples: dict[int, tuple[KeyVersion, Key]] = {}
+    malformed: BackupInvalid | None = None
+    for entry in reader.entries():
+        if malformed is not None:
+            continue
+        try:
+            kind, item = _entry_item(entry)
+        except BackupInvalid as error:
+            malformed = error
+            continue
+        if kind in ("key", "bucket"):
+            key, versions, _ = item
+            for version in versions:
+                if version.root_generation is not None and version.wrapped_blob is not None:
+                    samples.setdefault(version.root_generation, (version, key))
+    verified = _signed(reader.summary, expected_fingerprint)
+    if malformed is not None:
+        raise malformed
+    return verified, samples
+
+
+def _checked_entries(copy: BinaryIO) -> Iterator[dict[str, Any]]:
+    """The entries of the private copy the first pass wrote and checked: its lines between
+    the header and the trailer, parsed. No one else writes the copy, so they are the lines
+    checked, and are not checked again."""
+    lines = read_lines(copy)
+    next(lines, None)
+    for line in lines:
+        entry = json.loads(line)
+        if entry["kind"] == "trailer":
+            return
+        yield entry
+
+
+def _copying(lines: Iterable[bytes], copy: BinaryIO) -> Iterator[bytes]:
+    for line in lines:
+        try:
+            copy.write(line)
+        except OSError as error:
+            raise _copy_failed(error) from None
+        yield line
+
+
+def _copy_failed(error: OSError) -> StoreUnavailable:
+    if error.errno == errno.ENOSPC:
+        return DiskFull()
+    return StoreUnavailable(
+        "the backup directory cannot hold the restore's copy of the bundle",
+        metadata={"error": error.strerror or ""},
+    )
+
+
+def _entry_item(entry: dict[str, Any]) -> tuple[str, Any]:
+    """A bundle entry as the restore takes it: key and bucket entries as (key, versions,
+    bucket or None), tombstones and skipped entries as such. BackupInvalid if malformed."""
+    kind = entry["kind"]
+    if kind == "key":
+        key, versions = key_from_entry(entry)
+        return kind, (key, versions, None)
+    if kind == "bucket":
+        bucket, key, versions = bucket_from_entry(entry)
+        return kind, (key, versions, bucket)
+    if kind == "tombstone":
+        tombstone = tombstone_from_entry(entry)
+        _tombstone_target(tombstone.name)
+        return kind, tombstone
+    return kind, _skipped_from_entry(entry)
+
+
+class _Outcomes:
+    """A restore's outcomes as they come: each counted and written to the report file (if it
+    could be opened, and until a write fails), and the first ones kept in two lists of at
+    most names_bytes each, so that a restore of any size keeps what a response may carry."""
+
+    def __init__(self, names_bytes: int, report: ReportFile | OSError) -> None:
+        self.restored_names: list[str] = []
+        self.skipped_items: list[Skipped] = []
+        self.restored_count = 0
+        self.by_reason: dict[str, int] = {}
+        self._room = {"restored": names_bytes, "skipped": names_bytes}
+        self._report = report
+
+    @property
+    def skipped_count(self) -> int:
+        return sum(self.by_reason.values())
+
+    def restored(self, name: str) -> None:
+        self.restored_count += 1
+        if self._keeps("restored", len(name.encode())):
+            self.restored_names.append(name)
+        self._write(_outcome_line(name))
+
+    def skipped(self, item: Skipped) -> None:
+        reason = str(item.reason)
+        self.by_reason[reason] = self.by_reason.get(reason, 0) + 1
+        size = len(item.name.encode()) + len(reason) + len(item.detail.encode())
+        if self._keeps("skipped", size):
+            self.skipped_items.append(item)
+        self._write(_outcome_line(item))
+
+    def _keeps(self, which: str, size: int) -> bool:
+        """Whether an item of size bytes fits the room left in list which; once one does not,
+        none does, so that each list is the first outcomes."""
+        room = self._room[which] - size
+        self._room[which] = room if room >= 0 else -1
+        return room >= 0
+
+    def _write(self, line: bytes) -> None:
+        if isinstance(self._report, ReportFile):
+            try:
+                self._report.write(line)
+            except OSError as error:
+                self._report.discard()
+                self._report = error
+
+    def finish(self, export_id: str) -> str:
+        """The report file's name once it is whole on disk; "" if it could not be written
+        (what was restored stays restored: the response still counts every outcome)."""
+        if isinstance(self._report, ReportFile):
+            try:
+                return self._report.finish()
+            except OSError as error:
+                self._report = error
+        log.warning(
+            "the report of restoring backup %s was not written: %s",
+            export_id,
+            self._report.strerror,
+        )
+        return ""
+
+    def discard(self) -> None:
+        if isinstance(self._report, ReportFile):
+            self._report.discard()
+
+
 def _kept(versions: list[KeyVersion], left_out: list[Skipped]) -> list[KeyVersion]:
     """versions less those left_out names (the revoked ones)."""
     dropped = {KeyVersionName.parse(item.name).version for item in left_out}
     return [version for version in versions if version.number not in dropped]
 
 
-def _batches(parsed: list[tuple[str, Any]], size: int) -> Iterator[list[tuple[str, Any]]]:
+def _batches(parsed: Iterable[tuple[str, Any]], size: int) -> Iterator[list[tuple[str, Any]]]:
     """parsed in consecutive batches of at most size entries. A batch records its tombstones
     before it restores its keys, so a tombstone of a key already in the batch starts the next
     one: each key then meets exactly the tombstones it would meet one entry at a time."""

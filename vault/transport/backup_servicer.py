@@ -88,7 +88,8 @@ def _record(record: ExportRecord) -> pb.BackupRecord:
 
 def restore_response(report: RestoreReport, max_bytes: int) -> pb.RestoreBackupResponse:
     """The response to a restore, its lists cut to their first items when the whole would be
-    over max_bytes. When both lists are long each keeps at least half of the room left."""
+    over max_bytes (or the report holds only the first ones: the restore keeps no more than a
+    message carries). When both lists are long each keeps at least half of the room left."""
     response = pb.RestoreBackupResponse(
         bundle=_summary(report.bundle),
         restored=report.restored,
@@ -97,12 +98,12 @@ def restore_response(report: RestoreReport, max_bytes: int) -> pb.RestoreBackupR
             for item in report.skipped
         ],
         tombstones_recorded=report.tombstones_recorded,
-        restored_count=len(report.restored),
-        skipped_count=len(report.skipped),
+        restored_count=report.restored_count,
+        skipped_count=report.skipped_count,
         skipped_by_reason=report.skipped_by_reason(),
         report_file_name=report.report_file,
     )
-    if response.ByteSize() <= max_bytes:
+    if response.ByteSize() <= max_bytes and not report.lists_cut:
         return response
     response.lists_truncated = True
     restored_size = _lists_size(response, "restored")
@@ -154,14 +155,18 @@ class BackupServicer(backup_service_pb2_grpc.BackupServiceServicer):
     def RestoreBackup(
         self, request: pb.RestoreBackupRequest, context: grpc.ServicerContext
     ) -> pb.RestoreBackupResponse:
-        report = self._backups.restore(request.file_name, request.expected_signer_fingerprint)
+        report = self._backups.restore(
+            request.file_name, request.expected_signer_fingerprint, self._max_message_bytes
+        )
         return restore_response(report, self._max_message_bytes)
 
     def StreamRestoreBackup(
         self, request: pb.RestoreBackupRequest, context: grpc.ServicerContext
     ) -> Iterator[pb.RestoreBackupProgress]:
         pacer = ProgressPacer()
-        steps = self._backups.restoring(request.file_name, request.expected_signer_fingerprint)
+        steps = self._backups.restoring(
+            request.file_name, request.expected_signer_fingerprint, self._max_message_bytes
+        )
         for step in steps:
             progress = pb.RestoreBackupProgress(
                 entries_done=step.entries_done,
