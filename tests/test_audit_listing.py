@@ -22,6 +22,7 @@ from typing import Any, Final
 import pytest
 from click.testing import CliRunner
 
+from tests.support.cli_env import CLEAN_CLI_ENV
 from tests.support.harness import VaultServer
 from tests.support.security_helpers import AccessKey, add_access_key, new_account, own_server
 from vault.cli.main import cli as vaultctl
@@ -33,22 +34,6 @@ from vault.storage.audit_chain import LIST_WINDOW_RECORDS
 from vault.storage.audit_locks import LOCK_SUFFIX
 
 GET_KEY: Final = "/vault.v1.KeyService/GetKey"
-# The CLI run in this process takes nothing from the caller's environment (None removes).
-CLEAN_CLI_ENV: Final[dict[str, str | None]] = {
-    name: None
-    for name in (
-        "VAULT_CONFIG",
-        "VAULT_DATA_DIR",
-        "VAULT_TARGET",
-        "VAULT_CA_FILE",
-        "VAULT_CLIENT_CERT_FILE",
-        "VAULT_CLIENT_KEY_FILE",
-        "VAULT_CREDENTIALS_FILE",
-        "VAULT_ACCESS_KEY_ID",
-        "VAULT_SECRET_KEY",
-        "VAULT_API_KEY",
-    )
-}
 # Enough records between the two groups of calls that a whole window holds none of them.
 FILLER: Final = 2 * LIST_WINDOW_RECORDS
 

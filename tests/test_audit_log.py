@@ -29,6 +29,7 @@ import pytest
 from click.testing import CliRunner, Result
 
 from tests.support.api_calls import expect_error
+from tests.support.cli_env import CLEAN_CLI_ENV
 from tests.support.harness import VaultServer, provision
 from tests.support.security_helpers import (
     SPREAD,
@@ -68,22 +69,6 @@ COLUMNS: Final = (
     "hash",
 )
 Row = tuple[Any, ...]
-# The CLI run in this process takes nothing from the caller's environment (None removes).
-CLEAN_CLI_ENV: Final[dict[str, str | None]] = {
-    name: None
-    for name in (
-        "VAULT_CONFIG",
-        "VAULT_DATA_DIR",
-        "VAULT_TARGET",
-        "VAULT_CA_FILE",
-        "VAULT_CLIENT_CERT_FILE",
-        "VAULT_CLIENT_KEY_FILE",
-        "VAULT_CREDENTIALS_FILE",
-        "VAULT_ACCESS_KEY_ID",
-        "VAULT_SECRET_KEY",
-        "VAULT_API_KEY",
-    )
-}
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,26 +19,10 @@ import pytest
 from click.testing import CliRunner, Result
 
 from tests.support.api_calls import new_id
+from tests.support.cli_env import CLEAN_CLI_ENV
 from tests.support.harness import VaultServer, provision
 from tests.test_cli import assert_one_line_error, json_of, mode, ok
 from vault.cli.main import cli
-
-# Nothing from the caller's environment may steer the CLI: no settings, target, CA or
-# credentials other than the ones a test passes. None removes the variable for one call.
-_CLEAN_ENV: Mapping[str, str | None] = {
-    name: None
-    for name in (
-        "VAULT_CONFIG",
-        "VAULT_TARGET",
-        "VAULT_CA_FILE",
-        "VAULT_CLIENT_CERT_FILE",
-        "VAULT_CLIENT_KEY_FILE",
-        "VAULT_CREDENTIALS_FILE",
-        "VAULT_ACCESS_KEY_ID",
-        "VAULT_SECRET_KEY",
-        "VAULT_API_KEY",
-    )
-}
 
 ACCOUNT_FIELDS = {"name", "account_id", "display_name", "admin", "create_time"}
 ACCESS_KEY_FIELDS = {
@@ -110,7 +94,7 @@ class Vault:
             cli,
             [*argv, *args],
             input=stdin,
-            env={**_CLEAN_ENV, **(env or {})},
+            env={**CLEAN_CLI_ENV, **(env or {})},
             prog_name="vaultctl",
         )
 
