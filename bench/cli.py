@@ -17,6 +17,7 @@ from bench import concurrency, creation, scale
 from bench import ops as bench_ops
 from bench.buckets import BUCKET_PREFIX, add_arguments, workload_from
 from bench.report import print_report, write_results
+from bench.results_file import replace_rows
 from bench.run import Config, run
 from bench.server import PATHS, ROOT
 from vault.config import ServerSettings
@@ -275,8 +276,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         plot_path = config.out.with_name("concurrency.png")
         concurrency.plot(sweep_rows, plot_path)
         print(f"plotted {plot_path}")
-    scale.merge_into(config.out, scale_rows)
-    creation.merge_into(config.out, creation_rows)
+    replace_rows(config.out, scale.PATH, scale_rows)
+    replace_rows(config.out, creation.PATH, creation_rows)
     print(f"\nwrote {config.out} ({time.monotonic() - started:.0f} s)")
     errors = sum(row.errors for row in [*rows, *sweep_rows])
     if errors:

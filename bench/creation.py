@@ -39,6 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
+from bench.results_file import replace_rows
 from bench.server import AUTHENTICATED, ROOT, VaultServer, cpu_seconds, provision
 from vault.client import VaultClient, load_credentials_file
 
@@ -232,15 +233,6 @@ def print_rows(rows: list[dict[str, Any]]) -> None:
             f"{row['p50_ms']:>9.1f}{row['p99_ms']:>9.1f}{row['server_cpu_us']:>15.0f}"
             f"{row['hours_per_million']:>12.2f}"
         )
-
-
-def merge_into(out: Path, rows: list[dict[str, Any]]) -> None:
-    """Replace the creation rows of out (results.json) by rows, keeping every other row."""
-    kept: list[dict[str, Any]] = []
-    if out.exists():
-        kept = [row for row in json.loads(out.read_text()) if row.get("path") != PATH]
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(kept + rows, indent=2) + "\n")
 
 
 # -- where one creation's time goes (one process, no gRPC) --------------------------------
@@ -442,7 +434,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     rows = measure(creations, vault_root)
     print_rows(rows)
-    merge_into(args.out, rows)
+    replace_rows(args.out, PATH, rows)
     print(f"\nwrote {args.out}")
     return 0
 

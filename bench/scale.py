@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from bench.ops import PLAINTEXT_1K, SIGN_MESSAGE
+from bench.results_file import replace_rows
 from bench.server import AUTHENTICATED, ROOT, VaultServer, cpu_seconds, provision
 
 SIZES_ENV: Final = "VAULT_BENCH_SCALE_SIZES"
@@ -370,15 +371,6 @@ def print_rows(rows: list[dict[str, Any]]) -> None:
         )
 
 
-def merge_into(out: Path, rows: list[dict[str, Any]]) -> None:
-    """Replace the scale rows of out (results.json) by rows, keeping every other row."""
-    kept: list[dict[str, Any]] = []
-    if out.exists():
-        kept = [row for row in json.loads(out.read_text()) if row.get("path") != PATH]
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(kept + rows, indent=2) + "\n")
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.scale", description=__doc__)
     parser.add_argument(
@@ -397,7 +389,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--clients must be at least 1 and --calls at least --clients")
     rows = measure(sizes, args.calls, args.clients, args.vault_root.resolve())
     print_rows(rows)
-    merge_into(args.out, rows)
+    replace_rows(args.out, PATH, rows)
     print(f"\nwrote {args.out}")
     return 0
 

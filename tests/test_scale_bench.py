@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from bench import scale
+from bench.results_file import replace_rows
 
 OPS = {"p256_ecdsa_sign", "aes256_gcm_encrypt_1k", "get_key"}
 
@@ -33,8 +34,8 @@ def test_scale_measures_each_op_at_each_size_and_merges_its_rows(tmp_path: Path)
 
     out = tmp_path / "results.json"
     out.write_text(json.dumps([{"op": "rsa2048_pss_sign", "path": "authenticated"}]))
-    scale.merge_into(out, rows)
-    scale.merge_into(out, rows)  # a second run replaces the scale rows, keeps the others
+    replace_rows(out, scale.PATH, rows)
+    replace_rows(out, scale.PATH, rows)  # a second run replaces the scale rows, keeps the others
     merged = json.loads(out.read_text())
     assert merged[0] == {"op": "rsa2048_pss_sign", "path": "authenticated"}
     assert len(merged) == 1 + len(rows)
