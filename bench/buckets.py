@@ -48,13 +48,12 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from bench.object_cipher import OBJECT_SIZE, encrypt_ratio
 from bench.ops import ACCOUNT
-from bench.server import AUTHENTICATED, ROOT, VaultServer, provision
+from bench.server import AUTHENTICATED, ROOT, VaultServer, own_client, provision
 from vault.client import (
     BucketKeyCache,
     ObjectCipher,
     VaultClient,
     VaultClientError,
-    load_credentials_file,
 )
 from vault.gen.vault.v1 import resources_pb2
 
@@ -210,13 +209,8 @@ def _in_threads(threads: int, objects: int, work: Callable[[range], None]) -> fl
 
 
 def _client(target: str, credentials_file: Path) -> VaultClient:
-    # Its own connection (a local subchannel pool), as each load generator thread has one.
-    return VaultClient(
-        target,
-        credentials=load_credentials_file(credentials_file),
-        timeout=_CALL_TIMEOUT_SECONDS,
-        options=[("grpc.use_local_subchannel_pool", 1)],
-    )
+    client: VaultClient = own_client(target, credentials_file, _CALL_TIMEOUT_SECONDS)
+    return client
 
 
 def _audited(client: VaultClient, resource: str, method: str) -> int:

@@ -25,11 +25,9 @@ and the rest.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import secrets
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -40,8 +38,16 @@ from pathlib import Path
 from typing import Any, Final
 
 from bench.results_file import replace_rows
-from bench.server import AUTHENTICATED, ROOT, VaultServer, cpu_seconds, provision
-from vault.client import VaultClient, load_credentials_file
+from bench.server import (
+    AUTHENTICATED,
+    ROOT,
+    VaultServer,
+    cpu_seconds,
+    own_client,
+    provision,
+    run_in_vault,
+)
+from vault.client import VaultClient
 
 COUNT_ENV: Final = "VAULT_BENCH_CREATIONS"
 DEFAULT_COUNT: Final = 200
@@ -96,13 +102,8 @@ def count_from_environment() -> int:
 
 
 def _client(target: str, credentials_file: Path) -> VaultClient:
-    # Its own connection (a local subchannel pool), so the threads spread over the workers.
-    return VaultClient(
-        target,
-        credentials=load_credentials_file(credentials_file),
-        timeout=_CALL_TIMEOUT_SECONDS,
-        options=[("grpc.use_local_subchannel_pool", 1)],
-    )
+    client: VaultClient = own_client(target, credentials_file, _CALL_TIMEOUT_SECONDS)
+    return client
 
 
 def _create(client: VaultClient, kind: Kind, resource_id: str) -> None:
@@ -378,8 +379,6 @@ def run_profile(creations: int, vault_root: Path = ROOT) -> dict[str, dict[str, 
     """profile(creations) in a child process with the vault's environment, on a scratch
     token; the first start of a server on it makes the admin, the system keys and the
     account."""
-    from bench.server import BENCH_SETTINGS
-    from tests.support.harness import vault_environment
 
     with tempfile.TemporaryDirectory(prefix="vault-creation-profile-") as scratch:
         data_dir = Path(scratch) / "data"
@@ -389,17 +388,9 @@ def run_profile(creations: int, vault_root: Path = ROOT) -> dict[str, dict[str, 
             assert server.credentials_file is not None
             with _client(server.target, server.credentials_file) as admin:
                 admin.create_account(ACCOUNT)
-        done = subprocess.run(
-            [sys.executable, "-c", _PROFILE, str(creations)],
-            env=vault_environment(data_dir, vault_root=vault_root, settings=BENCH_SETTINGS),
-            cwd=vault_root,
-            capture_output=True,
-            text=True,
-            stdin=subprocess.DEVNULL,
+        result: dict[str, dict[str, float]] = run_in_vault(
+            _PROFILE, [str(creations)], data_dir, vault_root, "profiling CreateKey"
         )
-    if done.returncode:
-        raise RuntimeError(f"profiling CreateKey failed:\n{done.stderr}")
-    result: dict[str, dict[str, float]] = json.loads(done.stdout)
     return result
 
 

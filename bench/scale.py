@@ -24,11 +24,9 @@ in "keys"; p50_vs_smallest compares each p50 with the smallest size's in the sam
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import random
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -40,7 +38,7 @@ from typing import Any, Final
 
 from bench.ops import PLAINTEXT_1K, SIGN_MESSAGE
 from bench.results_file import replace_rows
-from bench.server import AUTHENTICATED, ROOT, VaultServer, cpu_seconds, provision
+from bench.server import AUTHENTICATED, ROOT, VaultServer, cpu_seconds, provision, run_in_vault
 
 SIZES_ENV: Final = "VAULT_BENCH_SCALE_SIZES"
 DEFAULT_SIZES: Final = (1_000, 100_000)
@@ -261,20 +259,9 @@ def _seed(data_dir: Path, vault_root: Path) -> None:
 
 
 def _populate(data_dir: Path, vault_root: Path, size: int) -> dict[str, float]:
-    from bench.server import BENCH_SETTINGS
-    from tests.support.harness import vault_environment
-
-    done = subprocess.run(
-        [sys.executable, "-c", _POPULATE, str(size)],
-        env=vault_environment(data_dir, vault_root=vault_root, settings=BENCH_SETTINGS),
-        cwd=vault_root,
-        capture_output=True,
-        text=True,
-        stdin=subprocess.DEVNULL,
+    result: dict[str, float] = run_in_vault(
+        _POPULATE, [str(size)], data_dir, vault_root, "filling the store"
     )
-    if done.returncode:
-        raise RuntimeError(f"filling the store failed:\n{done.stderr}")
-    result: dict[str, float] = json.loads(done.stdout)
     return result
 
 

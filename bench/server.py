@@ -12,10 +12,13 @@ second host would; it keeps no audit log or credentials."""
 
 from __future__ import annotations
 
+import json
 import os
-from collections.abc import Iterable, Mapping
+import subprocess
+import sys
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 from tests.support import harness
 from tests.support.harness import ROOT as ROOT  # the checkout: bench.cli's defaults
@@ -31,6 +34,37 @@ _PATH_SETTINGS: Final[Mapping[str, Mapping[str, str]]] = {
     AUTHENTICATED: {},
     UNAUTHENTICATED: {"VAULT_AUTH__ENABLED": "false"},
 }
+
+
+def own_client(target: str, credentials_file: Path, timeout: float) -> Any:
+    """A VaultClient on a connection of its own (a local subchannel pool), as each load
+    generator thread has one, so that threads spread over the workers."""
+    from vault.client import VaultClient, load_credentials_file
+
+    return VaultClient(
+        target,
+        credentials=load_credentials_file(credentials_file),
+        timeout=timeout,
+        options=[("grpc.use_local_subchannel_pool", 1)],
+    )
+
+
+def run_in_vault(
+    script: str, args: Sequence[str], data_dir: Path, vault_root: Path, what: str
+) -> Any:
+    """Run script (python -c) with the vault code of vault_root, configured for data_dir's
+    token and store, and return the JSON it prints; RuntimeError naming what on failure."""
+    done = subprocess.run(
+        [sys.executable, "-c", script, *args],
+        env=harness.vault_environment(data_dir, vault_root=vault_root, settings=BENCH_SETTINGS),
+        cwd=vault_root,
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+    )
+    if done.returncode:
+        raise RuntimeError(f"{what} failed:\n{done.stderr}")
+    return json.loads(done.stdout)
 
 
 def provision(data_dir: Path, vault_root: Path) -> None:
