@@ -28,9 +28,8 @@ from tests.support.security_helpers import AccessKey, add_access_key, new_accoun
 from vault.cli.main import cli as vaultctl
 from vault.client import VaultClient
 from vault.domain.audit import AuditEvent, chain
-from vault.domain.models import epoch_micros
 from vault.gen.vault.v1 import resources_pb2
-from vault.storage.audit_chain import LIST_WINDOW_RECORDS
+from vault.storage.audit_chain import LIST_WINDOW_RECORDS, record_row
 from vault.storage.audit_locks import LOCK_SUFFIX
 
 GET_KEY: Final = "/vault.v1.KeyService/GetKey"
@@ -81,29 +80,11 @@ def fill(server: VaultServer, count: int) -> None:
             latency_us=100,
             source="test",
         )
-        micros = epoch_micros(event.occurred_at)
         conn.executemany(
             "INSERT INTO audit_events VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (
-                (r.seq, micros, *_fields(event), r.prev_hash, r.hash)
-                for r in chain(head, seq + 1, [event] * count)
-            ),
+            (record_row(record) for record in chain(head, seq + 1, [event] * count)),
         )
         conn.execute("COMMIT")
-
-
-def _fields(event: AuditEvent) -> tuple[object, ...]:
-    return (
-        event.request_id,
-        event.credential_id,
-        event.account,
-        event.method,
-        event.resource,
-        event.outcome,
-        event.reason,
-        event.latency_us,
-        event.source,
-    )
 
 
 def of_key(events: list[resources_pb2.AuditEvent]) -> list[tuple[int, str, str]]:

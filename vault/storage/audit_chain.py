@@ -643,7 +643,7 @@ class _AppendPlan:
         return cls(records, usage_rows, touches, seq, head_hash)
 
     def record_rows(self) -> list[tuple[Any, ...]]:
-        return [_record_values(record) for record in self.records]
+        return [record_row(record) for record in self.records]
 
     def head(self, newest_checkpoint: Any) -> AuditHead:
         return AuditHead(
@@ -660,7 +660,8 @@ class _AppendPlan:
 _ABANDONED: list[Any] = []
 
 
-def _record_values(record: AuditRecord) -> tuple[Any, ...]:
+def record_row(record: AuditRecord) -> tuple[Any, ...]:
+    """A record as its audit_events row, column by column."""
     event = record.event
     return (
         record.seq,
