@@ -1,6 +1,6 @@
 """StreamRestoreBackup against a real server and token: progress up to the bundle's total, the
-result RestoreBackup gives, a restore its caller abandons, and the admin role checked before
-the bundle is read.
+result RestoreBackup gives, a restore its caller abandons (streamed, or unary past its
+deadline), and the admin role checked before the bundle is read.
 
 The bundles come from the session's vault; a second token receives its roots by the clone
 ceremony and restores them (as in tests/test_backup.py)."""
@@ -71,8 +71,22 @@ def bundles(client: VaultClient) -> Bundles:
 def replica(
     bundles: Bundles, server: VaultServer, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[VaultServer]:
-    base = tmp_path_factory.mktemp("stream-replica")
-    clone_roots(server.data_dir, base / "data", base / "ceremony", "stream-replica")
+    yield from replica_of(bundles, server, tmp_path_factory, "stream-replica")
+
+
+@pytest.fixture(scope="module")
+def unary_replica(
+    bundles: Bundles, server: VaultServer, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[VaultServer]:
+    """A second replica: a stopped restore needs a store that holds none of `many` yet."""
+    yield from replica_of(bundles, server, tmp_path_factory, "unary-replica")
+
+
+def replica_of(
+    bundles: Bundles, server: VaultServer, tmp_path_factory: pytest.TempPathFactory, name: str
+) -> Iterator[VaultServer]:
+    base = tmp_path_factory.mktemp(name)
+    clone_roots(server.data_dir, base / "data", base / "ceremony", name)
     with VaultServer(base / "data", ONE_WORKER) as running:
         with running.client() as admin:
             admin.create_account(bundles.mixed_account.removeprefix("accounts/"))
@@ -147,8 +161,6 @@ def report_files(server: VaultServer, bundle: str) -> set[Path]:
 def test_a_restore_its_caller_abandons_stops_leaving_whole_keys_and_a_second_run_completes_it(
     bundles: Bundles, replica: VaultServer
 ) -> None:
-    import json
-
     before = report_files(replica, "many.bundle")
     started = datetime.now(UTC)
     steps: list[backup_service_pb2.RestoreBackupProgress] = []
@@ -161,36 +173,68 @@ def test_a_restore_its_caller_abandons_stops_leaving_whole_keys_and_a_second_run
         with pytest.raises(Abandon):
             admin.restore_backup("many.bundle", progress=leave)
         assert steps[0].entries_total == MANY_KEYS and not steps[0].HasField("result")
+        assert_stopped_then_completed(
+            admin, replica, bundles, before, started, "StreamRestoreBackup"
+        )
 
-        # The server stops before its next key and writes the report of what it did.
-        deadline = time.monotonic() + 60
-        while not report_files(replica, "many.bundle") - before:
-            assert time.monotonic() < deadline, "the stopped restore wrote no report"
-            time.sleep(0.1)
-        (report,) = report_files(replica, "many.bundle") - before
-        lines = [json.loads(line) for line in report.read_text().splitlines()]
-        assert {line["outcome"] for line in lines} <= {"restored"}
-        done = [line["name"] for line in lines]
-        assert len(done) < MANY_KEYS
-        assert done == sorted(bundles.ciphertexts)[: len(done)]  # in bundle order
 
-        # What was restored is whole (its blob opens: it decrypts); the rest is absent.
-        assert decrypted(admin, bundles, done) == done
-        listed = [key.name for key in admin.iter_keys(bundles.many_account)]
-        assert sorted(listed) == sorted(done)
+def test_a_unary_restore_whose_deadline_passes_stops_and_a_second_run_completes_it(
+    bundles: Bundles, unary_replica: VaultServer
+) -> None:
+    before = report_files(unary_replica, "many.bundle")
+    started = datetime.now(UTC)
+    with unary_replica.channel() as channel:
+        stub = backup_service_pb2_grpc.BackupServiceStub(channel)
+        with pytest.raises(grpc.RpcError) as raised:
+            # The restore takes about a second (see MANY_KEYS).
+            stub.RestoreBackup(
+                backup_service_pb2.RestoreBackupRequest(file_name="many.bundle"), timeout=0.1
+            )
+        assert raised.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    with unary_replica.client() as admin:
+        assert_stopped_then_completed(
+            admin, unary_replica, bundles, before, started, "RestoreBackup"
+        )
 
-        events = [
-            event.outcome
-            for event in admin.iter_audit_events(start_time=started, method="StreamRestoreBackup")
-        ]
-        assert events == ["STARTED", "CANCELLED"]
 
-        # Running it again restores the rest and skips what the first run restored.
-        result = admin.restore_backup("many.bundle")
-        assert result.restored_count == MANY_KEYS - len(done)
-        assert dict(result.skipped_by_reason) == ({"EXISTS": len(done)} if done else {})
-        everything = sorted(bundles.ciphertexts)
-        assert decrypted(admin, bundles, everything) == everything
+def assert_stopped_then_completed(
+    admin: VaultClient,
+    server: VaultServer,
+    bundles: Bundles,
+    before: set[Path],
+    started: datetime,
+    method: str,
+) -> None:
+    """The restore of `many` its caller left stops before its next batch and writes the
+    report of what it did; what it restored is whole, the rest absent; a second run restores
+    the rest."""
+    import json
+
+    deadline = time.monotonic() + 60
+    while not report_files(server, "many.bundle") - before:
+        assert time.monotonic() < deadline, "the stopped restore wrote no report"
+        time.sleep(0.1)
+    (report,) = report_files(server, "many.bundle") - before
+    lines = [json.loads(line) for line in report.read_text().splitlines()]
+    assert {line["outcome"] for line in lines} <= {"restored"}
+    done = [line["name"] for line in lines]
+    assert len(done) < MANY_KEYS
+    assert done == sorted(bundles.ciphertexts)[: len(done)]  # in bundle order
+
+    # What was restored is whole (its blob opens: it decrypts); the rest is absent.
+    assert decrypted(admin, bundles, done) == done
+    listed = [key.name for key in admin.iter_keys(bundles.many_account)]
+    assert sorted(listed) == sorted(done)
+
+    events = [event.outcome for event in admin.iter_audit_events(start_time=started, method=method)]
+    assert events == ["STARTED", "CANCELLED"]
+
+    # Running it again restores the rest and skips what the first run restored.
+    result = admin.restore_backup("many.bundle")
+    assert result.restored_count == MANY_KEYS - len(done)
+    assert dict(result.skipped_by_reason) == ({"EXISTS": len(done)} if done else {})
+    everything = sorted(bundles.ciphertexts)
+    assert decrypted(admin, bundles, everything) == everything
 
 
 def decrypted(admin: VaultClient, bundles: Bundles, names: list[str]) -> list[str]:

@@ -122,6 +122,17 @@ class Conflict(VaultError):
     reason = "CONCURRENT_MODIFICATION"
 
 
+class CallerGone(VaultError):
+    """The caller cancelled the call or its deadline passed while a long operation ran: the
+    operation stopped at its next safe point (CANCELLED). Nobody receives the answer; the
+    error is what the audit log records."""
+
+    reason = "CALLER_GONE"
+
+    def __init__(self) -> None:
+        super().__init__("the caller went away; the operation stopped")
+
+
 class Unauthenticated(VaultError):
     """The request carries no valid credential. Deliberately one error for every cause (unknown
     key id, bad signature, stale timestamp, replayed nonce, revoked or expired credential), so

@@ -15,6 +15,7 @@ from typing import Final
 import grpc
 
 from vault.domain.backup import ExportRecord, Selection
+from vault.domain.errors import CallerGone
 from vault.gen.vault.v1 import backup_service_pb2 as pb
 from vault.gen.vault.v1 import backup_service_pb2_grpc
 from vault.service.backup import (
@@ -155,10 +156,19 @@ class BackupServicer(backup_service_pb2_grpc.BackupServiceServicer):
     def RestoreBackup(
         self, request: pb.RestoreBackupRequest, context: grpc.ServicerContext
     ) -> pb.RestoreBackupResponse:
-        report = self._backups.restore(
+        steps = self._backups.restoring(
             request.file_name, request.expected_signer_fingerprint, self._max_message_bytes
         )
-        return restore_response(report, self._max_message_bytes)
+        for step in steps:
+            if step.report is not None:
+                return restore_response(step.report, self._max_message_bytes)
+            if not context.is_active():
+                # As StreamRestoreBackup does: a caller that cancelled or whose deadline
+                # passed gets nothing from the keys still to come, so stop before the next
+                # batch; what was restored stays whole and the report file lists it.
+                steps.close()
+                raise CallerGone()
+        raise AssertionError("a restore ends with its report")
 
     def StreamRestoreBackup(
         self, request: pb.RestoreBackupRequest, context: grpc.ServicerContext

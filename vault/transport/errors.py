@@ -24,6 +24,7 @@ from vault.domain.errors import (
     ERROR_DOMAIN,
     AlreadyExists,
     AuditUnavailable,
+    CallerGone,
     Conflict,
     DecryptionFailed,
     DiskFull,
@@ -65,6 +66,7 @@ STATUS_CODES: Final[Mapping[type[VaultError], grpc.StatusCode]] = {
     PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
     LimitExceeded: grpc.StatusCode.RESOURCE_EXHAUSTED,
     AuditUnavailable: grpc.StatusCode.UNAVAILABLE,
+    CallerGone: grpc.StatusCode.CANCELLED,
 }
 
 INTERNAL_MESSAGE: Final = "internal error"
