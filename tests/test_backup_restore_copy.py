@@ -103,7 +103,8 @@ def test_a_bundle_changed_on_disk_after_its_check_restores_what_was_checked(
     path = tmp_path / "backups" / "swapped.bundle"
     path.write_bytes(bundles.few)
     steps = backups.restoring("swapped.bundle")
-    first = next(steps)  # the bundle is verified and copied: nothing is restored yet
+    # The first step past the check: the bundle is verified and copied, nothing restored yet.
+    first = next(step for step in steps if step.entries_total)
     assert (first.entries_done, first.entries_total) == (0, len(bundles.few_names))
 
     # The restore reads its private copy: unlinked, in the backup directory, mode 0600.

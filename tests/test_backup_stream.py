@@ -120,11 +120,16 @@ def test_a_streamed_restore_reports_progress_up_to_the_total_and_ends_with_the_r
     steps: list[backup_service_pb2.RestoreBackupProgress] = []
     with replica.client() as admin:
         result = admin.restore_backup("mixed.bundle", progress=steps.append)
+        # First the bundle's check, before its total is known: its size in bytes.
+        checking = steps.pop(0)
+        assert (checking.entries_total, checking.bytes_checked) == (0, 0)
+        assert checking.bytes_total == len(bundles.mixed)
         # Three keys and a bucket; the revoked key leaves a tombstone, the token-resident
         # one a skipped entry.
         total = 6
         assert steps[0].entries_total == total and steps[0].entries_done == 0
         assert not steps[0].HasField("result")
+        assert not any(step.bytes_total for step in steps)
         done = [step.entries_done for step in steps]
         assert done == sorted(done) and done[-1] == total
         assert all(step.entries_total == total for step in steps)
@@ -167,15 +172,54 @@ def test_a_restore_its_caller_abandons_stops_leaving_whole_keys_and_a_second_run
 
     def leave(step: backup_service_pb2.RestoreBackupProgress) -> None:
         steps.append(step)
-        raise Abandon
+        if step.entries_total:  # once the check is over and the restore began
+            raise Abandon
 
     with replica.client() as admin:
         with pytest.raises(Abandon):
             admin.restore_backup("many.bundle", progress=leave)
-        assert steps[0].entries_total == MANY_KEYS and not steps[0].HasField("result")
+        assert steps[-1].entries_total == MANY_KEYS and not steps[-1].HasField("result")
         assert_stopped_then_completed(
             admin, replica, bundles, before, started, "StreamRestoreBackup"
         )
+
+
+def test_a_restore_abandoned_while_its_bundle_is_checked_changes_nothing(
+    bundles: Bundles, replica: VaultServer
+) -> None:
+    before = report_files(replica, "many.bundle")
+    started = datetime.now(UTC)
+    steps: list[backup_service_pb2.RestoreBackupProgress] = []
+
+    def leave(step: backup_service_pb2.RestoreBackupProgress) -> None:
+        steps.append(step)
+        raise Abandon
+
+    with replica.client() as admin:
+        keys_before = [key.name for key in admin.iter_keys(bundles.many_account)]
+        with pytest.raises(Abandon):
+            admin.restore_backup("many.bundle", progress=leave)
+        assert steps[0].entries_total == 0 and steps[0].bytes_total == len(bundles.many)
+        assert stopped_call_outcomes(admin, started, "StreamRestoreBackup") == [
+            "STARTED",
+            "CANCELLED",
+        ]
+        assert report_files(replica, "many.bundle") == before
+        assert [key.name for key in admin.iter_keys(bundles.many_account)] == keys_before
+
+
+def stopped_call_outcomes(admin: VaultClient, started: datetime, method: str) -> list[str]:
+    """The audit outcomes of the calls of method since started, once the last one ended
+    (the server records a stopped call when it notices, after its caller left)."""
+    deadline = time.monotonic() + 60
+    while True:
+        outcomes = [
+            event.outcome for event in admin.iter_audit_events(start_time=started, method=method)
+        ]
+        if outcomes and outcomes[-1] != "STARTED":
+            return outcomes
+        assert time.monotonic() < deadline, f"the stopped call recorded only {outcomes}"
+        time.sleep(0.1)
 
 
 def test_a_unary_restore_whose_deadline_passes_stops_and_a_second_run_completes_it(
@@ -205,19 +249,19 @@ def assert_stopped_then_completed(
     started: datetime,
     method: str,
 ) -> None:
-    """The restore of `many` its caller left stops before its next batch and writes the
-    report of what it did; what it restored is whole, the rest absent; a second run restores
-    the rest."""
+    """The restore of `many` its caller left stops (while it checks the bundle, or before
+    its next batch, having then written the report of what it did); what it restored is
+    whole, the rest absent; a second run restores the rest."""
     import json
 
-    deadline = time.monotonic() + 60
-    while not report_files(server, "many.bundle") - before:
-        assert time.monotonic() < deadline, "the stopped restore wrote no report"
-        time.sleep(0.1)
-    (report,) = report_files(server, "many.bundle") - before
-    lines = [json.loads(line) for line in report.read_text().splitlines()]
-    assert {line["outcome"] for line in lines} <= {"restored"}
-    done = [line["name"] for line in lines]
+    assert stopped_call_outcomes(admin, started, method) == ["STARTED", "CANCELLED"]
+    reports = report_files(server, "many.bundle") - before
+    done = []
+    if reports:
+        (report,) = reports
+        lines = [json.loads(line) for line in report.read_text().splitlines()]
+        assert {line["outcome"] for line in lines} <= {"restored"}
+        done = [line["name"] for line in lines]
     assert len(done) < MANY_KEYS
     assert done == sorted(bundles.ciphertexts)[: len(done)]  # in bundle order
 
@@ -225,9 +269,6 @@ def assert_stopped_then_completed(
     assert decrypted(admin, bundles, done) == done
     listed = [key.name for key in admin.iter_keys(bundles.many_account)]
     assert sorted(listed) == sorted(done)
-
-    events = [event.outcome for event in admin.iter_audit_events(start_time=started, method=method)]
-    assert events == ["STARTED", "CANCELLED"]
 
     # Running it again restores the rest and skips what the first run restored.
     result = admin.restore_backup("many.bundle")

@@ -70,3 +70,16 @@ def test_batches_keep_their_size_and_a_tombstone_after_its_key_starts_the_next()
         ["tombstone", "key", "key"],
         ["tombstone", "key"],
     ]
+
+
+def test_the_first_step_of_the_restore_after_the_check_is_sent_at_once() -> None:
+    clock = Clock()
+    pacer = ProgressPacer(0.5, clock)
+    checking = RestoreProgress(0, 0, 0, 0, bytes_checked=0, bytes_total=10_000)
+    assert pacer.due(checking)
+    clock.now += 0.01
+    assert not pacer.due(RestoreProgress(0, 0, 0, 0, bytes_checked=5_000, bytes_total=10_000))
+    clock.now += 0.01
+    assert pacer.due(step(0))  # the bundle's total, now known
+    clock.now += 0.01
+    assert not pacer.due(step(1))

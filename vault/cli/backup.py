@@ -187,11 +187,12 @@ def restore_command(state: CliState, file: str, expect_signer: str) -> None:
     file, copied there first unless the same file is there already (run this next to the
     vault), or the name of a file already there.
 
-    Shows a progress bar (on a terminal) while the server restores; Ctrl-C stops the
-    restore before its next batch of keys, keeping what it restored: run the command again
-    to restore the rest. Then prints the counts of restored and skipped items, the items
-    themselves (only the first ones when there are more than one answer carries) and the
-    path of the report file the server wrote beside the bundle, which lists every item."""
+    Shows a progress bar (on a terminal) while the server checks the bundle (in bytes),
+    then while it restores (in entries); Ctrl-C stops the restore before its next batch of
+    keys, keeping what it restored: run the command again to restore the rest. Then prints
+    the counts of restored and skipped items, the items themselves (only the first ones when
+    there are more than one answer carries) and the path of the report file the server wrote
+    beside the bundle, which lists every item."""
     name = file
     local = Path(file)
     if local.is_file():
@@ -209,10 +210,24 @@ def restore_command(state: CliState, file: str, expect_signer: str) -> None:
                 )
     client = state.client()
     with progress(not state.json) as bar:
-        task = bar.add_task("restoring", total=None)
+        task = bar.add_task("checking", total=None)
 
         def show(step: backup_service_pb2.RestoreBackupProgress) -> None:
-            bar.update(task, completed=step.entries_done, total=step.entries_total or None)
+            if step.entries_total:
+                bar.update(
+                    task,
+                    description="restoring",
+                    completed=step.entries_done,
+                    total=step.entries_total,
+                )
+            else:
+                # The bundle's check comes first; its size is what there is to go through.
+                bar.update(
+                    task,
+                    description="checking (bytes)",
+                    completed=step.bytes_checked,
+                    total=step.bytes_total or None,
+                )
 
         report = client.restore_backup(
             name, expected_signer_fingerprint=expect_signer, progress=show

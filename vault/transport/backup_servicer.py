@@ -35,8 +35,9 @@ _PROGRESS_FIELDS_BYTES: Final = 64
 
 
 class ProgressPacer:
-    """Whether a restore's step is worth a message: the first (the bundle's total), the last
-    (the result), and otherwise one per interval, however many entries go by in it."""
+    """Whether a restore's step is worth a message: the first of the check and the first of
+    the restore itself (the bundle's total), the last (the result), and otherwise one per
+    interval, however many entries go by in it."""
 
     def __init__(
         self,
@@ -46,12 +47,19 @@ class ProgressPacer:
         self._interval = interval
         self._clock = clock
         self._last: float | None = None
+        self._restoring = False
 
     def due(self, step: RestoreProgress) -> bool:
         now = self._clock()
-        if self._last is not None and step.report is None and now - self._last < self._interval:
+        restoring = step.entries_total > 0
+        if (
+            self._last is not None
+            and step.report is None
+            and restoring == self._restoring
+            and now - self._last < self._interval
+        ):
             return False
-        self._last = now
+        self._last, self._restoring = now, restoring
         return True
 
 
@@ -183,6 +191,8 @@ class BackupServicer(backup_service_pb2_grpc.BackupServiceServicer):
                 entries_total=step.entries_total,
                 restored=step.restored,
                 skipped=step.skipped,
+                bytes_checked=step.bytes_checked,
+                bytes_total=step.bytes_total,
             )
             if step.report is not None:
                 progress.result.CopyFrom(
