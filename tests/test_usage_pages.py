@@ -7,7 +7,7 @@ usage` follow them. A real server on its own SoftHSM token and store."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Final
@@ -23,7 +23,7 @@ from tests.support.harness import VaultServer
 from tests.support.small_messages import SMALLEST, small_message_server
 from vault.cli.main import cli as vaultctl
 from vault.client import VaultClient
-from vault.gen.vault.v1 import identity_service_pb2, identity_service_pb2_grpc
+from vault.gen.vault.v1 import identity_service_pb2, identity_service_pb2_grpc, resources_pb2
 from vault.storage import open_stores
 from vault.storage.tables import USAGE_METHOD_LENGTH
 
@@ -76,8 +76,8 @@ def used(small: VaultServer, admin: VaultClient) -> Used:
     return Used(key.name, [(day, method, n) for (_, day, method), n in sorted(counts.items())])
 
 
-def of(counters: object) -> list[tuple[str, str, int]]:
-    return [(c.day, c.method, c.count) for c in counters]  # type: ignore[attr-defined]
+def of(counters: Iterable[resources_pb2.UsageCounter]) -> list[tuple[str, str, int]]:
+    return [(c.day, c.method, c.count) for c in counters]
 
 
 def test_usage_pages_fit_the_smallest_message_and_resume_exactly(
