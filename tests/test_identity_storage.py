@@ -484,18 +484,87 @@ def test_usage_counters_add_up_and_are_ordered(
     )
     audit.append_audit([], {(ACCESS_KEY, "2025-03-01", "Encrypt"): 4}, {})
     audit.append_audit([audit_event()], {(ACCESS_KEY, "2025-02-28", "Encrypt"): 5}, {})
-    assert identity.usage(ACCESS_KEY, "2025-03-01") == [
+    assert identity.usage(ACCESS_KEY, "2025-03-01", 0, "").items == [
         UsageCount("2025-03-01", "Encrypt", 7),
         UsageCount("2025-03-01", "Sign", 2),
         UsageCount("2025-03-02", "Sign", 1),
     ]
-    assert identity.usage(ACCESS_KEY, "2025-01-01")[0] == UsageCount("2025-02-28", "Encrypt", 5)
-    assert identity.usage(ACCESS_KEY, "2025-03-03") == []
+    assert identity.usage(ACCESS_KEY, "2025-01-01", 0, "").items[0] == UsageCount(
+        "2025-02-28", "Encrypt", 5
+    )
+    assert identity.usage(ACCESS_KEY, "2025-03-03", 0, "").items == []
     assert identity.usage_on(ACCESS_KEY, "2025-03-01") == 9
     assert identity.usage_on(API_KEY, "2025-03-01") == 100
     assert identity.usage_on(API_KEY, "2025-03-02") == 0
     with pytest.raises(InvalidArgument):
-        identity.usage(ACCESS_KEY, "3/1/2025")
+        identity.usage(ACCESS_KEY, "3/1/2025", 0, "")
+
+
+def test_usage_counters_are_read_in_pages_that_resume_after_the_last_sent(
+    identity: SqlIdentityStore, audit: SqlAuditStore
+) -> None:
+    # Three days of five methods; the page size cuts through a day, so the token must resume
+    # mid-day on the method after the last one sent, not on the next day or at an offset.
+    days = ["2025-02-28", "2025-03-01", "2025-03-02"]
+    # Letters only: every collation orders these alike, and the test compares with Python's.
+    methods = ["Decrypt", "Encrypt", "GetKey", "Sign", "Verify"]
+    counts = {
+        (ACCESS_KEY, day, method): 1 + d * 10 + m
+        for d, day in enumerate(days)
+        for m, method in enumerate(methods)
+    }
+    audit.append_audit([], {**counts, (API_KEY, "2025-03-01", "Sign"): 100}, {})
+    expected = [UsageCount(day, method, n) for (_, day, method), n in sorted(counts.items())]
+
+    pages: list[Page[UsageCount]] = []
+    token = ""
+    while True:
+        pages.append(identity.usage(ACCESS_KEY, "2025-02-28", 4, token))
+        token = pages[-1].next_page_token
+        if not token:
+            break
+    assert [len(page.items) for page in pages] == [4, 4, 4, 3]
+    assert [c for page in pages for c in page.items] == expected
+    # A token names the last counter sent; after a day's last method it resumes on the next.
+    assert pages[1].next_page_token == encode_page_token("2025-03-01:GetKey")
+    assert (
+        identity.usage(ACCESS_KEY, "2025-02-28", 4, encode_page_token("2025-02-28:Verify")).items
+        == expected[5:9]
+    )
+    # A page cut short resumes right after the last counter kept (what fit_response uses).
+    assert pages[0].first(3).next_page_token == encode_page_token("2025-02-28:GetKey")
+    # Writes behind the token do not shift later pages: a keyset, not an offset.
+    audit.append_audit([], {(ACCESS_KEY, "2025-02-28", "Aaa"): 1}, {})
+    assert (
+        identity.usage(ACCESS_KEY, "2025-02-28", 4, pages[0].next_page_token).items == expected[4:8]
+    )
+    # The window still applies after a token; 0 is the largest page, all of these at once.
+    assert (
+        identity.usage(ACCESS_KEY, "2025-03-02", 100, pages[0].next_page_token).items
+        == expected[10:]
+    )
+    whole = identity.usage(ACCESS_KEY, "2025-03-01", 0, "")
+    assert whole.items == expected[5:] and whole.next_page_token == ""
+    for bad in (
+        "not a token!",
+        encode_page_token("2025-03-01"),
+        encode_page_token("yesterday:Sign"),
+        encode_page_token("2025-03-01:" + "m" * 65),
+    ):
+        with pytest.raises(InvalidArgument) as caught:
+            identity.usage(ACCESS_KEY, "2025-02-28", 4, bad)
+        assert caught.value.metadata == {"field": "page_token"}
+
+
+def test_usage_pages_hold_at_most_a_thousand_counters(
+    identity: SqlIdentityStore, audit: SqlAuditStore
+) -> None:
+    counts = {(ACCESS_KEY, DAY, f"m{n:04d}"): 1 for n in range(1001)}
+    audit.append_audit([], counts, {})
+    first = identity.usage(ACCESS_KEY, DAY, 0, "")
+    assert len(first.items) == 1000 and first.items[-1].method == "m0999"
+    rest = identity.usage(ACCESS_KEY, DAY, 5000, first.next_page_token)
+    assert [c.method for c in rest.items] == ["m1000"] and rest.next_page_token == ""
 
 
 def test_last_used_time_only_moves_forward(
@@ -838,7 +907,7 @@ def test_failed_append_commits_nothing(
     assert "REQUEST-ID-NOT-TO-LEAK" not in rendered and ACCESS_KEY not in rendered
     records = list(audit.audit_records())
     assert len(records) == 1 and records[0].hash == before.hash
-    assert identity.usage(ACCESS_KEY, DAY) == [UsageCount(DAY, "Encrypt", 1)]
+    assert identity.usage(ACCESS_KEY, DAY, 0, "").items == [UsageCount(DAY, "Encrypt", 1)]
     stored = identity.get_access_key(ACCESS_KEY)
     assert stored is not None and stored.last_used_time is None
 
@@ -966,7 +1035,7 @@ def test_forked_processes_append_to_one_chain(url: str, backend: str, db_path: P
             mine = [r.event.request_id for r in records if r.event.source == f"worker-{worker}"]
             assert mine == [f"req-{n}" for n in range(200)]
         assert verify_audit_log(records, [], no_verify).ok
-        usage = parent.identity.usage(ACCESS_KEY, DAY)
+        usage = parent.identity.usage(ACCESS_KEY, DAY, 0, "").items
         assert usage == [UsageCount(DAY, f"m{worker}", 200) for worker in range(4)]
         key = parent.identity.get_access_key(ACCESS_KEY)
         assert key is not None and key.last_used_time == T0 + timedelta(seconds=3000 + 199)

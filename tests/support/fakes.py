@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 import secrets
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -885,12 +886,26 @@ class FakeIdentityStore:
         self.api_keys[key.api_key_id] = key
         return key
 
-    def usage(self, credential_id: str, since_day: str) -> list[UsageCount]:
-        return [
+    def usage(
+        self, credential_id: str, since_day: str, page_size: int, page_token: str
+    ) -> Page[UsageCount]:
+        # As the SQL store: the token is "day:method" of the last counter sent, 0 the largest
+        # page, and a token it did not make is refused.
+        if page_token and not re.fullmatch(r"[0-9]{4}-[0-9]{2}-[0-9]{2}:.+", page_token):
+            raise InvalidArgument("malformed page token", metadata={"field": "page_token"})
+        counters = [
             UsageCount(day, method, count)
-            for (credential, day, method), count in sorted(self.usage_counts.items())
+            for (credential, day, method), count in self.usage_counts.items()
             if credential == credential_id and day >= since_day
         ]
+        page = page_of(
+            counters, lambda c: f"{c.day}:{c.method}", page_size or MAX_PAGE_SIZE, page_token
+        )
+        return Page(
+            page.items,
+            page.next_page_token,
+            lambda index: f"{page.items[index].day}:{page.items[index].method}",
+        )
 
     def usage_on(self, credential_id: str, day: str) -> int:
         return sum(

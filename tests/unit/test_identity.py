@@ -171,10 +171,38 @@ def test_usage_is_read_from_the_window_of_days_asked(ids: Identity) -> None:
     key, _ = ids.identity.create_access_key(f"accounts/{ACCOUNT}", (), "")
     ids.store.usage_counts[(key.access_key_id, "2026-12-03", "Encrypt")] = 5
     ids.store.usage_counts[(key.access_key_id, "2026-11-01", "Encrypt")] = 7
-    counts = ids.identity.usage(key.name, 7)
+    counts = ids.identity.usage(key.name, 7, 0, "").items
     assert [(c.day, c.count) for c in counts] == [("2026-12-03", 5)]
     with pytest.raises(InvalidArgument):
-        ids.identity.usage(key.name, 367)
+        ids.identity.usage(key.name, 367, 0, "")
+
+
+def test_usage_is_read_in_pages_by_day_then_method(ids: Identity) -> None:
+    key, _ = ids.identity.create_access_key(f"accounts/{ACCOUNT}", (), "")
+    days = ["2026-12-01", "2026-12-02", "2026-12-03"]
+    for d, day in enumerate(days):
+        for m, method in enumerate(["Encrypt", "Decrypt", "Sign"]):
+            ids.store.usage_counts[(key.access_key_id, day, method)] = d * 10 + m
+    ids.store.usage_counts[(key.access_key_id, "2026-11-01", "Sign")] = 99  # before the window
+    pages = []
+    token = ""
+    while True:
+        pages.append(ids.identity.usage(key.name, 7, 2, token))
+        token = pages[-1].next_page_token
+        if not token:
+            break
+    listed = [(c.day, c.method) for page in pages for c in page.items]
+    assert [len(page.items) for page in pages] == [2, 2, 2, 2, 1]
+    assert listed == [(day, m) for day in days for m in ("Decrypt", "Encrypt", "Sign")]
+    # 0 is the largest page: all nine at once, and no token.
+    whole = ids.identity.usage(key.name, 7, 0, "")
+    assert [(c.day, c.method) for c in whole.items] == listed and whole.next_page_token == ""
+    for page_size, page_token in ((-1, ""), (0, "bogus")):
+        with pytest.raises(InvalidArgument):
+            ids.identity.usage(key.name, 7, page_size, page_token)
+    # The credential is looked up before the token is read: an unknown one is NotFound.
+    with pytest.raises(NotFound):
+        ids.identity.usage(f"accounts/{ACCOUNT}/accessKeys/VKZZZZZZZZZZZZZZZZZZ", 7, 0, "bogus")
 
 
 # -- authentication ----------------------------------------------------------------------------

@@ -1133,8 +1133,17 @@ class VaultClient:
         )
 
     def get_usage(self, name: str, days: int = 0) -> list[resources_pb2.UsageCounter]:
-        request = identity_service_pb2.GetUsageRequest(name=name, days=days)
-        return list(self._call(self._identity.GetUsage, request).counters)
+        """Every counter of the credential's last days UTC days (0: the server's 31), by day
+        then method, page after page."""
+        return list(
+            _paged(
+                lambda token: self._call(
+                    self._identity.GetUsage,
+                    identity_service_pb2.GetUsageRequest(name=name, days=days, page_token=token),
+                ),
+                lambda page: page.counters,
+            )
+        )
 
     # -- BucketService ----------------------------------------------------------------------
 

@@ -483,8 +483,12 @@ class IdentityStore(Protocol):
         """Write state; NotFound if it is gone."""
         ...
 
-    def usage(self, credential_id: str, since_day: str) -> list[UsageCount]:
-        """Counters of credential_id from since_day (YYYY-MM-DD) on, by day then method."""
+    def usage(
+        self, credential_id: str, since_day: str, page_size: int, page_token: str
+    ) -> Page[UsageCount]:
+        """One page of the counters of credential_id from since_day (YYYY-MM-DD) on, by day
+        then method; page_size 0 selects the largest page. The token resumes after the page's
+        last (day, method); InvalidArgument if it is not one this store made."""
         ...
 
     def usage_on(self, credential_id: str, day: str) -> int:

@@ -270,16 +270,20 @@ class IdentityManagement:
         self._changed()
         return updated
 
-    def usage(self, name: str, days: int) -> list[UsageCount]:
+    def usage(self, name: str, days: int, page_size: int, page_token: str) -> Page[UsageCount]:
+        """One page of the credential's counters of the last days UTC days (0: 31), by day
+        then method; page_size 0 selects the largest page."""
         if days < 0 or days > 366:
             raise InvalidArgument("days must be 0 to 366", metadata={"field": "days"})
+        if page_size < 0:
+            raise InvalidArgument("page_size must not be negative", metadata={"field": "page_size"})
         credential_id = (
             self.get_api_key(name).api_key_id
             if "/apiKeys/" in name
             else self.get_access_key(name).access_key_id
         )
         since = (self._clock() - timedelta(days=(days or DEFAULT_USAGE_DAYS) - 1)).date()
-        return self._store.usage(credential_id, since.isoformat())
+        return self._store.usage(credential_id, since.isoformat(), page_size, page_token)
 
 
 def _with_unused_id(what: str, attempt: Callable[[], _T]) -> _T:

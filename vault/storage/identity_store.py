@@ -15,9 +15,11 @@ from sqlalchemy import (
     Engine,
     RowMapping,
     Table,
+    and_,
     bindparam,
     func,
     insert,
+    or_,
     select,
     true,
     update,
@@ -36,8 +38,20 @@ from vault.domain.identity import (
     UsageCount,
 )
 from vault.domain.models import Page
-from vault.storage.paging import clamp_page_size, decode_page_token, keyset_page
-from vault.storage.tables import access_keys, accounts, api_keys, usage_counters
+from vault.storage.paging import (
+    MAX_PAGE_SIZE,
+    clamp_page_size,
+    decode_page_token,
+    keyset_page,
+    malformed_page_token,
+)
+from vault.storage.tables import (
+    USAGE_METHOD_LENGTH,
+    access_keys,
+    accounts,
+    api_keys,
+    usage_counters,
+)
 from vault.storage.transactions import (
     aware,
     aware_or_none,
@@ -215,19 +229,33 @@ class SqlIdentityStore:
 
     # --- usage ------------------------------------------------------------------------------
 
-    def usage(self, credential_id: str, since_day: str) -> list[UsageCount]:
-        """Counters of credential_id from since_day (YYYY-MM-DD) on, by day then method."""
-        query = (
-            select(usage_counters.c.day, usage_counters.c.method, usage_counters.c.count)
-            .where(
-                usage_counters.c.credential_id == credential_id,
-                usage_counters.c.day >= check_day(since_day),
-            )
-            .order_by(usage_counters.c.day, usage_counters.c.method)
+    def usage(
+        self, credential_id: str, since_day: str, page_size: int, page_token: str
+    ) -> Page[UsageCount]:
+        """One page of the counters of credential_id from since_day (YYYY-MM-DD) on, by day
+        then method; page_size 0 selects the largest page."""
+        # 0 asks for every counter as GetUsage gave before it paged, up to a page's most.
+        size = clamp_page_size(page_size or MAX_PAGE_SIZE)
+        query = select(usage_counters.c.day, usage_counters.c.method, usage_counters.c.count).where(
+            usage_counters.c.credential_id == credential_id,
+            usage_counters.c.day >= check_day(since_day),
         )
+        if page_token:
+            day, method = _decode_usage_token(page_token)
+            # The rows after (day, method): both databases read this OR as two ranges of the
+            # primary key's index, so a late page does not scan the window from its start.
+            query = query.where(
+                or_(
+                    usage_counters.c.day > day,
+                    and_(usage_counters.c.day == day, usage_counters.c.method > method),
+                ),
+            )
+        # One row beyond the page says whether another page follows, without a COUNT.
+        query = query.order_by(usage_counters.c.day, usage_counters.c.method).limit(size + 1)
         with guarded_transaction(self._engine, self._serial, write=False) as c:
             rows = c.execute(query).all()
-        return [UsageCount(day=str(d), method=str(m), count=int(n)) for d, m, n in rows]
+        items = [UsageCount(day=str(d), method=str(m), count=int(n)) for d, m, n in rows[:size]]
+        return keyset_page(items, len(rows) > size, _usage_ordering)
 
     def usage_on(self, credential_id: str, day: str) -> int:
         """All requests counted for credential_id on day."""
@@ -274,6 +302,19 @@ def check_day(day: str) -> str:
     if not _DAY_RE.fullmatch(day):
         raise InvalidArgument("a day must be given as YYYY-MM-DD", metadata={"field": "day"})
     return day
+
+
+def _usage_ordering(counter: UsageCount) -> str:
+    # A day is exactly YYYY-MM-DD, so the first colon ends it whatever the method holds.
+    return f"{counter.day}:{counter.method}"
+
+
+def _decode_usage_token(token: str) -> tuple[str, str]:
+    """The day and method a page token of GetUsage continues after."""
+    day, colon, method = decode_page_token(token).partition(":")
+    if not colon or not _DAY_RE.fullmatch(day) or not 0 < len(method) <= USAGE_METHOD_LENGTH:
+        raise malformed_page_token()
+    return day, method
 
 
 def _account_not_found(account_id: str) -> NotFound:

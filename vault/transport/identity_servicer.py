@@ -255,13 +255,18 @@ class IdentityServicer(identity_service_pb2_grpc.IdentityServiceServicer):
     def GetUsage(
         self, request: identity_service_pb2.GetUsageRequest, context: grpc.ServicerContext
     ) -> identity_service_pb2.GetUsageResponse:
-        counters = self._identity.usage(request.name, request.days)
-        return identity_service_pb2.GetUsageResponse(
+        page = self._identity.usage(
+            request.name, request.days, request.page_size, request.page_token
+        )
+        response = identity_service_pb2.GetUsageResponse(
             counters=[
                 resources_pb2.UsageCounter(day=c.day, method=c.method, count=c.count)
-                for c in counters
-            ]
+                for c in page.items
+            ],
+            next_page_token=page.next_page_token,
         )
+        fit_response(response, "counters", page, self._max_message_bytes)
+        return response
 
 
 class AuditServicer(audit_service_pb2_grpc.AuditServiceServicer):
