@@ -556,15 +556,18 @@ def test_usage_counters_are_read_in_pages_that_resume_after_the_last_sent(
         assert caught.value.metadata == {"field": "page_token"}
 
 
-def test_usage_pages_hold_at_most_a_thousand_counters(
+def test_usage_pages_hold_at_most_a_thousand_counters_and_0_the_whole_window(
     identity: SqlIdentityStore, audit: SqlAuditStore
 ) -> None:
     counts = {(ACCESS_KEY, DAY, f"m{n:04d}"): 1 for n in range(1001)}
     audit.append_audit([], counts, {})
-    first = identity.usage(ACCESS_KEY, DAY, 0, "")
+    first = identity.usage(ACCESS_KEY, DAY, 5000, "")
     assert len(first.items) == 1000 and first.items[-1].method == "m0999"
     rest = identity.usage(ACCESS_KEY, DAY, 5000, first.next_page_token)
     assert [c.method for c in rest.items] == ["m1000"] and rest.next_page_token == ""
+    # 0, as callers asked before GetUsage paged: all of it, as then.
+    whole = identity.usage(ACCESS_KEY, DAY, 0, "")
+    assert len(whole.items) == 1001 and whole.next_page_token == ""
 
 
 def test_last_used_time_only_moves_forward(

@@ -889,8 +889,8 @@ class FakeIdentityStore:
     def usage(
         self, credential_id: str, since_day: str, page_size: int, page_token: str
     ) -> Page[UsageCount]:
-        # As the SQL store: the token is "day:method" of the last counter sent, 0 the largest
-        # page, and a token it did not make is refused.
+        # As the SQL store: the token is "day:method" of the last counter sent, 0 every
+        # counter after it, and a token it did not make is refused.
         if page_token and not re.fullmatch(r"[0-9]{4}-[0-9]{2}-[0-9]{2}:.+", page_token):
             raise InvalidArgument("malformed page token", metadata={"field": "page_token"})
         counters = [
@@ -898,9 +898,11 @@ class FakeIdentityStore:
             for (credential, day, method), count in self.usage_counts.items()
             if credential == credential_id and day >= since_day
         ]
-        page = page_of(
-            counters, lambda c: f"{c.day}:{c.method}", page_size or MAX_PAGE_SIZE, page_token
-        )
+        if not page_size:
+            ordered = sorted(counters, key=lambda c: (c.day, c.method))
+            rest = [c for c in ordered if f"{c.day}:{c.method}" > page_token]
+            return Page(rest, "", lambda index: f"{rest[index].day}:{rest[index].method}")
+        page = page_of(counters, lambda c: f"{c.day}:{c.method}", page_size, page_token)
         return Page(
             page.items,
             page.next_page_token,

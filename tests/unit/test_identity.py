@@ -194,7 +194,7 @@ def test_usage_is_read_in_pages_by_day_then_method(ids: Identity) -> None:
     listed = [(c.day, c.method) for page in pages for c in page.items]
     assert [len(page.items) for page in pages] == [2, 2, 2, 2, 1]
     assert listed == [(day, m) for day in days for m in ("Decrypt", "Encrypt", "Sign")]
-    # 0 is the largest page: all nine at once, and no token.
+    # 0 is the whole window: all nine at once, and no token.
     whole = ids.identity.usage(key.name, 7, 0, "")
     assert [(c.day, c.method) for c in whole.items] == listed and whole.next_page_token == ""
     for page_size, page_token in ((-1, ""), (0, "bogus")):

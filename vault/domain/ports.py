@@ -487,8 +487,9 @@ class IdentityStore(Protocol):
         self, credential_id: str, since_day: str, page_size: int, page_token: str
     ) -> Page[UsageCount]:
         """One page of the counters of credential_id from since_day (YYYY-MM-DD) on, by day
-        then method; page_size 0 selects the largest page. The token resumes after the page's
-        last (day, method); InvalidArgument if it is not one this store made."""
+        then method; page_size 0 selects every counter of the window. The token resumes
+        after the page's last (day, method); InvalidArgument if it is not one this store
+        made."""
         ...
 
     def usage_on(self, credential_id: str, day: str) -> int:

@@ -272,7 +272,8 @@ class IdentityManagement:
 
     def usage(self, name: str, days: int, page_size: int, page_token: str) -> Page[UsageCount]:
         """One page of the credential's counters of the last days UTC days (0: 31), by day
-        then method; page_size 0 selects the largest page."""
+        then method; page_size 0 selects every counter of the window (the transport still
+        ends a page where the message is full)."""
         if days < 0 or days > 366:
             raise InvalidArgument("days must be 0 to 366", metadata={"field": "days"})
         if page_size < 0:

@@ -39,7 +39,6 @@ from vault.domain.identity import (
 )
 from vault.domain.models import Page
 from vault.storage.paging import (
-    MAX_PAGE_SIZE,
     clamp_page_size,
     decode_page_token,
     keyset_page,
@@ -233,9 +232,11 @@ class SqlIdentityStore:
         self, credential_id: str, since_day: str, page_size: int, page_token: str
     ) -> Page[UsageCount]:
         """One page of the counters of credential_id from since_day (YYYY-MM-DD) on, by day
-        then method; page_size 0 selects the largest page."""
-        # 0 asks for every counter as GetUsage gave before it paged, up to a page's most.
-        size = clamp_page_size(page_size or MAX_PAGE_SIZE)
+        then method; page_size 0 selects every counter of the window."""
+        # 0 is every counter, as GetUsage answered before it paged, so that a caller that
+        # ignores the token still gets all of them whenever they fit one message. A window
+        # holds at most 366 days of the methods there are (some 25,000 counters).
+        size = clamp_page_size(page_size) if page_size else None
         query = select(usage_counters.c.day, usage_counters.c.method, usage_counters.c.count).where(
             usage_counters.c.credential_id == credential_id,
             usage_counters.c.day >= check_day(since_day),
@@ -251,11 +252,14 @@ class SqlIdentityStore:
                 ),
             )
         # One row beyond the page says whether another page follows, without a COUNT.
-        query = query.order_by(usage_counters.c.day, usage_counters.c.method).limit(size + 1)
+        query = query.order_by(usage_counters.c.day, usage_counters.c.method)
+        if size is not None:
+            query = query.limit(size + 1)
         with guarded_transaction(self._engine, self._serial, write=False) as c:
             rows = c.execute(query).all()
+        more = size is not None and len(rows) > size
         items = [UsageCount(day=str(d), method=str(m), count=int(n)) for d, m, n in rows[:size]]
-        return keyset_page(items, len(rows) > size, _usage_ordering)
+        return keyset_page(items, more, _usage_ordering)
 
     def usage_on(self, credential_id: str, day: str) -> int:
         """All requests counted for credential_id on day."""
