@@ -152,3 +152,27 @@ def test_a_restore_keeps_only_the_first_names_that_fit_and_counts_them_all(
     skipped = [item.name for item in again.skipped]
     assert 0 < len(skipped) < MANY and skipped == bundles.many_names[: len(skipped)]
     assert restore_response(again, 1 << 20).skipped_count == MANY
+
+
+def test_a_restore_reports_its_check_in_bytes_and_stopped_there_changes_nothing(
+    bundles: Bundles, backups: BackupManagement, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import vault.service.backup
+
+    # A step every 10 entries rather than 1,000, so that this bundle's check has several.
+    monkeypatch.setattr(vault.service.backup, "CHECK_STEP", 10)
+    directory = tmp_path / "backups"
+    (directory / "checked.bundle").write_bytes(bundles.many)
+    steps = backups.restoring("checked.bundle")
+    checking = [next(steps) for _ in range(3)]
+    assert [step.entries_total for step in checking] == [0, 0, 0]
+    assert {step.bytes_total for step in checking} == {len(bundles.many)}
+    checked = [step.bytes_checked for step in checking]
+    assert checked[0] == 0 and checked[0] < checked[1] < checked[2] < len(bundles.many)
+
+    # The caller leaves during the check: nothing restored, no report, no copy left.
+    steps.close()
+    assert sorted(entry.name for entry in directory.iterdir()) == ["checked.bundle"]
+    assert private_copies(directory) == []
+    again = backups.restore("checked.bundle")
+    assert again.restored_count == MANY and again.skipped_count == 0

@@ -184,7 +184,7 @@ def test_a_restore_its_caller_abandons_stops_leaving_whole_keys_and_a_second_run
         )
 
 
-def test_a_restore_abandoned_while_its_bundle_is_checked_changes_nothing(
+def test_a_restore_abandoned_at_the_first_message_of_its_check_changes_nothing(
     bundles: Bundles, replica: VaultServer
 ) -> None:
     before = report_files(replica, "many.bundle")
@@ -204,7 +204,10 @@ def test_a_restore_abandoned_while_its_bundle_is_checked_changes_nothing(
             "STARTED",
             "CANCELLED",
         ]
-        assert report_files(replica, "many.bundle") == before
+        # The server stops at its next step, during the check or, on a loaded machine, at
+        # the start of the restore, before any batch (whose report then lists nothing).
+        for report in report_files(replica, "many.bundle") - before:
+            assert report.read_text() == ""
         assert [key.name for key in admin.iter_keys(bundles.many_account)] == keys_before
 
 
