@@ -57,6 +57,16 @@ def client(server: VaultServer) -> Iterator[object]:
         yield vault_client
 
 
+@pytest.fixture(scope="module")
+def small(tmp_path_factory: pytest.TempPathFactory) -> Iterator[VaultServer]:
+    """A server of its own whose messages are limited to the smallest size the settings
+    allow (tests/support/small_messages.py), one per test module that asks for it."""
+    from tests.support.small_messages import small_message_server
+
+    with small_message_server(tmp_path_factory.mktemp("small-messages")) as running:
+        yield running
+
+
 @pytest.fixture(scope="session")
 def settings(data_dir: Path) -> object:
     """Settings of the session's vault, as the server sees them."""

@@ -16,7 +16,7 @@ import pytest
 
 from tests.support.api_calls import every_page
 from tests.support.harness import VaultServer
-from tests.support.small_messages import SMALLEST, small_message_server
+from tests.support.small_messages import SMALLEST
 from vault.client import VaultClient
 from vault.domain.buckets import BUCKET_VERSIONS_SHOWN
 from vault.gen.vault.v1 import (
@@ -37,12 +37,6 @@ ROTATIONS: Final = 400
 # An ImportJob is about 1.1 to 1.25 KB (an RSA-3072 public key in DER and in PEM): 80 are over
 # 64 KiB.
 IMPORT_JOBS: Final = 80
-
-
-@pytest.fixture(scope="module")
-def small(tmp_path_factory: pytest.TempPathFactory) -> Iterator[VaultServer]:
-    with small_message_server(tmp_path_factory.mktemp("small-messages")) as server:
-        yield server
 
 
 @pytest.fixture(scope="module")

@@ -28,7 +28,7 @@ from click.testing import CliRunner
 from tests.support.api_calls import expect_error
 from tests.support.harness import ROOT, VaultServer, vault_environment
 from tests.support.security_helpers import add_access_key, add_api_key, new_account
-from tests.support.small_messages import SMALLEST, small_message_server
+from tests.support.small_messages import SMALLEST
 from tests.test_revocation import read_feed, verifies
 from vault.cli.main import cli
 from vault.client import VaultClient
@@ -59,12 +59,6 @@ session = open_keystore(Settings())._library.context().session
 )
 sys.stdout.write(public_key_der(Algorithm.EC_SIGN_P256_SHA256, public).hex())
 """
-
-
-@pytest.fixture(scope="module")
-def small(tmp_path_factory: pytest.TempPathFactory) -> Iterator[VaultServer]:
-    with small_message_server(tmp_path_factory.mktemp("small-feed")) as server:
-        yield server
 
 
 @pytest.fixture(scope="module")

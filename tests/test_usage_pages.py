@@ -20,7 +20,7 @@ from click.testing import CliRunner
 from tests.support.api_calls import every_page
 from tests.support.cli_env import CLEAN_CLI_ENV
 from tests.support.harness import VaultServer
-from tests.support.small_messages import SMALLEST, small_message_server
+from tests.support.small_messages import SMALLEST
 from vault.cli.main import cli as vaultctl
 from vault.client import VaultClient
 from vault.gen.vault.v1 import identity_service_pb2, identity_service_pb2_grpc, resources_pb2
@@ -37,12 +37,6 @@ DAYS: Final = 364
 class Used:
     name: str  # the access key's resource name
     counters: list[tuple[str, str, int]]  # (day, method, count), by day then method
-
-
-@pytest.fixture(scope="module")
-def small(tmp_path_factory: pytest.TempPathFactory) -> Iterator[VaultServer]:
-    with small_message_server(tmp_path_factory.mktemp("usage-pages")) as server:
-        yield server
 
 
 @pytest.fixture(scope="module")
