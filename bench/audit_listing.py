@@ -41,7 +41,10 @@ DESTROY: Final = "/vault.v1.KeyService/DestroyKey"
 FILTERS: Final[dict[str, dict[str, Any]]] = {
     "none": {},
     "time range (1 s, late)": {"start": 900.0, "end": 901.0},
+    "time range (all)": {"start": 0.0},
     "time range (from 90%)": {"start": 900.0},
+    "time range (last 1%)": {"start": 990.0},
+    "time range (last 1%) + key common": {"start": 990.0, "resource": "accounts/acme/keys/k1"},
     "credential common": {"credential_id": "AK00000000000000000001"},
     "credential rare": {"credential_id": "AKRARE0000000000000000"},
     "method common (full)": {"method": ENCRYPT},

@@ -780,8 +780,14 @@ def test_a_listing_call_examines_at_most_a_window_of_records(
         resource=rare.resource,
     )
     assert [[r.seq for r in p.items] for p in calls_of(audit, narrow, 100)] == [[28]]
+    # A time range too wide for its index: the first call starts at the oldest record in the
+    # range (26) instead of the oldest stored, when the range holds at most LIST_SEEK_RECORDS.
     wide = AuditFilter(start_time=T0 + timedelta(seconds=25), resource=rare.resource)
+    assert [[r.seq for r in p.items] for p in calls_of(audit, wide, 100)] == [[28], []]
+    monkeypatch.setattr(audit_chain_module, "LIST_SEEK_RECORDS", 19)  # the range holds 20
     assert [[r.seq for r in p.items] for p in calls_of(audit, wide, 100)] == [[], [], [28], [], []]
+    empty = AuditFilter(start_time=T0 + timedelta(hours=1))
+    assert [[r.seq for r in p.items] for p in calls_of(audit, empty, 100)] == [[]]
 
 
 @pytest.mark.parametrize(
@@ -814,11 +820,34 @@ def test_windowed_listings_list_exactly_the_matching_records(
     audit_filter = AuditFilter(**values)
     expected = seqs_of(audit, audit_filter, 1000)
     assert expected == sorted(expected)
-    for window, through_index in ((1, 1), (7, 3), (10, 10), (5, 100)):
+    for window, through_index, seek in ((1, 1, 1), (7, 3, 40), (10, 10, 5), (5, 100, 100)):
         monkeypatch.setattr(audit_chain_module, "LIST_WINDOW_RECORDS", window)
         monkeypatch.setattr(audit_chain_module, "LIST_INDEX_RECORDS", through_index)
+        monkeypatch.setattr(audit_chain_module, "LIST_SEEK_RECORDS", seek)
         for page_size in (1, 2, 100):
             assert seqs_of(audit, audit_filter, page_size) == expected
+
+
+def test_a_time_range_starts_at_its_lowest_sequence_number_whatever_the_times_order(
+    audit: SqlAuditStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Record times are not in sequence order: a record stamped late (a host's clock ahead,
+    or a request that ended late) sits among older ones, and a time range still lists it."""
+    monkeypatch.setattr(audit_chain_module, "LIST_WINDOW_RECORDS", 10)
+    monkeypatch.setattr(audit_chain_module, "LIST_INDEX_RECORDS", 2)
+    audit.append_audit(
+        [
+            audit_event(n, at=T0 + (timedelta(hours=1) if n == 2 else timedelta(seconds=n)))
+            for n in range(30)
+        ],
+        {},
+        {},
+    )
+    late = AuditFilter(start_time=T0 + timedelta(seconds=25))
+    assert seqs_of(audit, late, 100) == [3, 26, 27, 28, 29, 30]
+    # Its first call starts at record 3, the lowest in the range, not at the earliest time
+    # (26): that would lose record 3.
+    assert [r.seq for r in audit.list_audit_events(late, 100, "").items] == [3]
 
 
 def test_the_first_window_starts_at_the_oldest_stored_record(
