@@ -42,6 +42,7 @@ FILTERS: Final[dict[str, dict[str, Any]]] = {
     "none": {},
     "time range (1 s, late)": {"start": 900.0, "end": 901.0},
     "time range (all)": {"start": 0.0},
+    "time range (from 40%)": {"start": 400.0},
     "time range (from 90%)": {"start": 900.0},
     "time range (last 1%)": {"start": 990.0},
     "time range (last 1%) + key common": {"start": 990.0, "resource": "accounts/acme/keys/k1"},

@@ -89,6 +89,7 @@ LIST_INDEX_RECORDS = 10_000
 # ("the last hour" of a long log).
 LIST_SEEK_RECORDS = 500_000
 _SEQ_TOKEN_RE = re.compile(r"[0-9]{1,19}")
+_TIME_OF = select(audit_events.c.occurred_at)
 
 # The stored columns, occurred_at as the raw integer (converted in _record_of).
 _RECORD_COLUMNS = [
@@ -321,7 +322,15 @@ class AuditChain:
                 None,
             )
             end: int | None = None
-            if driving is None and not page_token and "occurred_at" in parts.indexed:
+            if (
+                driving is None
+                and not page_token
+                and audit_filter.start_time is not None
+                # A range that begins before the oldest stored record's time most likely
+                # starts with it: the search would be spent for nothing.
+                and c.execute(_TIME_OF.where(seq == first)).scalar_one()
+                < aware(audit_filter.start_time)
+            ):
                 fits, lowest = _lowest_seq_within(
                     c, parts.indexed["occurred_at"], LIST_SEEK_RECORDS
                 )
