@@ -35,9 +35,7 @@ import secrets
 import shutil
 import sys
 import tempfile
-import threading
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,6 +44,7 @@ from typing import Final
 import grpc
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from bench.measure import in_threads
 from bench.object_cipher import OBJECT_SIZE, encrypt_ratio
 from bench.ops import ACCOUNT
 from bench.server import AUTHENTICATED, ROOT, VaultServer, own_client, provision
@@ -182,32 +181,6 @@ def _rounded(value: float) -> float | None:
     return None if math.isnan(value) else round(value, 1)
 
 
-def _in_threads(threads: int, objects: int, work: Callable[[range], None]) -> float:
-    """work(indices) in threads threads, each taking every threads-th object; the wall time
-    from the moment all are ready until the last is done. A failure in any is raised."""
-    errors: list[BaseException] = []
-    ready = threading.Barrier(threads + 1)
-
-    def run(first: int) -> None:
-        ready.wait()
-        try:
-            work(range(first, objects, threads))
-        except BaseException as error:
-            errors.append(error)
-
-    workers = [threading.Thread(target=run, args=(first,)) for first in range(threads)]
-    for worker in workers:
-        worker.start()
-    ready.wait()
-    started = time.perf_counter()
-    for worker in workers:
-        worker.join()
-    elapsed = time.perf_counter() - started
-    if errors:
-        raise errors[0]
-    return elapsed
-
-
 def _client(target: str, credentials_file: Path) -> VaultClient:
     client: VaultClient = own_client(target, credentials_file, _CALL_TIMEOUT_SECONDS)
     return client
@@ -254,7 +227,7 @@ def run_workload(
                 if index in checked:
                     sealed[index] = bytes(out)
 
-        bucket_seconds = _in_threads(workload.threads, workload.objects, encrypt_objects)
+        bucket_seconds = in_threads(workload.threads, workload.objects, encrypt_objects)
         vault_calls = cache.stats().vault_calls
         audited = sum(
             _audited(admin, bucket, method)
@@ -294,7 +267,7 @@ def run_workload(
                     envelopes[index] = (made.ciphertext, nonce, ciphertext)
 
         try:
-            data_key_seconds = _in_threads(workload.threads, workload.objects, envelope_objects)
+            data_key_seconds = in_threads(workload.threads, workload.objects, envelope_objects)
         finally:
             for client in clients:
                 client.close()

@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
+from bench.measure import in_threads
 from bench.results_file import replace_rows
 from bench.server import (
     AUTHENTICATED,
@@ -119,34 +120,18 @@ def _timed_creations(
     """count creations of kind spread over the clients, one thread each: every call's latency
     (s) and the wall time from the moment all threads are ready until the last is done."""
     latencies: list[float] = []
-    failures: list[BaseException] = []
     lock = threading.Lock()
-    ready = threading.Barrier(len(clients) + 1)
 
-    def work(slot: int) -> None:
-        mine: list[float] = []
-        ready.wait()
-        try:
-            for number in range(slot, count, len(clients)):
-                started = time.perf_counter()
-                _create(clients[slot], kind, f"{prefix}-{number:07d}")
-                mine.append(time.perf_counter() - started)
-        except BaseException as error:  # re-raised below, in the measuring thread
-            failures.append(error)
+    def work(numbers: range) -> None:
+        client, mine = clients[numbers.start], list[float]()
+        for number in numbers:
+            started = time.perf_counter()
+            _create(client, kind, f"{prefix}-{number:07d}")
+            mine.append(time.perf_counter() - started)
         with lock:
             latencies.extend(mine)
 
-    threads = [threading.Thread(target=work, args=(slot,)) for slot in range(len(clients))]
-    for thread in threads:
-        thread.start()
-    ready.wait()
-    started = time.perf_counter()
-    for thread in threads:
-        thread.join()
-    wall = time.perf_counter() - started
-    if failures:
-        raise failures[0]
-    return latencies, wall
+    return latencies, in_threads(len(clients), count, work)
 
 
 def _percentile_ms(values: list[float], fraction: float) -> float:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from array import array
 from collections.abc import Callable, Iterable
@@ -120,3 +121,30 @@ def merged(samples: Iterable[Sample]) -> array[int]:
     for sample in samples:
         values.extend(sample.latencies())
     return values
+
+
+def in_threads(threads: int, objects: int, work: Callable[[range], None]) -> float:
+    """work(indices) in threads threads, each taking every threads-th object (its range starts
+    at its own slot); the wall time from the moment all are ready until the last is done. A
+    failure in any is raised."""
+    errors: list[BaseException] = []
+    ready = threading.Barrier(threads + 1)
+
+    def run(first: int) -> None:
+        ready.wait()
+        try:
+            work(range(first, objects, threads))
+        except BaseException as error:
+            errors.append(error)
+
+    workers = [threading.Thread(target=run, args=(first,)) for first in range(threads)]
+    for worker in workers:
+        worker.start()
+    ready.wait()
+    started = time.perf_counter()
+    for worker in workers:
+        worker.join()
+    elapsed = time.perf_counter() - started
+    if errors:
+        raise errors[0]
+    return elapsed
