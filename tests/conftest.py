@@ -109,3 +109,15 @@ def backend_url(backend: str, tmp_path: Path, request: pytest.FixtureRequest) ->
     cluster = request.getfixturevalue("postgres")
     assert isinstance(cluster, PostgresCluster)
     return cluster.new_url()
+
+
+@pytest.fixture
+def stores(backend_url: str) -> Iterator[object]:
+    """Every store of a new, empty database on the test's backend, closed afterwards."""
+    from vault.storage import open_stores
+
+    opened = open_stores(backend_url)
+    try:
+        yield opened
+    finally:
+        opened.close()

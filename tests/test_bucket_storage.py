@@ -4,7 +4,6 @@ optimistic update and the master-key versions read for a page."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import replace
 from datetime import timedelta
 
@@ -15,18 +14,9 @@ from vault.domain.buckets import Bucket, BucketFilter, BucketPolicy, BucketState
 from vault.domain.errors import AlreadyExists, Conflict, InvalidArgument
 from vault.domain.models import Key, KeyState
 from vault.domain.names import BucketName
-from vault.storage import Stores, open_stores
+from vault.storage import Stores
 
 ACCOUNT = "acme"
-
-
-@pytest.fixture
-def stores(backend_url: str) -> Iterator[Stores]:
-    opened = open_stores(backend_url)
-    try:
-        yield opened
-    finally:
-        opened.close()
 
 
 def new_bucket(

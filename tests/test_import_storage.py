@@ -4,7 +4,6 @@ job id, in pages that resume after any job, and page tokens it did not make refu
 from __future__ import annotations
 
 import base64
-from collections.abc import Iterator
 from datetime import timedelta
 
 import pytest
@@ -13,16 +12,7 @@ from tests.test_storage import T0, create, make_key
 from vault.domain.errors import InvalidArgument
 from vault.domain.imports import ImportJob, ImportJobName, ImportMethod
 from vault.domain.names import KeyName
-from vault.storage import Stores, open_stores
-
-
-@pytest.fixture
-def stores(backend_url: str) -> Iterator[Stores]:
-    opened = open_stores(backend_url)
-    try:
-        yield opened
-    finally:
-        opened.close()
+from vault.storage import Stores
 
 
 def job(key: KeyName, job_id: str, minutes: int) -> ImportJob:

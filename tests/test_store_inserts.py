@@ -5,11 +5,9 @@ than half of the store's share of a CreateKey)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import pytest
 from sqlalchemy import Table, event, select
 from sqlalchemy.sql.dml import Insert
 
@@ -17,21 +15,12 @@ from vault.domain.algorithms import Algorithm, Purpose
 from vault.domain.buckets import Bucket, BucketPolicy
 from vault.domain.models import Key, KeyState, KeyVersion, VersionState
 from vault.domain.names import BucketName, KeyName
-from vault.storage import Stores, open_stores
+from vault.storage import Stores
 from vault.storage.bucket_store import _bucket_row
 from vault.storage.metadata_store import key_row, version_row
 from vault.storage.tables import buckets, key_versions, keys
 
 T0 = datetime(2026, 12, 3, 12, 0, 0, 654321, tzinfo=UTC)
-
-
-@pytest.fixture
-def stores(backend_url: str) -> Iterator[Stores]:
-    opened = open_stores(backend_url)
-    try:
-        yield opened
-    finally:
-        opened.close()
 
 
 def make_key(key_id: str, **changes: Any) -> Key:
