@@ -8,7 +8,7 @@ ceremony and restores them (as in tests/test_backup.py)."""
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -159,6 +159,23 @@ class Abandon(Exception):
     """Raised by the progress callback: the caller stops waiting."""
 
 
+def abandon_many(
+    admin: VaultClient, leave_at: Callable[[backup_service_pb2.RestoreBackupProgress], bool]
+) -> list[backup_service_pb2.RestoreBackupProgress]:
+    """Stream the restore of many.bundle and leave it, from the progress callback, at the
+    first message leave_at is true of; the messages received up to there."""
+    steps: list[backup_service_pb2.RestoreBackupProgress] = []
+
+    def progress(step: backup_service_pb2.RestoreBackupProgress) -> None:
+        steps.append(step)
+        if leave_at(step):
+            raise Abandon
+
+    with pytest.raises(Abandon):
+        admin.restore_backup("many.bundle", progress=progress)
+    return steps
+
+
 def report_files(server: VaultServer, bundle: str) -> set[Path]:
     return set((server.data_dir / "backups").glob(f"{bundle}.restore-*.jsonl"))
 
@@ -168,16 +185,9 @@ def test_a_restore_its_caller_abandons_stops_leaving_whole_keys_and_a_second_run
 ) -> None:
     before = report_files(replica, "many.bundle")
     started = datetime.now(UTC)
-    steps: list[backup_service_pb2.RestoreBackupProgress] = []
-
-    def leave(step: backup_service_pb2.RestoreBackupProgress) -> None:
-        steps.append(step)
-        if step.entries_total:  # once the check is over and the restore began
-            raise Abandon
-
     with replica.client() as admin:
-        with pytest.raises(Abandon):
-            admin.restore_backup("many.bundle", progress=leave)
+        # Once the check is over and the restore began.
+        steps = abandon_many(admin, lambda step: step.entries_total > 0)
         assert steps[-1].entries_total == MANY_KEYS and not steps[-1].HasField("result")
         assert_stopped_then_completed(
             admin, replica, bundles, before, started, "StreamRestoreBackup"
@@ -189,16 +199,9 @@ def test_a_restore_abandoned_at_the_first_message_of_its_check_changes_nothing(
 ) -> None:
     before = report_files(replica, "many.bundle")
     started = datetime.now(UTC)
-    steps: list[backup_service_pb2.RestoreBackupProgress] = []
-
-    def leave(step: backup_service_pb2.RestoreBackupProgress) -> None:
-        steps.append(step)
-        raise Abandon
-
     with replica.client() as admin:
         keys_before = [key.name for key in admin.iter_keys(bundles.many_account)]
-        with pytest.raises(Abandon):
-            admin.restore_backup("many.bundle", progress=leave)
+        steps = abandon_many(admin, lambda step: True)
         assert steps[0].entries_total == 0 and steps[0].bytes_total == len(bundles.many)
         assert stopped_call_outcomes(admin, started, "StreamRestoreBackup") == [
             "STARTED",
